@@ -1,0 +1,31 @@
+//! Protocol decoding: pure functions and state machines from ordered bytes to protocol events.
+//!
+//! Invariants: nothing here does I/O, allocates without a bound, or panics on any input. Parse
+//! failures are values (`HttpEvent::ParseError`, `HttpEvent::NotHttp`) that callers count; the
+//! parsers resynchronise at the next plausible message start (a syscall boundary first).
+//!
+//! - `http1`: HTTP/1.1 requests and responses (keep-alive, pipelining, chunked, Content-Length,
+//!   1xx, HEAD, early close), header parsing by `httparse`.
+//! - `sse`: WHATWG server-sent-event framing over a response body.
+
+pub mod http1;
+pub mod sse;
+
+/// Which side of an HTTP exchange a byte stream carries. The connection layer maps socket
+/// directions to these with the connection's role (a server reads requests, a client writes them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Request,
+    Response,
+}
+
+/// A run of bytes from one syscall (or part of one), in stream order.
+#[derive(Clone, Copy, Debug)]
+pub struct Segment<'a> {
+    /// CLOCK_MONOTONIC nanoseconds when the syscall that moved these bytes returned.
+    pub ts_ns: u64,
+    pub data: &'a [u8],
+    /// These bytes start a syscall's buffer: a good place to look for a message start when
+    /// resynchronising (writers and readers rarely split a message head mid-syscall).
+    pub syscall_start: bool,
+}

@@ -1,0 +1,67 @@
+//! The agent's own counters: every record read or lost, every parse failure, every span exported
+//! or dropped. Each stage bumps its counters here; `/status`, `/metrics` and OTLP read them.
+//! Nothing in this module does I/O.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+        /// Monotonic counters, shared by every stage through an `Arc<Stats>`.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: AtomicU64, )*
+        }
+
+        impl Stats {
+            /// Every counter with its name, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( (stringify!($name), self.$name.load(Ordering::Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Ring buffer records decoded.
+    records_read,
+    /// Payload bytes received from the kernel.
+    bytes_read,
+    /// Records too short or of an unknown kind (a kernel/agent ABI mismatch).
+    records_malformed,
+    /// Bytes the kernel transferred that never reached userspace (dropped or not copied).
+    bytes_lost,
+    /// Connections opened (accepted, connected, or found already open).
+    connections_opened,
+    /// Connections closed.
+    connections_closed,
+    /// Connections evicted after being idle.
+    connections_evicted,
+    /// Connections dropped because the connection table was full.
+    connections_shed,
+    /// Streams found not to be HTTP/1.1 (given up on).
+    streams_not_http,
+    /// HTTP messages that could not be parsed (the parser resynchronised).
+    http_parse_failures,
+    /// SSE events that could not be framed or decoded.
+    sse_parse_failures,
+    /// Requests completed (response fully written).
+    requests_completed,
+    /// Requests cancelled by the client (connection closed before the response ended).
+    requests_cancelled,
+    /// Requests whose bytes were partly lost (gaps): their spans are marked incomplete.
+    requests_incomplete,
+    /// Spans finished and handed to the exporters.
+    spans_finished,
+    /// Spans accepted by the OTLP endpoint.
+    spans_exported,
+    /// Spans the OTLP exporter failed to deliver.
+    spans_export_failed,
+    /// Spans shed because the export queue was full.
+    spans_export_dropped,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,3 @@
+//! Trace context and the span model.
+
+pub mod span;

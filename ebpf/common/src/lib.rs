@@ -1,0 +1,183 @@
+//! The kernel ↔ userspace ABI of infertap.
+//!
+//! Everything the eBPF programs write into the ring buffer or read from maps is laid out here:
+//! `#[repr(C)]`, fixed-width fields, no `bool`, no implicit padding, sizes asserted at compile time.
+//! The agent decodes these layouts from raw bytes (`agent/src/capture`); the programs in
+//! `ebpf/probes` fill them. This crate does no I/O and has no dependencies unless the `user` feature
+//! adds `aya::Pod` impls for map access from userspace.
+#![no_std]
+
+/// Largest payload a single data record carries, plus one. Payload lengths are masked with
+/// `CHUNK_MAX - 1` so that the verifier sees a provable bound: a record carries at most
+/// `CHUNK_MAX - 1` bytes.
+pub const CHUNK_MAX: usize = 16384;
+/// The most payload bytes one record carries.
+pub const CHUNK_PAYLOAD_MAX: usize = CHUNK_MAX - 1;
+/// Records emitted for the head of one contiguous buffer; past this, only the tail chunk is sent
+/// (so a large non-streaming response still shows its last bytes, where `usage` sits).
+pub const HEAD_CHUNKS_PER_BUFFER: u32 = 15;
+/// iovecs followed per `readv`/`writev`/`recvmsg`/`sendmsg`; the rest are reported as a gap.
+pub const IOVECS_TRACED: u32 = 8;
+
+/// Record kinds (`RecordHeader::kind`).
+pub const RECORD_DATA: u32 = 1;
+pub const RECORD_CONN_OPEN: u32 = 2;
+pub const RECORD_CONN_CLOSE: u32 = 3;
+pub const RECORD_PROC_EXIT: u32 = 4;
+
+/// `DataRecord::flags` bits.
+pub const DATA_FLAG_EGRESS: u32 = 1;
+/// This record is the last one emitted for its syscall.
+pub const DATA_FLAG_LAST: u32 = 2;
+/// Syscall kind is stored in bits 8..16 of `DataRecord::flags`.
+pub const DATA_SYSCALL_SHIFT: u32 = 8;
+
+/// Syscall kinds carried in data records (for statistics and debugging only).
+pub const SYS_READ: u32 = 1;
+pub const SYS_READV: u32 = 2;
+pub const SYS_RECVFROM: u32 = 3;
+pub const SYS_RECVMSG: u32 = 4;
+pub const SYS_WRITE: u32 = 5;
+pub const SYS_WRITEV: u32 = 6;
+pub const SYS_SENDTO: u32 = 7;
+pub const SYS_SENDMSG: u32 = 8;
+
+/// Connection roles (`ConnInfo::role`, `ConnOpenRecord::role`).
+pub const ROLE_SERVER: u32 = 1;
+pub const ROLE_CLIENT: u32 = 2;
+/// The role is not known yet (a connection inserted by userspace before it classified it).
+pub const ROLE_UNKNOWN: u32 = 0;
+
+/// `ConnOpenRecord::flags`: the kernel could not see the address family (accept with a NULL
+/// address); userspace must check that the socket is TCP and drop it otherwise.
+pub const OPEN_FLAG_FAMILY_UNKNOWN: u32 = 1;
+
+/// Indexes of the per-CPU drop counters (`DROPS` map).
+pub const DROP_RINGBUF_DATA: u32 = 0;
+pub const DROP_RINGBUF_CONTROL: u32 = 1;
+pub const DROP_READ_USER: u32 = 2;
+pub const DROP_SOCKETS_FULL: u32 = 3;
+pub const DROP_ACTIVE_FULL: u32 = 4;
+pub const DROP_COUNTERS: u32 = 5;
+
+/// Names of the drop counters, index-aligned with the `DROP_*` constants.
+pub const DROP_NAMES: [&str; DROP_COUNTERS as usize] = [
+    "ringbuf_full_data",
+    "ringbuf_full_control",
+    "read_user_failed",
+    "sockets_map_full",
+    "active_map_full",
+];
+
+/// Start of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub kind: u32,
+    pub tgid: u32,
+    /// `bpf_ktime_get_ns()`: CLOCK_MONOTONIC nanoseconds when the syscall returned.
+    pub ts_ns: u64,
+}
+
+/// A chunk of bytes a targeted process read from or wrote to a traced socket.
+/// Followed in the ring buffer by `len` payload bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataRecord {
+    pub header: RecordHeader,
+    pub conn_id: u64,
+    /// Position of this record's first payload byte in the connection's byte stream of this
+    /// direction (bytes since the kernel started tracing the socket).
+    pub stream_pos: u64,
+    /// Position of the syscall's first byte in the same stream.
+    pub syscall_pos: u64,
+    /// Bytes the syscall transferred (its return value).
+    pub syscall_len: u64,
+    pub fd: u32,
+    pub tid: u32,
+    /// Payload bytes that follow this header.
+    pub len: u32,
+    /// `DATA_FLAG_*` bits, syscall kind in bits 8..16.
+    pub flags: u32,
+}
+
+/// A traced socket was accepted or connected by a targeted process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnOpenRecord {
+    pub header: RecordHeader,
+    pub conn_id: u64,
+    pub fd: u32,
+    /// The listening socket's fd for `accept`; `u32::MAX` for `connect`.
+    pub listen_fd: u32,
+    pub role: u32,
+    pub flags: u32,
+    /// The peer's raw `sockaddr` (`sockaddr_in` or `sockaddr_in6`), as the syscall saw it.
+    pub addr: [u8; 32],
+}
+
+/// A traced socket was closed by a targeted process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnCloseRecord {
+    pub header: RecordHeader,
+    pub conn_id: u64,
+    pub fd: u32,
+    pub _pad: u32,
+}
+
+/// A targeted process (thread-group leader) exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcExitRecord {
+    pub header: RecordHeader,
+}
+
+/// Key of the `SOCKETS` map: one traced socket of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+
+/// Value of the `SOCKETS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    pub conn_id: u64,
+    pub role: u32,
+    pub _pad: u32,
+    /// Bytes read so far (the ingress stream position).
+    pub rx_pos: u64,
+    /// Bytes written so far (the egress stream position).
+    pub tx_pos: u64,
+}
+
+/// Value of the `TARGETS` map (key: tgid).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TargetInfo {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
+const _: () = assert!(core::mem::size_of::<DataRecord>() == 64);
+const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
+const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
+const _: () = assert!(CHUNK_MAX.is_power_of_two());
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, with no padding
+    // (sizes asserted above), so every bit pattern is valid.
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for ConnInfo {}
+    unsafe impl aya::Pod for TargetInfo {}
+}
