@@ -5,17 +5,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 macro_rules! counters {
-    ($( $(#[$doc:meta])* $name:ident ),* $(,)?) => {
+    ($( $(#[doc = $doc:literal])* $name:ident ),* $(,)?) => {
         /// Monotonic counters, shared by every stage through an `Arc<Stats>`.
         #[derive(Debug, Default)]
         pub struct Stats {
-            $( $(#[$doc])* pub $name: AtomicU64, )*
+            $( $(#[doc = $doc])* pub $name: AtomicU64, )*
         }
 
         impl Stats {
             /// Every counter with its name, in declaration order.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
                 vec![ $( (stringify!($name), self.$name.load(Ordering::Relaxed)), )* ]
+            }
+
+            /// Every counter's name with its doc comment (one `&str` per doc line), in declaration
+            /// order: the help text of `/metrics`.
+            pub fn descriptions() -> &'static [(&'static str, &'static [&'static str])] {
+                &[ $( (stringify!($name), &[ $($doc),* ]), )* ]
             }
         }
     };
@@ -58,6 +64,8 @@ counters! {
     spans_export_failed,
     /// Spans shed because the export queue was full.
     spans_export_dropped,
+    /// Spans the trace sampler (`OTEL_TRACES_SAMPLER`) kept from OTLP export (still on `/spans`).
+    spans_not_sampled,
 }
 
 impl Stats {

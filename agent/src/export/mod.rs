@@ -1,0 +1,67 @@
+//! The export stage: where finished spans and the agent's state leave the agent.
+//!
+//! Code map:
+//! - [`store`] — the ring of recent spans behind `GET /spans`.
+//! - [`otlp`] — OTLP span export: `OTEL_*` configuration, sampler, bounded queue, batching task
+//!   over the OpenTelemetry SDK's exporter, and the exporter state.
+//! - [`status`] — the `/status` model: what the app writes, what is read live from `Stats`.
+//! - [`prometheus`] — Prometheus text exposition and the [`prometheus::MetricSource`] hook.
+//! - [`debug`] — the HTTP debug endpoint over all of the above.
+//!
+//! [`SpanSink`] is the one entry point for finished spans: every span goes to the store, and the
+//! sampled ones to the OTLP queue.
+//!
+//! Invariants: nothing here blocks the producer of spans (the store is a short mutex, the queue a
+//! `try_send`); memory is bounded (store capacity, queue capacity, one batch in flight); every
+//! span shed is counted; the debug endpoint only reads.
+
+pub mod debug;
+pub mod otlp;
+pub mod prometheus;
+pub mod status;
+pub mod store;
+
+use std::sync::Arc;
+
+use crate::stats::Stats;
+use crate::trace::span::FinishedSpan;
+
+/// Where enrichment hands finished spans: counts them in `spans_finished`, remembers them for
+/// `/spans`, and offers them to OTLP export. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SpanSink {
+    store: Arc<store::SpanStore>,
+    otlp: otlp::SpanSender,
+    stats: Arc<Stats>,
+}
+
+impl SpanSink {
+    pub fn new(store: Arc<store::SpanStore>, otlp: otlp::SpanSender, stats: Arc<Stats>) -> Self {
+        Self { store, otlp, stats }
+    }
+
+    /// Takes one finished span. Never waits.
+    pub fn submit(&self, span: FinishedSpan) {
+        Stats::add(&self.stats.spans_finished, 1);
+        self.otlp.send(&span);
+        self.store.push(span);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn every_span_is_counted_and_stored_even_without_export() {
+        let stats = Arc::new(Stats::default());
+        let store = Arc::new(store::SpanStore::new(8));
+        let sink = SpanSink::new(store.clone(), otlp::SpanSender::disabled(), stats.clone());
+        sink.submit(store::tests::span(1));
+        sink.submit(store::tests::span(2));
+        assert_eq!(stats.spans_finished.load(Relaxed), 2);
+        assert_eq!(store.recent(10).len(), 2);
+        assert_eq!(stats.spans_export_dropped.load(Relaxed), 0);
+    }
+}

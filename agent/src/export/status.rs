@@ -1,0 +1,337 @@
+//! What `GET /status` (and the agent's part of `/metrics`) reports, and who fills which part.
+//!
+//! Two kinds of input, read at request time, never copied on a timer:
+//! - [`AppStatus`], owned and written by the app through [`StatusSource::update`]: probes and
+//!   their state, targeted processes, open connections, kernel drop counters per reason, GPU
+//!   source state — things only the app's stages know.
+//! - Counters read live from `Arc<Stats>` and the exporter's [`ExporterStateHandle`].
+//!
+//! [`StatusSource::snapshot`] joins them into a [`StatusSnapshot`], the JSON contract of `/status`.
+//! Nothing here does I/O.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::otlp::ExporterStateHandle;
+use super::prometheus::{self, MetricData, MetricFamily, MetricSource, Sample, AGENT_PREFIX};
+use crate::stats::Stats;
+
+/// The body of `GET /status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusSnapshot {
+    pub version: String,
+    pub started_at_unix_nano: u64,
+    pub probes: Vec<ProbeStatus>,
+    pub targets: Vec<TargetStatus>,
+    pub connections: ConnectionsStatus,
+    pub records: RecordsStatus,
+    pub http: HttpStatus,
+    pub exporter: ExporterStatus,
+    pub gpu: GpuStatus,
+}
+
+/// One kernel program and whether it is attached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProbeStatus {
+    pub name: String,
+    pub attached: bool,
+    /// Why it is not attached (kernel support, verifier, permissions).
+    pub error: Option<String>,
+}
+
+/// One targeted process and why it is targeted (`"port 8000"`, `"pid"`, `"cmdline"`, …).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub pid: u32,
+    pub comm: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionsStatus {
+    pub open: u64,
+    pub opened_total: u64,
+    pub closed_total: u64,
+    pub evicted_total: u64,
+    /// Dropped because the connection table was full.
+    pub shed_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordsStatus {
+    pub read: u64,
+    pub bytes: u64,
+    pub malformed: u64,
+    pub lost_bytes: u64,
+    /// Records the kernel could not deliver, per reason (the per-CPU drop counters, summed).
+    pub kernel_dropped: BTreeMap<String, u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpStatus {
+    pub parse_failures: u64,
+    pub not_http_streams: u64,
+    pub sse_parse_failures: u64,
+    pub requests_completed: u64,
+    pub requests_cancelled: u64,
+    pub requests_incomplete: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExporterStatus {
+    /// `disabled`, `ok` or `failing: <error>`.
+    pub state: String,
+    pub endpoint: Option<String>,
+    pub protocol: Option<String>,
+    pub spans_exported: u64,
+    pub spans_failed: u64,
+    /// Shed because the export queue was full.
+    pub spans_dropped: u64,
+    /// Kept from export by `OTEL_TRACES_SAMPLER` (still on `/spans`).
+    pub spans_not_sampled: u64,
+    pub last_error: Option<String>,
+    pub last_error_unix_nano: Option<u64>,
+}
+
+/// The GPU source's state; also the body of `GET /gpu` until GPU telemetry exists.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuStatus {
+    /// `off`, or a source's state once there is one.
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+impl Default for GpuStatus {
+    fn default() -> Self {
+        Self {
+            state: "off".into(),
+            reason: Some("GPU telemetry is not built yet".into()),
+        }
+    }
+}
+
+/// The parts of the status that the app owns and keeps current.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AppStatus {
+    pub probes: Vec<ProbeStatus>,
+    pub targets: Vec<TargetStatus>,
+    /// Connections in the connection table now.
+    pub connections_open: u64,
+    /// Kernel drop counters per reason, as last read from the per-CPU map.
+    pub kernel_dropped: BTreeMap<String, u64>,
+    pub gpu: GpuStatus,
+}
+
+/// Everything `/status` reads; cheap to clone, shared by the app (writer) and the debug server.
+#[derive(Clone, Debug)]
+pub struct StatusSource {
+    version: &'static str,
+    started_at_unix_nano: u64,
+    app: Arc<RwLock<AppStatus>>,
+    stats: Arc<Stats>,
+    exporter: ExporterStateHandle,
+}
+
+impl StatusSource {
+    /// A source for an agent starting now.
+    pub fn new(stats: Arc<Stats>, exporter: ExporterStateHandle) -> Self {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at_unix_nano: now,
+            app: Arc::default(),
+            stats,
+            exporter,
+        }
+    }
+
+    /// Changes the app-owned part, e.g. `status.update(|s| s.connections_open = n)`.
+    pub fn update(&self, change: impl FnOnce(&mut AppStatus)) {
+        change(&mut self.app.write().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// A copy of the app-owned part.
+    pub fn app(&self) -> AppStatus {
+        self.app.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
+    }
+
+    pub fn snapshot(&self) -> StatusSnapshot {
+        let app = self.app();
+        let s = &*self.stats;
+        let get = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        let exporter = self.exporter.get();
+        StatusSnapshot {
+            version: self.version.to_string(),
+            started_at_unix_nano: self.started_at_unix_nano,
+            probes: app.probes,
+            targets: app.targets,
+            connections: ConnectionsStatus {
+                open: app.connections_open,
+                opened_total: get(&s.connections_opened),
+                closed_total: get(&s.connections_closed),
+                evicted_total: get(&s.connections_evicted),
+                shed_total: get(&s.connections_shed),
+            },
+            records: RecordsStatus {
+                read: get(&s.records_read),
+                bytes: get(&s.bytes_read),
+                malformed: get(&s.records_malformed),
+                lost_bytes: get(&s.bytes_lost),
+                kernel_dropped: app.kernel_dropped,
+            },
+            http: HttpStatus {
+                parse_failures: get(&s.http_parse_failures),
+                not_http_streams: get(&s.streams_not_http),
+                sse_parse_failures: get(&s.sse_parse_failures),
+                requests_completed: get(&s.requests_completed),
+                requests_cancelled: get(&s.requests_cancelled),
+                requests_incomplete: get(&s.requests_incomplete),
+            },
+            exporter: ExporterStatus {
+                state: exporter.health.to_string(),
+                endpoint: exporter.endpoint,
+                protocol: exporter.protocol.map(str::to_string),
+                spans_exported: get(&s.spans_exported),
+                spans_failed: get(&s.spans_export_failed),
+                spans_dropped: get(&s.spans_export_dropped),
+                spans_not_sampled: get(&s.spans_not_sampled),
+                last_error: exporter.last_error,
+                last_error_unix_nano: exporter.last_error_unix_nano,
+            },
+            gpu: app.gpu,
+        }
+    }
+}
+
+/// The agent's own metrics: every [`Stats`] counter, kernel drops per reason, open connections
+/// and probe attachment.
+impl MetricSource for StatusSource {
+    fn collect(&self, out: &mut Vec<MetricFamily>) {
+        out.extend(prometheus::stats_families(&self.stats));
+        let app = self.app();
+        out.push(MetricFamily {
+            name: format!("{AGENT_PREFIX}kernel_records_dropped_total"),
+            help: "Records the kernel could not deliver to the agent, per reason.".into(),
+            data: MetricData::Counter(
+                app.kernel_dropped
+                    .iter()
+                    .map(|(reason, n)| Sample {
+                        labels: vec![("reason".into(), reason.clone())],
+                        value: *n as f64,
+                    })
+                    .collect(),
+            ),
+        });
+        out.push(MetricFamily::gauge(
+            format!("{AGENT_PREFIX}connections_open"),
+            "Connections of targeted processes being followed now.",
+            app.connections_open as f64,
+        ));
+        out.push(MetricFamily {
+            name: format!("{AGENT_PREFIX}probe_attached"),
+            help: "Whether each kernel program is attached (1) or not (0).".into(),
+            data: MetricData::Gauge(
+                app.probes
+                    .iter()
+                    .map(|p| Sample {
+                        labels: vec![("probe".into(), p.name.clone())],
+                        value: if p.attached { 1.0 } else { 0.0 },
+                    })
+                    .collect(),
+            ),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn snapshot_joins_app_parts_and_live_counters() {
+        let stats = Arc::new(Stats::default());
+        let source = StatusSource::new(stats.clone(), ExporterStateHandle::disabled());
+        source.update(|s| {
+            s.probes.push(ProbeStatus {
+                name: "sys_enter_read".into(),
+                attached: true,
+                error: None,
+            });
+            s.targets.push(TargetStatus {
+                pid: 42,
+                comm: "vllm".into(),
+                reason: "port 8000".into(),
+            });
+            s.connections_open = 3;
+            s.kernel_dropped.insert("ringbuf_full".into(), 5);
+        });
+        stats.records_read.store(10, Relaxed);
+        stats.spans_export_dropped.store(2, Relaxed);
+        stats.streams_not_http.store(1, Relaxed);
+
+        let mut value = serde_json::to_value(source.snapshot()).unwrap();
+        assert!(value["started_at_unix_nano"].as_u64().unwrap() > 0);
+        value["started_at_unix_nano"] = json!(0);
+        assert_eq!(
+            value,
+            json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "started_at_unix_nano": 0,
+                "probes": [{"name": "sys_enter_read", "attached": true, "error": null}],
+                "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
+                "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
+                                "evicted_total": 0, "shed_total": 0},
+                "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
+                            "kernel_dropped": {"ringbuf_full": 5}},
+                "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0,
+                         "requests_completed": 0, "requests_cancelled": 0,
+                         "requests_incomplete": 0},
+                "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
+                             "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
+                             "spans_not_sampled": 0, "last_error": null,
+                             "last_error_unix_nano": null},
+                "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"}
+            })
+        );
+        // Counters are read at request time, not copied.
+        stats.records_read.store(11, Relaxed);
+        assert_eq!(source.snapshot().records.read, 11);
+    }
+
+    #[test]
+    fn agent_metrics_include_kernel_drops_connections_and_probes() {
+        let source = StatusSource::new(Arc::default(), ExporterStateHandle::disabled());
+        source.update(|s| {
+            s.kernel_dropped.insert("ringbuf_full".into(), 5);
+            s.kernel_dropped.insert("copy_failed".into(), 1);
+            s.connections_open = 2;
+            s.probes.push(ProbeStatus {
+                name: "sys_exit_read".into(),
+                attached: false,
+                error: Some("no such tracepoint".into()),
+            });
+        });
+        let mut families = Vec::new();
+        source.collect(&mut families);
+        let text = prometheus::encode(&families);
+        assert!(text.contains(
+            "# TYPE infertap_kernel_records_dropped_total counter\n\
+             infertap_kernel_records_dropped_total{reason=\"copy_failed\"} 1\n\
+             infertap_kernel_records_dropped_total{reason=\"ringbuf_full\"} 5\n"
+        ));
+        assert!(text.contains("\ninfertap_connections_open 2\n"));
+        assert!(text.contains("\ninfertap_probe_attached{probe=\"sys_exit_read\"} 0\n"));
+        assert!(text.contains("\ninfertap_spans_export_dropped_total 0\n"));
+    }
+}
