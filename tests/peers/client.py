@@ -195,6 +195,7 @@ def run_one(conn: Conn, scenario: str, i: int, args: argparse.Namespace) -> dict
                 rec["status"] = 200
                 try:
                     for chunk in s:
+                        rec["response_id"] = chunk.id
                         if chunk.usage is not None:
                             rec["usage"] = usage_dict(chunk.usage)
                         for ch in chunk.choices:
@@ -219,6 +220,7 @@ def run_one(conn: Conn, scenario: str, i: int, args: argparse.Namespace) -> dict
                     extra_headers=headers,
                 )
                 rec["status"] = 200
+                rec["response_id"] = r.id
                 rec["usage"] = usage_dict(r.usage)
                 rec["finish_reason"] = r.choices[0].finish_reason
                 text_parts.append(r.choices[0].message.content or "")
@@ -234,6 +236,7 @@ def run_one(conn: Conn, scenario: str, i: int, args: argparse.Namespace) -> dict
                 rec["status"] = 200
                 with s:
                     for chunk in s:
+                        rec["response_id"] = chunk.id
                         if chunk.usage is not None:
                             rec["usage"] = usage_dict(chunk.usage)
                         for ch in chunk.choices:
@@ -249,6 +252,7 @@ def run_one(conn: Conn, scenario: str, i: int, args: argparse.Namespace) -> dict
                     model=model, prompt=prompt_text(args.canary, i), max_tokens=max_tokens, extra_headers=headers
                 )
                 rec["status"] = 200
+                rec["response_id"] = r.id
                 rec["usage"] = usage_dict(r.usage)
                 rec["finish_reason"] = r.choices[0].finish_reason
                 text_parts.append(r.choices[0].text)
@@ -257,6 +261,7 @@ def run_one(conn: Conn, scenario: str, i: int, args: argparse.Namespace) -> dict
                     model=model, input=[prompt_text(args.canary, i), "second input"], extra_headers=headers
                 )
                 rec["status"] = 200
+                rec["response_id"] = r.id
                 rec["usage"] = usage_dict(r.usage)
                 rec["embeddings"] = len(r.data)
                 rec["embedding_dim"] = len(r.data[0].embedding) if r.data else 0
