@@ -1,1 +1,2 @@
 //! Harness for the root-only integration tests.
+pub mod otlp_receiver;

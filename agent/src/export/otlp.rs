@@ -10,9 +10,9 @@
 //! and counts), hold more than `queue_capacity + max_batch` spans, wait on a collector longer
 //! than `export_timeout`, or hand-build OTLP (the SDK's exporter does the encoding).
 
-mod config;
-mod convert;
-mod sampler;
+pub mod config;
+pub mod convert;
+pub mod sampler;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

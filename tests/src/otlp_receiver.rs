@@ -1,0 +1,326 @@
+//! A real OTLP/gRPC trace receiver for tests: the generated
+//! `opentelemetry.proto.collector.trace.v1.TraceService` server from `opentelemetry-proto`, served
+//! by tonic on `127.0.0.1:0`, keeping every span it accepts.
+//!
+//! Tests point an exporter at [`OtlpReceiver::endpoint`], then [`OtlpReceiver::wait_for`] spans.
+//! For fault tests the receiver can refuse exports with `UNAVAILABLE` ([`OtlpReceiver::refuse`])
+//! or hold them unanswered ([`OtlpReceiver::pause`]) until [`OtlpReceiver::accept`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+/// One span as the receiver got it, with its resource and scope.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReceivedSpan {
+    /// Lower-case hex.
+    pub trace_id: String,
+    pub span_id: String,
+    /// `None` for a root span (empty on the wire).
+    pub parent_span_id: Option<String>,
+    pub trace_state: String,
+    /// OTLP span flags: the W3C trace flags in bits 0–7, "has is-remote" (bit 8) and "parent is
+    /// remote" (bit 9).
+    pub flags: u32,
+    pub name: String,
+    /// `"server"`, `"client"`, `"internal"`, `"producer"`, `"consumer"` or `"unspecified"`.
+    pub kind: String,
+    pub start_time_unix_nano: u64,
+    pub end_time_unix_nano: u64,
+    /// `"unset"`, `"ok"` or `"error"`.
+    pub status_code: String,
+    pub status_message: String,
+    /// Attribute values as JSON (strings, numbers, booleans, arrays, objects; bytes as hex).
+    pub attributes: Map<String, Value>,
+    pub resource_attributes: Map<String, Value>,
+    pub scope_name: String,
+    pub scope_version: String,
+}
+
+impl ReceivedSpan {
+    /// Whether the span's flags say its parent is remote.
+    pub fn parent_is_remote(&self) -> bool {
+        const HAS_IS_REMOTE: u32 = 0x100;
+        const IS_REMOTE: u32 = 0x200;
+        self.flags & HAS_IS_REMOTE != 0 && self.flags & IS_REMOTE != 0
+    }
+}
+
+/// How the receiver answers exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Keep the spans, answer OK.
+    Accept,
+    /// Answer `UNAVAILABLE` and keep nothing.
+    Refuse,
+    /// Hold each request unanswered until the mode changes.
+    Pause,
+}
+
+struct Shared {
+    spans: Mutex<Vec<ReceivedSpan>>,
+    arrived: watch::Sender<usize>,
+    mode: watch::Sender<Mode>,
+    requests: AtomicU64,
+}
+
+struct Service(Arc<Shared>);
+
+#[tonic::async_trait]
+impl TraceService for Service {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.0.requests.fetch_add(1, Ordering::Relaxed);
+        let mut mode = self.0.mode.subscribe();
+        let current = *mode
+            .wait_for(|m| *m != Mode::Pause)
+            .await
+            .map_err(|_| Status::unavailable("receiver stopped"))?;
+        if current == Mode::Refuse {
+            return Err(Status::unavailable("test receiver refuses exports"));
+        }
+        let spans = flatten(request.into_inner());
+        let total = {
+            let mut stored = self.0.spans.lock().unwrap();
+            stored.extend(spans);
+            stored.len()
+        };
+        self.0.arrived.send_replace(total);
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// A running receiver; stops when dropped or on [`OtlpReceiver::stop`].
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl OtlpReceiver {
+    /// Binds `127.0.0.1:0` and serves OTLP/gRPC traces, accepting.
+    pub async fn start() -> anyhow::Result<Self> {
+        let incoming =
+            TcpIncoming::bind("127.0.0.1:0".parse()?).context("binding the OTLP test receiver")?;
+        let addr = incoming.local_addr()?;
+        let shared = Arc::new(Shared {
+            spans: Mutex::default(),
+            arrived: watch::channel(0).0,
+            mode: watch::channel(Mode::Accept).0,
+            requests: AtomicU64::new(0),
+        });
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let service = TraceServiceServer::new(Service(shared.clone()));
+        let task = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stop_rx.await;
+                }),
+        );
+        Ok(Self {
+            addr,
+            shared,
+            stop: Some(stop_tx),
+            task: Some(task),
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`, for `OTEL_EXPORTER_OTLP_ENDPOINT` with protocol `grpc`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every span accepted so far, in arrival order.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.shared.spans.lock().unwrap().clone()
+    }
+
+    /// Export requests seen so far, refused and held ones included.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// Waits until at least `n` spans were accepted; fails after `timeout` saying how many came.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> anyhow::Result<Vec<ReceivedSpan>> {
+        let mut arrived = self.shared.arrived.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            arrived.wait_for(|count| *count >= n).await.map(|_| ())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) => Ok(self.spans()),
+            Ok(Err(_)) => bail!("OTLP test receiver stopped"),
+            Err(_) => bail!(
+                "waited {timeout:?} for {n} spans, got {}: {:#?}",
+                self.spans().len(),
+                self.spans()
+            ),
+        }
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.mode.send_replace(mode);
+    }
+
+    /// Keep spans and answer OK (also releases held requests).
+    pub fn accept(&self) {
+        self.set_mode(Mode::Accept);
+    }
+
+    /// Answer every export with `UNAVAILABLE` (also releases held requests, refusing them).
+    pub fn refuse(&self) {
+        self.set_mode(Mode::Refuse);
+    }
+
+    /// Hold every export unanswered until [`OtlpReceiver::accept`] or [`OtlpReceiver::refuse`].
+    pub fn pause(&self) {
+        self.set_mode(Mode::Pause);
+    }
+
+    /// Forgets the spans received so far.
+    pub fn clear(&self) {
+        self.shared.spans.lock().unwrap().clear();
+        self.shared.arrived.send_replace(0);
+    }
+
+    /// Stops serving and waits for the server to end.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.accept();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Every span of a request, with its resource's and scope's data copied onto it.
+fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
+    let mut out = Vec::new();
+    for resource_spans in request.resource_spans {
+        let resource_attributes = resource_spans
+            .resource
+            .map(|r| attributes(r.attributes))
+            .unwrap_or_default();
+        for scope_spans in resource_spans.scope_spans {
+            let (scope_name, scope_version) = scope_spans
+                .scope
+                .map(|s| (s.name, s.version))
+                .unwrap_or_default();
+            for span in scope_spans.spans {
+                let (status_code, status_message) = match span.status {
+                    Some(status) => (
+                        match StatusCode::try_from(status.code) {
+                            Ok(StatusCode::Ok) => "ok",
+                            Ok(StatusCode::Error) => "error",
+                            _ => "unset",
+                        },
+                        status.message,
+                    ),
+                    None => ("unset", String::new()),
+                };
+                out.push(ReceivedSpan {
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: (!span.parent_span_id.is_empty())
+                        .then(|| hex(&span.parent_span_id)),
+                    trace_state: span.trace_state,
+                    flags: span.flags,
+                    name: span.name,
+                    kind: kind_name(span.kind).to_string(),
+                    start_time_unix_nano: span.start_time_unix_nano,
+                    end_time_unix_nano: span.end_time_unix_nano,
+                    status_code: status_code.to_string(),
+                    status_message,
+                    attributes: attributes(span.attributes),
+                    resource_attributes: resource_attributes.clone(),
+                    scope_name: scope_name.clone(),
+                    scope_version: scope_version.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn kind_name(kind: i32) -> &'static str {
+    match SpanKind::try_from(kind) {
+        Ok(SpanKind::Internal) => "internal",
+        Ok(SpanKind::Server) => "server",
+        Ok(SpanKind::Client) => "client",
+        Ok(SpanKind::Producer) => "producer",
+        Ok(SpanKind::Consumer) => "consumer",
+        _ => "unspecified",
+    }
+}
+
+fn attributes(kvs: Vec<KeyValue>) -> Map<String, Value> {
+    // Sorted, so that comparisons do not depend on the sender's order.
+    let sorted: BTreeMap<String, Value> = kvs
+        .into_iter()
+        .map(|kv| (kv.key, any_value_json(kv.value)))
+        .collect();
+    sorted.into_iter().collect()
+}
+
+fn any_value_json(value: Option<AnyValue>) -> Value {
+    use any_value::Value as V;
+    match value.and_then(|v| v.value) {
+        None => Value::Null,
+        Some(V::StringValue(s)) => Value::String(s),
+        Some(V::BoolValue(b)) => Value::Bool(b),
+        Some(V::IntValue(i)) => Value::from(i),
+        Some(V::DoubleValue(f)) => Value::from(f),
+        Some(V::BytesValue(b)) => Value::String(hex(&b)),
+        Some(V::ArrayValue(a)) => Value::Array(
+            a.values
+                .into_iter()
+                .map(|v| any_value_json(Some(v)))
+                .collect(),
+        ),
+        Some(V::KvlistValue(kvs)) => Value::Object(attributes(kvs.values)),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
