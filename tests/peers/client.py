@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import httpx2
 import openai
+from httpx2._content import ByteStream
 from openai._streaming import ServerSentEvent, SSEDecoder
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -87,15 +88,36 @@ class DrainingSSEDecoder(SSEDecoder):
             yield sse
 
 
-class DrainingOpenAI(openai.OpenAI):
+class OpenAI(openai.OpenAI):
+    """openai.OpenAI with the draining decoder. Keeps the class name: the SDK's User-Agent is
+    f"{class name}/Python {version}", so it still says OpenAI/Python 3.x."""
+
     def _make_sse_decoder(self) -> SSEDecoder:
         return DrainingSSEDecoder()
+
+
+class PromptFirstTransport(httpx2.HTTPTransport):
+    """--messages-first: moves messages/prompt/input to the front of the JSON body, as openai-python
+    1.x and many other clients send it (3.x sends model and stream first), so that the model name
+    comes after the whole prompt."""
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if request.method == "POST" and request.headers.get("content-type", "").startswith("application/json"):
+            body = json.loads(request.read())
+            first = [k for k in ("messages", "prompt", "input") if k in body]
+            if first:
+                body = {**{k: body[k] for k in first}, **{k: v for k, v in body.items() if k not in first}}
+                data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+                request.headers["Content-Length"] = str(len(data))
+                request.stream = ByteStream(data)
+                request._content = data
+        return super().handle_request(request)
 
 
 class Conn:
     """An openai.OpenAI client over its own httpx2 pool; remembers the local port of each response."""
 
-    def __init__(self, base_url: str, keepalive_expiry: float | None, drain: bool = True):
+    def __init__(self, base_url: str, keepalive_expiry: float | None, drain: bool = True, messages_first: bool = False):
         self.local = threading.local()
         limits = httpx2.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=keepalive_expiry)
 
@@ -104,8 +126,11 @@ class Conn:
             addr = stream.get_extra_info("client_addr") if stream is not None else None
             self.local.port = addr[1] if addr else None
 
-        self.http = openai.DefaultHttpxClient(limits=limits, event_hooks={"response": [on_response]})
-        cls = DrainingOpenAI if drain else openai.OpenAI
+        kw: dict[str, Any] = {"limits": limits}
+        if messages_first:
+            kw = {"transport": PromptFirstTransport(limits=limits)}
+        self.http = openai.DefaultHttpxClient(event_hooks={"response": [on_response]}, **kw)
+        cls = OpenAI if drain else openai.OpenAI
         self.client = cls(
             base_url=base_url, api_key="EMPTY", max_retries=0, timeout=60.0, http_client=self.http
         )
@@ -117,8 +142,12 @@ class Conn:
         self.client.close()
 
 
+PAD_WORDS = 0
+
+
 def prompt_text(canary: str, i: int) -> str:
-    return f"Please repeat: {canary} alpha beta gamma request {i}"
+    pad = "".join(f" pad{k % 1000:03d}" for k in range(PAD_WORDS))
+    return f"Please repeat: {canary} alpha beta gamma request {i}{pad}"
 
 
 def messages(canary: str, i: int) -> list[dict[str, str]]:
@@ -362,11 +391,11 @@ def run_workers(args: argparse.Namespace, out: Output) -> None:
         return i if i < args.count else None
 
     def worker() -> None:
-        conn = None if args.new_connection_per_request else Conn(args.base_url, args.keepalive_expiry, not args.no_drain)
+        conn = None if args.new_connection_per_request else Conn(args.base_url, args.keepalive_expiry, not args.no_drain, args.messages_first)
         try:
             while (i := next_index()) is not None:
                 if args.new_connection_per_request:
-                    one = Conn(args.base_url, args.keepalive_expiry, not args.no_drain)
+                    one = Conn(args.base_url, args.keepalive_expiry, not args.no_drain, args.messages_first)
                     try:
                         out.write(run_one(one, scenario_for(args, i), i, args))
                     finally:
@@ -388,7 +417,7 @@ def run_workers(args: argparse.Namespace, out: Output) -> None:
 
 def run_hold(args: argparse.Namespace, out: Output) -> None:
     """One request opens the connection; wait for --wait-file; the rest go over the SAME connection."""
-    conn = Conn(args.base_url, None, not args.no_drain)
+    conn = Conn(args.base_url, None, not args.no_drain, args.messages_first)
     try:
         first = run_one(conn, scenario_for(args, 0), 0, args)
         out.write(first)
@@ -420,6 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="standin-model")
     ap.add_argument("--max-tokens", type=int, default=8)
     ap.add_argument("--cached-tokens", type=int, default=0, help="send x-standin-cached-tokens (stand-in test hook)")
+    ap.add_argument("--prompt-pad-words", type=int, default=0, help="append N filler words (7 bytes each) to prompts")
+    ap.add_argument(
+        "--messages-first",
+        action="store_true",
+        help="send messages/prompt/input before model in the JSON body (openai-python 1.x order)",
+    )
     ap.add_argument("--out", help="JSON lines, one per request (appended)")
     ap.add_argument("--new-connection-per-request", action="store_true")
     ap.add_argument(
@@ -433,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wait-file", help="with --hold-connection: wait for this file after the first request")
     ap.add_argument("--wait-timeout", type=float, default=120.0)
     args = ap.parse_args(argv)
+    global PAD_WORDS
+    PAD_WORDS = args.prompt_pad_words
     if args.hold_connection and not args.wait_file:
         ap.error("--hold-connection needs --wait-file")
 

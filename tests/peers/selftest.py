@@ -133,6 +133,13 @@ def main() -> int:
         check("mixed x40, concurrency 4: all as expected", p.returncode == 0 and len(lines(out)) == 40, p.stderr[-500:])
         check("mixed: 4 concurrent connections at least", len({r["local_port"] for r in lines(out)}) >= 4)
 
+        out = os.path.join(tmp, "bigfirst.jsonl")
+        p = client(srv.base, out, "--scenario", "mixed", "--count", "10", "--messages-first", "--prompt-pad-words", "2000")
+        recs = lines(out)
+        check("--messages-first with a 14 KB prompt: all as expected", p.returncode == 0 and len(recs) == 10, p.stderr[-500:])
+        u = next((r["usage"] for r in recs if r["scenario"] == "chat-stream"), None) or {}
+        check("prompt tokens = words of all messages", u.get("prompt_tokens") == 5 + 8 + 2000, str(u))
+
         # usage hooks
         out = os.path.join(tmp, "cached.jsonl")
         client(srv.base, out, "--scenario", "chat-stream", "--count", "1", "--cached-tokens", "5")
