@@ -616,6 +616,61 @@ mod tests {
         exporter.shutdown().await;
     }
 
+    /// OTLP/HTTP end to end against a stand-in collector: the base endpoint gets `/v1/traces`,
+    /// the body is protobuf, and the async client works inside the runtime.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn http_protobuf_posts_to_v1_traces() {
+        use axum::http::{HeaderMap, StatusCode};
+        type Seen = Arc<Mutex<Vec<(String, usize)>>>;
+        let seen: Seen = Arc::default();
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(
+                    |axum::extract::State(seen): axum::extract::State<Seen>,
+                     headers: HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        let content_type = headers
+                            .get("content-type")
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default();
+                        seen.lock().unwrap().push((content_type, body.len()));
+                        StatusCode::OK
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let vars = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}")),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_string()),
+        ];
+        let cfg = OtlpConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        })
+        .unwrap();
+        let stats = Arc::new(Stats::default());
+        let exporter = OtlpSpanExporter::spawn(&cfg, stats.clone()).unwrap();
+        exporter.sender().send(&span(1));
+        exporter.flush().await;
+        assert_eq!(
+            stats.spans_exported.load(Relaxed),
+            1,
+            "{:?}",
+            exporter.state().get()
+        );
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].0, "application/x-protobuf");
+        assert!(seen[0].1 > 50, "{seen:?}");
+        exporter.shutdown().await;
+    }
+
     #[tokio::test]
     async fn real_exporters_build_for_both_protocols() {
         for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
