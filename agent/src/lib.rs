@@ -1,6 +1,12 @@
 //! infertap: a zero-code eBPF telemetry agent for LLM inference. See ARCHITECTURE.md.
 
+pub mod app;
+pub mod capture;
+pub mod config;
+pub mod conn;
+pub mod exchange;
 pub mod export;
+pub mod probes;
 pub mod protocol;
 pub mod stats;
 pub mod trace;

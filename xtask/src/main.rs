@@ -1,1 +1,167 @@
-fn main() {}
+//! Project tasks: `cargo xtask <setup|build|test|lint|demo>`.
+//!
+//! Every task installs what it needs idempotently (nightly rust-src, bpf-linker linked to the
+//! nightly's own LLVM, the Python venv for test peers), so a fresh machine needs nothing by hand.
+
+mod demo;
+mod setup;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the build and test toolchain pieces (idempotent).
+    Setup,
+    /// Build the eBPF programs and the agent (target/release/infertap with the object embedded).
+    Build,
+    /// Run every test, root-only integration tests included.
+    Test {
+        /// Fail (instead of skipping) when root-only tests cannot run. Set automatically when CI=true.
+        #[arg(long)]
+        require_root: bool,
+        /// Extra arguments for `cargo test` (e.g. a test name filter), after `--`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Formatting, clippy (host and eBPF crates) and lock-file checks.
+    Lint,
+    /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
+    Demo {
+        /// Stop by itself after this many seconds (default: run until Ctrl-C).
+        #[arg(long)]
+        duration: Option<u64>,
+    },
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn ebpf_object() -> PathBuf {
+    root().join("ebpf/probes/target/bpfel-unknown-none/release/infertap-probes")
+}
+
+pub fn agent_binary() -> PathBuf {
+    root().join("target/release/infertap")
+}
+
+fn build_ebpf() -> Result<()> {
+    setup::toolchain()?;
+    run(Command::new("cargo")
+        .current_dir(root().join("ebpf/probes"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("CARGO_TARGET_DIR")
+        .env("PATH", setup::path_with_cargo_bin())
+        .args(["+nightly", "build", "--locked", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]))
+}
+
+fn build() -> Result<()> {
+    build_ebpf()?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .env("INFERTAP_EBPF_OBJECT", ebpf_object())
+        .args(["build", "--locked", "--release", "-p", "infertap"]))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn test(require_root: bool, args: &[String]) -> Result<()> {
+    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    let require_root = require_root || ci;
+    build()?;
+    let python = setup::python_env()?;
+    if !is_root() {
+        if require_root {
+            bail!("the root-only integration tests must run, but this is not root: run `sudo -E cargo xtask test`");
+        }
+        eprintln!("xtask: not root — the eBPF integration tests will be SKIPPED (run as root to include them)");
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root())
+        .env("INFERTAP_EBPF_OBJECT", ebpf_object())
+        .env("INFERTAP_BIN", agent_binary())
+        .env("INFERTAP_PYTHON", &python)
+        .env("INFERTAP_PEERS", root().join("tests/peers"))
+        .args(["test", "--locked", "--release", "--workspace"]);
+    if require_root {
+        cmd.env("INFERTAP_REQUIRE_ROOT", "1");
+    }
+    if !args.is_empty() {
+        cmd.arg("--").args(args);
+    }
+    run(&mut cmd)
+}
+
+fn lint() -> Result<()> {
+    setup::toolchain()?;
+    run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(Command::new("cargo")
+        .current_dir(root().join("ebpf/probes"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("PATH", setup::path_with_cargo_bin())
+        .args(["+nightly", "fmt", "--check"]))?;
+    run(Command::new("cargo")
+        .current_dir(root().join("ebpf/probes"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env("PATH", setup::path_with_cargo_bin())
+        .args([
+            "+nightly",
+            "clippy",
+            "--locked",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Setup => {
+            setup::toolchain()?;
+            setup::python_env()?;
+            Ok(())
+        }
+        Cmd::Build => build(),
+        Cmd::Test { require_root, args } => test(require_root, &args),
+        Cmd::Lint => lint(),
+        Cmd::Demo { duration } => {
+            build()?;
+            let python = setup::python_env()?;
+            if !is_root() {
+                bail!("the demo loads eBPF programs and must run as root: `sudo -E cargo xtask demo`");
+            }
+            demo::run(&python, duration)
+        }
+    }
+}

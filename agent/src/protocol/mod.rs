@@ -9,6 +9,7 @@
 //! - `sse`: WHATWG server-sent-event framing over a response body.
 
 pub mod http1;
+pub mod openai;
 pub mod sse;
 
 /// Which side of an HTTP exchange a byte stream carries. The connection layer maps socket

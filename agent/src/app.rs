@@ -1,0 +1,399 @@
+//! Wiring: configuration → probes → (targeting thread, capture pipeline task) → export, with the
+//! debug endpoint reading snapshots, and one shutdown signal.
+//!
+//! The pipeline is one task that owns the connection table: records are decoded, applied to
+//! connections, parsed, assembled into exchanges and turned into spans in arrival order, with no
+//! queue between those stages. Side inputs (targets found in /proc) reach it over a bounded
+//! channel.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use clap::Parser;
+use infertap_common::{ConnInfo, ConnKey, TargetInfo, ROLE_CLIENT, ROLE_SERVER};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use crate::capture::clock::WallClock;
+use crate::capture::decode::{decode, Record, Role};
+use crate::config::{Config, Mode};
+use crate::conn::{ConnId, ConnTable, Finished, Origin};
+use crate::export::debug::{DebugServer, DebugState, Readiness};
+use crate::export::otlp::{config::OtlpConfig, OtlpSpanExporter};
+use crate::export::status::{ProbeStatus, StatusSource, TargetStatus};
+use crate::export::store::SpanStore;
+use crate::export::SpanSink;
+use crate::probes::targets::{tcp_sockets, Scanner, Target};
+use crate::probes::{kernel_drops, Probes};
+use crate::stats::Stats;
+use crate::trace::build::{build_span, BuildOptions, RandomIds};
+
+/// Userspace-assigned connection ids (sockets found already open) have the top bit set, so they
+/// never collide with the kernel's (timestamps).
+const USER_CONN_ID_BIT: u64 = 1 << 63;
+
+/// What the targeting thread tells the pipeline.
+#[derive(Debug)]
+enum Control {
+    /// A process became a target; its listening sockets (fd → local address).
+    Target { pid: u32, listeners: HashMap<u32, SocketAddr> },
+    /// A socket that was open before tracing began.
+    Existing { pid: u32, fd: u32, conn_id: u64, role: Role, local: SocketAddr, peer: SocketAddr },
+    /// A process is no longer a target.
+    Gone { pid: u32 },
+}
+
+/// The maps both the targeting thread and the pipeline write.
+struct KernelMaps {
+    targets: BpfHashMap<MapData, u32, TargetInfo>,
+    sockets: BpfHashMap<MapData, ConnKey, ConnInfo>,
+}
+
+impl KernelMaps {
+    fn forget_process(&mut self, pid: u32) {
+        let _ = self.targets.remove(&pid);
+        let keys: Vec<ConnKey> = self.sockets.keys().flatten().filter(|k| k.tgid == pid).collect();
+        for k in keys {
+            let _ = self.sockets.remove(&k);
+        }
+    }
+}
+
+pub fn main() -> Result<()> {
+    let config = Config::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("infertap")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+async fn run(config: Config) -> Result<()> {
+    if config.resolved_mode() == Mode::Kubernetes {
+        return Err(crate::config::ConfigError::KubernetesUnavailable.into());
+    }
+    let selector = config.selector()?;
+    let stats = Arc::new(Stats::default());
+
+    // Export first, so the debug endpoint can answer while probes load.
+    let otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
+    let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone()).context("starting the OTLP exporter")?;
+    let store = Arc::new(SpanStore::new(config.span_buffer));
+    let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone());
+    let status = StatusSource::new(stats.clone(), exporter.state());
+    let readiness = Readiness::new("the eBPF probes to attach");
+    let server = DebugServer::bind(config.debug_addr, DebugState::new(store, status.clone(), readiness.clone())).await?;
+    tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut debug_shutdown = shutdown_rx.clone();
+    let debug_task = tokio::spawn(server.serve(async move {
+        let _ = debug_shutdown.wait_for(|s| *s).await;
+    }));
+
+    let (probes, maps) = Probes::load(config.ring_buffer_size)?;
+    status.update(|s| {
+        s.probes = probes
+            .states
+            .iter()
+            .map(|p| ProbeStatus { name: p.name.to_string(), attached: p.attached, error: p.error.clone() })
+            .collect()
+    });
+    let attached = probes.states.iter().filter(|p| p.attached).count();
+    tracing::info!(attached, total = probes.states.len(), "Probes attached.");
+    readiness.set_ready();
+
+    let kmaps = Arc::new(Mutex::new(KernelMaps { targets: maps.targets, sockets: maps.sockets }));
+    let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
+
+    // Targeting: a plain thread, since /proc reads block.
+    let targeting = {
+        let kmaps = kmaps.clone();
+        let status = status.clone();
+        let stop = shutdown_rx.clone();
+        let interval = Duration::from_millis(config.scan_interval_ms);
+        std::thread::Builder::new()
+            .name("infertap-targets".into())
+            .spawn(move || targeting_loop(Scanner::new(selector), kmaps, ctl_tx, status, interval, stop))?
+    };
+
+    let pipeline = Pipeline {
+        table: ConnTable::new(config.max_connections, config.idle_timeout().as_nanos() as u64),
+        listeners: HashMap::new(),
+        stats: stats.clone(),
+        sink,
+        clock: WallClock::measure(),
+        opts: BuildOptions { derive_trace_from_request_id: !config.no_request_id_trace, ..Default::default() },
+        kmaps: kmaps.clone(),
+        done: Vec::new(),
+    };
+    let pipeline_task = tokio::spawn(pipeline.run(maps.events, maps.drops, ctl_rx, status.clone(), shutdown_rx.clone()));
+
+    shutdown_signal().await;
+    tracing::info!("Shutting down.");
+    let _ = shutdown_tx.send(true);
+    let _ = pipeline_task.await;
+    let _ = targeting.join();
+    exporter.shutdown().await;
+    let _ = debug_task.await;
+    drop(probes);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn targeting_loop(
+    mut scanner: Scanner,
+    kmaps: Arc<Mutex<KernelMaps>>,
+    ctl: mpsc::Sender<Control>,
+    status: StatusSource,
+    interval: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut current: BTreeMap<u32, Target> = BTreeMap::new();
+    let mut next_conn_id: u64 = 0;
+    while !*stop.borrow() {
+        let found = scanner.scan();
+        let wanted: BTreeMap<u32, Target> = found.into_iter().map(|t| (t.pid, t)).collect();
+        for pid in current.keys().copied().collect::<Vec<_>>() {
+            if !wanted.contains_key(&pid) {
+                current.remove(&pid);
+                kmaps.lock().unwrap_or_else(|e| e.into_inner()).forget_process(pid);
+                let _ = ctl.blocking_send(Control::Gone { pid });
+                tracing::info!(pid, "Target gone; no longer traced.");
+            }
+        }
+        for (pid, t) in &wanted {
+            if current.contains_key(pid) {
+                continue;
+            }
+            // Trace first, then look for sockets already open: a socket accepted in between is
+            // inserted by the kernel itself, and the insert below does not overwrite it.
+            {
+                let mut m = kmaps.lock().unwrap_or_else(|e| e.into_inner());
+                if let Err(e) = m.targets.insert(pid, TargetInfo::default(), 0) {
+                    tracing::warn!(pid, error = %e, "Cannot target process (TARGETS map full?).");
+                    continue;
+                }
+            }
+            let socks = tcp_sockets(*pid);
+            let listeners: HashMap<u32, SocketAddr> = socks.iter().filter(|s| s.listening).map(|s| (s.fd, s.local)).collect();
+            let ports: Vec<u16> = listeners.values().map(|a| a.port()).collect();
+            let _ = ctl.blocking_send(Control::Target { pid: *pid, listeners });
+            for s in socks.iter().filter(|s| !s.listening) {
+                next_conn_id += 1;
+                let conn_id = USER_CONN_ID_BIT | next_conn_id;
+                let role = if ports.contains(&s.local.port()) { Role::Server } else { Role::Client };
+                let info = ConnInfo {
+                    conn_id,
+                    role: if role == Role::Server { ROLE_SERVER } else { ROLE_CLIENT },
+                    ..Default::default()
+                };
+                let key = ConnKey { tgid: *pid, fd: s.fd };
+                let inserted = kmaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .sockets
+                    .insert(key, info, 1 /* BPF_NOEXIST */)
+                    .is_ok();
+                if inserted {
+                    let _ = ctl.blocking_send(Control::Existing { pid: *pid, fd: s.fd, conn_id, role, local: s.local, peer: s.remote });
+                }
+            }
+            tracing::info!(pid, comm = %t.comm, reason = %t.reason, "Tracing process.");
+            current.insert(*pid, t.clone());
+        }
+        status.update(|s| {
+            s.targets = current
+                .values()
+                .map(|t| TargetStatus { pid: t.pid, comm: t.comm.clone(), reason: t.reason.clone() })
+                .collect()
+        });
+        std::thread::sleep(interval);
+    }
+}
+
+struct Pipeline {
+    table: ConnTable,
+    /// (pid, listening fd) → local address, for accepted connections.
+    listeners: HashMap<(u32, u32), SocketAddr>,
+    stats: Arc<Stats>,
+    sink: SpanSink,
+    clock: WallClock,
+    opts: BuildOptions,
+    kmaps: Arc<Mutex<KernelMaps>>,
+    done: Vec<Finished>,
+}
+
+impl Pipeline {
+    async fn run(
+        mut self,
+        events: RingBuf<MapData>,
+        drops: PerCpuArray<MapData, u64>,
+        mut ctl: mpsc::Receiver<Control>,
+        status: StatusSource,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd holds it.
+        let registered = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
+        let mut ring = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot poll the ring buffer; nothing will be traced.");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let Ok(mut guard) = guard else { break };
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                msg = ctl.recv() => {
+                    // Drain the ring first: records before the message must be applied before it.
+                    self.drain(ring.get_mut());
+                    match msg {
+                        Some(m) => self.control(m),
+                        None => break,
+                    }
+                }
+                _ = tick.tick() => {
+                    self.drain(ring.get_mut());
+                    self.housekeeping(&drops, &status);
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // Flush what the kernel already delivered.
+        self.drain(ring.get_mut());
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        // Bounded per wake-up so control messages and ticks are not starved.
+        for _ in 0..65536 {
+            let Some(item) = ring.next() else { break };
+            self.record(&item);
+        }
+        self.emit();
+    }
+
+    fn record(&mut self, bytes: &[u8]) {
+        let stats = &*self.stats;
+        let rec = match decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                stats.records_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "Malformed record.");
+                return;
+            }
+        };
+        stats.records_read.fetch_add(1, Ordering::Relaxed);
+        match rec {
+            Record::Data(chunk) => {
+                stats.bytes_read.fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                self.table.data(&chunk, stats, &mut self.done);
+            }
+            Record::Open { tgid, ts_ns, conn_id, fd, listen_fd, role, peer, family_unknown } => {
+                if family_unknown && !is_tcp_socket(tgid, fd) {
+                    let _ = self.kmaps.lock().unwrap_or_else(|e| e.into_inner()).sockets.remove(&ConnKey { tgid, fd });
+                    return;
+                }
+                let local = listen_fd.and_then(|l| self.listeners.get(&(tgid, l)).copied());
+                let id = ConnId { tgid, conn_id };
+                self.table.open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
+            }
+            Record::Close { tgid, ts_ns, conn_id, .. } => {
+                self.table.close(ConnId { tgid, conn_id }, ts_ns, stats, &mut self.done);
+            }
+            Record::ProcExit { tgid, ts_ns } => {
+                self.table.process_exit(tgid, ts_ns, stats, &mut self.done);
+                self.listeners.retain(|(pid, _), _| *pid != tgid);
+                self.kmaps.lock().unwrap_or_else(|e| e.into_inner()).forget_process(tgid);
+            }
+        }
+    }
+
+    fn control(&mut self, msg: Control) {
+        match msg {
+            Control::Target { pid, listeners } => {
+                for (fd, addr) in listeners {
+                    self.listeners.insert((pid, fd), addr);
+                }
+            }
+            Control::Existing { pid, fd, conn_id, role, local, peer } => {
+                let id = ConnId { tgid: pid, conn_id };
+                self.table.open(id, fd, role, Some(local), Some(peer), Origin::MidStream, WallClock::monotonic_now(), &self.stats);
+            }
+            Control::Gone { pid } => {
+                self.table.process_exit(pid, WallClock::monotonic_now(), &self.stats, &mut self.done);
+                self.listeners.retain(|(p, _), _| *p != pid);
+                self.emit();
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, drops: &PerCpuArray<MapData, u64>, status: &StatusSource) {
+        self.clock = WallClock::measure();
+        self.table.evict_idle(WallClock::monotonic_now(), &self.stats, &mut self.done);
+        self.resolve_local_addresses();
+        self.emit();
+        let kernel = kernel_drops(drops);
+        let open = self.table.len() as u64;
+        status.update(|s| {
+            s.connections_open = open;
+            s.kernel_dropped = kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        });
+    }
+
+    /// Accepted connections on a wildcard listener learn their local address from /proc.
+    fn resolve_local_addresses(&mut self) {
+        let missing = self.table.missing_local();
+        if missing.is_empty() {
+            return;
+        }
+        let mut by_pid: HashMap<u32, Vec<(ConnId, u32)>> = HashMap::new();
+        for (id, fd, _) in missing {
+            by_pid.entry(id.tgid).or_default().push((id, fd));
+        }
+        for (pid, conns) in by_pid {
+            let socks = tcp_sockets(pid);
+            for (id, fd) in conns {
+                if let Some(s) = socks.iter().find(|s| s.fd == fd && !s.listening) {
+                    self.table.set_addrs(id, Some(s.local), Some(s.remote));
+                }
+            }
+        }
+    }
+
+    fn emit(&mut self) {
+        for f in self.done.drain(..) {
+            let span = build_span(&f.exchange, &f.meta, &self.clock, &self.opts, &mut RandomIds);
+            self.sink.submit(span);
+        }
+    }
+}
+
+/// Whether `fd` of `pid` is a TCP socket (for accepted sockets whose family the kernel could not see).
+fn is_tcp_socket(pid: u32, fd: u32) -> bool {
+    tcp_sockets(pid).iter().any(|s| s.fd == fd)
+}

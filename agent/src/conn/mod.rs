@@ -1,0 +1,268 @@
+//! The connection table: one entry per traced socket, ordered byte streams per direction with
+//! exact gap detection, the HTTP parser and request assembly of each connection, idle eviction.
+//!
+//! Owns connection state and nothing else: it does no I/O and builds no spans. Finished
+//! exchanges leave through the `out` vectors of each call, with the connection's metadata.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use crate::capture::decode::{DataChunk, Role, SocketDir};
+use crate::exchange::{Exchange, ExchangeTracker};
+use crate::protocol::http1::{Http1Conn, HttpEvent};
+use crate::protocol::{Direction, Segment};
+use crate::stats::Stats;
+use crate::trace::build::ConnMeta;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub tgid: u32,
+    pub conn_id: u64,
+}
+
+struct Conn {
+    fd: u32,
+    role: Role,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    http: Http1Conn,
+    exchanges: ExchangeTracker,
+    /// Next expected stream position, per socket direction (ingress, egress); `None` until the
+    /// first record of a connection picked up mid-stream.
+    next_pos: [Option<u64>; 2],
+    last_seen_ns: u64,
+    /// Given up on: not HTTP/1.x.
+    opaque: bool,
+}
+
+impl Conn {
+    fn meta(&self, tgid: u32) -> ConnMeta {
+        ConnMeta { pid: tgid, local: self.local, peer: self.peer, server: self.role != Role::Client }
+    }
+
+    fn http_dir(&self, dir: SocketDir) -> Direction {
+        match (self.role, dir) {
+            (Role::Client, SocketDir::Ingress) | (Role::Server | Role::Unknown, SocketDir::Egress) => Direction::Response,
+            _ => Direction::Request,
+        }
+    }
+}
+
+/// A finished exchange with where it was seen.
+pub struct Finished {
+    pub conn: ConnId,
+    pub meta: ConnMeta,
+    pub exchange: Exchange,
+}
+
+pub struct ConnTable {
+    conns: HashMap<ConnId, Conn>,
+    max_conns: usize,
+    idle_timeout_ns: u64,
+}
+
+/// How a connection became known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Seen from its first byte (accept/connect traced).
+    Start,
+    /// Already open when tracing began: its first bytes may be mid-message.
+    MidStream,
+}
+
+impl ConnTable {
+    pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
+        ConnTable { conns: HashMap::new(), max_conns, idle_timeout_ns }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        &mut self,
+        id: ConnId,
+        fd: u32,
+        role: Role,
+        local: Option<SocketAddr>,
+        peer: Option<SocketAddr>,
+        origin: Origin,
+        ts_ns: u64,
+        stats: &Stats,
+    ) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            // Data arrived before the open (userspace found it while the kernel already traced it).
+            c.role = if role == Role::Unknown { c.role } else { role };
+            c.local = local.or(c.local);
+            c.peer = peer.or(c.peer);
+            return;
+        }
+        if self.conns.len() >= self.max_conns {
+            stats.connections_shed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        stats.connections_opened.fetch_add(1, Ordering::Relaxed);
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                role,
+                local,
+                peer,
+                http: Http1Conn::new(origin == Origin::MidStream),
+                exchanges: ExchangeTracker::new(),
+                next_pos: [Some(0), Some(0)],
+                last_seen_ns: ts_ns,
+                opaque: false,
+            },
+        );
+    }
+
+    /// Bytes moved on a traced socket.
+    pub fn data(&mut self, chunk: &DataChunk<'_>, stats: &Stats, out: &mut Vec<Finished>) {
+        let id = ConnId { tgid: chunk.tgid, conn_id: chunk.conn_id };
+        if !self.conns.contains_key(&id) {
+            // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
+            let role = match chunk.dir {
+                SocketDir::Ingress => Role::Server,
+                SocketDir::Egress => Role::Client,
+            };
+            self.open(id, chunk.fd, role, None, None, Origin::MidStream, chunk.ts_ns, stats);
+            if let Some(c) = self.conns.get_mut(&id) {
+                // Positions before this record were never going to be seen: not a loss.
+                c.next_pos = [None, None];
+            }
+        }
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        c.last_seen_ns = chunk.ts_ns;
+        if c.opaque {
+            return;
+        }
+        let d = chunk.dir as usize;
+        let hdir = c.http_dir(chunk.dir);
+        let meta = c.meta(chunk.tgid);
+        let mut done = Vec::new();
+        let Conn { http, exchanges, next_pos, opaque, .. } = c;
+        let mut on_event = |ev: HttpEvent<'_>| {
+            let fx = exchanges.on_event(ev, &mut done);
+            if fx.parse_errors > 0 {
+                stats.http_parse_failures.fetch_add(fx.parse_errors, Ordering::Relaxed);
+            }
+            if fx.not_http {
+                *opaque = true;
+            }
+        };
+
+        let expected = next_pos[d].unwrap_or(chunk.syscall_pos);
+        let mut data = chunk.payload;
+        let mut pos = chunk.stream_pos;
+        if pos > expected {
+            let lost = pos - expected;
+            stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+            http.gap(hdir, chunk.ts_ns, lost, &mut on_event);
+        } else if pos < expected {
+            let skip = (expected - pos).min(data.len() as u64) as usize;
+            data = &data[skip..];
+            pos += skip as u64;
+        }
+        if !data.is_empty() {
+            let seg = Segment { ts_ns: chunk.ts_ns, data, syscall_start: pos == chunk.syscall_pos };
+            http.feed(hdir, seg, &mut on_event);
+        }
+        let mut next = (pos + data.len() as u64).max(expected);
+        let syscall_end = chunk.syscall_pos.saturating_add(chunk.syscall_len);
+        if chunk.last && next < syscall_end {
+            let lost = syscall_end - next;
+            stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+            http.gap(hdir, chunk.ts_ns, lost, &mut on_event);
+            next = syscall_end;
+        }
+        next_pos[d] = Some(next);
+        if *opaque {
+            stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
+        }
+        finish(id, &meta, done, stats, out);
+    }
+
+    /// The socket was closed: in-flight exchanges end here.
+    pub fn close(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        if let Some(c) = self.conns.remove(&id) {
+            stats.connections_closed.fetch_add(1, Ordering::Relaxed);
+            flush(id, c, ts_ns, stats, out);
+        }
+    }
+
+    /// The process exited: every connection of it ends.
+    pub fn process_exit(&mut self, tgid: u32, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        let ids: Vec<ConnId> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        for id in ids {
+            self.close(id, ts_ns, stats, out);
+        }
+    }
+
+    /// Evict connections idle for longer than the timeout.
+    pub fn evict_idle(&mut self, now_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        let timeout = self.idle_timeout_ns;
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| now_ns.saturating_sub(c.last_seen_ns) > timeout)
+            .map(|(k, _)| *k)
+            .collect();
+        for id in ids {
+            if let Some(c) = self.conns.remove(&id) {
+                stats.connections_evicted.fetch_add(1, Ordering::Relaxed);
+                flush(id, c, now_ns, stats, out);
+            }
+        }
+    }
+
+    /// Fill in addresses found later (e.g. from /proc).
+    pub fn set_addrs(&mut self, id: ConnId, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.local = local.or(c.local);
+            c.peer = peer.or(c.peer);
+        }
+    }
+
+    /// Connections whose local address is still unknown (to be resolved from /proc).
+    pub fn missing_local(&self) -> Vec<(ConnId, u32, Option<SocketAddr>)> {
+        self.conns.iter().filter(|(_, c)| c.local.is_none_or(|a| a.ip().is_unspecified())).map(|(k, c)| (*k, c.fd, c.peer)).collect()
+    }
+}
+
+fn flush(id: ConnId, mut c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+    let meta = c.meta(id.tgid);
+    let mut done = Vec::new();
+    let Conn { http, exchanges, .. } = &mut c;
+    http.close(ts_ns, &mut |ev| {
+        let fx = exchanges.on_event(ev, &mut done);
+        if fx.parse_errors > 0 {
+            stats.http_parse_failures.fetch_add(fx.parse_errors, Ordering::Relaxed);
+        }
+    });
+    // Anything the parser did not report (e.g. an opaque stream) is dropped with the connection.
+    finish(id, &meta, done, stats, out);
+}
+
+fn finish(id: ConnId, meta: &ConnMeta, done: Vec<Exchange>, stats: &Stats, out: &mut Vec<Finished>) {
+    for ex in done {
+        match ex.outcome {
+            crate::exchange::Outcome::Completed => stats.requests_completed.fetch_add(1, Ordering::Relaxed),
+            crate::exchange::Outcome::Cancelled { .. } => stats.requests_cancelled.fetch_add(1, Ordering::Relaxed),
+        };
+        if ex.incomplete {
+            stats.requests_incomplete.fetch_add(1, Ordering::Relaxed);
+        }
+        if ex.sse_failures > 0 {
+            stats.sse_parse_failures.fetch_add(ex.sse_failures, Ordering::Relaxed);
+        }
+        out.push(Finished { conn: id, meta: meta.clone(), exchange: ex });
+    }
+}

@@ -1,0 +1,351 @@
+//! Rebuilding requests: HTTP events of one connection → finished `Exchange`s with their timing
+//! and OpenAI semantics.
+//!
+//! Owns: pairing requests with responses (FIFO, for pipelining), SSE framing of streaming bodies,
+//! the timestamps that matter (first request byte, first content token, every content chunk, last
+//! response byte), and bounded buffers of the JSON bodies it reads fields from. Pure: no I/O, no
+//! clocks; timestamps are kernel monotonic nanoseconds from the capture.
+
+use std::collections::VecDeque;
+
+use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
+use crate::protocol::sse::{SseEvent, SseFramer};
+
+/// Largest request body kept to read its fields from.
+const REQUEST_BODY_MAX: usize = 8 << 20;
+/// Largest non-streaming response body kept whole; past it only the tail is kept.
+const RESPONSE_BODY_MAX: usize = 4 << 20;
+const RESPONSE_TAIL: usize = 64 << 10;
+/// Content chunk timestamps kept per request (for inter-token statistics).
+const CHUNK_TIMES_MAX: usize = 1 << 20;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The response was written to its end.
+    Completed,
+    /// The connection closed before the response ended (the client went away, or the server aborted).
+    Cancelled { response_started: bool },
+}
+
+/// A finished request/response exchange. Metadata only.
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub request: RequestHead,
+    pub response: Option<ResponseHead>,
+    pub operation: Option<Operation>,
+    pub request_fields: Option<RequestFields>,
+    /// First request byte read.
+    pub start_ns: u64,
+    pub request_end_ns: Option<u64>,
+    pub response_start_ns: Option<u64>,
+    /// First chunk of generated content written (a role-only first chunk does not count).
+    pub first_token_ns: Option<u64>,
+    /// Last response byte written (or when the exchange was abandoned).
+    pub end_ns: u64,
+    /// Every content chunk's write time, in order.
+    pub content_chunk_ns: Vec<u64>,
+    pub request_body_len: u64,
+    pub response_body_len: u64,
+    pub sse_events: u64,
+    pub streaming: bool,
+    pub response_id: Option<String>,
+    pub response_model: Option<String>,
+    pub finish_reasons: Vec<String>,
+    pub usage: Option<Usage>,
+    /// `error.type` from an error body or an in-stream error event.
+    pub error_type: Option<String>,
+    pub outcome: Outcome,
+    /// Bytes of this exchange were lost (kernel drop or not copied).
+    pub incomplete: bool,
+    pub sse_failures: u64,
+}
+
+struct InFlight {
+    ex: Exchange,
+    request_done: bool,
+    request_body: Option<Vec<u8>>,
+    response_body: Option<Vec<u8>>,
+    response_tail: Vec<u8>,
+    response_truncated: bool,
+    sse: Option<SseFramer>,
+}
+
+impl InFlight {
+    fn new(ts_ns: u64, head: RequestHead) -> InFlight {
+        let operation = Operation::from_path(&head.path);
+        let json = head
+            .headers
+            .iter()
+            .any(|(k, v)| *k == "content-type" && v.to_ascii_lowercase().contains("json"));
+        InFlight {
+            request_body: (operation.is_some() || json).then(Vec::new),
+            ex: Exchange {
+                request: head,
+                response: None,
+                operation,
+                request_fields: None,
+                start_ns: ts_ns,
+                request_end_ns: None,
+                response_start_ns: None,
+                first_token_ns: None,
+                end_ns: ts_ns,
+                content_chunk_ns: Vec::new(),
+                request_body_len: 0,
+                response_body_len: 0,
+                sse_events: 0,
+                streaming: false,
+                response_id: None,
+                response_model: None,
+                finish_reasons: Vec::new(),
+                usage: None,
+                error_type: None,
+                outcome: Outcome::Completed,
+                incomplete: false,
+                sse_failures: 0,
+            },
+            request_done: false,
+            response_body: None,
+            response_tail: Vec::new(),
+            response_truncated: false,
+            sse: None,
+        }
+    }
+
+    fn on_chunk(&mut self, ts_ns: u64, c: StreamChunk) {
+        if c.has_content {
+            if self.ex.first_token_ns.is_none() {
+                self.ex.first_token_ns = Some(ts_ns);
+            }
+            if self.ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
+                self.ex.content_chunk_ns.push(ts_ns);
+            }
+        }
+        if self.ex.response_id.is_none() {
+            self.ex.response_id = c.id;
+        }
+        if self.ex.response_model.is_none() {
+            self.ex.response_model = c.model;
+        }
+        self.ex.finish_reasons.extend(c.finish_reasons);
+        if c.usage.is_some() {
+            self.ex.usage = c.usage; // with continuous usage stats the last one wins
+        }
+        if c.error_type.is_some() {
+            self.ex.error_type = c.error_type;
+        }
+    }
+
+    fn finish_request(&mut self, ts_ns: u64) {
+        self.request_done = true;
+        self.ex.request_end_ns = Some(ts_ns);
+        if let Some(body) = self.request_body.take() {
+            self.ex.request_fields = openai::parse_request(&body);
+        }
+    }
+
+    fn finish(mut self, ts_ns: u64, outcome: Outcome) -> Exchange {
+        if !self.request_done {
+            self.finish_request(ts_ns);
+        }
+        if let Some(mut sse) = self.sse.take() {
+            let mut chunks = Vec::new();
+            let mut failures = 0;
+            sse.finish(&mut |e| match e {
+                SseEvent::Event { data, .. } => chunks.extend(openai::parse_stream_chunk(data)),
+                SseEvent::Failure(_) => failures += 1,
+                SseEvent::Comment => {}
+            });
+            self.ex.sse_failures += failures;
+            for c in chunks {
+                self.on_chunk(ts_ns, c);
+            }
+        }
+        if let Some(body) = self.response_body.take() {
+            let fields = if self.response_truncated { None } else { openai::parse_response(&body) };
+            match fields {
+                Some(f) => self.apply_response_fields(f),
+                None => {
+                    if self.ex.usage.is_none() {
+                        self.ex.usage = openai::usage_from_tail(&self.response_tail)
+                            .or_else(|| openai::usage_from_tail(&body));
+                    }
+                }
+            }
+        }
+        self.ex.end_ns = ts_ns;
+        self.ex.outcome = outcome;
+        self.ex
+    }
+
+    fn apply_response_fields(&mut self, f: ResponseFields) {
+        self.ex.response_id = f.id;
+        self.ex.response_model = f.model;
+        self.ex.finish_reasons = f.finish_reasons;
+        self.ex.usage = f.usage;
+        if f.error_type.is_some() {
+            self.ex.error_type = f.error_type;
+        }
+        if self.ex.first_token_ns.is_none() && f.choices_with_output > 0 {
+            // Non-streaming: the whole answer arrives with the response.
+            self.ex.first_token_ns = self.ex.response_start_ns;
+        }
+    }
+}
+
+/// Per-connection request assembly.
+#[derive(Default)]
+pub struct ExchangeTracker {
+    in_flight: VecDeque<InFlight>,
+}
+
+/// What one HTTP event changed, for the caller's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    pub parse_errors: u64,
+    pub not_http: bool,
+}
+
+impl ExchangeTracker {
+    pub fn new() -> ExchangeTracker {
+        ExchangeTracker::default()
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The exchange whose response is being read: the oldest one.
+    fn responding(&mut self) -> Option<&mut InFlight> {
+        self.in_flight.front_mut()
+    }
+
+    /// The exchange whose request is being read: the newest one, if its request is unfinished.
+    fn requesting(&mut self) -> Option<&mut InFlight> {
+        self.in_flight.back_mut().filter(|f| !f.request_done)
+    }
+
+    /// Apply one HTTP event; finished exchanges are pushed to `done`.
+    pub fn on_event(&mut self, ev: HttpEvent<'_>, done: &mut Vec<Exchange>) -> Effects {
+        let mut fx = Effects::default();
+        match ev {
+            HttpEvent::RequestHead { ts_ns, head } => {
+                self.in_flight.push_back(InFlight::new(ts_ns, head));
+            }
+            HttpEvent::RequestBody { data, .. } => {
+                if let Some(f) = self.requesting() {
+                    f.ex.request_body_len += data.len() as u64;
+                    if let Some(body) = f.request_body.as_mut() {
+                        if body.len() + data.len() <= REQUEST_BODY_MAX {
+                            body.extend_from_slice(data);
+                        } else {
+                            f.request_body = None;
+                        }
+                    }
+                }
+            }
+            HttpEvent::RequestBodyGap { len } => {
+                if let Some(f) = self.requesting() {
+                    f.ex.request_body_len += len;
+                    f.ex.incomplete = true;
+                    f.request_body = None;
+                }
+            }
+            HttpEvent::RequestEnd { ts_ns } => {
+                if let Some(f) = self.requesting() {
+                    f.finish_request(ts_ns);
+                }
+            }
+            HttpEvent::ResponseHead { ts_ns, head } => {
+                if let Some(f) = self.responding() {
+                    let sse = head
+                        .headers
+                        .iter()
+                        .any(|(k, v)| *k == "content-type" && v.to_ascii_lowercase().starts_with("text/event-stream"));
+                    f.ex.streaming = sse;
+                    f.sse = sse.then(SseFramer::new);
+                    f.response_body = (!sse).then(Vec::new);
+                    f.ex.response_start_ns = Some(ts_ns);
+                    f.ex.response = Some(head);
+                }
+            }
+            HttpEvent::ResponseBody { ts_ns, data } => {
+                if let Some(f) = self.responding() {
+                    f.ex.response_body_len += data.len() as u64;
+                    if let Some(sse) = f.sse.as_mut() {
+                        let mut chunks = Vec::new();
+                        let mut failures = 0;
+                        let mut events = 0;
+                        sse.feed(data, &mut |e| match e {
+                            SseEvent::Event { data, .. } => {
+                                events += 1;
+                                chunks.extend(openai::parse_stream_chunk(data));
+                            }
+                            SseEvent::Failure(_) => failures += 1,
+                            SseEvent::Comment => {}
+                        });
+                        f.ex.sse_events += events;
+                        f.ex.sse_failures += failures;
+                        for c in chunks {
+                            f.on_chunk(ts_ns, c);
+                        }
+                    } else if let Some(body) = f.response_body.as_mut() {
+                        if body.len() + data.len() <= RESPONSE_BODY_MAX {
+                            body.extend_from_slice(data);
+                        } else {
+                            f.response_truncated = true;
+                        }
+                        if f.response_truncated {
+                            push_tail(&mut f.response_tail, data);
+                        }
+                    }
+                }
+            }
+            HttpEvent::ResponseBodyGap { len } => {
+                if let Some(f) = self.responding() {
+                    f.ex.response_body_len += len;
+                    f.ex.incomplete = true;
+                    f.response_truncated = true;
+                    if let Some(sse) = f.sse.as_mut() {
+                        sse.gap();
+                    }
+                }
+            }
+            HttpEvent::ResponseEnd { ts_ns } => {
+                if let Some(f) = self.in_flight.pop_front() {
+                    done.push(f.finish(ts_ns, Outcome::Completed));
+                }
+            }
+            HttpEvent::Aborted { ts_ns, response_started, .. } => {
+                // The connection ended mid-exchange: every exchange still in flight is cancelled.
+                let mut first = true;
+                while let Some(f) = self.in_flight.pop_front() {
+                    let started = if first { response_started || f.ex.response.is_some() } else { f.ex.response.is_some() };
+                    first = false;
+                    done.push(f.finish(ts_ns, Outcome::Cancelled { response_started: started }));
+                }
+            }
+            HttpEvent::ParseError { .. } => {
+                fx.parse_errors += 1;
+                for f in self.in_flight.iter_mut() {
+                    f.ex.incomplete = true;
+                }
+            }
+            HttpEvent::NotHttp => {
+                fx.not_http = true;
+            }
+        }
+        fx
+    }
+}
+
+fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
+    if data.len() >= RESPONSE_TAIL {
+        tail.clear();
+        tail.extend_from_slice(&data[data.len() - RESPONSE_TAIL..]);
+        return;
+    }
+    let excess = (tail.len() + data.len()).saturating_sub(RESPONSE_TAIL);
+    tail.drain(..excess.min(tail.len()));
+    tail.extend_from_slice(data);
+}

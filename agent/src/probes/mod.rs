@@ -1,0 +1,221 @@
+//! Probes: loading the embedded eBPF object, checking what the kernel and the process are
+//! allowed to do, attaching the tracepoints, and the maps userspace writes (targets, sockets) or
+//! reads (drop counters, per-program statistics).
+//!
+//! Minimum kernel: 5.8 (BPF ring buffer). Needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), and
+//! CAP_SYS_ADMIN to mount tracefs when it is missing.
+
+pub mod targets;
+pub mod tracefs;
+
+use std::os::fd::OwnedFd;
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use infertap_common::{ConnInfo, ConnKey, TargetInfo, DROP_COUNTERS, DROP_NAMES};
+
+/// The object built by `cargo xtask build` (empty when the agent was built without it).
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/infertap-probes.o"));
+
+/// Every tracepoint program and where it attaches.
+pub const PROGRAMS: &[(&str, &str)] = &[
+    ("sys_enter_read", "syscalls"),
+    ("sys_exit_read", "syscalls"),
+    ("sys_enter_readv", "syscalls"),
+    ("sys_exit_readv", "syscalls"),
+    ("sys_enter_recvfrom", "syscalls"),
+    ("sys_exit_recvfrom", "syscalls"),
+    ("sys_enter_recvmsg", "syscalls"),
+    ("sys_exit_recvmsg", "syscalls"),
+    ("sys_enter_write", "syscalls"),
+    ("sys_exit_write", "syscalls"),
+    ("sys_enter_writev", "syscalls"),
+    ("sys_exit_writev", "syscalls"),
+    ("sys_enter_sendto", "syscalls"),
+    ("sys_exit_sendto", "syscalls"),
+    ("sys_enter_sendmsg", "syscalls"),
+    ("sys_exit_sendmsg", "syscalls"),
+    ("sys_enter_accept", "syscalls"),
+    ("sys_exit_accept", "syscalls"),
+    ("sys_enter_accept4", "syscalls"),
+    ("sys_exit_accept4", "syscalls"),
+    ("sys_enter_connect", "syscalls"),
+    ("sys_exit_connect", "syscalls"),
+    ("sys_enter_close", "syscalls"),
+    ("sched_process_exit", "sched"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "this infertap binary was built without its eBPF object; build it with `cargo xtask build` \
+         (plain `cargo build` skips the kernel programs)"
+    )]
+    NoObject,
+    #[error(
+        "missing privileges: {missing}. Run infertap as root, or grant the capabilities \
+         (e.g. `setcap cap_bpf,cap_perfmon,cap_sys_admin,cap_sys_ptrace,cap_dac_read_search+ep infertap`; \
+         in Kubernetes add them to the container's securityContext)"
+    )]
+    Privileges { missing: String },
+    #[error("tracefs is not available: {0}")]
+    Tracefs(#[from] tracefs::TracefsError),
+    #[error("loading the eBPF object failed (kernel {kernel}): {source}")]
+    Load {
+        kernel: String,
+        #[source]
+        source: aya::EbpfError,
+    },
+    #[error("the eBPF object lacks map {0}: the agent and its kernel programs do not match")]
+    MissingMap(&'static str),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("no probe could be attached; first failure: {0}")]
+    NothingAttached(String),
+}
+
+/// State of one attached (or failed) program, for `/status`.
+#[derive(Clone, Debug)]
+pub struct ProbeState {
+    pub name: &'static str,
+    pub attached: bool,
+    pub error: Option<String>,
+}
+
+/// Loaded and attached kernel programs plus the maps userspace uses.
+pub struct Probes {
+    ebpf: Ebpf,
+    pub states: Vec<ProbeState>,
+    /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program).
+    _stats: Option<OwnedFd>,
+}
+
+/// Maps handed to the stages that use them.
+pub struct Maps {
+    pub targets: HashMap<MapData, u32, TargetInfo>,
+    pub sockets: HashMap<MapData, ConnKey, ConnInfo>,
+    pub drops: PerCpuArray<MapData, u64>,
+    pub events: RingBuf<MapData>,
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// Effective capabilities of this process, from /proc/self/status.
+fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn check_privileges() -> Result<(), ProbeError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let caps = effective_caps();
+    let has = |c: u32| caps & (1u64 << c) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !has(CAP_BPF) {
+        missing.push("CAP_BPF (load programs and maps)");
+    }
+    if !has(CAP_PERFMON) {
+        missing.push("CAP_PERFMON (attach tracepoints)");
+    }
+    Err(ProbeError::Privileges { missing: missing.join(", ") })
+}
+
+impl Probes {
+    /// Load and attach. `ring_bytes` sets the ring buffer size (a power of two multiple of the page size).
+    pub fn load(ring_bytes: u32) -> Result<(Probes, Maps), ProbeError> {
+        if OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        check_privileges()?;
+        let tracefs = tracefs::ensure_mounted()?;
+        if let Some(path) = tracefs.mounted_by_us {
+            tracing::info!(path = %path.display(), "tracefs was not mounted; mounted it.");
+        }
+        let _ = rlimit_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("EVENTS", ring_bytes)
+            .load(OBJECT)
+            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source })?;
+
+        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let mut states = Vec::new();
+        for (name, category) in PROGRAMS {
+            let result = (|| -> Result<(), String> {
+                let prog = ebpf.program_mut(name).ok_or_else(|| "not in the eBPF object".to_string())?;
+                let tp: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
+                tp.load().map_err(|e| format!("{e:#}"))?;
+                tp.attach(category, name).map_err(|e| format!("{e:#}"))?;
+                Ok(())
+            })();
+            states.push(ProbeState { name, attached: result.is_ok(), error: result.err() });
+        }
+        if let Some(failed) = states.iter().find(|s| !s.attached) {
+            if states.iter().all(|s| !s.attached) {
+                return Err(ProbeError::NothingAttached(format!("{}: {}", failed.name, failed.error.clone().unwrap_or_default())));
+            }
+        }
+        for s in states.iter().filter(|s| !s.attached) {
+            tracing::warn!(probe = s.name, error = s.error.as_deref().unwrap_or(""), "Probe not attached; its syscall is not traced.");
+        }
+
+        let targets = take_map(&mut ebpf, "TARGETS")?;
+        let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        let drops = take_map(&mut ebpf, "DROPS")?;
+        let events = take_map(&mut ebpf, "EVENTS")?;
+        Ok((Probes { ebpf, states, _stats: stats }, Maps { targets, sockets, drops, events }))
+    }
+
+    /// Run count and total run time per attached program (from the kernel's BPF statistics).
+    pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.run_count(), i.run_time().as_nanos() as u64)))
+            .collect()
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
+fn rlimit_memlock() -> std::io::Result<()> {
+    let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to a valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Per-reason kernel drop counters, summed over CPUs.
+pub fn kernel_drops(drops: &PerCpuArray<MapData, u64>) -> Vec<(&'static str, u64)> {
+    (0..DROP_COUNTERS)
+        .map(|i| {
+            let total = drops.get(&i, 0).map(|v| v.iter().sum::<u64>()).unwrap_or(0);
+            (DROP_NAMES[i as usize], total)
+        })
+        .collect()
+}

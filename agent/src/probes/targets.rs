@@ -1,0 +1,198 @@
+//! Which processes are traced (standalone mode), found by scanning /proc: by pid, by a listening
+//! port, or by command line (by default: processes that look like OpenAI-compatible inference
+//! servers or EPPs). Also the TCP sockets a process already has open when it becomes a target, so
+//! that connections opened before the agent are traced from their next request on.
+//!
+//! Reads /proc only; writing the kernel maps is the caller's job.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+
+use procfs::net::TcpState;
+use procfs::process::{FDTarget, Process};
+use regex::Regex;
+
+/// Command lines targeted when no selector is given.
+pub const DEFAULT_CMDLINE: &str = r"(?i)(vllm|sglang|llama-server|llama\.cpp|text-generation-(launcher|router|server)|(^|/)epp(\s|$)|endpoint-picker)";
+
+#[derive(Clone, Debug, Default)]
+pub struct Selector {
+    pub pids: Vec<u32>,
+    pub ports: Vec<u16>,
+    pub cmdline: Option<Regex>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub pid: u32,
+    pub comm: String,
+    /// Why it is targeted: `pid`, `port 8000`, `cmdline`.
+    pub reason: String,
+}
+
+/// A TCP socket of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcSocket {
+    pub fd: u32,
+    pub inode: u64,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub listening: bool,
+}
+
+fn comm(p: &Process) -> String {
+    p.stat().map(|s| s.comm).unwrap_or_default()
+}
+
+/// TCP sockets (IPv4 and IPv6) of one process, in its own network namespace.
+pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
+    let Ok(p) = Process::new(pid as i32) else { return Vec::new() };
+    let mut by_inode: HashMap<u64, (SocketAddr, SocketAddr, bool)> = HashMap::new();
+    for entries in [p.tcp(), p.tcp6()].into_iter().flatten() {
+        for e in entries {
+            let listening = e.state == TcpState::Listen;
+            if listening || e.state == TcpState::Established || e.state == TcpState::CloseWait {
+                by_inode.insert(e.inode, (e.local_address, e.remote_address, listening));
+            }
+        }
+    }
+    let Ok(fds) = p.fd() else { return Vec::new() };
+    fds.flatten()
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => by_inode
+                .get(&inode)
+                .map(|(l, r, listening)| ProcSocket { fd: fd.fd as u32, inode, local: *l, remote: *r, listening: *listening }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Scans /proc for targets. Keeps a cache of listening-socket owners so that port selection
+/// does not read every process's fds on every scan.
+pub struct Scanner {
+    selector: Selector,
+    self_pid: u32,
+    /// Listening socket inode → owning pid, for port selection.
+    listen_owner: HashMap<u64, u32>,
+}
+
+impl Scanner {
+    pub fn new(selector: Selector) -> Scanner {
+        Scanner { selector, self_pid: std::process::id(), listen_owner: HashMap::new() }
+    }
+
+    /// The processes that should be traced now.
+    pub fn scan(&mut self) -> Vec<Target> {
+        let mut out: HashMap<u32, Target> = HashMap::new();
+        for &pid in &self.selector.pids {
+            if let Ok(p) = Process::new(pid as i32) {
+                out.insert(pid, Target { pid, comm: comm(&p), reason: "pid".into() });
+            }
+        }
+        if !self.selector.ports.is_empty() {
+            for (pid, port) in self.port_owners() {
+                if let Ok(p) = Process::new(pid as i32) {
+                    out.entry(pid).or_insert(Target { pid, comm: comm(&p), reason: format!("port {port}") });
+                }
+            }
+        }
+        if let Some(re) = &self.selector.cmdline {
+            if let Ok(all) = procfs::process::all_processes() {
+                for p in all.flatten() {
+                    let pid = p.pid as u32;
+                    if pid == self.self_pid || out.contains_key(&pid) {
+                        continue;
+                    }
+                    // Kernel threads have an empty cmdline.
+                    let Ok(args) = p.cmdline() else { continue };
+                    if args.is_empty() {
+                        continue;
+                    }
+                    if re.is_match(&args.join(" ")) {
+                        out.insert(pid, Target { pid, comm: comm(&p), reason: "cmdline".into() });
+                    }
+                }
+            }
+        }
+        out.remove(&self.self_pid);
+        let mut v: Vec<Target> = out.into_values().collect();
+        v.sort_by_key(|t| t.pid);
+        v
+    }
+
+    /// Pids listening on a selected port (in the agent's network namespace).
+    fn port_owners(&mut self) -> Vec<(u32, u16)> {
+        let mut wanted: HashMap<u64, u16> = HashMap::new();
+        for entries in [procfs::net::tcp(), procfs::net::tcp6()].into_iter().flatten() {
+            for e in entries {
+                if e.state == TcpState::Listen && self.selector.ports.contains(&e.local_address.port()) {
+                    wanted.insert(e.inode, e.local_address.port());
+                }
+            }
+        }
+        self.listen_owner.retain(|inode, _| wanted.contains_key(inode));
+        let unknown: HashSet<u64> = wanted.keys().filter(|i| !self.listen_owner.contains_key(i)).copied().collect();
+        if !unknown.is_empty() {
+            if let Ok(all) = procfs::process::all_processes() {
+                for p in all.flatten() {
+                    let Ok(fds) = p.fd() else { continue };
+                    for fd in fds.flatten() {
+                        if let FDTarget::Socket(inode) = fd.target {
+                            if unknown.contains(&inode) {
+                                self.listen_owner.insert(inode, p.pid as u32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.listen_owner.iter().filter_map(|(inode, pid)| wanted.get(inode).map(|port| (*pid, *port))).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    #[test]
+    fn finds_this_process_sockets_and_targets_by_port_and_pid() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (_s, _) = l.accept().unwrap();
+        let socks = tcp_sockets(std::process::id());
+        assert!(socks.iter().any(|s| s.listening && s.local.port() == port));
+        assert!(socks.iter().any(|s| !s.listening && s.remote == c.local_addr().unwrap()));
+
+        // The scanner never targets the agent itself; a child process by pid is found.
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut s = Scanner::new(Selector { pids: vec![child.id()], ports: vec![port], cmdline: None });
+        let t = s.scan();
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert_eq!(t[0].pid, child.id());
+        assert_eq!(t[0].reason, "pid");
+        let mut s = Scanner::new(Selector { cmdline: Some(Regex::new("^sleep 5$").unwrap()), ..Default::default() });
+        assert!(s.scan().iter().any(|t| t.pid == child.id() && t.reason == "cmdline"));
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn default_cmdline_matches_inference_servers_only() {
+        let re = Regex::new(DEFAULT_CMDLINE).unwrap();
+        for yes in [
+            "/usr/bin/python3 -m vllm.entrypoints.openai.api_server --model x",
+            "vllm serve meta-llama/Llama-3-8B",
+            "python -m sglang.launch_server",
+            "/app/llama-server -m model.gguf",
+            "text-generation-launcher --model-id x",
+            "/epp --pool-name x",
+        ] {
+            assert!(re.is_match(yes), "{yes}");
+        }
+        for no in ["bash", "python3 app.py", "/usr/sbin/sshd -D", "sleep 100", "prepper"] {
+            assert!(!re.is_match(no), "{no}");
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! Copying the bytes a syscall moved into bounded data records.
+//!
+//! Every length handed to a helper is masked with `CHUNK_MAX - 1`, so the verifier can prove it
+//! in bounds. Each record carries its stream position: userspace turns anything missing (a record
+//! the ring buffer refused, the middle of a large buffer, iovecs past `IOVECS_TRACED`) into an
+//! exact gap.
+
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf};
+use infertap_common::*;
+
+use crate::maps::*;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct IoVec {
+    base: u64,
+    len: u64,
+}
+
+/// Header fields shared by every record of one syscall.
+struct Call {
+    pid_tgid: u64,
+    conn_id: u64,
+    fd: u32,
+    flags: u32,
+    syscall_pos: u64,
+    syscall_len: u64,
+    ts_ns: u64,
+}
+
+#[inline(always)]
+pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: call.fd };
+    let info = match SOCKETS.get_ptr_mut(&key) {
+        Some(p) => p,
+        None => return, // closed meanwhile
+    };
+    let egress = call.kind >= SYS_WRITE;
+    // SAFETY: a map value pointer valid for this program's run. Two threads moving bytes on one
+    // socket at once is a race in the application too; the position then only drifts.
+    let (conn_id, pos) = unsafe {
+        let pos = if egress { (*info).tx_pos } else { (*info).rx_pos };
+        if egress {
+            (*info).tx_pos = pos + n;
+        } else {
+            (*info).rx_pos = pos + n;
+        }
+        ((*info).conn_id, pos)
+    };
+    let c = Call {
+        pid_tgid,
+        conn_id,
+        fd: call.fd,
+        flags: (if egress { DATA_FLAG_EGRESS } else { 0 }) | (call.kind << DATA_SYSCALL_SHIFT),
+        syscall_pos: pos,
+        syscall_len: n,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    match call.shape {
+        SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
+        SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
+        SHAPE_MSG => {
+            // struct msghdr (user ABI): msg_iov at 16, msg_iovlen at 24.
+            let iov = unsafe { bpf_probe_read_user((call.ptr + 16) as *const u64) }.unwrap_or(0);
+            let cnt = unsafe { bpf_probe_read_user((call.ptr + 24) as *const u64) }.unwrap_or(0);
+            emit_iovecs(&c, iov, cnt, n)
+        }
+        _ => {}
+    }
+}
+
+/// A contiguous buffer: up to `HEAD_CHUNKS_PER_BUFFER` chunks from its start, then its tail.
+#[inline(always)]
+fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
+    let mut off: u64 = 0;
+    for _ in 0..HEAD_CHUNKS_PER_BUFFER {
+        if off >= total {
+            return;
+        }
+        let len = min(total - off, CHUNK_PAYLOAD_MAX as u64);
+        let last = base + off + len >= c.syscall_len;
+        emit_chunk(c, src + off, len, base + off, last);
+        off += len;
+    }
+    if off < total {
+        let len = min(total - off, CHUNK_PAYLOAD_MAX as u64);
+        let at = total - len;
+        emit_chunk(c, src + at, len, base + at, base + total >= c.syscall_len);
+    }
+}
+
+/// An iovec array: the first chunk of each of the first `IOVECS_TRACED` iovecs.
+#[inline(always)]
+fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
+    let mut off: u64 = 0;
+    let mut i: u64 = 0;
+    for _ in 0..IOVECS_TRACED {
+        if i >= count || off >= total {
+            return;
+        }
+        let v = match unsafe { bpf_probe_read_user((iov + i * 16) as *const IoVec) } {
+            Ok(v) => v,
+            Err(_) => {
+                count_drop(DROP_READ_USER);
+                return;
+            }
+        };
+        let take = min(v.len, total - off);
+        let len = min(take, CHUNK_PAYLOAD_MAX as u64);
+        if len > 0 {
+            emit_chunk(c, v.base, len, off, off + take >= total);
+        }
+        off += take;
+        i += 1;
+    }
+}
+
+#[inline(always)]
+fn min(a: u64, b: u64) -> u64 {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
+    let ev = match SCRATCH.get_ptr_mut(0) {
+        Some(p) => p,
+        None => return,
+    };
+    let len = (len as usize) & (CHUNK_MAX - 1);
+    // SAFETY: the per-CPU scratch slot belongs to this program run; `len` < CHUNK_MAX.
+    unsafe {
+        let r = &mut (*ev).record;
+        r.header = RecordHeader { kind: RECORD_DATA, tgid: (c.pid_tgid >> 32) as u32, ts_ns: c.ts_ns };
+        r.conn_id = c.conn_id;
+        r.stream_pos = c.syscall_pos + offset;
+        r.syscall_pos = c.syscall_pos;
+        r.syscall_len = c.syscall_len;
+        r.fd = c.fd;
+        r.tid = c.pid_tgid as u32;
+        r.len = len as u32;
+        r.flags = c.flags | if last { DATA_FLAG_LAST } else { 0 };
+        let payload = &mut (*ev).payload;
+        if bpf_probe_read_user_buf(src as *const u8, &mut payload[..len]).is_err() {
+            count_drop(DROP_READ_USER);
+            r.len = 0;
+        }
+        let size = core::mem::size_of::<DataRecord>() + (r.len as usize & (CHUNK_MAX - 1));
+        let bytes = core::slice::from_raw_parts(ev as *const u8, size);
+        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+            count_drop(DROP_RINGBUF_DATA);
+        }
+    }
+}

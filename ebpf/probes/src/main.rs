@@ -1,0 +1,162 @@
+//! infertap's kernel programs.
+//!
+//! Syscall tracepoints (`syscalls/sys_enter_*`, `syscalls/sys_exit_*`) on the socket I/O of
+//! targeted processes, and `sched/sched_process_exit`. They read only syscall arguments, return
+//! values, user memory the syscall itself moved, and maps: no kernel struct, no CO-RE, no kprobe.
+//!
+//! Flow: an enter program checks `TARGETS` (every other process leaves here), then `SOCKETS`
+//! (only traced TCP sockets go on; files, pipes and Unix sockets never do), and saves the
+//! arguments in `ACTIVE`. The exit program takes them back, and for a positive return value copies
+//! the bytes moved into `EVENTS` as bounded data records (head chunks then the tail of large
+//! buffers), each stamped with its position in the connection's byte stream so that userspace
+//! sees every loss exactly.
+//!
+//! Minimum kernel version: 5.8 (ring buffer); bounded loops need 5.3.
+#![no_std]
+#![no_main]
+
+mod conn;
+mod data;
+mod maps;
+
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use infertap_common::*;
+use maps::*;
+
+/// `syscalls/sys_enter_*`: the n-th syscall argument.
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: syscall enter tracepoints lay out `__syscall_nr` at 8 and the arguments as
+    // 8-byte slots from offset 16; reading past them fails cleanly.
+    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
+}
+
+/// `syscalls/sys_exit_*`: the return value.
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: `ret` sits at offset 16 of every syscall exit tracepoint.
+    unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) }
+}
+
+#[inline(always)]
+fn targeted(pid_tgid: u64) -> bool {
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TARGETS.get(&tgid).is_some() }
+}
+
+const MSG_PEEK: u64 = 2;
+
+/// Save a data syscall's arguments if the process is targeted and the fd is a traced socket.
+#[inline(always)]
+fn enter_data(ctx: &TracePointContext, kind: u32, shape: u32, peek_flags_arg: Option<usize>) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !targeted(pid_tgid) {
+        return 0;
+    }
+    let fd = arg(ctx, 0) as u32;
+    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
+    // SAFETY: read-only lookup.
+    if unsafe { SOCKETS.get(&key).is_none() } {
+        return 0;
+    }
+    if let Some(n) = peek_flags_arg {
+        if arg(ctx, n) & MSG_PEEK != 0 {
+            return 0; // peeked bytes are read again later: copying them would duplicate them
+        }
+    }
+    let call = ActiveCall { ptr: arg(ctx, 1), len: arg(ctx, 2), fd, kind, shape, family: 0 };
+    if ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
+        count_drop(DROP_ACTIVE_FULL);
+    }
+    0
+}
+
+#[inline(always)]
+fn exit_data(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if !targeted(pid_tgid) {
+        return 0;
+    }
+    // SAFETY: plain value copied out before the entry is removed.
+    let call = match unsafe { ACTIVE.get(&pid_tgid) } {
+        Some(c) => *c,
+        None => return 0,
+    };
+    let _ = ACTIVE.remove(&pid_tgid);
+    let n = ret(ctx);
+    if n <= 0 {
+        return 0;
+    }
+    data::emit(pid_tgid, &call, n as u64);
+    0
+}
+
+macro_rules! data_syscall {
+    ($enter:ident, $exit:ident, $kind:expr, $shape:expr, $peek:expr) => {
+        #[tracepoint]
+        pub fn $enter(ctx: TracePointContext) -> u32 {
+            enter_data(&ctx, $kind, $shape, $peek)
+        }
+        #[tracepoint]
+        pub fn $exit(ctx: TracePointContext) -> u32 {
+            exit_data(&ctx)
+        }
+    };
+}
+
+data_syscall!(sys_enter_read, sys_exit_read, SYS_READ, SHAPE_BUF, None);
+data_syscall!(sys_enter_readv, sys_exit_readv, SYS_READV, SHAPE_IOV, None);
+data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, SHAPE_BUF, Some(3));
+data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, SHAPE_MSG, Some(2));
+data_syscall!(sys_enter_write, sys_exit_write, SYS_WRITE, SHAPE_BUF, None);
+data_syscall!(sys_enter_writev, sys_exit_writev, SYS_WRITEV, SHAPE_IOV, None);
+data_syscall!(sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, SHAPE_BUF, None);
+data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, SHAPE_MSG, None);
+
+#[tracepoint]
+pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
+    conn::enter_accept(&ctx)
+}
+#[tracepoint]
+pub fn sys_exit_accept(ctx: TracePointContext) -> u32 {
+    conn::exit_accept(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
+    conn::enter_accept(&ctx)
+}
+#[tracepoint]
+pub fn sys_exit_accept4(ctx: TracePointContext) -> u32 {
+    conn::exit_accept(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    conn::enter_connect(&ctx)
+}
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    conn::exit_connect(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    conn::enter_close(&ctx)
+}
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    conn::process_exit(&ctx)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[link_section = "license"]
+#[no_mangle]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

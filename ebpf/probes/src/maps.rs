@@ -1,0 +1,71 @@
+//! Every map the programs share with userspace or with each other. Upper-case statics, one place.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray, RingBuf},
+};
+use infertap_common::{ConnInfo, ConnKey, DataRecord, TargetInfo, CHUNK_MAX, DROP_COUNTERS};
+
+/// Processes to trace (key: tgid), written by userspace. Every program looks here first and
+/// leaves at once for any other process.
+#[map]
+pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
+
+/// Sockets of targeted processes whose bytes are copied (TCP sockets only: accepted, connected,
+/// or found open by userspace). Files, pipes and Unix sockets are never in here, so their I/O is
+/// never copied.
+#[map]
+pub static SOCKETS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments of the syscall in flight on each thread (key: pid_tgid), from enter to exit.
+#[map]
+pub static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(16384, 0);
+
+/// Records to userspace. Its size is set by userspace at load time (`--ring-buffer-size`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
+
+/// Why records could not be delivered, per CPU (indexes: `infertap_common::DROP_*`).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+
+/// Per-CPU scratch space where a data record is assembled before it is copied to `EVENTS`.
+#[map]
+pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct DataEvent {
+    pub record: DataRecord,
+    pub payload: [u8; CHUNK_MAX],
+}
+
+/// What a syscall's enter program saves for its exit program.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ActiveCall {
+    /// Buffer, iovec array, msghdr or sockaddr pointer, depending on `shape`.
+    pub ptr: u64,
+    /// Buffer length or iovec count.
+    pub len: u64,
+    pub fd: u32,
+    /// `infertap_common::SYS_*` for data syscalls; `CALL_ACCEPT` / `CALL_CONNECT` otherwise.
+    pub kind: u32,
+    pub shape: u32,
+    pub family: u32,
+}
+
+pub const SHAPE_BUF: u32 = 0;
+pub const SHAPE_IOV: u32 = 1;
+pub const SHAPE_MSG: u32 = 2;
+pub const SHAPE_SOCKADDR: u32 = 3;
+
+pub const CALL_ACCEPT: u32 = 100;
+pub const CALL_CONNECT: u32 = 101;
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(c) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: a per-CPU slot, touched only by this CPU.
+        unsafe { *c += 1 };
+    }
+}
