@@ -70,22 +70,26 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
 }
 
 /// A contiguous buffer: up to `HEAD_CHUNKS_PER_BUFFER` chunks from its start, then its tail.
+///
+/// Each chunk's offset is computed from the loop index, never accumulated, so that the verifier
+/// sees the same state at every iteration and can prune instead of exploring 2^n paths.
 #[inline(always)]
 fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
-    let mut off: u64 = 0;
-    for _ in 0..HEAD_CHUNKS_PER_BUFFER {
+    const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
+    for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
+        let off = i * MAX;
         if off >= total {
             return;
         }
-        let len = min(total - off, CHUNK_PAYLOAD_MAX as u64);
-        let last = base + off + len >= c.syscall_len;
-        emit_chunk(c, src + off, len, base + off, last);
-        off += len;
+        let rest = total - off;
+        let len = if rest > MAX { MAX } else { rest };
+        emit_chunk(c, src + off, len, base + off, rest <= MAX);
     }
-    if off < total {
-        let len = min(total - off, CHUNK_PAYLOAD_MAX as u64);
+    let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
+    if total > head {
+        let len = if total - head > MAX { MAX } else { total - head };
         let at = total - len;
-        emit_chunk(c, src + at, len, base + at, base + total >= c.syscall_len);
+        emit_chunk(c, src + at, len, base + at, true);
     }
 }
 
@@ -124,7 +128,8 @@ fn min(a: u64, b: u64) -> u64 {
     }
 }
 
-#[inline(always)]
+/// One record: `len` bytes from `src`, at `offset` within the syscall's bytes.
+#[inline(never)]
 fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
     let ev = match SCRATCH.get_ptr_mut(0) {
         Some(p) => p,
