@@ -109,8 +109,8 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     println!("infertap is tracing the stand-in server. Debug endpoint: http://{debug}/status, /spans, /metrics");
     println!();
     println!(
-        "{:<34} {:>6} {:>9} {:>9} {:>10} {:>7} {:<10} {}",
-        "span", "status", "ttft_ms", "itl_ms", "dur_ms", "tokens", "outcome", "trace_id"
+        "{:<34} {:>6} {:>9} {:>9} {:>10} {:>7} {:<10} trace_id",
+        "span", "status", "ttft_ms", "itl_ms", "dur_ms", "tokens", "outcome"
     );
     let started = Instant::now();
     let mut seen: HashSet<String> = HashSet::new();

@@ -65,7 +65,7 @@ pub enum ProbeError {
     Load {
         kernel: String,
         #[source]
-        source: aya::EbpfError,
+        source: Box<aya::EbpfError>,
     },
     #[error("the eBPF object lacks map {0}: the agent and its kernel programs do not match")]
     MissingMap(&'static str),
@@ -73,7 +73,7 @@ pub enum ProbeError {
     Map {
         name: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("no probe could be attached; first failure: {0}")]
     NothingAttached(String),
@@ -153,7 +153,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
-            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source })?;
+            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source: Box::new(source) })?;
 
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let mut states = Vec::new();
@@ -197,7 +197,7 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source: Box::new(source) })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
