@@ -108,7 +108,13 @@ async fn run(config: Config) -> Result<()> {
         s.probes = probes
             .states
             .iter()
-            .map(|p| ProbeStatus { name: p.name.to_string(), attached: p.attached, error: p.error.clone() })
+            .map(|p| ProbeStatus {
+                name: p.name.to_string(),
+                attached: p.attached,
+                error: p.error.clone(),
+                run_count: 0,
+                run_time_ns: 0,
+            })
             .collect()
     });
     let attached = probes.states.iter().filter(|p| p.attached).count();
@@ -138,6 +144,7 @@ async fn run(config: Config) -> Result<()> {
         opts: BuildOptions { derive_trace_from_request_id: !config.no_request_id_trace, ..Default::default() },
         kmaps: kmaps.clone(),
         done: Vec::new(),
+        probes,
     };
     let pipeline_task = tokio::spawn(pipeline.run(maps.events, maps.drops, ctl_rx, status.clone(), shutdown_rx.clone()));
 
@@ -148,7 +155,6 @@ async fn run(config: Config) -> Result<()> {
     let _ = targeting.join();
     exporter.shutdown().await;
     let _ = debug_task.await;
-    drop(probes);
     Ok(())
 }
 
@@ -241,6 +247,8 @@ struct Pipeline {
     opts: BuildOptions,
     kmaps: Arc<Mutex<KernelMaps>>,
     done: Vec<Finished>,
+    /// Held for the life of the pipeline: dropping it detaches the programs.
+    probes: Probes,
 }
 
 impl Pipeline {
@@ -359,7 +367,14 @@ impl Pipeline {
         self.emit();
         let kernel = kernel_drops(drops);
         let open = self.table.len() as u64;
+        let runs = self.probes.program_stats();
         status.update(|s| {
+            for p in s.probes.iter_mut() {
+                if let Some((_, count, ns)) = runs.iter().find(|(n, _, _)| *n == p.name) {
+                    p.run_count = *count;
+                    p.run_time_ns = *ns;
+                }
+            }
             s.connections_open = open;
             s.kernel_dropped = kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         });

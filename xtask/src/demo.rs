@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use crate::{agent_binary, root};
 
-struct Kill(Child);
+pub struct Kill(pub Child);
 
 impl Drop for Kill {
     fn drop(&mut self) {
@@ -21,16 +21,16 @@ impl Drop for Kill {
     }
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn get_json(url: &str) -> Result<Value> {
+pub fn get_json(url: &str) -> Result<Value> {
     let body = ureq::get(url).timeout(Duration::from_secs(5)).call()?.into_string()?;
     Ok(serde_json::from_str(&body)?)
 }
 
-fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
+pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<()> {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if ok() {

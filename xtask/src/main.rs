@@ -3,6 +3,7 @@
 //! Every task installs what it needs idempotently (nightly rust-src, bpf-linker linked to the
 //! nightly's own LLVM, the Python venv for test peers), so a fresh machine needs nothing by hand.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -36,6 +37,14 @@ enum Cmd {
     },
     /// Formatting, clippy (host and eBPF crates) and lock-file checks.
     Lint,
+    /// Requests/s of a loopback inference server with the agent off, idle and tracing it
+    /// (interleaved rounds, medians as ratios), and the kernel cost per program run.
+    BenchOverhead {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
     Demo {
         /// Stop by itself after this many seconds (default: run until Ctrl-C).
@@ -155,6 +164,14 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { require_root, args } => test(require_root, &args),
         Cmd::Lint => lint(),
+        Cmd::BenchOverhead { rounds, seconds } => {
+            build()?;
+            let python = setup::python_env()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and must run as root");
+            }
+            bench::run_bench(&python, rounds, seconds)
+        }
         Cmd::Demo { duration } => {
             build()?;
             let python = setup::python_env()?;

@@ -41,6 +41,12 @@ pub struct ProbeStatus {
     pub attached: bool,
     /// Why it is not attached (kernel support, verifier, permissions).
     pub error: Option<String>,
+    /// Times the program ran, and its total run time, from the kernel's BPF statistics
+    /// (`kernel.bpf_stats_enabled`, switched on while the agent runs).
+    #[serde(default)]
+    pub run_count: u64,
+    #[serde(default)]
+    pub run_time_ns: u64,
 }
 
 /// One targeted process and why it is targeted (`"port 8000"`, `"pid"`, `"cmdline"`, …).
@@ -267,6 +273,8 @@ mod tests {
                 name: "sys_enter_read".into(),
                 attached: true,
                 error: None,
+                run_count: 0,
+                run_time_ns: 0,
             });
             s.targets.push(TargetStatus {
                 pid: 42,
@@ -320,6 +328,8 @@ mod tests {
                 name: "sys_exit_read".into(),
                 attached: false,
                 error: Some("no such tracepoint".into()),
+                run_count: 0,
+                run_time_ns: 0,
             });
         });
         let mut families = Vec::new();
