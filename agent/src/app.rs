@@ -37,6 +37,9 @@ use crate::trace::build::{build_span, BuildOptions, RandomIds};
 /// never collide with the kernel's (timestamps).
 const USER_CONN_ID_BIT: u64 = 1 << 63;
 
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_INTERVAL_MS: u64 = 10;
+
 /// What the targeting thread tells the pipeline.
 #[derive(Debug)]
 enum Control {
@@ -270,6 +273,10 @@ impl Pipeline {
             }
         };
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The kernel side wakes us only when a lot of data waits (wake-ups are expensive there),
+        // so a quiet ring is drained on this timer.
+        let mut poll = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tokio::select! {
                 guard = ring.readable_mut() => {
@@ -284,6 +291,9 @@ impl Pipeline {
                         Some(m) => self.control(m),
                         None => break,
                     }
+                }
+                _ = poll.tick() => {
+                    self.drain(ring.get_mut());
                 }
                 _ = tick.tick() => {
                     self.drain(ring.get_mut());

@@ -129,7 +129,7 @@ fn open(pid_tgid: u64, fd: u32, listen_fd: u32, role: u32, sockaddr: u64) {
         count_drop(DROP_SOCKETS_FULL);
         return;
     }
-    if EVENTS.output::<ConnOpenRecord>(&rec, 0).is_err() {
+    if EVENTS.output::<ConnOpenRecord>(&rec, wakeup_flags()).is_err() {
         count_drop(DROP_RINGBUF_CONTROL);
     }
 }
@@ -152,7 +152,7 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         fd: key.fd,
         _pad: 0,
     };
-    if EVENTS.output::<ConnCloseRecord>(&rec, 0).is_err() {
+    if EVENTS.output::<ConnCloseRecord>(&rec, wakeup_flags()).is_err() {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0
@@ -168,7 +168,7 @@ pub fn process_exit(_ctx: &TracePointContext) -> u32 {
     let rec = ProcExitRecord {
         header: RecordHeader { kind: RECORD_PROC_EXIT, tgid, ts_ns: unsafe { bpf_ktime_get_ns() } },
     };
-    if EVENTS.output::<ProcExitRecord>(&rec, 0).is_err() {
+    if EVENTS.output::<ProcExitRecord>(&rec, wakeup_flags()).is_err() {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0

@@ -155,7 +155,7 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
         }
         let size = core::mem::size_of::<DataRecord>() + (r.len as usize & (CHUNK_MAX - 1));
         let bytes = core::slice::from_raw_parts(ev as *const u8, size);
-        if EVENTS.output::<[u8]>(bytes, 0).is_err() {
+        if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
             count_drop(DROP_RINGBUF_DATA);
         }
     }

@@ -69,3 +69,20 @@ pub fn count_drop(reason: u32) {
         unsafe { *c += 1 };
     }
 }
+
+/// Ring buffer wake-ups cost a cross-CPU interrupt each (several microseconds on a VM): records
+/// are written without one until this much data waits, and userspace also drains on a short
+/// timer, so a quiet ring is still read within milliseconds.
+const WAKEUP_BYTES: u64 = 256 * 1024;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
+#[inline(always)]
+pub fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
+}
