@@ -23,6 +23,7 @@
 //! - `Aborted` finishes the oldest unfinished exchange. When a parse error or a gap abandons an
 //!   exchange, every unfinished exchange is aborted (oldest first), because matching after the
 //!   loss would be a guess; later events of those messages are not emitted.
+//!
 //! After `NotHttp`, a 101 response or a 2xx response to CONNECT the parser emits nothing more,
 //! not even `Aborted` at close: the caller drops what it holds for the connection.
 

@@ -298,13 +298,12 @@ impl SseFramer {
                 self.event_type
                     .push_str(&String::from_utf8_lossy(value_bytes));
             }
-            b"id" => {
-                if !value_bytes.contains(&0) {
-                    self.last_id.clear();
-                    self.last_id.push_str(&String::from_utf8_lossy(value_bytes));
-                }
+            b"id" if !value_bytes.contains(&0) => {
+                self.last_id.clear();
+                self.last_id.push_str(&String::from_utf8_lossy(value_bytes));
             }
-            // `retry` sets the reconnection time of a client; other fields are ignored.
+            // An `id` with NUL is ignored; `retry` sets the reconnection time of a client;
+            // other fields are ignored.
             _ => {}
         }
     }
