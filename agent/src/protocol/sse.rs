@@ -144,14 +144,14 @@ impl SseFramer {
     fn start_skipping(&mut self, mid_line: bool) {
         self.skipping = true;
         self.skip_line_has_bytes = mid_line;
-        self.line.clear();
+        release(&mut self.line);
         self.reset_event();
     }
 
     fn reset_event(&mut self) {
         self.event_raw = 0;
         self.has_data = false;
-        self.data.clear();
+        release(&mut self.data);
         self.borrowed = None;
         self.event_type.clear();
     }
@@ -328,6 +328,15 @@ impl SseFramer {
             });
         }
         self.reset_event();
+    }
+}
+
+/// Empties a buffer, and frees it when a large event made it large.
+fn release(buf: &mut Vec<u8>) {
+    if buf.capacity() > 64 * 1024 {
+        *buf = Vec::new();
+    } else {
+        buf.clear();
     }
 }
 

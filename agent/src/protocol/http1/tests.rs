@@ -796,3 +796,109 @@ proptest! {
         drive(&data);
     }
 }
+
+/// Replays `(ts, op)` steps: `Ok((dir, bytes))` a syscall-start segment, `Err((dir, len))` a gap;
+/// then closes at 99.
+fn replay_ops(ops: &[(Direction, Result<&[u8], u64>)]) -> String {
+    let mut conn = Http1Conn::new(false);
+    let mut render = Render::new(false);
+    for (i, (dir, op)) in ops.iter().enumerate() {
+        let ts_ns = i as u64 + 1;
+        match op {
+            Ok(data) => conn.feed(
+                *dir,
+                Segment {
+                    ts_ns,
+                    data,
+                    syscall_start: true,
+                },
+                &mut |ev| render.event(ev),
+            ),
+            Err(len) => conn.gap(*dir, ts_ns, *len, &mut |ev| render.event(ev)),
+        }
+    }
+    conn.close(99, &mut |ev| render.event(ev));
+    render.finish()
+}
+
+#[test]
+fn early_response_then_close() {
+    // The server rejects a large upload before reading it all, and closes.
+    let out = replay_ops(&[
+        (REQ, Ok(b"POST /v1/completions HTTP/1.1\r\ncontent-length: 100\r\n\r\n{\"prompt\"")),
+        (RESP, Ok(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")),
+    ]);
+    assert_eq!(
+        out,
+        "req-head@1 POST /v1/completions HTTP/1.1 cl=100\nreq-body@1 \"{\\\"prompt\\\"\"\n\
+         resp-head@2 413 HTTP/1.1 cl=2\nresp-body@2 \"{}\"\nresp-end@2\n\
+         aborted@99 request_complete=false response_started=true\n"
+    );
+}
+
+#[test]
+fn close_aborts_every_unfinished_exchange_oldest_first() {
+    let out = replay_ops(&[
+        (REQ, Ok(b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nPOST /c HTTP/1.1\r\ncontent-length: 9\r\n\r\nabc")),
+        (RESP, Ok(b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\na")),
+        (RESP, Ok(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nb\r\n")),
+    ]);
+    assert_eq!(
+        out,
+        "req-head@1 GET /a HTTP/1.1\nreq-end@1\nreq-head@1 GET /b HTTP/1.1\nreq-end@1\n\
+         req-head@1 POST /c HTTP/1.1 cl=9\nreq-body@1 \"abc\"\n\
+         resp-head@2 200 HTTP/1.1 cl=1\nresp-body@2 \"a\"\nresp-end@2\n\
+         resp-head@3 200 HTTP/1.1 chunked\nresp-body@3 \"b\"\n\
+         aborted@99 request_complete=true response_started=true\n\
+         aborted@99 request_complete=false response_started=false\n"
+    );
+}
+
+#[test]
+fn gaps_in_other_bodies() {
+    // A gap past the end of a content-length body ends it, then loses the next start.
+    let out = replay_ops(&[
+        (REQ, Ok(b"GET / HTTP/1.1\r\n\r\n")),
+        (RESP, Ok(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab")),
+        (RESP, Err(10)),
+        (RESP, Ok(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")),
+    ]);
+    assert_eq!(
+        out,
+        "req-head@1 GET / HTTP/1.1\nreq-end@1\nresp-head@2 200 HTTP/1.1 cl=5\nresp-body@2 \"ab\"\n\
+         resp-gap 3\nresp-end@3\nparse-error Response Lost\n"
+    );
+    // A body delimited by close survives any gap; chunk data of a request too.
+    let out = replay_ops(&[
+        (
+            REQ,
+            Ok(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n8\r\nab"),
+        ),
+        (REQ, Err(4)),
+        (REQ, Ok(b"gh\r\n0\r\n\r\n")),
+        (RESP, Ok(b"HTTP/1.0 200 OK\r\n\r\nxy")),
+        (RESP, Err(1000)),
+        (RESP, Ok(b"z")),
+    ]);
+    assert_eq!(
+        out,
+        "req-head@1 POST / HTTP/1.1 chunked\nreq-body@1 \"ab\"\nreq-gap 4\nreq-body@3 \"gh\"\nreq-end@3\n\
+         resp-head@4 200 HTTP/1.0\nresp-body@4 \"xy\"\nresp-gap 1000\nresp-body@6 \"z\"\nresp-end@99\n"
+    );
+}
+
+#[test]
+fn blank_lines_between_messages_are_tolerated() {
+    let out = replay_ops(&[
+        (
+            REQ,
+            Ok(b"POST / HTTP/1.1\r\ncontent-length: 1\r\n\r\nx\r\n"),
+        ),
+        (REQ, Ok(b"\r\nGET /next HTTP/1.1\n\n")),
+    ]);
+    assert_eq!(
+        out,
+        "req-head@1 POST / HTTP/1.1 cl=1\nreq-body@1 \"x\"\nreq-end@1\nreq-head@2 GET /next HTTP/1.1\nreq-end@2\n\
+         aborted@99 request_complete=true response_started=false\naborted@99 request_complete=true response_started=false\n"
+    );
+}
