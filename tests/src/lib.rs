@@ -1,2 +1,3 @@
 //! Harness for the root-only integration tests.
+pub mod harness;
 pub mod otlp_receiver;
