@@ -266,3 +266,6 @@ fn finish(id: ConnId, meta: &ConnMeta, done: Vec<Exchange>, stats: &Stats, out: 
         out.push(Finished { conn: id, meta: meta.clone(), exchange: ex });
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,268 @@
+//! The connection table end to end without a kernel: synthetic data records as the eBPF programs
+//! emit them (with stream positions) → finished exchanges, timing, gaps, cancellation.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::*;
+use crate::capture::decode::{DataChunk, Role, SocketDir};
+use crate::exchange::Outcome;
+
+const MS: u64 = 1_000_000;
+
+struct Wire {
+    table: ConnTable,
+    stats: Stats,
+    out: Vec<Finished>,
+    pos: [u64; 2],
+    id: ConnId,
+}
+
+impl Wire {
+    fn new(origin: Origin) -> Wire {
+        let stats = Stats::default();
+        let mut table = ConnTable::new(16, 60_000 * MS);
+        let id = ConnId { tgid: 7, conn_id: 1 };
+        table.open(id, 5, Role::Server, Some("127.0.0.1:8000".parse().unwrap()), Some("127.0.0.1:40000".parse().unwrap()), origin, 0, &stats);
+        Wire { table, stats, out: Vec::new(), pos: [0, 0], id }
+    }
+
+    /// One syscall moving `data` at `ts_ms`, delivered as one record.
+    fn syscall(&mut self, dir: SocketDir, ts_ms: u64, data: &[u8]) {
+        let d = dir as usize;
+        let chunk = DataChunk {
+            tgid: 7,
+            tid: 7,
+            ts_ns: ts_ms * MS,
+            conn_id: 1,
+            fd: 5,
+            dir,
+            last: true,
+            syscall: 0,
+            stream_pos: self.pos[d],
+            syscall_pos: self.pos[d],
+            syscall_len: data.len() as u64,
+            payload: data,
+        };
+        self.pos[d] += data.len() as u64;
+        self.table.data(&chunk, &self.stats, &mut self.out);
+    }
+
+    /// A syscall that moved `len` bytes of which only `head` reached userspace (the rest was dropped).
+    fn truncated(&mut self, dir: SocketDir, ts_ms: u64, head: &[u8], len: u64) {
+        let d = dir as usize;
+        let chunk = DataChunk {
+            tgid: 7,
+            tid: 7,
+            ts_ns: ts_ms * MS,
+            conn_id: 1,
+            fd: 5,
+            dir,
+            last: true,
+            syscall: 0,
+            stream_pos: self.pos[d],
+            syscall_pos: self.pos[d],
+            syscall_len: len,
+            payload: head,
+        };
+        self.pos[d] += len;
+        self.table.data(&chunk, &self.stats, &mut self.out);
+    }
+
+    fn close(&mut self, ts_ms: u64) {
+        self.table.close(self.id, ts_ms * MS, &self.stats, &mut self.out);
+    }
+}
+
+fn chat_request(model: &str) -> Vec<u8> {
+    let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"model":"{model}","stream":true,"stream_options":{{"include_usage":true}}}}"#);
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer SECRET\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn chunk(event: &str) -> Vec<u8> {
+    let data = format!("data: {event}\n\n");
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+const ROLE: &str = r#"{"id":"chatcmpl-1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+
+fn token(t: &str, finish: Option<&str>) -> String {
+    let f = finish.map(|f| format!("\"{f}\"")).unwrap_or_else(|| "null".into());
+    format!(r#"{{"id":"chatcmpl-1","model":"m","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":{f}}}]}}"#)
+}
+
+fn stream_response(w: &mut Wire, start_ms: u64, tokens: usize) {
+    w.syscall(SocketDir::Egress, start_ms, HEAD);
+    w.syscall(SocketDir::Egress, start_ms + 100, &chunk(ROLE));
+    for i in 0..tokens {
+        let finish = (i + 1 == tokens).then_some("stop");
+        w.syscall(SocketDir::Egress, start_ms + 100 + 20 * i as u64, &chunk(&token("tok", finish)));
+    }
+    let usage = format!(r#"{{"id":"chatcmpl-1","choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":{tokens},"total_tokens":{}}}}}"#, 3 + tokens);
+    let end = start_ms + 100 + 20 * tokens as u64;
+    let mut tail = chunk(&usage);
+    tail.extend_from_slice(&chunk("[DONE]"));
+    tail.extend_from_slice(b"0\r\n\r\n");
+    w.syscall(SocketDir::Egress, end, &tail);
+}
+
+#[test]
+fn streaming_exchange_timing_counts_content_chunks_not_the_role_chunk() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 10, &chat_request("m-1"));
+    stream_response(&mut w, 20, 5);
+    assert_eq!(w.out.len(), 1);
+    let ex = &w.out[0].exchange;
+    assert_eq!(ex.start_ns, 10 * MS);
+    // The role chunk and the first token are written at the same time here (120 ms) — as vLLM does.
+    assert_eq!(ex.first_token_ns, Some(120 * MS));
+    assert_eq!(ex.content_chunk_ns.len(), 5);
+    assert_eq!(ex.end_ns, 220 * MS);
+    assert_eq!(ex.outcome, Outcome::Completed);
+    assert_eq!(ex.request_fields.as_ref().unwrap().model.as_deref(), Some("m-1"));
+    assert_eq!(ex.usage.as_ref().unwrap().completion_tokens, Some(5));
+    assert_eq!(ex.finish_reasons, vec!["stop"]);
+    assert!(!ex.incomplete);
+    assert_eq!(w.stats.requests_completed.load(Relaxed), 1);
+}
+
+#[test]
+fn role_chunk_alone_is_not_the_first_token() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 50, &chunk(ROLE));
+    w.syscall(SocketDir::Egress, 300, &chunk(&token("a", Some("stop"))));
+    let mut tail = chunk("[DONE]");
+    tail.extend_from_slice(b"0\r\n\r\n");
+    w.syscall(SocketDir::Egress, 310, &tail);
+    assert_eq!(w.out[0].exchange.first_token_ns, Some(300 * MS));
+}
+
+#[test]
+fn keep_alive_connection_yields_one_exchange_per_request() {
+    let mut w = Wire::new(Origin::Start);
+    for i in 0..10u64 {
+        w.syscall(SocketDir::Ingress, i * 1000, &chat_request("m"));
+        stream_response(&mut w, i * 1000 + 1, 3);
+    }
+    assert_eq!(w.out.len(), 10);
+    assert!(w.out.iter().all(|f| f.exchange.outcome == Outcome::Completed && f.exchange.content_chunk_ns.len() == 3));
+}
+
+#[test]
+fn close_mid_stream_cancels_with_what_was_produced() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 1, HEAD);
+    w.syscall(SocketDir::Egress, 100, &chunk(ROLE));
+    w.syscall(SocketDir::Egress, 120, &chunk(&token("a", None)));
+    w.syscall(SocketDir::Egress, 140, &chunk(&token("b", None)));
+    w.close(150);
+    assert_eq!(w.out.len(), 1);
+    let ex = &w.out[0].exchange;
+    assert_eq!(ex.outcome, Outcome::Cancelled { response_started: true });
+    assert_eq!(ex.content_chunk_ns.len(), 2);
+    assert_eq!(ex.end_ns, 150 * MS);
+    assert_eq!(w.stats.requests_cancelled.load(Relaxed), 1);
+}
+
+#[test]
+fn lost_bytes_inside_a_body_are_an_exact_gap_and_mark_the_request_incomplete() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789");
+    let body = b"{\"id\":\"cmpl-1\",\"choices\":[{\"text\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":9}}";
+    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let mut resp = head.into_bytes();
+    resp.extend_from_slice(body);
+    // Only the first 80 bytes of the write reached userspace, then the tail in a later record.
+    w.truncated(SocketDir::Egress, 5, &resp[..80], resp.len() as u64);
+    assert_eq!(w.stats.bytes_lost.load(Relaxed), resp.len() as u64 - 80);
+    assert_eq!(w.out.len(), 1, "the Content-Length body still ends");
+    assert!(w.out[0].exchange.incomplete);
+    assert_eq!(w.stats.requests_incomplete.load(Relaxed), 1);
+}
+
+#[test]
+fn tail_record_of_a_large_write_still_gives_usage() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
+    let text = "a".repeat(100_000);
+    let body = format!(r#"{{"id":"chatcmpl-9","choices":[{{"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"length"}}],"usage":{{"prompt_tokens":4,"completion_tokens":77}},"prompt_logprobs":null}}"#);
+    let mut resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    resp.extend_from_slice(body.as_bytes());
+    // As the kernel emits a large write: head chunk, then the tail chunk at the end.
+    let total = resp.len() as u64;
+    let tail_at = resp.len() - 1000;
+    for (at, end, last) in [(0usize, 16383usize, false), (tail_at, resp.len(), true)] {
+        let chunk = DataChunk {
+            tgid: 7,
+            tid: 7,
+            ts_ns: 9 * MS,
+            conn_id: 1,
+            fd: 5,
+            dir: SocketDir::Egress,
+            last,
+            syscall: 0,
+            stream_pos: at as u64,
+            syscall_pos: 0,
+            syscall_len: total,
+            payload: &resp[at..end],
+        };
+        w.table.data(&chunk, &w.stats, &mut w.out);
+    }
+    assert_eq!(w.out.len(), 1);
+    let ex = &w.out[0].exchange;
+    assert!(ex.incomplete);
+    assert_eq!(ex.usage.as_ref().and_then(|u| u.completion_tokens), Some(77));
+}
+
+#[test]
+fn connection_found_mid_stream_starts_at_the_next_request() {
+    let mut w = Wire::new(Origin::MidStream);
+    // The tail of a response that began before the agent, then a fresh request.
+    w.syscall(SocketDir::Egress, 1, b"data: [DONE]\n\n\r\n0\r\n\r\n");
+    w.syscall(SocketDir::Ingress, 10, &chat_request("m"));
+    stream_response(&mut w, 11, 2);
+    assert_eq!(w.out.len(), 1);
+    assert_eq!(w.out[0].exchange.start_ns, 10 * MS);
+    assert_eq!(w.out[0].exchange.content_chunk_ns.len(), 2);
+}
+
+#[test]
+fn garbage_makes_the_connection_opaque_and_is_counted() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 binary tls hello");
+    w.syscall(SocketDir::Ingress, 1, &chat_request("m"));
+    assert!(w.out.is_empty());
+    assert_eq!(w.stats.streams_not_http.load(Relaxed), 1);
+}
+
+#[test]
+fn header_values_outside_the_allow_list_are_never_kept() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    stream_response(&mut w, 1, 1);
+    let dump = format!("{:?}", w.out[0].exchange);
+    assert!(!dump.contains("SECRET"), "{dump}");
+    assert!(!dump.to_lowercase().contains("authorization"));
+}
+
+#[test]
+fn the_table_is_bounded_and_counts_what_it_sheds() {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(2, MS);
+    for i in 0..5 {
+        table.open(ConnId { tgid: 1, conn_id: i }, i as u32, Role::Server, None, None, Origin::Start, 0, &stats);
+    }
+    assert_eq!(table.len(), 2);
+    assert_eq!(stats.connections_shed.load(Relaxed), 3);
+    let mut out = Vec::new();
+    table.evict_idle(10 * MS, &stats, &mut out);
+    assert!(table.is_empty());
+    assert_eq!(stats.connections_evicted.load(Relaxed), 2);
+}
