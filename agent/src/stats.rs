@@ -66,6 +66,10 @@ counters! {
     spans_export_dropped,
     /// Spans the trace sampler (`OTEL_TRACES_SAMPLER`) kept from OTLP export (still on `/spans`).
     spans_not_sampled,
+    /// Metric export requests accepted by the OTLP endpoint.
+    metrics_exported,
+    /// Metric export requests that failed (the values are sent again at the next interval).
+    metrics_export_failed,
 }
 
 impl Stats {

@@ -5,17 +5,20 @@
 //! - [`otlp`] — OTLP span export: `OTEL_*` configuration, sampler, bounded queue, batching task
 //!   over the OpenTelemetry SDK's exporter, and the exporter state.
 //! - [`status`] — the `/status` model: what the app writes, what is read live from `Stats`.
+//! - [`metrics`] — request metrics (GenAI and HTTP histograms, token and request counters) from
+//!   finished spans, for `/metrics` and OTLP metric export.
 //! - [`prometheus`] — Prometheus text exposition and the [`prometheus::MetricSource`] hook.
 //! - [`debug`] — the HTTP debug endpoint over all of the above.
 //!
 //! [`SpanSink`] is the one entry point for finished spans: every span goes to the store, and the
-//! sampled ones to the OTLP queue.
+//! sampled ones to the OTLP queue, and (when given one) into the request metrics.
 //!
 //! Invariants: nothing here blocks the producer of spans (the store is a short mutex, the queue a
 //! `try_send`); memory is bounded (store capacity, queue capacity, one batch in flight); every
 //! span shed is counted; the debug endpoint only reads.
 
 pub mod debug;
+pub mod metrics;
 pub mod otlp;
 pub mod prometheus;
 pub mod status;
@@ -33,16 +36,37 @@ pub struct SpanSink {
     store: Arc<store::SpanStore>,
     otlp: otlp::SpanSender,
     stats: Arc<Stats>,
+    metrics: Option<Arc<metrics::RequestMetrics>>,
 }
 
 impl SpanSink {
     pub fn new(store: Arc<store::SpanStore>, otlp: otlp::SpanSender, stats: Arc<Stats>) -> Self {
-        Self { store, otlp, stats }
+        Self {
+            store,
+            otlp,
+            stats,
+            metrics: None,
+        }
+    }
+
+    /// Also records every span into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<metrics::RequestMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Takes one finished span. Never waits.
     pub fn submit(&self, span: FinishedSpan) {
+        self.submit_with_chunk_times(span, &[]);
+    }
+
+    /// Takes one finished span and the times of its content chunks (the exchange's
+    /// `content_chunk_ns`), whose gaps feed the inter-token latency histogram. Never waits.
+    pub fn submit_with_chunk_times(&self, span: FinishedSpan, chunk_times_ns: &[u64]) {
         Stats::add(&self.stats.spans_finished, 1);
+        if let Some(metrics) = &self.metrics {
+            metrics.record_with_chunk_times(&span, chunk_times_ns);
+        }
         self.otlp.send(&span);
         self.store.push(span);
     }

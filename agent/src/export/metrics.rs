@@ -1,0 +1,748 @@
+//! Request metrics derived from finished spans: the GenAI server histograms (OTel semantic
+//! conventions, vLLM's bucket lists), HTTP server durations, token and request counters.
+//!
+//! Owns: the [`RequestMetrics`] registry (what is recorded from a span, under which labels), the
+//! bucket lists, the cardinality cap, the Prometheus families on `/metrics` (through
+//! [`MetricSource`]) and, when OTLP metrics are on ([`otlp`]), the SDK instruments fed from the
+//! same records.
+//!
+//! Instruments (OTel name → Prometheus name):
+//! - `gen_ai.server.time_to_first_token` (s) → `gen_ai_server_time_to_first_token_seconds`
+//! - `gen_ai.server.time_per_output_token` (s) → `gen_ai_server_time_per_output_token_seconds`:
+//!   (duration − TTFT) / (output tokens − 1), only when output tokens > 1.
+//! - `gen_ai.server.inter_token_latency` (s) → `gen_ai_server_inter_token_latency_seconds`:
+//!   infertap's own instrument (not in the semantic conventions; vLLM's
+//!   `vllm:inter_token_latency_seconds` is the model), one observation per gap between
+//!   consecutive content chunks of a streamed response.
+//! - `gen_ai.server.request.duration` (s) → `gen_ai_server_request_duration_seconds`, with
+//!   `error.type` when the request failed.
+//! - `gen_ai.server.token.usage` ({token}) → `gen_ai_server_token_usage`, by `gen_ai.token.type`.
+//! - `gen_ai.server.tokens` ({token}, counter) → `gen_ai_server_tokens_total`, by
+//!   `gen_ai.token.type`, so `rate()` gives tokens per second.
+//! - `http.server.request.duration` (s) → `http_server_request_duration_seconds`.
+//! - `infertap.requests` ({request}, counter) → `infertap_requests_total`, by `outcome`
+//!   (`completed`, `cancelled`, `error`).
+//! - `infertap_metrics_series_overflow_total{metric}`: records that found their metric full.
+//!
+//! Only SERVER spans are recorded (the traced process served the request).
+//!
+//! Must never: label a series with anything unbounded by design (request ids, paths, client
+//! addresses or ports) — labels come only from the fixed key lists below; hold more than
+//! `series_limit` series per instrument (past it, records go to one series labelled
+//! `otel.metric.overflow="true"` and are counted); allocate when recording into an existing
+//! series; hold its lock for more than a few histogram updates.
+
+pub mod otlp;
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use opentelemetry::KeyValue;
+
+use super::prometheus::{
+    sanitize_name, Histogram, HistogramSample, MetricData, MetricFamily, MetricSource, Sample,
+};
+use crate::trace::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+
+/// vLLM's `time_to_first_token_seconds` buckets (a superset of the semantic conventions').
+pub const TTFT_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+];
+
+/// vLLM's inter-token latency buckets, also used for time per output token.
+pub const ITL_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0,
+    40.0, 80.0,
+];
+
+/// vLLM's end-to-end latency buckets with the semantic conventions' small ones merged in, so
+/// that fast requests are visible.
+pub const REQUEST_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0,
+    40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+];
+
+/// The semantic conventions' token usage buckets (powers of 4).
+pub const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+
+/// The HTTP semantic conventions' duration buckets.
+pub const HTTP_DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Series per instrument before records go to the overflow series (OTel SDKs' default).
+pub const DEFAULT_SERIES_LIMIT: usize = 2000;
+
+/// Label values are cut to this many bytes (at a character boundary).
+pub const MAX_LABEL_VALUE_LEN: usize = 256;
+
+/// The attribute of the overflow series, as the OTel SDKs name it.
+pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
+
+const GENAI_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+];
+const GENAI_ERROR_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+    "error.type",
+];
+const GENAI_TOKEN_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+    "gen_ai.token.type",
+];
+const REQUEST_KEYS: &[&str] = &[
+    "gen_ai.operation.name",
+    "gen_ai.provider.name",
+    "gen_ai.request.model",
+    "gen_ai.response.model",
+    "server.address",
+    "server.port",
+    "outcome",
+    "error.type",
+];
+const HTTP_KEYS: &[&str] = &[
+    "http.request.method",
+    "http.response.status_code",
+    "server.port",
+    "error.type",
+];
+
+/// The kind of an instrument.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum InstrumentKind {
+    Histogram(&'static [f64]),
+    Counter,
+}
+
+/// One instrument: its OTel identity, its Prometheus name, and its label keys.
+#[derive(Clone, Copy, Debug)]
+pub struct InstrumentSpec {
+    pub otel_name: &'static str,
+    /// UCUM unit as OTLP carries it.
+    pub unit: &'static str,
+    pub description: &'static str,
+    /// The exposed name: sanitized, unit suffix, `_total` for counters.
+    pub prometheus_name: &'static str,
+    pub kind: InstrumentKind,
+    /// Attribute keys, in label order. Nothing else ever becomes a label.
+    pub keys: &'static [&'static str],
+}
+
+// Indices into `INSTRUMENTS`.
+const TTFT: usize = 0;
+const TPOT: usize = 1;
+const ITL: usize = 2;
+const DURATION: usize = 3;
+const TOKEN_USAGE: usize = 4;
+const HTTP_DURATION: usize = 5;
+const TOKENS: usize = 6;
+const REQUESTS: usize = 7;
+
+/// Every instrument, in exposition order.
+pub const INSTRUMENTS: &[InstrumentSpec] = &[
+    InstrumentSpec {
+        otel_name: "gen_ai.server.time_to_first_token",
+        unit: "s",
+        description: "Time from the request's first byte to the first content token of the response.",
+        prometheus_name: "gen_ai_server_time_to_first_token_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "gen_ai.server.time_per_output_token",
+        unit: "s",
+        description: "Time per output token after the first: (duration - TTFT) / (output tokens - 1).",
+        prometheus_name: "gen_ai_server_time_per_output_token_seconds",
+        kind: InstrumentKind::Histogram(ITL_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "gen_ai.server.inter_token_latency",
+        unit: "s",
+        description: "Gaps between consecutive content chunks of streamed responses (one observation per gap).",
+        prometheus_name: "gen_ai_server_inter_token_latency_seconds",
+        kind: InstrumentKind::Histogram(ITL_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "gen_ai.server.request.duration",
+        unit: "s",
+        description: "GenAI request duration, from the request's first byte to the response's last.",
+        prometheus_name: "gen_ai_server_request_duration_seconds",
+        kind: InstrumentKind::Histogram(REQUEST_DURATION_BUCKETS),
+        keys: GENAI_ERROR_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "gen_ai.server.token.usage",
+        unit: "{token}",
+        description: "Tokens per request, by gen_ai.token.type (input, output).",
+        prometheus_name: "gen_ai_server_token_usage",
+        kind: InstrumentKind::Histogram(TOKEN_BUCKETS),
+        keys: GENAI_TOKEN_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "http.server.request.duration",
+        unit: "s",
+        description: "HTTP server request duration.",
+        prometheus_name: "http_server_request_duration_seconds",
+        kind: InstrumentKind::Histogram(HTTP_DURATION_BUCKETS),
+        keys: HTTP_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "gen_ai.server.tokens",
+        unit: "{token}",
+        description: "Tokens processed, by gen_ai.token.type (input, output).",
+        prometheus_name: "gen_ai_server_tokens_total",
+        kind: InstrumentKind::Counter,
+        keys: GENAI_TOKEN_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "infertap.requests",
+        unit: "{request}",
+        description: "GenAI requests, by outcome (completed, cancelled, error).",
+        prometheus_name: "infertap_requests_total",
+        kind: InstrumentKind::Counter,
+        keys: REQUEST_KEYS,
+    },
+];
+
+/// The Prometheus counter of records routed to an overflow series, labelled by `metric`.
+pub const OVERFLOW_FAMILY: &str = "infertap_metrics_series_overflow_total";
+
+/// A label value borrowed from a span.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Val<'a> {
+    Absent,
+    Str(&'a str),
+    Int(i64),
+}
+
+/// A label value owned by a series.
+#[derive(Clone, Debug, PartialEq)]
+enum OwnedVal {
+    Absent,
+    Str(Box<str>),
+    Int(i64),
+}
+
+impl Val<'_> {
+    fn hash_into(&self, h: &mut impl Hasher) {
+        match self {
+            Val::Absent => 0u8.hash(h),
+            Val::Str(s) => {
+                1u8.hash(h);
+                s.hash(h);
+            }
+            Val::Int(i) => {
+                2u8.hash(h);
+                i.hash(h);
+            }
+        }
+    }
+
+    fn matches(&self, owned: &OwnedVal) -> bool {
+        match (self, owned) {
+            (Val::Absent, OwnedVal::Absent) => true,
+            (Val::Str(a), OwnedVal::Str(b)) => *a == &**b,
+            (Val::Int(a), OwnedVal::Int(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    fn owned(self) -> OwnedVal {
+        match self {
+            Val::Absent => OwnedVal::Absent,
+            Val::Str(s) => OwnedVal::Str(s.into()),
+            Val::Int(i) => OwnedVal::Int(i),
+        }
+    }
+}
+
+/// Cuts `s` to at most [`MAX_LABEL_VALUE_LEN`] bytes, at a character boundary.
+fn bounded(s: &str) -> &str {
+    if s.len() <= MAX_LABEL_VALUE_LEN {
+        return s;
+    }
+    let mut end = MAX_LABEL_VALUE_LEN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[derive(Debug)]
+enum Data {
+    Histogram(Histogram),
+    Counter(u64),
+}
+
+#[derive(Debug)]
+struct Series {
+    /// One per key of the instrument (absent ones included); empty for the overflow series.
+    values: Box<[OwnedVal]>,
+    /// The same, as OTel attributes (absent ones left out), made once.
+    attributes: Box<[KeyValue]>,
+    data: Data,
+}
+
+impl Series {
+    fn new(spec: &InstrumentSpec, values: Box<[OwnedVal]>, attributes: Box<[KeyValue]>) -> Self {
+        let data = match spec.kind {
+            InstrumentKind::Histogram(bounds) => Data::Histogram(Histogram::new(bounds.to_vec())),
+            InstrumentKind::Counter => Data::Counter(0),
+        };
+        Self {
+            values,
+            attributes,
+            data,
+        }
+    }
+
+    fn add(&mut self, value: f64) {
+        match &mut self.data {
+            Data::Histogram(h) => h.observe(value),
+            Data::Counter(c) => *c += value as u64,
+        }
+    }
+
+    fn prometheus_labels(&self, spec: &InstrumentSpec) -> Vec<(String, String)> {
+        if self.values.is_empty() {
+            return vec![(sanitize_name(OVERFLOW_ATTRIBUTE), "true".to_string())];
+        }
+        spec.keys
+            .iter()
+            .zip(self.values.iter())
+            .filter_map(|(k, v)| {
+                let v = match v {
+                    OwnedVal::Absent => return None,
+                    OwnedVal::Str(s) => s.to_string(),
+                    OwnedVal::Int(i) => i.to_string(),
+                };
+                Some((sanitize_name(k), v))
+            })
+            .collect()
+    }
+}
+
+/// The series of one instrument.
+#[derive(Debug)]
+struct Family {
+    spec: &'static InstrumentSpec,
+    hasher: RandomState,
+    /// Hash of the label values → indices into `series` (more than one only on collisions).
+    index: HashMap<u64, Vec<usize>>,
+    series: Vec<Series>,
+    overflow: Option<Series>,
+    /// Records routed to `overflow`.
+    overflowed: u64,
+    limit: usize,
+}
+
+impl Family {
+    fn new(spec: &'static InstrumentSpec, limit: usize) -> Self {
+        Self {
+            spec,
+            hasher: RandomState::new(),
+            index: HashMap::new(),
+            series: Vec::new(),
+            overflow: None,
+            overflowed: 0,
+            limit,
+        }
+    }
+
+    /// The series of `values` (one per key), created if there is room, else the overflow series.
+    fn series(&mut self, values: &[Val<'_>]) -> &mut Series {
+        debug_assert_eq!(values.len(), self.spec.keys.len());
+        let mut h = self.hasher.build_hasher();
+        for v in values {
+            v.hash_into(&mut h);
+        }
+        let hash = h.finish();
+        let found = self.index.get(&hash).and_then(|ids| {
+            ids.iter().copied().find(|&i| {
+                let s = &self.series[i].values;
+                s.len() == values.len() && values.iter().zip(s.iter()).all(|(a, b)| a.matches(b))
+            })
+        });
+        if let Some(i) = found {
+            return &mut self.series[i];
+        }
+        if self.series.len() >= self.limit {
+            self.overflowed += 1;
+            let spec = self.spec;
+            return self.overflow.get_or_insert_with(|| {
+                Series::new(
+                    spec,
+                    Box::new([]),
+                    Box::new([KeyValue::new(OVERFLOW_ATTRIBUTE, true)]),
+                )
+            });
+        }
+        let owned: Box<[OwnedVal]> = values.iter().map(|v| v.owned()).collect();
+        let attributes: Box<[KeyValue]> = self
+            .spec
+            .keys
+            .iter()
+            .zip(values.iter())
+            .filter_map(|(k, v)| match v {
+                Val::Absent => None,
+                Val::Str(s) => Some(KeyValue::new(*k, s.to_string())),
+                Val::Int(i) => Some(KeyValue::new(*k, *i)),
+            })
+            .collect();
+        let i = self.series.len();
+        self.series.push(Series::new(self.spec, owned, attributes));
+        self.index.entry(hash).or_default().push(i);
+        &mut self.series[i]
+    }
+
+    fn family(&self) -> MetricFamily {
+        let all = self.series.iter().chain(self.overflow.as_ref());
+        let data = match self.spec.kind {
+            InstrumentKind::Histogram(_) => MetricData::Histogram(
+                all.filter_map(|s| match &s.data {
+                    Data::Histogram(h) => Some(HistogramSample {
+                        labels: s.prometheus_labels(self.spec),
+                        histogram: h.clone(),
+                    }),
+                    Data::Counter(_) => None,
+                })
+                .collect(),
+            ),
+            InstrumentKind::Counter => MetricData::Counter(
+                all.filter_map(|s| match &s.data {
+                    Data::Counter(c) => Some(Sample {
+                        labels: s.prometheus_labels(self.spec),
+                        value: *c as f64,
+                    }),
+                    Data::Histogram(_) => None,
+                })
+                .collect(),
+            ),
+        };
+        MetricFamily {
+            name: self.spec.prometheus_name.to_string(),
+            help: format!("{} ({})", self.spec.description, self.spec.otel_name),
+            data,
+        }
+    }
+}
+
+/// The SDK instruments that mirror [`INSTRUMENTS`] for OTLP, same order.
+#[derive(Debug)]
+pub(crate) enum OtelInstrument {
+    Histogram(opentelemetry::metrics::Histogram<f64>),
+    Counter(opentelemetry::metrics::Counter<u64>),
+}
+
+impl OtelInstrument {
+    fn add(&self, value: f64, attributes: &[KeyValue]) {
+        match self {
+            OtelInstrument::Histogram(h) => h.record(value, attributes),
+            OtelInstrument::Counter(c) => c.add(value as u64, attributes),
+        }
+    }
+}
+
+/// What one span says, borrowed: the label values and the observations.
+struct Observed<'a> {
+    operation: Val<'a>,
+    provider: Val<'a>,
+    request_model: Val<'a>,
+    response_model: Val<'a>,
+    server_address: Val<'a>,
+    server_port: Val<'a>,
+    method: Val<'a>,
+    status_code: Val<'a>,
+    error_type: Val<'a>,
+    cancelled: bool,
+    ttft_s: Option<f64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+const HTTP_METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+impl<'a> Observed<'a> {
+    fn from_span(span: &'a FinishedSpan) -> Self {
+        let mut o = Observed {
+            operation: Val::Absent,
+            provider: Val::Absent,
+            request_model: Val::Absent,
+            response_model: Val::Absent,
+            server_address: Val::Absent,
+            server_port: Val::Absent,
+            method: Val::Absent,
+            status_code: Val::Absent,
+            error_type: Val::Absent,
+            cancelled: false,
+            ttft_s: None,
+            input_tokens: None,
+            output_tokens: None,
+        };
+        for (key, value) in &span.attributes {
+            let s = match value {
+                AttrValue::Str(s) => Val::Str(bounded(s)),
+                AttrValue::I64(i) => Val::Int(*i),
+                _ => Val::Absent,
+            };
+            match &**key {
+                "gen_ai.operation.name" => o.operation = s,
+                "gen_ai.provider.name" => o.provider = s,
+                "gen_ai.request.model" => o.request_model = s,
+                "gen_ai.response.model" => o.response_model = s,
+                "server.address" => o.server_address = s,
+                "server.port" => o.server_port = s,
+                "http.request.method" => {
+                    // Unknown methods are `_OTHER`, as the HTTP conventions ask (bounded).
+                    o.method = match s {
+                        Val::Str(m) => Val::Str(
+                            HTTP_METHODS
+                                .iter()
+                                .copied()
+                                .find(|k| *k == m)
+                                .unwrap_or("_OTHER"),
+                        ),
+                        _ => Val::Absent,
+                    }
+                }
+                "http.response.status_code" => o.status_code = s,
+                "error.type" => o.error_type = s,
+                "infertap.cancelled" => o.cancelled = matches!(value, AttrValue::Bool(true)),
+                "gen_ai.latency.time_to_first_token" => {
+                    if let AttrValue::F64(v) = value {
+                        o.ttft_s = Some(*v);
+                    }
+                }
+                "gen_ai.usage.input_tokens" => {
+                    if let AttrValue::I64(v) = value {
+                        o.input_tokens = Some(*v);
+                    }
+                }
+                "gen_ai.usage.output_tokens" => {
+                    if let AttrValue::I64(v) = value {
+                        o.output_tokens = Some(*v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if matches!(o.error_type, Val::Absent) {
+            if let SpanStatus::Error(_) = span.status {
+                o.error_type = Val::Str("_OTHER");
+            }
+        }
+        o
+    }
+
+    fn genai(&self) -> [Val<'a>; 6] {
+        [
+            self.operation,
+            self.provider,
+            self.request_model,
+            self.response_model,
+            self.server_address,
+            self.server_port,
+        ]
+    }
+
+    fn with<const N: usize>(&self, extra: [Val<'a>; N]) -> [Val<'a>; 8] {
+        let mut out = [Val::Absent; 8];
+        out[..6].copy_from_slice(&self.genai());
+        out[6..6 + N].copy_from_slice(&extra);
+        out
+    }
+
+    fn outcome(&self) -> &'static str {
+        if self.cancelled {
+            "cancelled"
+        } else if !matches!(self.error_type, Val::Absent) {
+            "error"
+        } else {
+            "completed"
+        }
+    }
+}
+
+/// Time per output token, in seconds: `(duration − TTFT) / (output tokens − 1)`; `None` unless
+/// there are at least two output tokens.
+pub fn time_per_output_token(duration_s: f64, ttft_s: f64, output_tokens: i64) -> Option<f64> {
+    (output_tokens > 1).then(|| (duration_s - ttft_s).max(0.0) / (output_tokens - 1) as f64)
+}
+
+/// The registry of request metrics. Thread-safe; share it in an `Arc`.
+#[derive(Debug)]
+pub struct RequestMetrics {
+    families: Mutex<Vec<Family>>,
+    otel: OnceLock<Vec<OtelInstrument>>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RequestMetrics {
+    /// A registry with [`DEFAULT_SERIES_LIMIT`] series per instrument.
+    pub fn new() -> Self {
+        Self::with_series_limit(DEFAULT_SERIES_LIMIT)
+    }
+
+    /// A registry with at most `limit` labelled series per instrument (plus one overflow series).
+    pub fn with_series_limit(limit: usize) -> Self {
+        Self {
+            families: Mutex::new(INSTRUMENTS.iter().map(|s| Family::new(s, limit)).collect()),
+            otel: OnceLock::new(),
+        }
+    }
+
+    /// Records one finished span (no inter-token gaps: use [`Self::record_with_chunk_times`]).
+    pub fn record(&self, span: &FinishedSpan) {
+        self.record_gaps(span, std::iter::empty());
+    }
+
+    /// Records one finished span and, as `gen_ai.server.inter_token_latency`, the gaps between
+    /// consecutive content chunk times (any monotonic clock, nanoseconds; an exchange's
+    /// `content_chunk_ns`).
+    pub fn record_with_chunk_times(&self, span: &FinishedSpan, chunk_times_ns: &[u64]) {
+        self.record_gaps(
+            span,
+            chunk_times_ns.windows(2).map(|w| w[1].saturating_sub(w[0])),
+        );
+    }
+
+    /// Records one finished span and the given inter-token gaps (nanoseconds).
+    pub fn record_with_gaps(&self, span: &FinishedSpan, gaps_ns: &[u64]) {
+        self.record_gaps(span, gaps_ns.iter().copied());
+    }
+
+    fn record_gaps(&self, span: &FinishedSpan, gaps_ns: impl Iterator<Item = u64>) {
+        if span.kind != SpanKind::Server {
+            return;
+        }
+        let o = Observed::from_span(span);
+        let duration_s = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
+        let otel = self.otel.get();
+        let mut families = self.lock();
+        let mut put = |instrument: usize, values: &[Val<'_>], value: f64| {
+            let series = families[instrument].series(values);
+            series.add(value);
+            if let Some(otel) = otel {
+                otel[instrument].add(value, &series.attributes);
+            }
+        };
+
+        put(
+            HTTP_DURATION,
+            &[o.method, o.status_code, o.server_port, o.error_type],
+            duration_s,
+        );
+        if matches!(o.operation, Val::Absent) {
+            return; // not a GenAI request
+        }
+        let genai = o.genai();
+        put(DURATION, &o.with([o.error_type])[..7], duration_s);
+        put(
+            REQUESTS,
+            &o.with([Val::Str(o.outcome()), o.error_type]),
+            1.0,
+        );
+        if let Some(ttft) = o.ttft_s {
+            put(TTFT, &genai, ttft);
+            if let Some(tpot) = o
+                .output_tokens
+                .and_then(|n| time_per_output_token(duration_s, ttft, n))
+            {
+                put(TPOT, &genai, tpot);
+            }
+        }
+        for (kind, tokens) in [("input", o.input_tokens), ("output", o.output_tokens)] {
+            if let Some(n) = tokens.filter(|n| *n >= 0) {
+                let labels = o.with([Val::Str(kind)]);
+                put(TOKEN_USAGE, &labels[..7], n as f64);
+                put(TOKENS, &labels[..7], n as f64);
+            }
+        }
+        for gap in gaps_ns {
+            put(ITL, &genai, gap as f64 / 1e9);
+        }
+    }
+
+    /// Every instrument's family, then the overflow counter, as `/metrics` shows them.
+    pub fn families(&self) -> Vec<MetricFamily> {
+        let families = self.lock();
+        let mut out: Vec<MetricFamily> = families.iter().map(Family::family).collect();
+        out.push(MetricFamily {
+            name: OVERFLOW_FAMILY.to_string(),
+            help: format!(
+                "Records routed to the overflow series ({OVERFLOW_ATTRIBUTE}=true) because their \
+                 metric already had its maximum of labelled series."
+            ),
+            data: MetricData::Counter(
+                families
+                    .iter()
+                    .map(|f| Sample {
+                        labels: vec![("metric".to_string(), f.spec.prometheus_name.to_string())],
+                        value: f.overflowed as f64,
+                    })
+                    .collect(),
+            ),
+        });
+        out
+    }
+
+    /// Records routed to the overflow series, over all instruments.
+    pub fn overflowed(&self) -> u64 {
+        self.lock().iter().map(|f| f.overflowed).sum()
+    }
+
+    /// Labelled series held, over all instruments (overflow series not counted).
+    pub fn series_count(&self) -> usize {
+        self.lock().iter().map(|f| f.series.len()).sum()
+    }
+
+    /// From now on, also records into these SDK instruments (same order as [`INSTRUMENTS`]).
+    /// Only the first call has an effect.
+    pub(crate) fn attach_otel(&self, instruments: Vec<OtelInstrument>) {
+        debug_assert_eq!(instruments.len(), INSTRUMENTS.len());
+        let _ = self.otel.set(instruments);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Family>> {
+        self.families.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl MetricSource for RequestMetrics {
+    fn collect(&self, out: &mut Vec<MetricFamily>) {
+        out.extend(self.families());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,440 @@
+use super::*;
+use crate::export::prometheus::encode;
+use crate::trace::span::{AttrKey, SpanStatus};
+
+const MS: u64 = 1_000_000;
+
+fn attr(k: &'static str, v: AttrValue) -> (AttrKey, AttrValue) {
+    (k.into(), v)
+}
+
+fn s(v: &str) -> AttrValue {
+    AttrValue::Str(v.to_string())
+}
+
+/// A chat span as `trace::build` makes it: `duration_ms` long, with TTFT and tokens.
+fn chat(
+    model: &str,
+    duration_ms: u64,
+    ttft_s: Option<f64>,
+    tokens: Option<(i64, i64)>,
+) -> FinishedSpan {
+    let mut attributes = vec![
+        attr("http.request.method", s("POST")),
+        attr("url.path", s("/v1/chat/completions")),
+        attr("http.response.status_code", AttrValue::I64(200)),
+        attr("server.address", s("10.0.0.1")),
+        attr("server.port", AttrValue::I64(8000)),
+        attr("client.address", s("10.0.0.9")),
+        attr("client.port", AttrValue::I64(51234)),
+        attr("gen_ai.request.id", s("req-8c1f")),
+        attr("gen_ai.operation.name", s("chat")),
+        attr("gen_ai.provider.name", s("vllm")),
+        attr("gen_ai.request.model", s(model)),
+        attr("gen_ai.response.model", s(model)),
+        attr("gen_ai.response.id", s("chatcmpl-77")),
+    ];
+    if let Some(t) = ttft_s {
+        attributes.push(attr(
+            "gen_ai.latency.time_to_first_token",
+            AttrValue::F64(t),
+        ));
+    }
+    if let Some((i, o)) = tokens {
+        attributes.push(attr("gen_ai.usage.input_tokens", AttrValue::I64(i)));
+        attributes.push(attr("gen_ai.usage.output_tokens", AttrValue::I64(o)));
+    }
+    FinishedSpan {
+        trace_id: [1; 16],
+        span_id: [2; 8],
+        parent_span_id: None,
+        trace_state: String::new(),
+        parent_is_remote: false,
+        sampled: true,
+        name: format!("chat {model}"),
+        kind: SpanKind::Server,
+        start_unix_nano: 1_700_000_000_000_000_000,
+        end_unix_nano: 1_700_000_000_000_000_000 + duration_ms * MS,
+        status: SpanStatus::Unset,
+        attributes,
+    }
+}
+
+fn family(m: &RequestMetrics, name: &str) -> String {
+    let families = m.families();
+    encode(std::slice::from_ref(
+        families.iter().find(|f| f.name == name).expect(name),
+    ))
+}
+
+fn text(m: &RequestMetrics) -> String {
+    encode(&m.families())
+}
+
+const LABELS: &str = "gen_ai_operation_name=\"chat\",gen_ai_provider_name=\"vllm\",\
+gen_ai_request_model=\"m\",gen_ai_response_model=\"m\",server_address=\"10.0.0.1\",server_port=\"8000\"";
+
+#[test]
+fn ttft_histogram_text_is_exact() {
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 900, Some(0.03), None));
+    m.record(&chat("m", 900, Some(0.25), None));
+    m.record(&chat("m", 900, Some(3000.0), None));
+    m.record(&chat("m", 900, None, None)); // no first token: no TTFT observation
+    let mut expected = String::from(
+        "# HELP gen_ai_server_time_to_first_token_seconds Time from the request's first byte to \
+         the first content token of the response. (gen_ai.server.time_to_first_token)\n\
+         # TYPE gen_ai_server_time_to_first_token_seconds histogram\n",
+    );
+    for b in TTFT_BUCKETS {
+        let c = [0.03, 0.25].iter().filter(|v| **v <= *b).count();
+        expected += &format!(
+            "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"{b}\"}} {c}\n"
+        );
+    }
+    expected += &format!(
+        "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"+Inf\"}} 3\n\
+         gen_ai_server_time_to_first_token_seconds_sum{{{LABELS}}} 3000.28\n\
+         gen_ai_server_time_to_first_token_seconds_count{{{LABELS}}} 3\n"
+    );
+    assert_eq!(
+        family(&m, "gen_ai_server_time_to_first_token_seconds"),
+        expected
+    );
+    // Spot checks that do not depend on the loop above.
+    let t = text(&m);
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"0.02\"}} 0\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"0.04\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"0.25\"}} 2\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_to_first_token_seconds_bucket{{{LABELS},le=\"2560\"}} 2\n"
+    )));
+}
+
+#[test]
+fn request_duration_has_the_merged_buckets_and_error_type() {
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 15, None, None));
+    let mut failed = chat("m", 15, None, None);
+    failed.attributes.push(attr("error.type", s("500")));
+    failed.status = SpanStatus::Error("500".into());
+    m.record(&failed);
+    let t = family(&m, "gen_ai_server_request_duration_seconds");
+    let les: Vec<&str> = t
+        .lines()
+        .filter(|l| l.contains("_bucket") && !l.contains("error_type"))
+        .map(|l| l.split("le=\"").nth(1).unwrap().split('"').next().unwrap())
+        .collect();
+    assert_eq!(
+        les.join(","),
+        "0.01,0.02,0.04,0.08,0.16,0.3,0.5,0.8,1,1.5,2,2.5,5,10,15,20,30,40,50,60,120,240,480,960,1920,7680,+Inf"
+    );
+    assert!(t.contains(&format!(
+        "gen_ai_server_request_duration_seconds_bucket{{{LABELS},le=\"0.01\"}} 0\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_request_duration_seconds_bucket{{{LABELS},le=\"0.02\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_request_duration_seconds_count{{{LABELS},error_type=\"500\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_request_duration_seconds_sum{{{LABELS}}} 0.015\n"
+    )));
+}
+
+#[test]
+fn time_per_output_token_formula() {
+    assert_eq!(time_per_output_token(2.0, 0.5, 11), Some(0.15));
+    assert_eq!(time_per_output_token(2.0, 0.5, 1), None);
+    assert_eq!(time_per_output_token(2.0, 0.5, 0), None);
+    assert_eq!(time_per_output_token(0.1, 0.5, 3), Some(0.0));
+
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 2_000, Some(0.5), Some((7, 11)))); // (2 − 0.5) / 10 = 0.15
+    m.record(&chat("m", 2_000, Some(0.5), Some((7, 1)))); // one token: no observation
+    m.record(&chat("m", 2_000, None, Some((7, 11)))); // no TTFT: no observation
+    let t = family(&m, "gen_ai_server_time_per_output_token_seconds");
+    assert!(
+        t.contains(&format!(
+            "gen_ai_server_time_per_output_token_seconds_bucket{{{LABELS},le=\"0.1\"}} 0\n"
+        )),
+        "{t}"
+    );
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_per_output_token_seconds_bucket{{{LABELS},le=\"0.15\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_per_output_token_seconds_sum{{{LABELS}}} 0.15\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_time_per_output_token_seconds_count{{{LABELS}}} 1\n"
+    )));
+}
+
+#[test]
+fn inter_token_latency_counts_every_gap() {
+    let m = RequestMetrics::new();
+    // Gaps 20 ms, 40 ms, 30 ms, 1000 ms.
+    m.record_with_chunk_times(
+        &chat("m", 2_000, Some(0.1), None),
+        &[100 * MS, 120 * MS, 160 * MS, 190 * MS, 1190 * MS],
+    );
+    m.record_with_chunk_times(&chat("m", 2_000, Some(0.1), None), &[5 * MS]); // no gap
+    m.record_with_gaps(&chat("m", 2_000, Some(0.1), None), &[5 * MS]);
+    m.record(&chat("m", 2_000, Some(0.1), None));
+    let t = family(&m, "gen_ai_server_inter_token_latency_seconds");
+    assert!(!t.contains("le=\"0.03\""));
+    for (le, n) in [
+        ("0.01", 1),
+        ("0.025", 2),
+        ("0.05", 4),
+        ("0.75", 4),
+        ("1", 5),
+        ("+Inf", 5),
+    ] {
+        let line = format!(
+            "gen_ai_server_inter_token_latency_seconds_bucket{{{LABELS},le=\"{le}\"}} {n}\n"
+        );
+        assert!(t.contains(&line), "missing {line} in\n{t}");
+    }
+    assert!(t.contains(&format!(
+        "gen_ai_server_inter_token_latency_seconds_count{{{LABELS}}} 5\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_inter_token_latency_seconds_sum{{{LABELS}}} 1.095\n"
+    )));
+}
+
+#[test]
+fn tokens_are_a_histogram_and_a_counter_by_type() {
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 10, Some(0.001), Some((100, 20))));
+    m.record(&chat("m", 10, Some(0.001), Some((3, 2))));
+    let t = text(&m);
+    assert!(t.contains(&format!(
+        "gen_ai_server_tokens_total{{{LABELS},gen_ai_token_type=\"input\"}} 103\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_tokens_total{{{LABELS},gen_ai_token_type=\"output\"}} 22\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_token_usage_bucket{{{LABELS},gen_ai_token_type=\"input\",le=\"4\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_token_usage_bucket{{{LABELS},gen_ai_token_type=\"input\",le=\"64\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_token_usage_bucket{{{LABELS},gen_ai_token_type=\"input\",le=\"256\"}} 2\n"
+    )));
+    assert!(t.contains(&format!(
+        "gen_ai_server_token_usage_bucket{{{LABELS},gen_ai_token_type=\"output\",le=\"67108864\"}} 2\n"
+    )));
+    assert!(t.contains("# TYPE gen_ai_server_tokens_total counter\n"));
+}
+
+#[test]
+fn requests_by_outcome() {
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 10, None, None));
+    m.record(&chat("m", 10, None, None));
+    let mut cancelled = chat("m", 10, None, None);
+    cancelled
+        .attributes
+        .push(attr("infertap.cancelled", AttrValue::Bool(true)));
+    m.record(&cancelled);
+    let mut error = chat("m", 10, None, None);
+    error.attributes.push(attr("error.type", s("429")));
+    m.record(&error);
+    let mut status_only = chat("m", 10, None, None);
+    status_only.status = SpanStatus::Error("reset".into());
+    m.record(&status_only);
+    let t = family(&m, "infertap_requests_total");
+    assert!(
+        t.contains(&format!(
+            "infertap_requests_total{{{LABELS},outcome=\"completed\"}} 2\n"
+        )),
+        "{t}"
+    );
+    assert!(t.contains(&format!(
+        "infertap_requests_total{{{LABELS},outcome=\"cancelled\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "infertap_requests_total{{{LABELS},outcome=\"error\",error_type=\"429\"}} 1\n"
+    )));
+    assert!(t.contains(&format!(
+        "infertap_requests_total{{{LABELS},outcome=\"error\",error_type=\"_OTHER\"}} 1\n"
+    )));
+}
+
+#[test]
+fn http_duration_for_every_server_span_with_bounded_method() {
+    let m = RequestMetrics::new();
+    let mut health = chat("m", 3, None, None);
+    health.attributes.retain(|(k, _)| !k.starts_with("gen_ai."));
+    m.record(&health);
+    let mut odd = chat("m", 30, None, None);
+    for (k, v) in &mut odd.attributes {
+        if k == "http.request.method" {
+            *v = s("BREW-COFFEE-42");
+        }
+    }
+    m.record(&odd);
+    let t = text(&m);
+    assert!(t.contains(
+        "http_server_request_duration_seconds_bucket{http_request_method=\"POST\",http_response_status_code=\"200\",server_port=\"8000\",le=\"0.005\"} 1\n"
+    ), "{t}");
+    assert!(t.contains(
+        "http_server_request_duration_seconds_count{http_request_method=\"_OTHER\",http_response_status_code=\"200\",server_port=\"8000\"} 1\n"
+    ));
+    assert!(!t.contains("BREW"));
+    // The span without GenAI attributes counts only as an HTTP request.
+    assert!(t.contains(&format!(
+        "infertap_requests_total{{{LABELS},outcome=\"completed\"}} 1\n"
+    )));
+}
+
+#[test]
+fn client_spans_are_not_recorded() {
+    let m = RequestMetrics::new();
+    let mut client = chat("m", 10, Some(0.1), Some((1, 2)));
+    client.kind = SpanKind::Client;
+    m.record(&client);
+    assert_eq!(m.series_count(), 0);
+}
+
+#[test]
+fn cardinality_is_capped_with_one_overflow_series() {
+    let m = RequestMetrics::with_series_limit(2);
+    for model in ["a", "b", "c", "d", "a"] {
+        m.record(&chat(model, 100, Some(0.05), None));
+    }
+    let t = family(&m, "gen_ai_server_time_to_first_token_seconds");
+    assert!(t.contains("gen_ai_request_model=\"a\",gen_ai_response_model=\"a\",server_address=\"10.0.0.1\",server_port=\"8000\"} 2\n"));
+    assert!(t.contains("gen_ai_request_model=\"b\""));
+    assert!(!t.contains("gen_ai_request_model=\"c\""));
+    assert!(!t.contains("gen_ai_request_model=\"d\""));
+    assert!(
+        t.contains(
+            "gen_ai_server_time_to_first_token_seconds_count{otel_metric_overflow=\"true\"} 2\n"
+        ),
+        "{t}"
+    );
+    let all = text(&m);
+    assert!(all.contains(
+        "infertap_metrics_series_overflow_total{metric=\"gen_ai_server_time_to_first_token_seconds\"} 2\n"
+    ));
+    assert!(all.contains("infertap_metrics_series_overflow_total{metric=\"http_server_request_duration_seconds\"} 0\n"));
+    // Duration, requests and TTFT each sent two records to overflow; HTTP stayed at one series.
+    assert_eq!(m.overflowed(), 6);
+    // Two series each for TTFT, duration, requests; one for HTTP.
+    assert_eq!(m.series_count(), 7);
+}
+
+#[test]
+fn label_values_are_escaped_and_bounded() {
+    let m = RequestMetrics::new();
+    m.record(&chat("we\"ird\\mo\ndel", 10, Some(0.1), None));
+    let t = family(&m, "gen_ai_server_time_to_first_token_seconds");
+    assert!(
+        t.contains("gen_ai_request_model=\"we\\\"ird\\\\mo\\ndel\""),
+        "{t}"
+    );
+    assert_eq!(t.matches('\n').count(), 2 + TTFT_BUCKETS.len() + 3);
+
+    let long = "é".repeat(200); // 400 bytes
+    let m = RequestMetrics::new();
+    m.record(&chat(&long, 10, Some(0.1), None));
+    let t = family(&m, "gen_ai_server_time_to_first_token_seconds");
+    assert!(t.contains(&format!("gen_ai_request_model=\"{}\"", "é".repeat(128))));
+    assert!(!t.contains(&"é".repeat(129)));
+}
+
+#[test]
+fn no_unbounded_attribute_ever_becomes_a_label() {
+    let m = RequestMetrics::new();
+    let mut span = chat("m", 500, Some(0.1), Some((5, 9)));
+    span.attributes
+        .push(attr("gen_ai.request.max_tokens", AttrValue::I64(77)));
+    span.attributes
+        .push(attr("process.pid", AttrValue::I64(4242)));
+    m.record_with_chunk_times(&span, &[0, 10 * MS]);
+    let t = text(&m);
+    for forbidden in [
+        "request_id",
+        "req-8c1f",
+        "client_port",
+        "51234",
+        "client_address",
+        "10.0.0.9",
+        "url_path",
+        "/v1/chat",
+        "chatcmpl",
+        "response_id",
+        "max_tokens",
+        "4242",
+        "pid",
+    ] {
+        assert!(!t.contains(forbidden), "{forbidden} leaked into\n{t}");
+    }
+    // Every label name used is one of the allowed keys.
+    let allowed: Vec<String> = INSTRUMENTS
+        .iter()
+        .flat_map(|s| s.keys.iter().map(|k| sanitize_name(k)))
+        .chain(["le".into(), "otel_metric_overflow".into(), "metric".into()])
+        .collect();
+    for line in t.lines().filter(|l| !l.starts_with('#')) {
+        if let Some(labels) = line
+            .split_once('{')
+            .map(|(_, r)| r.rsplit_once('}').unwrap().0)
+        {
+            for pair in labels.split("\",") {
+                let name = pair.split_once('=').unwrap().0;
+                assert!(allowed.iter().any(|a| a == name), "label {name} in {line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn recording_an_existing_series_adds_no_series() {
+    let m = RequestMetrics::new();
+    m.record(&chat("m", 10, Some(0.1), Some((1, 3))));
+    let n = m.series_count();
+    for _ in 0..100 {
+        m.record(&chat("m", 10, Some(0.1), Some((1, 3))));
+    }
+    assert_eq!(m.series_count(), n);
+    assert!(family(&m, "infertap_requests_total").contains(" 101\n"));
+}
+
+#[test]
+fn every_family_is_named_by_the_otel_to_prometheus_rules() {
+    for spec in INSTRUMENTS {
+        let unit = match spec.unit {
+            "s" => "_seconds",
+            _ => "",
+        };
+        let total = match spec.kind {
+            InstrumentKind::Counter => "_total",
+            InstrumentKind::Histogram(_) => "",
+        };
+        assert_eq!(
+            spec.prometheus_name,
+            format!("{}{unit}{total}", sanitize_name(spec.otel_name))
+        );
+        if let InstrumentKind::Histogram(b) = spec.kind {
+            assert!(
+                b.windows(2).all(|w| w[0] < w[1]),
+                "{} buckets unsorted",
+                spec.otel_name
+            );
+        }
+    }
+}
