@@ -1,8 +1,10 @@
-//! A real OTLP/gRPC trace receiver for tests: the generated
-//! `opentelemetry.proto.collector.trace.v1.TraceService` server from `opentelemetry-proto`, served
-//! by tonic on `127.0.0.1:0`, keeping every span it accepts.
+//! A real OTLP/gRPC trace and metrics receiver for tests: the generated
+//! `opentelemetry.proto.collector.trace.v1.TraceService` and
+//! `opentelemetry.proto.collector.metrics.v1.MetricsService` servers from `opentelemetry-proto`,
+//! served by tonic on `127.0.0.1:0`, keeping every span and metric data point it accepts.
 //!
-//! Tests point an exporter at [`OtlpReceiver::endpoint`], then [`OtlpReceiver::wait_for`] spans.
+//! Tests point an exporter at [`OtlpReceiver::endpoint`], then [`OtlpReceiver::wait_for`] spans
+//! or [`OtlpReceiver::wait_for_metric`] a data point.
 //! For fault tests the receiver can refuse exports with `UNAVAILABLE` ([`OtlpReceiver::refuse`])
 //! or hold them unanswered ([`OtlpReceiver::pause`]) until [`OtlpReceiver::accept`].
 
@@ -13,6 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -20,6 +28,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point, AggregationTemporality};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use serde::Serialize;
@@ -65,6 +74,31 @@ impl ReceivedSpan {
     }
 }
 
+/// One metric data point as the receiver got it, with its metric's identity, resource and scope.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReceivedMetricPoint {
+    pub name: String,
+    pub unit: String,
+    pub description: String,
+    /// `"histogram"`, `"sum"`, `"gauge"`, `"exponential_histogram"` or `"summary"`.
+    pub kind: String,
+    /// `"cumulative"`, `"delta"` or `"unspecified"` (gauges).
+    pub temporality: String,
+    /// Sums only.
+    pub is_monotonic: bool,
+    pub attributes: Map<String, Value>,
+    /// Sums and gauges: the value (integers as `f64`).
+    pub value: Option<f64>,
+    /// Histograms: bounds, per-bucket (not cumulative) counts, count and sum.
+    pub explicit_bounds: Vec<f64>,
+    pub bucket_counts: Vec<u64>,
+    pub count: u64,
+    pub sum: Option<f64>,
+    pub time_unix_nano: u64,
+    pub resource_attributes: Map<String, Value>,
+    pub scope_name: String,
+}
+
 /// How the receiver answers exports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -81,9 +115,49 @@ struct Shared {
     arrived: watch::Sender<usize>,
     mode: watch::Sender<Mode>,
     requests: AtomicU64,
+    /// Every metric export accepted, each as its data points, in arrival order.
+    metric_exports: Mutex<Vec<Vec<ReceivedMetricPoint>>>,
+    metrics_arrived: watch::Sender<usize>,
+    metric_requests: AtomicU64,
+}
+
+impl Shared {
+    /// Waits while paused; `Err` when refusing.
+    async fn admit(&self) -> Result<(), Status> {
+        let mut mode = self.mode.subscribe();
+        let current = *mode
+            .wait_for(|m| *m != Mode::Pause)
+            .await
+            .map_err(|_| Status::unavailable("receiver stopped"))?;
+        if current == Mode::Refuse {
+            return Err(Status::unavailable("test receiver refuses exports"));
+        }
+        Ok(())
+    }
 }
 
 struct Service(Arc<Shared>);
+
+#[tonic::async_trait]
+impl MetricsService for Service {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.metric_requests.fetch_add(1, Ordering::Relaxed);
+        self.0.admit().await?;
+        let points = flatten_metrics(request.into_inner());
+        let total = {
+            let mut stored = self.0.metric_exports.lock().unwrap();
+            stored.push(points);
+            stored.len()
+        };
+        self.0.metrics_arrived.send_replace(total);
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Service {
@@ -92,14 +166,7 @@ impl TraceService for Service {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
         self.0.requests.fetch_add(1, Ordering::Relaxed);
-        let mut mode = self.0.mode.subscribe();
-        let current = *mode
-            .wait_for(|m| *m != Mode::Pause)
-            .await
-            .map_err(|_| Status::unavailable("receiver stopped"))?;
-        if current == Mode::Refuse {
-            return Err(Status::unavailable("test receiver refuses exports"));
-        }
+        self.0.admit().await?;
         let spans = flatten(request.into_inner());
         let total = {
             let mut stored = self.0.spans.lock().unwrap();
@@ -122,7 +189,7 @@ pub struct OtlpReceiver {
 }
 
 impl OtlpReceiver {
-    /// Binds `127.0.0.1:0` and serves OTLP/gRPC traces, accepting.
+    /// Binds `127.0.0.1:0` and serves OTLP/gRPC traces and metrics, accepting.
     pub async fn start() -> anyhow::Result<Self> {
         let incoming =
             TcpIncoming::bind("127.0.0.1:0".parse()?).context("binding the OTLP test receiver")?;
@@ -132,12 +199,16 @@ impl OtlpReceiver {
             arrived: watch::channel(0).0,
             mode: watch::channel(Mode::Accept).0,
             requests: AtomicU64::new(0),
+            metric_exports: Mutex::default(),
+            metrics_arrived: watch::channel(0).0,
+            metric_requests: AtomicU64::new(0),
         });
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let service = TraceServiceServer::new(Service(shared.clone()));
         let task = tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(MetricsServiceServer::new(Service(shared.clone())))
                 .serve_with_incoming_shutdown(incoming, async {
                     let _ = stop_rx.await;
                 }),
@@ -184,6 +255,47 @@ impl OtlpReceiver {
                 self.spans().len(),
                 self.spans()
             ),
+        }
+    }
+
+    /// Every metric export accepted so far, each as its data points, in arrival order.
+    pub fn metric_exports(&self) -> Vec<Vec<ReceivedMetricPoint>> {
+        self.shared.metric_exports.lock().unwrap().clone()
+    }
+
+    /// Metric export requests seen so far, refused and held ones included.
+    pub fn metric_requests(&self) -> u64 {
+        self.shared.metric_requests.load(Ordering::Relaxed)
+    }
+
+    /// Waits until an accepted metric export holds a data point for which `matches` is true, and
+    /// returns the first such point of the latest such export; fails after `timeout` showing the
+    /// last export.
+    pub async fn wait_for_metric(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&ReceivedMetricPoint) -> bool,
+    ) -> anyhow::Result<ReceivedMetricPoint> {
+        let find = || {
+            self.metric_exports()
+                .iter()
+                .rev()
+                .find_map(|export| export.iter().find(|p| matches(p)).cloned())
+        };
+        let mut arrived = self.shared.metrics_arrived.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(point) = find() {
+                return Ok(point);
+            }
+            match tokio::time::timeout_at(deadline, arrived.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => bail!("OTLP test receiver stopped"),
+                Err(_) => bail!(
+                    "waited {timeout:?} for a matching metric point; last export: {:#?}",
+                    self.metric_exports().last()
+                ),
+            }
         }
     }
 
@@ -276,6 +388,93 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<ReceivedSpan> {
                     scope_name: scope_name.clone(),
                     scope_version: scope_version.clone(),
                 });
+            }
+        }
+    }
+    out
+}
+
+/// Every data point of a metrics request, with its metric's, resource's and scope's data.
+fn flatten_metrics(request: ExportMetricsServiceRequest) -> Vec<ReceivedMetricPoint> {
+    let mut out = Vec::new();
+    for resource_metrics in request.resource_metrics {
+        let resource_attributes = resource_metrics
+            .resource
+            .map(|r| attributes(r.attributes))
+            .unwrap_or_default();
+        for scope_metrics in resource_metrics.scope_metrics {
+            let scope_name = scope_metrics.scope.map(|s| s.name).unwrap_or_default();
+            for m in scope_metrics.metrics {
+                let point =
+                    |kind: &str, temporality: i32, is_monotonic: bool| ReceivedMetricPoint {
+                        name: m.name.clone(),
+                        unit: m.unit.clone(),
+                        description: m.description.clone(),
+                        kind: kind.to_string(),
+                        temporality: match AggregationTemporality::try_from(temporality) {
+                            Ok(AggregationTemporality::Cumulative) => "cumulative",
+                            Ok(AggregationTemporality::Delta) => "delta",
+                            _ => "unspecified",
+                        }
+                        .to_string(),
+                        is_monotonic,
+                        attributes: Map::new(),
+                        value: None,
+                        explicit_bounds: Vec::new(),
+                        bucket_counts: Vec::new(),
+                        count: 0,
+                        sum: None,
+                        time_unix_nano: 0,
+                        resource_attributes: resource_attributes.clone(),
+                        scope_name: scope_name.clone(),
+                    };
+                let number = |v: Option<number_data_point::Value>| match v {
+                    Some(number_data_point::Value::AsDouble(d)) => Some(d),
+                    Some(number_data_point::Value::AsInt(i)) => Some(i as f64),
+                    None => None,
+                };
+                match &m.data {
+                    Some(metric::Data::Histogram(h)) => {
+                        for p in &h.data_points {
+                            out.push(ReceivedMetricPoint {
+                                attributes: attributes(p.attributes.clone()),
+                                explicit_bounds: p.explicit_bounds.clone(),
+                                bucket_counts: p.bucket_counts.clone(),
+                                count: p.count,
+                                sum: p.sum,
+                                time_unix_nano: p.time_unix_nano,
+                                ..point("histogram", h.aggregation_temporality, false)
+                            });
+                        }
+                    }
+                    Some(metric::Data::Sum(s)) => {
+                        for p in &s.data_points {
+                            out.push(ReceivedMetricPoint {
+                                attributes: attributes(p.attributes.clone()),
+                                value: number(p.value),
+                                time_unix_nano: p.time_unix_nano,
+                                ..point("sum", s.aggregation_temporality, s.is_monotonic)
+                            });
+                        }
+                    }
+                    Some(metric::Data::Gauge(g)) => {
+                        for p in &g.data_points {
+                            out.push(ReceivedMetricPoint {
+                                attributes: attributes(p.attributes.clone()),
+                                value: number(p.value),
+                                time_unix_nano: p.time_unix_nano,
+                                ..point("gauge", 0, false)
+                            });
+                        }
+                    }
+                    Some(metric::Data::ExponentialHistogram(e)) => out.push(point(
+                        "exponential_histogram",
+                        e.aggregation_temporality,
+                        false,
+                    )),
+                    Some(metric::Data::Summary(_)) => out.push(point("summary", 0, false)),
+                    None => {}
+                }
             }
         }
     }
