@@ -501,7 +501,17 @@ impl Agent {
         match http_get(self.debug_addr, path) {
             Ok((200, body)) => body,
             Ok((code, body)) => panic!("GET {path}: {code} {body}"),
-            Err(e) => panic!("GET {path}: {e}"),
+            Err(e) => {
+                let pid = self.proc.pid();
+                let state = fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()));
+                let alive = matches!(state, Some(c) if c != 'Z' && c != 'X');
+                panic!(
+                    "GET {path} on the agent's debug endpoint: {e} (agent pid {pid} {}; its log follows)",
+                    if alive { "still running" } else { "has exited" }
+                )
+            }
         }
     }
 
