@@ -9,6 +9,7 @@
 //! - `sse`: WHATWG server-sent-event framing over a response body.
 
 pub mod http1;
+pub mod json_scan;
 pub mod openai;
 pub mod sse;
 
