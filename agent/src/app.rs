@@ -106,7 +106,21 @@ async fn run(config: Config) -> Result<()> {
         let _ = debug_shutdown.wait_for(|s| *s).await;
     }));
 
-    let (probes, maps) = Probes::load(config.ring_buffer_size)?;
+    let (mut probes, maps) = Probes::load(config.ring_buffer_size)?;
+    if let Some(logger) = probes.logger.take() {
+        // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
+        match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
+            Ok(mut fd) => {
+                tokio::spawn(async move {
+                    while let Ok(mut guard) = fd.readable_mut().await {
+                        guard.get_inner_mut().flush();
+                        guard.clear_ready();
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "Cannot poll kernel program logs."),
+        }
+    }
     status.update(|s| {
         s.probes = probes
             .states

@@ -296,7 +296,7 @@ mod tests {
             json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "started_at_unix_nano": 0,
-                "probes": [{"name": "sys_enter_read", "attached": true, "error": null}],
+                "probes": [{"name": "sys_enter_read", "attached": true, "error": null, "run_count": 0, "run_time_ns": 0}],
                 "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
                 "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
                                 "evicted_total": 0, "shed_total": 0},

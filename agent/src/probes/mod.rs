@@ -90,6 +90,8 @@ pub struct ProbeState {
 /// Loaded and attached kernel programs plus the maps userspace uses.
 pub struct Probes {
     ebpf: Ebpf,
+    /// Log records of the kernel programs (aya-log), forwarded to the agent's log.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub states: Vec<ProbeState>,
     /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program).
     _stats: Option<OwnedFd>,
@@ -155,6 +157,14 @@ impl Probes {
             .load(OBJECT)
             .map_err(|source| ProbeError::Load { kernel: kernel_release(), source: Box::new(source) })?;
 
+        // Before the programs load: they reference the log map.
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::debug!(error = %e, "Kernel program logs are not available.");
+                None
+            }
+        };
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
         let mut states = Vec::new();
         for (name, category) in PROGRAMS {
@@ -180,7 +190,7 @@ impl Probes {
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
-        Ok((Probes { ebpf, states, _stats: stats }, Maps { targets, sockets, drops, events }))
+        Ok((Probes { ebpf, logger, states, _stats: stats }, Maps { targets, sockets, drops, events }))
     }
 
     /// Run count and total run time per attached program (from the kernel's BPF statistics).

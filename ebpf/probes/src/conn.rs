@@ -11,6 +11,8 @@ use aya_ebpf::{
 };
 use infertap_common::*;
 
+use aya_log_ebpf::{debug, warn};
+
 use crate::{arg, maps::*, ret, targeted};
 
 const AF_INET: u16 = 2;
@@ -66,7 +68,7 @@ pub fn exit_accept(ctx: &TracePointContext) -> u32 {
     if fd < 0 {
         return 0;
     }
-    open(pid_tgid, fd as u32, call.fd, ROLE_SERVER, call.ptr);
+    open(ctx, pid_tgid, fd as u32, call.fd, ROLE_SERVER, call.ptr);
     0
 }
 
@@ -90,12 +92,12 @@ pub fn exit_connect(ctx: &TracePointContext) -> u32 {
     if call.ptr == 0 {
         return 0;
     }
-    open(pid_tgid, call.fd, u32::MAX, ROLE_CLIENT, call.ptr);
+    open(ctx, pid_tgid, call.fd, u32::MAX, ROLE_CLIENT, call.ptr);
     0
 }
 
 #[inline(always)]
-fn open(pid_tgid: u64, fd: u32, listen_fd: u32, role: u32, sockaddr: u64) {
+fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u32, sockaddr: u64) {
     let mut rec = ConnOpenRecord {
         header: RecordHeader {
             kind: RECORD_CONN_OPEN,
@@ -127,6 +129,7 @@ fn open(pid_tgid: u64, fd: u32, listen_fd: u32, role: u32, sockaddr: u64) {
     let info = ConnInfo { conn_id: rec.conn_id, role, _pad: 0, rx_pos: 0, tx_pos: 0 };
     if SOCKETS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
+        warn!(ctx, "SOCKETS map full: connection of pid {} fd {} is not traced", key.tgid, fd);
         return;
     }
     if EVENTS.output::<ConnOpenRecord>(&rec, wakeup_flags()).is_err() {
@@ -158,13 +161,14 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
     0
 }
 
-pub fn process_exit(_ctx: &TracePointContext) -> u32 {
+pub fn process_exit(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if pid_tgid as u32 != tgid || !targeted(pid_tgid) {
         return 0; // a thread, or a process we do not trace
     }
     let _ = TARGETS.remove(&tgid);
+    debug!(ctx, "targeted process {} exited", tgid);
     let rec = ProcExitRecord {
         header: RecordHeader { kind: RECORD_PROC_EXIT, tgid, ts_ns: unsafe { bpf_ktime_get_ns() } },
     };
