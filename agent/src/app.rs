@@ -24,6 +24,8 @@ use crate::capture::decode::{decode, Record, Role};
 use crate::config::{Config, Mode};
 use crate::conn::{ConnId, ConnTable, Finished, Origin};
 use crate::export::debug::{DebugServer, DebugState, Readiness};
+use crate::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
+use crate::export::metrics::RequestMetrics;
 use crate::export::otlp::{config::OtlpConfig, OtlpSpanExporter};
 use crate::export::status::{ProbeStatus, StatusSource, TargetStatus};
 use crate::export::store::SpanStore;
@@ -94,11 +96,16 @@ async fn run(config: Config) -> Result<()> {
     // Export first, so the debug endpoint can answer while probes load.
     let otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
     let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone()).context("starting the OTLP exporter")?;
+    let request_metrics = Arc::new(RequestMetrics::new());
+    let metrics_config = MetricsOtlpConfig::from_env().context("reading the OTEL_* metrics configuration")?;
+    let metrics_exporter = OtlpMetricsExporter::spawn(&metrics_config, &request_metrics, stats.clone())
+        .context("starting the OTLP metrics exporter")?;
     let store = Arc::new(SpanStore::new(config.span_buffer));
-    let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone());
+    let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone()).with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
-    let server = DebugServer::bind(config.debug_addr, DebugState::new(store, status.clone(), readiness.clone())).await?;
+    let debug_state = DebugState::new(store, status.clone(), readiness.clone()).with_metric_source(request_metrics);
+    let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut debug_shutdown = shutdown_rx.clone();
@@ -171,6 +178,7 @@ async fn run(config: Config) -> Result<()> {
     let _ = pipeline_task.await;
     let _ = targeting.join();
     exporter.shutdown().await;
+    metrics_exporter.shutdown().await;
     let _ = debug_task.await;
     Ok(())
 }
@@ -427,7 +435,7 @@ impl Pipeline {
     fn emit(&mut self) {
         for f in self.done.drain(..) {
             let span = build_span(&f.exchange, &f.meta, &self.clock, &self.opts, &mut RandomIds);
-            self.sink.submit(span);
+            self.sink.submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }
     }
 }
