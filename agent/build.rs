@@ -5,7 +5,9 @@ use std::{env, fs, path::PathBuf};
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let default = manifest.join("../ebpf/probes/target/bpfel-unknown-none/release/infertap-probes");
-    let src = env::var_os("INFERTAP_EBPF_OBJECT").map(PathBuf::from).unwrap_or(default);
+    let src = env::var_os("INFERTAP_EBPF_OBJECT")
+        .map(PathBuf::from)
+        .unwrap_or(default);
     println!("cargo:rerun-if-env-changed=INFERTAP_EBPF_OBJECT");
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo::rustc-check-cfg=cfg(infertap_no_ebpf)");

@@ -46,9 +46,19 @@ const DRAIN_INTERVAL_MS: u64 = 10;
 #[derive(Debug)]
 enum Control {
     /// A process became a target; its listening sockets (fd → local address).
-    Target { pid: u32, listeners: HashMap<u32, SocketAddr> },
+    Target {
+        pid: u32,
+        listeners: HashMap<u32, SocketAddr>,
+    },
     /// A socket that was open before tracing began.
-    Existing { pid: u32, fd: u32, conn_id: u64, role: Role, local: SocketAddr, peer: SocketAddr },
+    Existing {
+        pid: u32,
+        fd: u32,
+        conn_id: u64,
+        role: Role,
+        local: SocketAddr,
+        peer: SocketAddr,
+    },
     /// A process is no longer a target.
     Gone { pid: u32 },
 }
@@ -62,7 +72,12 @@ struct KernelMaps {
 impl KernelMaps {
     fn forget_process(&mut self, pid: u32) {
         let _ = self.targets.remove(&pid);
-        let keys: Vec<ConnKey> = self.sockets.keys().flatten().filter(|k| k.tgid == pid).collect();
+        let keys: Vec<ConnKey> = self
+            .sockets
+            .keys()
+            .flatten()
+            .filter(|k| k.tgid == pid)
+            .collect();
         for k in keys {
             let _ = self.sockets.remove(&k);
         }
@@ -73,7 +88,8 @@ pub fn main() -> Result<()> {
     let config = Config::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -95,16 +111,21 @@ async fn run(config: Config) -> Result<()> {
 
     // Export first, so the debug endpoint can answer while probes load.
     let otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
-    let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone()).context("starting the OTLP exporter")?;
+    let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone())
+        .context("starting the OTLP exporter")?;
     let request_metrics = Arc::new(RequestMetrics::new());
-    let metrics_config = MetricsOtlpConfig::from_env().context("reading the OTEL_* metrics configuration")?;
-    let metrics_exporter = OtlpMetricsExporter::spawn(&metrics_config, &request_metrics, stats.clone())
-        .context("starting the OTLP metrics exporter")?;
+    let metrics_config =
+        MetricsOtlpConfig::from_env().context("reading the OTEL_* metrics configuration")?;
+    let metrics_exporter =
+        OtlpMetricsExporter::spawn(&metrics_config, &request_metrics, stats.clone())
+            .context("starting the OTLP metrics exporter")?;
     let store = Arc::new(SpanStore::new(config.span_buffer));
-    let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone()).with_metrics(request_metrics.clone());
+    let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone())
+        .with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
-    let debug_state = DebugState::new(store, status.clone(), readiness.clone()).with_metric_source(request_metrics);
+    let debug_state = DebugState::new(store, status.clone(), readiness.clone())
+        .with_metric_source(request_metrics);
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -145,7 +166,10 @@ async fn run(config: Config) -> Result<()> {
     tracing::info!(attached, total = probes.states.len(), "Probes attached.");
     readiness.set_ready();
 
-    let kmaps = Arc::new(Mutex::new(KernelMaps { targets: maps.targets, sockets: maps.sockets }));
+    let kmaps = Arc::new(Mutex::new(KernelMaps {
+        targets: maps.targets,
+        sockets: maps.sockets,
+    }));
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
 
     // Targeting: a plain thread, since /proc reads block.
@@ -156,21 +180,42 @@ async fn run(config: Config) -> Result<()> {
         let interval = Duration::from_millis(config.scan_interval_ms);
         std::thread::Builder::new()
             .name("infertap-targets".into())
-            .spawn(move || targeting_loop(Scanner::new(selector), kmaps, ctl_tx, status, interval, stop))?
+            .spawn(move || {
+                targeting_loop(
+                    Scanner::new(selector),
+                    kmaps,
+                    ctl_tx,
+                    status,
+                    interval,
+                    stop,
+                )
+            })?
     };
 
     let pipeline = Pipeline {
-        table: ConnTable::new(config.max_connections, config.idle_timeout().as_nanos() as u64),
+        table: ConnTable::new(
+            config.max_connections,
+            config.idle_timeout().as_nanos() as u64,
+        ),
         listeners: HashMap::new(),
         stats: stats.clone(),
         sink,
         clock: WallClock::measure(),
-        opts: BuildOptions { derive_trace_from_request_id: !config.no_request_id_trace, ..Default::default() },
+        opts: BuildOptions {
+            derive_trace_from_request_id: !config.no_request_id_trace,
+            ..Default::default()
+        },
         kmaps: kmaps.clone(),
         done: Vec::new(),
         probes,
     };
-    let pipeline_task = tokio::spawn(pipeline.run(maps.events, maps.drops, ctl_rx, status.clone(), shutdown_rx.clone()));
+    let pipeline_task = tokio::spawn(pipeline.run(
+        maps.events,
+        maps.drops,
+        ctl_rx,
+        status.clone(),
+        shutdown_rx.clone(),
+    ));
 
     shutdown_signal().await;
     tracing::info!("Shutting down.");
@@ -184,7 +229,8 @@ async fn run(config: Config) -> Result<()> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
@@ -207,7 +253,10 @@ fn targeting_loop(
         for pid in current.keys().copied().collect::<Vec<_>>() {
             if !wanted.contains_key(&pid) {
                 current.remove(&pid);
-                kmaps.lock().unwrap_or_else(|e| e.into_inner()).forget_process(pid);
+                kmaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget_process(pid);
                 let _ = ctl.blocking_send(Control::Gone { pid });
                 tracing::info!(pid, "Target gone; no longer traced.");
             }
@@ -226,19 +275,37 @@ fn targeting_loop(
                 }
             }
             let socks = tcp_sockets(*pid);
-            let listeners: HashMap<u32, SocketAddr> = socks.iter().filter(|s| s.listening).map(|s| (s.fd, s.local)).collect();
+            let listeners: HashMap<u32, SocketAddr> = socks
+                .iter()
+                .filter(|s| s.listening)
+                .map(|s| (s.fd, s.local))
+                .collect();
             let ports: Vec<u16> = listeners.values().map(|a| a.port()).collect();
-            let _ = ctl.blocking_send(Control::Target { pid: *pid, listeners });
+            let _ = ctl.blocking_send(Control::Target {
+                pid: *pid,
+                listeners,
+            });
             for s in socks.iter().filter(|s| !s.listening) {
                 next_conn_id += 1;
                 let conn_id = USER_CONN_ID_BIT | next_conn_id;
-                let role = if ports.contains(&s.local.port()) { Role::Server } else { Role::Client };
+                let role = if ports.contains(&s.local.port()) {
+                    Role::Server
+                } else {
+                    Role::Client
+                };
                 let info = ConnInfo {
                     conn_id,
-                    role: if role == Role::Server { ROLE_SERVER } else { ROLE_CLIENT },
+                    role: if role == Role::Server {
+                        ROLE_SERVER
+                    } else {
+                        ROLE_CLIENT
+                    },
                     ..Default::default()
                 };
-                let key = ConnKey { tgid: *pid, fd: s.fd };
+                let key = ConnKey {
+                    tgid: *pid,
+                    fd: s.fd,
+                };
                 let inserted = kmaps
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -246,7 +313,14 @@ fn targeting_loop(
                     .insert(key, info, 1 /* BPF_NOEXIST */)
                     .is_ok();
                 if inserted {
-                    let _ = ctl.blocking_send(Control::Existing { pid: *pid, fd: s.fd, conn_id, role, local: s.local, peer: s.remote });
+                    let _ = ctl.blocking_send(Control::Existing {
+                        pid: *pid,
+                        fd: s.fd,
+                        conn_id,
+                        role,
+                        local: s.local,
+                        peer: s.remote,
+                    });
                 }
             }
             tracing::info!(pid, comm = %t.comm, reason = %t.reason, "Tracing process.");
@@ -255,7 +329,11 @@ fn targeting_loop(
         status.update(|s| {
             s.targets = current
                 .values()
-                .map(|t| TargetStatus { pid: t.pid, comm: t.comm.clone(), reason: t.reason.clone() })
+                .map(|t| TargetStatus {
+                    pid: t.pid,
+                    comm: t.comm.clone(),
+                    reason: t.reason.clone(),
+                })
                 .collect()
         });
         std::thread::sleep(interval);
@@ -286,7 +364,8 @@ impl Pipeline {
         mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd holds it.
-        let registered = unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
+        let registered =
+            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
         let mut ring = match registered {
             Ok(r) => r,
             Err(e) => {
@@ -350,25 +429,51 @@ impl Pipeline {
         stats.records_read.fetch_add(1, Ordering::Relaxed);
         match rec {
             Record::Data(chunk) => {
-                stats.bytes_read.fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                stats
+                    .bytes_read
+                    .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
                 self.table.data(&chunk, stats, &mut self.done);
             }
-            Record::Open { tgid, ts_ns, conn_id, fd, listen_fd, role, peer, family_unknown } => {
+            Record::Open {
+                tgid,
+                ts_ns,
+                conn_id,
+                fd,
+                listen_fd,
+                role,
+                peer,
+                family_unknown,
+            } => {
                 if family_unknown && !is_tcp_socket(tgid, fd) {
-                    let _ = self.kmaps.lock().unwrap_or_else(|e| e.into_inner()).sockets.remove(&ConnKey { tgid, fd });
+                    let _ = self
+                        .kmaps
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .sockets
+                        .remove(&ConnKey { tgid, fd });
                     return;
                 }
                 let local = listen_fd.and_then(|l| self.listeners.get(&(tgid, l)).copied());
                 let id = ConnId { tgid, conn_id };
-                self.table.open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
+                self.table
+                    .open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
             }
-            Record::Close { tgid, ts_ns, conn_id, .. } => {
-                self.table.close(ConnId { tgid, conn_id }, ts_ns, stats, &mut self.done);
+            Record::Close {
+                tgid,
+                ts_ns,
+                conn_id,
+                ..
+            } => {
+                self.table
+                    .close(ConnId { tgid, conn_id }, ts_ns, stats, &mut self.done);
             }
             Record::ProcExit { tgid, ts_ns } => {
                 self.table.process_exit(tgid, ts_ns, stats, &mut self.done);
                 self.listeners.retain(|(pid, _), _| *pid != tgid);
-                self.kmaps.lock().unwrap_or_else(|e| e.into_inner()).forget_process(tgid);
+                self.kmaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .forget_process(tgid);
             }
         }
     }
@@ -380,12 +485,33 @@ impl Pipeline {
                     self.listeners.insert((pid, fd), addr);
                 }
             }
-            Control::Existing { pid, fd, conn_id, role, local, peer } => {
+            Control::Existing {
+                pid,
+                fd,
+                conn_id,
+                role,
+                local,
+                peer,
+            } => {
                 let id = ConnId { tgid: pid, conn_id };
-                self.table.open(id, fd, role, Some(local), Some(peer), Origin::MidStream, WallClock::monotonic_now(), &self.stats);
+                self.table.open(
+                    id,
+                    fd,
+                    role,
+                    Some(local),
+                    Some(peer),
+                    Origin::MidStream,
+                    WallClock::monotonic_now(),
+                    &self.stats,
+                );
             }
             Control::Gone { pid } => {
-                self.table.process_exit(pid, WallClock::monotonic_now(), &self.stats, &mut self.done);
+                self.table.process_exit(
+                    pid,
+                    WallClock::monotonic_now(),
+                    &self.stats,
+                    &mut self.done,
+                );
                 self.listeners.retain(|(p, _), _| *p != pid);
                 self.emit();
             }
@@ -394,7 +520,8 @@ impl Pipeline {
 
     fn housekeeping(&mut self, drops: &PerCpuArray<MapData, u64>, status: &StatusSource) {
         self.clock = WallClock::measure();
-        self.table.evict_idle(WallClock::monotonic_now(), &self.stats, &mut self.done);
+        self.table
+            .evict_idle(WallClock::monotonic_now(), &self.stats, &mut self.done);
         self.resolve_local_addresses();
         self.emit();
         let kernel = kernel_drops(drops);
@@ -434,8 +561,15 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for f in self.done.drain(..) {
-            let span = build_span(&f.exchange, &f.meta, &self.clock, &self.opts, &mut RandomIds);
-            self.sink.submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
+            let span = build_span(
+                &f.exchange,
+                &f.meta,
+                &self.clock,
+                &self.opts,
+                &mut RandomIds,
+            );
+            self.sink
+                .submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }
     }
 }

@@ -74,7 +74,9 @@ pub struct Config {
 fn parse_ring_size(s: &str) -> Result<u32, String> {
     let v: u32 = s.parse().map_err(|e| format!("{e}"))?;
     if v < 4096 || !v.is_power_of_two() {
-        return Err(format!("{v} is not a power of two of at least 4096 bytes (e.g. 16777216)"));
+        return Err(format!(
+            "{v} is not a power of two of at least 4096 bytes (e.g. 16777216)"
+        ));
     }
     Ok(v)
 }
@@ -104,16 +106,27 @@ impl Config {
     }
 
     pub fn selector(&self) -> Result<Selector, ConfigError> {
-        let explicit = !self.target_ports.is_empty() || !self.target_pids.is_empty() || self.target_cmdline.is_some();
+        let explicit = !self.target_ports.is_empty()
+            || !self.target_pids.is_empty()
+            || self.target_cmdline.is_some();
         let pattern = match (&self.target_cmdline, explicit) {
             (Some(p), _) => Some(p.clone()),
             (None, false) => Some(DEFAULT_CMDLINE.to_string()),
             (None, true) => None,
         };
         let cmdline = pattern
-            .map(|p| Regex::new(&p).map_err(|source| ConfigError::BadRegex { pattern: p.clone(), source }))
+            .map(|p| {
+                Regex::new(&p).map_err(|source| ConfigError::BadRegex {
+                    pattern: p.clone(),
+                    source,
+                })
+            })
             .transpose()?;
-        Ok(Selector { pids: self.target_pids.clone(), ports: self.target_ports.clone(), cmdline })
+        Ok(Selector {
+            pids: self.target_pids.clone(),
+            ports: self.target_ports.clone(),
+            cmdline,
+        })
     }
 
     pub fn idle_timeout(&self) -> Duration {
@@ -128,7 +141,12 @@ mod tests {
     #[test]
     fn default_targets_inference_servers_and_explicit_flags_replace_it() {
         let c = Config::parse_from(["infertap"]);
-        assert!(c.selector().unwrap().cmdline.unwrap().is_match("vllm serve x"));
+        assert!(c
+            .selector()
+            .unwrap()
+            .cmdline
+            .unwrap()
+            .is_match("vllm serve x"));
         let c = Config::parse_from(["infertap", "--target-port", "8000"]);
         let s = c.selector().unwrap();
         assert_eq!(s.ports, vec![8000]);
@@ -140,7 +158,9 @@ mod tests {
         let c = Config::parse_from(["infertap", "--target-cmdline", "("]);
         let e = c.selector().unwrap_err().to_string();
         assert!(e.contains("not a valid regular expression"), "{e}");
-        let e = Config::try_parse_from(["infertap", "--ring-buffer-size", "1000"]).unwrap_err().to_string();
+        let e = Config::try_parse_from(["infertap", "--ring-buffer-size", "1000"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("power of two"), "{e}");
     }
 }

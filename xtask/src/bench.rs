@@ -21,7 +21,13 @@ enum Arm {
 }
 
 fn ensure_wrk() -> Result<()> {
-    if Command::new("wrk").arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+    if Command::new("wrk")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
         return Ok(());
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
@@ -34,7 +40,10 @@ fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<f64> {
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
-    let out = cmd.arg(format!("http://127.0.0.1:{port}/health")).output().context("running wrk")?;
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}/health"))
+        .output()
+        .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
@@ -56,12 +65,23 @@ pub fn run_bench(python: &Path, rounds: usize, seconds: u64) -> Result<()> {
     let _server = Kill(
         Command::new(python)
             .arg(peers.join("vllm_standin.py"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--ttft-ms", "0", "--token-interval-ms", "0"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--ttft-ms",
+                "0",
+                "--token-interval-ms",
+                "0",
+            ])
             .arg("--ready-file")
             .arg(&ready)
             .spawn()?,
     );
-    wait_until("the stand-in server", Duration::from_secs(30), || ready.exists())?;
+    wait_until("the stand-in server", Duration::from_secs(30), || {
+        ready.exists()
+    })?;
     let script = std::env::temp_dir().join("infertap-bench-chat.lua");
     std::fs::write(
         &script,
@@ -73,7 +93,10 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
     )?;
     let sleeper = Kill(Command::new("sleep").arg("100000").spawn()?);
 
-    let workloads: [(&str, Option<&Path>); 2] = [("GET /health", None), ("POST chat stream 16 tokens", Some(&script))];
+    let workloads: [(&str, Option<&Path>); 2] = [
+        ("GET /health", None),
+        ("POST chat stream 16 tokens", Some(&script)),
+    ];
     for (name, script) in workloads {
         let mut results: Vec<(Arm, f64)> = Vec::new();
         let mut kernel: Vec<(String, u64, u64)> = Vec::new();
@@ -124,7 +147,11 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let dest = if arm == Arm::Targeted { &mut kernel } else { &mut kernel_untargeted };
+                    let dest = if arm == Arm::Targeted {
+                        &mut kernel
+                    } else {
+                        &mut kernel_untargeted
+                    };
                     for (n, c, t) in probes {
                         match dest.iter_mut().find(|(m, _, _)| *m == n) {
                             Some(e) => {
@@ -144,18 +171,41 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                 results.push((arm, rps));
             }
         }
-        let med = |arm: Arm| median(&mut results.iter().filter(|(a, _)| *a == arm).map(|(_, r)| *r).collect::<Vec<_>>());
+        let med = |arm: Arm| {
+            median(
+                &mut results
+                    .iter()
+                    .filter(|(a, _)| *a == arm)
+                    .map(|(_, r)| *r)
+                    .collect::<Vec<_>>(),
+            )
+        };
         let off = med(Arm::Off);
         let untargeted = med(Arm::Untargeted);
         let targeted = med(Arm::Targeted);
         println!("\n== {name}: {rounds} rounds of {seconds}s, wrk -t1 -c8, medians");
         println!("agent off              {off:>10.0} req/s   1.000");
-        println!("agent on, not targeted {untargeted:>10.0} req/s   {:.3}", untargeted / off);
-        println!("agent on, targeting    {targeted:>10.0} req/s   {:.3}", targeted / off);
-        for (label, k) in [("targeting the server", &kernel), ("not targeting (every run leaves at the first lookup)", &kernel_untargeted)] {
+        println!(
+            "agent on, not targeted {untargeted:>10.0} req/s   {:.3}",
+            untargeted / off
+        );
+        println!(
+            "agent on, targeting    {targeted:>10.0} req/s   {:.3}",
+            targeted / off
+        );
+        for (label, k) in [
+            ("targeting the server", &kernel),
+            (
+                "not targeting (every run leaves at the first lookup)",
+                &kernel_untargeted,
+            ),
+        ] {
             println!("kernel cost per program run, {label}:");
             for (n, c, t) in k.iter().filter(|(_, c, _)| *c > 0) {
-                println!("  {n:<22} {c:>10} runs {:>8.0} ns/run", *t as f64 / *c as f64);
+                println!(
+                    "  {n:<22} {c:>10} runs {:>8.0} ns/run",
+                    *t as f64 / *c as f64
+                );
             }
         }
     }

@@ -26,7 +26,10 @@ pub fn free_port() -> Result<u16> {
 }
 
 pub fn get_json(url: &str) -> Result<Value> {
-    let body = ureq::get(url).timeout(Duration::from_secs(5)).call()?.into_string()?;
+    let body = ureq::get(url)
+        .timeout(Duration::from_secs(5))
+        .call()?
+        .into_string()?;
     Ok(serde_json::from_str(&body)?)
 }
 
@@ -46,15 +49,23 @@ fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
 }
 
 fn ms(v: Option<&Value>) -> String {
-    v.and_then(Value::as_f64).map(|s| format!("{:.1}", s * 1000.0)).unwrap_or_else(|| "-".into())
+    v.and_then(Value::as_f64)
+        .map(|s| format!("{:.1}", s * 1000.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn print_row(span: &Value) {
     let start = span["start_time_unix_nano"].as_u64().unwrap_or(0);
     let end = span["end_time_unix_nano"].as_u64().unwrap_or(0);
-    let status = attr(span, "http.response.status_code").map(|v| v.to_string()).unwrap_or_else(|| "-".into());
-    let cancelled = attr(span, "infertap.cancelled").and_then(Value::as_bool).unwrap_or(false);
-    let tokens = attr(span, "gen_ai.usage.output_tokens").map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+    let status = attr(span, "http.response.status_code")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into());
+    let cancelled = attr(span, "infertap.cancelled")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let tokens = attr(span, "gen_ai.usage.output_tokens")
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".into());
     println!(
         "{:<34} {:>6} {:>9} {:>9} {:>10} {:>7} {:<10} {}",
         span["name"].as_str().unwrap_or("?"),
@@ -63,7 +74,11 @@ fn print_row(span: &Value) {
         ms(attr(span, "infertap.inter_token_latency.mean")),
         format!("{:.1}", end.saturating_sub(start) as f64 / 1e6),
         tokens,
-        if cancelled { "cancelled" } else { span["status"]["code"].as_str().unwrap_or("") },
+        if cancelled {
+            "cancelled"
+        } else {
+            span["status"]["code"].as_str().unwrap_or("")
+        },
         span["trace_id"].as_str().unwrap_or(""),
     );
 }
@@ -79,19 +94,37 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     let _server = Kill(
         Command::new(python)
             .arg(peers.join("vllm_standin.py"))
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--ready-file"])
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--ready-file",
+            ])
             .arg(&ready)
             .spawn()
             .context("starting the stand-in server")?,
     );
-    wait_until("the stand-in server", Duration::from_secs(30), || ready.exists())?;
+    wait_until("the stand-in server", Duration::from_secs(30), || {
+        ready.exists()
+    })?;
 
     let debug = format!("127.0.0.1:{debug_port}");
     eprintln!("demo: starting infertap (--target-port {port}), debug endpoint http://{debug}");
     let _agent = Kill(
         Command::new(agent_binary())
-            .args(["--mode", "standalone", "--target-port", &port.to_string(), "--debug-addr", &debug])
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .args([
+                "--mode",
+                "standalone",
+                "--target-port",
+                &port.to_string(),
+                "--debug-addr",
+                &debug,
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .spawn()
             .context("starting infertap")?,
     );
@@ -117,7 +150,14 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     loop {
         let out = Command::new(python)
             .arg(peers.join("client.py"))
-            .args(["--base-url", &format!("http://127.0.0.1:{port}/v1"), "--scenario", "mixed", "--count", "8"])
+            .args([
+                "--base-url",
+                &format!("http://127.0.0.1:{port}/v1"),
+                "--scenario",
+                "mixed",
+                "--count",
+                "8",
+            ])
             .args(["--concurrency", "2", "--out", "/dev/null"])
             .stdout(Stdio::null())
             .status()
@@ -129,7 +169,11 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
         let spans = get_json(&format!("http://{debug}/spans?limit=1000"))?;
         let mut fresh: Vec<&Value> = spans
             .as_array()
-            .map(|a| a.iter().filter(|s| !seen.contains(s["span_id"].as_str().unwrap_or(""))).collect())
+            .map(|a| {
+                a.iter()
+                    .filter(|s| !seen.contains(s["span_id"].as_str().unwrap_or("")))
+                    .collect()
+            })
             .unwrap_or_default();
         fresh.reverse(); // oldest first
         for s in fresh {
@@ -142,6 +186,10 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     }
     let status = get_json(&format!("http://{debug}/status"))?;
     println!();
-    println!("captured {} requests; /status says: {}", seen.len(), status.get("http").cloned().unwrap_or_default());
+    println!(
+        "captured {} requests; /status says: {}",
+        seen.len(),
+        status.get("http").cloned().unwrap_or_default()
+    );
     Ok(())
 }

@@ -54,12 +54,17 @@ enum Cmd {
 }
 
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("+ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -81,7 +86,16 @@ fn build_ebpf() -> Result<()> {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("CARGO_TARGET_DIR")
         .env("PATH", setup::path_with_cargo_bin())
-        .args(["+nightly", "build", "--locked", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"]))
+        .args([
+            "+nightly",
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+        ]))
 }
 
 fn build() -> Result<()> {
@@ -98,7 +112,9 @@ fn is_root() -> bool {
 }
 
 fn test(require_root: bool, args: &[String]) -> Result<()> {
-    let ci = std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false);
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
     let require_root = require_root || ci;
     build()?;
     let python = setup::python_env()?;
@@ -126,10 +142,18 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
 
 fn lint() -> Result<()> {
     setup::toolchain()?;
-    run(Command::new("cargo").current_dir(root()).args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo")
         .current_dir(root())
-        .args(["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        .args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").current_dir(root()).args([
+        "clippy",
+        "--locked",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
@@ -176,7 +200,9 @@ fn main() -> Result<()> {
             build()?;
             let python = setup::python_env()?;
             if !is_root() {
-                bail!("the demo loads eBPF programs and must run as root: `sudo -E cargo xtask demo`");
+                bail!(
+                    "the demo loads eBPF programs and must run as root: `sudo -E cargo xtask demo`"
+                );
             }
             demo::run(&python, duration)
         }

@@ -11,7 +11,10 @@ pub struct WallClock {
 }
 
 fn now(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid clock ids and a valid out-pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
@@ -30,7 +33,9 @@ impl WallClock {
                 best = Some((width, offset));
             }
         }
-        WallClock { offset_ns: best.map(|(_, o)| o).unwrap_or(0) }
+        WallClock {
+            offset_ns: best.map(|(_, o)| o).unwrap_or(0),
+        }
     }
 
     /// A clock with a known offset (tests).
@@ -55,7 +60,10 @@ mod tests {
     fn converts_the_current_monotonic_time_to_the_current_wall_time() {
         let clock = WallClock::measure();
         let wall = clock.to_unix_nanos(WallClock::monotonic_now());
-        let real = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         assert!(wall.abs_diff(real) < 5_000_000, "wall {wall} real {real}");
     }
 

@@ -87,7 +87,10 @@ pub enum DecodeError {
 fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     let need = std::mem::size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked; T is a repr(C) integer-only ABI struct valid for any bit pattern.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
@@ -103,7 +106,10 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
             let declared = r.len as usize;
             // The ring buffer pads records to 8 bytes: more bytes than declared is fine.
             if payload.len() < declared {
-                return Err(DecodeError::PayloadMismatch { declared, actual: payload.len() });
+                return Err(DecodeError::PayloadMismatch {
+                    declared,
+                    actual: payload.len(),
+                });
             }
             Ok(Record::Data(DataChunk {
                 tgid: r.header.tgid,
@@ -111,7 +117,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 ts_ns: r.header.ts_ns,
                 conn_id: r.conn_id,
                 fd: r.fd,
-                dir: if r.flags & DATA_FLAG_EGRESS != 0 { SocketDir::Egress } else { SocketDir::Ingress },
+                dir: if r.flags & DATA_FLAG_EGRESS != 0 {
+                    SocketDir::Egress
+                } else {
+                    SocketDir::Ingress
+                },
                 last: r.flags & DATA_FLAG_LAST != 0,
                 syscall: (r.flags >> DATA_SYSCALL_SHIFT) & 0xff,
                 stream_pos: r.stream_pos,
@@ -135,9 +145,17 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         RECORD_CONN_CLOSE => {
             let r: ConnCloseRecord = read(bytes)?;
-            Ok(Record::Close { tgid: r.header.tgid, ts_ns: r.header.ts_ns, conn_id: r.conn_id, fd: r.fd })
+            Ok(Record::Close {
+                tgid: r.header.tgid,
+                ts_ns: r.header.ts_ns,
+                conn_id: r.conn_id,
+                fd: r.fd,
+            })
         }
-        RECORD_PROC_EXIT => Ok(Record::ProcExit { tgid: header.tgid, ts_ns: header.ts_ns }),
+        RECORD_PROC_EXIT => Ok(Record::ProcExit {
+            tgid: header.tgid,
+            ts_ns: header.ts_ns,
+        }),
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -147,7 +165,10 @@ pub fn sockaddr(raw: &[u8; 32]) -> Option<SocketAddr> {
     let family = u16::from_ne_bytes([raw[0], raw[1]]);
     let port = u16::from_be_bytes([raw[2], raw[3]]);
     match family {
-        2 => Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7])), port)),
+        2 => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(raw[4], raw[5], raw[6], raw[7])),
+            port,
+        )),
         10 => {
             let mut a = [0u8; 16];
             a.copy_from_slice(&raw[8..24]);
@@ -168,13 +189,20 @@ mod tests {
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test-only view of a repr(C) ABI struct.
-        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>())
+        }
+        .to_vec()
     }
 
     #[test]
     fn data_record_round_trip() {
         let r = DataRecord {
-            header: RecordHeader { kind: RECORD_DATA, tgid: 42, ts_ns: 7 },
+            header: RecordHeader {
+                kind: RECORD_DATA,
+                tgid: 42,
+                ts_ns: 7,
+            },
             conn_id: 9,
             stream_pos: 100,
             syscall_pos: 90,
@@ -186,7 +214,9 @@ mod tests {
         };
         let mut b = bytes_of(&r);
         b.extend_from_slice(b"abc\0\0\0\0\0"); // ring buffer padding
-        let Record::Data(d) = decode(&b).unwrap() else { panic!("not data") };
+        let Record::Data(d) = decode(&b).unwrap() else {
+            panic!("not data")
+        };
         assert_eq!(d.payload, b"abc");
         assert_eq!(d.dir, SocketDir::Egress);
         assert!(d.last);
@@ -197,10 +227,27 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         assert!(matches!(decode(&[1, 2, 3]), Err(DecodeError::Short { .. })));
-        let h = RecordHeader { kind: 99, tgid: 1, ts_ns: 1 };
+        let h = RecordHeader {
+            kind: 99,
+            tgid: 1,
+            ts_ns: 1,
+        };
         assert_eq!(decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
-        let r = DataRecord { header: RecordHeader { kind: RECORD_DATA, ..h }, len: 10, ..Default::default() };
-        assert!(matches!(decode(&bytes_of(&r)), Err(DecodeError::PayloadMismatch { declared: 10, actual: 0 })));
+        let r = DataRecord {
+            header: RecordHeader {
+                kind: RECORD_DATA,
+                ..h
+            },
+            len: 10,
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode(&bytes_of(&r)),
+            Err(DecodeError::PayloadMismatch {
+                declared: 10,
+                actual: 0
+            })
+        ));
     }
 
     #[test]
@@ -210,7 +257,11 @@ mod tests {
         addr[2..4].copy_from_slice(&8000u16.to_be_bytes());
         addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
         let r = ConnOpenRecord {
-            header: RecordHeader { kind: RECORD_CONN_OPEN, tgid: 1, ts_ns: 2 },
+            header: RecordHeader {
+                kind: RECORD_CONN_OPEN,
+                tgid: 1,
+                ts_ns: 2,
+            },
             conn_id: 2,
             fd: 7,
             listen_fd: 3,
@@ -218,7 +269,15 @@ mod tests {
             flags: 0,
             addr,
         };
-        let Record::Open { peer, listen_fd, role, .. } = decode(&bytes_of(&r)).unwrap() else { panic!() };
+        let Record::Open {
+            peer,
+            listen_fd,
+            role,
+            ..
+        } = decode(&bytes_of(&r)).unwrap()
+        else {
+            panic!()
+        };
         assert_eq!(peer, Some("127.0.0.1:8000".parse().unwrap()));
         assert_eq!(listen_fd, Some(3));
         assert_eq!(role, Role::Server);
@@ -232,7 +291,14 @@ mod tests {
 
     #[test]
     fn every_truncation_of_a_record_is_an_error_not_a_panic() {
-        let r = ConnCloseRecord { header: RecordHeader { kind: RECORD_CONN_CLOSE, tgid: 1, ts_ns: 1 }, ..Default::default() };
+        let r = ConnCloseRecord {
+            header: RecordHeader {
+                kind: RECORD_CONN_CLOSE,
+                tgid: 1,
+                ts_ns: 1,
+            },
+            ..Default::default()
+        };
         let b = bytes_of(&r);
         for n in 0..b.len() {
             assert!(decode(&b[..n]).is_err());

@@ -38,12 +38,18 @@ struct Conn {
 
 impl Conn {
     fn meta(&self, tgid: u32) -> ConnMeta {
-        ConnMeta { pid: tgid, local: self.local, peer: self.peer, server: self.role != Role::Client }
+        ConnMeta {
+            pid: tgid,
+            local: self.local,
+            peer: self.peer,
+            server: self.role != Role::Client,
+        }
     }
 
     fn http_dir(&self, dir: SocketDir) -> Direction {
         match (self.role, dir) {
-            (Role::Client, SocketDir::Ingress) | (Role::Server | Role::Unknown, SocketDir::Egress) => Direction::Response,
+            (Role::Client, SocketDir::Ingress)
+            | (Role::Server | Role::Unknown, SocketDir::Egress) => Direction::Response,
             _ => Direction::Request,
         }
     }
@@ -73,7 +79,11 @@ pub enum Origin {
 
 impl ConnTable {
     pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
-        ConnTable { conns: HashMap::new(), max_conns, idle_timeout_ns }
+        ConnTable {
+            conns: HashMap::new(),
+            max_conns,
+            idle_timeout_ns,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -126,20 +136,34 @@ impl ConnTable {
 
     /// Bytes moved on a traced socket.
     pub fn data(&mut self, chunk: &DataChunk<'_>, stats: &Stats, out: &mut Vec<Finished>) {
-        let id = ConnId { tgid: chunk.tgid, conn_id: chunk.conn_id };
+        let id = ConnId {
+            tgid: chunk.tgid,
+            conn_id: chunk.conn_id,
+        };
         if !self.conns.contains_key(&id) {
             // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
             let role = match chunk.dir {
                 SocketDir::Ingress => Role::Server,
                 SocketDir::Egress => Role::Client,
             };
-            self.open(id, chunk.fd, role, None, None, Origin::MidStream, chunk.ts_ns, stats);
+            self.open(
+                id,
+                chunk.fd,
+                role,
+                None,
+                None,
+                Origin::MidStream,
+                chunk.ts_ns,
+                stats,
+            );
             if let Some(c) = self.conns.get_mut(&id) {
                 // Positions before this record were never going to be seen: not a loss.
                 c.next_pos = [None, None];
             }
         }
-        let Some(c) = self.conns.get_mut(&id) else { return };
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
         c.last_seen_ns = chunk.ts_ns;
         if c.opaque {
             return;
@@ -148,11 +172,19 @@ impl ConnTable {
         let hdir = c.http_dir(chunk.dir);
         let meta = c.meta(chunk.tgid);
         let mut done = Vec::new();
-        let Conn { http, exchanges, next_pos, opaque, .. } = c;
+        let Conn {
+            http,
+            exchanges,
+            next_pos,
+            opaque,
+            ..
+        } = c;
         let mut on_event = |ev: HttpEvent<'_>| {
             let fx = exchanges.on_event(ev, &mut done);
             if fx.parse_errors > 0 {
-                stats.http_parse_failures.fetch_add(fx.parse_errors, Ordering::Relaxed);
+                stats
+                    .http_parse_failures
+                    .fetch_add(fx.parse_errors, Ordering::Relaxed);
             }
             if fx.not_http {
                 *opaque = true;
@@ -172,7 +204,11 @@ impl ConnTable {
             pos += skip as u64;
         }
         if !data.is_empty() {
-            let seg = Segment { ts_ns: chunk.ts_ns, data, syscall_start: pos == chunk.syscall_pos };
+            let seg = Segment {
+                ts_ns: chunk.ts_ns,
+                data,
+                syscall_start: pos == chunk.syscall_pos,
+            };
             http.feed(hdir, seg, &mut on_event);
         }
         let mut next = (pos + data.len() as u64).max(expected);
@@ -200,7 +236,12 @@ impl ConnTable {
 
     /// The process exited: every connection of it ends.
     pub fn process_exit(&mut self, tgid: u32, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
-        let ids: Vec<ConnId> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        let ids: Vec<ConnId> = self
+            .conns
+            .keys()
+            .filter(|k| k.tgid == tgid)
+            .copied()
+            .collect();
         for id in ids {
             self.close(id, ts_ns, stats, out);
         }
@@ -233,37 +274,61 @@ impl ConnTable {
 
     /// Connections whose local address is still unknown (to be resolved from /proc).
     pub fn missing_local(&self) -> Vec<(ConnId, u32, Option<SocketAddr>)> {
-        self.conns.iter().filter(|(_, c)| c.local.is_none_or(|a| a.ip().is_unspecified())).map(|(k, c)| (*k, c.fd, c.peer)).collect()
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.local.is_none_or(|a| a.ip().is_unspecified()))
+            .map(|(k, c)| (*k, c.fd, c.peer))
+            .collect()
     }
 }
 
 fn flush(id: ConnId, mut c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
     let meta = c.meta(id.tgid);
     let mut done = Vec::new();
-    let Conn { http, exchanges, .. } = &mut c;
+    let Conn {
+        http, exchanges, ..
+    } = &mut c;
     http.close(ts_ns, &mut |ev| {
         let fx = exchanges.on_event(ev, &mut done);
         if fx.parse_errors > 0 {
-            stats.http_parse_failures.fetch_add(fx.parse_errors, Ordering::Relaxed);
+            stats
+                .http_parse_failures
+                .fetch_add(fx.parse_errors, Ordering::Relaxed);
         }
     });
     // Anything the parser did not report (e.g. an opaque stream) is dropped with the connection.
     finish(id, &meta, done, stats, out);
 }
 
-fn finish(id: ConnId, meta: &ConnMeta, done: Vec<Exchange>, stats: &Stats, out: &mut Vec<Finished>) {
+fn finish(
+    id: ConnId,
+    meta: &ConnMeta,
+    done: Vec<Exchange>,
+    stats: &Stats,
+    out: &mut Vec<Finished>,
+) {
     for ex in done {
         match ex.outcome {
-            crate::exchange::Outcome::Completed => stats.requests_completed.fetch_add(1, Ordering::Relaxed),
-            crate::exchange::Outcome::Cancelled { .. } => stats.requests_cancelled.fetch_add(1, Ordering::Relaxed),
+            crate::exchange::Outcome::Completed => {
+                stats.requests_completed.fetch_add(1, Ordering::Relaxed)
+            }
+            crate::exchange::Outcome::Cancelled { .. } => {
+                stats.requests_cancelled.fetch_add(1, Ordering::Relaxed)
+            }
         };
         if ex.incomplete {
             stats.requests_incomplete.fetch_add(1, Ordering::Relaxed);
         }
         if ex.sse_failures > 0 {
-            stats.sse_parse_failures.fetch_add(ex.sse_failures, Ordering::Relaxed);
+            stats
+                .sse_parse_failures
+                .fetch_add(ex.sse_failures, Ordering::Relaxed);
         }
-        out.push(Finished { conn: id, meta: meta.clone(), exchange: ex });
+        out.push(Finished {
+            conn: id,
+            meta: meta.clone(),
+            exchange: ex,
+        });
     }
 }
 

@@ -21,9 +21,27 @@ impl Wire {
     fn new(origin: Origin) -> Wire {
         let stats = Stats::default();
         let mut table = ConnTable::new(16, 60_000 * MS);
-        let id = ConnId { tgid: 7, conn_id: 1 };
-        table.open(id, 5, Role::Server, Some("127.0.0.1:8000".parse().unwrap()), Some("127.0.0.1:40000".parse().unwrap()), origin, 0, &stats);
-        Wire { table, stats, out: Vec::new(), pos: [0, 0], id }
+        let id = ConnId {
+            tgid: 7,
+            conn_id: 1,
+        };
+        table.open(
+            id,
+            5,
+            Role::Server,
+            Some("127.0.0.1:8000".parse().unwrap()),
+            Some("127.0.0.1:40000".parse().unwrap()),
+            origin,
+            0,
+            &stats,
+        );
+        Wire {
+            table,
+            stats,
+            out: Vec::new(),
+            pos: [0, 0],
+            id,
+        }
     }
 
     /// One syscall moving `data` at `ts_ms`, delivered as one record.
@@ -69,12 +87,15 @@ impl Wire {
     }
 
     fn close(&mut self, ts_ms: u64) {
-        self.table.close(self.id, ts_ms * MS, &self.stats, &mut self.out);
+        self.table
+            .close(self.id, ts_ms * MS, &self.stats, &mut self.out);
     }
 }
 
 fn chat_request(model: &str) -> Vec<u8> {
-    let body = format!(r#"{{"messages":[{{"role":"user","content":"hi"}}],"model":"{model}","stream":true,"stream_options":{{"include_usage":true}}}}"#);
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"hi"}}],"model":"{model}","stream":true,"stream_options":{{"include_usage":true}}}}"#
+    );
     format!(
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nauthorization: Bearer SECRET\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
@@ -91,8 +112,12 @@ const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charse
 const ROLE: &str = r#"{"id":"chatcmpl-1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
 
 fn token(t: &str, finish: Option<&str>) -> String {
-    let f = finish.map(|f| format!("\"{f}\"")).unwrap_or_else(|| "null".into());
-    format!(r#"{{"id":"chatcmpl-1","model":"m","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":{f}}}]}}"#)
+    let f = finish
+        .map(|f| format!("\"{f}\""))
+        .unwrap_or_else(|| "null".into());
+    format!(
+        r#"{{"id":"chatcmpl-1","model":"m","choices":[{{"index":0,"delta":{{"content":"{t}"}},"finish_reason":{f}}}]}}"#
+    )
 }
 
 fn stream_response(w: &mut Wire, start_ms: u64, tokens: usize) {
@@ -100,9 +125,16 @@ fn stream_response(w: &mut Wire, start_ms: u64, tokens: usize) {
     w.syscall(SocketDir::Egress, start_ms + 100, &chunk(ROLE));
     for i in 0..tokens {
         let finish = (i + 1 == tokens).then_some("stop");
-        w.syscall(SocketDir::Egress, start_ms + 100 + 20 * i as u64, &chunk(&token("tok", finish)));
+        w.syscall(
+            SocketDir::Egress,
+            start_ms + 100 + 20 * i as u64,
+            &chunk(&token("tok", finish)),
+        );
     }
-    let usage = format!(r#"{{"id":"chatcmpl-1","choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":{tokens},"total_tokens":{}}}}}"#, 3 + tokens);
+    let usage = format!(
+        r#"{{"id":"chatcmpl-1","choices":[],"usage":{{"prompt_tokens":3,"completion_tokens":{tokens},"total_tokens":{}}}}}"#,
+        3 + tokens
+    );
     let end = start_ms + 100 + 20 * tokens as u64;
     let mut tail = chunk(&usage);
     tail.extend_from_slice(&chunk("[DONE]"));
@@ -123,7 +155,10 @@ fn streaming_exchange_timing_counts_content_chunks_not_the_role_chunk() {
     assert_eq!(ex.content_chunk_ns.len(), 5);
     assert_eq!(ex.end_ns, 220 * MS);
     assert_eq!(ex.outcome, Outcome::Completed);
-    assert_eq!(ex.request_fields.as_ref().unwrap().model.as_deref(), Some("m-1"));
+    assert_eq!(
+        ex.request_fields.as_ref().unwrap().model.as_deref(),
+        Some("m-1")
+    );
     assert_eq!(ex.usage.as_ref().unwrap().completion_tokens, Some(5));
     assert_eq!(ex.finish_reasons, vec!["stop"]);
     assert!(!ex.incomplete);
@@ -151,7 +186,9 @@ fn keep_alive_connection_yields_one_exchange_per_request() {
         stream_response(&mut w, i * 1000 + 1, 3);
     }
     assert_eq!(w.out.len(), 10);
-    assert!(w.out.iter().all(|f| f.exchange.outcome == Outcome::Completed && f.exchange.content_chunk_ns.len() == 3));
+    assert!(w.out.iter().all(
+        |f| f.exchange.outcome == Outcome::Completed && f.exchange.content_chunk_ns.len() == 3
+    ));
 }
 
 #[test]
@@ -165,7 +202,12 @@ fn close_mid_stream_cancels_with_what_was_produced() {
     w.close(150);
     assert_eq!(w.out.len(), 1);
     let ex = &w.out[0].exchange;
-    assert_eq!(ex.outcome, Outcome::Cancelled { response_started: true });
+    assert_eq!(
+        ex.outcome,
+        Outcome::Cancelled {
+            response_started: true
+        }
+    );
     assert_eq!(ex.content_chunk_ns.len(), 2);
     assert_eq!(ex.end_ns, 150 * MS);
     assert_eq!(w.stats.requests_cancelled.load(Relaxed), 1);
@@ -174,9 +216,16 @@ fn close_mid_stream_cancels_with_what_was_produced() {
 #[test]
 fn lost_bytes_inside_a_body_are_an_exact_gap_and_mark_the_request_incomplete() {
     let mut w = Wire::new(Origin::Start);
-    w.syscall(SocketDir::Ingress, 0, b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789");
+    w.syscall(
+        SocketDir::Ingress,
+        0,
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n0123456789",
+    );
     let body = b"{\"id\":\"cmpl-1\",\"choices\":[{\"text\":\"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\"}],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":9}}";
-    let head = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len());
+    let head = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
     let mut resp = head.into_bytes();
     resp.extend_from_slice(body);
     // Only the first 80 bytes of the write reached userspace, then the tail in a later record.
@@ -192,8 +241,14 @@ fn tail_record_of_a_large_write_still_gives_usage() {
     let mut w = Wire::new(Origin::Start);
     w.syscall(SocketDir::Ingress, 0, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
     let text = "a".repeat(100_000);
-    let body = format!(r#"{{"id":"chatcmpl-9","choices":[{{"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"length"}}],"usage":{{"prompt_tokens":4,"completion_tokens":77}},"prompt_logprobs":null}}"#);
-    let mut resp = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+    let body = format!(
+        r#"{{"id":"chatcmpl-9","choices":[{{"message":{{"role":"assistant","content":"{text}"}},"finish_reason":"length"}}],"usage":{{"prompt_tokens":4,"completion_tokens":77}},"prompt_logprobs":null}}"#
+    );
+    let mut resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
     resp.extend_from_slice(body.as_bytes());
     // As the kernel emits a large write: head chunk, then the tail chunk at the end.
     let total = resp.len() as u64;
@@ -218,7 +273,10 @@ fn tail_record_of_a_large_write_still_gives_usage() {
     assert_eq!(w.out.len(), 1);
     let ex = &w.out[0].exchange;
     assert!(ex.incomplete);
-    assert_eq!(ex.usage.as_ref().and_then(|u| u.completion_tokens), Some(77));
+    assert_eq!(
+        ex.usage.as_ref().and_then(|u| u.completion_tokens),
+        Some(77)
+    );
 }
 
 #[test]
@@ -236,7 +294,11 @@ fn connection_found_mid_stream_starts_at_the_next_request() {
 #[test]
 fn garbage_makes_the_connection_opaque_and_is_counted() {
     let mut w = Wire::new(Origin::Start);
-    w.syscall(SocketDir::Ingress, 0, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 binary tls hello");
+    w.syscall(
+        SocketDir::Ingress,
+        0,
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 binary tls hello",
+    );
     w.syscall(SocketDir::Ingress, 1, &chat_request("m"));
     assert!(w.out.is_empty());
     assert_eq!(w.stats.streams_not_http.load(Relaxed), 1);
@@ -257,7 +319,19 @@ fn the_table_is_bounded_and_counts_what_it_sheds() {
     let stats = Stats::default();
     let mut table = ConnTable::new(2, MS);
     for i in 0..5 {
-        table.open(ConnId { tgid: 1, conn_id: i }, i as u32, Role::Server, None, None, Origin::Start, 0, &stats);
+        table.open(
+            ConnId {
+                tgid: 1,
+                conn_id: i,
+            },
+            i as u32,
+            Role::Server,
+            None,
+            None,
+            Origin::Start,
+            0,
+            &stats,
+        );
     }
     assert_eq!(table.len(), 2);
     assert_eq!(stats.connections_shed.load(Relaxed), 3);

@@ -162,7 +162,11 @@ impl InFlight {
             }
         }
         if let Some(body) = self.response_body.take() {
-            let fields = if self.response_truncated { None } else { openai::parse_response(&body) };
+            let fields = if self.response_truncated {
+                None
+            } else {
+                openai::parse_response(&body)
+            };
             match fields {
                 Some(f) => self.apply_response_fields(f),
                 None => {
@@ -258,10 +262,10 @@ impl ExchangeTracker {
             }
             HttpEvent::ResponseHead { ts_ns, head } => {
                 if let Some(f) = self.responding() {
-                    let sse = head
-                        .headers
-                        .iter()
-                        .any(|(k, v)| *k == "content-type" && v.to_ascii_lowercase().starts_with("text/event-stream"));
+                    let sse = head.headers.iter().any(|(k, v)| {
+                        *k == "content-type"
+                            && v.to_ascii_lowercase().starts_with("text/event-stream")
+                    });
                     f.ex.streaming = sse;
                     f.sse = sse.then(SseFramer::new);
                     f.response_body = (!sse).then(Vec::new);
@@ -316,13 +320,26 @@ impl ExchangeTracker {
                     done.push(f.finish(ts_ns, Outcome::Completed));
                 }
             }
-            HttpEvent::Aborted { ts_ns, response_started, .. } => {
+            HttpEvent::Aborted {
+                ts_ns,
+                response_started,
+                ..
+            } => {
                 // The connection ended mid-exchange: every exchange still in flight is cancelled.
                 let mut first = true;
                 while let Some(f) = self.in_flight.pop_front() {
-                    let started = if first { response_started || f.ex.response.is_some() } else { f.ex.response.is_some() };
+                    let started = if first {
+                        response_started || f.ex.response.is_some()
+                    } else {
+                        f.ex.response.is_some()
+                    };
                     first = false;
-                    done.push(f.finish(ts_ns, Outcome::Cancelled { response_started: started }));
+                    done.push(f.finish(
+                        ts_ns,
+                        Outcome::Cancelled {
+                            response_started: started,
+                        },
+                    ));
                 }
             }
             HttpEvent::ParseError { .. } => {

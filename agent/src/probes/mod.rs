@@ -106,7 +106,9 @@ pub struct Maps {
 }
 
 fn kernel_release() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Effective capabilities of this process, from /proc/self/status.
@@ -137,7 +139,9 @@ fn check_privileges() -> Result<(), ProbeError> {
     if !has(CAP_PERFMON) {
         missing.push("CAP_PERFMON (attach tracepoints)");
     }
-    Err(ProbeError::Privileges { missing: missing.join(", ") })
+    Err(ProbeError::Privileges {
+        missing: missing.join(", "),
+    })
 }
 
 impl Probes {
@@ -155,7 +159,10 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .load(OBJECT)
-            .map_err(|source| ProbeError::Load { kernel: kernel_release(), source: Box::new(source) })?;
+            .map_err(|source| ProbeError::Load {
+                kernel: kernel_release(),
+                source: Box::new(source),
+            })?;
 
         // Before the programs load: they reference the log map.
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -169,35 +176,70 @@ impl Probes {
         let mut states = Vec::new();
         for (name, category) in PROGRAMS {
             let result = (|| -> Result<(), String> {
-                let prog = ebpf.program_mut(name).ok_or_else(|| "not in the eBPF object".to_string())?;
+                let prog = ebpf
+                    .program_mut(name)
+                    .ok_or_else(|| "not in the eBPF object".to_string())?;
                 let tp: &mut TracePoint = prog.try_into().map_err(|e| format!("{e}"))?;
                 tp.load().map_err(|e| format!("{e:#}"))?;
                 tp.attach(category, name).map_err(|e| format!("{e:#}"))?;
                 Ok(())
             })();
-            states.push(ProbeState { name, attached: result.is_ok(), error: result.err() });
+            states.push(ProbeState {
+                name,
+                attached: result.is_ok(),
+                error: result.err(),
+            });
         }
         if let Some(failed) = states.iter().find(|s| !s.attached) {
             if states.iter().all(|s| !s.attached) {
-                return Err(ProbeError::NothingAttached(format!("{}: {}", failed.name, failed.error.clone().unwrap_or_default())));
+                return Err(ProbeError::NothingAttached(format!(
+                    "{}: {}",
+                    failed.name,
+                    failed.error.clone().unwrap_or_default()
+                )));
             }
         }
         for s in states.iter().filter(|s| !s.attached) {
-            tracing::warn!(probe = s.name, error = s.error.as_deref().unwrap_or(""), "Probe not attached; its syscall is not traced.");
+            tracing::warn!(
+                probe = s.name,
+                error = s.error.as_deref().unwrap_or(""),
+                "Probe not attached; its syscall is not traced."
+            );
         }
 
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
-        Ok((Probes { ebpf, logger, states, _stats: stats }, Maps { targets, sockets, drops, events }))
+        Ok((
+            Probes {
+                ebpf,
+                logger,
+                states,
+                _stats: stats,
+            },
+            Maps {
+                targets,
+                sockets,
+                drops,
+                events,
+            },
+        ))
     }
 
     /// Run count and total run time per attached program (from the kernel's BPF statistics).
     pub fn program_stats(&self) -> Vec<(String, u64, u64)> {
         self.ebpf
             .programs()
-            .filter_map(|(name, p)| p.info().ok().map(|i| (name.to_string(), i.run_count(), i.run_time().as_nanos() as u64)))
+            .filter_map(|(name, p)| {
+                p.info().ok().map(|i| {
+                    (
+                        name.to_string(),
+                        i.run_count(),
+                        i.run_time().as_nanos() as u64,
+                    )
+                })
+            })
             .collect()
     }
 }
@@ -207,12 +249,18 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let map = ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|source| ProbeError::Map { name, source: Box::new(source) })
+    T::try_from(map).map_err(|source| ProbeError::Map {
+        name,
+        source: Box::new(source),
+    })
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.
 fn rlimit_memlock() -> std::io::Result<()> {
-    let rl = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rl = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to a valid rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
         return Err(std::io::Error::last_os_error());

@@ -46,7 +46,9 @@ fn comm(p: &Process) -> String {
 
 /// TCP sockets (IPv4 and IPv6) of one process, in its own network namespace.
 pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
-    let Ok(p) = Process::new(pid as i32) else { return Vec::new() };
+    let Ok(p) = Process::new(pid as i32) else {
+        return Vec::new();
+    };
     let mut by_inode: HashMap<u64, (SocketAddr, SocketAddr, bool)> = HashMap::new();
     for entries in [p.tcp(), p.tcp6()].into_iter().flatten() {
         for e in entries {
@@ -59,9 +61,13 @@ pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
     let Ok(fds) = p.fd() else { return Vec::new() };
     fds.flatten()
         .filter_map(|fd| match fd.target {
-            FDTarget::Socket(inode) => by_inode
-                .get(&inode)
-                .map(|(l, r, listening)| ProcSocket { fd: fd.fd as u32, inode, local: *l, remote: *r, listening: *listening }),
+            FDTarget::Socket(inode) => by_inode.get(&inode).map(|(l, r, listening)| ProcSocket {
+                fd: fd.fd as u32,
+                inode,
+                local: *l,
+                remote: *r,
+                listening: *listening,
+            }),
             _ => None,
         })
         .collect()
@@ -78,7 +84,11 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn new(selector: Selector) -> Scanner {
-        Scanner { selector, self_pid: std::process::id(), listen_owner: HashMap::new() }
+        Scanner {
+            selector,
+            self_pid: std::process::id(),
+            listen_owner: HashMap::new(),
+        }
     }
 
     /// The processes that should be traced now.
@@ -86,13 +96,24 @@ impl Scanner {
         let mut out: HashMap<u32, Target> = HashMap::new();
         for &pid in &self.selector.pids {
             if let Ok(p) = Process::new(pid as i32) {
-                out.insert(pid, Target { pid, comm: comm(&p), reason: "pid".into() });
+                out.insert(
+                    pid,
+                    Target {
+                        pid,
+                        comm: comm(&p),
+                        reason: "pid".into(),
+                    },
+                );
             }
         }
         if !self.selector.ports.is_empty() {
             for (pid, port) in self.port_owners() {
                 if let Ok(p) = Process::new(pid as i32) {
-                    out.entry(pid).or_insert(Target { pid, comm: comm(&p), reason: format!("port {port}") });
+                    out.entry(pid).or_insert(Target {
+                        pid,
+                        comm: comm(&p),
+                        reason: format!("port {port}"),
+                    });
                 }
             }
         }
@@ -109,7 +130,14 @@ impl Scanner {
                         continue;
                     }
                     if re.is_match(&args.join(" ")) {
-                        out.insert(pid, Target { pid, comm: comm(&p), reason: "cmdline".into() });
+                        out.insert(
+                            pid,
+                            Target {
+                                pid,
+                                comm: comm(&p),
+                                reason: "cmdline".into(),
+                            },
+                        );
                     }
                 }
             }
@@ -123,15 +151,25 @@ impl Scanner {
     /// Pids listening on a selected port (in the agent's network namespace).
     fn port_owners(&mut self) -> Vec<(u32, u16)> {
         let mut wanted: HashMap<u64, u16> = HashMap::new();
-        for entries in [procfs::net::tcp(), procfs::net::tcp6()].into_iter().flatten() {
+        for entries in [procfs::net::tcp(), procfs::net::tcp6()]
+            .into_iter()
+            .flatten()
+        {
             for e in entries {
-                if e.state == TcpState::Listen && self.selector.ports.contains(&e.local_address.port()) {
+                if e.state == TcpState::Listen
+                    && self.selector.ports.contains(&e.local_address.port())
+                {
                     wanted.insert(e.inode, e.local_address.port());
                 }
             }
         }
-        self.listen_owner.retain(|inode, _| wanted.contains_key(inode));
-        let unknown: HashSet<u64> = wanted.keys().filter(|i| !self.listen_owner.contains_key(i)).copied().collect();
+        self.listen_owner
+            .retain(|inode, _| wanted.contains_key(inode));
+        let unknown: HashSet<u64> = wanted
+            .keys()
+            .filter(|i| !self.listen_owner.contains_key(i))
+            .copied()
+            .collect();
         if !unknown.is_empty() {
             if let Ok(all) = procfs::process::all_processes() {
                 for p in all.flatten() {
@@ -146,7 +184,10 @@ impl Scanner {
                 }
             }
         }
-        self.listen_owner.iter().filter_map(|(inode, pid)| wanted.get(inode).map(|port| (*pid, *port))).collect()
+        self.listen_owner
+            .iter()
+            .filter_map(|(inode, pid)| wanted.get(inode).map(|port| (*pid, *port)))
+            .collect()
     }
 }
 
@@ -163,17 +204,32 @@ mod tests {
         let (_s, _) = l.accept().unwrap();
         let socks = tcp_sockets(std::process::id());
         assert!(socks.iter().any(|s| s.listening && s.local.port() == port));
-        assert!(socks.iter().any(|s| !s.listening && s.remote == c.local_addr().unwrap()));
+        assert!(socks
+            .iter()
+            .any(|s| !s.listening && s.remote == c.local_addr().unwrap()));
 
         // The scanner never targets the agent itself; a child process by pid is found.
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
-        let mut s = Scanner::new(Selector { pids: vec![child.id()], ports: vec![port], cmdline: None });
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let mut s = Scanner::new(Selector {
+            pids: vec![child.id()],
+            ports: vec![port],
+            cmdline: None,
+        });
         let t = s.scan();
         assert_eq!(t.len(), 1, "{t:?}");
         assert_eq!(t[0].pid, child.id());
         assert_eq!(t[0].reason, "pid");
-        let mut s = Scanner::new(Selector { cmdline: Some(Regex::new("^sleep 5$").unwrap()), ..Default::default() });
-        assert!(s.scan().iter().any(|t| t.pid == child.id() && t.reason == "cmdline"));
+        let mut s = Scanner::new(Selector {
+            cmdline: Some(Regex::new("^sleep 5$").unwrap()),
+            ..Default::default()
+        });
+        assert!(s
+            .scan()
+            .iter()
+            .any(|t| t.pid == child.id() && t.reason == "cmdline"));
         child.kill().unwrap();
         let _ = child.wait();
     }
@@ -191,7 +247,13 @@ mod tests {
         ] {
             assert!(re.is_match(yes), "{yes}");
         }
-        for no in ["bash", "python3 app.py", "/usr/sbin/sshd -D", "sleep 100", "prepper"] {
+        for no in [
+            "bash",
+            "python3 app.py",
+            "/usr/sbin/sshd -D",
+            "sleep 100",
+            "prepper",
+        ] {
             assert!(!re.is_match(no), "{no}");
         }
     }

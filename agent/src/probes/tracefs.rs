@@ -26,16 +26,30 @@ fn usable(root: &Path) -> bool {
 pub fn ensure_mounted() -> Result<Tracefs, TracefsError> {
     for root in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if usable(Path::new(root)) {
-            return Ok(Tracefs { root: root.into(), mounted_by_us: None });
+            return Ok(Tracefs {
+                root: root.into(),
+                mounted_by_us: None,
+            });
         }
     }
     let root = PathBuf::from("/sys/kernel/tracing");
     let src = c"tracefs";
     let target = c"/sys/kernel/tracing";
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         return Err(TracefsError::Mount(std::io::Error::last_os_error()));
     }
-    Ok(Tracefs { root: root.clone(), mounted_by_us: Some(root) })
+    Ok(Tracefs {
+        root: root.clone(),
+        mounted_by_us: Some(root),
+    })
 }

@@ -196,14 +196,21 @@ pub fn parse_stream_chunk(data: &[u8]) -> Option<StreamChunk> {
     let has_content = c.choices.iter().any(|ch| {
         has_output(ch.text)
             || ch.delta.as_ref().is_some_and(|d| {
-                has_output(d.content) || has_output(d.reasoning) || has_output(d.reasoning_content) || has_output(d.tool_calls)
+                has_output(d.content)
+                    || has_output(d.reasoning)
+                    || has_output(d.reasoning_content)
+                    || has_output(d.tool_calls)
             })
     });
     Some(StreamChunk {
         id: c.id.as_deref().map(bounded),
         model: c.model.as_deref().map(bounded),
         has_content,
-        finish_reasons: c.choices.iter().filter_map(|ch| ch.finish_reason.as_deref().map(bounded)).collect(),
+        finish_reasons: c
+            .choices
+            .iter()
+            .filter_map(|ch| ch.finish_reason.as_deref().map(bounded))
+            .collect(),
         usage: c.usage.map(Usage::from),
         error_type: c.error.map(|e| error_type(e.kind.as_deref(), e.code)),
     })
@@ -212,7 +219,9 @@ pub fn parse_stream_chunk(data: &[u8]) -> Option<StreamChunk> {
 fn error_type(kind: Option<&str>, code: Option<&RawValue>) -> String {
     match kind {
         Some(k) if !k.is_empty() => bounded(k),
-        _ => code.map(|c| bounded(c.get().trim_matches('"'))).unwrap_or_else(|| "error".to_string()),
+        _ => code
+            .map(|c| bounded(c.get().trim_matches('"')))
+            .unwrap_or_else(|| "error".to_string()),
     }
 }
 
@@ -233,8 +242,16 @@ pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
     Some(ResponseFields {
         id: c.id.as_deref().map(bounded),
         model: c.model.as_deref().map(bounded),
-        finish_reasons: c.choices.iter().filter_map(|ch| ch.finish_reason.as_deref().map(bounded)).collect(),
-        choices_with_output: c.choices.iter().filter(|ch| has_output(ch.message) || has_output(ch.text)).count(),
+        finish_reasons: c
+            .choices
+            .iter()
+            .filter_map(|ch| ch.finish_reason.as_deref().map(bounded))
+            .collect(),
+        choices_with_output: c
+            .choices
+            .iter()
+            .filter(|ch| has_output(ch.message) || has_output(ch.text))
+            .count(),
         usage: c.usage.map(Usage::from),
         error_type: c.error.map(|e| error_type(e.kind.as_deref(), e.code)),
     })
@@ -256,9 +273,18 @@ mod tests {
 
     #[test]
     fn paths_map_to_operations() {
-        assert_eq!(Operation::from_path("/v1/chat/completions"), Some(Operation::Chat));
-        assert_eq!(Operation::from_path("/v1/completions"), Some(Operation::TextCompletion));
-        assert_eq!(Operation::from_path("/v1/embeddings"), Some(Operation::Embeddings));
+        assert_eq!(
+            Operation::from_path("/v1/chat/completions"),
+            Some(Operation::Chat)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/completions"),
+            Some(Operation::TextCompletion)
+        );
+        assert_eq!(
+            Operation::from_path("/v1/embeddings"),
+            Some(Operation::Embeddings)
+        );
         assert_eq!(Operation::from_path("/health"), None);
     }
 
@@ -291,11 +317,22 @@ mod tests {
         let usage = br#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":2}}}"#;
         let c = parse_stream_chunk(usage).unwrap();
         assert!(!c.has_content);
-        assert_eq!(c.usage, Some(Usage { prompt_tokens: Some(5), completion_tokens: Some(3), cached_tokens: Some(2) }));
+        assert_eq!(
+            c.usage,
+            Some(Usage {
+                prompt_tokens: Some(5),
+                completion_tokens: Some(3),
+                cached_tokens: Some(2)
+            })
+        );
         let completion = br#"{"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" a","logprobs":null,"finish_reason":null}],"usage":null}"#;
         assert!(parse_stream_chunk(completion).unwrap().has_content);
-        let err = br#"{"error":{"message":"boom","type":"InternalServerError","param":null,"code":500}}"#;
-        assert_eq!(parse_stream_chunk(err).unwrap().error_type.as_deref(), Some("InternalServerError"));
+        let err =
+            br#"{"error":{"message":"boom","type":"InternalServerError","param":null,"code":500}}"#;
+        assert_eq!(
+            parse_stream_chunk(err).unwrap().error_type.as_deref(),
+            Some("InternalServerError")
+        );
         assert_eq!(parse_stream_chunk(b"[DONE]"), None);
     }
 

@@ -33,7 +33,10 @@ pub struct BuildOptions {
 
 impl Default for BuildOptions {
     fn default() -> Self {
-        BuildOptions { derive_trace_from_request_id: true, provider: "vllm" }
+        BuildOptions {
+            derive_trace_from_request_id: true,
+            provider: "vllm",
+        }
     }
 }
 
@@ -65,7 +68,11 @@ impl IdGenerator for RandomIds {
 }
 
 fn header<'a>(ex: &'a Exchange, name: &str) -> Option<&'a str> {
-    ex.request.headers.iter().find(|(k, _)| *k == name).map(|(_, v)| v.as_str())
+    ex.request
+        .headers
+        .iter()
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.as_str())
 }
 
 fn secs(ns: u64) -> f64 {
@@ -85,7 +92,10 @@ pub fn gap_stats(times: &[u64]) -> Option<GapStats> {
     if times.len() < 2 {
         return None;
     }
-    let mut gaps: Vec<u64> = times.windows(2).map(|w| w[1].saturating_sub(w[0])).collect();
+    let mut gaps: Vec<u64> = times
+        .windows(2)
+        .map(|w| w[1].saturating_sub(w[0]))
+        .collect();
     gaps.sort_unstable();
     let n = gaps.len();
     let pct = |p: f64| gaps[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
@@ -102,13 +112,31 @@ pub fn gap_stats(times: &[u64]) -> Option<GapStats> {
 /// is not known.
 fn known_route(path: &str) -> Option<&'static str> {
     const ROUTES: &[&str] = &[
-        "/health", "/ping", "/metrics", "/version", "/v1/models", "/v1/responses", "/tokenize", "/detokenize",
-        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/score", "/v1/rerank", "/pooling",
+        "/health",
+        "/ping",
+        "/metrics",
+        "/version",
+        "/v1/models",
+        "/v1/responses",
+        "/tokenize",
+        "/detokenize",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/embeddings",
+        "/v1/score",
+        "/v1/rerank",
+        "/pooling",
     ];
     ROUTES.iter().copied().find(|r| *r == path)
 }
 
-pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &BuildOptions, ids: &mut dyn IdGenerator) -> FinishedSpan {
+pub fn build_span(
+    ex: &Exchange,
+    conn: &ConnMeta,
+    clock: &WallClock,
+    opts: &BuildOptions,
+    ids: &mut dyn IdGenerator,
+) -> FinishedSpan {
     let mut attrs: Vec<(Cow<'static, str>, AttrValue)> = Vec::with_capacity(40);
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
 
@@ -117,19 +145,32 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
     let request_id = header(ex, "x-request-id").filter(|v| !v.trim().is_empty());
     let (trace_id, parent_span_id, sampled) = match (&parent, request_id) {
         (Some(p), _) => (p.trace_id, Some(p.parent_id), p.sampled),
-        (None, Some(rid)) if opts.derive_trace_from_request_id => (trace_id_from_request_id(rid), None, true),
+        (None, Some(rid)) if opts.derive_trace_from_request_id => {
+            (trace_id_from_request_id(rid), None, true)
+        }
         _ => (ids.trace_id(), None, true),
     };
-    let trace_state = if parent.is_some() { header(ex, "tracestate").unwrap_or("").to_string() } else { String::new() };
+    let trace_state = if parent.is_some() {
+        header(ex, "tracestate").unwrap_or("").to_string()
+    } else {
+        String::new()
+    };
 
     // HTTP.
     let status = ex.response.as_ref().map(|r| r.status);
-    put("http.request.method", AttrValue::Str(ex.request.method.clone()));
+    put(
+        "http.request.method",
+        AttrValue::Str(ex.request.method.clone()),
+    );
     put("url.path", AttrValue::Str(ex.request.path.clone()));
     if let Some(s) = status {
         put("http.response.status_code", AttrValue::I64(s as i64));
     }
-    let (server, client) = if conn.server { (conn.local, conn.peer) } else { (conn.peer, conn.local) };
+    let (server, client) = if conn.server {
+        (conn.local, conn.peer)
+    } else {
+        (conn.peer, conn.local)
+    };
     if let Some(a) = server {
         if !a.ip().is_unspecified() {
             put("server.address", AttrValue::Str(a.ip().to_string()));
@@ -140,8 +181,14 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
         put("client.address", AttrValue::Str(a.ip().to_string()));
         put("client.port", AttrValue::I64(a.port() as i64));
     }
-    put("http.request.body.size", AttrValue::I64(ex.request_body_len as i64));
-    put("http.response.body.size", AttrValue::I64(ex.response_body_len as i64));
+    put(
+        "http.request.body.size",
+        AttrValue::I64(ex.request_body_len as i64),
+    );
+    put(
+        "http.response.body.size",
+        AttrValue::I64(ex.response_body_len as i64),
+    );
     put("process.pid", AttrValue::I64(conn.pid as i64));
     if let Some(rid) = request_id {
         put("gen_ai.request.id", AttrValue::Str(rid.to_string()));
@@ -151,8 +198,14 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
     let fields = ex.request_fields.as_ref();
     let model = fields.and_then(|f| f.model.clone());
     if let Some(op) = ex.operation {
-        put("gen_ai.operation.name", AttrValue::Str(op.as_str().to_string()));
-        put("gen_ai.provider.name", AttrValue::Str(opts.provider.to_string()));
+        put(
+            "gen_ai.operation.name",
+            AttrValue::Str(op.as_str().to_string()),
+        );
+        put(
+            "gen_ai.provider.name",
+            AttrValue::Str(opts.provider.to_string()),
+        );
         if let Some(m) = &model {
             put("gen_ai.request.model", AttrValue::Str(m.clone()));
         }
@@ -179,7 +232,10 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
             put("gen_ai.response.model", AttrValue::Str(v.clone()));
         }
         if !ex.finish_reasons.is_empty() {
-            put("gen_ai.response.finish_reasons", AttrValue::StrArray(ex.finish_reasons.clone()));
+            put(
+                "gen_ai.response.finish_reasons",
+                AttrValue::StrArray(ex.finish_reasons.clone()),
+            );
         }
         if let Some(u) = &ex.usage {
             if let Some(v) = u.prompt_tokens {
@@ -191,21 +247,38 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
             if let Some(v) = u.cached_tokens {
                 put("gen_ai.usage.cache_read.input_tokens", AttrValue::I64(v));
             }
-        } else if ex.streaming && ex.operation != Some(crate::protocol::openai::Operation::Embeddings) {
-            put("gen_ai.usage.output_tokens", AttrValue::I64(ex.content_chunk_ns.len() as i64));
-            put("infertap.usage.output_tokens_estimated", AttrValue::Bool(true));
+        } else if ex.streaming
+            && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
+        {
+            put(
+                "gen_ai.usage.output_tokens",
+                AttrValue::I64(ex.content_chunk_ns.len() as i64),
+            );
+            put(
+                "infertap.usage.output_tokens_estimated",
+                AttrValue::Bool(true),
+            );
         }
         if let Some(t) = ex.first_token_ns {
             let ttft = secs(t.saturating_sub(ex.start_ns));
             put("gen_ai.latency.time_to_first_token", AttrValue::F64(ttft));
             put("gen_ai.response.time_to_first_chunk", AttrValue::F64(ttft));
         }
-        put("gen_ai.latency.e2e", AttrValue::F64(secs(ex.end_ns.saturating_sub(ex.start_ns))));
+        put(
+            "gen_ai.latency.e2e",
+            AttrValue::F64(secs(ex.end_ns.saturating_sub(ex.start_ns))),
+        );
         if ex.streaming {
-            put("infertap.content_chunks", AttrValue::I64(ex.content_chunk_ns.len() as i64));
+            put(
+                "infertap.content_chunks",
+                AttrValue::I64(ex.content_chunk_ns.len() as i64),
+            );
         }
         if let Some(g) = gap_stats(&ex.content_chunk_ns) {
-            put("infertap.inter_token_latency.mean", AttrValue::F64(g.mean_s));
+            put(
+                "infertap.inter_token_latency.mean",
+                AttrValue::F64(g.mean_s),
+            );
             put("infertap.inter_token_latency.p50", AttrValue::F64(g.p50_s));
             put("infertap.inter_token_latency.p95", AttrValue::F64(g.p95_s));
             put("infertap.inter_token_latency.max", AttrValue::F64(g.max_s));
@@ -253,7 +326,11 @@ pub fn build_span(ex: &Exchange, conn: &ConnMeta, clock: &WallClock, opts: &Buil
         parent_is_remote: parent_span_id.is_some(),
         sampled,
         name,
-        kind: if conn.server { SpanKind::Server } else { SpanKind::Client },
+        kind: if conn.server {
+            SpanKind::Server
+        } else {
+            SpanKind::Client
+        },
         start_unix_nano: clock.to_unix_nanos(ex.start_ns),
         end_unix_nano: clock.to_unix_nanos(ex.end_ns),
         status: if is_error {

@@ -46,7 +46,10 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     let (version, rest) = (&v[..2], &v[2..]);
     let mut ver = [0u8; 1];
     hex_into(version, &mut ver)?;
-    if ver[0] == 0xff || (ver[0] == 0 && v.len() != 55) || (ver[0] > 0 && v.len() > 55 && v[55] != b'-') {
+    if ver[0] == 0xff
+        || (ver[0] == 0 && v.len() != 55)
+        || (ver[0] > 0 && v.len() > 55 && v[55] != b'-')
+    {
         return None;
     }
     if rest[0] != b'-' || rest[33] != b'-' || rest[50] != b'-' {
@@ -61,7 +64,11 @@ pub fn parse_traceparent(value: &str) -> Option<TraceParent> {
     if trace_id == [0; 16] || parent_id == [0; 8] {
         return None;
     }
-    Some(TraceParent { trace_id, parent_id, sampled: flags[0] & 1 == 1 })
+    Some(TraceParent {
+        trace_id,
+        parent_id,
+        sampled: flags[0] & 1 == 1,
+    })
 }
 
 /// The trace id derived from a request id (see the module docs for the formula).
@@ -85,11 +92,16 @@ mod tests {
 
     #[test]
     fn parses_a_valid_traceparent() {
-        let tp = parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let tp =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(hex(&tp.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hex(&tp.parent_id), "00f067aa0ba902b7");
         assert!(tp.sampled);
-        assert!(!parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").unwrap().sampled);
+        assert!(
+            !parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap()
+                .sampled
+        );
     }
 
     #[test]
@@ -107,7 +119,10 @@ mod tests {
             assert_eq!(parse_traceparent(bad), None, "{bad:?}");
         }
         // A future version may append fields after a dash.
-        assert!(parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz").is_some());
+        assert!(
+            parse_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-xyz")
+                .is_some()
+        );
     }
 
     #[test]
@@ -117,6 +132,9 @@ mod tests {
         assert_ne!(a, trace_id_from_request_id("req-2"));
         // Pinned (computed independently: Python's hashlib.sha256(b"infertap/v1 x-request-id:abc"))
         // so that agents of different versions keep agreeing: change only with the formula.
-        assert_eq!(hex(&trace_id_from_request_id("abc")), "dc7558bdd902dc5c641db3352fec72c2");
+        assert_eq!(
+            hex(&trace_id_from_request_id("abc")),
+            "dc7558bdd902dc5c641db3352fec72c2"
+        );
     }
 }

@@ -1,5 +1,5 @@
 //! Trace context and the span model.
 
-pub mod span;
-pub mod context;
 pub mod build;
+pub mod context;
+pub mod span;

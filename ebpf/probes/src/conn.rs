@@ -6,7 +6,9 @@
 //! family is unknown: the socket is traced provisionally and userspace checks it.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user, bpf_probe_read_user_buf,
+    },
     programs::TracePointContext,
 };
 use infertap_common::*;
@@ -120,19 +122,35 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
             AF_INET6 => 28,
             _ => return, // Unix sockets, netlink, …: never traced
         };
-        if unsafe { bpf_probe_read_user_buf(sockaddr as *const u8, &mut rec.addr[..len]) }.is_err() {
+        if unsafe { bpf_probe_read_user_buf(sockaddr as *const u8, &mut rec.addr[..len]) }.is_err()
+        {
             rec.flags |= OPEN_FLAG_FAMILY_UNKNOWN;
         }
     }
     rec.conn_id = rec.header.ts_ns;
-    let key = ConnKey { tgid: rec.header.tgid, fd };
-    let info = ConnInfo { conn_id: rec.conn_id, role, _pad: 0, rx_pos: 0, tx_pos: 0 };
+    let key = ConnKey {
+        tgid: rec.header.tgid,
+        fd,
+    };
+    let info = ConnInfo {
+        conn_id: rec.conn_id,
+        role,
+        _pad: 0,
+        rx_pos: 0,
+        tx_pos: 0,
+    };
     if SOCKETS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
-        warn!(ctx, "SOCKETS map full: connection of pid {} fd {} is not traced", key.tgid, fd);
+        warn!(
+            ctx,
+            "SOCKETS map full: connection of pid {} fd {} is not traced", key.tgid, fd
+        );
         return;
     }
-    if EVENTS.output::<ConnOpenRecord>(&rec, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<ConnOpenRecord>(&rec, wakeup_flags())
+        .is_err()
+    {
         count_drop(DROP_RINGBUF_CONTROL);
     }
 }
@@ -142,7 +160,10 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: arg(ctx, 0) as u32 };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: arg(ctx, 0) as u32,
+    };
     // SAFETY: plain value copied out before removal.
     let info = match unsafe { SOCKETS.get(&key) } {
         Some(i) => *i,
@@ -150,12 +171,19 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
     };
     let _ = SOCKETS.remove(&key);
     let rec = ConnCloseRecord {
-        header: RecordHeader { kind: RECORD_CONN_CLOSE, tgid: key.tgid, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        header: RecordHeader {
+            kind: RECORD_CONN_CLOSE,
+            tgid: key.tgid,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
         conn_id: info.conn_id,
         fd: key.fd,
         _pad: 0,
     };
-    if EVENTS.output::<ConnCloseRecord>(&rec, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<ConnCloseRecord>(&rec, wakeup_flags())
+        .is_err()
+    {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0
@@ -170,9 +198,16 @@ pub fn process_exit(ctx: &TracePointContext) -> u32 {
     let _ = TARGETS.remove(&tgid);
     debug!(ctx, "targeted process {} exited", tgid);
     let rec = ProcExitRecord {
-        header: RecordHeader { kind: RECORD_PROC_EXIT, tgid, ts_ns: unsafe { bpf_ktime_get_ns() } },
+        header: RecordHeader {
+            kind: RECORD_PROC_EXIT,
+            tgid,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
     };
-    if EVENTS.output::<ProcExitRecord>(&rec, wakeup_flags()).is_err() {
+    if EVENTS
+        .output::<ProcExitRecord>(&rec, wakeup_flags())
+        .is_err()
+    {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0

@@ -30,7 +30,10 @@ struct Call {
 
 #[inline(always)]
 pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd: call.fd };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: call.fd,
+    };
     let info = match SOCKETS.get_ptr_mut(&key) {
         Some(p) => p,
         None => return, // closed meanwhile
@@ -39,7 +42,11 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
     // SAFETY: a map value pointer valid for this program's run. Two threads moving bytes on one
     // socket at once is a race in the application too; the position then only drifts.
     let (conn_id, pos) = unsafe {
-        let pos = if egress { (*info).tx_pos } else { (*info).rx_pos };
+        let pos = if egress {
+            (*info).tx_pos
+        } else {
+            (*info).rx_pos
+        };
         if egress {
             (*info).tx_pos = pos + n;
         } else {
@@ -87,7 +94,11 @@ fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
     }
     let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
     if total > head {
-        let len = if total - head > MAX { MAX } else { total - head };
+        let len = if total - head > MAX {
+            MAX
+        } else {
+            total - head
+        };
         let at = total - len;
         emit_chunk(c, src + at, len, base + at, true);
     }
@@ -139,7 +150,11 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
     // SAFETY: the per-CPU scratch slot belongs to this program run; `len` < CHUNK_MAX.
     unsafe {
         let r = &mut (*ev).record;
-        r.header = RecordHeader { kind: RECORD_DATA, tgid: (c.pid_tgid >> 32) as u32, ts_ns: c.ts_ns };
+        r.header = RecordHeader {
+            kind: RECORD_DATA,
+            tgid: (c.pid_tgid >> 32) as u32,
+            ts_ns: c.ts_ns,
+        };
         r.conn_id = c.conn_id;
         r.stream_pos = c.syscall_pos + offset;
         r.syscall_pos = c.syscall_pos;

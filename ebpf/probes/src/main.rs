@@ -20,9 +20,7 @@ mod data;
 mod maps;
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use infertap_common::*;
 use maps::*;
@@ -53,13 +51,21 @@ const MSG_PEEK: u64 = 2;
 
 /// Save a data syscall's arguments if the process is targeted and the fd is a traced socket.
 #[inline(always)]
-fn enter_data(ctx: &TracePointContext, kind: u32, shape: u32, peek_flags_arg: Option<usize>) -> u32 {
+fn enter_data(
+    ctx: &TracePointContext,
+    kind: u32,
+    shape: u32,
+    peek_flags_arg: Option<usize>,
+) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !targeted(pid_tgid) {
         return 0;
     }
     let fd = arg(ctx, 0) as u32;
-    let key = ConnKey { tgid: (pid_tgid >> 32) as u32, fd };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd,
+    };
     // SAFETY: read-only lookup.
     if unsafe { SOCKETS.get(&key).is_none() } {
         return 0;
@@ -69,7 +75,14 @@ fn enter_data(ctx: &TracePointContext, kind: u32, shape: u32, peek_flags_arg: Op
             return 0; // peeked bytes are read again later: copying them would duplicate them
         }
     }
-    let call = ActiveCall { ptr: arg(ctx, 1), len: arg(ctx, 2), fd, kind, shape, family: 0 };
+    let call = ActiveCall {
+        ptr: arg(ctx, 1),
+        len: arg(ctx, 2),
+        fd,
+        kind,
+        shape,
+        family: 0,
+    };
     if ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
         count_drop(DROP_ACTIVE_FULL);
     }
@@ -111,12 +124,42 @@ macro_rules! data_syscall {
 
 data_syscall!(sys_enter_read, sys_exit_read, SYS_READ, SHAPE_BUF, None);
 data_syscall!(sys_enter_readv, sys_exit_readv, SYS_READV, SHAPE_IOV, None);
-data_syscall!(sys_enter_recvfrom, sys_exit_recvfrom, SYS_RECVFROM, SHAPE_BUF, Some(3));
-data_syscall!(sys_enter_recvmsg, sys_exit_recvmsg, SYS_RECVMSG, SHAPE_MSG, Some(2));
+data_syscall!(
+    sys_enter_recvfrom,
+    sys_exit_recvfrom,
+    SYS_RECVFROM,
+    SHAPE_BUF,
+    Some(3)
+);
+data_syscall!(
+    sys_enter_recvmsg,
+    sys_exit_recvmsg,
+    SYS_RECVMSG,
+    SHAPE_MSG,
+    Some(2)
+);
 data_syscall!(sys_enter_write, sys_exit_write, SYS_WRITE, SHAPE_BUF, None);
-data_syscall!(sys_enter_writev, sys_exit_writev, SYS_WRITEV, SHAPE_IOV, None);
-data_syscall!(sys_enter_sendto, sys_exit_sendto, SYS_SENDTO, SHAPE_BUF, None);
-data_syscall!(sys_enter_sendmsg, sys_exit_sendmsg, SYS_SENDMSG, SHAPE_MSG, None);
+data_syscall!(
+    sys_enter_writev,
+    sys_exit_writev,
+    SYS_WRITEV,
+    SHAPE_IOV,
+    None
+);
+data_syscall!(
+    sys_enter_sendto,
+    sys_exit_sendto,
+    SYS_SENDTO,
+    SHAPE_BUF,
+    None
+);
+data_syscall!(
+    sys_enter_sendmsg,
+    sys_exit_sendmsg,
+    SYS_SENDMSG,
+    SHAPE_MSG,
+    None
+);
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
