@@ -35,7 +35,7 @@ fn save_sockaddr_call(ctx: &TracePointContext, kind: u32) -> u32 {
         shape: SHAPE_SOCKADDR,
         family: 0,
     };
-    if ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
+    if ACTIVE.insert(pid_tgid, call, 0).is_err() {
         count_drop(DROP_ACTIVE_FULL);
     }
     0
@@ -44,8 +44,8 @@ fn save_sockaddr_call(ctx: &TracePointContext, kind: u32) -> u32 {
 #[inline(always)]
 fn take_call(pid_tgid: u64, kind: u32) -> Option<ActiveCall> {
     // SAFETY: plain value copied out before removal.
-    let call = unsafe { ACTIVE.get(&pid_tgid) }.copied()?;
-    let _ = ACTIVE.remove(&pid_tgid);
+    let call = unsafe { ACTIVE.get(pid_tgid) }.copied()?;
+    let _ = ACTIVE.remove(pid_tgid);
     if call.kind == kind {
         Some(call)
     } else {
@@ -139,7 +139,7 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
         rx_pos: 0,
         tx_pos: 0,
     };
-    if SOCKETS.insert(&key, &info, 0).is_err() {
+    if SOCKETS.insert(key, info, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
         warn!(
             ctx,
@@ -165,11 +165,11 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         fd: arg(ctx, 0) as u32,
     };
     // SAFETY: plain value copied out before removal.
-    let info = match unsafe { SOCKETS.get(&key) } {
+    let info = match unsafe { SOCKETS.get(key) } {
         Some(i) => *i,
         None => return 0,
     };
-    let _ = SOCKETS.remove(&key);
+    let _ = SOCKETS.remove(key);
     let rec = ConnCloseRecord {
         header: RecordHeader {
             kind: RECORD_CONN_CLOSE,
@@ -195,7 +195,7 @@ pub fn process_exit(ctx: &TracePointContext) -> u32 {
     if pid_tgid as u32 != tgid || !targeted(pid_tgid) {
         return 0; // a thread, or a process we do not trace
     }
-    let _ = TARGETS.remove(&tgid);
+    let _ = TARGETS.remove(tgid);
     debug!(ctx, "targeted process {} exited", tgid);
     let rec = ProcExitRecord {
         header: RecordHeader {

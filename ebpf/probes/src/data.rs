@@ -34,7 +34,7 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         tgid: (pid_tgid >> 32) as u32,
         fd: call.fd,
     };
-    let info = match SOCKETS.get_ptr_mut(&key) {
+    let info = match SOCKETS.get_ptr_mut(key) {
         Some(p) => p,
         None => return, // closed meanwhile
     };
@@ -108,8 +108,7 @@ fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
 #[inline(always)]
 fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
     let mut off: u64 = 0;
-    let mut i: u64 = 0;
-    for _ in 0..IOVECS_TRACED {
+    for i in 0..IOVECS_TRACED as u64 {
         if i >= count || off >= total {
             return;
         }
@@ -126,7 +125,6 @@ fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
             emit_chunk(c, v.base, len, off, off + take >= total);
         }
         off += take;
-        i += 1;
     }
 }
 

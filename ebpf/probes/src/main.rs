@@ -44,7 +44,7 @@ fn ret(ctx: &TracePointContext) -> i64 {
 fn targeted(pid_tgid: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read-only lookup of a plain value.
-    unsafe { TARGETS.get(&tgid).is_some() }
+    unsafe { TARGETS.get(tgid).is_some() }
 }
 
 const MSG_PEEK: u64 = 2;
@@ -67,7 +67,7 @@ fn enter_data(
         fd,
     };
     // SAFETY: read-only lookup.
-    if unsafe { SOCKETS.get(&key).is_none() } {
+    if unsafe { SOCKETS.get(key).is_none() } {
         return 0;
     }
     if let Some(n) = peek_flags_arg {
@@ -83,7 +83,7 @@ fn enter_data(
         shape,
         family: 0,
     };
-    if ACTIVE.insert(&pid_tgid, &call, 0).is_err() {
+    if ACTIVE.insert(pid_tgid, call, 0).is_err() {
         count_drop(DROP_ACTIVE_FULL);
     }
     0
@@ -96,11 +96,11 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: plain value copied out before the entry is removed.
-    let call = match unsafe { ACTIVE.get(&pid_tgid) } {
+    let call = match unsafe { ACTIVE.get(pid_tgid) } {
         Some(c) => *c,
         None => return 0,
     };
-    let _ = ACTIVE.remove(&pid_tgid);
+    let _ = ACTIVE.remove(pid_tgid);
     let n = ret(ctx);
     if n <= 0 {
         return 0;
