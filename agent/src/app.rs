@@ -30,7 +30,7 @@ use crate::export::otlp::{config::OtlpConfig, OtlpSpanExporter};
 use crate::export::status::{ProbeStatus, StatusSource, TargetStatus};
 use crate::export::store::SpanStore;
 use crate::export::SpanSink;
-use crate::probes::targets::{tcp_sockets, Scanner, Target};
+use crate::probes::targets::{classify_fd, tcp_sockets, FdKind, Scanner, Target};
 use crate::probes::{kernel_drops, Probes};
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
@@ -444,16 +444,25 @@ impl Pipeline {
                 peer,
                 family_unknown,
             } => {
-                if family_unknown && !is_tcp_socket(tgid, fd) {
-                    let _ = self
-                        .kmaps
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .sockets
-                        .remove(&ConnKey { tgid, fd });
-                    return;
+                let mut local = listen_fd.and_then(|l| self.listeners.get(&(tgid, l)).copied());
+                let mut peer = peer;
+                if family_unknown {
+                    // accept() without an address buffer (libuv, hence uvicorn and vLLM, does
+                    // this): /proc tells whether it is TCP, and both addresses.
+                    match classify_fd(tgid, fd) {
+                        FdKind::Tcp { local: l, remote } => {
+                            local = Some(l);
+                            peer = Some(remote);
+                        }
+                        FdKind::Other => {
+                            let mut maps = self.kmaps.lock().unwrap_or_else(|e| e.into_inner());
+                            let _ = maps.sockets.remove(&ConnKey { tgid, fd });
+                            return;
+                        }
+                        // Closed already: a short connection; keep it (accept on a TCP listener).
+                        FdKind::Gone => {}
+                    }
                 }
-                let local = listen_fd.and_then(|l| self.listeners.get(&(tgid, l)).copied());
                 let id = ConnId { tgid, conn_id };
                 self.table
                     .open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
@@ -572,9 +581,4 @@ impl Pipeline {
                 .submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }
     }
-}
-
-/// Whether `fd` of `pid` is a TCP socket (for accepted sockets whose family the kernel could not see).
-fn is_tcp_socket(pid: u32, fd: u32) -> bool {
-    tcp_sockets(pid).iter().any(|s| s.fd == fd)
 }

@@ -73,6 +73,47 @@ pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
         .collect()
 }
 
+/// What an fd of a process is, as far as /proc can tell now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FdKind {
+    Tcp {
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
+    /// Something else: a Unix socket, a pipe, a file.
+    Other,
+    /// The fd (or the process) is gone already: nothing can be said.
+    Gone,
+}
+
+/// Classify one fd: one readlink, then the process's TCP tables only if it is a socket.
+pub fn classify_fd(pid: u32, fd: u32) -> FdKind {
+    let link = match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
+        Ok(l) => l,
+        Err(_) => return FdKind::Gone,
+    };
+    let Some(inode) = link
+        .to_str()
+        .and_then(|l| l.strip_prefix("socket:["))
+        .and_then(|l| l.strip_suffix(']'))
+        .and_then(|i| i.parse::<u64>().ok())
+    else {
+        return FdKind::Other;
+    };
+    let Ok(p) = Process::new(pid as i32) else {
+        return FdKind::Gone;
+    };
+    for entries in [p.tcp(), p.tcp6()].into_iter().flatten() {
+        if let Some(e) = entries.into_iter().find(|e| e.inode == inode) {
+            return FdKind::Tcp {
+                local: e.local_address,
+                remote: e.remote_address,
+            };
+        }
+    }
+    FdKind::Other
+}
+
 /// Scans /proc for targets. Keeps a cache of listening-socket owners so that port selection
 /// does not read every process's fds on every scan.
 pub struct Scanner {
@@ -207,6 +248,20 @@ mod tests {
         assert!(socks
             .iter()
             .any(|s| !s.listening && s.remote == c.local_addr().unwrap()));
+
+        // One fd at a time: TCP with both addresses, a file is something else, a closed fd is gone.
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&c) as u32;
+        assert_eq!(
+            classify_fd(std::process::id(), fd),
+            FdKind::Tcp {
+                local: c.local_addr().unwrap(),
+                remote: c.peer_addr().unwrap()
+            }
+        );
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let ffd = std::os::fd::AsRawFd::as_raw_fd(&file) as u32;
+        assert_eq!(classify_fd(std::process::id(), ffd), FdKind::Other);
+        assert_eq!(classify_fd(std::process::id(), 99_999), FdKind::Gone);
 
         // The scanner never targets the agent itself; a child process by pid is found.
         let mut child = std::process::Command::new("sleep")

@@ -166,6 +166,8 @@ pub enum ParseErrorKind {
     /// Bytes were lost where the framing cannot survive (a head, a chunk-size line, between
     /// messages).
     Lost,
+    /// The connection closed in the middle of a message head.
+    Truncated,
 }
 
 /// One exchange the caller has been told about and that has not finished.
@@ -522,6 +524,12 @@ impl Http1Conn {
         }
         if matches!(self.resp.phase, Phase::Body(Body::UntilClose)) {
             self.end_message(Direction::Response, ts_ns, out);
+        }
+        for dir in [Direction::Request, Direction::Response] {
+            let side = self.side(dir);
+            if matches!(side.phase, Phase::Head(_)) && !side.buf.is_empty() {
+                out(HttpEvent::ParseError { dir, kind: ParseErrorKind::Truncated });
+            }
         }
         self.abort_all(ts_ns, out);
         self.done = true;

@@ -372,6 +372,7 @@ fixtures! {
     midstream,
     bad_request_line,
     truncated_request,
+    truncated_head,
     truncated_response,
     gap_content_length,
     gap_chunk_data,
