@@ -528,7 +528,10 @@ impl Http1Conn {
         for dir in [Direction::Request, Direction::Response] {
             let side = self.side(dir);
             if matches!(side.phase, Phase::Head(_)) && !side.buf.is_empty() {
-                out(HttpEvent::ParseError { dir, kind: ParseErrorKind::Truncated });
+                out(HttpEvent::ParseError {
+                    dir,
+                    kind: ParseErrorKind::Truncated,
+                });
             }
         }
         self.abort_all(ts_ns, out);
