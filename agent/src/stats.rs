@@ -50,6 +50,8 @@ counters! {
     http_parse_failures,
     /// SSE events that could not be framed or decoded.
     sse_parse_failures,
+    /// JSON request or response bodies that did not scan as one complete object.
+    json_parse_failures,
     /// Requests completed (response fully written).
     requests_completed,
     /// Requests cancelled by the client (connection closed before the response ended).

@@ -324,6 +324,9 @@ fn finish(
                 .sse_parse_failures
                 .fetch_add(ex.sse_failures, Ordering::Relaxed);
         }
+        if ex.json_error.is_some() {
+            stats.json_parse_failures.fetch_add(1, Ordering::Relaxed);
+        }
         out.push(Finished {
             conn: id,
             meta: meta.clone(),

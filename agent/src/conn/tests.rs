@@ -340,3 +340,70 @@ fn the_table_is_bounded_and_counts_what_it_sheds() {
     assert!(table.is_empty());
     assert_eq!(stats.connections_evicted.load(Relaxed), 2);
 }
+
+#[test]
+fn model_after_a_200_kb_prompt_is_found_across_many_reads_without_keeping_the_body() {
+    let mut w = Wire::new(Origin::Start);
+    let prompt = "word \\\"quoted\\\" ".repeat(15_000);
+    let body = format!(
+        r#"{{"messages":[{{"role":"user","content":"{prompt}"}}],"stream":false,"max_tokens":9,"model":"m-big"}}"#
+    );
+    assert!(body.len() > 200_000);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    w.syscall(SocketDir::Ingress, 1, head.as_bytes());
+    for (i, part) in body.as_bytes().chunks(65536).enumerate() {
+        w.syscall(SocketDir::Ingress, 2 + i as u64, part);
+    }
+    let resp = br#"{"id":"chatcmpl-2","model":"m-big","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}],"usage":{"prompt_tokens":30000,"completion_tokens":1,"total_tokens":30001},"prompt_logprobs":null}"#;
+    let mut bytes = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        resp.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(resp);
+    w.syscall(SocketDir::Egress, 20, &bytes);
+    let ex = &w.out[0].exchange;
+    let f = ex.request_fields.as_ref().unwrap();
+    assert_eq!(f.model.as_deref(), Some("m-big"));
+    assert_eq!(f.max_tokens, Some(9));
+    assert_eq!(ex.response_id.as_deref(), Some("chatcmpl-2"));
+    assert_eq!(ex.usage.as_ref().unwrap().prompt_tokens, Some(30000));
+    assert_eq!(ex.finish_reasons, vec!["stop"]);
+    assert_eq!(
+        ex.first_token_ns,
+        Some(20 * MS),
+        "non-streaming: the answer comes with the response"
+    );
+    assert_eq!(w.stats.json_parse_failures.load(Relaxed), 0);
+}
+
+#[test]
+fn a_json_body_that_does_not_scan_is_counted() {
+    let mut w = Wire::new(Origin::Start);
+    let body = b"{\"model\": \"m\", \"messages\": [oops";
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    w.syscall(SocketDir::Ingress, 1, &req);
+    w.syscall(SocketDir::Egress, 2, b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
+    assert_eq!(w.out.len(), 1);
+    assert!(w.out[0].exchange.json_error.is_some());
+    assert_eq!(w.stats.json_parse_failures.load(Relaxed), 1);
+    // What was found before the error is kept.
+    assert_eq!(
+        w.out[0]
+            .exchange
+            .request_fields
+            .as_ref()
+            .unwrap()
+            .model
+            .as_deref(),
+        Some("m")
+    );
+}

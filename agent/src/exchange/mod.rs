@@ -9,13 +9,10 @@
 use std::collections::VecDeque;
 
 use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::json_scan::{RequestScan, ResponseScan};
 use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
 use crate::protocol::sse::{SseEvent, SseFramer};
 
-/// Largest request body kept to read its fields from.
-const REQUEST_BODY_MAX: usize = 8 << 20;
-/// Largest non-streaming response body kept whole; past it only the tail is kept.
-const RESPONSE_BODY_MAX: usize = 4 << 20;
 const RESPONSE_TAIL: usize = 64 << 10;
 /// Content chunk timestamps kept per request (for inter-token statistics).
 const CHUNK_TIMES_MAX: usize = 1 << 20;
@@ -59,15 +56,19 @@ pub struct Exchange {
     /// Bytes of this exchange were lost (kernel drop or not copied).
     pub incomplete: bool,
     pub sse_failures: u64,
+    /// A JSON body (request or response) that did not scan: why (`ScanError::as_str`).
+    pub json_error: Option<&'static str>,
 }
 
 struct InFlight {
     ex: Exchange,
     request_done: bool,
-    request_body: Option<Vec<u8>>,
-    response_body: Option<Vec<u8>>,
+    /// Streaming scans of JSON bodies: fields are picked up as bytes pass, nothing is kept.
+    request_scan: Option<RequestScan>,
+    response_scan: Option<ResponseScan>,
+    /// After a loss in a non-streaming body: its last bytes, where `usage` sits.
     response_tail: Vec<u8>,
-    response_truncated: bool,
+    response_gapped: bool,
     sse: Option<SseFramer>,
 }
 
@@ -79,7 +80,7 @@ impl InFlight {
             .iter()
             .any(|(k, v)| *k == "content-type" && v.to_ascii_lowercase().contains("json"));
         InFlight {
-            request_body: (operation.is_some() || json).then(Vec::new),
+            request_scan: (operation.is_some() || json).then(RequestScan::new),
             ex: Exchange {
                 request: head,
                 response: None,
@@ -103,11 +104,12 @@ impl InFlight {
                 outcome: Outcome::Completed,
                 incomplete: false,
                 sse_failures: 0,
+                json_error: None,
             },
             request_done: false,
-            response_body: None,
+            response_scan: None,
             response_tail: Vec::new(),
-            response_truncated: false,
+            response_gapped: false,
             sse: None,
         }
     }
@@ -139,8 +141,11 @@ impl InFlight {
     fn finish_request(&mut self, ts_ns: u64) {
         self.request_done = true;
         self.ex.request_end_ns = Some(ts_ns);
-        if let Some(body) = self.request_body.take() {
-            self.ex.request_fields = openai::parse_request(&body);
+        if let Some(mut scan) = self.request_scan.take() {
+            if let Err(e) = scan.finish() {
+                self.ex.json_error.get_or_insert(e.as_str());
+            }
+            self.ex.request_fields = Some(scan.into_fields());
         }
     }
 
@@ -161,20 +166,15 @@ impl InFlight {
                 self.on_chunk(ts_ns, c);
             }
         }
-        if let Some(body) = self.response_body.take() {
-            let fields = if self.response_truncated {
-                None
-            } else {
-                openai::parse_response(&body)
-            };
-            match fields {
-                Some(f) => self.apply_response_fields(f),
-                None => {
-                    if self.ex.usage.is_none() {
-                        self.ex.usage = openai::usage_from_tail(&self.response_tail)
-                            .or_else(|| openai::usage_from_tail(&body));
-                    }
+        if let Some(mut scan) = self.response_scan.take() {
+            if let Err(e) = scan.finish() {
+                if !self.response_gapped {
+                    self.ex.json_error.get_or_insert(e.as_str());
                 }
+            }
+            self.apply_response_fields(scan.into_fields());
+            if self.ex.usage.is_none() && self.response_gapped {
+                self.ex.usage = openai::usage_from_tail(&self.response_tail);
             }
         }
         self.ex.end_ns = ts_ns;
@@ -239,12 +239,8 @@ impl ExchangeTracker {
             HttpEvent::RequestBody { data, .. } => {
                 if let Some(f) = self.requesting() {
                     f.ex.request_body_len += data.len() as u64;
-                    if let Some(body) = f.request_body.as_mut() {
-                        if body.len() + data.len() <= REQUEST_BODY_MAX {
-                            body.extend_from_slice(data);
-                        } else {
-                            f.request_body = None;
-                        }
+                    if let Some(scan) = f.request_scan.as_mut() {
+                        scan.feed(data);
                     }
                 }
             }
@@ -252,7 +248,9 @@ impl ExchangeTracker {
                 if let Some(f) = self.requesting() {
                     f.ex.request_body_len += len;
                     f.ex.incomplete = true;
-                    f.request_body = None;
+                    if let Some(scan) = f.request_scan.as_mut() {
+                        scan.gap();
+                    }
                 }
             }
             HttpEvent::RequestEnd { ts_ns } => {
@@ -268,7 +266,10 @@ impl ExchangeTracker {
                     });
                     f.ex.streaming = sse;
                     f.sse = sse.then(SseFramer::new);
-                    f.response_body = (!sse).then(Vec::new);
+                    let json = head.headers.iter().any(|(k, v)| {
+                        *k == "content-type" && v.to_ascii_lowercase().contains("json")
+                    });
+                    f.response_scan = (!sse && json).then(ResponseScan::new);
                     f.ex.response_start_ns = Some(ts_ns);
                     f.ex.response = Some(head);
                 }
@@ -293,14 +294,11 @@ impl ExchangeTracker {
                         for c in chunks {
                             f.on_chunk(ts_ns, c);
                         }
-                    } else if let Some(body) = f.response_body.as_mut() {
-                        if body.len() + data.len() <= RESPONSE_BODY_MAX {
-                            body.extend_from_slice(data);
-                        } else {
-                            f.response_truncated = true;
-                        }
-                        if f.response_truncated {
+                    } else if let Some(scan) = f.response_scan.as_mut() {
+                        if f.response_gapped {
                             push_tail(&mut f.response_tail, data);
+                        } else {
+                            scan.feed(data);
                         }
                     }
                 }
@@ -309,7 +307,10 @@ impl ExchangeTracker {
                 if let Some(f) = self.responding() {
                     f.ex.response_body_len += len;
                     f.ex.incomplete = true;
-                    f.response_truncated = true;
+                    f.response_gapped = true;
+                    if let Some(scan) = f.response_scan.as_mut() {
+                        scan.gap();
+                    }
                     if let Some(sse) = f.sse.as_mut() {
                         sse.gap();
                     }
