@@ -1,0 +1,583 @@
+//! The PromQL of `docs/operators.md`, evaluated by a real Prometheus scraping the real agent while
+//! the vLLM stand-in serves a known workload; and the Grafana dashboard, whose panels must use those
+//! queries verbatim.
+//!
+//! The queries are parsed out of the doc (fenced `promql` blocks whose first line is
+//! `# name: <name>`), so the doc, the dashboard and this test cannot drift apart.
+//!
+//! Needs `/usr/bin/prometheus` (Debian's `prometheus` package: `xtask`'s
+//! `deps::ensure_prometheus`), or `INFERTAP_PROMETHEUS`.
+//!
+//! Run: `cargo test --release -p infertap-tests --test promql -- --test-threads=1` (as root).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use infertap_tests::harness::{
+    self, client, free_port, http_get, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
+};
+use serde_json::Value;
+
+const MODEL: &str = "standin-model";
+/// The model `client.py --scenario error-404` asks for.
+const MISSING_MODEL: &str = "no-such-model";
+const TTFT_MS: u64 = 100;
+const INTERVAL_MS: u64 = 20;
+const MAX_TOKENS: u64 = 8;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn prometheus_bin() -> PathBuf {
+    std::env::var_os("INFERTAP_PROMETHEUS")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"))
+}
+
+/// The documented queries, by name, in the doc's order.
+fn documented_queries() -> Vec<(String, String)> {
+    let path = workspace().join("docs/operators.md");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut out = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() != "```promql" {
+            continue;
+        }
+        let body: Vec<&str> = lines.by_ref().take_while(|l| l.trim() != "```").collect();
+        let first = body.first().copied().unwrap_or_default();
+        let name = first
+            .trim()
+            .strip_prefix("# name:")
+            .unwrap_or_else(|| panic!("a promql block without a `# name:` first line: {body:?}"))
+            .trim()
+            .to_string();
+        let expr = body[1..].join("\n").trim().to_string();
+        assert!(!expr.is_empty(), "query {name} is empty");
+        assert!(
+            out.iter().all(|(n, _)| *n != name),
+            "query name {name} is used twice"
+        );
+        out.push((name, expr));
+    }
+    out
+}
+
+/// Every `expr` of every panel's targets (rows' nested panels included).
+fn panel_exprs(panels: &Value, out: &mut Vec<(String, String)>) {
+    for panel in panels.as_array().into_iter().flatten() {
+        let title = panel["title"].as_str().unwrap_or("?").to_string();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            if let Some(expr) = target["expr"].as_str() {
+                out.push((title.clone(), expr.to_string()));
+            }
+        }
+        panel_exprs(&panel["panels"], out);
+    }
+}
+
+/// Percent-encodes a query string value.
+fn urlencode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Our own Prometheus, scraping the agent's `/metrics` every second; stopped when dropped.
+struct Prometheus {
+    proc: Proc,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(ctx: &TestCtx, target: SocketAddr) -> Prometheus {
+        let bin = prometheus_bin();
+        assert!(
+            bin.exists(),
+            "{} is missing: install Debian's prometheus package (cargo xtask setup / \
+             deps::ensure_prometheus, or apt-get install -y prometheus), or set INFERTAP_PROMETHEUS",
+            bin.display()
+        );
+        let config = ctx.file("prometheus.yml");
+        fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: infertap\n    metrics_path: /metrics\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let data = ctx.file("prometheus-data");
+        fs::create_dir_all(&data).unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut cmd = Command::new(&bin);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", data.display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn");
+        let mut proc = Proc::spawn("prometheus", cmd, ctx.file("prometheus.log"));
+        let ready = poll(Duration::from_secs(30), || {
+            if let Some(s) = proc.exited() {
+                panic!("prometheus exited ({s}):\n{}", proc.log_text());
+            }
+            matches!(http_get(addr, "/-/ready"), Ok((200, _))).then_some(())
+        });
+        assert!(
+            ready.is_some(),
+            "prometheus was not ready within 30 s:\n{}",
+            proc.log_text()
+        );
+        Prometheus { proc, addr }
+    }
+
+    /// `/api/v1/query`: the result vector (instant query, now). Panics on an error.
+    fn query(&self, expr: &str) -> Vec<Value> {
+        let path = format!("/api/v1/query?query={}", urlencode(expr));
+        let (code, body) = http_get(self.addr, &path)
+            .unwrap_or_else(|e| panic!("querying prometheus ({expr}): {e}"));
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus answered {code} with bad JSON ({e}): {body}"));
+        assert!(
+            code == 200 && v["status"] == "success",
+            "query failed ({code}): {expr}\n{body}"
+        );
+        match &v["data"]["result"] {
+            Value::Array(a) => a.clone(),
+            Value::Object(_) | Value::String(_) => vec![v["data"]["result"].clone()],
+            other => panic!("unexpected result {other} for {expr}"),
+        }
+    }
+
+    /// Scrapes of the agent that Prometheus has stored so far.
+    fn scrapes(&self) -> usize {
+        self.query(r#"count_over_time(up{job="infertap"}[10m])"#)
+            .first()
+            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
+            .unwrap_or(0.0) as usize
+    }
+
+    /// Waits until `n` more scrapes than now are stored.
+    fn wait_scrapes(&self, n: usize) {
+        let start = self.scrapes();
+        let done = poll(Duration::from_secs(30), || {
+            (self.scrapes() >= start + n).then_some(())
+        });
+        assert!(
+            done.is_some(),
+            "prometheus stored fewer than {n} new scrapes within 30 s:\n{}\ntargets: {:?}",
+            self.proc.log_text(),
+            http_get(self.addr, "/api/v1/targets")
+        );
+    }
+}
+
+/// A result sample's value.
+fn value(sample: &Value) -> f64 {
+    let text = sample["value"][1]
+        .as_str()
+        .unwrap_or_else(|| panic!("no value in {sample}"));
+    match text {
+        "NaN" => f64::NAN,
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        t => t.parse().unwrap_or_else(|_| panic!("bad value {t}")),
+    }
+}
+
+/// The labels of a result sample, `key=value` joined, for messages and lookups.
+fn labels(sample: &Value) -> BTreeMap<String, String> {
+    sample["metric"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The one sample of `results` whose labels include all of `want`.
+fn pick<'a>(name: &str, results: &'a [Value], want: &[(&str, &str)]) -> f64 {
+    let found: Vec<&'a Value> = results
+        .iter()
+        .filter(|s| {
+            let l = labels(s);
+            want.iter()
+                .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "{name}: expected one sample with {want:?}, results: {results:#?}"
+    );
+    value(found[0])
+}
+
+fn near(name: &str, got: f64, want: f64, tolerance: f64) {
+    assert!(
+        (got - want).abs() <= tolerance,
+        "{name}: {got} is not {want} ± {tolerance}"
+    );
+}
+
+fn within(name: &str, got: f64, lo: f64, hi: f64) {
+    assert!(
+        got >= lo && got <= hi,
+        "{name}: {got} is outside [{lo}, {hi}]"
+    );
+}
+
+#[test]
+fn dashboard_uses_only_documented_queries() {
+    // Pure file checks: no root needed.
+    let queries = documented_queries();
+    assert!(
+        queries.len() >= 15,
+        "too few documented queries: {queries:?}"
+    );
+    let exprs: BTreeSet<&str> = queries.iter().map(|(_, e)| e.as_str()).collect();
+    let path = workspace().join("deploy/grafana/infertap-dashboard.json");
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let dash: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    assert!(
+        dash["schemaVersion"].as_u64().unwrap_or(0) >= 38,
+        "schemaVersion {}",
+        dash["schemaVersion"]
+    );
+    let vars = dash["templating"]["list"].as_array().expect("templating");
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no template variable {name}"))
+    };
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    let model = var("model");
+    assert_eq!(model["type"], "query");
+    let model_query = model["query"]
+        .as_str()
+        .or_else(|| model["query"]["query"].as_str())
+        .unwrap_or_default();
+    assert_eq!(
+        model_query,
+        "label_values(gen_ai_server_request_duration_seconds_count, gen_ai_request_model)"
+    );
+    let mut panels = Vec::new();
+    panel_exprs(&dash["panels"], &mut panels);
+    assert!(panels.len() >= 10, "too few panel queries: {panels:?}");
+    for (title, expr) in &panels {
+        assert!(
+            exprs.contains(expr.trim()),
+            "panel {title:?}: its expr is not one of docs/operators.md's queries verbatim:\n{expr}"
+        );
+    }
+    // Every panel's datasource is the variable.
+    fn datasources(panels: &Value) {
+        for p in panels.as_array().into_iter().flatten() {
+            if p["type"] != "row" {
+                assert_eq!(
+                    p["datasource"]["uid"], "${datasource}",
+                    "panel {}",
+                    p["title"]
+                );
+            }
+            datasources(&p["panels"]);
+        }
+    }
+    datasources(&dash["panels"]);
+}
+
+#[test]
+fn documented_promql_gives_the_workloads_numbers() {
+    let Some(ctx) = harness::begin("documented_promql_gives_the_workloads_numbers") else {
+        return;
+    };
+    let queries = documented_queries();
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            ttft_ms: TTFT_MS,
+            token_interval_ms: INTERVAL_MS,
+            ..StandInOpts::default()
+        },
+    );
+    let agent = Agent::start(&ctx, &server, &[], &[]);
+    let prom = Prometheus::start(&ctx, agent.debug_addr);
+    let max_tokens = MAX_TOKENS.to_string();
+    let run = |scenario: &str, count: usize| {
+        client(
+            &ctx,
+            &server,
+            &[
+                "--scenario",
+                scenario,
+                "--count",
+                &count.to_string(),
+                "--concurrency",
+                "1",
+                "--max-tokens",
+                &max_tokens,
+            ],
+        )
+    };
+
+    // Warm-up: one request of each kind, so that every series exists (and is scraped) before
+    // the workload; rate() then sees the whole workload as increase.
+    let warmup = [
+        ("chat-stream", 1),
+        ("error-400", 1),
+        ("error-404", 1),
+        ("cancel", 1),
+    ];
+    for (scenario, n) in warmup {
+        run(scenario, n);
+    }
+    let total = |results: &[Value]| results.iter().map(value).sum::<f64>();
+    let counted = |n: f64| {
+        poll(Duration::from_secs(20), || {
+            let r = prom.query("sum(infertap_requests_total)");
+            (total(&r) >= n).then_some(())
+        })
+        .is_some()
+    };
+    assert!(
+        counted(4.0),
+        "prometheus did not see the 4 warm-up requests: {}",
+        agent.metrics()
+    );
+    prom.wait_scrapes(3);
+
+    // The workload.
+    let started = Instant::now();
+    let workload = [
+        ("chat-stream", 20),
+        ("error-400", 5),
+        ("error-404", 5),
+        ("cancel", 3),
+    ];
+    for (scenario, n) in workload {
+        run(scenario, n);
+    }
+    let all = 4.0 + 33.0;
+    assert!(
+        counted(all),
+        "prometheus did not see all {all} requests: {}",
+        agent.metrics()
+    );
+    prom.wait_scrapes(3);
+    eprintln!("workload took {:?}", started.elapsed());
+
+    let mut results: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (name, expr) in &queries {
+        let evaluated = expr.replace("$model", ".*");
+        let r = prom.query(&evaluated);
+        eprintln!(
+            "{name}: {}",
+            r.iter()
+                .map(|s| format!("{:?} = {}", labels(s), value(s)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        assert!(!r.is_empty(), "{name} gave no result:\n{evaluated}");
+        results.insert(name.clone(), r);
+    }
+    let q = |name: &str| -> &[Value] {
+        results
+            .get(name)
+            .unwrap_or_else(|| panic!("docs/operators.md has no query {name}"))
+    };
+    let m = [("gen_ai_request_model", MODEL)];
+
+    // Raw counters: exactly the requests and tokens sent (warm-up included).
+    let outcome = |model: &str, outcome: &str| {
+        pick(
+            "requests_by_outcome_since_start",
+            q("requests_by_outcome_since_start"),
+            &[("gen_ai_request_model", model), ("outcome", outcome)],
+        )
+    };
+    assert_eq!(outcome(MODEL, "completed"), 21.0);
+    assert_eq!(outcome(MODEL, "error"), 6.0);
+    assert_eq!(outcome(MODEL, "cancelled"), 4.0);
+    assert_eq!(outcome(MISSING_MODEL, "error"), 6.0);
+    let tokens = |kind: &str| {
+        pick(
+            "tokens_since_start",
+            q("tokens_since_start"),
+            &[("gen_ai_request_model", MODEL), ("gen_ai_token_type", kind)],
+        )
+    };
+    // Completed streams: 8 output tokens each, from their usage.
+    // Completed streams report 8 output tokens each in their usage; cancelled ones count the
+    // content chunks the server wrote before the client went away (at least the 3 it read).
+    // The metric must add up to the spans' own token counts.
+    let span_output: i64 = agent
+        .spans()
+        .iter()
+        .filter(|s| s["attributes"]["gen_ai.request.model"] == MODEL)
+        .filter_map(|s| s["attributes"]["gen_ai.usage.output_tokens"].as_i64())
+        .sum();
+    let output = tokens("output");
+    assert_eq!(output, span_output as f64, "output tokens: metric vs spans");
+    within(
+        "output tokens",
+        output,
+        21.0 * 8.0 + 4.0 * 3.0,
+        21.0 * 8.0 + 4.0 * 64.0,
+    );
+    assert!(tokens("input") > 0.0);
+
+    // Ratios of rates over the workload (rate() extrapolates each series a little differently
+    // at the window's start, hence the tolerances).
+    // standin-model: 5 + 1 error-400 of 21 + 6 + 4 (the workload's increase: 5 of 28).
+    near(
+        "error_ratio_by_model",
+        pick("error_ratio_by_model", q("error_ratio_by_model"), &m),
+        5.0 / 28.0,
+        0.03,
+    );
+    near(
+        "error_ratio_by_model (missing model)",
+        pick(
+            "error_ratio_by_model",
+            q("error_ratio_by_model"),
+            &[("gen_ai_request_model", MISSING_MODEL)],
+        ),
+        1.0,
+        1e-9,
+    );
+    // Fleet: 10 errors of 33.
+    near(
+        "error_ratio_fleet",
+        value(&q("error_ratio_fleet")[0]),
+        10.0 / 33.0,
+        0.03,
+    );
+    let by_type = q("error_rate_by_type");
+    assert!(
+        by_type.len() >= 2,
+        "error_rate_by_type: expected 400 and 404 errors apart: {by_type:?}"
+    );
+    assert!(pick("cancelled_rate_by_model", q("cancelled_rate_by_model"), &m) > 0.0);
+    // Workload's output tokens per second over the same window as the requests: 8 per
+    // completed request.
+    let out_rate = pick(
+        "tokens_per_second_by_model",
+        q("tokens_per_second_by_model"),
+        &[
+            ("gen_ai_request_model", MODEL),
+            ("gen_ai_token_type", "output"),
+        ],
+    );
+    assert!(out_rate > 0.0);
+    near(
+        "output_tokens_per_request_by_model",
+        pick(
+            "output_tokens_per_request_by_model",
+            q("output_tokens_per_request_by_model"),
+            &m,
+        ),
+        // The workload: 20 x 8 + 3 cancelled x 3 (or a little more) over 23 requests; rate()
+        // extrapolates `_sum` and `_count` a little differently at the series' start.
+        (160.0 + 9.0) / 23.0,
+        0.7,
+    );
+
+    // Latency: the stand-in waits 100 ms for the first token, then 20 ms per token.
+    within(
+        "ttft_p50_by_model",
+        pick("ttft_p50_by_model", q("ttft_p50_by_model"), &m),
+        0.1,
+        0.25,
+    );
+    within(
+        "ttft_p99_by_model",
+        pick("ttft_p99_by_model", q("ttft_p99_by_model"), &m),
+        0.1,
+        0.5,
+    );
+    for name in ["ttft_p50_by_instance", "ttft_p99_by_instance"] {
+        let r = q(name);
+        assert_eq!(r.len(), 1, "{name}: one instance: {r:?}");
+        within(name, value(&r[0]), 0.1, 0.5);
+    }
+    within(
+        "itl_p50_by_model",
+        pick("itl_p50_by_model", q("itl_p50_by_model"), &m),
+        0.01,
+        0.05,
+    );
+    within(
+        "itl_p99_by_model",
+        pick("itl_p99_by_model", q("itl_p99_by_model"), &m),
+        0.01,
+        0.25,
+    );
+    // (duration - TTFT) / 7 = 7 gaps of 20 ms / 7, plus scheduling slack.
+    within(
+        "tpot_mean_by_model",
+        pick("tpot_mean_by_model", q("tpot_mean_by_model"), &m),
+        0.018,
+        0.05,
+    );
+    within(
+        "tpot_p99_by_model",
+        pick("tpot_p99_by_model", q("tpot_p99_by_model"), &m),
+        0.01,
+        0.1,
+    );
+    // 100 ms + 7 x 20 ms for a stream; errors are fast.
+    within(
+        "request_duration_p99_by_model",
+        pick(
+            "request_duration_p99_by_model",
+            q("request_duration_p99_by_model"),
+            &m,
+        ),
+        0.2,
+        0.6,
+    );
+
+    // One instance: it gets everything, and there is no imbalance.
+    let r = q("request_rate_by_instance");
+    assert_eq!(r.len(), 1, "one instance: {r:?}");
+    assert!(value(&r[0]) > 0.0);
+    let r = q("request_share_by_instance");
+    assert_eq!(r.len(), 1, "one instance: {r:?}");
+    near("request_share_by_instance", value(&r[0]), 1.0, 1e-9);
+    near(
+        "load_imbalance_max_over_mean",
+        value(&q("load_imbalance_max_over_mean")[0]),
+        1.0,
+        1e-9,
+    );
+    near(
+        "load_imbalance_cv",
+        value(&q("load_imbalance_cv")[0]),
+        0.0,
+        1e-9,
+    );
+
+    drop(prom);
+    drop(agent);
+    thread::sleep(Duration::from_millis(10));
+}
