@@ -56,6 +56,9 @@ counters! {
     requests_completed,
     /// Requests cancelled by the client (connection closed before the response ended).
     requests_cancelled,
+    /// Requests the server abandoned (closed the connection before the response ended, without
+    /// the client having closed first).
+    requests_server_aborted,
     /// Requests whose bytes were partly lost (gaps): their spans are marked incomplete.
     requests_incomplete,
     /// Spans finished and handed to the exporters.

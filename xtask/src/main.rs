@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod deps;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -118,6 +119,9 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
     let require_root = require_root || ci;
     build()?;
     let python = setup::python_env()?;
+    if is_root() {
+        deps::ensure_prometheus()?;
+    }
     if !is_root() {
         if require_root {
             bail!("the root-only integration tests must run, but this is not root: run `sudo -E cargo xtask test`");
@@ -183,6 +187,9 @@ fn main() -> Result<()> {
         Cmd::Setup => {
             setup::toolchain()?;
             setup::python_env()?;
+            if is_root() {
+                deps::ensure_prometheus()?;
+            }
             Ok(())
         }
         Cmd::Build => build(),

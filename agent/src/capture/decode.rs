@@ -41,6 +41,8 @@ pub struct DataChunk<'a> {
     pub dir: SocketDir,
     /// Last record of its syscall.
     pub last: bool,
+    /// The read returned 0: the peer closed its side (no payload).
+    pub eof: bool,
     pub syscall: u32,
     pub stream_pos: u64,
     pub syscall_pos: u64,
@@ -123,6 +125,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                     SocketDir::Ingress
                 },
                 last: r.flags & DATA_FLAG_LAST != 0,
+                eof: r.flags & DATA_FLAG_EOF != 0,
                 syscall: (r.flags >> DATA_SYSCALL_SHIFT) & 0xff,
                 stream_pos: r.stream_pos,
                 syscall_pos: r.syscall_pos,

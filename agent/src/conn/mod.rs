@@ -140,6 +140,9 @@ impl ConnTable {
             tgid: chunk.tgid,
             conn_id: chunk.conn_id,
         };
+        if chunk.eof && !self.conns.contains_key(&id) {
+            return; // the end of a connection we never saw
+        }
         if !self.conns.contains_key(&id) {
             // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
             let role = match chunk.dir {
@@ -165,6 +168,10 @@ impl ConnTable {
             return;
         };
         c.last_seen_ns = chunk.ts_ns;
+        if chunk.eof {
+            c.exchanges.peer_closed();
+            return;
+        }
         if c.opaque {
             return;
         }
@@ -288,6 +295,7 @@ fn flush(id: ConnId, mut c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finis
     let Conn {
         http, exchanges, ..
     } = &mut c;
+    exchanges.closing();
     http.close(ts_ns, &mut |ev| {
         let fx = exchanges.on_event(ev, &mut done);
         if fx.parse_errors > 0 {
@@ -315,6 +323,10 @@ fn finish(
             crate::exchange::Outcome::Cancelled { .. } => {
                 stats.requests_cancelled.fetch_add(1, Ordering::Relaxed)
             }
+            crate::exchange::Outcome::ServerAborted { .. } => stats
+                .requests_server_aborted
+                .fetch_add(1, Ordering::Relaxed),
+            crate::exchange::Outcome::Abandoned => 0,
         };
         if ex.incomplete {
             stats.requests_incomplete.fetch_add(1, Ordering::Relaxed);

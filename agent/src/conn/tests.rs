@@ -55,6 +55,7 @@ impl Wire {
             fd: 5,
             dir,
             last: true,
+            eof: false,
             syscall: 0,
             stream_pos: self.pos[d],
             syscall_pos: self.pos[d],
@@ -76,6 +77,7 @@ impl Wire {
             fd: 5,
             dir,
             last: true,
+            eof: false,
             syscall: 0,
             stream_pos: self.pos[d],
             syscall_pos: self.pos[d],
@@ -83,6 +85,26 @@ impl Wire {
             payload: head,
         };
         self.pos[d] += len;
+        self.table.data(&chunk, &self.stats, &mut self.out);
+    }
+
+    /// The client closed its side: the server's read returned 0.
+    fn peer_eof(&mut self, ts_ms: u64) {
+        let chunk = DataChunk {
+            tgid: 7,
+            tid: 7,
+            ts_ns: ts_ms * MS,
+            conn_id: 1,
+            fd: 5,
+            dir: SocketDir::Ingress,
+            last: true,
+            eof: true,
+            syscall: 0,
+            stream_pos: self.pos[0],
+            syscall_pos: self.pos[0],
+            syscall_len: 0,
+            payload: &[],
+        };
         self.table.data(&chunk, &self.stats, &mut self.out);
     }
 
@@ -199,6 +221,7 @@ fn close_mid_stream_cancels_with_what_was_produced() {
     w.syscall(SocketDir::Egress, 100, &chunk(ROLE));
     w.syscall(SocketDir::Egress, 120, &chunk(&token("a", None)));
     w.syscall(SocketDir::Egress, 140, &chunk(&token("b", None)));
+    w.peer_eof(145);
     w.close(150);
     assert_eq!(w.out.len(), 1);
     let ex = &w.out[0].exchange;
@@ -262,6 +285,7 @@ fn tail_record_of_a_large_write_still_gives_usage() {
             fd: 5,
             dir: SocketDir::Egress,
             last,
+            eof: false,
             syscall: 0,
             stream_pos: at as u64,
             syscall_pos: 0,
@@ -406,4 +430,23 @@ fn a_json_body_that_does_not_scan_is_counted() {
             .as_deref(),
         Some("m")
     );
+}
+
+#[test]
+fn server_closing_first_is_a_server_abort_not_a_cancellation() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 1, HEAD);
+    w.syscall(SocketDir::Egress, 100, &chunk(ROLE));
+    w.syscall(SocketDir::Egress, 120, &chunk(&token("a", None)));
+    w.close(130); // no EOF from the client first
+    let ex = &w.out[0].exchange;
+    assert_eq!(
+        ex.outcome,
+        Outcome::ServerAborted {
+            response_started: true
+        }
+    );
+    assert_eq!(w.stats.requests_server_aborted.load(Relaxed), 1);
+    assert_eq!(w.stats.requests_cancelled.load(Relaxed), 0);
 }

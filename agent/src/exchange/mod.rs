@@ -21,8 +21,13 @@ const CHUNK_TIMES_MAX: usize = 1 << 20;
 pub enum Outcome {
     /// The response was written to its end.
     Completed,
-    /// The connection closed before the response ended (the client went away, or the server aborted).
+    /// The client closed its side before the response ended (the server read EOF, then closed).
     Cancelled { response_started: bool },
+    /// The server closed the connection before the response ended without the client having
+    /// closed first (an abort, a crash, a killed process).
+    ServerAborted { response_started: bool },
+    /// Bytes were lost or could not be parsed and the exchange could not be followed to its end.
+    Abandoned,
 }
 
 /// A finished request/response exchange. Metadata only.
@@ -201,6 +206,10 @@ impl InFlight {
 #[derive(Default)]
 pub struct ExchangeTracker {
     in_flight: VecDeque<InFlight>,
+    /// The peer (client, for a server) closed its side: read() returned 0.
+    peer_closed: bool,
+    /// The connection is being closed: aborts from here on are cancellations or server aborts.
+    closing: bool,
 }
 
 /// What one HTTP event changed, for the caller's counters.
@@ -217,6 +226,16 @@ impl ExchangeTracker {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
+    }
+
+    /// The peer closed its side of the connection.
+    pub fn peer_closed(&mut self) {
+        self.peer_closed = true;
+    }
+
+    /// The connection is closing (or its process exited): call before the parser's `close`.
+    pub fn closing(&mut self) {
+        self.closing = true;
     }
 
     /// The exchange whose response is being read: the oldest one.
@@ -326,7 +345,8 @@ impl ExchangeTracker {
                 response_started,
                 ..
             } => {
-                // The connection ended mid-exchange: every exchange still in flight is cancelled.
+                // The connection ended, or the parser gave up, mid-exchange: every exchange still
+                // in flight ends here.
                 let mut first = true;
                 while let Some(f) = self.in_flight.pop_front() {
                     let started = if first {
@@ -335,12 +355,16 @@ impl ExchangeTracker {
                         f.ex.response.is_some()
                     };
                     first = false;
-                    done.push(f.finish(
-                        ts_ns,
-                        Outcome::Cancelled {
+                    let outcome = match (self.closing, self.peer_closed) {
+                        (true, true) => Outcome::Cancelled {
                             response_started: started,
                         },
-                    ));
+                        (true, false) => Outcome::ServerAborted {
+                            response_started: started,
+                        },
+                        (false, _) => Outcome::Abandoned,
+                    };
+                    done.push(f.finish(ts_ns, outcome));
                 }
             }
             HttpEvent::ParseError { .. } => {

@@ -85,6 +85,7 @@ pub struct HttpStatus {
     pub json_parse_failures: u64,
     pub requests_completed: u64,
     pub requests_cancelled: u64,
+    pub requests_server_aborted: u64,
     pub requests_incomplete: u64,
 }
 
@@ -203,6 +204,7 @@ impl StatusSource {
                 json_parse_failures: get(&s.json_parse_failures),
                 requests_completed: get(&s.requests_completed),
                 requests_cancelled: get(&s.requests_cancelled),
+                requests_server_aborted: get(&s.requests_server_aborted),
                 requests_incomplete: get(&s.requests_incomplete),
             },
             exporter: ExporterStatus {
@@ -305,7 +307,7 @@ mod tests {
                 "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,
-                         "requests_completed": 0, "requests_cancelled": 0,
+                         "requests_completed": 0, "requests_cancelled": 0, "requests_server_aborted": 0,
                          "requests_incomplete": 0},
                 "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,

@@ -292,6 +292,10 @@ pub fn build_span(
         Outcome::Cancelled { .. } => {
             put("infertap.cancelled", AttrValue::Bool(true));
         }
+        Outcome::ServerAborted { .. } => {
+            put("infertap.server_aborted", AttrValue::Bool(true));
+        }
+        Outcome::Abandoned => {}
     }
     if ex.incomplete {
         put("infertap.incomplete", AttrValue::Bool(true));
@@ -301,11 +305,15 @@ pub fn build_span(
     } else if let Some(e) = &ex.error_type {
         error_type = Some(e.clone()); // an error event inside a 200 stream
     }
-    let is_error = match status {
-        Some(s) if s >= 500 => true,
-        Some(s) if s >= 400 => !conn.server, // 4xx is the client's error: an error on CLIENT spans only
-        _ => ex.error_type.is_some(),
-    };
+    if matches!(ex.outcome, Outcome::ServerAborted { .. }) && error_type.is_none() {
+        error_type = Some("server_aborted".to_string());
+    }
+    let is_error = matches!(ex.outcome, Outcome::ServerAborted { .. })
+        || match status {
+            Some(s) if s >= 500 => true,
+            Some(s) if s >= 400 => !conn.server, // 4xx is the client's error: an error on CLIENT spans only
+            _ => ex.error_type.is_some(),
+        };
     if let Some(e) = &error_type {
         put("error.type", AttrValue::Str(e.clone()));
     }

@@ -76,6 +76,38 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
     }
 }
 
+/// The peer closed its side: a payload-less record at the current ingress position.
+#[inline(always)]
+pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: call.fd,
+    };
+    // SAFETY: read-only copy of a map value.
+    let info = match unsafe { SOCKETS.get(&key) } {
+        Some(i) => *i,
+        None => return,
+    };
+    let rec = DataRecord {
+        header: RecordHeader {
+            kind: RECORD_DATA,
+            tgid: key.tgid,
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+        },
+        conn_id: info.conn_id,
+        stream_pos: info.rx_pos,
+        syscall_pos: info.rx_pos,
+        syscall_len: 0,
+        fd: call.fd,
+        tid: pid_tgid as u32,
+        len: 0,
+        flags: DATA_FLAG_EOF | DATA_FLAG_LAST | (call.kind << DATA_SYSCALL_SHIFT),
+    };
+    if EVENTS.output::<DataRecord>(&rec, wakeup_flags()).is_err() {
+        count_drop(DROP_RINGBUF_CONTROL);
+    }
+}
+
 /// A contiguous buffer: up to `HEAD_CHUNKS_PER_BUFFER` chunks from its start, then its tail.
 ///
 /// Each chunk's offset is computed from the loop index, never accumulated, so that the verifier

@@ -102,6 +102,10 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     };
     let _ = ACTIVE.remove(pid_tgid);
     let n = ret(ctx);
+    if n == 0 && call.kind < SYS_WRITE && (call.shape != SHAPE_BUF || call.len > 0) {
+        data::emit_eof(pid_tgid, &call);
+        return 0;
+    }
     if n <= 0 {
         return 0;
     }
