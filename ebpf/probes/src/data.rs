@@ -84,7 +84,7 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
         fd: call.fd,
     };
     // SAFETY: read-only copy of a map value.
-    let info = match unsafe { SOCKETS.get(&key) } {
+    let info = match unsafe { SOCKETS.get(key) } {
         Some(i) => *i,
         None => return,
     };
