@@ -49,6 +49,7 @@ enum Control {
     Target {
         pid: u32,
         listeners: HashMap<u32, SocketAddr>,
+        provider: &'static str,
     },
     /// A socket that was open before tracing began.
     Existing {
@@ -284,6 +285,7 @@ fn targeting_loop(
             let _ = ctl.blocking_send(Control::Target {
                 pid: *pid,
                 listeners,
+                provider: t.provider,
             });
             for s in socks.iter().filter(|s| !s.listening) {
                 next_conn_id += 1;
@@ -489,7 +491,12 @@ impl Pipeline {
 
     fn control(&mut self, msg: Control) {
         match msg {
-            Control::Target { pid, listeners } => {
+            Control::Target {
+                pid,
+                listeners,
+                provider,
+            } => {
+                self.table.set_provider(pid, provider);
                 for (fd, addr) in listeners {
                     self.listeners.insert((pid, fd), addr);
                 }

@@ -34,6 +34,7 @@ struct Conn {
     last_seen_ns: u64,
     /// Given up on: not HTTP/1.x.
     opaque: bool,
+    provider: &'static str,
 }
 
 impl Conn {
@@ -43,6 +44,7 @@ impl Conn {
             local: self.local,
             peer: self.peer,
             server: self.role != Role::Client,
+            provider: self.provider,
         }
     }
 
@@ -64,6 +66,8 @@ pub struct Finished {
 
 pub struct ConnTable {
     conns: HashMap<ConnId, Conn>,
+    /// The server kind of each targeted process (`gen_ai.provider.name`).
+    providers: HashMap<u32, &'static str>,
     max_conns: usize,
     idle_timeout_ns: u64,
 }
@@ -81,6 +85,7 @@ impl ConnTable {
     pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
         ConnTable {
             conns: HashMap::new(),
+            providers: HashMap::new(),
             max_conns,
             idle_timeout_ns,
         }
@@ -130,6 +135,11 @@ impl ConnTable {
                 next_pos: [Some(0), Some(0)],
                 last_seen_ns: ts_ns,
                 opaque: false,
+                provider: self
+                    .providers
+                    .get(&id.tgid)
+                    .copied()
+                    .unwrap_or("openai_compatible"),
             },
         );
     }
@@ -241,8 +251,14 @@ impl ConnTable {
         }
     }
 
+    /// What kind of server a process is; applies to its connections opened from now on.
+    pub fn set_provider(&mut self, tgid: u32, provider: &'static str) {
+        self.providers.insert(tgid, provider);
+    }
+
     /// The process exited: every connection of it ends.
     pub fn process_exit(&mut self, tgid: u32, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        self.providers.remove(&tgid);
         let ids: Vec<ConnId> = self
             .conns
             .keys()

@@ -28,6 +28,37 @@ pub struct Target {
     pub comm: String,
     /// Why it is targeted: `pid`, `port 8000`, `cmdline`.
     pub reason: String,
+    /// The server kind its command line shows (`gen_ai.provider.name`).
+    pub provider: &'static str,
+}
+
+/// The server kind a command line shows: `vllm`, `sglang`, `llama.cpp`, `tgi`, `llm-d` (an EPP),
+/// or `openai_compatible` when nothing is recognisable.
+pub fn provider_of(cmdline: &str) -> &'static str {
+    let c = cmdline.to_ascii_lowercase();
+    if c.contains("vllm") {
+        "vllm"
+    } else if c.contains("sglang") {
+        "sglang"
+    } else if c.contains("llama-server") || c.contains("llama.cpp") || c.contains("llama_cpp") {
+        "llama.cpp"
+    } else if c.contains("text-generation") {
+        "tgi"
+    } else if c.contains("epp") || c.contains("endpoint-picker") {
+        "llm-d"
+    } else {
+        "openai_compatible"
+    }
+}
+
+fn target(p: &Process, reason: String) -> Target {
+    let cmdline = p.cmdline().map(|a| a.join(" ")).unwrap_or_default();
+    Target {
+        pid: p.pid as u32,
+        comm: comm(p),
+        reason,
+        provider: provider_of(&cmdline),
+    }
 }
 
 /// A TCP socket of a process.
@@ -137,24 +168,14 @@ impl Scanner {
         let mut out: HashMap<u32, Target> = HashMap::new();
         for &pid in &self.selector.pids {
             if let Ok(p) = Process::new(pid as i32) {
-                out.insert(
-                    pid,
-                    Target {
-                        pid,
-                        comm: comm(&p),
-                        reason: "pid".into(),
-                    },
-                );
+                out.insert(pid, target(&p, "pid".into()));
             }
         }
         if !self.selector.ports.is_empty() {
             for (pid, port) in self.port_owners() {
                 if let Ok(p) = Process::new(pid as i32) {
-                    out.entry(pid).or_insert(Target {
-                        pid,
-                        comm: comm(&p),
-                        reason: format!("port {port}"),
-                    });
+                    out.entry(pid)
+                        .or_insert_with(|| target(&p, format!("port {port}")));
                 }
             }
         }
@@ -171,14 +192,7 @@ impl Scanner {
                         continue;
                     }
                     if re.is_match(&args.join(" ")) {
-                        out.insert(
-                            pid,
-                            Target {
-                                pid,
-                                comm: comm(&p),
-                                reason: "cmdline".into(),
-                            },
-                        );
+                        out.insert(pid, target(&p, "cmdline".into()));
                     }
                 }
             }
@@ -287,6 +301,19 @@ mod tests {
             .any(|t| t.pid == child.id() && t.reason == "cmdline"));
         child.kill().unwrap();
         let _ = child.wait();
+    }
+
+    #[test]
+    fn provider_follows_the_command_line() {
+        assert_eq!(
+            provider_of("python3 -m vllm.entrypoints.openai.api_server"),
+            "vllm"
+        );
+        assert_eq!(provider_of("python -m sglang.launch_server"), "sglang");
+        assert_eq!(provider_of("/app/llama-server -m x.gguf"), "llama.cpp");
+        assert_eq!(provider_of("text-generation-launcher --model-id x"), "tgi");
+        assert_eq!(provider_of("/epp --pool-name p"), "llm-d");
+        assert_eq!(provider_of("python3 app.py"), "openai_compatible");
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct ConnMeta {
     pub peer: Option<SocketAddr>,
     /// The traced process served the request (SERVER span) rather than sent it (CLIENT span).
     pub server: bool,
+    /// `gen_ai.provider.name`: the kind of server the process is (from its command line).
+    pub provider: &'static str,
 }
 
 /// Options for span building.
@@ -27,15 +29,12 @@ pub struct ConnMeta {
 pub struct BuildOptions {
     /// Derive a trace id from `x-request-id` when there is no `traceparent`.
     pub derive_trace_from_request_id: bool,
-    /// `gen_ai.provider.name` for the served process (e.g. `vllm`).
-    pub provider: &'static str,
 }
 
 impl Default for BuildOptions {
     fn default() -> Self {
         BuildOptions {
             derive_trace_from_request_id: true,
-            provider: "vllm",
         }
     }
 }
@@ -204,7 +203,7 @@ pub fn build_span(
         );
         put(
             "gen_ai.provider.name",
-            AttrValue::Str(opts.provider.to_string()),
+            AttrValue::Str(conn.provider.to_string()),
         );
         if let Some(m) = &model {
             put("gen_ai.request.model", AttrValue::Str(m.clone()));
