@@ -450,20 +450,31 @@ impl Pipeline {
                 let mut peer = peer;
                 if family_unknown {
                     // accept() without an address buffer (libuv, hence uvicorn and vLLM, does
-                    // this): /proc tells whether it is TCP, and both addresses.
-                    match classify_fd(tgid, fd) {
-                        FdKind::Tcp { local: l, remote } => {
+                    // this). Whether it is TCP follows from the listening socket, which lives
+                    // long; the accepted fd may already be closed and its number reused, so it is
+                    // only trusted for addresses that agree with the listener.
+                    let listener = match (listen_fd, local) {
+                        (_, Some(l)) => Some(l),
+                        (Some(lfd), None) => match classify_fd(tgid, lfd) {
+                            FdKind::Tcp { local: l, .. } => {
+                                self.listeners.insert((tgid, lfd), l);
+                                Some(l)
+                            }
+                            FdKind::Other => {
+                                self.untrace(tgid, fd, conn_id);
+                                return;
+                            }
+                            FdKind::Gone => None,
+                        },
+                        (None, None) => None,
+                    };
+                    if let FdKind::Tcp { local: l, remote } = classify_fd(tgid, fd) {
+                        if listener.is_none_or(|li| li.port() == l.port()) {
                             local = Some(l);
                             peer = Some(remote);
                         }
-                        FdKind::Other => {
-                            let mut maps = self.kmaps.lock().unwrap_or_else(|e| e.into_inner());
-                            let _ = maps.sockets.remove(&ConnKey { tgid, fd });
-                            return;
-                        }
-                        // Closed already: a short connection; keep it (accept on a TCP listener).
-                        FdKind::Gone => {}
                     }
+                    local = local.or(listener);
                 }
                 let id = ConnId { tgid, conn_id };
                 self.table
@@ -486,6 +497,20 @@ impl Pipeline {
                     .unwrap_or_else(|e| e.into_inner())
                     .forget_process(tgid);
             }
+        }
+    }
+
+    /// Stop copying a socket that turned out not to be TCP — only if the kernel's entry is still
+    /// this connection's (the fd number may have been reused since).
+    fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64) {
+        let mut maps = self.kmaps.lock().unwrap_or_else(|e| e.into_inner());
+        let key = ConnKey { tgid, fd };
+        if maps
+            .sockets
+            .get(&key, 0)
+            .is_ok_and(|v| v.conn_id == conn_id)
+        {
+            let _ = maps.sockets.remove(&key);
         }
     }
 
