@@ -704,6 +704,41 @@ fn client_cancel_marks_the_span_cancelled() {
 }
 
 #[test]
+fn server_abort_is_an_error_not_a_client_cancellation() {
+    let Some(ctx) = begin("server_abort_is_an_error_not_a_client_cancellation") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let agent = Agent::start(&ctx, &server, &[], &[]);
+    let cancelled = agent.http_counter("requests_cancelled");
+    let aborted = agent.http_counter("requests_server_aborted");
+    let records = client(
+        &ctx,
+        &server,
+        &["--scenario", "server-abort", "--count", "2"],
+    );
+    let spans = agent.wait_spans_for(&records, SPANS_WAIT);
+    for rec in &records {
+        let span = one_span_for(&spans, rec);
+        assert_eq!(
+            attr(span, "infertap.server_aborted"),
+            true,
+            "{span:#}\n{rec}"
+        );
+        assert!(attr(span, "infertap.cancelled").is_null(), "{span:#}");
+        assert_eq!(attr(span, "error.type"), "server_aborted", "{span:#}");
+        assert_eq!(span["status"]["code"], "error", "{span:#}");
+        // What was produced before the abort is still counted.
+        assert!(
+            attr(span, "infertap.content_chunks").as_i64().unwrap_or(0) >= 1,
+            "{span:#}"
+        );
+    }
+    assert_eq!(agent.http_counter("requests_server_aborted"), aborted + 2);
+    assert_eq!(agent.http_counter("requests_cancelled"), cancelled);
+}
+
+#[test]
 fn errors_are_reported() {
     let Some(ctx) = begin("errors_are_reported") else {
         return;

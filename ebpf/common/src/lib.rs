@@ -29,7 +29,7 @@ pub const RECORD_PROC_EXIT: u32 = 4;
 pub const DATA_FLAG_EGRESS: u32 = 1;
 /// This record is the last one emitted for its syscall.
 pub const DATA_FLAG_LAST: u32 = 2;
-/// The read returned 0: the peer closed its side (no payload; `stream_pos` is where it happened).
+/// The peer went away: a read returned 0, or a read or write failed with ECONNRESET/EPIPE (no payload).
 pub const DATA_FLAG_EOF: u32 = 4;
 /// Syscall kind is stored in bits 8..16 of `DataRecord::flags`.
 pub const DATA_SYSCALL_SHIFT: u32 = 8;

@@ -48,6 +48,8 @@ fn targeted(pid_tgid: u64) -> bool {
 }
 
 const MSG_PEEK: u64 = 2;
+const ECONNRESET: i64 = 104;
+const EPIPE: i64 = 32;
 
 /// Save a data syscall's arguments if the process is targeted and the fd is a traced socket.
 #[inline(always)]
@@ -102,7 +104,10 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     };
     let _ = ACTIVE.remove(pid_tgid);
     let n = ret(ctx);
-    if n == 0 && call.kind < SYS_WRITE && (call.shape != SHAPE_BUF || call.len > 0) {
+    // The peer went away: an orderly close (a read of 0 bytes), a reset, or a write to a
+    // connection it closed.
+    let eof = n == 0 && call.kind < SYS_WRITE && (call.shape != SHAPE_BUF || call.len > 0);
+    if eof || n == -ECONNRESET || n == -EPIPE {
         data::emit_eof(pid_tgid, &call);
         return 0;
     }
