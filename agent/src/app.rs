@@ -204,7 +204,6 @@ async fn run(config: Config) -> Result<()> {
         clock: WallClock::measure(),
         opts: BuildOptions {
             derive_trace_from_request_id: !config.no_request_id_trace,
-            ..Default::default()
         },
         kmaps: kmaps.clone(),
         done: Vec::new(),
