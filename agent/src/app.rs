@@ -581,19 +581,12 @@ impl Pipeline {
 
     /// Accepted connections on a wildcard listener learn their local address from /proc.
     fn resolve_local_addresses(&mut self) {
-        let missing = self.table.missing_local();
-        if missing.is_empty() {
-            return;
-        }
-        let mut by_pid: HashMap<u32, Vec<(ConnId, u32)>> = HashMap::new();
-        for (id, fd, _) in missing {
-            by_pid.entry(id.tgid).or_default().push((id, fd));
-        }
-        for (pid, conns) in by_pid {
-            let socks = tcp_sockets(pid);
-            for (id, fd) in conns {
-                if let Some(s) = socks.iter().find(|s| s.fd == fd && !s.listening) {
-                    self.table.set_addrs(id, Some(s.local), Some(s.remote));
+        // A few syscalls per connection (pidfd_getfd); bounded per tick.
+        for (id, fd, known_local) in self.table.missing_addrs().into_iter().take(256) {
+            if let FdKind::Tcp { local, remote } = classify_fd(id.tgid, fd) {
+                // The fd number may have been reused: only take addresses that agree.
+                if known_local.is_none_or(|l| l.port() == local.port()) {
+                    self.table.set_addrs(id, Some(local), Some(remote));
                 }
             }
         }

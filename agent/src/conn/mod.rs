@@ -295,12 +295,13 @@ impl ConnTable {
         }
     }
 
-    /// Connections whose local address is still unknown (to be resolved from /proc).
-    pub fn missing_local(&self) -> Vec<(ConnId, u32, Option<SocketAddr>)> {
+    /// Connections whose addresses are not fully known yet (to be resolved from the process):
+    /// `(id, fd, local address if known)`.
+    pub fn missing_addrs(&self) -> Vec<(ConnId, u32, Option<SocketAddr>)> {
         self.conns
             .iter()
-            .filter(|(_, c)| c.local.is_none_or(|a| a.ip().is_unspecified()))
-            .map(|(k, c)| (*k, c.fd, c.peer))
+            .filter(|(_, c)| c.peer.is_none() || c.local.is_none_or(|a| a.ip().is_unspecified()))
+            .map(|(k, c)| (*k, c.fd, c.local))
             .collect()
     }
 }

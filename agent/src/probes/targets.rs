@@ -5,7 +5,7 @@
 //!
 //! Reads /proc only; writing the kernel maps is the caller's job.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use procfs::net::TcpState;
@@ -117,8 +117,93 @@ pub enum FdKind {
     Gone,
 }
 
-/// Classify one fd: one readlink, then the process's TCP tables only if it is a socket.
+/// Classify one fd of another process. The socket itself is duplicated into the agent
+/// (`pidfd_getfd`, Linux 5.6, needs ptrace access) and asked for its protocol and addresses: a few
+/// syscalls, whatever the number of sockets on the machine. Where that is not allowed, /proc is
+/// read instead (a walk of the whole TCP table: much slower on a busy node).
 pub fn classify_fd(pid: u32, fd: u32) -> FdKind {
+    match classify_by_pidfd(pid, fd) {
+        Some(kind) => kind,
+        None => classify_by_proc(pid, fd),
+    }
+}
+
+fn sockaddr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    let mut raw = [0u8; 32];
+    // SAFETY: sockaddr_storage is at least 128 bytes; copy the first 32 as plain bytes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((storage as *const libc::sockaddr_storage).cast::<u8>(), 32)
+    };
+    raw.copy_from_slice(bytes);
+    crate::capture::decode::sockaddr(&raw)
+}
+
+/// `None` when pidfds are not usable here (old kernel, no ptrace access).
+fn classify_by_pidfd(pid: u32, fd: u32) -> Option<FdKind> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: plain syscalls; every fd returned is owned and closed by OwnedFd.
+    unsafe {
+        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+        if pidfd < 0 {
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ESRCH) => Some(FdKind::Gone),
+                _ => None,
+            };
+        }
+        let pidfd = OwnedFd::from_raw_fd(pidfd);
+        let dup = libc::syscall(
+            libc::SYS_pidfd_getfd,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            fd as libc::c_int,
+            0,
+        ) as libc::c_int;
+        if dup < 0 {
+            return match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EBADF) | Some(libc::ESRCH) => Some(FdKind::Gone),
+                _ => None,
+            };
+        }
+        let sock = OwnedFd::from_raw_fd(dup);
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+        let mut proto: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        if libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_PROTOCOL,
+            (&mut proto as *mut libc::c_int).cast(),
+            &mut len,
+        ) != 0
+            || proto != libc::IPPROTO_TCP
+        {
+            return Some(FdKind::Other); // not a socket, or not TCP
+        }
+        let mut local: libc::sockaddr_storage = std::mem::zeroed();
+        let mut remote: libc::sockaddr_storage = std::mem::zeroed();
+        let mut llen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let mut rlen = llen;
+        let l_ok = libc::getsockname(
+            raw,
+            (&mut local as *mut libc::sockaddr_storage).cast(),
+            &mut llen,
+        ) == 0;
+        let r_ok = libc::getpeername(
+            raw,
+            (&mut remote as *mut libc::sockaddr_storage).cast(),
+            &mut rlen,
+        ) == 0;
+        let local = l_ok.then(|| sockaddr_of(&local)).flatten();
+        // A listening socket has no peer: report its local address both ways.
+        let remote = if r_ok { sockaddr_of(&remote) } else { local };
+        match (local, remote) {
+            (Some(local), Some(remote)) => Some(FdKind::Tcp { local, remote }),
+            _ => Some(FdKind::Other),
+        }
+    }
+}
+
+/// Classify one fd: one readlink, then the process's TCP tables only if it is a socket.
+fn classify_by_proc(pid: u32, fd: u32) -> FdKind {
     let link = match std::fs::read_link(format!("/proc/{pid}/fd/{fd}")) {
         Ok(l) => l,
         Err(_) => return FdKind::Gone,
@@ -145,13 +230,21 @@ pub fn classify_fd(pid: u32, fd: u32) -> FdKind {
     FdKind::Other
 }
 
+const LISTEN_SCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(900);
+const OWNER_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Scans /proc for targets. Keeps a cache of listening-socket owners so that port selection
 /// does not read every process's fds on every scan.
 pub struct Scanner {
     selector: Selector,
     self_pid: u32,
-    /// Listening socket inode → owning pid, for port selection.
-    listen_owner: HashMap<u64, u32>,
+    /// Listening socket inode → the processes holding it (forked workers share one), for port
+    /// selection.
+    listen_owner: HashMap<u64, Vec<u32>>,
+    /// Listening socket inode → its port, as of the last read of the TCP tables.
+    listen_ports: HashMap<u64, u16>,
+    last_listen_scan: Option<std::time::Instant>,
+    last_owner_scan: Option<std::time::Instant>,
 }
 
 impl Scanner {
@@ -160,6 +253,9 @@ impl Scanner {
             selector,
             self_pid: std::process::id(),
             listen_owner: HashMap::new(),
+            listen_ports: HashMap::new(),
+            last_listen_scan: None,
+            last_owner_scan: None,
         }
     }
 
@@ -205,44 +301,63 @@ impl Scanner {
 
     /// Pids listening on a selected port (in the agent's network namespace).
     fn port_owners(&mut self) -> Vec<(u32, u16)> {
-        let mut wanted: HashMap<u64, u16> = HashMap::new();
-        for entries in [procfs::net::tcp(), procfs::net::tcp6()]
-            .into_iter()
-            .flatten()
-        {
-            for e in entries {
-                if e.state == TcpState::Listen
-                    && self.selector.ports.contains(&e.local_address.port())
-                {
-                    wanted.insert(e.inode, e.local_address.port());
+        // Reading the TCP tables walks every socket of the machine: at most once a second (new
+        // servers are still found within the second the issue asks for).
+        let now = std::time::Instant::now();
+        let due = self
+            .last_listen_scan
+            .is_none_or(|t| now.duration_since(t) >= LISTEN_SCAN_EVERY);
+        if due {
+            self.last_listen_scan = Some(now);
+            let mut wanted: HashMap<u64, u16> = HashMap::new();
+            for entries in [procfs::net::tcp(), procfs::net::tcp6()]
+                .into_iter()
+                .flatten()
+            {
+                for e in entries {
+                    if e.state == TcpState::Listen
+                        && self.selector.ports.contains(&e.local_address.port())
+                    {
+                        wanted.insert(e.inode, e.local_address.port());
+                    }
                 }
             }
-        }
-        self.listen_owner
-            .retain(|inode, _| wanted.contains_key(inode));
-        let unknown: HashSet<u64> = wanted
-            .keys()
-            .filter(|i| !self.listen_owner.contains_key(i))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            if let Ok(all) = procfs::process::all_processes() {
-                for p in all.flatten() {
-                    let Ok(fds) = p.fd() else { continue };
-                    for fd in fds.flatten() {
-                        if let FDTarget::Socket(inode) = fd.target {
-                            if unknown.contains(&inode) {
-                                self.listen_owner.insert(inode, p.pid as u32);
+            self.listen_owner
+                .retain(|inode, _| wanted.contains_key(inode));
+            let unknown = wanted.keys().any(|i| !self.listen_owner.contains_key(i));
+            // Processes sharing a known listener (forked workers) appear without a new inode:
+            // look for them now and then too.
+            let stale = self
+                .last_owner_scan
+                .is_none_or(|t| now.duration_since(t) >= OWNER_SCAN_EVERY);
+            if !wanted.is_empty() && (unknown || stale) {
+                self.last_owner_scan = Some(now);
+                let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
+                if let Ok(all) = procfs::process::all_processes() {
+                    for p in all.flatten() {
+                        let Ok(fds) = p.fd() else { continue };
+                        for fd in fds.flatten() {
+                            if let FDTarget::Socket(inode) = fd.target {
+                                if wanted.contains_key(&inode) {
+                                    owners.entry(inode).or_default().push(p.pid as u32);
+                                }
                             }
                         }
                     }
                 }
+                self.listen_owner = owners;
             }
+            self.listen_ports = wanted;
         }
-        self.listen_owner
+        let mut out: Vec<(u32, u16)> = self
+            .listen_owner
             .iter()
-            .filter_map(|(inode, pid)| wanted.get(inode).map(|port| (*pid, *port)))
-            .collect()
+            .filter_map(|(inode, pids)| self.listen_ports.get(inode).map(|port| (pids, *port)))
+            .flat_map(|(pids, port)| pids.iter().map(move |pid| (*pid, port)))
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -276,6 +391,12 @@ mod tests {
         let ffd = std::os::fd::AsRawFd::as_raw_fd(&file) as u32;
         assert_eq!(classify_fd(std::process::id(), ffd), FdKind::Other);
         assert_eq!(classify_fd(std::process::id(), 99_999), FdKind::Gone);
+        // The /proc fallback agrees.
+        assert_eq!(
+            classify_by_proc(std::process::id(), fd),
+            classify_fd(std::process::id(), fd)
+        );
+        assert_eq!(classify_by_proc(std::process::id(), ffd), FdKind::Other);
 
         // The scanner never targets the agent itself; a child process by pid is found.
         let mut child = std::process::Command::new("sleep")
