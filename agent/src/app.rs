@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use clap::Parser;
-use infertap_common::{ConnInfo, ConnKey, TargetInfo, ROLE_CLIENT, ROLE_SERVER};
+use infertap_common::{target_bit, ConnInfo, ConnKey, ROLE_CLIENT, ROLE_SERVER};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -66,13 +66,23 @@ enum Control {
 
 /// The maps both the targeting thread and the pipeline write.
 struct KernelMaps {
-    targets: BpfHashMap<MapData, u32, TargetInfo>,
+    /// The bitmap of targeted tgids (`infertap_common::target_bit`).
+    targets: Array<MapData, u64>,
     sockets: BpfHashMap<MapData, ConnKey, ConnInfo>,
 }
 
 impl KernelMaps {
+    /// Set or clear a process's bit. Only this struct writes the bitmap, under its mutex, so the
+    /// read-modify-write of a word is safe.
+    fn set_target(&mut self, pid: u32, on: bool) -> Result<(), aya::maps::MapError> {
+        let (word, bit) = target_bit(pid);
+        let cur = self.targets.get(&word, 0)?;
+        let new = if on { cur | bit } else { cur & !bit };
+        self.targets.set(word, new, 0)
+    }
+
     fn forget_process(&mut self, pid: u32) {
-        let _ = self.targets.remove(&pid);
+        let _ = self.set_target(pid, false);
         let keys: Vec<ConnKey> = self
             .sockets
             .keys()
@@ -269,8 +279,8 @@ fn targeting_loop(
             // inserted by the kernel itself, and the insert below does not overwrite it.
             {
                 let mut m = kmaps.lock().unwrap_or_else(|e| e.into_inner());
-                if let Err(e) = m.targets.insert(pid, TargetInfo::default(), 0) {
-                    tracing::warn!(pid, error = %e, "Cannot target process (TARGETS map full?).");
+                if let Err(e) = m.set_target(*pid, true) {
+                    tracing::warn!(pid, error = %e, "Cannot target process (pid above kernel.pid_max when the agent started?).");
                     continue;
                 }
             }

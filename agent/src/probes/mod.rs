@@ -10,10 +10,10 @@ pub mod tracefs;
 
 use std::os::fd::OwnedFd;
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use infertap_common::{ConnInfo, ConnKey, TargetInfo, DROP_COUNTERS, DROP_NAMES};
+use infertap_common::{ConnInfo, ConnKey, DROP_COUNTERS, DROP_NAMES, TARGET_BITS_PER_WORD};
 
 /// The object built by `cargo xtask build` (empty when the agent was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/infertap-probes.o"));
@@ -99,10 +99,21 @@ pub struct Probes {
 
 /// Maps handed to the stages that use them.
 pub struct Maps {
-    pub targets: HashMap<MapData, u32, TargetInfo>,
+    /// Bitmap of targeted tgids.
+    pub targets: Array<MapData, u64>,
     pub sockets: HashMap<MapData, ConnKey, ConnInfo>,
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
+}
+
+/// Words of the target bitmap: one bit per possible pid (`kernel.pid_max`, at most 2^22).
+fn target_words() -> u32 {
+    let pid_max = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(1 << 22)
+        .clamp(1 << 15, 1 << 22);
+    pid_max.div_ceil(TARGET_BITS_PER_WORD)
 }
 
 fn kernel_release() -> String {
@@ -158,6 +169,7 @@ impl Probes {
         let _ = rlimit_memlock();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
+            .map_max_entries("TARGETS", target_words())
             .load(OBJECT)
             .map_err(|source| ProbeError::Load {
                 kernel: kernel_release(),

@@ -156,12 +156,18 @@ pub struct ConnInfo {
     pub tx_pos: u64,
 }
 
-/// Value of the `TARGETS` map (key: tgid).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TargetInfo {
-    pub flags: u32,
-    pub _pad: u32,
+/// `TARGETS` is a bitmap over process ids: word `tgid / 64` of the array, bit `tgid % 64`. An
+/// array lookup is inlined by the verifier into a bounds check and a load, so a process that is not
+/// targeted costs a few instructions per syscall, not a hash lookup.
+pub const TARGET_BITS_PER_WORD: u32 = 64;
+
+/// The word and the bit of a tgid in the `TARGETS` bitmap.
+#[inline(always)]
+pub const fn target_bit(tgid: u32) -> (u32, u64) {
+    (
+        tgid / TARGET_BITS_PER_WORD,
+        1u64 << (tgid % TARGET_BITS_PER_WORD),
+    )
 }
 
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
@@ -171,7 +177,6 @@ const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
-const _: () = assert!(core::mem::size_of::<TargetInfo>() == 8);
 const _: () = assert!(CHUNK_MAX.is_power_of_two());
 
 #[cfg(feature = "user")]
@@ -181,5 +186,4 @@ mod pod {
     // (sizes asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for ConnInfo {}
-    unsafe impl aya::Pod for TargetInfo {}
 }

@@ -42,9 +42,11 @@ fn ret(ctx: &TracePointContext) -> i64 {
 
 #[inline(always)]
 fn targeted(pid_tgid: u64) -> bool {
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    unsafe { TARGETS.get(tgid).is_some() }
+    let (word, bit) = target_bit((pid_tgid >> 32) as u32);
+    match TARGETS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
 }
 
 const MSG_PEEK: u64 = 2;

@@ -2,14 +2,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use infertap_common::{ConnInfo, ConnKey, DataRecord, TargetInfo, CHUNK_MAX, DROP_COUNTERS};
+use infertap_common::{ConnInfo, ConnKey, DataRecord, CHUNK_MAX, DROP_COUNTERS};
 
-/// Processes to trace (key: tgid), written by userspace. Every program looks here first and
-/// leaves at once for any other process.
+/// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
+/// and sized by it from `kernel.pid_max`. Every program looks here first and leaves at once for
+/// any other process.
 #[map]
-pub static TARGETS: HashMap<u32, TargetInfo> = HashMap::with_max_entries(4096, 0);
+pub static TARGETS: Array<u64> = Array::with_max_entries(65536, 0);
 
 /// Sockets of targeted processes whose bytes are copied (TCP sockets only: accepted, connected,
 /// or found open by userspace). Files, pipes and Unix sockets are never in here, so their I/O is
