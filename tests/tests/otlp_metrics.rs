@@ -153,6 +153,15 @@ async fn histograms_arrive_with_their_bounds_counts_and_attributes() {
     assert!(output_tokens.is_monotonic);
     assert_eq!(output_tokens.value, Some(23.0));
 
+    // The agent's own counters go out too, read from `Stats` at export time.
+    let finished = receiver
+        .wait_for_metric(WAIT, |p| p.name == "infertap.spans_finished")
+        .await
+        .unwrap();
+    assert_eq!(finished.kind, "sum");
+    assert!(finished.is_monotonic);
+    assert_eq!(finished.value, Some(3.0));
+
     for export in receiver.metric_exports() {
         for p in export {
             for forbidden in ["gen_ai.request.id", "client.port", "url.path"] {

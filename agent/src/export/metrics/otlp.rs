@@ -176,6 +176,7 @@ impl OtlpMetricsExporter {
         }
         .map_err(build_error)?;
         let last_error = Arc::<Mutex<Option<String>>>::default();
+        let stats_for_counters = stats.clone();
         let exporter = InRuntime {
             inner: exporter,
             handle: Handle::current(),
@@ -190,6 +191,7 @@ impl OtlpMetricsExporter {
             .with_reader(reader)
             .build();
         metrics.attach_otel(instruments(&provider));
+        agent_counters(&provider, stats_for_counters);
         info!(%endpoint, protocol = config.protocol.as_str(), interval = ?config.interval, "OTLP metric export on.");
         Ok(Self {
             provider: Some(provider),
@@ -392,5 +394,26 @@ mod tests {
         assert!(!exporter.is_enabled());
         assert!(metrics.otel.get().is_none());
         exporter.shutdown().await;
+    }
+}
+
+/// The agent's own counters (`Stats`: records read and lost, parse failures, cancellations, spans
+/// exported and failed, …) as OTLP observable counters named `infertap.<counter>`, read at each
+/// export. The callbacks live as long as the meter provider.
+fn agent_counters(provider: &SdkMeterProvider, stats: Arc<Stats>) {
+    use opentelemetry::metrics::MeterProvider as _;
+    let meter = provider.meter("infertap");
+    for (name, doc) in Stats::descriptions() {
+        let stats = stats.clone();
+        let name: &'static str = name;
+        let _counter = meter
+            .u64_observable_counter(format!("infertap.{name}"))
+            .with_description(doc.join(" ").trim().to_string())
+            .with_callback(move |observer| {
+                if let Some((_, v)) = stats.snapshot().into_iter().find(|(n, _)| *n == name) {
+                    observer.observe(v, &[]);
+                }
+            })
+            .build();
     }
 }
