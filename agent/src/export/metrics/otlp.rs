@@ -315,6 +315,27 @@ impl<F: Future> Future for Entered<'_, F> {
     }
 }
 
+/// The agent's own counters (`Stats`: records read and lost, parse failures, cancellations, spans
+/// exported and failed, …) as OTLP observable counters named `infertap.<counter>`, read at each
+/// export. The callbacks live as long as the meter provider.
+fn agent_counters(provider: &SdkMeterProvider, stats: Arc<Stats>) {
+    use opentelemetry::metrics::MeterProvider as _;
+    let meter = provider.meter("infertap");
+    for (name, doc) in Stats::descriptions() {
+        let stats = stats.clone();
+        let name: &'static str = name;
+        let _counter = meter
+            .u64_observable_counter(format!("infertap.{name}"))
+            .with_description(doc.join(" ").trim().to_string())
+            .with_callback(move |observer| {
+                if let Some((_, v)) = stats.snapshot().into_iter().find(|(n, _)| *n == name) {
+                    observer.observe(v, &[]);
+                }
+            })
+            .build();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,26 +415,5 @@ mod tests {
         assert!(!exporter.is_enabled());
         assert!(metrics.otel.get().is_none());
         exporter.shutdown().await;
-    }
-}
-
-/// The agent's own counters (`Stats`: records read and lost, parse failures, cancellations, spans
-/// exported and failed, …) as OTLP observable counters named `infertap.<counter>`, read at each
-/// export. The callbacks live as long as the meter provider.
-fn agent_counters(provider: &SdkMeterProvider, stats: Arc<Stats>) {
-    use opentelemetry::metrics::MeterProvider as _;
-    let meter = provider.meter("infertap");
-    for (name, doc) in Stats::descriptions() {
-        let stats = stats.clone();
-        let name: &'static str = name;
-        let _counter = meter
-            .u64_observable_counter(format!("infertap.{name}"))
-            .with_description(doc.join(" ").trim().to_string())
-            .with_callback(move |observer| {
-                if let Some((_, v)) = stats.snapshot().into_iter().find(|(n, _)| *n == name) {
-                    observer.observe(v, &[]);
-                }
-            })
-            .build();
     }
 }
