@@ -4,6 +4,7 @@ pub mod app;
 pub mod capture;
 pub mod config;
 pub mod conn;
+pub mod enrich;
 pub mod exchange;
 pub mod export;
 pub mod probes;
