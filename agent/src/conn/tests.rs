@@ -43,67 +43,54 @@ impl Wire {
             id,
         }
     }
+}
 
+/// A record as the kernel emits it, on the test connection (tgid 7, fd 5, conn 1).
+fn record(
+    dir: SocketDir,
+    ts_ms: u64,
+    at: u64,
+    syscall: (u64, u64),
+    last: bool,
+    payload: &[u8],
+) -> DataChunk<'_> {
+    DataChunk {
+        tgid: 7,
+        tid: 7,
+        ts_ns: ts_ms * MS,
+        conn_id: 1,
+        fd: 5,
+        dir,
+        last,
+        eof: false,
+        syscall: 0,
+        stream_pos: at,
+        syscall_pos: syscall.0,
+        syscall_len: syscall.1,
+        payload,
+    }
+}
+
+impl Wire {
     /// One syscall moving `data` at `ts_ms`, delivered as one record.
     fn syscall(&mut self, dir: SocketDir, ts_ms: u64, data: &[u8]) {
-        let d = dir as usize;
-        let chunk = DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: ts_ms * MS,
-            conn_id: 1,
-            fd: 5,
-            dir,
-            last: true,
-            eof: false,
-            syscall: 0,
-            stream_pos: self.pos[d],
-            syscall_pos: self.pos[d],
-            syscall_len: data.len() as u64,
-            payload: data,
-        };
-        self.pos[d] += data.len() as u64;
-        self.table.data(&chunk, &self.stats, &mut self.out);
+        self.truncated(dir, ts_ms, data, data.len() as u64);
     }
 
     /// A syscall that moved `len` bytes of which only `head` reached userspace (the rest was dropped).
     fn truncated(&mut self, dir: SocketDir, ts_ms: u64, head: &[u8], len: u64) {
-        let d = dir as usize;
-        let chunk = DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: ts_ms * MS,
-            conn_id: 1,
-            fd: 5,
-            dir,
-            last: true,
-            eof: false,
-            syscall: 0,
-            stream_pos: self.pos[d],
-            syscall_pos: self.pos[d],
-            syscall_len: len,
-            payload: head,
-        };
-        self.pos[d] += len;
+        let at = self.pos[dir as usize];
+        let chunk = record(dir, ts_ms, at, (at, len), true, head);
+        self.pos[dir as usize] += len;
         self.table.data(&chunk, &self.stats, &mut self.out);
     }
 
     /// The client closed its side: the server's read returned 0.
     fn peer_eof(&mut self, ts_ms: u64) {
+        let at = self.pos[0];
         let chunk = DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: ts_ms * MS,
-            conn_id: 1,
-            fd: 5,
-            dir: SocketDir::Ingress,
-            last: true,
             eof: true,
-            syscall: 0,
-            stream_pos: self.pos[0],
-            syscall_pos: self.pos[0],
-            syscall_len: 0,
-            payload: &[],
+            ..record(SocketDir::Ingress, ts_ms, at, (at, 0), true, &[])
         };
         self.table.data(&chunk, &self.stats, &mut self.out);
     }
@@ -277,21 +264,14 @@ fn tail_record_of_a_large_write_still_gives_usage() {
     let total = resp.len() as u64;
     let tail_at = resp.len() - 1000;
     for (at, end, last) in [(0usize, 16383usize, false), (tail_at, resp.len(), true)] {
-        let chunk = DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: 9 * MS,
-            conn_id: 1,
-            fd: 5,
-            dir: SocketDir::Egress,
+        let chunk = record(
+            SocketDir::Egress,
+            9,
+            at as u64,
+            (0, total),
             last,
-            eof: false,
-            syscall: 0,
-            stream_pos: at as u64,
-            syscall_pos: 0,
-            syscall_len: total,
-            payload: &resp[at..end],
-        };
+            &resp[at..end],
+        );
         w.table.data(&chunk, &w.stats, &mut w.out);
     }
     assert_eq!(w.out.len(), 1);
