@@ -575,6 +575,10 @@ impl Pipeline {
         self.resolve_local_addresses();
         self.emit();
         let kernel = kernel_drops(drops);
+        let dropped: u64 = kernel.iter().map(|(_, v)| *v).sum();
+        self.stats
+            .records_dropped_in_kernel
+            .fetch_max(dropped, Ordering::Relaxed);
         let open = self.table.len() as u64;
         let runs = self.probes.program_stats();
         status.update(|s| {

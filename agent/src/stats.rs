@@ -36,6 +36,9 @@ counters! {
     records_malformed,
     /// Bytes the kernel transferred that never reached userspace (dropped or not copied).
     bytes_lost,
+    /// Records the kernel could not deliver (all reasons, all CPUs; per reason in `/status` and
+    /// `infertap_kernel_records_dropped_total`).
+    records_dropped_in_kernel,
     /// Connections opened (accepted, connected, or found already open).
     connections_opened,
     /// Connections closed.
