@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod rss;
 mod setup;
 
 use std::path::{Path, PathBuf};
@@ -45,6 +46,11 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// The agent's RSS at start and with many open keep-alive connections to a traced server.
+    BenchRss {
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
     },
     /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
     Demo {
@@ -195,6 +201,14 @@ fn main() -> Result<()> {
         Cmd::Build => build(),
         Cmd::Test { require_root, args } => test(require_root, &args),
         Cmd::Lint => lint(),
+        Cmd::BenchRss { connections } => {
+            build()?;
+            let python = setup::python_env()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and must run as root");
+            }
+            rss::run_rss(&python, connections)
+        }
         Cmd::BenchOverhead { rounds, seconds } => {
             build()?;
             let python = setup::python_env()?;
