@@ -893,3 +893,84 @@ fn canary_never_leaves_the_agent() {
     }
     assert!(leaks.is_empty(), "{}", leaks.join("\n\n"));
 }
+
+/// The pids `/status` lists as targets.
+fn target_pids(agent: &Agent) -> Vec<u64> {
+    agent.status()["targets"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["pid"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_server_started_after_the_agent_is_traced_within_a_second_and_forgotten_when_it_exits() {
+    let Some(ctx) = begin(
+        "a_server_started_after_the_agent_is_traced_within_a_second_and_forgotten_when_it_exits",
+    ) else {
+        return;
+    };
+    // The stand-in's command line holds its ready file, in this test's own directory: a selector
+    // that matches this server and nothing else on the machine (not the client, whose output file
+    // is in the same directory).
+    let pattern = regex_escape(&ctx.file("standin.ready").display().to_string());
+    let agent = Agent::start_with(&ctx, &["--target-cmdline", &pattern], &[], None);
+    assert!(
+        target_pids(&agent).is_empty(),
+        "nothing to trace yet: {}",
+        agent.status()
+    );
+
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let listening = std::time::Instant::now();
+    let pid = u64::from(server.pid());
+    let found = harness::poll(Duration::from_secs(5), || {
+        target_pids(&agent)
+            .contains(&pid)
+            .then(|| listening.elapsed())
+    });
+    let after = found.unwrap_or_else(|| panic!("pid {pid} never targeted: {}", agent.status()));
+    eprintln!("targeted {after:?} after the server listened");
+    assert!(
+        after <= Duration::from_secs(1),
+        "targeted {after:?} after the server listened"
+    );
+
+    // Its requests are traced, from its first connection on.
+    let records = client(
+        &ctx,
+        &server,
+        &["--scenario", "chat-stream", "--count", "2"],
+    );
+    let spans = agent.wait_spans_for(&records, SPANS_WAIT);
+    for rec in &records {
+        one_span_for(&spans, rec);
+    }
+
+    // It exits: the agent forgets it within a second.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let gone = std::time::Instant::now();
+    let forgotten = harness::poll(Duration::from_secs(5), || {
+        (!target_pids(&agent).contains(&pid)).then(|| gone.elapsed())
+    });
+    let after = forgotten.unwrap_or_else(|| panic!("pid {pid} still a target: {}", agent.status()));
+    eprintln!("forgotten {after:?} after the kill");
+    assert!(
+        after <= Duration::from_millis(1500),
+        "forgotten {after:?} after the kill"
+    );
+    drop(server);
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special
+                .then_some('\\')
+                .into_iter()
+                .chain(std::iter::once(c))
+        })
+        .collect()
+}
