@@ -10,8 +10,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::demo::{free_port, get_json, wait_until, Kill};
-use crate::{agent_binary, root, run};
+use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
+use crate::{agent_binary, run};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -58,30 +58,12 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run_bench(python: &Path, rounds: usize, seconds: u64) -> Result<()> {
     ensure_wrk()?;
-    let peers = root().join("tests/peers");
     let port = free_port()?;
-    let ready = std::env::temp_dir().join(format!("infertap-bench-{port}.ready"));
-    let _ = std::fs::remove_file(&ready);
-    let _server = Kill(
-        Command::new(python)
-            .arg(peers.join("vllm_standin.py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--ttft-ms",
-                "0",
-                "--token-interval-ms",
-                "0",
-            ])
-            .arg("--ready-file")
-            .arg(&ready)
-            .spawn()?,
-    );
-    wait_until("the stand-in server", Duration::from_secs(30), || {
-        ready.exists()
-    })?;
+    let _server = start_standin(
+        python,
+        port,
+        &["--ttft-ms", "0", "--token-interval-ms", "0"],
+    )?;
     let script = std::env::temp_dir().join("infertap-bench-chat.lua");
     std::fs::write(
         &script,
@@ -121,11 +103,7 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                                 .env("RUST_LOG", "warn")
                                 .spawn()?,
                         );
-                        wait_until("agent targets", Duration::from_secs(30), || {
-                            get_json(&format!("http://{debug}/status"))
-                                .map(|s| s["targets"].as_array().is_some_and(|t| !t.is_empty()))
-                                .unwrap_or(false)
-                        })?;
+                        wait_targeted(&debug)?;
                         Some(a)
                     }
                 };

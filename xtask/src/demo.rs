@@ -44,6 +44,40 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
     bail!("timed out after {timeout:?} waiting for {what}")
 }
 
+/// Start the stand-in vLLM server on 127.0.0.1:`port` with `extra` flags; returns once it listens.
+pub fn start_standin(python: &Path, port: u16, extra: &[&str]) -> Result<Kill> {
+    let ready = std::env::temp_dir().join(format!("infertap-standin-{port}.ready"));
+    let _ = std::fs::remove_file(&ready);
+    let server = Kill(
+        Command::new(python)
+            .arg(root().join("tests/peers/vllm_standin.py"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(extra)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the stand-in server")?,
+    );
+    wait_until("the stand-in server", Duration::from_secs(30), || {
+        ready.exists()
+    })?;
+    Ok(server)
+}
+
+/// Wait until the agent's /status lists at least one target (the /proc scan found it).
+pub fn wait_targeted(debug: &str) -> Result<()> {
+    wait_until(
+        "the agent to target the server",
+        Duration::from_secs(30),
+        || {
+            get_json(&format!("http://{debug}/status"))
+                .map(|s| s["targets"].as_array().is_some_and(|t| !t.is_empty()))
+                .unwrap_or(false)
+        },
+    )
+}
+
 fn attr<'a>(span: &'a Value, key: &str) -> Option<&'a Value> {
     span.get("attributes").and_then(|a| a.get(key))
 }
@@ -87,27 +121,8 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     let peers = root().join("tests/peers");
     let port = free_port()?;
     let debug_port = free_port()?;
-    let ready = std::env::temp_dir().join(format!("infertap-demo-{port}.ready"));
-    let _ = std::fs::remove_file(&ready);
-
     eprintln!("demo: starting the stand-in vLLM server on 127.0.0.1:{port}");
-    let _server = Kill(
-        Command::new(python)
-            .arg(peers.join("vllm_standin.py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--ready-file",
-            ])
-            .arg(&ready)
-            .spawn()
-            .context("starting the stand-in server")?,
-    );
-    wait_until("the stand-in server", Duration::from_secs(30), || {
-        ready.exists()
-    })?;
+    let _server = start_standin(python, port, &[])?;
 
     let debug = format!("127.0.0.1:{debug_port}");
     eprintln!("demo: starting infertap (--target-port {port}), debug endpoint http://{debug}");
@@ -132,11 +147,7 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
         ureq::get(&format!("http://{debug}/healthz")).call().is_ok()
     })?;
     // Targets are picked up by the /proc scan.
-    wait_until("the server to be targeted", Duration::from_secs(10), || {
-        get_json(&format!("http://{debug}/status"))
-            .map(|s| s["targets"].as_array().is_some_and(|t| !t.is_empty()))
-            .unwrap_or(false)
-    })?;
+    wait_targeted(&debug)?;
 
     println!();
     println!("infertap is tracing the stand-in server. Debug endpoint: http://{debug}/status, /spans, /metrics");

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::demo::{free_port, get_json, wait_until, Kill};
-use crate::{agent_binary, root};
+use crate::agent_binary;
+use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
 
 /// Python that opens N connections, makes one request on each, and keeps them open.
 const HOLDER: &str = r#"
@@ -41,27 +41,7 @@ fn rss_kib(pid: u32) -> (u64, u64) {
 
 pub fn run_rss(python: &Path, connections: usize) -> Result<()> {
     let port = free_port()?;
-    let ready = std::env::temp_dir().join(format!("infertap-rss-{port}.ready"));
-    let _ = std::fs::remove_file(&ready);
-    let _server = Kill(
-        Command::new(python)
-            .arg(root().join("tests/peers/vllm_standin.py"))
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--timeout-keep-alive",
-                "300",
-            ])
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    wait_until("the stand-in server", Duration::from_secs(30), || {
-        ready.exists()
-    })?;
+    let _server = start_standin(python, port, &["--timeout-keep-alive", "300"])?;
     let debug = format!("127.0.0.1:{}", free_port()?);
     let agent = Kill(
         Command::new(agent_binary())
@@ -77,15 +57,7 @@ pub fn run_rss(python: &Path, connections: usize) -> Result<()> {
             .spawn()?,
     );
     let pid = agent.0.id();
-    wait_until(
-        "the agent to target the server",
-        Duration::from_secs(30),
-        || {
-            get_json(&format!("http://{debug}/status"))
-                .map(|s| s["targets"].as_array().is_some_and(|t| !t.is_empty()))
-                .unwrap_or(false)
-        },
-    )?;
+    wait_targeted(&debug)?;
     std::thread::sleep(Duration::from_secs(2));
     let (start_rss, start_hwm) = rss_kib(pid);
 
