@@ -187,7 +187,6 @@ impl ConnTable {
         }
         let d = chunk.dir as usize;
         let hdir = c.http_dir(chunk.dir);
-        let meta = c.meta(chunk.tgid);
         let mut done = Vec::new();
         let Conn {
             http,
@@ -240,7 +239,10 @@ impl ConnTable {
         if *opaque {
             stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
         }
-        finish(id, &meta, done, stats, out);
+        if !done.is_empty() {
+            // Only when an exchange finished: most records finish none.
+            finish(id, &c.meta(chunk.tgid), done, stats, out);
+        }
     }
 
     /// The socket was closed: in-flight exchanges end here.
