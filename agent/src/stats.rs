@@ -18,6 +18,14 @@ macro_rules! counters {
                 vec![ $( (stringify!($name), self.$name.load(Ordering::Relaxed)), )* ]
             }
 
+            /// One counter by name (`None` for an unknown name).
+            pub fn get(&self, name: &str) -> Option<u64> {
+                match name {
+                    $( stringify!($name) => Some(self.$name.load(Ordering::Relaxed)), )*
+                    _ => None,
+                }
+            }
+
             /// Every counter's name with its doc comment (one `&str` per doc line), in declaration
             /// order: the help text of `/metrics`.
             pub fn descriptions() -> &'static [(&'static str, &'static [&'static str])] {
@@ -83,5 +91,21 @@ counters! {
 impl Stats {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_reads_the_named_counter_and_agrees_with_the_snapshot() {
+        let s = Stats::default();
+        Stats::add(&s.spans_finished, 3);
+        assert_eq!(s.get("spans_finished"), Some(3));
+        assert_eq!(s.get("no_such_counter"), None);
+        for (name, v) in s.snapshot() {
+            assert_eq!(s.get(name), Some(v), "{name}");
+        }
     }
 }

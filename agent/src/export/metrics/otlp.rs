@@ -328,7 +328,7 @@ fn agent_counters(provider: &SdkMeterProvider, stats: Arc<Stats>) {
             .u64_observable_counter(format!("infertap.{name}"))
             .with_description(doc.join(" ").trim().to_string())
             .with_callback(move |observer| {
-                if let Some((_, v)) = stats.snapshot().into_iter().find(|(n, _)| *n == name) {
+                if let Some(v) = stats.get(name) {
                     observer.observe(v, &[]);
                 }
             })
