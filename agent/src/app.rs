@@ -23,6 +23,7 @@ use crate::capture::clock::WallClock;
 use crate::capture::decode::{decode, Record, Role};
 use crate::config::{Config, Mode};
 use crate::conn::{ConnId, ConnTable, Finished, Origin};
+use crate::enrich::Enrichers;
 use crate::export::debug::{DebugServer, DebugState, Readiness};
 use crate::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
 use crate::export::metrics::RequestMetrics;
@@ -217,6 +218,7 @@ async fn run(config: Config) -> Result<()> {
         },
         kmaps: kmaps.clone(),
         done: Vec::new(),
+        enrichers: Enrichers::default(),
         probes,
     };
     let pipeline_task = tokio::spawn(pipeline.run(
@@ -361,6 +363,8 @@ struct Pipeline {
     opts: BuildOptions,
     kmaps: Arc<Mutex<KernelMaps>>,
     done: Vec<Finished>,
+    /// Side inputs' contributions to each span (pod metadata, GPU figures).
+    enrichers: Enrichers,
     /// Held for the life of the pipeline: dropping it detaches the programs.
     probes: Probes,
 }
@@ -608,13 +612,14 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for f in self.done.drain(..) {
-            let span = build_span(
+            let mut span = build_span(
                 &f.exchange,
                 &f.meta,
                 &self.clock,
                 &self.opts,
                 &mut RandomIds,
             );
+            self.enrichers.apply(&f, &self.clock, &mut span);
             self.sink
                 .submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }
