@@ -85,6 +85,22 @@ pub fn install(built: &Path, dir: &Path, timeline: &Timeline) -> Result<PathBuf,
     write(dir.join(LIBRARY_FILE), &bytes)
 }
 
+/// The file `cargo build -p fake-nvml` leaves in `target/<profile>/`.
+pub const BUILT_FILE: &str = "libnvidia_ml.so";
+
+/// The built library of the profile the running test or program was built with:
+/// `target/<profile>/libnvidia_ml.so` (or its copy in `deps/`) beside the current executable.
+pub fn find_built() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let mut dir = exe.parent()?;
+    if dir.ends_with("deps") {
+        dir = dir.parent()?;
+    }
+    [dir.join(BUILT_FILE), dir.join("deps").join(BUILT_FILE)]
+        .into_iter()
+        .find(|p| p.is_file())
+}
+
 #[derive(Debug, PartialEq)]
 pub enum HideError {
     NotNvml(String),

@@ -275,8 +275,7 @@ mod tests {
             sample_period_us: 100_000,
             buffer_samples: 5,
             power_average_us: 1_000_000,
-            devices: vec![device],
-            ..serde_json::from_str(r#"{"devices":[]}"#).unwrap()
+            ..Timeline::new(vec![device])
         }
     }
 

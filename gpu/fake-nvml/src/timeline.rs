@@ -20,7 +20,7 @@ pub fn secs_to_us(s: f64) -> RelUs {
 }
 
 /// Everything the fake driver reports.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Timeline {
     /// Unix time (µs, `CLOCK_REALTIME`) of timeline time 0; default: the first `nvmlInit`.
@@ -52,6 +52,31 @@ pub struct Timeline {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<InjectedError>,
     pub devices: Vec<Device>,
+}
+
+impl Default for Timeline {
+    /// No devices, the file's defaults for the rest.
+    fn default() -> Timeline {
+        Timeline::new(Vec::new())
+    }
+}
+
+impl Timeline {
+    /// A timeline of `devices` with the file's defaults for the rest.
+    pub fn new(devices: Vec<Device>) -> Timeline {
+        Timeline {
+            anchor_unix_us: None,
+            driver_version: default_driver_version(),
+            nvml_version: default_nvml_version(),
+            sample_period_us: default_sample_period_us(),
+            buffer_samples: default_buffer_samples(),
+            power_average_us: default_power_average_us(),
+            pcie_throughput_block_us: default_pcie_throughput_block_us(),
+            missing_symbols: Vec::new(),
+            errors: Vec::new(),
+            devices,
+        }
+    }
 }
 
 fn default_driver_version() -> String {
@@ -445,7 +470,7 @@ enum SeriesRepr {
 impl Serialize for Series {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let repr = match self.points.as_slice() {
-            [] => SeriesRepr::Constant(0.0),
+            [] => SeriesRepr::Steps(Vec::new()),
             [(0, v)] => SeriesRepr::Constant(*v),
             points => SeriesRepr::Steps(points.iter().map(|&(t, v)| (t as f64 / 1e6, v)).collect()),
         };
