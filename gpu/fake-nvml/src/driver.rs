@@ -86,12 +86,12 @@ impl Driver {
     }
 
     /// Timeline time → the driver's timestamps (Unix µs).
-    pub fn to_unix(&self, t: RelUs) -> u64 {
+    pub fn rel_to_unix(&self, t: RelUs) -> u64 {
         (self.anchor_us as RelUs + t).max(0) as u64
     }
 
     /// A `lastSeenTimeStamp` → timeline time; 0 means "everything buffered".
-    pub fn from_unix(&self, ts: u64) -> Option<RelUs> {
+    pub fn unix_to_rel(&self, ts: u64) -> Option<RelUs> {
         (ts != 0).then(|| ts as RelUs - self.anchor_us as RelUs)
     }
 
@@ -146,7 +146,12 @@ pub(crate) fn serve(
         };
         // A "missing" symbol reached anyway (the library was loaded without `install` hiding
         // it): answer as a driver without the entry point does.
-        if driver.timeline.missing_symbols.iter().any(|m| m == sym.name()) {
+        if driver
+            .timeline
+            .missing_symbols
+            .iter()
+            .any(|m| m == sym.name())
+        {
             return b::nvmlReturn_enum_NVML_ERROR_FUNCTION_NOT_FOUND;
         }
         if let Some(code) = driver.injected(sym, dev, now) {
@@ -235,9 +240,7 @@ fn init_inner(sym: Sym) -> nvmlReturn_t {
     let t = now as RelUs - anchor_us as RelUs;
     let failures = INIT_FAILURES.load(Ordering::Relaxed);
     let injected = timeline.errors.iter().find(|e| {
-        e.symbol == sym.name()
-            && e.window().contains(t)
-            && e.times.is_none_or(|n| failures < n)
+        e.symbol == sym.name() && e.window().contains(t) && e.times.is_none_or(|n| failures < n)
     });
     if let Some(e) = injected {
         INIT_FAILURES.fetch_add(1, Ordering::Relaxed);
@@ -283,4 +286,3 @@ pub(crate) fn shutdown() -> nvmlReturn_t {
     }
     rc
 }
-

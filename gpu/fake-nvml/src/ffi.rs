@@ -22,7 +22,8 @@ const NOT_SUPPORTED: nvmlReturn_t = b::nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED;
 const VERSION_MISMATCH: nvmlReturn_t = b::nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH;
 
 /// `NVML_STRUCT_VERSION(Memory, 2)`.
-pub const MEMORY_V2_VERSION: c_uint = (std::mem::size_of::<nvmlMemory_v2_t>() | (2 << 24)) as c_uint;
+pub const MEMORY_V2_VERSION: c_uint =
+    (std::mem::size_of::<nvmlMemory_v2_t>() | (2 << 24)) as c_uint;
 /// What NVML reports for a process's GPU/compute instance outside MIG.
 const NVML_VALUE_NOT_AVAILABLE: c_uint = c_uint::MAX;
 /// `cuDriverGetVersion` of CUDA 12.8, which the default 570 driver ships.
@@ -206,8 +207,13 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
-    serve_device(Sym::DeviceGetIndex, device, |_, i, _| put(index, i as c_uint))
+pub unsafe extern "C" fn nvmlDeviceGetIndex(
+    device: nvmlDevice_t,
+    index: *mut c_uint,
+) -> nvmlReturn_t {
+    serve_device(Sym::DeviceGetIndex, device, |_, i, _| {
+        put(index, i as c_uint)
+    })
 }
 
 #[no_mangle]
@@ -297,7 +303,7 @@ pub unsafe extern "C" fn nvmlDeviceGetSamples(
             return INVALID_ARGUMENT;
         }
         let m = model(d, i);
-        let times = m.buffered_sample_times(now, d.from_unix(last_seen_time_stamp));
+        let times = m.buffered_sample_times(now, d.unix_to_rel(last_seen_time_stamp));
         if times.is_empty() {
             return NOT_FOUND;
         }
@@ -309,7 +315,7 @@ pub unsafe extern "C" fn nvmlDeviceGetSamples(
         let n = times.len().min(*sample_count as usize);
         for (k, &t) in times.iter().take(n).enumerate() {
             samples.add(k).write(nvmlSample_t {
-                timeStamp: d.to_unix(t),
+                timeStamp: d.rel_to_unix(t),
                 sampleValue: nvmlValue_t {
                     uiVal: m.sample_value(kind, t),
                 },
@@ -344,7 +350,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
         if process_samples_count.is_null() {
             return INVALID_ARGUMENT;
         }
-        let Some(list) = model(d, i).process_utilization(now, d.from_unix(last_seen_time_stamp))
+        let Some(list) = model(d, i).process_utilization(now, d.unix_to_rel(last_seen_time_stamp))
         else {
             process_samples_count.write(0);
             return NOT_FOUND;
@@ -360,7 +366,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
         for (k, p) in list.iter().enumerate() {
             utilization.add(k).write(nvmlProcessUtilizationSample_t {
                 pid: p.pid,
-                timeStamp: d.to_unix(p.t),
+                timeStamp: d.rel_to_unix(p.t),
                 smUtil: p.sm_util,
                 memUtil: p.mem_util,
                 encUtil: 0,
@@ -409,7 +415,12 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_t,
 ) -> nvmlReturn_t {
-    running_processes(Sym::DeviceGetComputeRunningProcessesV3, device, info_count, infos)
+    running_processes(
+        Sym::DeviceGetComputeRunningProcessesV3,
+        device,
+        info_count,
+        infos,
+    )
 }
 
 #[no_mangle]
@@ -418,7 +429,12 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v2(
     info_count: *mut c_uint,
     infos: *mut nvmlProcessInfo_v2_t,
 ) -> nvmlReturn_t {
-    running_processes(Sym::DeviceGetComputeRunningProcessesV2, device, info_count, infos)
+    running_processes(
+        Sym::DeviceGetComputeRunningProcessesV2,
+        device,
+        info_count,
+        infos,
+    )
 }
 
 /// v1: `used` includes the driver's reservation, as in the original struct.
@@ -481,7 +497,10 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
+    device: nvmlDevice_t,
+    power: *mut c_uint,
+) -> nvmlReturn_t {
     serve_device(Sym::DeviceGetPowerUsage, device, |d, i, now| {
         put(power, model(d, i).power_usage_mw(now))
     })
@@ -500,7 +519,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFieldValues(
             return INVALID_ARGUMENT;
         }
         let m = model(d, i);
-        let ts = d.to_unix(now) as i64;
+        let ts = d.rel_to_unix(now) as i64;
         for k in 0..values_count as usize {
             let v = &mut *values.add(k);
             v.timestamp = ts;
@@ -561,7 +580,10 @@ pub unsafe extern "C" fn nvmlDeviceGetPcieThroughput(
         std::thread::sleep(Duration::from_micros(block));
         let now = d.now();
         let kb_per_s = series.mean(now - block as i64, now) / 1000.0;
-        put(value, kb_per_s.round().clamp(0.0, u32::MAX as f64) as c_uint)
+        put(
+            value,
+            kb_per_s.round().clamp(0.0, u32::MAX as f64) as c_uint,
+        )
     })
 }
 
@@ -625,13 +647,48 @@ pub unsafe extern "C" fn nvmlGpmSampleGet(
 
 /// Names NVML gives the metrics the fake scripts: (id, short name, long name, unit).
 const METRIC_INFO: &[(u32, &CStr, &CStr, &CStr)] = &[
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL, c"GR_UTIL", c"Graphics utilization", c"%"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL, c"SM_UTIL", c"SM utilization", c"%"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY, c"SM_OCCUP", c"SM occupancy", c"%"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL, c"TENSOR_UTIL", c"Any tensor utilization", c"%"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL, c"DRAM_BW_UTIL", c"DRAM bandwidth utilization", c"%"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_TX_PER_SEC, c"PCIE_TX", c"PCIe TX bandwidth", c"B/s"),
-    (b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_RX_PER_SEC, c"PCIE_RX", c"PCIe RX bandwidth", c"B/s"),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_GRAPHICS_UTIL,
+        c"GR_UTIL",
+        c"Graphics utilization",
+        c"%",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_UTIL,
+        c"SM_UTIL",
+        c"SM utilization",
+        c"%",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_SM_OCCUPANCY,
+        c"SM_OCCUP",
+        c"SM occupancy",
+        c"%",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_ANY_TENSOR_UTIL,
+        c"TENSOR_UTIL",
+        c"Any tensor utilization",
+        c"%",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+        c"DRAM_BW_UTIL",
+        c"DRAM bandwidth utilization",
+        c"%",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_TX_PER_SEC,
+        c"PCIE_TX",
+        c"PCIe TX bandwidth",
+        c"B/s",
+    ),
+    (
+        b::nvmlGpmMetricId_t_NVML_GPM_METRIC_PCIE_RX_PER_SEC,
+        c"PCIE_RX",
+        c"PCIe RX bandwidth",
+        c"B/s",
+    ),
 ];
 
 /// Metrics between two filled samples of one device, the first older than the second.
@@ -691,20 +748,38 @@ mod abi {
         same(&lib.nvmlErrorString, nvmlErrorString);
         same(&lib.nvmlSystemGetDriverVersion, nvmlSystemGetDriverVersion);
         same(&lib.nvmlSystemGetNVMLVersion, nvmlSystemGetNVMLVersion);
-        same(&lib.nvmlSystemGetCudaDriverVersion, nvmlSystemGetCudaDriverVersion);
-        same(&lib.nvmlSystemGetCudaDriverVersion_v2, nvmlSystemGetCudaDriverVersion_v2);
+        same(
+            &lib.nvmlSystemGetCudaDriverVersion,
+            nvmlSystemGetCudaDriverVersion,
+        );
+        same(
+            &lib.nvmlSystemGetCudaDriverVersion_v2,
+            nvmlSystemGetCudaDriverVersion_v2,
+        );
         same(&lib.nvmlDeviceGetCount_v2, nvmlDeviceGetCount_v2);
-        same(&lib.nvmlDeviceGetHandleByIndex_v2, nvmlDeviceGetHandleByIndex_v2);
+        same(
+            &lib.nvmlDeviceGetHandleByIndex_v2,
+            nvmlDeviceGetHandleByIndex_v2,
+        );
         same(&lib.nvmlDeviceGetHandleByUUID, nvmlDeviceGetHandleByUUID);
         same(&lib.nvmlDeviceGetName, nvmlDeviceGetName);
         same(&lib.nvmlDeviceGetUUID, nvmlDeviceGetUUID);
         same(&lib.nvmlDeviceGetIndex, nvmlDeviceGetIndex);
         same(&lib.nvmlDeviceGetPciInfo_v3, nvmlDeviceGetPciInfo_v3);
         same(&lib.nvmlDeviceGetArchitecture, nvmlDeviceGetArchitecture);
-        same(&lib.nvmlDeviceGetCudaComputeCapability, nvmlDeviceGetCudaComputeCapability);
+        same(
+            &lib.nvmlDeviceGetCudaComputeCapability,
+            nvmlDeviceGetCudaComputeCapability,
+        );
         same(&lib.nvmlDeviceGetSamples, nvmlDeviceGetSamples);
-        same(&lib.nvmlDeviceGetUtilizationRates, nvmlDeviceGetUtilizationRates);
-        same(&lib.nvmlDeviceGetProcessUtilization, nvmlDeviceGetProcessUtilization);
+        same(
+            &lib.nvmlDeviceGetUtilizationRates,
+            nvmlDeviceGetUtilizationRates,
+        );
+        same(
+            &lib.nvmlDeviceGetProcessUtilization,
+            nvmlDeviceGetProcessUtilization,
+        );
         same(
             &lib.nvmlDeviceGetComputeRunningProcesses_v3,
             nvmlDeviceGetComputeRunningProcesses_v3,
@@ -715,10 +790,16 @@ mod abi {
         );
         same(&lib.nvmlDeviceGetMemoryInfo, nvmlDeviceGetMemoryInfo);
         same(&lib.nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetMemoryInfo_v2);
-        same(&lib.nvmlDeviceGetTotalEnergyConsumption, nvmlDeviceGetTotalEnergyConsumption);
+        same(
+            &lib.nvmlDeviceGetTotalEnergyConsumption,
+            nvmlDeviceGetTotalEnergyConsumption,
+        );
         same(&lib.nvmlDeviceGetPowerUsage, nvmlDeviceGetPowerUsage);
         same(&lib.nvmlDeviceGetFieldValues, nvmlDeviceGetFieldValues);
-        same(&lib.nvmlDeviceGetPcieThroughput, nvmlDeviceGetPcieThroughput);
+        same(
+            &lib.nvmlDeviceGetPcieThroughput,
+            nvmlDeviceGetPcieThroughput,
+        );
         same(&lib.nvmlGpmQueryDeviceSupport, nvmlGpmQueryDeviceSupport);
         same(&lib.nvmlGpmSampleAlloc, nvmlGpmSampleAlloc);
         same(&lib.nvmlGpmSampleFree, nvmlGpmSampleFree);

@@ -61,7 +61,11 @@ pub fn install(built: &Path, dir: &Path, timeline: &Timeline) -> Result<PathBuf,
         path: built.to_path_buf(),
         source,
     })?;
-    let names: Vec<&str> = timeline.missing_symbols.iter().map(String::as_str).collect();
+    let names: Vec<&str> = timeline
+        .missing_symbols
+        .iter()
+        .map(String::as_str)
+        .collect();
     hide_symbols(&mut bytes, &names).map_err(|reason| match reason {
         HideError::NotNvml(n) => InstallError::NotNvml(n),
         HideError::Elf(reason) => InstallError::NotElf {

@@ -212,7 +212,11 @@ impl DeviceModel<'_> {
     /// `nvmlDeviceGetProcessUtilization`: for each process with a non-zero figure in the buffered
     /// samples newer than `after`, the mean of its per-sample values and the newest sample's time.
     /// `None` when no sample newer than `after` is buffered (the driver's `NOT_FOUND`).
-    pub fn process_utilization(&self, now: RelUs, after: Option<RelUs>) -> Option<Vec<ProcessUtil>> {
+    pub fn process_utilization(
+        &self,
+        now: RelUs,
+        after: Option<RelUs>,
+    ) -> Option<Vec<ProcessUtil>> {
         let times = self.buffered_sample_times(now, after);
         if times.is_empty() {
             return None;
@@ -291,7 +295,9 @@ mod tests {
             m.buffered_sample_times(1_050_000, Some(800_000)),
             vec![900_000, 1_000_000]
         );
-        assert!(m.buffered_sample_times(1_050_000, Some(1_000_000)).is_empty());
+        assert!(m
+            .buffered_sample_times(1_050_000, Some(1_000_000))
+            .is_empty());
     }
 
     #[test]
@@ -308,7 +314,9 @@ mod tests {
             m.buffered_sample_times(10_000_000, None),
             vec![-200_000, -100_000, 0, 100_000, 200_000]
         );
-        assert!(m.buffered_sample_times(10_000_000, Some(200_000)).is_empty());
+        assert!(m
+            .buffered_sample_times(10_000_000, Some(200_000))
+            .is_empty());
         assert_eq!(m.process_utilization(10_000_000, Some(200_000)), None);
     }
 

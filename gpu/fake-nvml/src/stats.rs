@@ -214,9 +214,9 @@ impl Writer {
                         }
                     }
                     let Ok(guard) = STOP.0.lock() else { return };
-                    let Ok((guard, _)) = STOP
-                        .1
-                        .wait_timeout_while(guard, Duration::from_millis(250), |stop| !*stop)
+                    let Ok((guard, _)) =
+                        STOP.1
+                            .wait_timeout_while(guard, Duration::from_millis(250), |stop| !*stop)
                     else {
                         return;
                     };

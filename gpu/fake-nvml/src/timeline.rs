@@ -256,7 +256,8 @@ pub struct Process {
 
 impl Process {
     pub fn alive_at(&self, t: RelUs) -> bool {
-        self.start_s.is_none_or(|s| secs_to_us(s) <= t) && self.end_s.is_none_or(|e| t < secs_to_us(e))
+        self.start_s.is_none_or(|s| secs_to_us(s) <= t)
+            && self.end_s.is_none_or(|e| t < secs_to_us(e))
     }
 }
 
@@ -270,7 +271,8 @@ pub struct Window {
 
 impl Window {
     pub fn contains(&self, t: RelUs) -> bool {
-        self.from_s.is_none_or(|a| secs_to_us(a) <= t) && self.to_s.is_none_or(|b| t < secs_to_us(b))
+        self.from_s.is_none_or(|a| secs_to_us(a) <= t)
+            && self.to_s.is_none_or(|b| t < secs_to_us(b))
     }
 }
 
@@ -605,6 +607,22 @@ mod tests {
         assert!(!t.errors[0].window().contains(2_999_999));
         let again: Timeline = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
         assert_eq!(again, t);
+    }
+
+    #[test]
+    fn the_readme_example_is_a_valid_timeline() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```json\n").unwrap() + "```json\n".len();
+        let end = start + readme[start..].find("\n```").unwrap();
+        let t: Timeline = serde_json::from_str(&readme[start..end]).unwrap();
+        t.check().unwrap();
+        let d = &t.devices[0];
+        assert_eq!(d.gpu_util.value_at(secs_to_us(3.0)), 85.0);
+        assert_eq!(
+            t.errors[1].code,
+            ErrorCode::from_name("DRIVER_NOT_LOADED").unwrap()
+        );
+        assert!(d.processes[0].alive_at(secs_to_us(-59.0)));
     }
 
     #[test]

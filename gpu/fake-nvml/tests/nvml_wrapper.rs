@@ -10,7 +10,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use nvidia_ml::install::{self, LIBRARY_FILE, STATS_FILE, TIMELINE_FILE};
 use nvidia_ml::model::SampleKind;
 use nvidia_ml::stats::StatsReport;
-use nvidia_ml::timeline::{Architecture, Device, ErrorCode, InjectedError, Process, Series, Timeline, Window};
+use nvidia_ml::timeline::{
+    Architecture, Device, ErrorCode, InjectedError, Process, Series, Timeline, Window,
+};
 use nvml_wrapper::enum_wrappers::device::{PcieUtilCounter, Sampling};
 use nvml_wrapper::enums::device::{DeviceArchitecture, SampleValue, UsedGpuMemory};
 use nvml_wrapper::enums::gpm::GpmMetricId;
@@ -58,7 +60,10 @@ impl Fake {
 }
 
 fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
 }
 
 const PERIOD: u64 = 10_000_000;
@@ -125,8 +130,14 @@ fn identity_of_devices_and_driver() {
     let d1 = nvml.device_by_index(1).unwrap();
     assert_eq!(d0.name().unwrap(), "NVIDIA H100 80GB HBM3");
     assert_eq!(d1.name().unwrap(), "NVIDIA A100-SXM4-80GB");
-    assert_eq!(d0.uuid().unwrap(), "GPU-11111111-2222-3333-4444-555555555555");
-    assert_eq!(d1.uuid().unwrap(), "GPU-fa4e0000-0000-0000-0000-000000000001");
+    assert_eq!(
+        d0.uuid().unwrap(),
+        "GPU-11111111-2222-3333-4444-555555555555"
+    );
+    assert_eq!(
+        d1.uuid().unwrap(),
+        "GPU-fa4e0000-0000-0000-0000-000000000001"
+    );
     assert_eq!(d1.index().unwrap(), 1);
     assert_eq!(d0.architecture().unwrap(), DeviceArchitecture::Hopper);
     assert_eq!(d1.architecture().unwrap(), DeviceArchitecture::Ampere);
@@ -189,7 +200,9 @@ fn samples_come_from_the_buffer_incrementally_by_last_timestamp() {
     let power = dev.samples(Sampling::Power, at(99).timestamp).unwrap();
     assert_eq!(power.len(), 1);
     assert_eq!(power[0].value, SampleValue::U32(250_000));
-    let mem = dev.samples(Sampling::MemoryUtilization, at(99).timestamp).unwrap();
+    let mem = dev
+        .samples(Sampling::MemoryUtilization, at(99).timestamp)
+        .unwrap();
     assert_eq!(mem[0].value, SampleValue::U32(30));
 
     // A buffer smaller than the count gets the oldest samples, so the next call gets the rest.
@@ -230,7 +243,10 @@ fn an_idle_gpu_has_an_empty_buffer() {
     ));
     // The other GPU is not idle.
     let other = nvml.device_by_index(1).unwrap();
-    assert_eq!(other.samples(Sampling::GpuUtilization, None).unwrap().len(), 30);
+    assert_eq!(
+        other.samples(Sampling::GpuUtilization, None).unwrap().len(),
+        30
+    );
 }
 
 #[test]
@@ -258,7 +274,10 @@ fn process_utilisation_two_call_protocol() {
     let procs = dev.process_utilization_stats(None).unwrap();
     // pid 200 had no utilisation and pid 300 has not started: only pid 100.
     assert_eq!(procs.len(), 1);
-    assert_eq!((procs[0].pid, procs[0].sm_util, procs[0].mem_util), (100, 60, 20));
+    assert_eq!(
+        (procs[0].pid, procs[0].sm_util, procs[0].mem_util),
+        (100, 60, 20)
+    );
     let newest = procs[0].timestamp;
     assert_eq!(newest as i64 - fake.anchor(), 100 * PERIOD as i64);
     assert!(matches!(
@@ -280,7 +299,10 @@ fn running_processes_two_call_protocol_v3_and_v2() {
     let nvml = fake.nvml();
     let dev = nvml.device_by_index(0).unwrap();
     let procs = dev.running_compute_processes().unwrap();
-    let got: Vec<(u32, UsedGpuMemory)> = procs.iter().map(|p| (p.pid, p.used_gpu_memory.clone())).collect();
+    let got: Vec<(u32, UsedGpuMemory)> = procs
+        .iter()
+        .map(|p| (p.pid, p.used_gpu_memory.clone()))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -316,7 +338,9 @@ fn running_processes_two_call_protocol_v3_and_v2() {
                 *mut u32,
                 *mut sys::nvmlProcessInfo_v2_t,
             ) -> sys::nvmlReturn_t,
-        > = lib.get(b"nvmlDeviceGetComputeRunningProcesses_v2\0").unwrap();
+        > = lib
+            .get(b"nvmlDeviceGetComputeRunningProcesses_v2\0")
+            .unwrap();
         let mut count = 0u32;
         assert_eq!(
             v2(dev.handle(), &mut count, ptr::null_mut()),
@@ -351,9 +375,15 @@ fn memory_info_v2_checks_the_struct_version() {
         assert_eq!(info.total, 0, "nothing written on a version mismatch");
         let v1 = nvml.lib().nvmlDeviceGetMemoryInfo.as_ref().unwrap();
         let mut old: sys::nvmlMemory_t = std::mem::zeroed();
-        assert_eq!(v1(dev.handle(), &mut old), sys::nvmlReturn_enum_NVML_SUCCESS);
+        assert_eq!(
+            v1(dev.handle(), &mut old),
+            sys::nvmlReturn_enum_NVML_SUCCESS
+        );
         // v1's "used" includes the reservation.
-        assert_eq!((old.used, old.free), (used + reserved, total - used - reserved));
+        assert_eq!(
+            (old.used, old.free),
+            (used + reserved, total - used - reserved)
+        );
     }
 }
 
@@ -415,8 +445,13 @@ fn energy_counter_wraps_where_the_timeline_says() {
     let t1a = fake.rel_now();
     let e1 = dev.total_energy_consumption().unwrap();
     let t1b = fake.rel_now();
-    assert!(t1b < 2_900_000, "this machine took {t1b} µs to start the test");
-    std::thread::sleep(Duration::from_micros((3_200_000 - fake.rel_now()).max(0) as u64));
+    assert!(
+        t1b < 2_900_000,
+        "this machine took {t1b} µs to start the test"
+    );
+    std::thread::sleep(Duration::from_micros(
+        (3_200_000 - fake.rel_now()).max(0) as u64
+    ));
     let t2a = fake.rel_now();
     let e2 = dev.total_energy_consumption().unwrap();
     let t2b = fake.rel_now();
@@ -459,8 +494,13 @@ fn gpm_metrics_are_means_between_the_two_samples() {
     let t1a = fake.rel_now();
     let s1 = dev.gpm_sample().unwrap();
     let t1b = fake.rel_now();
-    assert!(t1b < 900_000, "this machine took {t1b} µs to start the test");
-    std::thread::sleep(Duration::from_micros((1_500_000 - fake.rel_now()).max(0) as u64));
+    assert!(
+        t1b < 900_000,
+        "this machine took {t1b} µs to start the test"
+    );
+    std::thread::sleep(Duration::from_micros(
+        (1_500_000 - fake.rel_now()).max(0) as u64
+    ));
     let t2a = fake.rel_now();
     let s2 = dev.gpm_sample().unwrap();
     let t2b = fake.rel_now();
@@ -475,10 +515,25 @@ fn gpm_metrics_are_means_between_the_two_samples() {
     let value = |i: usize| got[i].as_ref().unwrap().value;
     let dram = value(0);
     let (lo, hi) = (
-        model.gpm_metric(sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL, t1a, t2a).unwrap(),
-        model.gpm_metric(sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL, t1b, t2b).unwrap(),
+        model
+            .gpm_metric(
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+                t1a,
+                t2a,
+            )
+            .unwrap(),
+        model
+            .gpm_metric(
+                sys::nvmlGpmMetricId_t_NVML_GPM_METRIC_DRAM_BW_UTIL,
+                t1b,
+                t2b,
+            )
+            .unwrap(),
     );
-    assert!(10.0 < dram && dram < 90.0 && lo <= dram && dram <= hi, "{lo} <= {dram} <= {hi}");
+    assert!(
+        10.0 < dram && dram < 90.0 && lo <= dram && dram <= hi,
+        "{lo} <= {dram} <= {hi}"
+    );
     assert_eq!((value(1), value(2), value(3)), (37.0, 12.5, 55.0));
     assert_eq!(got[1].as_ref().unwrap().metric_info.unit, "%");
     assert!(matches!(got[4], Err(NvmlError::NotSupported)));
@@ -525,7 +580,10 @@ fn a_missing_symbol_fails_that_call_only() {
     ));
     // Everything else works, GPM support included.
     assert!(dev.gpm_support().unwrap());
-    assert_eq!(dev.samples(Sampling::GpuUtilization, None).unwrap().len(), 30);
+    assert_eq!(
+        dev.samples(Sampling::GpuUtilization, None).unwrap().len(),
+        30
+    );
     assert_eq!(dev.running_compute_processes().unwrap().len(), 2);
 
     // The same build installed without hiding has the symbol: the absence is the install's doing.
@@ -587,7 +645,11 @@ fn init_without_a_timeline_is_a_missing_driver_and_a_bad_one_an_error() {
     std::fs::copy(&built, &lib).unwrap();
     let init = || Nvml::builder().lib_path(lib.as_os_str()).init();
     assert!(matches!(init(), Err(NvmlError::DriverNotLoaded)));
-    std::fs::write(dir.path().join(TIMELINE_FILE), r#"{"devices": [{"gpu_utl": 1}]}"#).unwrap();
+    std::fs::write(
+        dir.path().join(TIMELINE_FILE),
+        r#"{"devices": [{"gpu_utl": 1}]}"#,
+    )
+    .unwrap();
     assert!(matches!(init(), Err(NvmlError::Unknown)));
 }
 
