@@ -157,6 +157,9 @@ pub(crate) fn serve(
         if let Some(code) = driver.injected(sym, dev, now) {
             return code;
         }
+        if let Some(&us) = driver.timeline.call_latency_us.get(sym.name()) {
+            std::thread::sleep(std::time::Duration::from_micros(us));
+        }
         f(driver, dev, now)
     }))
     .unwrap_or(b::nvmlReturn_enum_NVML_ERROR_UNKNOWN);

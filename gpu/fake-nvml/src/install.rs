@@ -92,8 +92,9 @@ pub fn install(built: &Path, dir: &Path, timeline: &Timeline) -> Result<PathBuf,
 /// The file `cargo build -p fake-nvml` leaves in `target/<profile>/`.
 pub const BUILT_FILE: &str = "libnvidia_ml.so";
 
-/// The built library of the profile the running test or program was built with:
-/// `target/<profile>/libnvidia_ml.so` (or its copy in `deps/`) beside the current executable.
+/// The built library of the profile the running test or program was built with: the newer of
+/// `target/<profile>/libnvidia_ml.so` (what `cargo build` leaves) and
+/// `target/<profile>/deps/libnvidia_ml.so` (what `cargo test` leaves, not copied up).
 pub fn find_built() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let mut dir = exe.parent()?;
@@ -102,7 +103,9 @@ pub fn find_built() -> Option<PathBuf> {
     }
     [dir.join(BUILT_FILE), dir.join("deps").join(BUILT_FILE)]
         .into_iter()
-        .find(|p| p.is_file())
+        .filter_map(|p| Some((std::fs::metadata(&p).ok()?.modified().ok()?, p)))
+        .max_by_key(|(modified, _)| *modified)
+        .map(|(_, p)| p)
 }
 
 #[derive(Debug, PartialEq)]

@@ -6,6 +6,7 @@
 //! internally as whole microseconds. The format is described with an example in
 //! `gpu/fake-nvml/README.md`.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
@@ -44,6 +45,10 @@ pub struct Timeline {
     /// How long `nvmlDeviceGetPcieThroughput` blocks (real drivers: about 20 ms).
     #[serde(default = "default_pcie_throughput_block_us")]
     pub pcie_throughput_block_us: u64,
+    /// Extra time a call takes, by symbol (µs, spent holding the driver lock), to imitate a real
+    /// driver's latencies; default: none (calls take about a microsecond).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub call_latency_us: BTreeMap<String, u64>,
     /// NVML symbols absent from the installed library (`dlsym` fails: nvml-wrapper reports
     /// `FailedToLoadSymbol` for those calls only). Applied by [`crate::install`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -72,6 +77,7 @@ impl Timeline {
             buffer_samples: default_buffer_samples(),
             power_average_us: default_power_average_us(),
             pcie_throughput_block_us: default_pcie_throughput_block_us(),
+            call_latency_us: BTreeMap::new(),
             missing_symbols: Vec::new(),
             errors: Vec::new(),
             devices,

@@ -615,7 +615,10 @@ fn injected_errors_hit_their_device_and_stop_after_their_count() {
 
 #[test]
 fn pcie_throughput_blocks_and_calls_are_counted() {
-    let fake = Fake::install(steady());
+    let mut t = steady();
+    t.call_latency_us
+        .insert("nvmlDeviceGetComputeRunningProcesses_v3".into(), 5_000);
+    let fake = Fake::install(t);
     {
         let nvml = fake.nvml();
         let dev = nvml.device_by_index(0).unwrap();
@@ -625,6 +628,10 @@ fn pcie_throughput_blocks_and_calls_are_counted() {
         let start = std::time::Instant::now();
         dev.pcie_throughput(PcieUtilCounter::Send).unwrap();
         assert!(start.elapsed() >= Duration::from_millis(20));
+        // Scripted latency: the count call and the list call take 5 ms each.
+        let start = std::time::Instant::now();
+        assert_eq!(dev.running_compute_processes().unwrap().len(), 2);
+        assert!(start.elapsed() >= Duration::from_millis(10));
     }
     // Dropping Nvml shut it down, which wrote the final figures.
     let stats = fake.stats();
@@ -635,6 +642,9 @@ fn pcie_throughput_blocks_and_calls_are_counted() {
     assert_eq!(stats.calls("nvmlDeviceGetSamples"), 0);
     assert!(stats.symbols["nvmlDeviceGetPcieThroughput"].total_ns >= 20_000_000);
     assert!(stats.symbols["nvmlDeviceGetPowerUsage"].max_ns < 20_000_000);
+    let procs = stats.symbols["nvmlDeviceGetComputeRunningProcesses_v3"];
+    assert_eq!(procs.calls, 2);
+    assert!(procs.total_ns >= 10_000_000);
 }
 
 #[test]
