@@ -139,6 +139,30 @@ impl DeviceModel<'_> {
         }
     }
 
+    /// What a sampler that kept every recorded sample would report for `[a, b]`: the mean of the
+    /// samples' values weighted by how much of the window each covers (a sample at `t` covers
+    /// `(t − period, t]`), and the covered share of the window. `None` when no recorded sample
+    /// overlaps it. A test oracle, independent of the agent's own alignment code.
+    pub fn sampled_mean(&self, kind: SampleKind, a: RelUs, b: RelUs) -> Option<(f64, f64)> {
+        let p = self.period();
+        let (mut weighted, mut covered) = (0.0, 0i64);
+        let mut k = a.div_euclid(p);
+        loop {
+            let t = k * p;
+            if t - p >= b.max(a + 1) {
+                break;
+            }
+            let overlap = t.min(b.max(a + 1)) - (t - p).max(a);
+            if overlap > 0 && self.records_at(t) {
+                weighted += f64::from(self.sample_value(kind, t)) * overlap as f64;
+                covered += overlap;
+            }
+            k += 1;
+        }
+        let window = (b - a).max(1);
+        (covered > 0).then(|| (weighted / covered as f64, covered as f64 / window as f64))
+    }
+
     /// `nvmlDeviceGetUtilizationRates`: (gpu %, memory %) of the last sample period before `now`.
     pub fn utilization_rates(&self, now: RelUs) -> (u32, u32) {
         let t = now.div_euclid(self.period()) * self.period();
@@ -331,6 +355,36 @@ mod tests {
         assert_eq!(m.sample_value(SampleKind::GpuUtil, 200_000), 50);
         assert_eq!(m.sample_value(SampleKind::GpuUtil, 300_000), 100);
         assert_eq!(m.utilization_rates(250_000), (50, 0));
+    }
+
+    #[test]
+    fn sampled_mean_weights_samples_by_window_overlap() {
+        let t = timeline(Device {
+            gpu_util: Series::steps(&[(0.0, 0.0), (0.2, 100.0)]),
+            idle: vec![Window {
+                from_s: Some(0.45),
+                to_s: Some(0.55),
+            }],
+            ..Device::default()
+        });
+        let m = t.device_model(0).unwrap();
+        // [0.15, 0.35]: sample 0.2 (0) covers 0.05, sample 0.3 (100) 0.1, sample 0.4 (100) 0.05.
+        let (mean, coverage) = m
+            .sampled_mean(SampleKind::GpuUtil, 150_000, 350_000)
+            .unwrap();
+        assert!((mean - 75.0).abs() < 1e-9, "{mean}");
+        assert_eq!(coverage, 1.0);
+        // The sample at 0.5 was not recorded: half of [0.4, 0.6] is uncovered.
+        let (_, coverage) = m
+            .sampled_mean(SampleKind::GpuUtil, 400_000, 600_000)
+            .unwrap();
+        assert!((coverage - 0.5).abs() < 1e-9, "{coverage}");
+        assert_eq!(m.sampled_mean(SampleKind::GpuUtil, 410_000, 490_000), None);
+        // A window shorter than a sample takes that sample's value.
+        let (mean, _) = m
+            .sampled_mean(SampleKind::GpuUtil, 250_000, 250_010)
+            .unwrap();
+        assert_eq!(mean, 100.0);
     }
 
     #[test]
