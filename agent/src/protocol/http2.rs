@@ -182,12 +182,14 @@ impl FrameHead {
     }
 }
 
-/// Whether `data` starts with HTTP/2 frames: at least one complete, plausible frame header, every
-/// header up to the end of `data` plausible, and a first frame no longer than 1 MiB. Used to pick
-/// up a connection mid-stream and to resynchronise at a syscall boundary.
+/// Whether `data` starts with HTTP/2 frames: every frame header up to the end of `data`
+/// plausible, and either the frames tile `data` exactly, or at least two whole frames come before
+/// a partial one, or the partial frame is no longer than the default maximum frame size
+/// (16 KiB). Used to pick up a connection mid-stream and to resynchronise at a syscall boundary.
 pub fn looks_like_frames(data: &[u8]) -> bool {
     let mut at = 0usize;
-    let mut frames = 0;
+    let mut whole = 0;
+    let mut last_len = 0;
     while at + 9 <= data.len() {
         let mut b = [0u8; 9];
         b.copy_from_slice(&data[at..at + 9]);
@@ -195,10 +197,18 @@ pub fn looks_like_frames(data: &[u8]) -> bool {
         if h.ty > CONTINUATION || !h.plausible(RESYNC_MAX_FRAME) {
             return false;
         }
-        frames += 1;
         at += 9 + h.len as usize;
+        last_len = h.len;
+        if at <= data.len() {
+            whole += 1;
+        }
     }
-    frames > 0
+    match at.cmp(&data.len()) {
+        std::cmp::Ordering::Equal => whole > 0,
+        std::cmp::Ordering::Greater => whole >= 2 || last_len <= DEFAULT_MAX_FRAME,
+        // A few bytes short of a frame header at the end.
+        std::cmp::Ordering::Less => whole > 0,
+    }
 }
 
 /// The frame being read.
