@@ -117,3 +117,6 @@ pub(super) fn split(done: Vec<H2Done>, rpc: &mut Vec<H2Done>) -> Vec<Exchange> {
     }
     exchanges
 }
+
+#[cfg(test)]
+mod tests;
