@@ -280,3 +280,39 @@ fn decision_spans_join_the_requests_trace() {
     assert_eq!(s.attr("http.response.status_code"), Some(&AttrValue::I64(429)));
     assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("429".into())));
 }
+
+#[test]
+fn decision_spans_feed_the_routing_metrics() {
+    use crate::export::metrics::RequestMetrics;
+    use crate::export::prometheus::encode;
+    let clock = WallClock::with_offset(0);
+    let opts = BuildOptions::default();
+    let m = RequestMetrics::new();
+    for _ in 0..3 {
+        let d = decision(&[("x-request-id", "a")], Outcome::Routed);
+        m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids));
+    }
+    let d = decision(&[("x-request-id", "b")], Outcome::Rejected { status: 429 });
+    m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids));
+    let text = encode(&m.families());
+    assert!(
+        text.contains(
+            r#"infertap_epp_decisions_total{infertap_epp_endpoint="10.0.0.5:8000",gen_ai_request_model="llama-3-8b"} 3"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"infertap_epp_rejections_total{http_response_status_code="429",gen_ai_request_model="llama-3-8b"} 1"#),
+        "{text}"
+    );
+    assert!(text.contains(
+        r#"infertap_epp_decision_duration_seconds_count{infertap_epp_decision="routed",gen_ai_request_model="llama-3-8b"} 3"#
+    ));
+    // 30 ms decisions fall in the 0.05 s bucket, not the 0.025 s one.
+    assert!(text.contains(
+        r#"infertap_epp_decision_duration_seconds_bucket{infertap_epp_decision="routed",gen_ai_request_model="llama-3-8b",le="0.025"} 0"#
+    ));
+    // A decision is not an HTTP request: the HTTP histogram stays empty, request ids are no label.
+    assert!(!text.contains("http_server_request_duration_seconds_count"));
+    assert!(!text.contains("\"a\""));
+}

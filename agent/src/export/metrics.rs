@@ -766,7 +766,7 @@ impl RequestMetrics {
         };
         put(EPP_DECISION_DURATION, &[decision, model], duration_s);
         let endpoint = val("infertap.epp.endpoint");
-        if !matches!(endpoint, Val::Absent) {
+        if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
             put(EPP_DECISIONS, &[endpoint, model], 1.0);
         }
         if decision == Val::Str("rejected") {
