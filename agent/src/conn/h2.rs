@@ -73,16 +73,18 @@ impl H2State {
     ) {
         let mut fx = H2Effects::default();
         let streams = &mut self.streams;
-        self.parser
-            .feed(dir, seg, &mut |ev| Self::apply(streams, dir, ev, &mut fx, done));
+        self.parser.feed(dir, seg, &mut |ev| {
+            Self::apply(streams, dir, ev, &mut fx, done)
+        });
         count(&fx, stats);
     }
 
     pub(super) fn gap(&mut self, dir: Direction, len: u64, stats: &Stats, done: &mut Vec<H2Done>) {
         let mut fx = H2Effects::default();
         let streams = &mut self.streams;
-        self.parser
-            .gap(dir, len, &mut |ev| Self::apply(streams, dir, ev, &mut fx, done));
+        self.parser.gap(dir, len, &mut |ev| {
+            Self::apply(streams, dir, ev, &mut fx, done)
+        });
         count(&fx, stats);
     }
 

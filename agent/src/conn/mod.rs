@@ -233,11 +233,12 @@ impl ConnTable {
             let mut rpc = Vec::new();
             let done = h2_data(c, chunk, hdir, stats, &mut rpc);
             let meta = c.meta(chunk.tgid);
-            self.rpc_done.extend(rpc.into_iter().map(|item| RpcFinished {
-                conn: id,
-                meta: meta.clone(),
-                item,
-            }));
+            self.rpc_done
+                .extend(rpc.into_iter().map(|item| RpcFinished {
+                    conn: id,
+                    meta: meta.clone(),
+                    item,
+                }));
             if !done.is_empty() {
                 finish(id, &meta, done, stats, out);
             }

@@ -167,7 +167,12 @@ impl ExtProcStream {
         self.start_ns.is_some()
     }
 
-    /// Messages were lost or undecodable.
+    /// Bytes of the EPP's answers were lost: the request side (and its body scan) is intact.
+    pub fn mark_response_incomplete(&mut self) {
+        self.incomplete = true;
+    }
+
+    /// Request messages were lost or undecodable (the body scan stops).
     pub fn mark_incomplete(&mut self) {
         self.incomplete = true;
         if let Some(s) = self.scan.as_mut() {

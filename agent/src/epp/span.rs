@@ -63,11 +63,17 @@ pub fn build_decision_span(
     }
     if let Some(first) = d.endpoints.first() {
         put("infertap.epp.endpoint", s(first));
-        put("infertap.epp.endpoints", AttrValue::StrArray(d.endpoints.clone()));
+        put(
+            "infertap.epp.endpoints",
+            AttrValue::StrArray(d.endpoints.clone()),
+        );
     }
     for (header, key) in [
         ("x-gateway-inference-objective", "infertap.epp.objective"),
-        ("x-gateway-inference-fairness-id", "infertap.epp.fairness_id"),
+        (
+            "x-gateway-inference-fairness-id",
+            "infertap.epp.fairness_id",
+        ),
         ("x-slo-ttft-ms", "infertap.epp.slo_ttft_ms"),
         ("x-slo-tpot-ms", "infertap.epp.slo_tpot_ms"),
     ] {

@@ -122,18 +122,31 @@ fn headers_body_then_destination_make_a_routed_decision() {
     assert_eq!(d.header("x-request-id"), Some("req-42"));
     assert_eq!(d.header(":path"), Some("/v1/chat/completions"));
     assert_eq!(d.header("x-gateway-inference-objective"), Some("premium"));
-    assert_eq!(d.header("x-gateway-inference-fairness-id"), Some("tenant-7"));
+    assert_eq!(
+        d.header("x-gateway-inference-fairness-id"),
+        Some("tenant-7")
+    );
     let dump = format!("{d:?}");
-    assert!(!dump.contains("s3cr3t") && !dump.contains("canary") && !dump.contains("authorization"));
+    assert!(
+        !dump.contains("s3cr3t") && !dump.contains("canary") && !dump.contains("authorization")
+    );
     // Once only: a later answer (to the response headers) makes no second decision.
-    assert!(s.on_response(50 * MS, &body_response("10.0.0.9:8000")).is_none());
+    assert!(s
+        .on_response(50 * MS, &body_response("10.0.0.9:8000"))
+        .is_none());
     assert!(s.finish(60 * MS).is_none());
 }
 
 #[test]
 fn dynamic_metadata_alone_names_the_endpoint_and_subset_hints_are_read() {
     let mut s = ExtProcStream::new();
-    let mut req = headers_msg(&[("x-request-id", "r"), ("x-gateway-model-name-rewrite", "m-v2")], true);
+    let mut req = headers_msg(
+        &[
+            ("x-request-id", "r"),
+            ("x-gateway-model-name-rewrite", "m-v2"),
+        ],
+        true,
+    );
     let mut hint = Struct::default();
     hint.fields.insert(
         SUBSET_KEY.into(),
@@ -190,7 +203,12 @@ fn immediate_responses_are_rejections_and_silence_is_no_decision() {
             dynamic_metadata: None,
         };
         let d = s.on_response(3 * MS, &resp).unwrap();
-        assert_eq!(d.outcome, Outcome::Rejected { status: code as u16 });
+        assert_eq!(
+            d.outcome,
+            Outcome::Rejected {
+                status: code as u16
+            }
+        );
         assert!(d.endpoints.is_empty());
     }
     let mut s = ExtProcStream::new();
@@ -202,7 +220,9 @@ fn immediate_responses_are_rejections_and_silence_is_no_decision() {
     // A stream picked up after its request headers makes no decision at all.
     let mut late = ExtProcStream::new();
     late.on_request(MS, &body_msg(b"{}", true));
-    assert!(late.on_response(2 * MS, &body_response("10.0.0.1:1")).is_none());
+    assert!(late
+        .on_response(2 * MS, &body_response("10.0.0.1:1"))
+        .is_none());
     assert!(late.finish(3 * MS).is_none());
 }
 
@@ -260,12 +280,30 @@ fn decision_spans_join_the_requests_trace() {
     assert_eq!(s.end_unix_nano - s.start_unix_nano, 30 * MS);
     assert_eq!(s.status, SpanStatus::Unset);
     let a = |k: &str| s.attr(k).cloned();
-    assert_eq!(a("infertap.epp.endpoint"), Some(AttrValue::Str("10.0.0.5:8000".into())));
-    assert_eq!(a("infertap.epp.objective"), Some(AttrValue::Str("premium".into())));
-    assert_eq!(a("infertap.epp.fairness_id"), Some(AttrValue::Str("tenant-7".into())));
-    assert_eq!(a("gen_ai.request.id"), Some(AttrValue::Str("req-42".into())));
-    assert_eq!(a("gen_ai.request.model"), Some(AttrValue::Str("llama-3-8b".into())));
-    assert_eq!(a("infertap.epp.decision"), Some(AttrValue::Str("routed".into())));
+    assert_eq!(
+        a("infertap.epp.endpoint"),
+        Some(AttrValue::Str("10.0.0.5:8000".into()))
+    );
+    assert_eq!(
+        a("infertap.epp.objective"),
+        Some(AttrValue::Str("premium".into()))
+    );
+    assert_eq!(
+        a("infertap.epp.fairness_id"),
+        Some(AttrValue::Str("tenant-7".into()))
+    );
+    assert_eq!(
+        a("gen_ai.request.id"),
+        Some(AttrValue::Str("req-42".into()))
+    );
+    assert_eq!(
+        a("gen_ai.request.model"),
+        Some(AttrValue::Str("llama-3-8b".into()))
+    );
+    assert_eq!(
+        a("infertap.epp.decision"),
+        Some(AttrValue::Str("routed".into()))
+    );
     assert_eq!(a("rpc.method"), Some(AttrValue::Str("Process".into())));
     // With traceparent: its trace, parented on its span.
     let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -275,9 +313,15 @@ fn decision_spans_join_the_requests_trace() {
     );
     let s = build_decision_span(&d, &meta(), &clock, &opts, &mut Ids);
     assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
-    assert_eq!(s.parent_span_id.map(|p| hex(&p)), Some("00f067aa0ba902b7".into()));
+    assert_eq!(
+        s.parent_span_id.map(|p| hex(&p)),
+        Some("00f067aa0ba902b7".into())
+    );
     assert_eq!(s.status, SpanStatus::Error("429".into()));
-    assert_eq!(s.attr("http.response.status_code"), Some(&AttrValue::I64(429)));
+    assert_eq!(
+        s.attr("http.response.status_code"),
+        Some(&AttrValue::I64(429))
+    );
     assert_eq!(s.attr("error.type"), Some(&AttrValue::Str("429".into())));
 }
 

@@ -121,7 +121,12 @@ impl H2Streams {
     }
 
     /// One event of direction `dir`.
-    pub fn on_event(&mut self, dir: Direction, ev: H2Event<'_>, done: &mut Vec<H2Done>) -> H2Effects {
+    pub fn on_event(
+        &mut self,
+        dir: Direction,
+        ev: H2Event<'_>,
+        done: &mut Vec<H2Done>,
+    ) -> H2Effects {
         let mut fx = H2Effects::default();
         match ev {
             H2Event::Headers {
@@ -148,8 +153,13 @@ impl H2Streams {
                 ts_ns,
                 stream,
                 data,
+                frame_start,
             } => {
                 if let Some(s) = self.streams.get_mut(&stream) {
+                    if frame_start {
+                        // gRPC writers start a message at a frame: pick messages up again there.
+                        s.deframers[idx(dir)].resume();
+                    }
                     s.data(dir, ts_ns, data, &mut fx, done);
                 }
             }
@@ -174,9 +184,9 @@ impl H2Streams {
             }
             H2Event::GoAway { .. } => {}
             H2Event::Lost => {
+                // Only this direction's bytes were lost.
                 for s in self.streams.values_mut() {
-                    s.gap(Direction::Request, 0);
-                    s.gap(Direction::Response, 0);
+                    s.gap(dir, 0);
                 }
             }
             H2Event::Error(_) => fx.parse_errors += 1,
@@ -348,7 +358,8 @@ impl Stream {
                 t.on_event(ev, &mut Vec::new());
             }
             Kind::Grpc(c) => c.incomplete = true,
-            Kind::ExtProc(e) => e.mark_incomplete(),
+            Kind::ExtProc(e) if dir == Direction::Request => e.mark_incomplete(),
+            Kind::ExtProc(e) => e.mark_response_incomplete(),
             _ => {}
         }
         self.deframers[idx(dir)].gap();

@@ -770,7 +770,11 @@ impl RequestMetrics {
             put(EPP_DECISIONS, &[endpoint, model], 1.0);
         }
         if decision == Val::Str("rejected") {
-            put(EPP_REJECTIONS, &[val("http.response.status_code"), model], 1.0);
+            put(
+                EPP_REJECTIONS,
+                &[val("http.response.status_code"), model],
+                1.0,
+            );
         }
     }
 

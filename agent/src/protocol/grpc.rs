@@ -46,7 +46,19 @@ impl GrpcDeframer {
         self.lost
     }
 
-    /// Bytes were lost: stop (a length prefix cannot be found again in a byte stream).
+    /// After a loss, the caller knows that a message starts here (the first bytes of an HTTP/2
+    /// DATA frame, where gRPC writers start messages): read messages again. No effect otherwise.
+    pub fn resume(&mut self) {
+        if self.lost {
+            self.lost = false;
+            self.prefix_len = 0;
+            self.want = None;
+            self.got = 0;
+        }
+    }
+
+    /// Bytes were lost: stop until [`Self::resume`] (a length prefix cannot be found again in a
+    /// byte stream by itself).
     pub fn gap(&mut self) {
         self.lost = true;
         self.buf = Vec::new();
@@ -125,7 +137,8 @@ impl GrpcDeframer {
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
     let rest = path.strip_prefix('/')?;
     let (service, method) = rest.split_once('/')?;
-    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
 }
 
 /// The canonical name of a gRPC status code.

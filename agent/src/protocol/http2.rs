@@ -90,11 +90,20 @@ pub enum H2Event<'a> {
         ts_ns: u64,
         stream: u32,
         data: &'a [u8],
+        /// These are the first data bytes of their frame (where gRPC writers start messages:
+        /// a place to pick a stream's messages up again after a loss).
+        frame_start: bool,
     },
     /// DATA payload bytes that were lost (the frame boundaries survived).
-    DataGap { stream: u32, len: u64 },
+    DataGap {
+        stream: u32,
+        len: u64,
+    },
     /// END_STREAM on a DATA frame, after its data.
-    EndStream { ts_ns: u64, stream: u32 },
+    EndStream {
+        ts_ns: u64,
+        stream: u32,
+    },
     Reset {
         ts_ns: u64,
         stream: u32,
@@ -105,8 +114,9 @@ pub enum H2Event<'a> {
         last_stream: u32,
         code: u32,
     },
-    /// Framing was lost (bytes lost outside DATA, or garbage): events of streams in flight may be
-    /// missing. The parser waits for a syscall boundary where frames start again.
+    /// Framing was lost in this direction (bytes lost outside DATA, or garbage): its events of
+    /// streams in flight may be missing. The parser waits for a syscall boundary where frames
+    /// start again.
     Lost,
     /// Counted by the caller.
     Error(H2ErrorKind),
@@ -443,11 +453,13 @@ impl Http2Conn {
             let pad = frame.pad.unwrap_or(0);
             let data_end = head.len.saturating_sub(pad);
             let take = (data_end.saturating_sub(frame.got) as usize).min(chunk.len());
+            let first = if head.flags & PADDED != 0 { 1 } else { 0 };
             if take > 0 {
                 out(H2Event::Data {
                     ts_ns,
                     stream: head.stream,
                     data: &chunk[..take],
+                    frame_start: frame.got == first,
                 });
             }
             frame.got += chunk.len() as u32;
@@ -510,7 +522,14 @@ impl Http2Conn {
                     too_large: false,
                     ts_ns,
                 });
-                self.fragment(d, fragment, truncated, h.flags & END_HEADERS != 0, ts_ns, out);
+                self.fragment(
+                    d,
+                    fragment,
+                    truncated,
+                    h.flags & END_HEADERS != 0,
+                    ts_ns,
+                    out,
+                );
             }
             CONTINUATION => {
                 let ok = self.dirs[d]

@@ -82,7 +82,12 @@ pub fn build_grpc_span(
         put("infertap.incomplete", AttrValue::Bool(true));
     }
     let error = match (c.outcome, c.grpc_status) {
-        (CallOutcome::Reset { by_client: true, .. }, _) => {
+        (
+            CallOutcome::Reset {
+                by_client: true, ..
+            },
+            _,
+        ) => {
             put("infertap.cancelled", AttrValue::Bool(true));
             None
         }

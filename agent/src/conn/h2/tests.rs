@@ -42,7 +42,10 @@ impl Wire {
         let stats = Stats::default();
         let mut table = ConnTable::new(16, 60_000 * MS);
         table.open(
-            ConnId { tgid: 7, conn_id: 1 },
+            ConnId {
+                tgid: 7,
+                conn_id: 1,
+            },
             5,
             Role::Server,
             Some("127.0.0.1:9002".parse().unwrap()),
@@ -106,7 +109,10 @@ fn a_recorded_ext_proc_connection_becomes_routing_decisions() {
     assert_eq!(w.stats.streams_not_http.load(Relaxed), 0);
     assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 0);
     assert!(w.stats.grpc_messages.load(Relaxed) >= 8);
-    assert!(w.out.is_empty(), "no HTTP exchange on an ext_proc connection");
+    assert!(
+        w.out.is_empty(),
+        "no HTTP exchange on an ext_proc connection"
+    );
 }
 
 #[test]
@@ -173,12 +179,20 @@ fn http1_is_untouched_and_a_preface_to_an_http1_server_is_counted() {
         1,
         b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
     );
-    w.syscall(SocketDir::Egress, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    w.syscall(
+        SocketDir::Egress,
+        2,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
     assert_eq!(w.out.len(), 1);
     assert_eq!(w.stats.http2_connections.load(Relaxed), 0);
     // The badclient case: a preface and SETTINGS to a server that answers in HTTP/1.1.
     let mut w = Wire::new(Origin::Start);
-    w.syscall(SocketDir::Ingress, 1, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0");
+    w.syscall(
+        SocketDir::Ingress,
+        1,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    );
     w.syscall(SocketDir::Egress, 2, b"HTTP/1.1 400 Bad Request\r\n\r\n");
     assert_eq!(w.stats.http2_connections.load(Relaxed), 1);
     assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 1);

@@ -66,16 +66,29 @@ fn recorded_ext_proc_streams_make_routing_decisions() {
     for d in &ds {
         assert_eq!(d.outcome, Outcome::Routed);
         assert_eq!(d.endpoints.len(), 1);
-        assert!(d.endpoints[0].starts_with("127.0.0.1:"), "{:?}", d.endpoints);
+        assert!(
+            d.endpoints[0].starts_with("127.0.0.1:"),
+            "{:?}",
+            d.endpoints
+        );
         assert_eq!(d.model.as_deref(), Some("standin-model"));
         assert!(d.header("x-request-id").unwrap().starts_with("fixture-"));
-        assert_eq!(d.header("x-gateway-inference-objective"), Some("critical-chat"));
-        assert_eq!(d.header("x-gateway-inference-fairness-id"), Some("tenant-a"));
+        assert_eq!(
+            d.header("x-gateway-inference-objective"),
+            Some("critical-chat")
+        );
+        assert_eq!(
+            d.header("x-gateway-inference-fairness-id"),
+            Some("tenant-a")
+        );
         assert!(d.end_ns > d.start_ns);
         assert!(!d.incomplete);
     }
     let dump = format!("{done:?}");
-    assert!(!dump.contains("fixture-secret-value"), "the authorization header leaked");
+    assert!(
+        !dump.contains("fixture-secret-value"),
+        "the authorization header leaked"
+    );
     assert!(!dump.contains("canary-fixture-prompt"), "the prompt leaked");
     // No other stream kind came out of an ext_proc connection.
     assert_eq!(done.len(), 2);
@@ -98,7 +111,14 @@ fn every_split_of_every_chunk_gives_the_same_decisions() {
         let strip = |d: &[H2Done]| {
             decisions(d)
                 .into_iter()
-                .map(|d| (d.endpoints.clone(), d.headers.clone(), d.model.clone(), d.outcome.clone()))
+                .map(|d| {
+                    (
+                        d.endpoints.clone(),
+                        d.headers.clone(),
+                        d.model.clone(),
+                        d.outcome.clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         let want = strip(&whole);
@@ -140,7 +160,10 @@ fn picked_up_mid_connection_ext_proc_is_still_decoded_from_data() {
     assert_eq!(ds.len(), 1, "{done:#?}");
     assert_eq!(ds[0].outcome, Outcome::Routed);
     assert_eq!(ds[0].model.as_deref(), Some("standin-model"));
-    assert!(ds[0].header("x-request-id").unwrap().starts_with("fixture-1-"));
+    assert!(ds[0]
+        .header("x-request-id")
+        .unwrap()
+        .starts_with("fixture-1-"));
 }
 
 /// Frames for synthesized connections.
@@ -171,8 +194,21 @@ fn plain_http_over_h2_is_an_exchange_and_grpc_calls_end_at_trailers() {
             (b"x-request-id", b"h2-req"),
         ]),
     ));
-    c.extend(frame(0, 1, 1, br#"{"messages":[],"model":"m1","stream":false}"#));
-    s.extend(frame(1, 4, 1, &resp_enc.encode([(&b":status"[..], &b"200"[..]), (b"content-type", b"application/json")])));
+    c.extend(frame(
+        0,
+        1,
+        1,
+        br#"{"messages":[],"model":"m1","stream":false}"#,
+    ));
+    s.extend(frame(
+        1,
+        4,
+        1,
+        &resp_enc.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-type", b"application/json"),
+        ]),
+    ));
     s.extend(frame(0, 1, 1, br#"{"id":"x","model":"m1","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#));
     // Stream 3: a gRPC call whose response headers come long before its trailers.
     c.extend(frame(
@@ -186,9 +222,22 @@ fn plain_http_over_h2_is_an_exchange_and_grpc_calls_end_at_trailers() {
         ]),
     ));
     c.extend(frame(0, 1, 3, &[0, 0, 0, 0, 2, 8, 1]));
-    s.extend(frame(1, 4, 3, &resp_enc.encode([(&b":status"[..], &b"200"[..]), (b"content-type", b"application/grpc")])));
+    s.extend(frame(
+        1,
+        4,
+        3,
+        &resp_enc.encode([
+            (&b":status"[..], &b"200"[..]),
+            (b"content-type", b"application/grpc"),
+        ]),
+    ));
     s.extend(frame(0, 0, 3, &[0, 0, 0, 0, 1, 7, 0, 0, 0, 0, 1, 7]));
-    s.extend(frame(1, 5, 3, &resp_enc.encode([(&b"grpc-status"[..], &b"14"[..])])));
+    s.extend(frame(
+        1,
+        5,
+        3,
+        &resp_enc.encode([(&b"grpc-status"[..], &b"14"[..])]),
+    ));
     let chunks = vec![
         (Direction::Request, c[..PREFACE.len()].to_vec()),
         (Direction::Request, c[PREFACE.len()..].to_vec()),
@@ -203,12 +252,18 @@ fn plain_http_over_h2_is_an_exchange_and_grpc_calls_end_at_trailers() {
     assert_eq!(ex.request.method, "POST");
     assert_eq!(ex.request.path, "/v1/chat/completions");
     assert_eq!(ex.response.as_ref().map(|r| r.status), Some(200));
-    assert_eq!(ex.request_fields.as_ref().and_then(|f| f.model.as_deref()), Some("m1"));
+    assert_eq!(
+        ex.request_fields.as_ref().and_then(|f| f.model.as_deref()),
+        Some("m1")
+    );
     assert_eq!(ex.usage.as_ref().and_then(|u| u.completion_tokens), Some(5));
     let H2Done::Call(call) = &done[1] else {
         panic!("{:?}", done[1]);
     };
-    assert_eq!((call.service.as_str(), call.method.as_str()), ("pkg.Svc", "Stream"));
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("pkg.Svc", "Stream")
+    );
     assert_eq!(call.grpc_status, Some(14));
     assert_eq!((call.request_messages, call.response_messages), (1, 2));
     assert_eq!(call.outcome, CallOutcome::Completed);
@@ -239,7 +294,11 @@ fn streams_are_bounded_and_reset_streams_end() {
             data: &c,
             syscall_start: true,
         },
-        &mut |ev| shed += streams.on_event(Direction::Request, ev, &mut done).streams_shed,
+        &mut |ev| {
+            shed += streams
+                .on_event(Direction::Request, ev, &mut done)
+                .streams_shed
+        },
     );
     assert_eq!(streams.len(), MAX_STREAMS);
     assert_eq!(shed, 10);
@@ -260,5 +319,61 @@ fn streams_are_bounded_and_reset_streams_end() {
     let H2Done::Exchange(ex) = &done[0] else {
         panic!()
     };
-    assert!(matches!(ex.outcome, crate::exchange::Outcome::Cancelled { .. }));
+    assert!(matches!(
+        ex.outcome,
+        crate::exchange::Outcome::Cancelled { .. }
+    ));
+}
+
+#[test]
+fn a_loss_in_the_servers_writes_costs_only_what_was_lost() {
+    // grpc-core writes its first answer on a connection as one sendmsg of 10-11 iovecs; the
+    // kernel side copies 8, so the tail (the DATA frame answering the request headers) is lost.
+    // The decision, written later, must still be read.
+    let chunks = load("ext_proc_routed.bin");
+    let (i, at) = chunks
+        .iter()
+        .enumerate()
+        .filter(|(_, (d, _))| *d == Direction::Response)
+        .find_map(|(i, (_, b))| {
+            // The first response chunk holding a DATA frame of stream 1.
+            let mut at = 0;
+            while at + 9 <= b.len() {
+                if b[at + 3] == 0 && b[at + 8] == 1 {
+                    return Some((i, at));
+                }
+                at += 9 + u32::from_be_bytes([0, b[at], b[at + 1], b[at + 2]]) as usize;
+            }
+            None
+        })
+        .expect("a response chunk with stream 1's DATA");
+    let mut p = Http2Conn::new(true);
+    let mut streams = H2Streams::new();
+    let mut done = Vec::new();
+    for (j, (dir, bytes)) in chunks.iter().enumerate() {
+        let data: &[u8] = if j == i { &bytes[..at] } else { bytes };
+        let seg = Segment {
+            ts_ns: (j as u64 + 1) * 1_000_000,
+            data,
+            syscall_start: true,
+        };
+        p.feed(*dir, seg, &mut |ev| {
+            streams.on_event(*dir, ev, &mut done);
+        });
+        if j == i {
+            p.gap(*dir, (bytes.len() - at) as u64, &mut |ev| {
+                streams.on_event(*dir, ev, &mut done);
+            });
+        }
+    }
+    let ds = decisions(&done);
+    assert_eq!(ds.len(), 2, "{done:#?}");
+    assert!(ds.iter().all(|d| d.outcome == Outcome::Routed));
+    assert_eq!(
+        ds[0].model.as_deref(),
+        Some("standin-model"),
+        "the request side was intact"
+    );
+    assert!(ds[0].incomplete, "the lost answer is reported");
+    assert!(!ds[1].incomplete);
 }

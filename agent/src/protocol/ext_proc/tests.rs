@@ -123,7 +123,10 @@ fn struct_field_numbers_match_the_proto_files() {
         for field in fields.keys() {
             // `NullValue` is an enum, `HeaderAppendAction` values are enum values: not messages.
             if let Some(s) = structs.get(message) {
-                assert!(s.contains_key(field), "{message}.{field} has no struct field");
+                assert!(
+                    s.contains_key(field),
+                    "{message}.{field} has no struct field"
+                );
             }
         }
     }
@@ -148,7 +151,10 @@ fn decodes_a_request_headers_message_and_reads_raw_values() {
     let msg = ProcessingRequest {
         request: Some(processing_request::Request::RequestHeaders(HttpHeaders {
             headers: Some(HeaderMap {
-                headers: vec![header("x-request-id", "r-1"), header(":path", "/v1/chat/completions")],
+                headers: vec![
+                    header("x-request-id", "r-1"),
+                    header(":path", "/v1/chat/completions"),
+                ],
             }),
             end_of_stream: false,
         })),

@@ -6,10 +6,7 @@ use super::*;
 
 /// A recorded connection: `(direction, bytes)` chunks in time order (`C`: client → server).
 pub(crate) fn load(name: &str) -> Vec<(Direction, Vec<u8>)> {
-    let path = format!(
-        "{}/tests/fixtures/http2/{name}",
-        env!("CARGO_MANIFEST_DIR")
-    );
+    let path = format!("{}/tests/fixtures/http2/{name}", env!("CARGO_MANIFEST_DIR"));
     let raw = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut out = Vec::new();
     let mut at = 0;
@@ -89,8 +86,16 @@ fn run(dir: Direction, from_start: bool, pieces: &[&[u8]]) -> Vec<String> {
 #[test]
 fn recorded_ext_proc_connection_frames_and_headers() {
     let chunks = load("ext_proc_routed.bin");
-    let req = run(Direction::Request, true, &[&direction(&chunks, Direction::Request)]);
-    let resp = run(Direction::Response, true, &[&direction(&chunks, Direction::Response)]);
+    let req = run(
+        Direction::Request,
+        true,
+        &[&direction(&chunks, Direction::Request)],
+    );
+    let resp = run(
+        Direction::Response,
+        true,
+        &[&direction(&chunks, Direction::Response)],
+    );
     let headers: Vec<&String> = req.iter().filter(|l| l.starts_with("headers")).collect();
     // Two ext_proc streams, both with their path decoded: the second one's HEADERS refer to the
     // dynamic table entries the first one added (grpcio indexes :path and content-type).
@@ -112,7 +117,10 @@ fn recorded_ext_proc_connection_frames_and_headers() {
         .collect();
     assert_eq!(trailers.len(), 2, "{resp:#?}");
     assert!(trailers.iter().all(|l| l.contains("end=true")));
-    assert!(!req.iter().chain(&resp).any(|l| l.starts_with("error") || l == "lost"));
+    assert!(!req
+        .iter()
+        .chain(&resp)
+        .any(|l| l.starts_with("error") || l == "lost"));
     // Nothing that is not allow-listed was copied: the `authorization` secret and the prompt are
     // inside DATA (protobuf), never in a header field.
     assert!(!format!("{req:?}{resp:?}").contains("authorization"));
@@ -131,7 +139,11 @@ fn every_split_offset_gives_the_same_events() {
             }
             // Byte by byte.
             let singles: Vec<&[u8]> = bytes.chunks(1).collect();
-            assert_eq!(run(dir, true, &singles), whole, "{name} {dir:?} one byte at a time");
+            assert_eq!(
+                run(dir, true, &singles),
+                whole,
+                "{name} {dir:?} one byte at a time"
+            );
         }
     }
 }
@@ -187,9 +199,22 @@ fn hpack_with_and_without_the_connection_start() {
     ];
     let first = enc.encode(fields.iter().copied());
     let second = enc.encode(fields.iter().copied());
-    assert!(second.len() < first.len(), "the second block uses the dynamic table");
+    assert!(
+        second.len() < first.len(),
+        "the second block uses the dynamic table"
+    );
     let frame = |stream: u8, block: &[u8]| {
-        let mut f = vec![0, 0, block.len() as u8, HEADERS, END_HEADERS | END_STREAM, 0, 0, 0, stream];
+        let mut f = vec![
+            0,
+            0,
+            block.len() as u8,
+            HEADERS,
+            END_HEADERS | END_STREAM,
+            0,
+            0,
+            0,
+            stream,
+        ];
         f.extend_from_slice(block);
         f
     };
@@ -200,8 +225,14 @@ fn hpack_with_and_without_the_connection_start() {
     assert_eq!(evs.len(), 2, "{evs:?}");
     for e in &evs {
         assert!(e.contains("path: Some(\"/v1/chat/completions\")"), "{e}");
-        assert!(e.contains("x-gateway-inference-objective\", \"premium\""), "{e}");
-        assert!(!e.contains("top-secret") && !e.contains("authorization"), "{e}");
+        assert!(
+            e.contains("x-gateway-inference-objective\", \"premium\""),
+            "{e}"
+        );
+        assert!(
+            !e.contains("top-secret") && !e.contains("authorization"),
+            "{e}"
+        );
     }
     // Only the second block, without the first: its table is unknown.
     let mid = run(Direction::Request, false, &[&frame(3, &second)]);
@@ -214,13 +245,19 @@ fn hpack_with_and_without_the_connection_start() {
     bad.extend(frame(3, &first));
     let evs = run(Direction::Request, true, &[&bad]);
     assert_eq!(evs[0], "error hpack");
-    assert!(evs[1].contains("known: false") && evs[2].contains("known: false"), "{evs:?}");
+    assert!(
+        evs[1].contains("known: false") && evs[2].contains("known: false"),
+        "{evs:?}"
+    );
 }
 
 #[test]
 fn padding_continuation_and_control_frames() {
     let mut enc = loona_hpack::Encoder::new();
-    let block = enc.encode([(&b":status"[..], &b"200"[..]), (b"content-type", b"application/grpc")]);
+    let block = enc.encode([
+        (&b":status"[..], &b"200"[..]),
+        (b"content-type", b"application/grpc"),
+    ]);
     let (a, b) = block.split_at(block.len() / 2);
     let mut s = Vec::new();
     // HEADERS (padded, with priority, no END_HEADERS) + CONTINUATION.
@@ -228,7 +265,17 @@ fn padding_continuation_and_control_frames() {
     p.extend_from_slice(&[0, 0, 0, 0, 16]); // priority
     p.extend_from_slice(a);
     p.extend_from_slice(&[0, 0, 0]);
-    s.extend_from_slice(&[0, 0, p.len() as u8, HEADERS, PADDED | PRIORITY_FLAG, 0, 0, 0, 1]);
+    s.extend_from_slice(&[
+        0,
+        0,
+        p.len() as u8,
+        HEADERS,
+        PADDED | PRIORITY_FLAG,
+        0,
+        0,
+        0,
+        1,
+    ]);
     s.extend(p);
     s.extend_from_slice(&[0, 0, b.len() as u8, CONTINUATION, END_HEADERS, 0, 0, 0, 1]);
     s.extend_from_slice(b);
@@ -239,7 +286,24 @@ fn padding_continuation_and_control_frames() {
     s.extend_from_slice(&[0, 0, 5, PRIORITY, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1]);
     s.extend_from_slice(&[0, 0, 2, 0x42, 0, 0, 0, 0, 0, 9, 9]);
     // DATA, padded, END_STREAM: "hi" then 4 bytes of padding.
-    s.extend_from_slice(&[0, 0, 7, DATA, PADDED | END_STREAM, 0, 0, 0, 1, 4, b'h', b'i', 0, 0, 0, 0]);
+    s.extend_from_slice(&[
+        0,
+        0,
+        7,
+        DATA,
+        PADDED | END_STREAM,
+        0,
+        0,
+        0,
+        1,
+        4,
+        b'h',
+        b'i',
+        0,
+        0,
+        0,
+        0,
+    ]);
     // RST_STREAM and GOAWAY.
     s.extend_from_slice(&[0, 0, 4, RST_STREAM, 0, 0, 0, 0, 5, 0, 0, 0, 8]);
     s.extend_from_slice(&[0, 0, 8, GOAWAY, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0]);
@@ -251,7 +315,11 @@ fn padding_continuation_and_control_frames() {
     assert_eq!(whole[3], "reset 5 8");
     assert_eq!(whole[4], "goaway 5 0");
     for k in 0..=s.len() {
-        assert_eq!(run(Direction::Response, true, &[&s[..k], &s[k..]]), whole, "split {k}");
+        assert_eq!(
+            run(Direction::Response, true, &[&s[..k], &s[k..]]),
+            whole,
+            "split {k}"
+        );
     }
 }
 
@@ -274,7 +342,12 @@ fn garbage_is_counted_and_framing_resumes_at_a_syscall_boundary() {
             &mut |ev| render(events, ev),
         )
     };
-    feed(&mut p, b"HTTP/1.1 400 Bad Request\r\n\r\n", true, &mut events);
+    feed(
+        &mut p,
+        b"HTTP/1.1 400 Bad Request\r\n\r\n",
+        true,
+        &mut events,
+    );
     assert_eq!(events, vec!["error bad_frame", "lost"]);
     // Garbage mid-segment is ignored; frames at the next syscall start are read again, headers
     // unknown (the table was lost with the bytes).
@@ -317,9 +390,13 @@ fn a_loss_inside_data_keeps_the_framing() {
             syscall_start: false,
         }
     }
-    p.feed(Direction::Response, seg(&s[..12]), &mut |e| render(&mut ev, e));
+    p.feed(Direction::Response, seg(&s[..12]), &mut |e| {
+        render(&mut ev, e)
+    });
     p.gap(Direction::Response, 5, &mut |e| render(&mut ev, e));
-    p.feed(Direction::Response, seg(&s[17..]), &mut |e| render(&mut ev, e));
+    p.feed(Direction::Response, seg(&s[17..]), &mut |e| {
+        render(&mut ev, e)
+    });
     assert_eq!(
         ev,
         vec!["data 1 303132", "gap 1 5", "data 1 38396162", "end 1"]
@@ -327,7 +404,9 @@ fn a_loss_inside_data_keeps_the_framing() {
     // A loss across a frame header: framing is lost.
     let mut p = Http2Conn::new(true);
     let mut ev = Vec::new();
-    p.feed(Direction::Response, seg(&s[..12]), &mut |e| render(&mut ev, e));
+    p.feed(Direction::Response, seg(&s[..12]), &mut |e| {
+        render(&mut ev, e)
+    });
     p.gap(Direction::Response, 9, &mut |e| render(&mut ev, e));
     assert_eq!(ev.last().unwrap(), "lost");
 }
@@ -337,8 +416,12 @@ fn detects_frames_but_not_http1_or_tls() {
     let chunks = load("ext_proc_routed.bin");
     let resp = direction(&chunks, Direction::Response);
     assert!(looks_like_frames(&resp));
-    assert!(!looks_like_frames(b"POST /v1/chat/completions HTTP/1.1\r\n"));
+    assert!(!looks_like_frames(
+        b"POST /v1/chat/completions HTTP/1.1\r\n"
+    ));
     assert!(!looks_like_frames(b"HTTP/1.1 200 OK\r\n\r\n"));
-    assert!(!looks_like_frames(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03]));
+    assert!(!looks_like_frames(&[
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03
+    ]));
     assert!(!looks_like_frames(b"short"));
 }
