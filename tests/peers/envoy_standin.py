@@ -101,7 +101,7 @@ def one_request(stub, args, n: int) -> dict:
     ]
     if tp:
         hs.append(header("traceparent", tp))
-    if args.reject:
+    if args.reject and n >= args.reject_from:
         hs.append(header("x-standin-reject", args.reject))
 
     sendq: queue.Queue = queue.Queue()
@@ -160,6 +160,7 @@ def main() -> None:
     ap.add_argument("--fairness-id", default="tenant-a")
     ap.add_argument("--traceparent", action="store_true", help="send a fresh traceparent per request")
     ap.add_argument("--reject", help="ask the EPP stand-in to reject (429 or 503)")
+    ap.add_argument("--reject-from", type=int, default=0, help="only requests from this index on are rejected")
     ap.add_argument("--canary", default="canary-prompt-text")
     ap.add_argument("--secret", default="secret-token")
     ap.add_argument("--id-prefix", default="req")
