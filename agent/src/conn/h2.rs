@@ -113,7 +113,7 @@ pub(super) fn split(done: Vec<H2Done>, rpc: &mut Vec<H2Done>) -> Vec<Exchange> {
     let mut exchanges = Vec::new();
     for d in done {
         match d {
-            H2Done::Exchange(e) => exchanges.push(e),
+            H2Done::Exchange(e) => exchanges.push(*e),
             other => rpc.push(other),
         }
     }

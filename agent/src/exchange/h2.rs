@@ -57,7 +57,7 @@ pub struct GrpcCall {
 /// What a stream produced.
 #[derive(Clone, Debug)]
 pub enum H2Done {
-    Exchange(Exchange),
+    Exchange(Box<Exchange>),
     Call(GrpcCall),
     Decision(Decision),
 }
@@ -80,7 +80,7 @@ enum Kind {
     Unknown,
     Http(ExchangeTracker),
     Grpc(Box<GrpcCall>),
-    ExtProc(ExtProcStream),
+    ExtProc(Box<ExtProcStream>),
     /// Followed for framing only.
     Ignored,
 }
@@ -209,7 +209,7 @@ impl Stream {
         let kind = if !fields.known {
             Kind::Unknown
         } else if fields.path.as_deref() == Some(PROCESS_PATH) {
-            Kind::ExtProc(ExtProcStream::new())
+            Kind::ExtProc(Box::new(ExtProcStream::new()))
         } else if fields
             .content_type
             .as_deref()
@@ -254,19 +254,18 @@ impl Stream {
         done: &mut Vec<H2Done>,
     ) {
         match (&mut self.kind, dir) {
-            (Kind::Http(t), Direction::Request) => {
-                if t.in_flight() == 0 {
-                    let head = RequestHead {
-                        method: fields.method.clone().unwrap_or_default(),
-                        path: fields.path.clone().unwrap_or_default(),
-                        minor_version: 0,
-                        content_length: None,
-                        chunked: false,
-                        headers: fields.headers,
-                    };
-                    let mut out = Vec::new();
-                    t.on_event(HttpEvent::RequestHead { ts_ns, head }, &mut out);
-                }
+            // Trailers on the request side are not a new request.
+            (Kind::Http(t), Direction::Request) if t.in_flight() == 0 => {
+                let head = RequestHead {
+                    method: fields.method.clone().unwrap_or_default(),
+                    path: fields.path.clone().unwrap_or_default(),
+                    minor_version: 0,
+                    content_length: None,
+                    chunked: false,
+                    headers: fields.headers,
+                };
+                let mut out = Vec::new();
+                t.on_event(HttpEvent::RequestHead { ts_ns, head }, &mut out);
             }
             (Kind::Http(t), Direction::Response) => {
                 let status = fields.status.unwrap_or(0);
@@ -375,7 +374,7 @@ impl Stream {
             (Kind::Http(t), Direction::Response) => {
                 let mut out = Vec::new();
                 t.on_event(HttpEvent::ResponseEnd { ts_ns }, &mut out);
-                done.extend(out.into_iter().map(H2Done::Exchange));
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
             }
             (Kind::Grpc(c), Direction::Response) => {
                 let mut call = (**c).clone();
@@ -409,7 +408,7 @@ impl Stream {
                     },
                     &mut out,
                 );
-                done.extend(out.into_iter().map(H2Done::Exchange));
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
             }
             Kind::Grpc(mut c) => {
                 c.end_ns = ts_ns;
@@ -440,7 +439,7 @@ impl Stream {
                     },
                     &mut out,
                 );
-                done.extend(out.into_iter().map(H2Done::Exchange));
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
             }
             Kind::Grpc(mut c) => {
                 c.end_ns = ts_ns;
@@ -471,7 +470,7 @@ fn on_message(
                     Some(ext_proc::processing_request::Request::RequestHeaders(_))
                 ) =>
             {
-                Kind::ExtProc(ExtProcStream::new())
+                Kind::ExtProc(Box::new(ExtProcStream::new()))
             }
             _ => Kind::Ignored,
         };

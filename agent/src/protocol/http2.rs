@@ -178,7 +178,7 @@ impl FrameHead {
             RST_STREAM | WINDOW_UPDATE => self.len == 4,
             PRIORITY => self.len == 5,
             PING => self.len == 8,
-            SETTINGS => self.len % 6 == 0 && (self.flags & 1 == 0 || self.len == 0),
+            SETTINGS => self.len.is_multiple_of(6) && (self.flags & 1 == 0 || self.len == 0),
             _ => true,
         };
         let stream_ok = match self.ty {
@@ -487,14 +487,10 @@ impl Http2Conn {
         let p = &frame.buf[..];
         let truncated = frame.buf.len() < h.len as usize;
         match h.ty {
-            DATA => {
-                if h.flags & END_STREAM != 0 {
-                    out(H2Event::EndStream {
-                        ts_ns,
-                        stream: h.stream,
-                    });
-                }
-            }
+            DATA if h.flags & END_STREAM != 0 => out(H2Event::EndStream {
+                ts_ns,
+                stream: h.stream,
+            }),
             HEADERS | PUSH_PROMISE => {
                 let mut skip = 0usize;
                 let mut pad = 0usize;
