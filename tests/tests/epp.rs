@@ -297,3 +297,98 @@ fn routing_decisions_meet_the_model_servers_spans() {
     }
     drop(epp);
 }
+
+/// The routing metrics reach a real OTLP receiver (no root needed): decision spans recorded into
+/// the registry with the OTLP exporter attached, as the pipeline does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_metrics_are_exported_over_otlp() {
+    use std::sync::Arc;
+
+    use infertap::capture::clock::WallClock;
+    use infertap::epp::span::build_decision_span;
+    use infertap::epp::{Decision, Outcome};
+    use infertap::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
+    use infertap::export::metrics::RequestMetrics;
+    use infertap::stats::Stats;
+    use infertap::trace::build::{BuildOptions, ConnMeta, RandomIds};
+    use infertap_tests::otlp_receiver::OtlpReceiver;
+
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let vars = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "60000".to_string()),
+    ];
+    let config = MetricsOtlpConfig::from_lookup(|name| {
+        vars.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let metrics = Arc::new(RequestMetrics::new());
+    let exporter =
+        OtlpMetricsExporter::spawn(&config, &metrics, Arc::new(Stats::default())).unwrap();
+    let meta = ConnMeta {
+        pid: 1,
+        local: Some("127.0.0.1:9002".parse().unwrap()),
+        peer: Some("127.0.0.1:50000".parse().unwrap()),
+        server: true,
+        provider: "llm-d",
+    };
+    let decision = |outcome: Outcome, endpoints: Vec<String>| Decision {
+        start_ns: 1_000_000,
+        end_ns: 4_000_000,
+        headers: vec![("x-request-id", "r".to_string())],
+        model: Some("m".into()),
+        endpoints,
+        subset: vec![],
+        outcome,
+        incomplete: false,
+    };
+    let clock = WallClock::with_offset(0);
+    let opts = BuildOptions::default();
+    for d in [
+        decision(Outcome::Routed, vec!["10.0.0.5:8000".into()]),
+        decision(Outcome::Routed, vec!["10.0.0.5:8000".into()]),
+        decision(Outcome::Rejected { status: 429 }, vec![]),
+    ] {
+        metrics.record(&build_decision_span(
+            &d,
+            &meta,
+            &clock,
+            &opts,
+            &mut RandomIds,
+        ));
+    }
+    exporter.flush().await;
+    let per_endpoint = receiver
+        .wait_for_metric(Duration::from_secs(10), |p| {
+            p.name == "infertap.epp.decisions"
+        })
+        .await
+        .unwrap();
+    assert_eq!(per_endpoint.value, Some(2.0));
+    assert_eq!(
+        per_endpoint.attributes["infertap.epp.endpoint"],
+        "10.0.0.5:8000"
+    );
+    let rejections = receiver
+        .wait_for_metric(Duration::from_secs(10), |p| {
+            p.name == "infertap.epp.rejections"
+        })
+        .await
+        .unwrap();
+    assert_eq!(rejections.value, Some(1.0));
+    assert_eq!(rejections.attributes["http.response.status_code"], 429);
+    let latency = receiver
+        .wait_for_metric(Duration::from_secs(10), |p| {
+            p.name == "infertap.epp.decision.duration"
+                && p.attributes
+                    .get("infertap.epp.decision")
+                    .and_then(|v| v.as_str())
+                    == Some("routed")
+        })
+        .await
+        .unwrap();
+    assert_eq!((latency.count, latency.unit.as_str()), (2, "s"));
+    exporter.shutdown().await;
+}
