@@ -165,6 +165,10 @@ def main() -> None:
     ap.add_argument("--secret", default="secret-token")
     ap.add_argument("--id-prefix", default="req")
     ap.add_argument("--record", help="save the gRPC connection's bytes to this file")
+    ap.add_argument(
+        "--echo",
+        help="instead: one call of the plain streaming method /infertap.test.Echo/Chat with these comma-separated messages",
+    )
     args = ap.parse_args()
 
     target = args.epp
@@ -173,6 +177,20 @@ def main() -> None:
         target = f"127.0.0.1:{relay((host, int(port)), args.record)}"
     channel = grpc.insecure_channel(target, options=[("grpc.enable_http_proxy", 0)])
     grpc.channel_ready_future(channel).result(timeout=10)
+    if args.echo is not None:
+        call = channel.stream_stream("/infertap.test.Echo/Chat", request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        rec: dict = {"t_start": time.monotonic()}
+        replies = 0
+        try:
+            for _ in call(iter([m.encode() for m in args.echo.split(",")])):
+                replies += 1
+            rec["code"] = "OK"
+        except grpc.RpcError as e:
+            rec["code"] = e.code().name
+        rec.update(replies=replies, t_end=time.monotonic())
+        print(json.dumps(rec), flush=True)
+        channel.close()
+        return
     stub = pb_grpc.ExternalProcessorStub(channel)
     for n in range(args.count):
         print(json.dumps(one_request(stub, args, n)), flush=True)

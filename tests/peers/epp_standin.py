@@ -11,6 +11,11 @@ with empty responses.
 
 Test hook (not part of the EPP): request header `x-standin-reject: 429|503` -> an ImmediateResponse
 with that status (429: shed, 503: no endpoint), as the EPP sends when it sheds or has no endpoint.
+
+Also a plain gRPC streaming method for the agent's gRPC spans (not part of the EPP):
+`/infertap.test.Echo/Chat` (raw bytes, bidirectional): for every request message it answers
+--echo-replies messages, --echo-interval-ms apart, then ends with status UNAVAILABLE when a request
+message is `fail`, else OK.
 """
 
 from __future__ import annotations
@@ -84,6 +89,26 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                 yield pb.ProcessingResponse(response_body=pb.BodyResponse())
 
 
+def echo_handler(replies: int, interval_s: float):
+    def chat(request_iterator, context):
+        # Response headers at once, on their own (then each message in its own write).
+        context.send_initial_metadata(())
+        fail = False
+        for msg in request_iterator:
+            fail = fail or msg == b"fail"
+            for i in range(replies):
+                time.sleep(interval_s)
+                yield b"reply-%d" % i
+        if fail:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in failure")
+
+    ident = lambda b: b  # noqa: E731 (raw bytes, no protobuf)
+    return grpc.method_handlers_generic_handler(
+        "infertap.test.Echo",
+        {"Chat": grpc.stream_stream_rpc_method_handler(chat, request_deserializer=ident, response_serializer=ident)},
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--host", default="127.0.0.1")
@@ -91,10 +116,13 @@ def main() -> None:
     ap.add_argument("--endpoint", action="append", required=True, help="ip:port of a model server (repeatable)")
     ap.add_argument("--decision-delay-ms", type=float, default=20.0, help="simulated scheduling time")
     ap.add_argument("--ready-file", help="written (with the port) once the server listens")
+    ap.add_argument("--echo-replies", type=int, default=3)
+    ap.add_argument("--echo-interval-ms", type=float, default=50.0)
     args = ap.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     pb_grpc.add_ExternalProcessorServicer_to_server(Processor(args.endpoint, args.decision_delay_ms / 1000), server)
+    server.add_generic_rpc_handlers((echo_handler(args.echo_replies, args.echo_interval_ms / 1000),))
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     server.start()
     if args.ready_file:
