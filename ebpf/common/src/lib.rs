@@ -17,7 +17,7 @@ pub const CHUNK_PAYLOAD_MAX: usize = CHUNK_MAX - 1;
 /// (so a large non-streaming response still shows its last bytes, where `usage` sits).
 pub const HEAD_CHUNKS_PER_BUFFER: u32 = 15;
 /// iovecs followed per `readv`/`writev`/`recvmsg`/`sendmsg`; the rest are reported as a gap.
-pub const IOVECS_TRACED: u32 = 8;
+pub const IOVECS_TRACED: u32 = 32;
 
 /// Record kinds (`RecordHeader::kind`).
 pub const RECORD_DATA: u32 = 1;
