@@ -7,6 +7,7 @@ pub mod conn;
 pub mod enrich;
 pub mod exchange;
 pub mod export;
+pub mod gpu;
 pub mod probes;
 pub mod protocol;
 pub mod stats;
