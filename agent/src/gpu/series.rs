@@ -280,7 +280,7 @@ mod tests {
     fn ramp(n: u64) -> Series {
         let mut s = Series::default();
         for k in 0..n {
-            s.push(1000 * MS + k * 100 * MS, 1100 * MS + k * 100 * MS, 0.1 * (k + 1) as f64);
+            s.push(1000 * MS + k * 100 * MS, 1100 * MS + k * 100 * MS, (k + 1) as f64 / 10.0);
         }
         s
     }
