@@ -174,9 +174,11 @@ fn median(v: &mut [u64]) -> Option<u64> {
     Some(v[v.len() / 2])
 }
 
-/// A monotonically increasing counter read at instants (energy in mJ), unwrapped: a reading
-/// below the previous one is a wrap (at 2³² when the previous reading fit in 32 bits, else at
-/// 2⁶⁴), counted in `wraps`.
+/// A monotonically increasing counter read at instants (energy in mJ), unwrapped. A reading below
+/// the previous one is a wrap (counted in `wraps`) at an unknown modulus: the increase is taken as
+/// a wrap at 2³² (previous reading in 32 bits) or 2⁶⁴ when that agrees with the rate just before
+/// (at most twice the extrapolated increase, with 1 unit of slack), else as the extrapolated
+/// increase itself (a counter wrapping at some other value, or reset by a driver reload).
 #[derive(Clone, Debug, Default)]
 pub struct Counter {
     /// (time, unwrapped total since the first reading).
@@ -206,10 +208,22 @@ impl Counter {
             Some(prev) if raw >= prev => raw - prev,
             Some(prev) => {
                 self.wraps += 1;
-                if prev <= u32::MAX as u64 {
+                let at_modulus = if prev <= u32::MAX as u64 {
                     (1u64 << 32) - prev + raw
                 } else {
                     raw.wrapping_sub(prev)
+                };
+                match self.rate_per_ns() {
+                    Some(rate) => {
+                        let dt = t_ns - self.points.back().map_or(t_ns, |p| p.0);
+                        let expected = rate * dt as f64;
+                        if (at_modulus as f64) <= 2.0 * expected + 1.0 {
+                            at_modulus
+                        } else {
+                            (expected.round() as u64).max(raw)
+                        }
+                    }
+                    None => at_modulus,
                 }
             }
         };
@@ -223,6 +237,14 @@ impl Counter {
         while self.points.front().is_some_and(|&(t, _)| t < horizon) {
             self.points.pop_front();
         }
+    }
+
+    /// The rate between the last two readings.
+    fn rate_per_ns(&self) -> Option<f64> {
+        let n = self.points.len();
+        let (t1, v1) = *self.points.get(n.checked_sub(1)?)?;
+        let (t0, v0) = *self.points.get(n.checked_sub(2)?)?;
+        (t1 > t0).then(|| (v1 - v0) / (t1 - t0) as f64)
     }
 
     pub fn last_raw(&self) -> Option<u64> {
@@ -381,7 +403,7 @@ mod tests {
     fn counter_wrap_is_unwrapped_at_32_and_64_bits() {
         let mut c = Counter::default();
         c.push(0, u32::MAX as u64 - 99);
-        c.push(100 * MS, 100); // wrapped at 2^32: +200
+        c.push(100 * MS, 100); // wrapped at 2^32: +200 (no rate known yet)
         assert_eq!(c.wraps, 1);
         assert!((c.window(0, 100 * MS).unwrap().increase - 200.0).abs() < 1e-9);
         let mut c = Counter::default();
@@ -391,5 +413,25 @@ mod tests {
         // Out-of-order readings are ignored.
         c.push(50 * MS, 0);
         assert_eq!(c.last_raw(), Some(50));
+    }
+
+    #[test]
+    fn a_wrap_at_another_modulus_follows_the_rate_before_it() {
+        // 10 mJ per ms, wrapping at 1,000,000 mJ.
+        let mut c = Counter::default();
+        c.push(0, 998_000);
+        c.push(100 * MS, 999_000);
+        c.push(200 * MS, 0); // 1,000,000 reached exactly: +1,000
+        c.push(300 * MS, 1_000);
+        assert_eq!(c.wraps, 1);
+        let w = c.window(50 * MS, 250 * MS).unwrap();
+        assert!((w.increase - 2_000.0).abs() < 1e-9, "{w:?}");
+        // A 32-bit wrap agreeing with the rate is taken at 2^32.
+        let mut c = Counter::default();
+        let top = u32::MAX as u64 + 1;
+        c.push(0, top - 2_000);
+        c.push(100 * MS, top - 1_000);
+        c.push(200 * MS, 500); // +1,500: within twice the rate
+        assert!((c.window(100 * MS, 200 * MS).unwrap().increase - 1_500.0).abs() < 1e-9);
     }
 }
