@@ -198,6 +198,9 @@ pub struct SamplerCost {
     /// Since the sampler started, ns of wall time.
     pub running_ns: u64,
     pub calls: BTreeMap<&'static str, CallCost>,
+    /// The spacing of consecutive GPU utilisation samples as the driver stamped them, µs (the
+    /// last few hundred, all GPUs).
+    pub sample_spacing_us: std::collections::VecDeque<u64>,
 }
 
 /// The GPU source's state, shown in `/status` and `/gpu`.
@@ -215,6 +218,10 @@ pub struct SourceStatus {
     pub nvml_version: Option<String>,
     /// The clock NVML timestamps were found to use (`realtime` or `monotonic`), once seen.
     pub timestamp_clock: Option<String>,
+    /// How far behind CLOCK_REALTIME and CLOCK_MONOTONIC the newest GPU utilisation sample's
+    /// timestamp was when it was read, ms (the smaller one names the clock).
+    pub timestamp_lag_realtime_ms: Option<f64>,
+    pub timestamp_lag_monotonic_ms: Option<f64>,
     pub dcgm_url: Option<String>,
     /// `ok`, or why the last scrape failed.
     pub dcgm_state: Option<String>,

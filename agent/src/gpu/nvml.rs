@@ -665,6 +665,33 @@ fn utilisation(ctx: &mut Ctx, gpu: &mut Gpu, kind: Sampling, figure: Figure, nam
         pushes.push((start, end, *v));
         prev = Some(end);
     }
+    if figure == Figure::GpuUtilization {
+        let raw: Vec<u64> = fresh.iter().map(|s| s.0).collect();
+        let prev_raw = last;
+        let spacing: Vec<u64> = std::iter::once(prev_raw)
+            .chain(raw.iter().copied())
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] > 0)
+            .map(|w| w[1] - w[0])
+            .collect();
+        if let Some(&newest) = raw.last() {
+            let mono = WallClock::monotonic_now();
+            let real = ctx.clock.to_unix_nanos(mono);
+            let newest_ns = newest.saturating_mul(1000);
+            let lag = |now: u64| (now as f64 - newest_ns as f64) / 1e6;
+            ctx.hub.write(|s| {
+                s.status.timestamp_lag_realtime_ms = Some(lag(real));
+                s.status.timestamp_lag_monotonic_ms = Some(lag(mono));
+                for sp in spacing {
+                    if s.cost.sample_spacing_us.len() >= 512 {
+                        s.cost.sample_spacing_us.pop_front();
+                    }
+                    s.cost.sample_spacing_us.push_back(sp);
+                }
+            });
+        }
+    }
     if let Some(&(ts, _)) = fresh.last() {
         match figure {
             Figure::GpuUtilization => gpu.last_util_us = ts,
