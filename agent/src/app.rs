@@ -154,7 +154,10 @@ async fn run(config: Config) -> Result<()> {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
-                    _ = tick.tick() => crate::gpu::view::publish_status(&hub, &status),
+                    _ = tick.tick() => {
+                        crate::gpu::view::publish_status(&hub, &status);
+                        hub.sync_targets(status.app().targets.iter().map(|t| t.pid));
+                    }
                     _ = stop.wait_for(|s| *s) => return,
                 }
             }

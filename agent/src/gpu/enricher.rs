@@ -148,6 +148,8 @@ pub struct RequestGpu {
     pub sm_active_mean: Option<f64>,
     pub sm_occupancy_mean: Option<f64>,
     pub tensor_active_mean: Option<f64>,
+    /// The process tree's own SM utilisation (NVML per-process samples, summed over its PIDs).
+    pub process_util_mean: Option<f64>,
     pub energy_j: Option<f64>,
     pub energy_coverage: Option<f64>,
     pub process_memory_bytes: Option<u64>,
@@ -181,6 +183,7 @@ pub fn figures(
     let (mut energy, mut e_cov, mut busy, mut share_e) = (None::<f64>, None::<f64>, None, None);
     let (mut pmem, mut dmem, mut dlim) = (None::<u64>, None::<u64>, None::<u64>);
     let mut any_util = false;
+    let mut proc_util = Vec::new();
     for &g in gpus {
         let Some(d) = s.devices.get(g) else { continue };
         out.uuids.push(d.uuid.clone());
@@ -222,6 +225,15 @@ pub fn figures(
                 acc.push(m);
             }
         }
+        let per_pid: Vec<f64> = d
+            .process_sm
+            .iter()
+            .filter(|(pid, _)| tree.contains(pid))
+            .filter_map(|(_, series)| series.window(a, b).mean)
+            .collect();
+        if !per_pid.is_empty() {
+            proc_util.push(per_pid.iter().sum::<f64>().min(1.0));
+        }
         if d.energy_origin.is_some() {
             if let Some(w) = d.energy.window(a, b) {
                 energy = Some(energy.unwrap_or(0.0) + w.increase / 1000.0);
@@ -255,6 +267,7 @@ pub fn figures(
     out.sm_active_mean = mean_of(&sm);
     out.sm_occupancy_mean = mean_of(&occ);
     out.tensor_active_mean = mean_of(&tensor);
+    out.process_util_mean = mean_of(&proc_util);
     out.energy_j = energy;
     out.energy_coverage = e_cov;
     out.process_memory_bytes = pmem;
@@ -300,6 +313,7 @@ impl RequestGpu {
         f(&mut a, "infertap.gpu.sm_active", self.sm_active_mean);
         f(&mut a, "infertap.gpu.sm_occupancy", self.sm_occupancy_mean);
         f(&mut a, "infertap.gpu.tensor_active", self.tensor_active_mean);
+        f(&mut a, "infertap.gpu.process.utilization", self.process_util_mean);
         f(&mut a, "infertap.gpu.energy", self.energy_j);
         f(&mut a, "infertap.gpu.energy.coverage", self.energy_coverage);
         let i = |a: &mut Vec<_>, k, v: Option<u64>| {

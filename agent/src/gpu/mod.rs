@@ -260,6 +260,8 @@ pub struct Hub {
     /// PIDs of processes whose requests were seen (the sampler refreshes process lists when this
     /// set changes).
     interest: Arc<Mutex<BTreeSet<u32>>>,
+    /// The targeted processes last synced.
+    targets: Arc<Mutex<BTreeSet<u32>>>,
 }
 
 impl Hub {
@@ -289,6 +291,19 @@ impl Hub {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Makes the targeted processes of interest (and forgets those no longer targeted): the
+    /// sampler lists the GPUs' processes at once when a target starts or exits.
+    pub fn sync_targets(&self, targets: impl IntoIterator<Item = u32>) {
+        let targets: BTreeSet<u32> = targets.into_iter().collect();
+        let mut set = self.interest.lock().unwrap_or_else(|e| e.into_inner());
+        let mut known = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in known.difference(&targets) {
+            set.remove(gone);
+        }
+        set.extend(targets.iter().copied());
+        *known = targets;
     }
 
     pub fn forget_interest(&self, pid: u32) {
@@ -404,5 +419,33 @@ impl GpuRuntime {
         if let Some(d) = self.dcgm {
             let _ = d.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvml_replaces_a_dcgm_figure_and_dcgm_never_replaces_nvml() {
+        let mut d = Device::default();
+        d.push(Figure::DramBandwidth, Origin::Dcgm, 0, 30, 0.5);
+        d.push(Figure::DramBandwidth, Origin::NvmlGpm, 30, 40, 0.7);
+        let t = d.track(Figure::DramBandwidth).unwrap();
+        assert_eq!(t.origin, Origin::NvmlGpm);
+        assert_eq!(t.series.len(), 1);
+        d.push(Figure::DramBandwidth, Origin::Dcgm, 40, 70, 0.1);
+        assert_eq!(d.track(Figure::DramBandwidth).unwrap().series.len(), 1);
+    }
+
+    #[test]
+    fn targets_join_and_leave_the_processes_of_interest() {
+        let hub = Hub::default();
+        assert!(hub.note_interest(7));
+        assert!(!hub.note_interest(7));
+        hub.sync_targets([1, 2]);
+        assert_eq!(hub.interest(), BTreeSet::from([1, 2, 7]));
+        hub.sync_targets([2]);
+        assert_eq!(hub.interest(), BTreeSet::from([2, 7]));
     }
 }
