@@ -1,19 +1,22 @@
 //! A fair share of a GPU's busy time and energy among the requests one process has in flight.
 //!
-//! **The rule.** A serving process batches its requests: in each sample interval of the GPU, the
-//! work belongs to the requests in flight in it. For every sample interval `I` (clipped to the
-//! request's window), each request `r` of the same process that overlaps `I` gets the weight
+//! **The rule.** A serving process batches its requests: what the GPU did while several requests
+//! were in flight belongs to them together. Each sample interval of the GPU (clipped to the
+//! request's window) is cut at every start and end of a request of the same process, so that the
+//! set of requests in flight is constant within each piece `J`. Each request `r` in flight in `J`
+//! weighs
 //!
 //! ```text
-//! w_r(I) = chunks_r(I) + presence_r(I)
+//! w_r(J) = 1 + chunks_r(J)
 //! ```
 //!
-//! where `chunks_r(I)` is the number of content chunks (≈ tokens, or groups of tokens) `r` wrote
-//! in `I` and `presence_r(I)` is the fraction of `I` that `r` was in flight (0–1). The chunk term
-//! gives decode work to the requests that produced it; the presence term gives a request in
-//! prefill, which writes no chunk yet, its share of a batch too. The request's share of `I` is
-//! `w_R(I) / Σ_r w_r(I)`; its busy time is `Σ_I utilisation(I) · |I| · share` and its energy
-//! `Σ_I energy(I) · share`, with the energy counter interpolated at the ends of `I`.
+//! where `chunks_r(J)` is the number of content chunks (≈ tokens, or groups of tokens) `r` wrote
+//! in `J`: decode work goes to the requests that produced it, and a request in prefill, which
+//! writes no chunk yet, still gets its part of the batch. The request's busy time is
+//! `Σ_J utilisation(J) · |J| · w_R(J) / Σ_r w_r(J)` and its energy `Σ_J energy(J) · w_R / Σ w`,
+//! the energy counter interpolated at the ends of `J`. Because every request of a piece sees the
+//! same set and weights, the shares of all requests add up exactly to the busy time and energy of
+//! the union of their windows.
 //!
 //! Pure: no I/O, never panics.
 
@@ -29,12 +32,8 @@ pub struct Activity {
 }
 
 impl Activity {
-    fn presence(&self, s: u64, e: u64) -> f64 {
-        if e <= s {
-            return 0.0;
-        }
-        let o = self.end_ns.min(e).saturating_sub(self.start_ns.max(s));
-        o as f64 / (e - s) as f64
+    fn covers(&self, s: u64, e: u64) -> bool {
+        self.start_ns <= s && e <= self.end_ns
     }
 
     fn chunks_in(&self, s: u64, e: u64) -> usize {
@@ -69,28 +68,40 @@ pub fn fair_share(
         energy: energy.map(|_| 0.0),
         ..Share::default()
     };
+    let mut cuts: Vec<u64> = Vec::new();
     for i in util {
         let (s, e) = (i.start_ns.max(a), i.end_ns.min(b));
         if e <= s {
             continue;
         }
-        let mine = target.chunks_in(s, e) as f64 + 1.0;
-        let mut total = mine;
-        let mut concurrent = 1;
+        cuts.clear();
+        cuts.push(s);
+        cuts.push(e);
         for o in others {
-            let p = o.presence(s, e);
-            if p > 0.0 {
-                total += o.chunks_in(s, e) as f64 + p;
-                concurrent += 1;
+            for t in [o.start_ns, o.end_ns] {
+                if s < t && t < e {
+                    cuts.push(t);
+                }
             }
         }
-        out.max_concurrent = out.max_concurrent.max(concurrent);
-        let share = mine / total;
-        out.busy_s += i.value * (e - s) as f64 / 1e9 * share;
-        if let (Some(c), Some(acc)) = (energy, out.energy.as_mut()) {
-            match (c.at(s), c.at(e)) {
-                (Some(es), Some(ee)) => *acc += (ee - es) * share,
-                _ => {}
+        cuts.sort_unstable();
+        cuts.dedup();
+        for piece in cuts.windows(2) {
+            let (ps, pe) = (piece[0], piece[1]);
+            let mine = 1.0 + target.chunks_in(ps, pe) as f64;
+            let mut total = mine;
+            let mut concurrent = 1;
+            for o in others.iter().filter(|o| o.covers(ps, pe)) {
+                total += 1.0 + o.chunks_in(ps, pe) as f64;
+                concurrent += 1;
+            }
+            out.max_concurrent = out.max_concurrent.max(concurrent);
+            let share = mine / total;
+            out.busy_s += i.value * (pe - ps) as f64 / 1e9 * share;
+            if let (Some(c), Some(acc)) = (energy, out.energy.as_mut()) {
+                if let (Some(es), Some(ee)) = (c.at(ps), c.at(pe)) {
+                    *acc += (ee - es) * share;
+                }
             }
         }
     }
@@ -157,14 +168,44 @@ mod tests {
     }
 
     #[test]
-    fn a_request_in_prefill_still_gets_a_share_and_partial_presence_counts_less() {
-        // O arrives halfway through the interval and writes no chunk.
+    fn a_request_in_prefill_still_gets_a_share_and_intervals_are_cut_where_requests_start() {
+        // O arrives halfway through the interval and writes no chunk: [0,50) is R's alone,
+        // [50,100) is split 1:1.
         let r = act(0, 100, &[]);
         let o = act(50, 500, &[]);
         let u = util(&[(0, 100, 1.0)]);
-        let s = fair_share(&r, &[o], &u, None);
-        assert!((s.busy_s - 0.1 * (1.0 / 1.5)).abs() < 1e-12, "{s:?}");
+        let s = fair_share(&r, std::slice::from_ref(&o), &u, None);
+        assert!((s.busy_s - (0.05 + 0.025)).abs() < 1e-12, "{s:?}");
         assert_eq!(s.energy, None);
+        let so = fair_share(&o, &[r], &u, None);
+        assert!((s.busy_s + so.busy_s - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shares_of_many_overlapping_requests_add_up_to_the_union() {
+        let reqs = [
+            act(0, 250, &[20, 60, 110, 190]),
+            act(40, 180, &[70, 80, 150]),
+            act(90, 400, &[100, 120, 300, 310, 320]),
+            act(260, 330, &[]),
+        ];
+        let u = util(&[(0, 100, 0.3), (100, 200, 0.9), (200, 300, 0.5), (300, 400, 0.7)]);
+        let energy = flat_energy();
+        let (mut busy, mut joules) = (0.0, 0.0);
+        for (k, r) in reqs.iter().enumerate() {
+            let others: Vec<Activity> = reqs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != k)
+                .map(|(_, o)| o.clone())
+                .collect();
+            let s = fair_share(r, &others, &u, Some(&energy));
+            busy += s.busy_s;
+            joules += s.energy.unwrap();
+        }
+        let whole = 0.1 * (0.3 + 0.9 + 0.5 + 0.7);
+        assert!((busy - whole).abs() < 1e-12, "{busy} vs {whole}");
+        assert!((joules - 4000.0).abs() < 1e-6, "{joules}");
     }
 
     #[test]
