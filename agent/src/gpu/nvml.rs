@@ -48,6 +48,8 @@ const GPM_MIN_SPACING: Duration = Duration::from_millis(100);
 /// A call slower than this has its cadence doubled (up to [`MAX_CADENCE`]).
 const SLOW_CALL: Duration = Duration::from_millis(20);
 const MAX_CADENCE: Duration = Duration::from_secs(10);
+/// How early a poll may run a call that is due.
+const CADENCE_SLACK: Duration = Duration::from_millis(30);
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
 const PROCESS_UTIL_EVERY: Duration = Duration::from_secs(1);
 const PROCESSES_EVERY: Duration = Duration::from_secs(5);
@@ -157,16 +159,18 @@ impl Cadence {
         Self { every, next: now }
     }
 
+    /// Due at the poll nearest its time (polls come once per tick, give or take scheduling).
     fn due(&self, now: Instant) -> bool {
-        now >= self.next
+        now + CADENCE_SLACK >= self.next
     }
 
-    /// A call ran at `now` and took `took`: schedule the next, slower when it was slow.
+    /// A call ran at `now` and took `took`: schedule the next, at half the rate when it was slow,
+    /// and back towards `base` when it was not.
     fn ran(&mut self, now: Instant, took: Duration, base: Duration) {
         self.every = if took > SLOW_CALL {
-            (self.every * 2).min(MAX_CADENCE)
+            (self.every.max(DEFAULT_TICK) * 2).min(MAX_CADENCE)
         } else {
-            base.max(self.every / 2).min(self.every)
+            base.max(self.every / 2)
         };
         self.next = now + self.every;
     }
@@ -579,7 +583,7 @@ fn poll(ctx: &mut Ctx, gpu: &mut Gpu) {
             Ok(samples) => {
                 let mut pushes = Vec::new();
                 for p in samples {
-                    if p.timestamp <= gpu.last_proc_us.min(last) {
+                    if p.timestamp <= last {
                         continue;
                     }
                     gpu.last_proc_us = gpu.last_proc_us.max(p.timestamp);
@@ -835,5 +839,33 @@ fn gpm(ctx: &mut Ctx, gpu: &mut Gpu, now: Instant) {
             });
         }
         Err(e) => ctx.refuse(gpu, call::GPM_METRICS, &e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slow_call_is_polled_half_as_often_and_recovers() {
+        let t0 = Instant::now();
+        let mut c = Cadence::new(Duration::ZERO, t0);
+        assert!(c.due(t0));
+        c.ran(t0, Duration::from_millis(1), Duration::ZERO);
+        assert!(c.due(t0 + Duration::from_millis(1)));
+        c.ran(t0, Duration::from_millis(50), Duration::ZERO);
+        assert_eq!(c.every, Duration::from_millis(200));
+        assert!(!c.due(t0 + Duration::from_millis(100)));
+        assert!(c.due(t0 + Duration::from_millis(190)));
+        for _ in 0..10 {
+            c.ran(t0, Duration::from_secs(1), Duration::ZERO);
+        }
+        assert_eq!(c.every, MAX_CADENCE);
+        c.ran(t0, Duration::from_millis(1), Duration::ZERO);
+        assert_eq!(c.every, MAX_CADENCE / 2);
+        let mut m = Cadence::new(MEMORY_EVERY, t0);
+        m.ran(t0, Duration::from_millis(1), MEMORY_EVERY);
+        assert_eq!(m.every, MEMORY_EVERY);
+        assert!(!m.due(t0 + Duration::from_millis(500)));
     }
 }
