@@ -24,6 +24,9 @@ pub const MAX_WAIT_NS: u64 = 1_000_000_000;
 /// How long finished requests are remembered for the shares of requests that overlap them.
 const HISTORY_NS: u64 = super::series::MAX_AGE_NS;
 const HISTORY_MAX_PER_PROCESS: usize = 4096;
+/// A process with a per-process sample this close to a request's end is expected to have one
+/// after it too (the driver reports only processes that used the GPU).
+const ACTIVE_PROCESS_NS: u64 = 2_000_000_000;
 /// How long a process's GPUs are cached.
 const PLACEMENT_TTL_NS: u64 = 2_000_000_000;
 
@@ -373,9 +376,9 @@ impl SpanEnricher for GpuEnricher {
         }
         let Some(p) = self.placements.get(&finished.meta.pid) else {
             // Not placed yet: wait for the samples of every device.
-            return self.hub.read(|s| all_cover(s, None, end));
+            return self.hub.read(|s| all_cover(s, None, &BTreeSet::new(), end));
         };
-        self.hub.read(|s| all_cover(s, Some(&p.gpus), end))
+        self.hub.read(|s| all_cover(s, Some(&p.gpus), &p.tree, end))
     }
 
     fn enrich_in_context(
@@ -429,14 +432,22 @@ impl SpanEnricher for GpuEnricher {
     }
 }
 
-/// Whether the utilisation and energy samples of `gpus` (all devices when `None`) reach `end`.
-fn all_cover(s: &HubState, gpus: Option<&[usize]>, end: u64) -> bool {
+/// Whether the utilisation and energy samples of `gpus` (all devices when `None`), and the
+/// per-process samples of `tree` that are still coming, reach `end`.
+fn all_cover(s: &HubState, gpus: Option<&[usize]>, tree: &BTreeSet<u32>, end: u64) -> bool {
     let covers = |d: &super::Device| {
         let util = d
             .track(Figure::GpuUtilization)
             .is_none_or(|t| t.series.covered_until().is_some_and(|c| c >= end));
         let energy = d.energy_origin.is_none() || d.energy.covered_until().is_some_and(|c| c >= end);
-        util && energy
+        let processes = d
+            .process_sm
+            .iter()
+            .filter(|(pid, _)| tree.contains(pid))
+            .filter_map(|(_, series)| series.covered_until())
+            .filter(|&c| c + ACTIVE_PROCESS_NS >= end)
+            .all(|c| c >= end);
+        util && energy && processes
     };
     match gpus {
         Some(g) => g.iter().filter_map(|&i| s.devices.get(i)).all(covers),

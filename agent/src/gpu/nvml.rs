@@ -8,7 +8,7 @@
 //! | instant power | `nvmlDeviceGetFieldValues(POWER_INSTANT)` | every tick |
 //! | GPM: DRAM bandwidth, SM utilisation and occupancy, tensor activity | `nvmlGpmSampleGet` + `nvmlGpmMetricsGet` over two samples ≥ 100 ms apart (Hopper or newer) | every tick |
 //! | memory | `nvmlDeviceGetMemoryInfo_v2` | 1 s |
-//! | per-process utilisation | `nvmlDeviceGetProcessUtilization`, incremental | 1 s |
+//! | per-process utilisation | `nvmlDeviceGetProcessUtilization`, incremental | every tick |
 //! | compute processes | `nvmlDeviceGetComputeRunningProcesses_v3` (slow) | 5 s, and when a process of interest appears or exits |
 //!
 //! `nvmlDeviceGetPcieThroughput` blocks ~20 ms and is never called. A symbol missing from the
@@ -51,7 +51,7 @@ const MAX_CADENCE: Duration = Duration::from_secs(10);
 /// How early a poll may run a call that is due.
 const CADENCE_SLACK: Duration = Duration::from_millis(30);
 const MEMORY_EVERY: Duration = Duration::from_secs(1);
-const PROCESS_UTIL_EVERY: Duration = Duration::from_secs(1);
+const PROCESS_UTIL_EVERY: Duration = Duration::from_millis(100);
 const PROCESSES_EVERY: Duration = Duration::from_secs(5);
 /// Most per-process utilisation series kept per GPU.
 const MAX_PROCESS_SERIES: usize = 64;
