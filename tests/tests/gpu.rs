@@ -37,7 +37,12 @@ fn busy_util(seed: u64) -> Series {
 /// Power stepping between 200 and 300 W every second.
 fn power() -> Series {
     let points: Vec<(f64, f64)> = (0..660u64)
-        .map(|k| (k as f64 - 30.0, if k % 2 == 0 { 200_000.0 } else { 300_000.0 }))
+        .map(|k| {
+            (
+                k as f64 - 30.0,
+                if k % 2 == 0 { 200_000.0 } else { 300_000.0 },
+            )
+        })
         .collect();
     Series::steps(&points)
 }
@@ -152,46 +157,74 @@ fn each_span_carries_the_gpu_figures_the_timeline_implies() {
     let records = client(
         &ctx,
         &server,
-        &["--scenario", "chat-stream", "--count", "6", "--max-tokens", "10"],
+        &[
+            "--scenario",
+            "chat-stream",
+            "--count",
+            "6",
+            "--max-tokens",
+            "10",
+        ],
     );
     let spans = agent.wait_spans_for(&records, SPANS_WAIT);
     let uuid0 = fake.timeline.devices[0].uuid(0);
     for span in spans.iter().filter(|s| s["kind"] == "server") {
         let (a, b) = window(&fake, span);
         assert!(b - a > 300_000, "a request of ≥ 0.3 s: {span:#}");
-        assert_eq!(attr(span, "infertap.gpu.ids"), &Value::from(vec![uuid0.clone()]));
+        assert_eq!(
+            attr(span, "infertap.gpu.ids"),
+            &Value::from(vec![uuid0.clone()])
+        );
         assert_eq!(attr(span, "infertap.gpu.attribution"), "nvml_processes");
         assert_eq!(attr(span, "infertap.gpu.source"), "nvml");
         let (mean, _) = expected_util(&fake, 0, a, b);
         let got = f(span, "infertap.gpu.utilization.mean");
-        assert!((got - mean).abs() < 0.005, "utilisation {got} vs {mean} over [{a}, {b}] µs");
+        assert!(
+            (got - mean).abs() < 0.005,
+            "utilisation {got} vs {mean} over [{a}, {b}] µs"
+        );
         // The max may take in a sample the window touches by a few µs of clock offset.
         let (_, max_in) = expected_util(&fake, 0, a + 1_000, b - 1_000);
         let (_, max_out) = expected_util(&fake, 0, a - 1_000, b + 1_000);
         let got = f(span, "infertap.gpu.utilization.max");
-        assert!(got >= max_in - 1e-9 && got <= max_out + 1e-9, "max {got} vs {max_in}..{max_out}");
+        assert!(
+            got >= max_in - 1e-9 && got <= max_out + 1e-9,
+            "max {got} vs {max_in}..{max_out}"
+        );
         assert!(f(span, "infertap.gpu.coverage") > 0.99, "{span:#}");
         let res = f(span, "infertap.gpu.sample_resolution");
         assert!((res - 0.166_667).abs() < 0.002, "resolution {res}");
         assert_eq!(attr(span, "infertap.gpu.resolution_limited"), false);
         // GPM (Hopper): DRAM bandwidth and the SM figures.
         assert!((f(span, "infertap.gpu.memory_bandwidth.utilization") - 0.55).abs() < 1e-6);
-        assert_eq!(attr(span, "infertap.gpu.memory_bandwidth.source"), "nvml_gpm");
+        assert_eq!(
+            attr(span, "infertap.gpu.memory_bandwidth.source"),
+            "nvml_gpm"
+        );
         assert!((f(span, "infertap.gpu.sm_active") - 0.70).abs() < 1e-6);
         assert!((f(span, "infertap.gpu.tensor_active") - 0.40).abs() < 1e-6);
         let want = expected_energy(&fake, 0, a, b);
         let got = f(span, "infertap.gpu.energy");
-        assert!((got - want).abs() < ENERGY_TOLERANCE_J, "energy {got} J vs {want} J");
+        assert!(
+            (got - want).abs() < ENERGY_TOLERANCE_J,
+            "energy {got} J vs {want} J"
+        );
         assert_eq!(f(span, "infertap.gpu.energy.coverage"), 1.0);
         // The process's memory, and GPU 0's (only its processes), not GPU 1's.
-        assert_eq!(attr(span, "infertap.gpu.process.memory.usage"), (20 * GIB) as i64);
+        assert_eq!(
+            attr(span, "infertap.gpu.process.memory.usage"),
+            (20 * GIB) as i64
+        );
         assert_eq!(attr(span, "infertap.gpu.memory.usage"), (20 * GIB) as i64);
         assert_eq!(attr(span, "infertap.gpu.memory.limit"), (80 * GIB) as i64);
         assert!((f(span, "infertap.gpu.process.utilization") - 0.60).abs() < 1e-6);
         // Requests one after another: each alone, its share is the GPU's busy time and energy.
         assert_eq!(attr(span, "infertap.gpu.share.concurrent_requests"), 1);
         let busy = f(span, "infertap.gpu.share.busy_time");
-        assert!((busy - mean * (b - a) as f64 / 1e6).abs() < 0.005, "busy {busy}");
+        assert!(
+            (busy - mean * (b - a) as f64 / 1e6).abs() < 0.005,
+            "busy {busy}"
+        );
         assert!((f(span, "infertap.gpu.share.energy") - want).abs() < ENERGY_TOLERANCE_J);
     }
 
@@ -200,18 +233,34 @@ fn each_span_carries_the_gpu_figures_the_timeline_implies() {
     assert_eq!(gpu["source"]["source"], "nvml");
     assert_eq!(gpu["source"]["state"], "ok");
     assert_eq!(gpu["source"]["timestamp_clock"], "realtime");
-    assert_eq!(gpu["source"]["driver_version"], fake.timeline.driver_version.as_str());
+    assert_eq!(
+        gpu["source"]["driver_version"],
+        fake.timeline.driver_version.as_str()
+    );
     let devices = gpu["devices"].as_array().unwrap();
     assert_eq!(devices.len(), 2);
     assert_eq!(devices[0]["uuid"], uuid0.as_str());
     assert_eq!(devices[1]["figures"]["gpu_utilization"]["value"], 0.05);
     assert_eq!(devices[1]["figures"]["gpu_utilization"]["origin"], "nvml");
-    assert_eq!(devices[0]["figures"]["dram_bandwidth"]["origin"], "nvml_gpm");
+    assert_eq!(
+        devices[0]["figures"]["dram_bandwidth"]["origin"],
+        "nvml_gpm"
+    );
     assert_eq!(devices[1]["memory"]["used_bytes"], 3 * GIB);
     assert_eq!(devices[0]["processes"][0]["pid"], server.pid());
     let calls = &gpu["sampler"]["calls"];
-    assert!(calls["nvmlDeviceGetSamples(GPU_UTILIZATION)"]["calls"].as_u64().unwrap() > 10);
-    assert!(gpu["sampler"]["nvml_ms_per_100ms_per_gpu"].as_f64().unwrap() > 0.0);
+    assert!(
+        calls["nvmlDeviceGetSamples(GPU_UTILIZATION)"]["calls"]
+            .as_u64()
+            .unwrap()
+            > 10
+    );
+    assert!(
+        gpu["sampler"]["nvml_ms_per_100ms_per_gpu"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
 
     // The fake's own counters: the blocking PCIe call is never made.
     let stats = fake.stats().expect("the fake wrote its stats");
@@ -233,11 +282,20 @@ fn each_span_carries_the_gpu_figures_the_timeline_implies() {
     };
     let uuid1 = fake.timeline.devices[1].uuid(1);
     assert_eq!(line("hw_gpu_utilization_ratio{", &uuid1), 0.05);
-    assert_eq!(line("hw_gpu_memory_usage_bytes{", &uuid0), (20 * GIB) as f64);
-    assert_eq!(line("hw_gpu_memory_limit_bytes{", &uuid0), (80 * GIB) as f64);
+    assert_eq!(
+        line("hw_gpu_memory_usage_bytes{", &uuid0),
+        (20 * GIB) as f64
+    );
+    assert_eq!(
+        line("hw_gpu_memory_limit_bytes{", &uuid0),
+        (80 * GIB) as f64
+    );
     assert_eq!(line("hw_power_watts{", &uuid1), 70.0);
     assert!(line("hw_energy_joules_total{", &uuid0) > 5_000.0);
-    assert_eq!(line("infertap_gpu_memory_bandwidth_utilization_ratio{", &uuid0), 0.55);
+    assert_eq!(
+        line("infertap_gpu_memory_bandwidth_utilization_ratio{", &uuid0),
+        0.55
+    );
 
     let status = agent.status();
     assert_eq!(status["gpu"]["state"], "ok");
@@ -272,7 +330,14 @@ fn concurrent_requests_share_the_gpu_and_the_shares_add_up() {
         &ctx,
         &server,
         &[
-            "--scenario", "chat-stream", "--count", "12", "--concurrency", "4", "--max-tokens", "12",
+            "--scenario",
+            "chat-stream",
+            "--count",
+            "12",
+            "--concurrency",
+            "4",
+            "--max-tokens",
+            "12",
         ],
     );
     let spans: Vec<Value> = agent
@@ -295,7 +360,10 @@ fn concurrent_requests_share_the_gpu_and_the_shares_add_up() {
         let (a, b) = window(&fake, s);
         let (mean, _) = expected_util(&fake, 0, a, b);
         let share = f(s, "infertap.gpu.share.busy_time");
-        assert!(share <= mean * (b - a) as f64 / 1e6 + 0.002, "{share} > the whole");
+        assert!(
+            share <= mean * (b - a) as f64 / 1e6 + 0.002,
+            "{share} > the whole"
+        );
         busy += share;
         joules += f(s, "infertap.gpu.share.energy");
         windows.push((a, b));
@@ -341,7 +409,11 @@ fn a_missing_nvml_symbol_turns_off_only_its_figure() {
     let fake = FakeNvml::install(&ctx.file("nvml"), t);
     let a = nvml_args(&fake);
     let mut agent = Agent::start(&ctx, &server, &args(&a), &[]);
-    let records = client(&ctx, &server, &["--scenario", "chat-stream", "--count", "2"]);
+    let records = client(
+        &ctx,
+        &server,
+        &["--scenario", "chat-stream", "--count", "2"],
+    );
     let spans = agent.wait_spans_for(&records, SPANS_WAIT);
     for span in spans.iter().filter(|s| s["kind"] == "server") {
         assert!(f(span, "infertap.gpu.utilization.mean") > 0.0);
@@ -354,11 +426,18 @@ fn a_missing_nvml_symbol_turns_off_only_its_figure() {
     let disabled: BTreeMap<String, String> =
         serde_json::from_value(status["gpu"]["disabled"].clone()).unwrap();
     let energy = &disabled["nvmlDeviceGetTotalEnergyConsumption"];
-    assert!(energy.contains("missing") && energy.contains(&fake.lib.display().to_string()), "{energy}");
+    assert!(
+        energy.contains("missing") && energy.contains(&fake.lib.display().to_string()),
+        "{energy}"
+    );
     assert!(disabled.contains_key("nvmlGpmSampleGet"), "{disabled:?}");
     assert!(agent.alive());
     let log = agent.proc.log_text();
-    assert_eq!(log.matches("GPU figure disabled").count(), disabled.len(), "once each:\n{log}");
+    assert_eq!(
+        log.matches("GPU figure disabled").count(),
+        disabled.len(),
+        "once each:\n{log}"
+    );
 }
 
 #[test]
@@ -373,7 +452,9 @@ fn a_bad_nvml_library_path_leaves_gpu_off_and_the_agent_tracing() {
     let mut agent = Agent::start(&ctx, &server, &["--nvml-lib", &bad], &[]);
     let records = client(&ctx, &server, &["--scenario", "chat", "--count", "1"]);
     let spans = agent.wait_spans_for(&records, SPANS_WAIT);
-    assert!(spans.iter().all(|s| s["attributes"].get("infertap.gpu.ids").is_none()));
+    assert!(spans
+        .iter()
+        .all(|s| s["attributes"].get("infertap.gpu.ids").is_none()));
     let status = agent.status();
     assert_eq!(status["gpu"]["state"], "failed");
     let reason = status["gpu"]["reason"].as_str().unwrap();
@@ -384,7 +465,10 @@ fn a_bad_nvml_library_path_leaves_gpu_off_and_the_agent_tracing() {
     let gpu: Value = serde_json::from_str(&agent.get("/gpu")).unwrap();
     assert_eq!(gpu["source"]["state"], "failed");
     assert_eq!(gpu["devices"], Value::Array(vec![]));
-    assert!(agent.proc.log_text().contains("cannot load the NVML library"));
+    assert!(agent
+        .proc
+        .log_text()
+        .contains("cannot load the NVML library"));
     assert!(agent.alive());
 }
 
@@ -432,7 +516,10 @@ fn without_nvml_a_dcgm_exporter_is_the_source_at_30_s_resolution() {
     assert_eq!(gpu["source"]["source"], "dcgm");
     assert_eq!(gpu["source"]["state"], "ok");
     let reason = gpu["source"]["reason"].as_str().unwrap();
-    assert!(reason.contains("30 s resolution") && reason.contains("cannot load"), "{reason}");
+    assert!(
+        reason.contains("30 s resolution") && reason.contains("cannot load"),
+        "{reason}"
+    );
     let d0 = gpu["devices"]
         .as_array()
         .unwrap()

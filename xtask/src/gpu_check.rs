@@ -50,17 +50,25 @@ fn fake_timeline(n: u32) -> serde_json::Value {
 
 pub fn gpu_check(o: Options) -> Result<()> {
     let root = root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["build", "--release", "-p", "infertap", "--bin", "infertap-gpu-check"]))?;
+    run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "infertap",
+        "--bin",
+        "infertap-gpu-check",
+    ]))?;
     let mut lib = o.nvml_lib.clone();
     if let Some(n) = o.fake_gpus {
         if lib.is_some() {
             bail!("--fake-gpus and --nvml-lib exclude each other");
         }
-        run(Command::new("cargo")
-            .current_dir(&root)
-            .args(["build", "--release", "-p", "fake-nvml"]))
+        run(Command::new("cargo").current_dir(&root).args([
+            "build",
+            "--release",
+            "-p",
+            "fake-nvml",
+        ]))
         .context("building the fake NVML library (gpu/fake-nvml)")?;
         let dir = root.join("target/gpu-check-fake");
         std::fs::create_dir_all(&dir)?;

@@ -39,7 +39,10 @@ fn pct(v: &[u64], p: f64) -> u64 {
 fn main() -> Result<()> {
     let args = Args::parse();
     if args.seconds > 170 {
-        bail!("--seconds {} is over 170: the check must finish in three minutes", args.seconds);
+        bail!(
+            "--seconds {} is over 170: the check must finish in three minutes",
+            args.seconds
+        );
     }
     let hub = Hub::default();
     let options = Options {
@@ -54,7 +57,10 @@ fn main() -> Result<()> {
             std::process::exit(1);
         }
     };
-    println!("NVML initialised in {:.1} ms", t0.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "NVML initialised in {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     let end = Instant::now() + Duration::from_secs(args.seconds);
     while Instant::now() < end {
         std::thread::sleep(Duration::from_secs(10).min(end - Instant::now()));

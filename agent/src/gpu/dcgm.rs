@@ -166,7 +166,9 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn gpus_from(parsed: &Parsed) -> Vec<DcgmGpu> {
     let mut gpus: BTreeMap<String, DcgmGpu> = BTreeMap::new();
     for s in &parsed.samples {
-        let Some(uuid) = s.label("UUID") else { continue };
+        let Some(uuid) = s.label("UUID") else {
+            continue;
+        };
         if !s.value.is_finite() {
             continue;
         }

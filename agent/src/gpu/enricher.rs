@@ -287,7 +287,10 @@ impl RequestGpu {
         let mut a: Vec<(&'static str, AttrValue)> = Vec::new();
         a.push(("infertap.gpu.ids", AttrValue::StrArray(self.uuids.clone())));
         if let Some(h) = self.attribution {
-            a.push(("infertap.gpu.attribution", AttrValue::Str(h.as_str().into())));
+            a.push((
+                "infertap.gpu.attribution",
+                AttrValue::Str(h.as_str().into()),
+            ));
         }
         if let Some(s) = self.source {
             a.push(("infertap.gpu.source", AttrValue::Str(s.into())));
@@ -309,14 +312,29 @@ impl RequestGpu {
             "infertap.gpu.resolution_limited",
             AttrValue::Bool(self.resolution_limited),
         ));
-        f(&mut a, "infertap.gpu.memory_bandwidth.utilization", self.bandwidth_mean);
+        f(
+            &mut a,
+            "infertap.gpu.memory_bandwidth.utilization",
+            self.bandwidth_mean,
+        );
         if let Some(s) = self.bandwidth_source {
-            a.push(("infertap.gpu.memory_bandwidth.source", AttrValue::Str(s.into())));
+            a.push((
+                "infertap.gpu.memory_bandwidth.source",
+                AttrValue::Str(s.into()),
+            ));
         }
         f(&mut a, "infertap.gpu.sm_active", self.sm_active_mean);
         f(&mut a, "infertap.gpu.sm_occupancy", self.sm_occupancy_mean);
-        f(&mut a, "infertap.gpu.tensor_active", self.tensor_active_mean);
-        f(&mut a, "infertap.gpu.process.utilization", self.process_util_mean);
+        f(
+            &mut a,
+            "infertap.gpu.tensor_active",
+            self.tensor_active_mean,
+        );
+        f(
+            &mut a,
+            "infertap.gpu.process.utilization",
+            self.process_util_mean,
+        );
         f(&mut a, "infertap.gpu.energy", self.energy_j);
         f(&mut a, "infertap.gpu.energy.coverage", self.energy_coverage);
         let i = |a: &mut Vec<_>, k, v: Option<u64>| {
@@ -324,9 +342,21 @@ impl RequestGpu {
                 a.push((k, AttrValue::I64(v.min(i64::MAX as u64) as i64)));
             }
         };
-        i(&mut a, "infertap.gpu.process.memory.usage", self.process_memory_bytes);
-        i(&mut a, "infertap.gpu.memory.usage", self.device_memory_bytes);
-        i(&mut a, "infertap.gpu.memory.limit", self.device_memory_limit_bytes);
+        i(
+            &mut a,
+            "infertap.gpu.process.memory.usage",
+            self.process_memory_bytes,
+        );
+        i(
+            &mut a,
+            "infertap.gpu.memory.usage",
+            self.device_memory_bytes,
+        );
+        i(
+            &mut a,
+            "infertap.gpu.memory.limit",
+            self.device_memory_limit_bytes,
+        );
         f(&mut a, "infertap.gpu.share.busy_time", self.share_busy_s);
         f(&mut a, "infertap.gpu.share.energy", self.share_energy_j);
         if self.concurrent > 0 {
@@ -360,12 +390,14 @@ impl SpanEnricher for GpuEnricher {
         let h = self.history.entry(pid).or_default();
         h.push_back((finished.conn, activity(finished)));
         let horizon = finished.exchange.end_ns.saturating_sub(HISTORY_NS);
-        while h.len() > HISTORY_MAX_PER_PROCESS || h.front().is_some_and(|(_, a)| a.end_ns < horizon)
+        while h.len() > HISTORY_MAX_PER_PROCESS
+            || h.front().is_some_and(|(_, a)| a.end_ns < horizon)
         {
             h.pop_front();
         }
         if self.history.len() > 1024 {
-            self.history.retain(|_, h| h.back().is_some_and(|(_, a)| a.end_ns >= horizon));
+            self.history
+                .retain(|_, h| h.back().is_some_and(|(_, a)| a.end_ns >= horizon));
         }
     }
 
@@ -439,7 +471,8 @@ fn all_cover(s: &HubState, gpus: Option<&[usize]>, tree: &BTreeSet<u32>, end: u6
         let util = d
             .track(Figure::GpuUtilization)
             .is_none_or(|t| t.series.covered_until().is_some_and(|c| c >= end));
-        let energy = d.energy_origin.is_none() || d.energy.covered_until().is_some_and(|c| c >= end);
+        let energy =
+            d.energy_origin.is_none() || d.energy.covered_until().is_some_and(|c| c >= end);
         let processes = d
             .process_sm
             .iter()

@@ -376,14 +376,21 @@ pub fn start(
             s.status.source = "dcgm".into();
             s.status.state = "starting".into();
             s.status.reason = Some(match &nvml_error {
-                Some(e) => format!("NVML unavailable ({e}); figures from dcgm-exporter, 30 s resolution"),
+                Some(e) => {
+                    format!("NVML unavailable ({e}); figures from dcgm-exporter, 30 s resolution")
+                }
                 None => "figures from dcgm-exporter, 30 s resolution".into(),
             });
             tracing::warn!(reason = ?s.status.reason, "GPU telemetry from dcgm-exporter only.");
             return;
         }
         s.status.source = "off".into();
-        s.status.state = if mode == GpuMode::Off { "off" } else { "failed" }.into();
+        s.status.state = if mode == GpuMode::Off {
+            "off"
+        } else {
+            "failed"
+        }
+        .into();
         let reason = match (mode, nvml_error) {
             (GpuMode::Off, _) => "--gpu off".to_string(),
             (GpuMode::Dcgm, _) => {
@@ -399,11 +406,7 @@ pub fn start(
         }
         s.status.reason = Some(reason);
     });
-    GpuRuntime {
-        hub,
-        sampler,
-        dcgm,
-    }
+    GpuRuntime { hub, sampler, dcgm }
 }
 
 impl GpuRuntime {

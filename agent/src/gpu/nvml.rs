@@ -247,9 +247,8 @@ impl Ctx<'_> {
         if let Err(NvmlError::FailedToLoadSymbol(sym)) = &r {
             if self.missing.insert(name) {
                 let lib = self.lib.to_string();
-                let reason = format!(
-                    "{sym} is missing from {lib}: this figure is off (an older driver?)"
-                );
+                let reason =
+                    format!("{sym} is missing from {lib}: this figure is off (an older driver?)");
                 self.hub.write(|s| s.disable(name, reason));
             }
         }
@@ -257,7 +256,7 @@ impl Ctx<'_> {
     }
 
     /// NVML µs timestamp → kernel monotonic ns.
-    fn to_mono(&mut self, ts_us: u64) -> u64 {
+    fn monotonic_of(&mut self, ts_us: u64) -> u64 {
         let ns = ts_us.saturating_mul(1000);
         let clock = *self.ts_clock.get_or_insert_with(|| {
             let mono = WallClock::monotonic_now();
@@ -440,7 +439,8 @@ fn sample(
     }
     // The wall-clock µs "now" NVML would stamp: start incremental reads from here, not from 0
     // (0 averages the whole buffer).
-    let start_us = (ctx.clock.to_unix_nanos(WallClock::monotonic_now()) / 1000).saturating_sub(1_000_000);
+    let start_us =
+        (ctx.clock.to_unix_nanos(WallClock::monotonic_now()) / 1000).saturating_sub(1_000_000);
     for g in &mut gpus {
         g.last_proc_us = start_us;
     }
@@ -523,8 +523,20 @@ fn value_f64(v: &SampleValue) -> f64 {
 /// One GPU's calls for this tick.
 fn poll(ctx: &mut Ctx, gpu: &mut Gpu) {
     let now = Instant::now();
-    utilisation(ctx, gpu, Sampling::GpuUtilization, Figure::GpuUtilization, call::SAMPLES_GPU);
-    utilisation(ctx, gpu, Sampling::MemoryUtilization, Figure::MemoryBusy, call::SAMPLES_MEM);
+    utilisation(
+        ctx,
+        gpu,
+        Sampling::GpuUtilization,
+        Figure::GpuUtilization,
+        call::SAMPLES_GPU,
+    );
+    utilisation(
+        ctx,
+        gpu,
+        Sampling::MemoryUtilization,
+        Figure::MemoryBusy,
+        call::SAMPLES_MEM,
+    );
     energy_and_power(ctx, gpu);
     gpm(ctx, gpu, now);
     if gpu.memory.due(now) && !ctx.off(gpu, call::MEMORY) {
@@ -587,11 +599,13 @@ fn poll(ctx: &mut Ctx, gpu: &mut Gpu) {
                         continue;
                     }
                     gpu.last_proc_us = gpu.last_proc_us.max(p.timestamp);
-                    let end = ctx.to_mono(p.timestamp);
+                    let end = ctx.monotonic_of(p.timestamp);
                     let start = gpu
                         .prev_proc_ns
                         .insert(p.pid, end)
-                        .filter(|s| end.saturating_sub(*s) <= 3 * PROCESS_UTIL_EVERY.as_nanos() as u64)
+                        .filter(|s| {
+                            end.saturating_sub(*s) <= 3 * PROCESS_UTIL_EVERY.as_nanos() as u64
+                        })
                         .unwrap_or(end.saturating_sub(gpu.period_ns));
                     pushes.push((p.pid, start, end, p.sm_util as f64 / 100.0));
                 }
@@ -658,7 +672,7 @@ fn utilisation(ctx: &mut Ctx, gpu: &mut Gpu, kind: Sampling, figure: Figure, nam
     let mut prev = gpu.prev_ns.get(&figure).copied();
     let mut spacings = Vec::new();
     for (ts, v) in &fresh {
-        let end = ctx.to_mono(*ts);
+        let end = ctx.monotonic_of(*ts);
         let start = match prev {
             Some(p) if end > p && end - p <= 3 * gpu.period_ns => {
                 spacings.push(end - p);
@@ -821,7 +835,9 @@ fn gpm(ctx: &mut Ctx, gpu: &mut Gpu, now: Instant) {
     let ids: Vec<GpmMetricId> = GPM_METRICS.iter().map(|(id, _)| *id).collect();
     let nvml = ctx.nvml;
     let cur = &gpu.gpm.as_ref().expect("just set").0;
-    let (r, _) = ctx.call(call::GPM_METRICS, || gpm_metrics_get(nvml, &prev, cur, &ids));
+    let (r, _) = ctx.call(call::GPM_METRICS, || {
+        gpm_metrics_get(nvml, &prev, cur, &ids)
+    });
     match r {
         Ok(results) => {
             let values: Vec<(Figure, f64)> = results

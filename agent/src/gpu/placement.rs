@@ -82,7 +82,10 @@ pub fn read_process_tree(pid: u32) -> BTreeSet<u32> {
             let Ok(text) = std::fs::read_to_string(task.path().join("children")) else {
                 continue;
             };
-            for child in text.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+            for child in text
+                .split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok())
+            {
                 if seen.len() >= MAX_DESCENDANTS {
                     return seen;
                 }
@@ -138,7 +141,10 @@ mod tests {
 
     #[test]
     fn the_process_tree_holds_the_process_and_its_children() {
-        let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
         let tree = read_process_tree(std::process::id());
         child.kill().unwrap();
         let _ = child.wait();

@@ -126,7 +126,13 @@ impl Series {
 
     /// Median sample length of the last few intervals (the series' resolution now).
     pub fn typical_len(&self) -> Option<u64> {
-        let mut lens: Vec<u64> = self.intervals.iter().rev().take(16).map(Interval::len).collect();
+        let mut lens: Vec<u64> = self
+            .intervals
+            .iter()
+            .rev()
+            .take(16)
+            .map(Interval::len)
+            .collect();
         median(&mut lens).map(|m| m.max(self.min_resolution_ns))
     }
 
@@ -302,7 +308,11 @@ mod tests {
     fn ramp(n: u64) -> Series {
         let mut s = Series::default();
         for k in 0..n {
-            s.push(1000 * MS + k * 100 * MS, 1100 * MS + k * 100 * MS, (k + 1) as f64 / 10.0);
+            s.push(
+                1000 * MS + k * 100 * MS,
+                1100 * MS + k * 100 * MS,
+                (k + 1) as f64 / 10.0,
+            );
         }
         s
     }

@@ -163,7 +163,7 @@ mod tests {
         assert!((s.energy.unwrap() - 1000.0 * share).abs() < 1e-6);
         assert_eq!(s.max_concurrent, 2);
         // The shares of both add up to the whole when each is computed the same way.
-        let os = fair_share(&act(0, 100, &[40]), &[r.clone()], &u, None);
+        let os = fair_share(&act(0, 100, &[40]), std::slice::from_ref(&r), &u, None);
         assert!((s.busy_s + os.busy_s - 0.06).abs() < 1e-12);
     }
 
@@ -189,7 +189,12 @@ mod tests {
             act(90, 400, &[100, 120, 300, 310, 320]),
             act(260, 330, &[]),
         ];
-        let u = util(&[(0, 100, 0.3), (100, 200, 0.9), (200, 300, 0.5), (300, 400, 0.7)]);
+        let u = util(&[
+            (0, 100, 0.3),
+            (100, 200, 0.9),
+            (200, 300, 0.5),
+            (300, 400, 0.7),
+        ]);
         let energy = flat_energy();
         let (mut busy, mut joules) = (0.0, 0.0);
         for (k, r) in reqs.iter().enumerate() {

@@ -260,13 +260,18 @@ pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hu
         ("hw.gpu.memory.limit", "By", "GPU memory installed.", {
             Arc::new(|d: &super::Device| d.memory.map(|m| m.total as f64))
         }),
-        ("hw.gpu.memory.utilization", "1", "GPU memory used over installed.", {
-            Arc::new(|d: &super::Device| {
-                d.memory
-                    .filter(|m| m.total > 0)
-                    .map(|m| m.used as f64 / m.total as f64)
-            })
-        }),
+        (
+            "hw.gpu.memory.utilization",
+            "1",
+            "GPU memory used over installed.",
+            {
+                Arc::new(|d: &super::Device| {
+                    d.memory
+                        .filter(|m| m.total > 0)
+                        .map(|m| m.used as f64 / m.total as f64)
+                })
+            },
+        ),
         ("hw.power", "W", "GPU power draw.", {
             Arc::new(|d: &super::Device| {
                 d.track(Figure::Power)
@@ -274,13 +279,18 @@ pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hu
                     .map(|i| i.value)
             })
         }),
-        ("infertap.gpu.memory_bandwidth.utilization", "1", "DRAM bandwidth used over peak.", {
-            Arc::new(|d: &super::Device| {
-                d.track(Figure::DramBandwidth)
-                    .and_then(|t| t.series.latest())
-                    .map(|i| i.value)
-            })
-        }),
+        (
+            "infertap.gpu.memory_bandwidth.utilization",
+            "1",
+            "DRAM bandwidth used over peak.",
+            {
+                Arc::new(|d: &super::Device| {
+                    d.track(Figure::DramBandwidth)
+                        .and_then(|t| t.series.latest())
+                        .map(|i| i.value)
+                })
+            },
+        ),
     ];
     for (name, unit, doc, read) in gauges {
         let hub = hub.clone();

@@ -92,7 +92,10 @@ fn dcgm_fills_what_nvml_lacks_and_leaves_the_rest() {
         // Only the NVML device; the second GPU is not created.
         assert_eq!(s.devices.len(), 1);
         let d = &s.devices[0];
-        assert_eq!(d.track(Figure::GpuUtilization).unwrap().origin, Origin::Nvml);
+        assert_eq!(
+            d.track(Figure::GpuUtilization).unwrap().origin,
+            Origin::Nvml
+        );
         assert_eq!(d.track(Figure::GpuUtilization).unwrap().series.len(), 1);
         let dram = d.track(Figure::DramBandwidth).unwrap();
         assert_eq!(dram.origin, Origin::Dcgm);

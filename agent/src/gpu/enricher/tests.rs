@@ -15,7 +15,13 @@ fn device(uuid: &str, index: u32, util: &[f64]) -> Device {
     };
     for (k, v) in util.iter().enumerate() {
         let k = k as u64;
-        d.push(Figure::GpuUtilization, Origin::Nvml, k * 100 * MS, (k + 1) * 100 * MS, *v);
+        d.push(
+            Figure::GpuUtilization,
+            Origin::Nvml,
+            k * 100 * MS,
+            (k + 1) * 100 * MS,
+            *v,
+        );
     }
     for k in 0..=util.len() as u64 {
         d.energy.push(k * 100 * MS, 1_000_000 + k * 10_000);
