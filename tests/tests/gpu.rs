@@ -538,3 +538,54 @@ fn without_nvml_a_dcgm_exporter_is_the_source_at_30_s_resolution() {
     );
     assert_eq!(agent.status()["gpu"]["source"], "dcgm");
 }
+
+/// The GPU check (`cargo xtask gpu-check`) against the fake: it must report the timeline's sample
+/// spacing, the clock of its timestamps, every call it made and its cost.
+#[test]
+fn the_gpu_check_reports_spacing_clock_and_calls() {
+    let Some(ctx) = harness::begin("the_gpu_check_reports_spacing_clock_and_calls") else {
+        return;
+    };
+    let mut t = timeline(1);
+    t.sample_period_us = 100_000;
+    let fake = FakeNvml::install(&ctx.file("nvml"), t);
+    let check = harness::paths().agent.with_file_name("infertap-gpu-check");
+    let out = std::process::Command::new(&check)
+        .arg("--nvml-lib")
+        .arg(&fake.lib)
+        .args(["--seconds", "3", "--json"])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", check.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("NVML sample timestamps follow: realtime"),
+        "{text}"
+    );
+    assert!(text.contains("min 100.0 ms, median 100.0 ms"), "{text}");
+    for call in [
+        "nvmlDeviceGetSamples(GPU_UTILIZATION)",
+        "nvmlDeviceGetTotalEnergyConsumption",
+        "nvmlGpmMetricsGet",
+        "nvmlDeviceGetComputeRunningProcesses_v3",
+    ] {
+        assert!(text.contains(call), "{call} missing:\n{text}");
+    }
+    assert!(text.contains("NVML time per 100 ms per GPU:"), "{text}");
+    assert!(text.contains("dram_bandwidth=0.550 (nvml_gpm)"), "{text}");
+    let failing = std::process::Command::new(&check)
+        .args([
+            "--nvml-lib",
+            "/nonexistent/libnvidia-ml.so.1",
+            "--seconds",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!failing.status.success());
+    assert!(String::from_utf8_lossy(&failing.stderr).contains("cannot load the NVML library"));
+}

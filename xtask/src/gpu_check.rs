@@ -50,14 +50,12 @@ fn fake_timeline(n: u32) -> serde_json::Value {
 
 pub fn gpu_check(o: Options) -> Result<()> {
     let root = root();
-    run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "infertap",
-        "--bin",
-        "infertap-gpu-check",
-    ]))?;
+    // The same environment as `cargo xtask build`, so neither build undoes the other.
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .env("INFERTAP_EBPF_OBJECT", crate::ebpf_object())
+        .args(["build", "--locked", "--release", "-p", "infertap"])
+        .args(["--bin", "infertap-gpu-check"]))?;
     let mut lib = o.nvml_lib.clone();
     if let Some(n) = o.fake_gpus {
         if lib.is_some() {
@@ -65,6 +63,7 @@ pub fn gpu_check(o: Options) -> Result<()> {
         }
         run(Command::new("cargo").current_dir(&root).args([
             "build",
+            "--locked",
             "--release",
             "-p",
             "fake-nvml",
