@@ -589,3 +589,53 @@ fn the_gpu_check_reports_spacing_clock_and_calls() {
     assert!(!failing.status.success());
     assert!(String::from_utf8_lossy(&failing.stderr).contains("cannot load the NVML library"));
 }
+
+/// The per-GPU gauges over OTLP, with the `hw.*` names and attributes, from the real agent.
+#[test]
+fn gpu_gauges_reach_an_otlp_receiver() {
+    let Some(ctx) = harness::begin("gpu_gauges_reach_an_otlp_receiver") else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let receiver = rt
+        .block_on(infertap_tests::otlp_receiver::OtlpReceiver::start())
+        .unwrap();
+    let (server, fake) = start(&ctx, StandInOpts::default());
+    let a = nvml_args(&fake);
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500".to_string()),
+    ];
+    let _agent = Agent::start(&ctx, &server, &args(&a), &env);
+    let uuid0 = fake.timeline.devices[0].uuid(0);
+    let uuid1 = fake.timeline.devices[1].uuid(1);
+    let point = |name: &'static str, uuid: String| {
+        rt.block_on(receiver.wait_for_metric(Duration::from_secs(20), move |p| {
+            p.name == name && p.attributes.get("hw.id").and_then(Value::as_str) == Some(&uuid)
+        }))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    let util = point("hw.gpu.utilization", uuid1.clone());
+    assert_eq!(util.kind, "gauge");
+    assert_eq!(util.unit, "1");
+    assert_eq!(util.value, Some(0.05));
+    assert_eq!(util.attributes["hw.type"], "gpu");
+    assert_eq!(util.attributes["hw.name"], "NVIDIA H100 80GB HBM3");
+    let mem = point("hw.gpu.memory.usage", uuid0.clone());
+    assert_eq!(mem.unit, "By");
+    assert_eq!(mem.value, Some((20 * GIB) as f64));
+    let limit = point("hw.gpu.memory.limit", uuid0.clone());
+    assert_eq!(limit.value, Some((80 * GIB) as f64));
+    assert_eq!(point("hw.power", uuid1.clone()).value, Some(70.0));
+    let energy = point("hw.energy", uuid0.clone());
+    assert_eq!(energy.kind, "sum");
+    assert!(energy.is_monotonic);
+    assert_eq!(energy.unit, "J");
+    let bw = point("infertap.gpu.memory_bandwidth.utilization", uuid0);
+    assert_eq!(bw.value, Some(0.55));
+}
