@@ -348,6 +348,9 @@ pub fn start(
     });
     let mut sampler = None;
     let mut nvml_error = None;
+    // Asked for NVML explicitly (the mode or a library path): failing to load it is a failure;
+    // in auto mode on a machine without NVIDIA's driver it is simply off.
+    let nvml_asked = mode == GpuMode::Nvml || nvml_lib.is_some();
     if matches!(mode, GpuMode::Auto | GpuMode::Nvml) {
         let options = nvml::Options {
             lib: nvml_lib,
@@ -385,12 +388,8 @@ pub fn start(
             return;
         }
         s.status.source = "off".into();
-        s.status.state = if mode == GpuMode::Off {
-            "off"
-        } else {
-            "failed"
-        }
-        .into();
+        let failed = nvml_asked || mode == GpuMode::Dcgm;
+        s.status.state = if failed { "failed" } else { "off" }.into();
         let reason = match (mode, nvml_error) {
             (GpuMode::Off, _) => "--gpu off".to_string(),
             (GpuMode::Dcgm, _) => {
@@ -399,10 +398,10 @@ pub fn start(
             (_, Some(e)) => format!("{e}; the agent runs on without GPU figures"),
             (_, None) => "no GPU source".into(),
         };
-        if mode == GpuMode::Off {
-            tracing::info!(%reason, "GPU telemetry off.");
-        } else {
+        if failed {
             tracing::warn!(%reason, "GPU telemetry off.");
+        } else {
+            tracing::info!(%reason, "GPU telemetry off.");
         }
         s.status.reason = Some(reason);
     });
@@ -439,6 +438,33 @@ mod tests {
         assert_eq!(t.series.len(), 1);
         d.push(Figure::DramBandwidth, Origin::Dcgm, 40, 70, 0.1);
         assert_eq!(d.track(Figure::DramBandwidth).unwrap().series.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn sources_that_cannot_start_leave_gpu_off_and_say_why() {
+        let (_tx, stop) = tokio::sync::watch::channel(false);
+        let rt = start(GpuMode::Off, None, None, stop.clone());
+        assert!(!rt.is_on());
+        let st = rt.hub.status();
+        assert_eq!(
+            (st.state.as_str(), st.reason.as_deref()),
+            ("off", Some("--gpu off"))
+        );
+        let rt = start(GpuMode::Dcgm, None, None, stop.clone());
+        let st = rt.hub.status();
+        assert_eq!(st.state, "failed");
+        assert!(st.reason.unwrap().contains("--dcgm-exporter-url"));
+        let bad = std::path::PathBuf::from("/nonexistent/libnvidia-ml.so.1");
+        let rt = start(GpuMode::Auto, Some(bad), None, stop);
+        assert!(!rt.is_on());
+        let st = rt.hub.status();
+        assert_eq!(st.state, "failed");
+        let reason = st.reason.unwrap();
+        assert!(
+            reason.contains("cannot load the NVML library /nonexistent/libnvidia-ml.so.1")
+                && reason.contains("--gpu off"),
+            "{reason}"
+        );
     }
 
     #[test]
