@@ -639,3 +639,44 @@ fn gpu_gauges_reach_an_otlp_receiver() {
     let bw = point("infertap.gpu.memory_bandwidth.utilization", uuid0);
     assert_eq!(bw.value, Some(0.55));
 }
+
+/// A process in no NVML process list is placed by its `CUDA_VISIBLE_DEVICES`.
+#[test]
+fn without_a_process_list_entry_the_visible_devices_say_which_gpu() {
+    let Some(ctx) =
+        harness::begin("without_a_process_list_entry_the_visible_devices_say_which_gpu")
+    else {
+        return;
+    };
+    // The timeline's process lists hold other PIDs only; the server sees GPU 1 by UUID.
+    let uuid1 = timeline(1).devices[1].uuid(1);
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), uuid1.clone())],
+            ..StandInOpts::default()
+        },
+    );
+    let fake = FakeNvml::install(&ctx.file("nvml"), timeline(1));
+    let a = nvml_args(&fake);
+    let agent = Agent::start(&ctx, &server, &args(&a), &[]);
+    let records = client(
+        &ctx,
+        &server,
+        &["--scenario", "chat-stream", "--count", "2"],
+    );
+    let spans = agent.wait_spans_for(&records, SPANS_WAIT);
+    for span in spans.iter().filter(|s| s["kind"] == "server") {
+        assert_eq!(
+            attr(span, "infertap.gpu.ids"),
+            &Value::from(vec![uuid1.clone()])
+        );
+        assert_eq!(attr(span, "infertap.gpu.attribution"), "visible_devices");
+        assert!((f(span, "infertap.gpu.utilization.mean") - 0.05).abs() < 1e-9);
+        assert_eq!(attr(span, "infertap.gpu.memory.usage"), (3 * GIB) as i64);
+        // Its own memory is not known: it holds no context NVML lists.
+        assert!(span["attributes"]
+            .get("infertap.gpu.process.memory.usage")
+            .is_none());
+    }
+}
