@@ -142,6 +142,7 @@ async fn run(config: Config) -> Result<()> {
         config.gpu,
         config.nvml_lib.clone(),
         config.dcgm_exporter_url.clone(),
+        stats.clone(),
         shutdown_rx.clone(),
     );
     crate::gpu::view::publish_status(&gpu.hub, &status);

@@ -86,6 +86,10 @@ counters! {
     metrics_exported,
     /// Metric export requests that failed (the values are sent again at the next interval).
     metrics_export_failed,
+    /// NVML calls that failed (other than `NOT_FOUND`, which means an idle GPU); per call in `/gpu`.
+    gpu_nvml_call_errors,
+    /// Lines of a dcgm-exporter scrape that could not be parsed (skipped).
+    gpu_dcgm_lines_malformed,
 }
 
 impl Stats {

@@ -48,6 +48,7 @@ fn main() -> Result<()> {
     let options = Options {
         lib: args.nvml_lib.clone(),
         tick: Duration::from_millis(args.tick_ms.max(10)),
+        ..Options::default()
     };
     let t0 = Instant::now();
     let sampler = match Sampler::start(options, hub.clone()) {

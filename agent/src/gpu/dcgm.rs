@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use super::{Device, Figure, Hub, Memory, Origin};
 use crate::capture::clock::WallClock;
+use crate::stats::Stats;
 
 /// dcgm-exporter's default collection interval: the resolution of its figures.
 pub const RESOLUTION_NS: u64 = 30_000_000_000;
@@ -268,12 +269,14 @@ pub enum ScrapeError {
     NoGpus { url: String },
 }
 
-/// One scrape of `url` into the hub; returns the GPUs seen.
+/// One scrape of `url` into the hub; returns the GPUs seen. Lines that do not parse are counted
+/// in `stats.gpu_dcgm_lines_malformed` and skipped.
 pub async fn scrape_once(
     client: &reqwest::Client,
     url: &str,
     hub: &Hub,
     create: bool,
+    stats: &Stats,
 ) -> Result<usize, ScrapeError> {
     let http = |source| ScrapeError::Http {
         url: url.to_string(),
@@ -299,6 +302,7 @@ pub async fn scrape_once(
     }
     let text = String::from_utf8_lossy(&body);
     let parsed = parse_text(&text);
+    Stats::add(&stats.gpu_dcgm_lines_malformed, parsed.bad_lines);
     let gpus = gpus_from(&parsed);
     if gpus.is_empty() {
         return Err(ScrapeError::NoGpus {
@@ -314,6 +318,7 @@ pub async fn run(
     url: String,
     hub: Hub,
     create: bool,
+    stats: std::sync::Arc<Stats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let client = match reqwest::Client::builder().timeout(SCRAPE_TIMEOUT).build() {
@@ -329,7 +334,7 @@ pub async fn run(
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let result = scrape_once(&client, &url, &hub, create).await;
+        let result = scrape_once(&client, &url, &hub, create, &stats).await;
         hub.write(|s| {
             s.status.dcgm_scrapes += 1;
             match &result {

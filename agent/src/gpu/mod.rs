@@ -338,6 +338,7 @@ pub fn start(
     mode: GpuMode,
     nvml_lib: Option<std::path::PathBuf>,
     dcgm_url: Option<String>,
+    stats: Arc<crate::stats::Stats>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> GpuRuntime {
     let hub = Hub::default();
@@ -354,6 +355,7 @@ pub fn start(
     if matches!(mode, GpuMode::Auto | GpuMode::Nvml) {
         let options = nvml::Options {
             lib: nvml_lib,
+            stats: stats.clone(),
             ..nvml::Options::default()
         };
         match nvml::Sampler::start(options, hub.clone()) {
@@ -366,7 +368,7 @@ pub fn start(
         (Some(url), GpuMode::Auto | GpuMode::Nvml | GpuMode::Dcgm) => {
             let url = url.clone();
             let h = hub.clone();
-            Some(tokio::spawn(dcgm::run(url, h, dcgm_only, stop)))
+            Some(tokio::spawn(dcgm::run(url, h, dcgm_only, stats, stop)))
         }
         _ => None,
     };
@@ -443,19 +445,19 @@ mod tests {
     #[tokio::test]
     async fn sources_that_cannot_start_leave_gpu_off_and_say_why() {
         let (_tx, stop) = tokio::sync::watch::channel(false);
-        let rt = start(GpuMode::Off, None, None, stop.clone());
+        let rt = start(GpuMode::Off, None, None, Arc::default(), stop.clone());
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(
             (st.state.as_str(), st.reason.as_deref()),
             ("off", Some("--gpu off"))
         );
-        let rt = start(GpuMode::Dcgm, None, None, stop.clone());
+        let rt = start(GpuMode::Dcgm, None, None, Arc::default(), stop.clone());
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");
         assert!(st.reason.unwrap().contains("--dcgm-exporter-url"));
         let bad = std::path::PathBuf::from("/nonexistent/libnvidia-ml.so.1");
-        let rt = start(GpuMode::Auto, Some(bad), None, stop);
+        let rt = start(GpuMode::Auto, Some(bad), None, Arc::default(), stop);
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");

@@ -38,6 +38,7 @@ use nvml_wrapper::Nvml;
 
 use super::{CallCost, Device, Figure, GpuProcess, Hub, Memory, Origin};
 use crate::capture::clock::WallClock;
+use crate::stats::Stats;
 
 /// Time between two polls of the same GPU.
 pub const DEFAULT_TICK: Duration = Duration::from_millis(100);
@@ -91,6 +92,8 @@ pub enum StartError {
 pub struct Options {
     pub lib: Option<PathBuf>,
     pub tick: Duration,
+    /// Where failed calls are counted (`gpu_nvml_call_errors`).
+    pub stats: Arc<Stats>,
 }
 
 impl Default for Options {
@@ -98,6 +101,7 @@ impl Default for Options {
         Self {
             lib: None,
             tick: DEFAULT_TICK,
+            stats: Arc::default(),
         }
     }
 }
@@ -227,6 +231,7 @@ struct Ctx<'a> {
     missing: BTreeSet<&'static str>,
     clock: WallClock,
     ts_clock: Option<TsClock>,
+    stats: &'a Stats,
 }
 
 impl Ctx<'_> {
@@ -244,6 +249,9 @@ impl Ctx<'_> {
             .entry(name)
             .or_default()
             .record(took.as_nanos() as u64, ok);
+        if !ok {
+            Stats::add(&self.stats.gpu_nvml_call_errors, 1);
+        }
         if let Err(NvmlError::FailedToLoadSymbol(sym)) = &r {
             if self.missing.insert(name) {
                 let lib = self.lib.to_string();
@@ -386,6 +394,7 @@ fn sample(
         missing: BTreeSet::new(),
         clock: WallClock::measure(),
         ts_clock: None,
+        stats: &options.stats,
     };
     let now = Instant::now();
     let mut gpus = Vec::new();

@@ -109,18 +109,29 @@ fn dcgm_fills_what_nvml_lacks_and_leaves_the_rest() {
 /// Serves the recorded exposition over HTTP on loopback and scrapes it as the agent does.
 #[tokio::test]
 async fn scrapes_a_recorded_exporter_over_http() {
-    let app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(|| async { FIXTURE.to_string() }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(|| async { FIXTURE.to_string() }),
+        )
+        .route(
+            "/garbled",
+            axum::routing::get(|| async {
+                format!("DCGM_FI_DEV_GPU_UTIL{{gpu=\"0\" 1\n}}}} x\n{FIXTURE}")
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let client = reqwest::Client::new();
     let hub = Hub::default();
     let url = format!("http://{addr}/metrics");
-    let n = scrape_once(&client, &url, &hub, true).await.unwrap();
+    let stats = Stats::default();
+    let n = scrape_once(&client, &url, &hub, true, &stats)
+        .await
+        .unwrap();
     assert_eq!(n, 2);
+    assert_eq!(stats.get("gpu_dcgm_lines_malformed"), Some(0));
     hub.read(|s| {
         assert_eq!(s.devices.len(), 2);
         let d = s.devices.iter().find(|d| d.uuid == GPU0).unwrap();
@@ -133,9 +144,14 @@ async fn scrapes_a_recorded_exporter_over_http() {
         assert_eq!(d.energy_origin, Some(Origin::Dcgm));
     });
     // A path that is not an exporter says so.
-    let err = scrape_once(&client, &format!("http://{addr}/nope"), &hub, true)
+    let err = scrape_once(&client, &format!("http://{addr}/nope"), &hub, true, &stats)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("404"), "{err}");
+    // Bad lines are counted, the rest is used.
+    let url = format!("http://{addr}/garbled");
+    let err = scrape_once(&client, &url, &hub, true, &stats).await;
+    assert_eq!(err.unwrap(), 2);
+    assert_eq!(stats.get("gpu_dcgm_lines_malformed"), Some(2));
     server.abort();
 }
