@@ -5,6 +5,10 @@
 //! Side inputs (a Kubernetes watch, a GPU sampler) fill caches on their own threads or tasks; the
 //! pipeline calls every [`SpanEnricher`] once per finished exchange, after the span is built and
 //! before it is exported. An enricher only reads its cache: it never blocks and never does I/O.
+//! An enricher that needs its side input to catch up (GPU samples covering the request's end)
+//! says so through [`SpanEnricher::ready`]; the pipeline then holds the exchange, in finishing
+//! order, for as long as the enricher's own bound allows. [`InFlight`] lets an enricher see the
+//! requests still in flight (the GPU's fair share splits work among them).
 //!
 //! Parsers here are pure (text in, values out, no panics on any input); reading /proc and other
 //! side inputs happens only at the edges, in small functions named `read_*`.
