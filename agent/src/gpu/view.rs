@@ -122,8 +122,12 @@ fn labels(d: &super::Device) -> Vec<(String, String)> {
 }
 
 impl MetricSource for GpuMetrics {
+    /// Nothing without a GPU: no empty families on a machine without one.
     fn collect(&self, out: &mut Vec<MetricFamily>) {
         self.hub.read(|s| {
+            if s.devices.is_empty() {
+                return;
+            }
             let gauge = |name: &str, help: &str, value: &dyn Fn(&super::Device) -> Option<f64>| {
                 MetricFamily {
                     name: name.to_string(),
