@@ -6,7 +6,7 @@
 //! queue between those stages. Side inputs (targets found in /proc) reach it over a bounded
 //! channel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -136,11 +136,42 @@ async fn run(config: Config) -> Result<()> {
         .with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    // GPU telemetry: never fails the agent; what cannot start is off, with the reason.
+    let gpu = crate::gpu::start(
+        config.gpu,
+        config.nvml_lib.clone(),
+        config.dcgm_exporter_url.clone(),
+        stats.clone(),
+        shutdown_rx.clone(),
+    );
+    crate::gpu::view::publish_status(&gpu.hub, &status);
+    if let Some(provider) = metrics_exporter.meter_provider() {
+        crate::gpu::view::register_otlp(provider, &gpu.hub);
+    }
+    {
+        let (hub, status, mut stop) = (gpu.hub.clone(), status.clone(), shutdown_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        crate::gpu::view::publish_status(&hub, &status);
+                        hub.sync_targets(status.app().targets.iter().map(|t| t.pid));
+                    }
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
+    }
     let debug_state = DebugState::new(store, status.clone(), readiness.clone())
-        .with_metric_source(request_metrics);
+        .with_metric_source(request_metrics)
+        .with_metric_source(Arc::new(crate::gpu::view::GpuMetrics {
+            hub: gpu.hub.clone(),
+        }))
+        .with_gpu(gpu.hub.clone());
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut debug_shutdown = shutdown_rx.clone();
     let debug_task = tokio::spawn(server.serve(async move {
         let _ = debug_shutdown.wait_for(|s| *s).await;
@@ -204,7 +235,7 @@ async fn run(config: Config) -> Result<()> {
             })?
     };
 
-    let pipeline = Pipeline {
+    let mut pipeline = Pipeline {
         table: ConnTable::new(
             config.max_connections,
             config.idle_timeout().as_nanos() as u64,
@@ -219,8 +250,16 @@ async fn run(config: Config) -> Result<()> {
         kmaps: kmaps.clone(),
         done: Vec::new(),
         enrichers: Enrichers::default(),
+        waiting: VecDeque::new(),
         probes,
     };
+    if gpu.is_on() {
+        pipeline
+            .enrichers
+            .push(Box::new(crate::gpu::enricher::GpuEnricher::new(
+                gpu.hub.clone(),
+            )));
+    }
     let pipeline_task = tokio::spawn(pipeline.run(
         maps.events,
         maps.drops,
@@ -234,6 +273,7 @@ async fn run(config: Config) -> Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = pipeline_task.await;
     let _ = targeting.join();
+    gpu.shutdown().await;
     exporter.shutdown().await;
     metrics_exporter.shutdown().await;
     let _ = debug_task.await;
@@ -365,6 +405,9 @@ struct Pipeline {
     done: Vec<Finished>,
     /// Side inputs' contributions to each span (pod metadata, GPU figures).
     enrichers: Enrichers,
+    /// Finished exchanges waiting for an enricher's side input (GPU samples covering their end;
+    /// each enricher bounds its wait), in finishing order.
+    waiting: VecDeque<Finished>,
     /// Held for the life of the pipeline: dropping it detaches the programs.
     probes: Probes,
 }
@@ -418,8 +461,9 @@ impl Pipeline {
                 _ = stop.wait_for(|s| *s) => break,
             }
         }
-        // Flush what the kernel already delivered.
+        // Flush what the kernel already delivered, and every span still waiting.
         self.drain(ring.get_mut());
+        self.emit_waiting(true);
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
@@ -612,6 +656,23 @@ impl Pipeline {
 
     fn emit(&mut self) {
         for f in self.done.drain(..) {
+            self.enrichers.observe(&f);
+            self.waiting.push_back(f);
+        }
+        self.emit_waiting(false);
+    }
+
+    /// Builds, enriches and submits the waiting exchanges whose enrichers are ready (all of them
+    /// when `all`), oldest first.
+    fn emit_waiting(&mut self, all: bool) {
+        let now = WallClock::monotonic_now();
+        while let Some(f) = self.waiting.front() {
+            if !all && !self.enrichers.ready(f, now) {
+                break;
+            }
+            let Some(f) = self.waiting.pop_front() else {
+                break;
+            };
             let mut span = build_span(
                 &f.exchange,
                 &f.meta,
@@ -619,7 +680,8 @@ impl Pipeline {
                 &self.opts,
                 &mut RandomIds,
             );
-            self.enrichers.apply(&f, &self.clock, &mut span);
+            self.enrichers
+                .apply_in_context(&f, &self.clock, &self.table, &mut span);
             self.sink
                 .submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }

@@ -66,6 +66,20 @@ pub struct Config {
     #[arg(long)]
     pub no_request_id_trace: bool,
 
+    /// GPU telemetry source: NVML if the library loads, else a dcgm-exporter endpoint if
+    /// --dcgm-exporter-url is set, else off (auto); or one of them; or off.
+    #[arg(long, value_enum, default_value = "auto", env = "INFERTAP_GPU")]
+    pub gpu: crate::gpu::GpuMode,
+
+    /// The NVML library to load (default: libnvidia-ml.so.1 from the library path).
+    #[arg(long, value_name = "PATH", env = "INFERTAP_NVML_LIB")]
+    pub nvml_lib: Option<std::path::PathBuf>,
+
+    /// A dcgm-exporter metrics endpoint (e.g. http://127.0.0.1:9400/metrics): enrichment where
+    /// NVML lacks a figure, and the GPU source without NVML. Its figures have 30 s resolution.
+    #[arg(long, value_name = "URL", env = "INFERTAP_DCGM_EXPORTER_URL")]
+    pub dcgm_exporter_url: Option<String>,
+
     /// How often /proc is scanned for new and exited targets, in milliseconds.
     #[arg(long, default_value_t = 250, hide = true)]
     pub scan_interval_ms: u64,

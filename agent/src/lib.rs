@@ -8,6 +8,7 @@ pub mod enrich;
 pub mod epp;
 pub mod exchange;
 pub mod export;
+pub mod gpu;
 pub mod probes;
 pub mod protocol;
 pub mod stats;

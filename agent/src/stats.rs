@@ -99,6 +99,10 @@ counters! {
     grpc_messages_skipped,
     /// gRPC messages of ext_proc streams that were not valid ext_proc protobuf.
     ext_proc_decode_failures,
+    /// NVML calls that failed (other than `NOT_FOUND`, which means an idle GPU); per call in `/gpu`.
+    gpu_nvml_call_errors,
+    /// Lines of a dcgm-exporter scrape that could not be parsed (skipped).
+    gpu_dcgm_lines_malformed,
 }
 
 impl Stats {

@@ -288,6 +288,8 @@ pub struct StandInOpts {
     /// Idle keep-alive timeout (vLLM: 5 s).
     pub keep_alive_s: u64,
     pub model: String,
+    /// Extra environment of the server process (e.g. `CUDA_VISIBLE_DEVICES`).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for StandInOpts {
@@ -297,6 +299,7 @@ impl Default for StandInOpts {
             token_interval_ms: 20,
             keep_alive_s: 5,
             model: "standin-model".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -319,6 +322,9 @@ impl StandIn {
             .args(["--ttft-ms", &opts.ttft_ms.to_string()])
             .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
             .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
         let port = poll(Duration::from_secs(30), || {
             if let Some(s) = proc.exited() {

@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod gpu_check;
 mod rss;
 mod setup;
 
@@ -51,6 +52,21 @@ enum Cmd {
     BenchRss {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// Run the agent's NVML sampler against the machine's NVML (or `--nvml-lib`, or a fake with
+    /// `--fake-gpus N`) and print per-call latency, sample spacing, GPM figures, the timestamp
+    /// clock and the sampler's cost (docs/gpu.md). Under three minutes.
+    GpuCheck {
+        #[arg(long)]
+        nvml_lib: Option<PathBuf>,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Build gpu/fake-nvml and run against this many scripted GPUs.
+        #[arg(long)]
+        fake_gpus: Option<u32>,
+        /// Also print the /gpu JSON at the end.
+        #[arg(long)]
+        json: bool,
     },
     /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
     Demo {
@@ -217,6 +233,17 @@ fn main() -> Result<()> {
             }
             bench::run_bench(&python, rounds, seconds)
         }
+        Cmd::GpuCheck {
+            nvml_lib,
+            seconds,
+            fake_gpus,
+            json,
+        } => gpu_check::gpu_check(gpu_check::Options {
+            nvml_lib,
+            seconds,
+            fake_gpus,
+            json,
+        }),
         Cmd::Demo { duration } => {
             build()?;
             let python = setup::python_env()?;

@@ -47,6 +47,11 @@ impl WallClock {
         (monotonic_ns as i128 + self.offset_ns).clamp(0, u64::MAX as i128) as u64
     }
 
+    /// Unix time → kernel monotonic time (NVML stamps its samples with wall-clock time).
+    pub fn to_monotonic_nanos(&self, unix_ns: u64) -> u64 {
+        (unix_ns as i128 - self.offset_ns).clamp(0, u64::MAX as i128) as u64
+    }
+
     pub fn monotonic_now() -> u64 {
         now(libc::CLOCK_MONOTONIC) as u64
     }
@@ -71,5 +76,6 @@ mod tests {
     fn offset_is_applied() {
         assert_eq!(WallClock::with_offset(1_000).to_unix_nanos(5), 1_005);
         assert_eq!(WallClock::with_offset(-10).to_unix_nanos(5), 0);
+        assert_eq!(WallClock::with_offset(1_000).to_monotonic_nanos(1_005), 5);
     }
 }

@@ -346,6 +346,20 @@ impl ConnTable {
         }
     }
 
+    /// Requests of process `tgid` still in flight, with the content chunk times they wrote at or
+    /// after `since_ns`: `(start_ns, chunk times)`. Server connections only.
+    pub fn in_flight_chunks(&self, tgid: u32, since_ns: u64) -> Vec<(u64, Vec<u64>)> {
+        self.conns
+            .iter()
+            .filter(|(id, c)| id.tgid == tgid && c.role != Role::Client)
+            .flat_map(|(_, c)| c.exchanges.in_flight_chunks())
+            .map(|(start, chunks)| {
+                let from = chunks.partition_point(|&t| t < since_ns);
+                (start, chunks[from..].to_vec())
+            })
+            .collect()
+    }
+
     /// Fill in addresses found later (e.g. from /proc).
     pub fn set_addrs(&mut self, id: ConnId, local: Option<SocketAddr>, peer: Option<SocketAddr>) {
         if let Some(c) = self.conns.get_mut(&id) {

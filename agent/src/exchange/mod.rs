@@ -230,6 +230,14 @@ impl ExchangeTracker {
         self.in_flight.len()
     }
 
+    /// The requests in flight: each one's start and its content chunk times so far (read-only;
+    /// the GPU share needs the chunks of requests that have not finished yet).
+    pub fn in_flight_chunks(&self) -> impl Iterator<Item = (u64, &[u64])> {
+        self.in_flight
+            .iter()
+            .map(|f| (f.ex.start_ns, f.ex.content_chunk_ns.as_slice()))
+    }
+
     /// The peer closed its side of the connection.
     pub fn peer_closed(&mut self) {
         self.peer_closed = true;

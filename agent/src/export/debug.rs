@@ -91,6 +91,8 @@ pub struct DebugState {
     status: StatusSource,
     readiness: Readiness,
     metric_sources: Vec<Arc<dyn MetricSource>>,
+    /// The GPU hub, once GPU telemetry is wired; `/gpu` shows the status alone without it.
+    gpu: Option<crate::gpu::Hub>,
 }
 
 impl DebugState {
@@ -103,7 +105,14 @@ impl DebugState {
             status,
             readiness,
             metric_sources,
+            gpu: None,
         }
+    }
+
+    /// `/gpu` shows this hub (devices, latest samples, the sampler's cost).
+    pub fn with_gpu(mut self, hub: crate::gpu::Hub) -> Self {
+        self.gpu = Some(hub);
+        self
     }
 
     /// Adds families to `/metrics`, after those already registered.
@@ -219,7 +228,10 @@ async fn metrics(State(state): State<DebugState>) -> Response {
 }
 
 async fn gpu(State(state): State<DebugState>) -> Response {
-    Json(state.status.app().gpu).into_response()
+    match &state.gpu {
+        Some(hub) => Json(crate::gpu::view::gpu_json(hub)).into_response(),
+        None => Json(state.status.app().gpu).into_response(),
+    }
 }
 
 async fn not_found(uri: Uri) -> Response {

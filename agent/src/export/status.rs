@@ -117,12 +117,20 @@ pub struct ExporterStatus {
     pub last_error_unix_nano: Option<u64>,
 }
 
-/// The GPU source's state; also the body of `GET /gpu` until GPU telemetry exists.
+/// The GPU source's state (`gpu::SourceStatus` in short; `GET /gpu` has the whole of it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStatus {
-    /// `off`, or a source's state once there is one.
+    /// `off`, `starting`, `ok`, `failing` or `failed`.
     pub state: String,
     pub reason: Option<String>,
+    /// `nvml`, `dcgm` or `off`, once GPU telemetry started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Figures switched off, with the reason (a symbol missing from the NVML library, …).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub disabled: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devices: Option<u64>,
 }
 
 impl Default for GpuStatus {
@@ -130,6 +138,9 @@ impl Default for GpuStatus {
         Self {
             state: "off".into(),
             reason: Some("GPU telemetry is not built yet".into()),
+            source: None,
+            disabled: BTreeMap::new(),
+            devices: None,
         }
     }
 }

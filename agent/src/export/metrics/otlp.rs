@@ -204,6 +204,11 @@ impl OtlpMetricsExporter {
         self.provider.is_some()
     }
 
+    /// The meter provider, for other parts of the agent to register instruments (GPU gauges).
+    pub fn meter_provider(&self) -> Option<&SdkMeterProvider> {
+        self.provider.as_ref()
+    }
+
     pub fn endpoint(&self) -> Option<&str> {
         self.endpoint.as_deref()
     }

@@ -1,0 +1,492 @@
+//! Each finished request's GPU figures over its own window `[start, end]`, on the GPUs that serve
+//! its process, as span attributes (`infertap.gpu.*`, documented in docs/spans.md).
+//!
+//! A span waits (bounded by [`MAX_WAIT_NS`]) until the samples of its GPUs cover its end: NVML
+//! hands out a utilisation sample some 100–300 ms after the time it describes.
+//!
+//! Several GPUs (tensor parallelism): utilisation and bandwidth are the mean of the GPUs' means,
+//! the max is over all of them, coverage the lowest, resolution the coarsest; energy, memory,
+//! busy time and the shares are summed.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use super::placement::{read_process_tree, read_visible_devices, DeviceRef, Visible};
+use super::series::WindowStat;
+use super::share::{fair_share, Activity};
+use super::{Figure, Hub, HubState};
+use crate::capture::clock::WallClock;
+use crate::conn::{ConnId, Finished};
+use crate::enrich::{InFlight, NoneInFlight, SpanEnricher};
+use crate::trace::span::{AttrValue, FinishedSpan};
+
+/// Longest a span waits for GPU samples to cover its end.
+pub const MAX_WAIT_NS: u64 = 1_000_000_000;
+/// How long finished requests are remembered for the shares of requests that overlap them.
+const HISTORY_NS: u64 = super::series::MAX_AGE_NS;
+const HISTORY_MAX_PER_PROCESS: usize = 4096;
+/// A process with a per-process sample this close to a request's end is expected to have one
+/// after it too (the driver reports only processes that used the GPU).
+const ACTIVE_PROCESS_NS: u64 = 2_000_000_000;
+/// How long a process's GPUs are cached.
+const PLACEMENT_TTL_NS: u64 = 2_000_000_000;
+
+/// How the GPUs of a process were found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribution {
+    /// The process (or a descendant) is in NVML's running-process list of the GPU.
+    NvmlProcesses,
+    /// From the process's `CUDA_VISIBLE_DEVICES` / `NVIDIA_VISIBLE_DEVICES`.
+    VisibleDevices,
+}
+
+impl Attribution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Attribution::NvmlProcesses => "nvml_processes",
+            Attribution::VisibleDevices => "visible_devices",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Placement {
+    at_ns: u64,
+    tree: BTreeSet<u32>,
+    /// Positions in `HubState::devices`.
+    gpus: Vec<usize>,
+    how: Option<Attribution>,
+}
+
+/// The pipeline's GPU enricher.
+pub struct GpuEnricher {
+    hub: Hub,
+    history: HashMap<u32, VecDeque<(ConnId, Activity)>>,
+    placements: HashMap<u32, Placement>,
+}
+
+impl GpuEnricher {
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            history: HashMap::new(),
+            placements: HashMap::new(),
+        }
+    }
+
+    fn placement(&mut self, pid: u32, now_ns: u64) -> Placement {
+        if let Some(p) = self.placements.get(&pid) {
+            if now_ns.saturating_sub(p.at_ns) < PLACEMENT_TTL_NS {
+                return p.clone();
+            }
+        }
+        if self.hub.note_interest(pid) {
+            tracing::debug!(pid, "GPU: new process of interest.");
+        }
+        let tree = read_process_tree(pid);
+        let visible = read_visible_devices(pid);
+        let (gpus, how) = self.hub.read(|s| place(s, &tree, visible.as_ref()));
+        let p = Placement {
+            at_ns: now_ns,
+            tree,
+            gpus,
+            how,
+        };
+        if self.placements.len() > 1024 {
+            self.placements.clear();
+        }
+        self.placements.insert(pid, p.clone());
+        p
+    }
+}
+
+/// The GPUs of a process tree: NVML's process lists first, else the visible-devices setting.
+pub fn place(
+    s: &HubState,
+    tree: &BTreeSet<u32>,
+    visible: Option<&Visible>,
+) -> (Vec<usize>, Option<Attribution>) {
+    let listed: Vec<usize> = s
+        .devices
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| d.processes.iter().any(|p| tree.contains(&p.pid)))
+        .map(|(i, _)| i)
+        .collect();
+    if !listed.is_empty() {
+        return (listed, Some(Attribution::NvmlProcesses));
+    }
+    let from_env: Vec<usize> = match visible {
+        Some(Visible::All) => (0..s.devices.len()).collect(),
+        Some(Visible::List(refs)) => refs
+            .iter()
+            .filter_map(|r| {
+                s.devices.iter().position(|d| match r {
+                    DeviceRef::Index(i) => d.index == *i,
+                    DeviceRef::Uuid(u) => d.uuid == *u,
+                })
+            })
+            .collect(),
+        Some(Visible::None) | None => Vec::new(),
+    };
+    if from_env.is_empty() {
+        (Vec::new(), None)
+    } else {
+        (from_env, Some(Attribution::VisibleDevices))
+    }
+}
+
+/// A request's GPU figures, before they become attributes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestGpu {
+    pub uuids: Vec<String>,
+    pub attribution: Option<Attribution>,
+    pub source: Option<&'static str>,
+    pub util_mean: Option<f64>,
+    pub util_max: Option<f64>,
+    pub coverage: f64,
+    pub resolution_ns: Option<u64>,
+    pub resolution_limited: bool,
+    pub bandwidth_mean: Option<f64>,
+    pub bandwidth_source: Option<&'static str>,
+    pub sm_active_mean: Option<f64>,
+    pub sm_occupancy_mean: Option<f64>,
+    pub tensor_active_mean: Option<f64>,
+    /// The process tree's own SM utilisation (NVML per-process samples, summed over its PIDs).
+    pub process_util_mean: Option<f64>,
+    pub energy_j: Option<f64>,
+    pub energy_coverage: Option<f64>,
+    pub process_memory_bytes: Option<u64>,
+    pub device_memory_bytes: Option<u64>,
+    pub device_memory_limit_bytes: Option<u64>,
+    pub share_busy_s: Option<f64>,
+    pub share_energy_j: Option<f64>,
+    pub concurrent: usize,
+}
+
+fn mean_of(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// The figures of one request over `target`'s window on `gpus`, with `others` the rest of its
+/// process's requests (finished or in flight). Pure.
+pub fn figures(
+    s: &HubState,
+    gpus: &[usize],
+    tree: &BTreeSet<u32>,
+    target: &Activity,
+    others: &[Activity],
+) -> RequestGpu {
+    let (a, b) = (target.start_ns, target.end_ns.max(target.start_ns));
+    let mut out = RequestGpu {
+        coverage: 1.0,
+        ..RequestGpu::default()
+    };
+    let (mut means, mut bw, mut sm, mut occ, mut tensor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut energy, mut e_cov, mut busy, mut share_e) = (None::<f64>, None::<f64>, None, None);
+    let (mut pmem, mut dmem, mut dlim) = (None::<u64>, None::<u64>, None::<u64>);
+    let mut any_util = false;
+    let mut proc_util = Vec::new();
+    for &g in gpus {
+        let Some(d) = s.devices.get(g) else { continue };
+        out.uuids.push(d.uuid.clone());
+        if let Some(t) = d.track(Figure::GpuUtilization) {
+            let w: WindowStat = t.series.window(a, b);
+            any_util = true;
+            out.source.get_or_insert(t.origin.as_str());
+            if let Some(m) = w.mean {
+                means.push(m);
+            }
+            out.util_max = match (out.util_max, w.max) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            out.coverage = out.coverage.min(w.coverage());
+            out.resolution_ns = out.resolution_ns.max(w.resolution_ns);
+            out.resolution_limited |= w.resolution_limited();
+            let util: Vec<_> = t.series.overlapping(a, b).copied().collect();
+            let energy_counter = d.energy_origin.map(|_| &d.energy);
+            let sh = fair_share(target, others, &util, energy_counter);
+            busy = Some(busy.unwrap_or(0.0) + sh.busy_s);
+            if let Some(e) = sh.energy {
+                share_e = Some(share_e.unwrap_or(0.0) + e / 1000.0);
+            }
+            out.concurrent = out.concurrent.max(sh.max_concurrent);
+        }
+        if let Some(t) = d.track(Figure::DramBandwidth) {
+            if let Some(m) = t.series.window(a, b).mean {
+                bw.push(m);
+                out.bandwidth_source.get_or_insert(t.origin.as_str());
+            }
+        }
+        for (f, acc) in [
+            (Figure::SmActive, &mut sm),
+            (Figure::SmOccupancy, &mut occ),
+            (Figure::TensorActive, &mut tensor),
+        ] {
+            if let Some(m) = d.track(f).and_then(|t| t.series.window(a, b).mean) {
+                acc.push(m);
+            }
+        }
+        let per_pid: Vec<f64> = d
+            .process_sm
+            .iter()
+            .filter(|(pid, _)| tree.contains(pid))
+            .filter_map(|(_, series)| series.window(a, b).mean)
+            .collect();
+        if !per_pid.is_empty() {
+            proc_util.push(per_pid.iter().sum::<f64>().min(1.0));
+        }
+        if d.energy_origin.is_some() {
+            if let Some(w) = d.energy.window(a, b) {
+                energy = Some(energy.unwrap_or(0.0) + w.increase / 1000.0);
+                let c = if w.window_ns == 0 {
+                    1.0
+                } else {
+                    w.covered_ns as f64 / w.window_ns as f64
+                };
+                e_cov = Some(e_cov.map_or(c, |x: f64| x.min(c)));
+            }
+        }
+        let mine: u64 = d
+            .processes
+            .iter()
+            .filter(|p| tree.contains(&p.pid))
+            .filter_map(|p| p.used_bytes)
+            .sum();
+        if d.processes.iter().any(|p| tree.contains(&p.pid)) {
+            pmem = Some(pmem.unwrap_or(0) + mine);
+        }
+        if let Some(m) = d.memory {
+            dmem = Some(dmem.unwrap_or(0) + m.used);
+            dlim = Some(dlim.unwrap_or(0) + m.total);
+        }
+    }
+    if !any_util {
+        out.coverage = 0.0;
+    }
+    out.util_mean = mean_of(&means);
+    out.bandwidth_mean = mean_of(&bw);
+    out.sm_active_mean = mean_of(&sm);
+    out.sm_occupancy_mean = mean_of(&occ);
+    out.tensor_active_mean = mean_of(&tensor);
+    out.process_util_mean = mean_of(&proc_util);
+    out.energy_j = energy;
+    out.energy_coverage = e_cov;
+    out.process_memory_bytes = pmem;
+    out.device_memory_bytes = dmem;
+    out.device_memory_limit_bytes = dlim;
+    out.share_busy_s = busy;
+    out.share_energy_j = share_e;
+    out
+}
+
+impl RequestGpu {
+    /// The span attributes (names in docs/spans.md).
+    pub fn attributes(&self) -> Vec<(&'static str, AttrValue)> {
+        let mut a: Vec<(&'static str, AttrValue)> = Vec::new();
+        a.push(("infertap.gpu.ids", AttrValue::StrArray(self.uuids.clone())));
+        if let Some(h) = self.attribution {
+            a.push((
+                "infertap.gpu.attribution",
+                AttrValue::Str(h.as_str().into()),
+            ));
+        }
+        if let Some(s) = self.source {
+            a.push(("infertap.gpu.source", AttrValue::Str(s.into())));
+        }
+        let f = |a: &mut Vec<_>, k, v: Option<f64>| {
+            if let Some(v) = v {
+                a.push((k, AttrValue::F64(v)));
+            }
+        };
+        f(&mut a, "infertap.gpu.utilization.mean", self.util_mean);
+        f(&mut a, "infertap.gpu.utilization.max", self.util_max);
+        a.push(("infertap.gpu.coverage", AttrValue::F64(self.coverage)));
+        f(
+            &mut a,
+            "infertap.gpu.sample_resolution",
+            self.resolution_ns.map(|r| r as f64 / 1e9),
+        );
+        a.push((
+            "infertap.gpu.resolution_limited",
+            AttrValue::Bool(self.resolution_limited),
+        ));
+        f(
+            &mut a,
+            "infertap.gpu.memory_bandwidth.utilization",
+            self.bandwidth_mean,
+        );
+        if let Some(s) = self.bandwidth_source {
+            a.push((
+                "infertap.gpu.memory_bandwidth.source",
+                AttrValue::Str(s.into()),
+            ));
+        }
+        f(&mut a, "infertap.gpu.sm_active", self.sm_active_mean);
+        f(&mut a, "infertap.gpu.sm_occupancy", self.sm_occupancy_mean);
+        f(
+            &mut a,
+            "infertap.gpu.tensor_active",
+            self.tensor_active_mean,
+        );
+        f(
+            &mut a,
+            "infertap.gpu.process.utilization",
+            self.process_util_mean,
+        );
+        f(&mut a, "infertap.gpu.energy", self.energy_j);
+        f(&mut a, "infertap.gpu.energy.coverage", self.energy_coverage);
+        let i = |a: &mut Vec<_>, k, v: Option<u64>| {
+            if let Some(v) = v {
+                a.push((k, AttrValue::I64(v.min(i64::MAX as u64) as i64)));
+            }
+        };
+        i(
+            &mut a,
+            "infertap.gpu.process.memory.usage",
+            self.process_memory_bytes,
+        );
+        i(
+            &mut a,
+            "infertap.gpu.memory.usage",
+            self.device_memory_bytes,
+        );
+        i(
+            &mut a,
+            "infertap.gpu.memory.limit",
+            self.device_memory_limit_bytes,
+        );
+        f(&mut a, "infertap.gpu.share.busy_time", self.share_busy_s);
+        f(&mut a, "infertap.gpu.share.energy", self.share_energy_j);
+        if self.concurrent > 0 {
+            a.push((
+                "infertap.gpu.share.concurrent_requests",
+                AttrValue::I64(self.concurrent as i64),
+            ));
+        }
+        a
+    }
+}
+
+fn activity(f: &Finished) -> Activity {
+    Activity {
+        start_ns: f.exchange.start_ns,
+        end_ns: f.exchange.end_ns.max(f.exchange.start_ns),
+        chunk_ns: f.exchange.content_chunk_ns.clone(),
+    }
+}
+
+impl SpanEnricher for GpuEnricher {
+    fn enrich(&mut self, finished: &Finished, clock: &WallClock, span: &mut FinishedSpan) {
+        self.enrich_in_context(finished, clock, &NoneInFlight, span);
+    }
+
+    fn observe(&mut self, finished: &Finished) {
+        if !finished.meta.server {
+            return;
+        }
+        let pid = finished.meta.pid;
+        let h = self.history.entry(pid).or_default();
+        h.push_back((finished.conn, activity(finished)));
+        let horizon = finished.exchange.end_ns.saturating_sub(HISTORY_NS);
+        while h.len() > HISTORY_MAX_PER_PROCESS
+            || h.front().is_some_and(|(_, a)| a.end_ns < horizon)
+        {
+            h.pop_front();
+        }
+        if self.history.len() > 1024 {
+            self.history
+                .retain(|_, h| h.back().is_some_and(|(_, a)| a.end_ns >= horizon));
+        }
+    }
+
+    fn ready(&self, finished: &Finished, now_ns: u64) -> bool {
+        let end = finished.exchange.end_ns;
+        if !finished.meta.server || now_ns >= end.saturating_add(MAX_WAIT_NS) {
+            return true;
+        }
+        let Some(p) = self.placements.get(&finished.meta.pid) else {
+            // Not placed yet: wait for the samples of every device.
+            return self.hub.read(|s| all_cover(s, None, &BTreeSet::new(), end));
+        };
+        self.hub.read(|s| all_cover(s, Some(&p.gpus), &p.tree, end))
+    }
+
+    fn enrich_in_context(
+        &mut self,
+        finished: &Finished,
+        _clock: &WallClock,
+        in_flight: &dyn InFlight,
+        span: &mut FinishedSpan,
+    ) {
+        if !finished.meta.server || self.hub.read(|s| s.devices.is_empty()) {
+            return;
+        }
+        let pid = finished.meta.pid;
+        let p = self.placement(pid, WallClock::monotonic_now());
+        if p.gpus.is_empty() {
+            span.attributes.push((
+                "infertap.gpu.attribution".into(),
+                AttrValue::Str("none".into()),
+            ));
+            return;
+        }
+        let target = activity(finished);
+        let mut others: Vec<Activity> = self
+            .history
+            .get(&pid)
+            .into_iter()
+            .flatten()
+            .filter(|(conn, a)| {
+                !(*conn == finished.conn && a.start_ns == target.start_ns)
+                    && a.end_ns >= target.start_ns
+                    && a.start_ns <= target.end_ns
+            })
+            .map(|(_, a)| a.clone())
+            .collect();
+        for (start, chunks) in in_flight.in_flight_chunks(pid, target.start_ns) {
+            if start <= target.end_ns {
+                others.push(Activity {
+                    start_ns: start,
+                    end_ns: u64::MAX,
+                    chunk_ns: chunks,
+                });
+            }
+        }
+        let mut r = self
+            .hub
+            .read(|s| figures(s, &p.gpus, &p.tree, &target, &others));
+        r.attribution = p.how;
+        for (k, v) in r.attributes() {
+            span.attributes.push((k.into(), v));
+        }
+    }
+}
+
+/// Whether the utilisation and energy samples of `gpus` (all devices when `None`), and the
+/// per-process samples of `tree` that are still coming, reach `end`.
+fn all_cover(s: &HubState, gpus: Option<&[usize]>, tree: &BTreeSet<u32>, end: u64) -> bool {
+    let covers = |d: &super::Device| {
+        let util = d
+            .track(Figure::GpuUtilization)
+            .is_none_or(|t| t.series.covered_until().is_some_and(|c| c >= end));
+        let energy =
+            d.energy_origin.is_none() || d.energy.covered_until().is_some_and(|c| c >= end);
+        let processes = d
+            .process_sm
+            .iter()
+            .filter(|(pid, _)| tree.contains(pid))
+            .filter_map(|(_, series)| series.covered_until())
+            .filter(|&c| c + ACTIVE_PROCESS_NS >= end)
+            .all(|c| c >= end);
+        util && energy && processes
+    };
+    match gpus {
+        Some(g) => g.iter().filter_map(|&i| s.devices.get(i)).all(covers),
+        None => s.devices.iter().all(covers),
+    }
+}
+
+#[cfg(test)]
+mod tests;

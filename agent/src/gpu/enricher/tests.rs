@@ -1,0 +1,174 @@
+//! The request figures against an in-memory hub with scripted samples (times in ms).
+
+use super::*;
+use crate::gpu::{Device, GpuProcess, Memory, Origin};
+
+const MS: u64 = 1_000_000;
+
+/// A device with GPU utilisation `util[k]` over [k·100, (k+1)·100) ms and a 100 W energy
+/// counter read every 100 ms (10 J per 100 ms, in mJ).
+fn device(uuid: &str, index: u32, util: &[f64]) -> Device {
+    let mut d = Device {
+        uuid: uuid.into(),
+        index,
+        ..Device::default()
+    };
+    for (k, v) in util.iter().enumerate() {
+        let k = k as u64;
+        d.push(
+            Figure::GpuUtilization,
+            Origin::Nvml,
+            k * 100 * MS,
+            (k + 1) * 100 * MS,
+            *v,
+        );
+    }
+    for k in 0..=util.len() as u64 {
+        d.energy.push(k * 100 * MS, 1_000_000 + k * 10_000);
+    }
+    d.energy_origin = Some(Origin::Nvml);
+    d
+}
+
+fn act(start_ms: u64, end_ms: u64, chunks: &[u64]) -> Activity {
+    Activity {
+        start_ns: start_ms * MS,
+        end_ns: end_ms * MS,
+        chunk_ns: chunks.iter().map(|c| c * MS).collect(),
+    }
+}
+
+fn state(devices: Vec<Device>) -> HubState {
+    HubState {
+        devices,
+        ..HubState::default()
+    }
+}
+
+#[test]
+fn one_gpu_alone_mean_max_energy_and_share() {
+    let s = state(vec![device("GPU-a", 0, &[0.2, 0.6, 1.0, 0.4])]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(50, 250, &[100, 200]), &[]);
+    // 50 ms at .2, 100 ms at .6, 50 ms at 1.0.
+    let mean = (0.05 * 0.2 + 0.1 * 0.6 + 0.05 * 1.0) / 0.2;
+    assert!((r.util_mean.unwrap() - mean).abs() < 1e-12, "{r:?}");
+    assert_eq!(r.util_max, Some(1.0));
+    assert_eq!(r.coverage, 1.0);
+    assert_eq!(r.resolution_ns, Some(100 * MS));
+    assert!(!r.resolution_limited);
+    // 200 ms at 100 W = 20 J.
+    assert!((r.energy_j.unwrap() - 20.0).abs() < 1e-9);
+    assert_eq!(r.energy_coverage, Some(1.0));
+    // Alone: the whole busy time and energy.
+    assert!((r.share_busy_s.unwrap() - mean * 0.2).abs() < 1e-12);
+    assert!((r.share_energy_j.unwrap() - 20.0).abs() < 1e-9);
+    assert_eq!(r.concurrent, 1);
+    assert_eq!(r.source, Some("nvml"));
+}
+
+#[test]
+fn two_gpus_average_means_sum_energy_and_take_the_lowest_coverage() {
+    let a = device("GPU-a", 0, &[0.5, 0.5]);
+    let mut b = device("GPU-b", 1, &[1.0]); // samples only over [0,100)
+    b.memory = Some(Memory {
+        used: 3 << 30,
+        total: 80 << 30,
+        at_ns: 0,
+    });
+    b.processes = vec![
+        GpuProcess {
+            pid: 42,
+            used_bytes: Some(2 << 30),
+        },
+        GpuProcess {
+            pid: 7,
+            used_bytes: Some(1 << 30),
+        },
+    ];
+    let s = state(vec![a, b]);
+    let tree = BTreeSet::from([41, 42]);
+    let r = figures(&s, &[0, 1], &tree, &act(0, 200, &[]), &[]);
+    assert_eq!(r.uuids, vec!["GPU-a", "GPU-b"]);
+    assert!((r.util_mean.unwrap() - 0.75).abs() < 1e-12);
+    assert_eq!(r.util_max, Some(1.0));
+    assert!((r.coverage - 0.5).abs() < 1e-12);
+    // GPU a: 20 J over 200 ms; GPU b's counter ends at 100 ms: 10 J, half covered.
+    assert!((r.energy_j.unwrap() - 30.0).abs() < 1e-9);
+    assert_eq!(r.energy_coverage, Some(0.5));
+    // Only the process tree's memory, and the device's.
+    assert_eq!(r.process_memory_bytes, Some(2 << 30));
+    assert_eq!(r.device_memory_bytes, Some(3 << 30));
+    assert_eq!(r.device_memory_limit_bytes, Some(80 << 30));
+}
+
+#[test]
+fn window_before_the_first_sample_and_a_gpu_without_samples() {
+    let s = state(vec![device("GPU-a", 0, &[0.5]), Device::default()]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(500, 600, &[]), &[]);
+    assert_eq!(r.util_mean, None);
+    assert_eq!(r.coverage, 0.0);
+    assert_eq!(r.energy_j, None);
+    let r = figures(&s, &[1], &BTreeSet::new(), &act(0, 100, &[]), &[]);
+    assert_eq!(r.coverage, 0.0);
+    assert_eq!(r.util_mean, None);
+}
+
+#[test]
+fn a_request_shorter_than_one_sample_is_flagged() {
+    let s = state(vec![device("GPU-a", 0, &[0.3, 0.9])]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(110, 130, &[]), &[]);
+    assert!(r.resolution_limited);
+    assert_eq!(r.util_mean, Some(0.9));
+    let attrs = r.attributes();
+    assert!(attrs.contains(&("infertap.gpu.resolution_limited", AttrValue::Bool(true))));
+    assert!(attrs.contains(&("infertap.gpu.sample_resolution", AttrValue::F64(0.1))));
+}
+
+#[test]
+fn overlapping_requests_share_by_chunks_and_presence() {
+    let s = state(vec![device("GPU-a", 0, &[1.0, 1.0])]);
+    // R over [0,200) writes 1 chunk in each interval; O (still in flight) writes 3 in the first.
+    let r_act = act(0, 200, &[50, 150]);
+    let o_act = Activity {
+        start_ns: 0,
+        end_ns: u64::MAX,
+        chunk_ns: vec![10 * MS, 20 * MS, 30 * MS],
+    };
+    let r = figures(&s, &[0], &BTreeSet::new(), &r_act, &[o_act]);
+    // Interval 1: R 2/(2+4); interval 2: R 2/(2+1).
+    let busy = 0.1 * (2.0 / 6.0) + 0.1 * (2.0 / 3.0);
+    assert!((r.share_busy_s.unwrap() - busy).abs() < 1e-12, "{r:?}");
+    let energy = 10.0 * (2.0 / 6.0) + 10.0 * (2.0 / 3.0);
+    assert!((r.share_energy_j.unwrap() - energy).abs() < 1e-9);
+    assert_eq!(r.concurrent, 2);
+    // The device's own figures are not split.
+    assert_eq!(r.util_mean, Some(1.0));
+    assert!((r.energy_j.unwrap() - 20.0).abs() < 1e-9);
+}
+
+#[test]
+fn placement_prefers_nvml_process_lists_then_visible_devices() {
+    let mut a = device("GPU-a", 0, &[]);
+    let b = device("GPU-b", 1, &[]);
+    a.processes = vec![GpuProcess {
+        pid: 101,
+        used_bytes: None,
+    }];
+    let s = state(vec![a, b]);
+    // A child (101) of the target (100) holds GPU a.
+    let tree = BTreeSet::from([100, 101]);
+    let visible = Visible::List(vec![DeviceRef::Index(1)]);
+    assert_eq!(
+        place(&s, &tree, Some(&visible)),
+        (vec![0], Some(Attribution::NvmlProcesses))
+    );
+    let other = BTreeSet::from([200]);
+    assert_eq!(
+        place(&s, &other, Some(&visible)),
+        (vec![1], Some(Attribution::VisibleDevices))
+    );
+    let by_uuid = Visible::List(vec![DeviceRef::Uuid("GPU-b".into())]);
+    assert_eq!(place(&s, &other, Some(&by_uuid)).0, vec![1]);
+    assert_eq!(place(&s, &other, Some(&Visible::All)).0, vec![0, 1]);
+    assert_eq!(place(&s, &other, None), (vec![], None));
+}
