@@ -1,3 +1,5 @@
 //! Harness for the root-only integration tests.
 pub mod harness;
+pub mod kube_standin;
 pub mod otlp_receiver;
+pub mod pod_cgroup;
