@@ -441,13 +441,8 @@ impl Agent {
     ) -> Agent {
         let debug_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(paths().agent);
-        cmd.args([
-            "--mode",
-            mode,
-            "--debug-addr",
-            &debug_addr.to_string(),
-        ])
-        .args(args);
+        cmd.args(["--mode", mode, "--debug-addr", &debug_addr.to_string()])
+            .args(args);
         for var in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",

@@ -251,7 +251,10 @@ async fn list_or_watch(shared: Shared, kind: Kind, params: ListParams) -> Respon
         move |(shared, filter, mut cursor, mut rx, first)| async move {
             if !first.is_empty() {
                 let bytes = lines(&first);
-                return Some((Ok::<_, std::io::Error>(bytes), (shared, filter, cursor, rx, Vec::new())));
+                return Some((
+                    Ok::<_, std::io::Error>(bytes),
+                    (shared, filter, cursor, rx, Vec::new()),
+                ));
             }
             loop {
                 let events: Vec<Value> = {
@@ -531,8 +534,10 @@ impl KubeApi {
     }
 
     pub fn add_namespace(&self, name: &str, labels: &[(&str, &str)]) {
-        let labels: serde_json::Map<String, Value> =
-            labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let labels: serde_json::Map<String, Value> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         let obj = json!({
             "metadata": {"name": name, "uid": format!("ns-{name}"), "labels": labels,
                          "creationTimestamp": "2026-01-01T00:00:00Z"},
@@ -590,7 +595,13 @@ mod tests {
     #[test]
     fn selectors_parse_and_match_like_the_api_server() {
         let ns = json!({"metadata": {"name": "llm", "labels": {"infertap.io/enabled": "true", "team": "a"}}});
-        let yes = ["infertap.io/enabled=true", "infertap.io/enabled==true,team", "team!=b", "!other", ""];
+        let yes = [
+            "infertap.io/enabled=true",
+            "infertap.io/enabled==true,team",
+            "team!=b",
+            "!other",
+            "",
+        ];
         for s in yes {
             assert!(labels_match(&parse_selector(s).unwrap(), &ns), "{s}");
         }
@@ -599,8 +610,17 @@ mod tests {
         }
         assert!(parse_selector("team in (a,b)").is_err());
         let pod = json!({"metadata": {"namespace": "llm"}, "spec": {"nodeName": "node-a"}});
-        assert!(fields_match(&parse_selector("spec.nodeName=node-a").unwrap(), &pod));
-        assert!(!fields_match(&parse_selector("spec.nodeName=node-b").unwrap(), &pod));
-        assert!(fields_match(&parse_selector("metadata.namespace!=x").unwrap(), &pod));
+        assert!(fields_match(
+            &parse_selector("spec.nodeName=node-a").unwrap(),
+            &pod
+        ));
+        assert!(!fields_match(
+            &parse_selector("spec.nodeName=node-b").unwrap(),
+            &pod
+        ));
+        assert!(fields_match(
+            &parse_selector("metadata.namespace!=x").unwrap(),
+            &pod
+        ));
     }
 }

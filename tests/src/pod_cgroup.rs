@@ -80,7 +80,10 @@ impl PodCgroup {
     }
 
     pub fn leaf(&self) -> PathBuf {
-        self.created.last().cloned().unwrap_or_else(|| self.root.clone())
+        self.created
+            .last()
+            .cloned()
+            .unwrap_or_else(|| self.root.clone())
     }
 
     /// Moves a process (all its threads) into the container's cgroup.

@@ -14,8 +14,8 @@
 use std::time::{Duration, Instant};
 
 use infertap_tests::harness::{
-    self, attr, client, free_port, one_span_for, random_hex, Agent, Receiver, StandIn,
-    StandInOpts, TestCtx,
+    self, attr, client, free_port, one_span_for, random_hex, Agent, Receiver, StandIn, StandInOpts,
+    TestCtx,
 };
 use infertap_tests::kube_standin::{KubeApi, PodSpec};
 use infertap_tests::pod_cgroup::{Layout, PodCgroup};
@@ -133,7 +133,11 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     assert_eq!(st["opted_in_pods"], serde_json::json!([]));
     // Not opted in: not traced, no spans.
     std::thread::sleep(Duration::from_millis(600));
-    assert!(targeted(&agent, server.pid()).is_none(), "{:#}", agent.status());
+    assert!(
+        targeted(&agent, server.pid()).is_none(),
+        "{:#}",
+        agent.status()
+    );
     client(&ctx, &server, &["--scenario", "chat-stream"]);
     std::thread::sleep(Duration::from_millis(500));
     assert!(agent.spans().is_empty(), "{:#?}", agent.spans());
@@ -143,7 +147,10 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     api.label_namespace("llm", LABEL, Some("true"));
     wait_targeted(&agent, server.pid(), true, Duration::from_secs(5));
     let took = t0.elapsed();
-    println!("labelling the namespace → pid {} traced in {took:?}", server.pid());
+    println!(
+        "labelling the namespace → pid {} traced in {took:?}",
+        server.pid()
+    );
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let target = targeted(&agent, server.pid()).unwrap();
     assert_eq!(
@@ -153,7 +160,11 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     );
 
     // Spans carry the pod, on /spans and over OTLP; metrics get namespace and pod labels only.
-    let records = client(&ctx, &server, &["--scenario", "chat-stream", "--count", "2"]);
+    let records = client(
+        &ctx,
+        &server,
+        &["--scenario", "chat-stream", "--count", "2"],
+    );
     let spans = agent.wait_spans_for(&records, SPANS_WAIT);
     let want = [
         ("k8s.namespace.name", "llm".to_string()),
@@ -182,16 +193,22 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     let metrics = agent.metrics();
     let labelled = format!("k8s_namespace_name=\"llm\",k8s_pod_name=\"{}\"", pod.name);
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("gen_ai_server_request_duration_seconds_count")
-                && l.contains(&labelled)),
+        metrics.lines().any(
+            |l| l.starts_with("gen_ai_server_request_duration_seconds_count")
+                && l.contains(&labelled)
+        ),
         "{metrics}"
     );
     assert!(!metrics.contains(&pod_uid), "the pod uid is never a label");
     let st = k8s_status(&agent);
-    assert_eq!(st["watched_namespaces"], serde_json::json!(["batch", "llm"]));
-    assert_eq!(st["opted_in_pods"], serde_json::json!([format!("llm/{}", pod.name)]));
+    assert_eq!(
+        st["watched_namespaces"],
+        serde_json::json!(["batch", "llm"])
+    );
+    assert_eq!(
+        st["opted_in_pods"],
+        serde_json::json!([format!("llm/{}", pod.name)])
+    );
 
     // The API server goes away: the agent says so and keeps tracing.
     api.stop();
@@ -217,7 +234,11 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     let back = harness::poll(Duration::from_secs(45), || {
         (k8s_status(&agent)["connected"] == Value::Bool(true)).then_some(())
     });
-    assert!(back.is_some(), "not reconnected after 45 s: {:#}", k8s_status(&agent));
+    assert!(
+        back.is_some(),
+        "not reconnected after 45 s: {:#}",
+        k8s_status(&agent)
+    );
     println!("API back → agent reconnected in {:?}", t0.elapsed());
 
     // Unlabelling stops tracing: no longer a target, no new spans, not in /status.
@@ -225,10 +246,17 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     api.label_namespace("llm", LABEL, None);
     wait_targeted(&agent, server.pid(), false, Duration::from_secs(5));
     let took = t0.elapsed();
-    println!("unlabelling → pid {} no longer traced in {took:?}", server.pid());
+    println!(
+        "unlabelling → pid {} no longer traced in {took:?}",
+        server.pid()
+    );
     assert!(took < Duration::from_secs(2), "took {took:?}");
     let before = agent.spans().len();
-    client(&ctx, &server, &["--scenario", "chat-stream", "--count", "2"]);
+    client(
+        &ctx,
+        &server,
+        &["--scenario", "chat-stream", "--count", "2"],
+    );
     std::thread::sleep(Duration::from_millis(800));
     assert_eq!(agent.spans().len(), before, "spans after unlabelling");
     let st = k8s_status(&agent);
@@ -279,13 +307,25 @@ fn new_pods_are_traced_within_two_seconds_annotations_override_and_deletion_stop
     let b_uid = uid();
     let b_cid = random_hex(32);
     let server_b = StandIn::start(&ctx, StandInOpts::default());
-    let mut b = PodSpec::deployment("llm", "vllm", "5d4f7", "abcde", &b_uid, NODE, &[("vllm", &b_cid)]);
+    let mut b = PodSpec::deployment(
+        "llm",
+        "vllm",
+        "5d4f7",
+        "abcde",
+        &b_uid,
+        NODE,
+        &[("vllm", &b_cid)],
+    );
     b.annotations = vec![("infertap.io/target".into(), "false".into())];
     api.add_pod(&b);
     let b_cg = PodCgroup::create(Layout::SystemdV2, &b_uid, &b_cid).expect("cgroup v2");
     b_cg.add(server_b.pid());
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(targeted(&agent, server_b.pid()).is_none(), "{:#}", agent.status());
+    assert!(
+        targeted(&agent, server_b.pid()).is_none(),
+        "{:#}",
+        agent.status()
+    );
     // Changed to name its port instead: traced, by port.
     b.annotations = vec![(
         "infertap.io/ports".into(),
@@ -296,7 +336,10 @@ fn new_pods_are_traced_within_two_seconds_annotations_override_and_deletion_stop
     let reason = targeted(&agent, server_b.pid()).unwrap()["reason"].clone();
     assert_eq!(
         reason,
-        format!("pod llm/{} container vllm: annotation port {}", b.name, server_b.port)
+        format!(
+            "pod llm/{} container vllm: annotation port {}",
+            b.name, server_b.port
+        )
     );
 
     let records = client(&ctx, &server_a, &["--scenario", "chat-stream"]);
@@ -318,7 +361,11 @@ fn new_pods_are_traced_within_two_seconds_annotations_override_and_deletion_stop
     let before = agent.spans().len();
     client(&ctx, &server_a, &["--scenario", "chat-stream"]);
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(agent.spans().len(), before, "spans after the pod was deleted");
+    assert_eq!(
+        agent.spans().len(),
+        before,
+        "spans after the pod was deleted"
+    );
 
     // Pod B's process exits: forgotten.
     let pid_b = server_b.pid();
@@ -331,7 +378,12 @@ fn new_pods_are_traced_within_two_seconds_annotations_override_and_deletion_stop
 /// CPU seconds (user + system) and RSS of a process, from /proc.
 fn cpu_and_rss(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 (utime, stime) of stat(5), counted from the state (field 3).
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let hz = clock_ticks_per_second();

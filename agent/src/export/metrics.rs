@@ -686,7 +686,11 @@ impl RequestMetrics {
             return; // not a GenAI request
         }
         let genai = o.genai();
-        put(DURATION, &o.with([o.error_type])[..GENAI_LEN + 1], duration_s);
+        put(
+            DURATION,
+            &o.with([o.error_type])[..GENAI_LEN + 1],
+            duration_s,
+        );
         put(
             REQUESTS,
             &o.with([Val::Str(o.outcome()), o.error_type]),

@@ -194,6 +194,16 @@ impl KubeCache {
         );
     }
 
+    /// A failing watch's API server answers again (its watcher resumes by itself).
+    pub fn watch_recovered(&self, pods: bool) {
+        let mut s = self.write();
+        if pods {
+            s.pod_watch.ok = true;
+        } else {
+            s.ns_watch.ok = true;
+        }
+    }
+
     /// The pod with this UID, if it runs on this node in an opted-in namespace.
     pub fn opted_in_pod(&self, uid: &str) -> Option<Arc<PodInfo>> {
         let s = self.read();

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::ListParams;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 
@@ -43,6 +44,9 @@ use crate::trace::span::{AttrValue, FinishedSpan};
 /// How long a process's pod stays known after it stopped being a target, for spans of its last
 /// requests that finish (or are flushed) after the targeting thread noticed.
 const GONE_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a failing watch checks whether the API server answers again.
+const PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// What the Kubernetes source needs from the configuration.
 #[derive(Clone, Debug)]
@@ -79,16 +83,9 @@ pub async fn start(
     let cache = KubeCache::new(&settings.node, &settings.namespace_selector);
     status.update(|s| s.kubernetes = Some(cache.status()));
 
-    let namespaces = watcher(
+    tokio::spawn(follow(
         Api::<Namespace>::all(client.clone()),
         watcher::Config::default().labels(&settings.namespace_selector),
-    );
-    let pods = watcher(
-        Api::<Pod>::all(client),
-        watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node)),
-    );
-    tokio::spawn(follow(
-        namespaces,
         KubeCache::apply_namespace,
         WatchKind::Namespaces,
         cache.clone(),
@@ -96,7 +93,8 @@ pub async fn start(
         stop.clone(),
     ));
     tokio::spawn(follow(
-        pods,
+        Api::<Pod>::all(client),
+        watcher::Config::default().fields(&format!("spec.nodeName={}", settings.node)),
         KubeCache::apply_pod,
         WatchKind::Pods,
         cache.clone(),
@@ -113,22 +111,54 @@ enum WatchKind {
 }
 
 /// Feeds one watcher's events to the cache, and errors to its health, until `stop`.
-async fn follow<K, S>(
-    stream: S,
+///
+/// A watcher that recovers from an error says nothing until something changes (it resumes from
+/// the last resourceVersion it saw), so while it is failing, a one-item list with the same
+/// selectors is tried every [`PROBE_EVERY`] to tell when the API server answers again.
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
     apply: fn(&KubeCache, watcher::Event<K>),
     kind: WatchKind,
     cache: KubeCache,
     status: StatusSource,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) where
-    S: futures::Stream<Item = watcher::Result<watcher::Event<K>>> + Send,
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default,
 {
-    let mut stream = std::pin::pin!(stream.default_backoff());
+    let mut probe_params = ListParams::default().limit(1);
+    probe_params.label_selector = config.label_selector.clone();
+    probe_params.field_selector = config.field_selector.clone();
+    let mut stream = std::pin::pin!(watcher(api.clone(), config).default_backoff());
+    let mut probe = tokio::time::interval(PROBE_EVERY);
     let mut was_failing = false;
     loop {
         let item = tokio::select! {
             item = stream.next() => item,
-            _ = stop.wait_for(|s| *s) => return,
+            _ = probe.tick(), if was_failing => {
+                let answered = tokio::time::timeout(PROBE_EVERY, api.list(&probe_params)).await;
+                if matches!(answered, Ok(Ok(_))) {
+                    tracing::info!(watch = ?kind, "Kubernetes API server reachable again.");
+                    was_failing = false;
+                    cache.watch_recovered(matches!(kind, WatchKind::Pods));
+                    let snapshot = cache.status();
+                    status.update(|s| s.kubernetes = Some(snapshot));
+                }
+                continue;
+            }
+            changed = stop.changed() => {
+                if changed.is_err() || *stop.borrow() {
+                    return;
+                }
+                continue;
+            }
         };
         let Some(item) = item else { return };
         match item {

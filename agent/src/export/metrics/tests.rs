@@ -460,8 +460,7 @@ fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
         "infertap_requests_total",
     ] {
         assert!(
-            out.lines()
-                .any(|l| l.starts_with(name) && l.contains(pod)),
+            out.lines().any(|l| l.starts_with(name) && l.contains(pod)),
             "{name} without the pod labels:\n{out}"
         );
     }
