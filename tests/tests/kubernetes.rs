@@ -228,7 +228,9 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
     assert!(targeted(&agent, server.pid()).is_some());
     std::thread::sleep(Duration::from_secs(3));
 
-    // It comes back: the agent reconnects by itself and follows changes again.
+    // It comes back: the agent says so, and both watchers resume by themselves (after their
+    // backoff: 0.8 s doubling, jittered, at most 30 s) and follow changes again.
+    let (_, watches_before) = api.requests();
     let t0 = Instant::now();
     api.start();
     let back = harness::poll(Duration::from_secs(45), || {
@@ -239,7 +241,12 @@ fn namespace_label_opts_in_spans_carry_the_pod_and_an_api_outage_keeps_tracing()
         "not reconnected after 45 s: {:#}",
         k8s_status(&agent)
     );
-    println!("API back → agent reconnected in {:?}", t0.elapsed());
+    println!("API back → /status connected again in {:?}", t0.elapsed());
+    let resumed = harness::poll(Duration::from_secs(45), || {
+        (api.requests().1 >= watches_before + 2).then_some(())
+    });
+    assert!(resumed.is_some(), "the watches did not resume within 45 s");
+    println!("API back → both watches resumed in {:?}", t0.elapsed());
 
     // Unlabelling stops tracing: no longer a target, no new spans, not in /status.
     let t0 = Instant::now();
