@@ -103,7 +103,9 @@ pub fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // kube-rs logs every failed request of a retrying watch at ERROR; the Kubernetes
+                // source reports the outage once and its end itself (RUST_LOG overrides this).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
         )
         .with_writer(std::io::stderr)
         .init();

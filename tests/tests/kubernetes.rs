@@ -489,6 +489,25 @@ fn idle_cost_with_a_hundred_pods_on_the_node() {
     // DaemonSet requests (128 MiB).
     assert!(share < 3.0, "idle CPU {share:.2}%");
     assert!(rss < 128 * 1024 * 1024, "RSS {rss}");
+    drop(agent);
+
+    // For comparison: the same agent in standalone mode, tracing the same two servers by command
+    // line, over the same 30 s.
+    let agent = Agent::start_in_mode(&ctx, "standalone", &[], &[], Some(servers[0].pid()));
+    wait_targeted(&agent, servers[1].pid(), true, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = agent.proc.pid();
+    let (cpu0, _) = cpu_and_rss(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let (cpu1, rss) = cpu_and_rss(pid);
+    let wall = t0.elapsed().as_secs_f64();
+    println!(
+        "standalone, same two servers: CPU {:.2}% of one core ({:.3} s over {wall:.1} s), RSS {:.1} MiB",
+        (cpu1 - cpu0) / wall * 100.0,
+        cpu1 - cpu0,
+        rss as f64 / (1024.0 * 1024.0)
+    );
     drop(servers);
     drop(cgroups);
 }
