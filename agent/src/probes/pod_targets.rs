@@ -159,3 +159,113 @@ fn read_cmdline(pid: u32) -> Option<String> {
             .join(" "),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::runtime::watcher::Event;
+    use std::path::PathBuf;
+
+    /// Child back to the root cgroup and killed, created cgroups removed, whatever happens.
+    struct Guard {
+        child: std::process::Child,
+        root: PathBuf,
+        created: Vec<PathBuf>,
+    }
+
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), self.child.id().to_string());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            for dir in self.created.iter().rev() {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
+    }
+
+    fn pod(uid: &str, container: &str, annotations: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "llm", "uid": uid, "annotations": annotations},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+            "status": {"containerStatuses": [{"name": "c", "containerID": format!("containerd://{container}"),
+                       "image": "i", "imageID": "", "ready": true, "restartCount": 0}]}
+        }))
+        .unwrap()
+    }
+
+    /// As root with a cgroup v2 hierarchy: a process in a kubelet-named cgroup is targeted once its
+    /// namespace opts in, named by pod and container, published for the enricher, and dropped when
+    /// its pod says `infertap.io/target: "false"`.
+    #[test]
+    fn a_process_in_an_opted_in_pod_is_targeted_by_its_cgroup() {
+        let root = ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("cgroup.subtree_control").exists());
+        // SAFETY: geteuid has no preconditions.
+        let is_root = unsafe { libc::geteuid() } == 0;
+        let (true, Some(root)) = (is_root, root) else {
+            println!("SKIPPED (needs root and cgroup v2)");
+            return;
+        };
+        let uid = format!("{:08x}-0000-4000-8000-{:012x}", std::process::id(), 7);
+        let container = format!("{:064x}", u64::from(std::process::id()));
+        let child = std::process::Command::new("sleep")
+            .arg("31")
+            .spawn()
+            .unwrap();
+        let mut guard = Guard {
+            child,
+            root: root.clone(),
+            created: Vec::new(),
+        };
+        let mut dir = root;
+        for part in [
+            "kubepods.slice".to_string(),
+            "kubepods-besteffort.slice".to_string(),
+            format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")),
+            format!("cri-containerd-{container}.scope"),
+        ] {
+            dir.push(part);
+            if !dir.exists() {
+                std::fs::create_dir(&dir).unwrap();
+                guard.created.push(dir.clone());
+            }
+        }
+        let pid = guard.child.id();
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+
+        let cache = KubeCache::new("n1", "infertap.io/enabled=true");
+        let procs = ProcPods::default();
+        let mut scanner = PodScanner::new(
+            cache.clone(),
+            procs.clone(),
+            Regex::new("^sleep 31$").unwrap(),
+        );
+        cache.apply_pod(Event::Apply(pod(&uid, &container, serde_json::json!({}))));
+        assert!(
+            !scanner.scan().iter().any(|t| t.pid == pid),
+            "namespace not opted in"
+        );
+
+        let ns: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "llm"}})).unwrap();
+        cache.apply_namespace(Event::Apply(ns));
+        let found = scanner.scan();
+        let t = found.iter().find(|t| t.pid == pid).expect("targeted");
+        assert_eq!(t.reason, "pod llm/p container c: cmdline");
+        assert_eq!(t.comm, "sleep");
+        let published = procs.get(pid).unwrap();
+        assert_eq!(published.pod_uid, uid);
+        assert_eq!(published.container_id.as_deref(), Some(container.as_str()));
+
+        let off = serde_json::json!({"infertap.io/target": "false"});
+        cache.apply_pod(Event::Apply(pod(&uid, &container, off)));
+        assert!(
+            !scanner.scan().iter().any(|t| t.pid == pid),
+            "annotation says no"
+        );
+    }
+}
