@@ -23,6 +23,7 @@ use crate::capture::clock::WallClock;
 use crate::capture::decode::{decode, Record, Role};
 use crate::config::{Config, Mode};
 use crate::conn::{ConnId, ConnTable, Finished, Origin};
+use crate::enrich::kubernetes::{self, KubeSettings, KubernetesEnricher, ProcPods};
 use crate::enrich::Enrichers;
 use crate::export::debug::{DebugServer, DebugState, Readiness};
 use crate::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
@@ -31,7 +32,8 @@ use crate::export::otlp::{config::OtlpConfig, OtlpSpanExporter};
 use crate::export::status::{ProbeStatus, StatusSource, TargetStatus};
 use crate::export::store::SpanStore;
 use crate::export::SpanSink;
-use crate::probes::targets::{classify_fd, tcp_sockets, FdKind, Scanner, Target};
+use crate::probes::pod_targets::PodScanner;
+use crate::probes::targets::{classify_fd, tcp_sockets, FdKind, Scanner, Target, TargetSource};
 use crate::probes::{kernel_drops, Probes};
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
@@ -101,7 +103,9 @@ pub fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // kube-rs logs every failed request of a retrying watch at ERROR; the Kubernetes
+                // source reports the outage once and its end itself (RUST_LOG overrides this).
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube_client=off")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -115,9 +119,10 @@ pub fn main() -> Result<()> {
 }
 
 async fn run(config: Config) -> Result<()> {
-    if config.resolved_mode() == Mode::Kubernetes {
-        return Err(crate::config::ConfigError::KubernetesUnavailable.into());
-    }
+    let kubernetes = match config.resolved_mode() {
+        Mode::Kubernetes => Some(config.kubernetes()?),
+        _ => None,
+    };
     let selector = config.selector()?;
     let stats = Arc::new(Stats::default());
 
@@ -177,6 +182,28 @@ async fn run(config: Config) -> Result<()> {
         let _ = debug_shutdown.wait_for(|s| *s).await;
     }));
 
+    // Where targets come from: flags (standalone) or the opted-in pods of this node (kubernetes).
+    let mut enrichers = Enrichers::default();
+    let source: Box<dyn TargetSource> = match kubernetes {
+        Some((cmdline, node)) => {
+            if !config.target_pids.is_empty() || !config.target_ports.is_empty() {
+                tracing::warn!("--target-pid and --target-port are ignored in kubernetes mode; use the pod annotations infertap.io/target and infertap.io/ports.");
+            }
+            let settings = KubeSettings {
+                node,
+                namespace_selector: config.namespace_selector.clone(),
+            };
+            let cache = kubernetes::start(&settings, status.clone(), shutdown_rx.clone()).await?;
+            let procs = ProcPods::default();
+            enrichers.push(Box::new(KubernetesEnricher {
+                cache: cache.clone(),
+                procs: procs.clone(),
+            }));
+            Box::new(PodScanner::new(cache, procs, cmdline))
+        }
+        None => Box::new(Scanner::new(selector)),
+    };
+
     let (mut probes, maps) = Probes::load(config.ring_buffer_size)?;
     if let Some(logger) = probes.logger.take() {
         // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
@@ -223,16 +250,7 @@ async fn run(config: Config) -> Result<()> {
         let interval = Duration::from_millis(config.scan_interval_ms);
         std::thread::Builder::new()
             .name("infertap-targets".into())
-            .spawn(move || {
-                targeting_loop(
-                    Scanner::new(selector),
-                    kmaps,
-                    ctl_tx,
-                    status,
-                    interval,
-                    stop,
-                )
-            })?
+            .spawn(move || targeting_loop(source, kmaps, ctl_tx, status, interval, stop))?
     };
 
     let mut pipeline = Pipeline {
@@ -249,7 +267,7 @@ async fn run(config: Config) -> Result<()> {
         },
         kmaps: kmaps.clone(),
         done: Vec::new(),
-        enrichers: Enrichers::default(),
+        enrichers,
         waiting: VecDeque::new(),
         probes,
     };
@@ -290,7 +308,7 @@ async fn shutdown_signal() {
 }
 
 fn targeting_loop(
-    mut scanner: Scanner,
+    mut scanner: Box<dyn TargetSource>,
     kmaps: Arc<Mutex<KernelMaps>>,
     ctl: mpsc::Sender<Control>,
     status: StatusSource,

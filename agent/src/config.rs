@@ -80,6 +80,18 @@ pub struct Config {
     #[arg(long, value_name = "URL", env = "INFERTAP_DCGM_EXPORTER_URL")]
     pub dcgm_exporter_url: Option<String>,
 
+    /// Kubernetes mode: the label selector of the namespaces whose pods are traced.
+    #[arg(
+        long,
+        default_value = "infertap.io/enabled=true",
+        env = "INFERTAP_NAMESPACE_SELECTOR"
+    )]
+    pub namespace_selector: String,
+
+    /// Kubernetes mode: this node's name (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
     /// How often /proc is scanned for new and exited targets, in milliseconds.
     #[arg(long, default_value_t = 250, hide = true)]
     pub scan_interval_ms: u64,
@@ -104,10 +116,10 @@ pub enum ConfigError {
         source: regex::Error,
     },
     #[error(
-        "kubernetes mode is not available in this build yet; run with --mode standalone and \
-         --target-port/--target-pid/--target-cmdline"
+        "kubernetes mode needs this node's name to find its pods: set NODE_NAME (the DaemonSet in \
+         deploy/kubernetes sets it from spec.nodeName) or pass --node-name"
     )]
-    KubernetesUnavailable,
+    MissingNodeName,
 }
 
 impl Config {
@@ -143,6 +155,25 @@ impl Config {
         })
     }
 
+    /// Kubernetes mode: the command lines targeted in opted-in pods (--target-cmdline, else
+    /// inference servers and EPPs), and the node's name.
+    pub fn kubernetes(&self) -> Result<(Regex, String), ConfigError> {
+        let node = self
+            .node_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .ok_or(ConfigError::MissingNodeName)?;
+        let pattern = self
+            .target_cmdline
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
+        let re = Regex::new(&pattern).map_err(|source| ConfigError::BadRegex {
+            pattern: pattern.clone(),
+            source,
+        })?;
+        Ok((re, node))
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -176,5 +207,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("power of two"), "{e}");
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_the_node_name_and_keeps_the_cmdline_default() {
+        let c = Config::parse_from(["infertap", "--mode", "kubernetes"]);
+        if std::env::var_os("NODE_NAME").is_none() {
+            let e = c.kubernetes().unwrap_err().to_string();
+            assert!(e.contains("NODE_NAME"), "{e}");
+        }
+        let c = Config::parse_from(["infertap", "--node-name", "gpu-1"]);
+        let (re, node) = c.kubernetes().unwrap();
+        assert_eq!(node, "gpu-1");
+        assert!(re.is_match("vllm serve x") && !re.is_match("bash"));
+        assert_eq!(c.namespace_selector, "infertap.io/enabled=true");
     }
 }

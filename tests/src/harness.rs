@@ -433,15 +433,22 @@ impl Agent {
         env: &[(&str, String)],
         target_pid: Option<u32>,
     ) -> Agent {
+        Agent::start_in_mode(ctx, "standalone", args, env, target_pid)
+    }
+
+    /// [`Agent::start_with`] in another `--mode` (`kubernetes`: give `KUBECONFIG` and `NODE_NAME`
+    /// in `env`).
+    pub fn start_in_mode(
+        ctx: &TestCtx,
+        mode: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        target_pid: Option<u32>,
+    ) -> Agent {
         let debug_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let mut cmd = Command::new(paths().agent);
-        cmd.args([
-            "--mode",
-            "standalone",
-            "--debug-addr",
-            &debug_addr.to_string(),
-        ])
-        .args(args);
+        cmd.args(["--mode", mode, "--debug-addr", &debug_addr.to_string()])
+            .args(args);
         for var in [
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
@@ -454,6 +461,9 @@ impl Agent {
             "INFERTAP_MODE",
             "INFERTAP_DEBUG_ADDR",
             "KUBERNETES_SERVICE_HOST",
+            "KUBECONFIG",
+            "NODE_NAME",
+            "INFERTAP_NAMESPACE_SELECTOR",
         ] {
             cmd.env_remove(var);
         }

@@ -14,6 +14,7 @@
 //! side inputs happens only at the edges, in small functions named `read_*`.
 
 pub mod cgroup;
+pub mod kubernetes;
 
 use crate::capture::clock::WallClock;
 use crate::conn::{ConnTable, Finished};

@@ -105,7 +105,11 @@ const GENAI_KEYS: &[&str] = &[
     "gen_ai.response.model",
     "server.address",
     "server.port",
+    "k8s.namespace.name",
+    "k8s.pod.name",
 ];
+/// Labels every GenAI instrument has (`GENAI_KEYS`).
+const GENAI_LEN: usize = 8;
 const GENAI_ERROR_KEYS: &[&str] = &[
     "gen_ai.operation.name",
     "gen_ai.provider.name",
@@ -113,6 +117,8 @@ const GENAI_ERROR_KEYS: &[&str] = &[
     "gen_ai.response.model",
     "server.address",
     "server.port",
+    "k8s.namespace.name",
+    "k8s.pod.name",
     "error.type",
 ];
 const GENAI_TOKEN_KEYS: &[&str] = &[
@@ -122,6 +128,8 @@ const GENAI_TOKEN_KEYS: &[&str] = &[
     "gen_ai.response.model",
     "server.address",
     "server.port",
+    "k8s.namespace.name",
+    "k8s.pod.name",
     "gen_ai.token.type",
 ];
 const REQUEST_KEYS: &[&str] = &[
@@ -131,6 +139,8 @@ const REQUEST_KEYS: &[&str] = &[
     "gen_ai.response.model",
     "server.address",
     "server.port",
+    "k8s.namespace.name",
+    "k8s.pod.name",
     "outcome",
     "error.type",
 ];
@@ -518,6 +528,10 @@ struct Observed<'a> {
     response_model: Val<'a>,
     server_address: Val<'a>,
     server_port: Val<'a>,
+    /// Kubernetes mode: the serving pod (bounded by the pods of one node and the series cap; the
+    /// pod UID, unbounded over time, is never a label).
+    namespace: Val<'a>,
+    pod: Val<'a>,
     method: Val<'a>,
     status_code: Val<'a>,
     error_type: Val<'a>,
@@ -540,6 +554,8 @@ impl<'a> Observed<'a> {
             response_model: Val::Absent,
             server_address: Val::Absent,
             server_port: Val::Absent,
+            namespace: Val::Absent,
+            pod: Val::Absent,
             method: Val::Absent,
             status_code: Val::Absent,
             error_type: Val::Absent,
@@ -561,6 +577,8 @@ impl<'a> Observed<'a> {
                 "gen_ai.response.model" => o.response_model = s,
                 "server.address" => o.server_address = s,
                 "server.port" => o.server_port = s,
+                "k8s.namespace.name" => o.namespace = s,
+                "k8s.pod.name" => o.pod = s,
                 "http.request.method" => {
                     // Unknown methods are `_OTHER`, as the HTTP conventions ask (bounded).
                     o.method = match s {
@@ -603,7 +621,7 @@ impl<'a> Observed<'a> {
         o
     }
 
-    fn genai(&self) -> [Val<'a>; 6] {
+    fn genai(&self) -> [Val<'a>; GENAI_LEN] {
         [
             self.operation,
             self.provider,
@@ -611,13 +629,15 @@ impl<'a> Observed<'a> {
             self.response_model,
             self.server_address,
             self.server_port,
+            self.namespace,
+            self.pod,
         ]
     }
 
-    fn with<const N: usize>(&self, extra: [Val<'a>; N]) -> [Val<'a>; 8] {
-        let mut out = [Val::Absent; 8];
-        out[..6].copy_from_slice(&self.genai());
-        out[6..6 + N].copy_from_slice(&extra);
+    fn with<const N: usize>(&self, extra: [Val<'a>; N]) -> [Val<'a>; GENAI_LEN + 2] {
+        let mut out = [Val::Absent; GENAI_LEN + 2];
+        out[..GENAI_LEN].copy_from_slice(&self.genai());
+        out[GENAI_LEN..GENAI_LEN + N].copy_from_slice(&extra);
         out
     }
 
@@ -715,7 +735,11 @@ impl RequestMetrics {
             return; // not a GenAI request
         }
         let genai = o.genai();
-        put(DURATION, &o.with([o.error_type])[..7], duration_s);
+        put(
+            DURATION,
+            &o.with([o.error_type])[..GENAI_LEN + 1],
+            duration_s,
+        );
         put(
             REQUESTS,
             &o.with([Val::Str(o.outcome()), o.error_type]),
@@ -733,8 +757,8 @@ impl RequestMetrics {
         for (kind, tokens) in [("input", o.input_tokens), ("output", o.output_tokens)] {
             if let Some(n) = tokens.filter(|n| *n >= 0) {
                 let labels = o.with([Val::Str(kind)]);
-                put(TOKEN_USAGE, &labels[..7], n as f64);
-                put(TOKENS, &labels[..7], n as f64);
+                put(TOKEN_USAGE, &labels[..GENAI_LEN + 1], n as f64);
+                put(TOKENS, &labels[..GENAI_LEN + 1], n as f64);
             }
         }
         for gap in gaps_ns {

@@ -33,6 +33,29 @@ pub struct StatusSnapshot {
     pub http2: Http2Status,
     pub exporter: ExporterStatus,
     pub gpu: GpuStatus,
+    /// The Kubernetes source (Kubernetes mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesStatus>,
+}
+
+/// The Kubernetes source: the API server connection, the opted-in namespaces, this node's pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubernetesStatus {
+    /// Both watches (namespaces, pods) last received data rather than an error.
+    pub connected: bool,
+    /// Both watches have listed everything at least once.
+    pub synced: bool,
+    pub node: String,
+    /// The label selector a namespace must match to be traced.
+    pub namespace_selector: String,
+    /// Namespaces matching it.
+    pub watched_namespaces: Vec<String>,
+    /// Pods on this node, in any namespace.
+    pub pods_on_node: u64,
+    /// `namespace/name` of this node's pods in watched namespaces.
+    pub opted_in_pods: Vec<String>,
+    pub last_error: Option<String>,
+    pub last_error_unix_nano: Option<u64>,
 }
 
 /// One kernel program and whether it is attached.
@@ -155,6 +178,7 @@ pub struct AppStatus {
     /// Kernel drop counters per reason, as last read from the per-CPU map.
     pub kernel_dropped: BTreeMap<String, u64>,
     pub gpu: GpuStatus,
+    pub kubernetes: Option<KubernetesStatus>,
 }
 
 /// Everything `/status` reads; cheap to clone, shared by the app (writer) and the debug server.
@@ -250,6 +274,7 @@ impl StatusSource {
                 last_error_unix_nano: exporter.last_error_unix_nano,
             },
             gpu: app.gpu,
+            kubernetes: app.kubernetes,
         }
     }
 }
@@ -291,6 +316,18 @@ impl MetricSource for StatusSource {
                     .collect(),
             ),
         });
+        if let Some(k) = &app.kubernetes {
+            out.push(MetricFamily::gauge(
+                format!("{AGENT_PREFIX}kubernetes_connected"),
+                "Whether the Kubernetes watches last received data (1) or an error (0).",
+                if k.connected { 1.0 } else { 0.0 },
+            ));
+            out.push(MetricFamily::gauge(
+                format!("{AGENT_PREFIX}kubernetes_opted_in_pods"),
+                "Pods on this node in namespaces that opted in.",
+                k.opted_in_pods.len() as f64,
+            ));
+        }
     }
 }
 

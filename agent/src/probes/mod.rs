@@ -5,6 +5,7 @@
 //! Minimum kernel: 5.8 (BPF ring buffer). Needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), and
 //! CAP_SYS_ADMIN to mount tracefs when it is missing.
 
+pub mod pod_targets;
 pub mod targets;
 pub mod tracefs;
 

@@ -230,6 +230,19 @@ fn classify_by_proc(pid: u32, fd: u32) -> FdKind {
     FdKind::Other
 }
 
+/// Where the targeting thread gets the processes to trace: [`Scanner`] (standalone mode, flags)
+/// or `pod_targets::PodScanner` (Kubernetes mode, opted-in pods).
+pub trait TargetSource: Send {
+    /// The processes that should be traced now.
+    fn scan(&mut self) -> Vec<Target>;
+}
+
+impl TargetSource for Scanner {
+    fn scan(&mut self) -> Vec<Target> {
+        Scanner::scan(self)
+    }
+}
+
 const LISTEN_SCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(900);
 const OWNER_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -438,3 +438,45 @@ fn every_family_is_named_by_the_otel_to_prometheus_rules() {
         }
     }
 }
+
+#[test]
+fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
+    let m = RequestMetrics::new();
+    let mut span = chat("m", 500, Some(0.05), Some((10, 20)));
+    span.attributes.extend([
+        attr("k8s.namespace.name", s("llm")),
+        attr("k8s.pod.name", s("vllm-0")),
+        attr("k8s.pod.uid", s("0d7e9a52-1f0c-4a4e-9d55-5a1e8ad3b7a1")),
+        attr("k8s.container.name", s("server")),
+        attr("k8s.deployment.name", s("vllm")),
+    ]);
+    m.record(&span);
+    let out = text(&m);
+    let pod = "k8s_namespace_name=\"llm\",k8s_pod_name=\"vllm-0\"";
+    for name in [
+        "gen_ai_server_time_to_first_token_seconds_bucket",
+        "gen_ai_server_request_duration_seconds_count",
+        "gen_ai_server_tokens_total",
+        "infertap_requests_total",
+    ] {
+        assert!(
+            out.lines().any(|l| l.starts_with(name) && l.contains(pod)),
+            "{name} without the pod labels:\n{out}"
+        );
+    }
+    assert!(!out.contains("uid") && !out.contains("0d7e9a52"), "{out}");
+    assert!(!out.contains("k8s_container_name") && !out.contains("k8s_deployment_name"));
+    // A second pod is a second series; outside Kubernetes there is no pod label at all.
+    let mut other = span.clone();
+    for (k, v) in other.attributes.iter_mut() {
+        if k == "k8s.pod.name" {
+            *v = s("vllm-1");
+        }
+    }
+    let before = m.series_count();
+    m.record(&other);
+    assert!(m.series_count() > before);
+    let plain = RequestMetrics::new();
+    plain.record(&chat("m", 500, Some(0.05), None));
+    assert!(!text(&plain).contains("k8s_"));
+}
