@@ -135,7 +135,7 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
     let info = ConnInfo {
         conn_id: rec.conn_id,
         role,
-        _pad: 0,
+        flags: 0,
         rx_pos: 0,
         tx_pos: 0,
     };
