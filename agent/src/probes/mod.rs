@@ -7,6 +7,7 @@
 
 pub mod targets;
 pub mod tracefs;
+pub mod uprobe;
 
 use std::os::fd::OwnedFd;
 
@@ -95,6 +96,8 @@ pub struct Probes {
     pub states: Vec<ProbeState>,
     /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program).
     _stats: Option<OwnedFd>,
+    /// TLS uprobes: files attached, programs loaded (`uprobe`).
+    tls: uprobe::TlsAttachments,
 }
 
 /// Maps handed to the stages that use them.
@@ -229,6 +232,7 @@ impl Probes {
                 logger,
                 states,
                 _stats: stats,
+                tls: uprobe::TlsAttachments::default(),
             },
             Maps {
                 targets,
