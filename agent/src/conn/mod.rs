@@ -15,6 +15,9 @@ use crate::protocol::{Direction, Segment};
 use crate::stats::Stats;
 use crate::trace::build::ConnMeta;
 
+mod tls;
+use tls::{Route, TlsMode};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub tgid: u32,
@@ -35,6 +38,8 @@ struct Conn {
     /// Given up on: not HTTP/1.x.
     opaque: bool,
     provider: &'static str,
+    /// Whether the stream is TLS, and which bytes of it are parsed (`tls`).
+    tls: TlsMode,
 }
 
 impl Conn {
@@ -140,6 +145,7 @@ impl ConnTable {
                     .get(&id.tgid)
                     .copied()
                     .unwrap_or("openai_compatible"),
+                tls: TlsMode::Unknown,
             },
         );
     }
@@ -182,10 +188,28 @@ impl ConnTable {
             c.exchanges.peer_closed();
             return;
         }
+        let d = chunk.dir as usize;
+        let stream_start = chunk.stream_pos == 0 || c.next_pos[d].is_none();
+        match tls::route(&mut c.tls, chunk, stream_start) {
+            Route::Parse => {}
+            Route::Skip => return,
+            Route::StartCiphertext => {
+                stats.tls_ciphertext_streams.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Route::Restart => {
+                // The plaintext stream has positions of its own, from 0 when it was matched to
+                // its socket at the handshake.
+                stats.tls_streams.fetch_add(1, Ordering::Relaxed);
+                c.http = Http1Conn::new(chunk.stream_pos != 0);
+                c.exchanges = ExchangeTracker::new();
+                c.next_pos = [None, None];
+                c.opaque = false;
+            }
+        }
         if c.opaque {
             return;
         }
-        let d = chunk.dir as usize;
         let hdir = c.http_dir(chunk.dir);
         let mut done = Vec::new();
         let Conn {

@@ -32,6 +32,8 @@ pub struct StatusSnapshot {
     pub http: HttpStatus,
     pub exporter: ExporterStatus,
     pub gpu: GpuStatus,
+    #[serde(default)]
+    pub tls: TlsStatus,
 }
 
 /// One kernel program and whether it is attached.
@@ -105,6 +107,32 @@ pub struct ExporterStatus {
     pub last_error_unix_nano: Option<u64>,
 }
 
+/// TLS plaintext capture: what was probed in each targeted process, and the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    pub attachments: Vec<TlsAttachStatus>,
+    pub records: u64,
+    pub bytes: u64,
+    pub streams: u64,
+    pub ciphertext_streams: u64,
+    pub uprobes_attached: u64,
+    pub attach_failures: u64,
+}
+
+/// One TLS library or Go binary of a targeted process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsAttachStatus {
+    pub pid: u32,
+    /// `go` or `openssl`.
+    pub library: String,
+    pub path: String,
+    pub attached: bool,
+    /// Go version and where its symbols came from, or the OpenSSL functions probed.
+    pub detail: String,
+    /// Why it is not probed (binary not readable, symbol not found, Go version unsupported, …).
+    pub error: Option<String>,
+}
+
 /// The GPU source's state; also the body of `GET /gpu` until GPU telemetry exists.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStatus {
@@ -132,6 +160,8 @@ pub struct AppStatus {
     /// Kernel drop counters per reason, as last read from the per-CPU map.
     pub kernel_dropped: BTreeMap<String, u64>,
     pub gpu: GpuStatus,
+    /// TLS uprobe attachments of targeted processes.
+    pub tls: Vec<TlsAttachStatus>,
 }
 
 /// Everything `/status` reads; cheap to clone, shared by the app (writer) and the debug server.
@@ -219,6 +249,15 @@ impl StatusSource {
                 last_error_unix_nano: exporter.last_error_unix_nano,
             },
             gpu: app.gpu,
+            tls: TlsStatus {
+                attachments: app.tls,
+                records: get(&s.tls_records),
+                bytes: get(&s.tls_bytes),
+                streams: get(&s.tls_streams),
+                ciphertext_streams: get(&s.tls_ciphertext_streams),
+                uprobes_attached: get(&s.tls_uprobes_attached),
+                attach_failures: get(&s.tls_attach_failures),
+            },
         }
     }
 }
@@ -313,7 +352,9 @@ mod tests {
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
                              "spans_not_sampled": 0, "last_error": null,
                              "last_error_unix_nano": null},
-                "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"}
+                "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"},
+                "tls": {"attachments": [], "records": 0, "bytes": 0, "streams": 0,
+                        "ciphertext_streams": 0, "uprobes_attached": 0, "attach_failures": 0}
             })
         );
         // Counters are read at request time, not copied.
