@@ -125,3 +125,189 @@ fn go_tls_sites_from_symtab_and_gopclntab_agree_with_go_objdump() {
     }
     let _ = fs::remove_dir_all(&dir);
 }
+
+/// The Go HTTPS server, listening on a free port of 127.0.0.1.
+struct GoServer {
+    proc: Proc,
+    port: u16,
+}
+
+impl GoServer {
+    fn start(ctx: &TestCtx, bin: &Path) -> GoServer {
+        let ready = ctx.file("tlspeer.ready");
+        let mut cmd = Command::new(bin);
+        cmd.args(["-mode", "server", "-ready-file"]).arg(&ready);
+        let mut proc = Proc::spawn("tlspeer-server", cmd, ctx.file("tlspeer-server.log"));
+        let port = poll(Duration::from_secs(15), || {
+            if let Some(s) = proc.exited() {
+                panic!("the Go server exited ({s}):\n{}", proc.log_text());
+            }
+            fs::read_to_string(&ready).ok()?.trim().parse::<u16>().ok()
+        })
+        .expect("the Go server wrote no ready file within 15 s");
+        GoServer { proc, port }
+    }
+}
+
+/// Runs the Go client against `port`; one JSON record per request.
+fn go_client(ctx: &TestCtx, bin: &Path, port: u16, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(bin)
+        .args([
+            "-mode",
+            "client",
+            "-url",
+            &format!("https://127.0.0.1:{port}"),
+        ])
+        .args(args)
+        .output()
+        .expect("running the Go client");
+    assert!(
+        out.status.success(),
+        "{}: the Go client failed:\n{}",
+        ctx.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("client output is JSON lines"))
+        .collect()
+}
+
+/// Waits until `/status` shows the TLS probes of `library` attached for `pid`; returns the entry.
+fn wait_tls_attached(agent: &Agent, pid: u32, library: &str) -> Value {
+    poll(Duration::from_secs(15), || {
+        agent.status()["tls"]["attachments"]
+            .as_array()?
+            .iter()
+            .find(|a| a["pid"].as_u64() == Some(u64::from(pid)) && a["library"] == library)
+            .cloned()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "/status did not list {library} TLS probes for pid {pid} within 15 s: {:#}",
+            agent.status()["tls"]
+        )
+    })
+}
+
+/// The spans of `records` (by `x-request-id`), waiting for all of them.
+fn spans_by_request_id(agent: &Agent, records: &[Value]) -> Vec<Value> {
+    let ids: Vec<&str> = records
+        .iter()
+        .map(|r| r["request_id"].as_str().unwrap())
+        .collect();
+    poll(SPANS_WAIT, || {
+        let spans = agent.spans();
+        let found: Vec<Value> = ids
+            .iter()
+            .filter_map(|id| {
+                spans
+                    .iter()
+                    .find(|s| attr(s, "gen_ai.request.id").as_str() == Some(id))
+                    .cloned()
+            })
+            .collect();
+        (found.len() == ids.len()).then_some(found)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "waited {SPANS_WAIT:?} for spans of {ids:?}; /spans has {:#?}\n/status: {:#}",
+            agent.spans(),
+            agent.status()
+        )
+    })
+}
+
+/// Each span matches what the client saw: method, path, status, model, stream, content chunks,
+/// and a TTFT between the server's configured delay and what the client measured.
+fn check_spans(records: &[Value], spans: &[Value]) {
+    for (rec, span) in records.iter().zip(spans) {
+        let ctx = format!("{rec}\n{span:#}");
+        assert_eq!(rec["status"], 200, "{ctx}");
+        assert_eq!(attr(span, "http.request.method"), "POST", "{ctx}");
+        assert_eq!(attr(span, "url.path"), "/v1/chat/completions", "{ctx}");
+        assert_eq!(attr(span, "http.response.status_code"), 200, "{ctx}");
+        assert_eq!(attr(span, "gen_ai.request.model"), &rec["model"], "{ctx}");
+        assert_eq!(attr(span, "gen_ai.request.stream"), &rec["stream"], "{ctx}");
+        assert_eq!(attr(span, "gen_ai.usage.output_tokens"), 8, "{ctx}");
+        assert!(attr(span, "infertap.incomplete").is_null(), "{ctx}");
+        if rec["stream"] == true {
+            assert_eq!(
+                attr(span, "infertap.content_chunks"),
+                &rec["content_chunks"],
+                "{ctx}"
+            );
+            let ttft = attr(span, "gen_ai.latency.time_to_first_token")
+                .as_f64()
+                .unwrap_or_else(|| panic!("no TTFT: {ctx}"));
+            let client_ttft = rec["ttft_ms"].as_f64().unwrap() / 1000.0;
+            // The server waits 80 ms before the first token; the client sees it a little later.
+            assert!(
+                (0.075..=client_ttft + 0.005).contains(&ttft),
+                "TTFT {ttft} s, client saw {client_ttft} s: {ctx}"
+            );
+        }
+    }
+}
+
+fn go_https_spans(name: &str, stripped: bool) {
+    let Some(ctx) = harness::begin(name) else {
+        return;
+    };
+    let bin = build_tlspeer(ctx.dir(), stripped);
+    let server = GoServer::start(&ctx, &bin);
+    let port = server.port.to_string();
+    let agent = Agent::start_with(
+        &ctx,
+        &["--target-port", &port],
+        &[],
+        Some(server.proc.pid()),
+    );
+    let tls = wait_tls_attached(&agent, server.proc.pid(), "go");
+    assert_eq!(tls["attached"], true, "{tls:#}");
+    let want = if stripped { "gopclntab" } else { "symtab" };
+    assert!(tls["detail"].as_str().unwrap().contains(want), "{tls:#}");
+
+    // HTTP/1.1 over TLS: three streaming requests on one connection, then one non-streaming.
+    let mut records = go_client(&ctx, &bin, server.port, &["-n", "3", "-stream=true"]);
+    records.extend(go_client(
+        &ctx,
+        &bin,
+        server.port,
+        &["-n", "1", "-stream=false"],
+    ));
+    assert!(
+        records.iter().all(|r| r["proto"] == "HTTP/1.1"),
+        "{records:?}"
+    );
+    let spans = spans_by_request_id(&agent, &records);
+    check_spans(&records, &spans);
+    for span in &spans {
+        assert_eq!(attr(span, "server.port"), server.port, "{span:#}");
+    }
+
+    let status = agent.status();
+    let tls = &status["tls"];
+    assert!(tls["records"].as_u64().unwrap() >= 8, "{tls:#}");
+    assert_eq!(tls["streams"], 2, "two client connections: {tls:#}");
+    // The ciphertext was never parsed as HTTP.
+    assert_eq!(status["http"]["not_http_streams"], 0, "{status:#}");
+    assert_eq!(status["http"]["parse_failures"], 0, "{status:#}");
+    assert_eq!(
+        status["records"]["kernel_dropped"]["tls_unmatched"], 0,
+        "{status:#}"
+    );
+}
+
+#[test]
+fn go_https_http1_spans_from_plaintext() {
+    go_https_spans("go_https_http1_spans_from_plaintext", false);
+}
+
+#[test]
+fn go_https_http1_spans_from_plaintext_of_a_stripped_binary() {
+    go_https_spans(
+        "go_https_http1_spans_from_plaintext_of_a_stripped_binary",
+        true,
+    );
+}

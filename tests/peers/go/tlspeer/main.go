@@ -9,7 +9,8 @@
 //	  -token-interval-ms. Not stream: one chat.completion JSON body.
 //
 // The client sends -n requests over one connection (-http2 or HTTP/1.1, -stream or not) and prints
-// one JSON line per request: {"status":..., "chunks":..., "ttft_ms":..., "request_id":...}.
+// one JSON line per request: {"status", "proto", "chunks", "content_chunks", "ttft_ms",
+// "request_id", "duration_ms", "model", "stream"}.
 package main
 
 import (
@@ -167,7 +168,7 @@ func client(url string, n int, stream, h2 bool, model string) {
 			fmt.Fprintln(os.Stderr, "request failed:", err)
 			os.Exit(1)
 		}
-		chunks, ttft := 0, -1.0
+		chunks, contentChunks, ttft := 0, 0, -1.0
 		if stream {
 			sc := bufio.NewScanner(resp.Body)
 			for sc.Scan() {
@@ -176,6 +177,7 @@ func client(url string, n int, stream, h2 bool, model string) {
 					continue
 				}
 				if strings.Contains(line, `"content":" w`) {
+					contentChunks++
 					if ttft < 0 {
 						ttft = float64(time.Since(start).Microseconds()) / 1000
 					}
@@ -187,7 +189,8 @@ func client(url string, n int, stream, h2 bool, model string) {
 		}
 		resp.Body.Close()
 		out.Encode(map[string]any{
-			"status": resp.StatusCode, "proto": resp.Proto, "chunks": chunks, "ttft_ms": ttft,
+			"status": resp.StatusCode, "proto": resp.Proto, "chunks": chunks, "content_chunks": contentChunks,
+			"ttft_ms": ttft, "model": model, "stream": stream,
 			"request_id": rid, "duration_ms": float64(time.Since(start).Microseconds()) / 1000,
 		})
 	}
