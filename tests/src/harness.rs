@@ -288,6 +288,8 @@ pub struct StandInOpts {
     /// Idle keep-alive timeout (vLLM: 5 s).
     pub keep_alive_s: u64,
     pub model: String,
+    /// Serve HTTPS with this (key, certificate) PEM pair (uvicorn's `--ssl-keyfile/--ssl-certfile`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for StandInOpts {
@@ -297,6 +299,7 @@ impl Default for StandInOpts {
             token_interval_ms: 20,
             keep_alive_s: 5,
             model: "standin-model".into(),
+            tls: None,
         }
     }
 }
@@ -319,6 +322,12 @@ impl StandIn {
             .args(["--ttft-ms", &opts.ttft_ms.to_string()])
             .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
             .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
+        if let Some((key, cert)) = &opts.tls {
+            cmd.arg("--ssl-keyfile")
+                .arg(key)
+                .arg("--ssl-certfile")
+                .arg(cert);
+        }
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
         let port = poll(Duration::from_secs(30), || {
             if let Some(s) = proc.exited() {
@@ -346,7 +355,12 @@ impl StandIn {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/v1", self.port)
     }
 }
 

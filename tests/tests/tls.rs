@@ -12,7 +12,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use infertap::probes::uprobe::golang::{self, GoTlsSites};
-use infertap_tests::harness::{self, attr, poll, Agent, Proc, TestCtx};
+use infertap_tests::harness::{
+    self, attr, client, one_span_for, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
+};
 use serde_json::Value;
 
 const SPANS_WAIT: Duration = Duration::from_secs(20);
@@ -310,4 +312,120 @@ fn go_https_http1_spans_from_plaintext_of_a_stripped_binary() {
         "go_https_http1_spans_from_plaintext_of_a_stripped_binary",
         true,
     );
+}
+
+/// A self-signed certificate for 127.0.0.1 with its key, made by the openssl CLI: (key, cert).
+fn self_signed_pem(ctx: &TestCtx) -> (PathBuf, PathBuf) {
+    let key = ctx.file("key.pem");
+    let cert = ctx.file("cert.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running the openssl CLI");
+    assert!(
+        out.status.success(),
+        "openssl req failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (key, cert)
+}
+
+/// The vLLM stand-in under uvicorn with `--ssl-keyfile/--ssl-certfile` (Python's ssl module over
+/// OpenSSL, through uvloop's memory BIO), the openai SDK verifying against the certificate: the
+/// spans come from the plaintext that `SSL_read_ex`/`SSL_write_ex` moved.
+#[test]
+fn openssl_uvicorn_spans_from_plaintext() {
+    let Some(ctx) = harness::begin("openssl_uvicorn_spans_from_plaintext") else {
+        return;
+    };
+    let (key, cert) = self_signed_pem(&ctx);
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            tls: Some((key, cert.clone())),
+            ..StandInOpts::default()
+        },
+    );
+    let agent = Agent::start(&ctx, &server, &[], &[]);
+    let tls = wait_tls_attached(&agent, server.pid(), "openssl");
+    assert_eq!(tls["attached"], true, "{tls:#}");
+    assert!(
+        tls["path"].as_str().unwrap().contains("libssl.so"),
+        "{tls:#}"
+    );
+
+    let cert = cert.to_str().unwrap();
+    let mut records = client(
+        &ctx,
+        &server,
+        &[
+            "--scenario",
+            "chat-stream",
+            "--count",
+            "3",
+            "--ca-file",
+            cert,
+        ],
+    );
+    records.extend(client(
+        &ctx,
+        &server,
+        &["--scenario", "chat", "--count", "1", "--ca-file", cert],
+    ));
+    let spans = agent.wait_spans_for(&records, SPANS_WAIT);
+    for rec in &records {
+        let span = one_span_for(&spans, rec);
+        let ctx_msg = format!("span {span:#}\nclient {rec}");
+        assert_eq!(attr(span, "http.request.method"), "POST", "{ctx_msg}");
+        assert_eq!(attr(span, "url.path"), "/v1/chat/completions", "{ctx_msg}");
+        assert_eq!(attr(span, "http.response.status_code"), 200, "{ctx_msg}");
+        assert_eq!(
+            attr(span, "gen_ai.request.model"),
+            &rec["model"],
+            "{ctx_msg}"
+        );
+        assert_eq!(
+            attr(span, "gen_ai.request.id"),
+            &rec["request_id"],
+            "{ctx_msg}"
+        );
+        assert_eq!(
+            attr(span, "gen_ai.usage.output_tokens"),
+            &rec["usage"]["completion_tokens"],
+            "{ctx_msg}"
+        );
+        assert!(attr(span, "infertap.incomplete").is_null(), "{ctx_msg}");
+        if rec["stream"] == true {
+            assert_eq!(
+                attr(span, "infertap.content_chunks"),
+                &rec["chunks"],
+                "{ctx_msg}"
+            );
+            let ttft = attr(span, "gen_ai.latency.time_to_first_token")
+                .as_f64()
+                .unwrap_or_else(|| panic!("no TTFT: {ctx_msg}"));
+            // The stand-in's prefill is 50 ms.
+            assert!((0.045..1.0).contains(&ttft), "TTFT {ttft}: {ctx_msg}");
+        }
+    }
+    let status = agent.status();
+    assert!(
+        status["tls"]["records"].as_u64().unwrap() >= 8,
+        "{:#}",
+        status["tls"]
+    );
+    assert_eq!(status["http"]["not_http_streams"], 0, "{status:#}");
+    assert_eq!(status["http"]["parse_failures"], 0, "{status:#}");
 }

@@ -174,6 +174,9 @@ pub struct ConnInfo {
     pub rx_pos: u64,
     /// Bytes written so far (the egress stream position).
     pub tx_pos: u64,
+    /// With `CONN_FLAG_TLS`: the TLS object matched to this socket (its `TlsKey::ptr`), whose
+    /// `TLS_CONNS` entry goes when the socket closes.
+    pub tls_ptr: u64,
 }
 
 /// Key of the `TLS_CONNS` map: one TLS object (a Go `*tls.Conn` or an OpenSSL `SSL *`) of one
@@ -222,7 +225,7 @@ const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);
 const _: () = assert!(core::mem::size_of::<TlsConn>() == 32);
 const _: () = assert!(CHUNK_MAX.is_power_of_two());

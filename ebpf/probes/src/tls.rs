@@ -87,7 +87,25 @@ fn bind(key: ConnKey, ptr: u64) {
     };
     let _ = TLS_CONNS.insert(tk, tc, 0);
     // SAFETY: as above.
-    unsafe { (*info).flags |= CONN_FLAG_TLS };
+    unsafe {
+        (*info).flags |= CONN_FLAG_TLS;
+        (*info).tls_ptr = ptr;
+    }
+}
+
+/// The socket `key` closed: its TLS object's match goes too (the library may reuse the object's
+/// address for a new connection, which must not inherit this one's identity and positions).
+#[inline(always)]
+pub fn forget(key: ConnKey, info: &ConnInfo) {
+    let tk = TlsKey {
+        tgid: key.tgid,
+        _pad: 0,
+        ptr: info.tls_ptr,
+    };
+    // SAFETY: read-only lookup.
+    if unsafe { TLS_CONNS.get(tk) }.is_some_and(|t| t.conn_id == info.conn_id) {
+        let _ = TLS_CONNS.remove(tk);
+    }
 }
 
 #[inline(always)]
