@@ -9,6 +9,8 @@ use super::UprobeError;
 /// A parsed ELF image over its file's bytes.
 pub struct Image<'a> {
     obj: object::File<'a>,
+    /// The file's length: offsets past it are never reported.
+    len: u64,
 }
 
 impl<'a> Image<'a> {
@@ -17,7 +19,10 @@ impl<'a> Image<'a> {
         if obj.format() != object::BinaryFormat::Elf {
             return Err(UprobeError::NotElf("not an ELF file".into()));
         }
-        Ok(Image { obj })
+        Ok(Image {
+            obj,
+            len: data.len() as u64,
+        })
     }
 
     /// The CPU the image is for.
@@ -51,7 +56,11 @@ impl<'a> Image<'a> {
         self.obj.segments().find_map(|seg| {
             let (off, size) = seg.file_range();
             let start = seg.address();
-            (vaddr >= start && vaddr - start < size).then(|| off + (vaddr - start))
+            if vaddr >= start && vaddr - start < size {
+                off.checked_add(vaddr - start).filter(|o| *o < self.len)
+            } else {
+                None
+            }
         })
     }
 

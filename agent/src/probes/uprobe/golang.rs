@@ -102,9 +102,12 @@ fn locate(
     name: &'static str,
 ) -> Result<(u64, u64), UprobeError> {
     if let Some((addr, size)) = img.symbol(name).filter(|(_, s)| *s > 0) {
-        return Ok((addr, addr + size));
+        if let Some(end) = addr.checked_add(size) {
+            return Ok((addr, end));
+        }
     }
     tab.and_then(|t| t.find(name))
+        .filter(|f| f.end > f.entry)
         .map(|f| (f.entry, f.end))
         .ok_or(UprobeError::SymbolNotFound(name))
 }
@@ -116,7 +119,7 @@ fn sites(
 ) -> Result<FuncSites, UprobeError> {
     let (start, end) = locate(img, tab, name)?;
     let code = img
-        .bytes_at(start, end - start)
+        .bytes_at(start, end.saturating_sub(start))
         .ok_or(UprobeError::SymbolNotFound(name))?;
     let rets = ret_addresses(code, start);
     if rets.is_empty() {

@@ -108,7 +108,8 @@ impl<'a> Pclntab<'a> {
     }
 
     fn entry(&self, i: usize) -> Option<u64> {
-        u32_at(self.data, self.functab + 8 * i).map(|o| self.text_start + u64::from(o))
+        u32_at(self.data, self.functab + 8 * i)
+            .and_then(|o| self.text_start.checked_add(u64::from(o)))
     }
 
     /// Every function as (name, entry, end), in address order.
