@@ -4,9 +4,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use infertap_common::{
-    ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_COUNTERS,
-};
+use infertap_common::{ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_COUNTERS};
 
 /// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
 /// and sized by it from `kernel.pid_max`. Every program looks here first and leaves at once for

@@ -316,6 +316,7 @@ pub fn ssl_ret(ctx: RetProbeContext) -> u32 {
     let r: i64 = ctx.ret();
     // A write through a memory BIO sends its ciphertext after returning: keep its match request
     // for the send that follows.
+    // SAFETY: plain value copied out.
     let call = match unsafe { TLS_CALLS.get(call_key((pid_tgid >> 32) as u32, pid_tgid)) } {
         Some(c) => *c,
         None => return 0,
