@@ -125,6 +125,37 @@ fn go_tls_sites_from_symtab_and_gopclntab_agree_with_go_objdump() {
         let got: Vec<u64> = sites.rets.iter().map(|o| o + text_base).collect();
         assert_eq!(got, want, "{name}");
     }
+
+    // What the agent reports for binaries it cannot probe: a non-Go binary is simply not Go; a Go
+    // binary too old for the function-table layout says so with its version.
+    let me = fs::read("/proc/self/exe").unwrap();
+    assert_eq!(golang::analyze(&me), Ok(None));
+    let mut old = fs::read(&stripped).unwrap();
+    let v = a.version.as_bytes();
+    let at: Vec<usize> = old
+        .windows(v.len())
+        .enumerate()
+        .filter(|(_, w)| *w == v)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(!at.is_empty(), "the version string is in the binary");
+    for i in at {
+        old[i..i + 6].copy_from_slice(b"go1.17");
+    }
+    let err = golang::analyze(&old).unwrap_err().to_string();
+    assert!(
+        err.contains("go1.17") && err.contains("not supported") && err.contains("go1.18"),
+        "{err}"
+    );
+    // A Go binary whose crypto/tls functions were renamed away has nothing to probe.
+    let mut renamed = fs::read(&stripped).unwrap();
+    let name = golang::READ.as_bytes();
+    let at = renamed
+        .windows(name.len() + 1)
+        .position(|w| &w[..name.len()] == name && w[name.len()] == 0)
+        .expect("the function name in .gopclntab");
+    renamed[at] = b'X';
+    assert_eq!(golang::analyze(&renamed), Ok(None));
     let _ = fs::remove_dir_all(&dir);
 }
 
