@@ -301,7 +301,8 @@ fn go_https_spans(name: &str, stripped: bool) {
     let want = if stripped { "gopclntab" } else { "symtab" };
     assert!(tls["detail"].as_str().unwrap().contains(want), "{tls:#}");
 
-    // HTTP/1.1 over TLS: three streaming requests on one connection, then one non-streaming.
+    // HTTP/1.1 over TLS: three streaming requests on one connection, one non-streaming on another,
+    // then two connections at once (each TLS object keeps its own socket and positions).
     let mut records = go_client(&ctx, &bin, server.port, &["-n", "3", "-stream=true"]);
     records.extend(go_client(
         &ctx,
@@ -309,6 +310,13 @@ fn go_https_spans(name: &str, stripped: bool) {
         server.port,
         &["-n", "1", "-stream=false"],
     ));
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| go_client(&ctx, &bin, server.port, &["-n", "2", "-stream=true"]));
+        let b = s.spawn(|| go_client(&ctx, &bin, server.port, &["-n", "2", "-stream=true"]));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    records.extend(a);
+    records.extend(b);
     assert!(
         records.iter().all(|r| r["proto"] == "HTTP/1.1"),
         "{records:?}"
@@ -322,7 +330,7 @@ fn go_https_spans(name: &str, stripped: bool) {
     let status = agent.status();
     let tls = &status["tls"];
     assert!(tls["records"].as_u64().unwrap() >= 8, "{tls:#}");
-    assert_eq!(tls["streams"], 2, "two client connections: {tls:#}");
+    assert_eq!(tls["streams"], 4, "four client connections: {tls:#}");
     // The ciphertext was never parsed as HTTP.
     assert_eq!(status["http"]["not_http_streams"], 0, "{status:#}");
     assert_eq!(status["http"]["parse_failures"], 0, "{status:#}");
