@@ -605,7 +605,20 @@ impl Pipeline {
             .fetch_max(dropped, Ordering::Relaxed);
         let open = self.table.len() as u64;
         let runs = self.probes.program_stats();
+        let tls_programs = self.probes.tls_programs();
         status.update(|s| {
+            // TLS uprobe programs appear once attached somewhere, with their run statistics.
+            for name in tls_programs {
+                if !s.probes.iter().any(|p| p.name == name) {
+                    s.probes.push(ProbeStatus {
+                        name: name.to_string(),
+                        attached: true,
+                        error: None,
+                        run_count: 0,
+                        run_time_ns: 0,
+                    });
+                }
+            }
             for p in s.probes.iter_mut() {
                 if let Some((_, count, ns)) = runs.iter().find(|(n, _, _)| *n == p.name) {
                     p.run_count = *count;

@@ -331,6 +331,20 @@ fn go_https_spans(name: &str, stripped: bool) {
     let tls = &status["tls"];
     assert!(tls["records"].as_u64().unwrap() >= 8, "{tls:#}");
     assert_eq!(tls["streams"], 4, "four client connections: {tls:#}");
+    // The uprobe programs are listed with the kernel's run statistics.
+    for name in ["go_tls_read_enter", "go_tls_write_enter", "go_tls_ret"] {
+        let p = poll(Duration::from_secs(5), || {
+            agent.status()["probes"]
+                .as_array()?
+                .iter()
+                .find(|p| p["name"] == name && p["run_count"].as_u64() > Some(0))
+                .cloned()
+        });
+        assert!(
+            p.is_some(),
+            "{name} not in /status probes with runs: {status:#}"
+        );
+    }
     // The ciphertext was never parsed as HTTP.
     assert_eq!(status["http"]["not_http_streams"], 0, "{status:#}");
     assert_eq!(status["http"]["parse_failures"], 0, "{status:#}");

@@ -190,6 +190,13 @@ impl Probes {
             .map_err(|e| format!("attaching {name} at {:#x} of {}: {e:#}", offset, plan.path))
     }
 
+    /// The TLS programs loaded so far (attached somewhere), sorted.
+    pub fn tls_programs(&self) -> Vec<&'static str> {
+        let mut v: Vec<&'static str> = self.tls.loaded.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Attach the TLS programs at a plan's sites (once per file). On error, the probes already
     /// attached for the file stay (they only ever add plaintext).
     pub fn attach_tls(&mut self, plan: &TlsPlan) -> Result<AttachOutcome, String> {
