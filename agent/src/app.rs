@@ -693,5 +693,26 @@ impl Pipeline {
             self.sink
                 .submit_with_chunk_times(span, &f.exchange.content_chunk_ns);
         }
+        // gRPC calls and routing decisions of HTTP/2 connections.
+        for r in self.table.drain_rpc() {
+            let span = match &r.item {
+                crate::conn::H2Done::Decision(d) => crate::epp::span::build_decision_span(
+                    d,
+                    &r.meta,
+                    &self.clock,
+                    &self.opts,
+                    &mut RandomIds,
+                ),
+                crate::conn::H2Done::Call(c) => crate::trace::rpc::build_grpc_span(
+                    c,
+                    &r.meta,
+                    &self.clock,
+                    &self.opts,
+                    &mut RandomIds,
+                ),
+                crate::conn::H2Done::Exchange(_) => continue, // these leave as `Finished`
+            };
+            self.sink.submit(span);
+        }
     }
 }

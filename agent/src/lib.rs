@@ -5,6 +5,7 @@ pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod enrich;
+pub mod epp;
 pub mod exchange;
 pub mod export;
 pub mod probes;

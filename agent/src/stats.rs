@@ -100,6 +100,19 @@ counters! {
     /// Binaries or libraries of targeted processes whose TLS could not be probed (see `/status`
     /// `tls` for why).
     tls_attach_failures,
+    /// Connections taken as HTTP/2 (client preface, server SETTINGS, or frames mid-stream).
+    http2_connections,
+    /// HTTP/2 frames or header blocks that could not be parsed (garbage, HPACK failures): the
+    /// parser resynchronised or marked header blocks unknown.
+    http2_frame_errors,
+    /// HTTP/2 streams not followed because a connection already had its maximum.
+    http2_streams_shed,
+    /// gRPC messages read from HTTP/2 streams.
+    grpc_messages,
+    /// gRPC messages not decoded: compressed, or over the 4 MiB bound.
+    grpc_messages_skipped,
+    /// gRPC messages of ext_proc streams that were not valid ext_proc protobuf.
+    ext_proc_decode_failures,
 }
 
 impl Stats {

@@ -17,6 +17,8 @@ use crate::trace::build::ConnMeta;
 
 mod tls;
 use tls::{Route, TlsMode};
+mod h2;
+pub use crate::exchange::h2::H2Done;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
@@ -40,6 +42,10 @@ struct Conn {
     provider: &'static str,
     /// Whether the stream is TLS, and which bytes of it are parsed (`tls`).
     tls: TlsMode,
+    /// Seen from its first byte (not picked up mid-stream).
+    from_start: bool,
+    /// Set once the connection is taken for HTTP/2: its bytes go there instead of `http`.
+    h2: Option<Box<h2::H2State>>,
 }
 
 impl Conn {
@@ -69,8 +75,18 @@ pub struct Finished {
     pub exchange: Exchange,
 }
 
+/// A finished gRPC call or routing decision of an HTTP/2 connection, with where it was seen.
+pub struct RpcFinished {
+    pub conn: ConnId,
+    pub meta: ConnMeta,
+    /// `H2Done::Call` or `H2Done::Decision` (HTTP exchanges over HTTP/2 leave as [`Finished`]).
+    pub item: H2Done,
+}
+
 pub struct ConnTable {
     conns: HashMap<ConnId, Conn>,
+    /// Calls and decisions waiting for [`ConnTable::drain_rpc`].
+    rpc_done: Vec<RpcFinished>,
     /// The server kind of each targeted process (`gen_ai.provider.name`).
     providers: HashMap<u32, &'static str>,
     max_conns: usize,
@@ -90,6 +106,7 @@ impl ConnTable {
     pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
         ConnTable {
             conns: HashMap::new(),
+            rpc_done: Vec::new(),
             providers: HashMap::new(),
             max_conns,
             idle_timeout_ns,
@@ -146,8 +163,15 @@ impl ConnTable {
                     .copied()
                     .unwrap_or("openai_compatible"),
                 tls: TlsMode::Unknown,
+                from_start: origin == Origin::Start,
+                h2: None,
             },
         );
+    }
+
+    /// gRPC calls and routing decisions finished since the last call.
+    pub fn drain_rpc(&mut self) -> Vec<RpcFinished> {
+        std::mem::take(&mut self.rpc_done)
     }
 
     /// Bytes moved on a traced socket.
@@ -178,6 +202,7 @@ impl ConnTable {
             if let Some(c) = self.conns.get_mut(&id) {
                 // Positions before this record were never going to be seen: not a loss.
                 c.next_pos = [None, None];
+                c.from_start = false;
             }
         }
         let Some(c) = self.conns.get_mut(&id) else {
@@ -186,6 +211,9 @@ impl ConnTable {
         c.last_seen_ns = chunk.ts_ns;
         if chunk.eof {
             c.exchanges.peer_closed();
+            if let Some(h) = c.h2.as_mut() {
+                h.peer_closed = true;
+            }
             return;
         }
         let d = chunk.dir as usize;
@@ -198,12 +226,19 @@ impl ConnTable {
                 return;
             }
             Route::Restart => {
-                // The plaintext stream has positions of its own, from 0 when it was matched to
-                // its socket at the handshake.
+                // The plaintext stream has positions of its own, from 0 when its TLS object was
+                // matched to the socket: at the handshake for a connection seen from its start.
                 stats.tls_streams.fetch_add(1, Ordering::Relaxed);
-                c.http = Http1Conn::new(chunk.stream_pos != 0);
+                let from_start = c.from_start && chunk.stream_pos == 0;
+                c.http = Http1Conn::new(!from_start);
                 c.exchanges = ExchangeTracker::new();
-                c.next_pos = [None, None];
+                c.h2 = None;
+                c.from_start = from_start;
+                c.next_pos = if from_start {
+                    [Some(0), Some(0)]
+                } else {
+                    [None, None]
+                };
                 c.opaque = false;
             }
         }
@@ -211,6 +246,34 @@ impl ConnTable {
             return;
         }
         let hdir = c.http_dir(chunk.dir);
+        if c.h2.is_none() {
+            let at_start = c.from_start && chunk.stream_pos == 0 && c.next_pos[d] == Some(0);
+            let mid = !c.from_start
+                && c.exchanges.in_flight() == 0
+                && h2::frames_mid_stream(&Segment {
+                    ts_ns: chunk.ts_ns,
+                    data: chunk.payload,
+                    syscall_start: chunk.stream_pos == chunk.syscall_pos,
+                });
+            if (at_start && h2::starts_http2(hdir, chunk.payload)) || mid {
+                c.h2 = Some(Box::new(h2::H2State::new(c.from_start, stats)));
+            }
+        }
+        if c.h2.is_some() {
+            let mut rpc = Vec::new();
+            let done = h2_data(c, chunk, hdir, stats, &mut rpc);
+            let meta = c.meta(chunk.tgid);
+            self.rpc_done
+                .extend(rpc.into_iter().map(|item| RpcFinished {
+                    conn: id,
+                    meta: meta.clone(),
+                    item,
+                }));
+            if !done.is_empty() {
+                finish(id, &meta, done, stats, out);
+            }
+            return;
+        }
         let mut done = Vec::new();
         let Conn {
             http,
@@ -273,7 +336,7 @@ impl ConnTable {
     pub fn close(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
         if let Some(c) = self.conns.remove(&id) {
             stats.connections_closed.fetch_add(1, Ordering::Relaxed);
-            flush(id, c, ts_ns, stats, out);
+            flush(id, c, ts_ns, stats, out, &mut self.rpc_done);
         }
     }
 
@@ -308,7 +371,7 @@ impl ConnTable {
         for id in ids {
             if let Some(c) = self.conns.remove(&id) {
                 stats.connections_evicted.fetch_add(1, Ordering::Relaxed);
-                flush(id, c, now_ns, stats, out);
+                flush(id, c, now_ns, stats, out, &mut self.rpc_done);
             }
         }
     }
@@ -332,9 +395,27 @@ impl ConnTable {
     }
 }
 
-fn flush(id: ConnId, mut c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+fn flush(
+    id: ConnId,
+    mut c: Conn,
+    ts_ns: u64,
+    stats: &Stats,
+    out: &mut Vec<Finished>,
+    rpc_out: &mut Vec<RpcFinished>,
+) {
     let meta = c.meta(id.tgid);
     let mut done = Vec::new();
+    if let Some(h) = c.h2.as_mut() {
+        let mut items = Vec::new();
+        h.close(ts_ns, &mut items);
+        let mut rpc = Vec::new();
+        done = h2::split(items, &mut rpc);
+        rpc_out.extend(rpc.into_iter().map(|item| RpcFinished {
+            conn: id,
+            meta: meta.clone(),
+            item,
+        }));
+    }
     let Conn {
         http, exchanges, ..
     } = &mut c;
@@ -349,6 +430,52 @@ fn flush(id: ConnId, mut c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finis
     });
     // Anything the parser did not report (e.g. an opaque stream) is dropped with the connection.
     finish(id, &meta, done, stats, out);
+}
+
+/// One record's bytes on an HTTP/2 connection: the same stream-position bookkeeping as the
+/// HTTP/1 path (exact gaps), into the HTTP/2 parser.
+fn h2_data(
+    c: &mut Conn,
+    chunk: &DataChunk<'_>,
+    hdir: Direction,
+    stats: &Stats,
+    rpc: &mut Vec<H2Done>,
+) -> Vec<Exchange> {
+    let d = chunk.dir as usize;
+    let Some(h) = c.h2.as_mut() else {
+        return Vec::new();
+    };
+    let mut items = Vec::new();
+    let expected = c.next_pos[d].unwrap_or(chunk.syscall_pos);
+    let mut data = chunk.payload;
+    let mut pos = chunk.stream_pos;
+    if pos > expected {
+        let lost = pos - expected;
+        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+        h.gap(hdir, lost, stats, &mut items);
+    } else if pos < expected {
+        let skip = (expected - pos).min(data.len() as u64) as usize;
+        data = &data[skip..];
+        pos += skip as u64;
+    }
+    if !data.is_empty() {
+        let seg = Segment {
+            ts_ns: chunk.ts_ns,
+            data,
+            syscall_start: pos == chunk.syscall_pos,
+        };
+        h.feed(hdir, seg, stats, &mut items);
+    }
+    let mut next = (pos + data.len() as u64).max(expected);
+    let syscall_end = chunk.syscall_pos.saturating_add(chunk.syscall_len);
+    if chunk.last && next < syscall_end {
+        let lost = syscall_end - next;
+        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+        h.gap(hdir, lost, stats, &mut items);
+        next = syscall_end;
+    }
+    c.next_pos[d] = Some(next);
+    h2::split(items, rpc)
 }
 
 fn finish(

@@ -6,6 +6,8 @@
 //! response byte), and bounded buffers of the JSON bodies it reads fields from. Pure: no I/O, no
 //! clocks; timestamps are kernel monotonic nanoseconds from the capture.
 
+pub mod h2;
+
 use std::collections::VecDeque;
 
 use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};

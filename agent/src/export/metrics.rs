@@ -22,6 +22,14 @@
 //! - `http.server.request.duration` (s) → `http_server_request_duration_seconds`.
 //! - `infertap.requests` ({request}, counter) → `infertap_requests_total`, by `outcome`
 //!   (`completed`, `cancelled`, `error`).
+//! - `infertap.epp.decision.duration` (s) → `infertap_epp_decision_duration_seconds`: routing
+//!   decisions of endpoint pickers (request headers received → destination chosen), by
+//!   `infertap.epp.decision` (`routed`, `rejected`, `none`) and model.
+//! - `infertap.epp.decisions` ({decision}, counter) → `infertap_epp_decisions_total`: routed
+//!   requests by chosen endpoint (`infertap.epp.endpoint`, bounded by the pool's size and the
+//!   series cap) and model.
+//! - `infertap.epp.rejections` ({request}, counter) → `infertap_epp_rejections_total`: immediate
+//!   responses (429 shed, 503 no endpoint) by `http.response.status_code` and model.
 //! - `infertap_metrics_series_overflow_total{metric}`: records that found their metric full.
 //!
 //! Only SERVER spans are recorded (the traced process served the request).
@@ -74,6 +82,11 @@ pub const TOKEN_BUCKETS: &[f64] = &[
 /// The HTTP semantic conventions' duration buckets.
 pub const HTTP_DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+/// Routing decision latency buckets: an EPP decides in well under a second.
+pub const DECISION_DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
 /// Series per instrument before records go to the overflow series (OTel SDKs' default).
@@ -158,6 +171,13 @@ const TOKEN_USAGE: usize = 4;
 const HTTP_DURATION: usize = 5;
 const TOKENS: usize = 6;
 const REQUESTS: usize = 7;
+const EPP_DECISION_DURATION: usize = 8;
+const EPP_DECISIONS: usize = 9;
+const EPP_REJECTIONS: usize = 10;
+
+const EPP_DURATION_KEYS: &[&str] = &["infertap.epp.decision", "gen_ai.request.model"];
+const EPP_ENDPOINT_KEYS: &[&str] = &["infertap.epp.endpoint", "gen_ai.request.model"];
+const EPP_REJECTION_KEYS: &[&str] = &["http.response.status_code", "gen_ai.request.model"];
 
 /// Every instrument, in exposition order.
 pub const INSTRUMENTS: &[InstrumentSpec] = &[
@@ -224,6 +244,30 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         prometheus_name: "infertap_requests_total",
         kind: InstrumentKind::Counter,
         keys: REQUEST_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "infertap.epp.decision.duration",
+        unit: "s",
+        description: "Endpoint picker routing decisions: request headers received to destination chosen.",
+        prometheus_name: "infertap_epp_decision_duration_seconds",
+        kind: InstrumentKind::Histogram(DECISION_DURATION_BUCKETS),
+        keys: EPP_DURATION_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "infertap.epp.decisions",
+        unit: "{decision}",
+        description: "Requests the endpoint picker routed, by chosen endpoint.",
+        prometheus_name: "infertap_epp_decisions_total",
+        kind: InstrumentKind::Counter,
+        keys: EPP_ENDPOINT_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: "infertap.epp.rejections",
+        unit: "{request}",
+        description: "Requests the endpoint picker rejected with an immediate response (429 shed, 503 no endpoint).",
+        prometheus_name: "infertap_epp_rejections_total",
+        kind: InstrumentKind::Counter,
+        keys: EPP_REJECTION_KEYS,
     },
 ];
 
@@ -645,6 +689,11 @@ impl RequestMetrics {
         if span.kind != SpanKind::Server {
             return;
         }
+        if span.attr("rpc.system").is_some() {
+            // gRPC: routing decisions have their own instruments; other calls none yet.
+            self.record_decision(span);
+            return;
+        }
         let o = Observed::from_span(span);
         let duration_s = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
         let otel = self.otel.get();
@@ -690,6 +739,42 @@ impl RequestMetrics {
         }
         for gap in gaps_ns {
             put(ITL, &genai, gap as f64 / 1e9);
+        }
+    }
+
+    /// A routing-decision span (`infertap.epp.decision` set): duration, endpoint, rejection.
+    fn record_decision(&self, span: &FinishedSpan) {
+        let val = |k: &str| match span.attr(k) {
+            Some(AttrValue::Str(s)) => Val::Str(bounded(s)),
+            Some(AttrValue::I64(i)) => Val::Int(*i),
+            _ => Val::Absent,
+        };
+        let decision = val(crate::epp::span::DECISION_ATTR);
+        if matches!(decision, Val::Absent) {
+            return;
+        }
+        let model = val("gen_ai.request.model");
+        let duration_s = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
+        let otel = self.otel.get();
+        let mut families = self.lock();
+        let mut put = |instrument: usize, values: &[Val<'_>], value: f64| {
+            let series = families[instrument].series(values);
+            series.add(value);
+            if let Some(otel) = otel {
+                otel[instrument].add(value, &series.attributes);
+            }
+        };
+        put(EPP_DECISION_DURATION, &[decision, model], duration_s);
+        let endpoint = val("infertap.epp.endpoint");
+        if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
+            put(EPP_DECISIONS, &[endpoint, model], 1.0);
+        }
+        if decision == Val::Str("rejected") {
+            put(
+                EPP_REJECTIONS,
+                &[val("http.response.status_code"), model],
+                1.0,
+            );
         }
     }
 

@@ -30,6 +30,7 @@ pub struct StatusSnapshot {
     pub connections: ConnectionsStatus,
     pub records: RecordsStatus,
     pub http: HttpStatus,
+    pub http2: Http2Status,
     pub exporter: ExporterStatus,
     pub gpu: GpuStatus,
     #[serde(default)]
@@ -89,6 +90,17 @@ pub struct HttpStatus {
     pub requests_cancelled: u64,
     pub requests_server_aborted: u64,
     pub requests_incomplete: u64,
+}
+
+/// HTTP/2, gRPC and ext_proc decoding.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http2Status {
+    pub connections: u64,
+    pub frame_errors: u64,
+    pub streams_shed: u64,
+    pub grpc_messages: u64,
+    pub grpc_messages_skipped: u64,
+    pub ext_proc_decode_failures: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -237,6 +249,14 @@ impl StatusSource {
                 requests_server_aborted: get(&s.requests_server_aborted),
                 requests_incomplete: get(&s.requests_incomplete),
             },
+            http2: Http2Status {
+                connections: get(&s.http2_connections),
+                frame_errors: get(&s.http2_frame_errors),
+                streams_shed: get(&s.http2_streams_shed),
+                grpc_messages: get(&s.grpc_messages),
+                grpc_messages_skipped: get(&s.grpc_messages_skipped),
+                ext_proc_decode_failures: get(&s.ext_proc_decode_failures),
+            },
             exporter: ExporterStatus {
                 state: exporter.health.to_string(),
                 endpoint: exporter.endpoint,
@@ -348,6 +368,8 @@ mod tests {
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,
                          "requests_completed": 0, "requests_cancelled": 0, "requests_server_aborted": 0,
                          "requests_incomplete": 0},
+                "http2": {"connections": 0, "frame_errors": 0, "streams_shed": 0, "grpc_messages": 0,
+                          "grpc_messages_skipped": 0, "ext_proc_decode_failures": 0},
                 "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
                              "spans_not_sampled": 0, "last_error": null,

@@ -7,8 +7,13 @@
 //! - `http1`: HTTP/1.1 requests and responses (keep-alive, pipelining, chunked, Content-Length,
 //!   1xx, HEAD, early close), header parsing by `httparse`.
 //! - `sse`: WHATWG server-sent-event framing over a response body.
+//! - `http2`: HTTP/2 framing and HPACK (`loona-hpack`); `grpc`: length-prefixed messages;
+//!   `ext_proc`: Envoy's external-processing messages (prost, proto subset in `agent/proto`).
 
+pub mod ext_proc;
+pub mod grpc;
 pub mod http1;
+pub mod http2;
 pub mod json_scan;
 pub mod openai;
 pub mod sse;

@@ -2,4 +2,5 @@
 
 pub mod build;
 pub mod context;
+pub mod rpc;
 pub mod span;

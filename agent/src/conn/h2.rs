@@ -1,0 +1,124 @@
+//! A connection on the HTTP/2 path: when it is taken for HTTP/2, and its parser and streams.
+//!
+//! Detection (whatever delivered the bytes — syscalls or a TLS library's plaintext):
+//! - seen from its start: the client's first bytes are the connection preface, or the server's
+//!   first bytes are a SETTINGS frame (servers may write theirs before reading the preface);
+//! - picked up mid-stream: a syscall's bytes parse as HTTP/2 frames while no HTTP/1 exchange is
+//!   in flight (header blocks then stay unknown; DATA is still read).
+
+use std::sync::atomic::Ordering;
+
+use crate::exchange::h2::{H2Done, H2Effects, H2Streams};
+use crate::exchange::Exchange;
+use crate::protocol::http2::{looks_like_frames, H2Event, Http2Conn, PREFACE};
+use crate::protocol::{Direction, Segment};
+use crate::stats::Stats;
+
+pub(super) struct H2State {
+    parser: Http2Conn,
+    streams: H2Streams,
+    /// The peer closed its side (read returned 0).
+    pub(super) peer_closed: bool,
+}
+
+/// Whether the first bytes of a direction (at stream position 0 of a connection seen from its
+/// start) open an HTTP/2 connection.
+pub(super) fn starts_http2(dir: Direction, data: &[u8]) -> bool {
+    match dir {
+        Direction::Request => {
+            let n = data.len().min(PREFACE.len());
+            n >= 4 && data[..n] == PREFACE[..n]
+        }
+        // The server's connection preface is a SETTINGS frame.
+        Direction::Response => data.len() >= 9 && data[3] == 4 && looks_like_frames(data),
+    }
+}
+
+/// Whether a syscall's bytes on a connection picked up mid-stream are HTTP/2 frames.
+pub(super) fn frames_mid_stream(seg: &Segment<'_>) -> bool {
+    seg.syscall_start && looks_like_frames(seg.data)
+}
+
+impl H2State {
+    pub(super) fn new(from_start: bool, stats: &Stats) -> H2State {
+        stats.http2_connections.fetch_add(1, Ordering::Relaxed);
+        H2State {
+            parser: Http2Conn::new(from_start),
+            streams: H2Streams::new(),
+            peer_closed: false,
+        }
+    }
+
+    fn apply(
+        streams: &mut H2Streams,
+        dir: Direction,
+        ev: H2Event<'_>,
+        fx: &mut H2Effects,
+        done: &mut Vec<H2Done>,
+    ) {
+        let e = streams.on_event(dir, ev, done);
+        fx.grpc_messages += e.grpc_messages;
+        fx.grpc_skipped += e.grpc_skipped;
+        fx.ext_proc_failures += e.ext_proc_failures;
+        fx.streams_shed += e.streams_shed;
+        fx.parse_errors += e.parse_errors;
+    }
+
+    pub(super) fn feed(
+        &mut self,
+        dir: Direction,
+        seg: Segment<'_>,
+        stats: &Stats,
+        done: &mut Vec<H2Done>,
+    ) {
+        let mut fx = H2Effects::default();
+        let streams = &mut self.streams;
+        self.parser.feed(dir, seg, &mut |ev| {
+            Self::apply(streams, dir, ev, &mut fx, done)
+        });
+        count(&fx, stats);
+    }
+
+    pub(super) fn gap(&mut self, dir: Direction, len: u64, stats: &Stats, done: &mut Vec<H2Done>) {
+        let mut fx = H2Effects::default();
+        let streams = &mut self.streams;
+        self.parser.gap(dir, len, &mut |ev| {
+            Self::apply(streams, dir, ev, &mut fx, done)
+        });
+        count(&fx, stats);
+    }
+
+    pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<H2Done>) {
+        self.streams.close(ts_ns, self.peer_closed, done);
+    }
+}
+
+fn count(fx: &H2Effects, stats: &Stats) {
+    for (counter, n) in [
+        (&stats.grpc_messages, fx.grpc_messages),
+        (&stats.grpc_messages_skipped, fx.grpc_skipped),
+        (&stats.ext_proc_decode_failures, fx.ext_proc_failures),
+        (&stats.http2_streams_shed, fx.streams_shed),
+        (&stats.http2_frame_errors, fx.parse_errors),
+    ] {
+        if n > 0 {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Splits what the streams produced: exchanges go the HTTP/1.1 way, calls and decisions to
+/// `rpc`.
+pub(super) fn split(done: Vec<H2Done>, rpc: &mut Vec<H2Done>) -> Vec<Exchange> {
+    let mut exchanges = Vec::new();
+    for d in done {
+        match d {
+            H2Done::Exchange(e) => exchanges.push(*e),
+            other => rpc.push(other),
+        }
+    }
+    exchanges
+}
+
+#[cfg(test)]
+mod tests;

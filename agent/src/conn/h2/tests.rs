@@ -1,0 +1,221 @@
+//! The connection table's HTTP/2 path: detection from the first bytes (either side first), a
+//! recorded ext_proc connection delivered as kernel records (whole and cut at every offset), the
+//! decisions leaving through `drain_rpc`, and HTTP/1.1 still going the HTTP/1.1 way.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::capture::decode::{DataChunk, Role, SocketDir};
+use crate::conn::{ConnId, ConnTable, Finished, H2Done, Origin};
+use crate::epp::Outcome;
+use crate::stats::Stats;
+
+const MS: u64 = 1_000_000;
+
+fn load(name: &str) -> Vec<(SocketDir, Vec<u8>)> {
+    let path = format!("{}/tests/fixtures/http2/{name}", env!("CARGO_MANIFEST_DIR"));
+    let raw = std::fs::read(&path).unwrap();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 5 <= raw.len() {
+        // The traced process is the server: the client's bytes are ingress.
+        let dir = if raw[at] == b'C' {
+            SocketDir::Ingress
+        } else {
+            SocketDir::Egress
+        };
+        let len = u32::from_be_bytes([raw[at + 1], raw[at + 2], raw[at + 3], raw[at + 4]]) as usize;
+        out.push((dir, raw[at + 5..at + 5 + len].to_vec()));
+        at += 5 + len;
+    }
+    out
+}
+
+struct Wire {
+    table: ConnTable,
+    stats: Stats,
+    out: Vec<Finished>,
+    pos: [u64; 2],
+}
+
+impl Wire {
+    fn new(origin: Origin) -> Wire {
+        let stats = Stats::default();
+        let mut table = ConnTable::new(16, 60_000 * MS);
+        table.open(
+            ConnId {
+                tgid: 7,
+                conn_id: 1,
+            },
+            5,
+            Role::Server,
+            Some("127.0.0.1:9002".parse().unwrap()),
+            Some("127.0.0.1:40000".parse().unwrap()),
+            origin,
+            0,
+            &stats,
+        );
+        Wire {
+            table,
+            stats,
+            out: Vec::new(),
+            pos: [0, 0],
+        }
+    }
+
+    fn syscall(&mut self, dir: SocketDir, ts_ms: u64, data: &[u8]) {
+        let d = dir as usize;
+        let chunk = DataChunk {
+            tgid: 7,
+            tid: 7,
+            ts_ns: ts_ms * MS,
+            conn_id: 1,
+            fd: 5,
+            dir,
+            last: true,
+            eof: false,
+            syscall: 0,
+            stream_pos: self.pos[d],
+            syscall_pos: self.pos[d],
+            syscall_len: data.len() as u64,
+            payload: data,
+        };
+        self.table.data(&chunk, &self.stats, &mut self.out);
+        self.pos[d] += data.len() as u64;
+    }
+
+    fn decisions(&mut self) -> Vec<crate::epp::Decision> {
+        self.table
+            .drain_rpc()
+            .into_iter()
+            .filter_map(|r| match r.item {
+                H2Done::Decision(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_recorded_ext_proc_connection_becomes_routing_decisions() {
+    let chunks = load("ext_proc_routed.bin");
+    let mut w = Wire::new(Origin::Start);
+    for (i, (dir, b)) in chunks.iter().enumerate() {
+        w.syscall(*dir, i as u64 + 1, b);
+    }
+    let ds = w.decisions();
+    assert_eq!(ds.len(), 2);
+    assert!(ds.iter().all(|d| d.outcome == Outcome::Routed));
+    assert_eq!(w.stats.http2_connections.load(Relaxed), 1);
+    assert_eq!(w.stats.streams_not_http.load(Relaxed), 0);
+    assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 0);
+    assert!(w.stats.grpc_messages.load(Relaxed) >= 8);
+    assert!(
+        w.out.is_empty(),
+        "no HTTP exchange on an ext_proc connection"
+    );
+}
+
+#[test]
+fn cut_at_every_offset_the_decisions_are_the_same() {
+    let chunks = load("ext_proc_rejected.bin");
+    let mut whole = Wire::new(Origin::Start);
+    for (i, (dir, b)) in chunks.iter().enumerate() {
+        whole.syscall(*dir, i as u64 + 1, b);
+    }
+    let want: Vec<_> = whole
+        .decisions()
+        .into_iter()
+        .map(|d| (d.outcome, d.headers))
+        .collect();
+    assert_eq!(want.len(), 1);
+    for (i, (_, bytes)) in chunks.iter().enumerate() {
+        // A first client read of fewer than 4 bytes ("P", "PR", "PRI") is not taken for a preface
+        // ("POST", "PUT" and "PATCH" start the same way): a documented limit, not tested here.
+        let from = if i == 0 { 4 } else { 1 };
+        for k in from..bytes.len() {
+            let mut w = Wire::new(Origin::Start);
+            for (j, (dir, b)) in chunks.iter().enumerate() {
+                if i == j {
+                    w.syscall(*dir, j as u64 + 1, &b[..k]);
+                    w.syscall(*dir, j as u64 + 1, &b[k..]);
+                } else {
+                    w.syscall(*dir, j as u64 + 1, b);
+                }
+            }
+            let got: Vec<_> = w
+                .decisions()
+                .into_iter()
+                .map(|d| (d.outcome, d.headers))
+                .collect();
+            assert_eq!(got, want, "chunk {i} cut at {k}");
+        }
+    }
+}
+
+#[test]
+fn the_server_settings_first_also_means_http2() {
+    let chunks = load("ext_proc_routed.bin");
+    let first_server = chunks
+        .iter()
+        .position(|(d, _)| *d == SocketDir::Egress)
+        .unwrap();
+    let mut w = Wire::new(Origin::Start);
+    // The server's SETTINGS reach the agent before the client's preface.
+    let (d, b) = &chunks[first_server];
+    w.syscall(*d, 1, b);
+    for (i, (dir, b)) in chunks.iter().enumerate() {
+        if i != first_server {
+            w.syscall(*dir, i as u64 + 2, b);
+        }
+    }
+    assert_eq!(w.decisions().len(), 2);
+}
+
+#[test]
+fn http1_is_untouched_and_a_preface_to_an_http1_server_is_counted() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(
+        SocketDir::Ingress,
+        1,
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",
+    );
+    w.syscall(
+        SocketDir::Egress,
+        2,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(w.out.len(), 1);
+    assert_eq!(w.stats.http2_connections.load(Relaxed), 0);
+    // The badclient case: a preface and SETTINGS to a server that answers in HTTP/1.1.
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(
+        SocketDir::Ingress,
+        1,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0",
+    );
+    w.syscall(SocketDir::Egress, 2, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    assert_eq!(w.stats.http2_connections.load(Relaxed), 1);
+    assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 1);
+    assert!(w.out.is_empty() && w.decisions().is_empty());
+}
+
+#[test]
+fn picked_up_mid_stream_frames_go_the_http2_way() {
+    let chunks = load("ext_proc_routed.bin");
+    let cut = chunks
+        .iter()
+        .position(|(d, b)| *d == SocketDir::Ingress && b.len() >= 9 && b[3] == 1 && b[8] == 3)
+        .unwrap();
+    let mut mid = Wire::new(Origin::MidStream);
+    // Positions as the kernel numbers them: the bytes before `cut` were never seen.
+    for (dir, b) in &chunks[..cut] {
+        mid.pos[*dir as usize] += b.len() as u64;
+    }
+    for (i, (dir, b)) in chunks[cut..].iter().enumerate() {
+        mid.syscall(*dir, i as u64 + 1, b);
+    }
+    let ds = mid.decisions();
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].model.as_deref(), Some("standin-model"));
+    assert_eq!(mid.stats.http2_connections.load(Relaxed), 1);
+}

@@ -1,0 +1,504 @@
+//! HTTP/2 events of one connection → what its streams were: plain HTTP requests (the same
+//! [`Exchange`]s as over HTTP/1.1, through one [`ExchangeTracker`] per stream), gRPC calls
+//! ([`GrpcCall`], ending at the response's END_STREAM — the trailers — not at its headers), and
+//! ext_proc streams, whose messages make routing decisions ([`crate::epp`]).
+//!
+//! A stream's kind comes from its request headers (`:path`, `content-type`). When the headers
+//! could not be decoded (HPACK state unknown: picked up mid-connection), a stream whose first
+//! request message decodes as an ext_proc `ProcessingRequest` carrying request headers is taken as
+//! an ext_proc stream (its payloads are protobuf in DATA, readable without HPACK); other such
+//! streams are followed for framing only and produce nothing.
+//!
+//! Bounded: at most [`MAX_STREAMS`] streams per connection (more are counted and ignored); one
+//! gRPC message per direction per stream (≤ `grpc::MAX_MESSAGE`). Pure: no I/O, no clock.
+
+use std::collections::HashMap;
+
+use super::{Exchange, ExchangeTracker};
+use crate::epp::{Decision, ExtProcStream};
+use crate::protocol::ext_proc::{self, PROCESS_PATH};
+use crate::protocol::grpc::{self, GrpcDeframer, GrpcMessage};
+use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::http2::{Fields, H2Event};
+use crate::protocol::Direction;
+
+/// Streams followed per connection at once.
+pub const MAX_STREAMS: usize = 256;
+
+/// How a gRPC call ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    /// The response ended with END_STREAM (trailers).
+    Completed,
+    /// RST_STREAM: by the client (`by_client`) or the server.
+    Reset { by_client: bool, code: u32 },
+    /// The connection ended, or framing was lost, first.
+    Abandoned,
+}
+
+/// A finished gRPC call (not ext_proc). Metadata only.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrpcCall {
+    pub service: String,
+    pub method: String,
+    /// Allow-listed request headers (trace context, request id).
+    pub headers: Vec<(&'static str, String)>,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub http_status: Option<u16>,
+    /// From the trailers (or a trailers-only response's headers).
+    pub grpc_status: Option<u32>,
+    pub request_messages: u64,
+    pub response_messages: u64,
+    pub outcome: CallOutcome,
+    pub incomplete: bool,
+}
+
+/// What a stream produced.
+#[derive(Clone, Debug)]
+pub enum H2Done {
+    Exchange(Box<Exchange>),
+    Call(GrpcCall),
+    Decision(Decision),
+}
+
+/// Counts for the caller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct H2Effects {
+    pub grpc_messages: u64,
+    /// Compressed or oversized gRPC messages (not decoded).
+    pub grpc_skipped: u64,
+    /// gRPC messages of ext_proc streams that were not valid ext_proc messages.
+    pub ext_proc_failures: u64,
+    /// Streams beyond [`MAX_STREAMS`].
+    pub streams_shed: u64,
+    pub parse_errors: u64,
+}
+
+enum Kind {
+    /// Headers unknown; deciding from the first request message.
+    Unknown,
+    Http(ExchangeTracker),
+    Grpc(Box<GrpcCall>),
+    ExtProc(Box<ExtProcStream>),
+    /// Followed for framing only.
+    Ignored,
+}
+
+struct Stream {
+    kind: Kind,
+    deframers: [GrpcDeframer; 2],
+    /// END_STREAM seen, per direction (request, response).
+    ended: [bool; 2],
+    /// A final response head was seen.
+    responded: bool,
+}
+
+fn idx(dir: Direction) -> usize {
+    match dir {
+        Direction::Request => 0,
+        Direction::Response => 1,
+    }
+}
+
+/// The streams of one HTTP/2 connection.
+#[derive(Default)]
+pub struct H2Streams {
+    streams: HashMap<u32, Stream>,
+}
+
+impl H2Streams {
+    pub fn new() -> H2Streams {
+        H2Streams::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// One event of direction `dir`.
+    pub fn on_event(
+        &mut self,
+        dir: Direction,
+        ev: H2Event<'_>,
+        done: &mut Vec<H2Done>,
+    ) -> H2Effects {
+        let mut fx = H2Effects::default();
+        match ev {
+            H2Event::Headers {
+                ts_ns,
+                stream,
+                fields,
+                end_stream,
+            } => {
+                if dir == Direction::Request && !self.streams.contains_key(&stream) {
+                    if self.streams.len() >= MAX_STREAMS {
+                        fx.streams_shed += 1;
+                        return fx;
+                    }
+                    self.streams.insert(stream, Stream::open(ts_ns, &fields));
+                } else if !self.streams.contains_key(&stream) {
+                    // A response for a stream whose request we did not see: its request is lost.
+                    return fx;
+                }
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.headers(dir, ts_ns, fields, end_stream, done);
+                }
+            }
+            H2Event::Data {
+                ts_ns,
+                stream,
+                data,
+                frame_start,
+            } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    if frame_start {
+                        // gRPC writers start a message at a frame: pick messages up again there.
+                        s.deframers[idx(dir)].resume();
+                    }
+                    s.data(dir, ts_ns, data, &mut fx, done);
+                }
+            }
+            H2Event::DataGap { stream, len } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.gap(dir, len);
+                }
+            }
+            H2Event::EndStream { ts_ns, stream } => {
+                if let Some(s) = self.streams.get_mut(&stream) {
+                    s.end(dir, ts_ns, done);
+                }
+            }
+            H2Event::Reset {
+                ts_ns,
+                stream,
+                code,
+            } => {
+                if let Some(s) = self.streams.remove(&stream) {
+                    s.reset(dir, ts_ns, code, done);
+                }
+            }
+            H2Event::GoAway { .. } => {}
+            H2Event::Lost => {
+                // Only this direction's bytes were lost.
+                for s in self.streams.values_mut() {
+                    s.gap(dir, 0);
+                }
+            }
+            H2Event::Error(_) => fx.parse_errors += 1,
+        }
+        self.streams.retain(|_, s| !s.finished());
+        fx
+    }
+
+    /// The connection ended: every stream still open ends here. `peer_closed`: the peer closed
+    /// first (for a server, the client went away: a cancellation).
+    pub fn close(&mut self, ts_ns: u64, peer_closed: bool, done: &mut Vec<H2Done>) {
+        for (_, s) in self.streams.drain() {
+            s.close(ts_ns, peer_closed, done);
+        }
+    }
+}
+
+impl Stream {
+    fn open(ts_ns: u64, fields: &Fields) -> Stream {
+        let kind = if !fields.known {
+            Kind::Unknown
+        } else if fields.path.as_deref() == Some(PROCESS_PATH) {
+            Kind::ExtProc(Box::new(ExtProcStream::new()))
+        } else if fields
+            .content_type
+            .as_deref()
+            .is_some_and(|c| c.starts_with("application/grpc"))
+        {
+            let path = fields.path.as_deref().unwrap_or("");
+            let (service, method) = grpc::split_path(path).unwrap_or(("unknown", "unknown"));
+            Kind::Grpc(Box::new(GrpcCall {
+                service: service.to_string(),
+                method: method.to_string(),
+                headers: Vec::new(),
+                start_ns: ts_ns,
+                end_ns: ts_ns,
+                http_status: None,
+                grpc_status: None,
+                request_messages: 0,
+                response_messages: 0,
+                outcome: CallOutcome::Abandoned,
+                incomplete: false,
+            }))
+        } else {
+            Kind::Http(ExchangeTracker::new())
+        };
+        Stream {
+            kind,
+            deframers: [GrpcDeframer::new(), GrpcDeframer::new()],
+            ended: [false, false],
+            responded: false,
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.ended[0] && self.ended[1]
+    }
+
+    fn headers(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        fields: Fields,
+        end_stream: bool,
+        done: &mut Vec<H2Done>,
+    ) {
+        match (&mut self.kind, dir) {
+            // Trailers on the request side are not a new request.
+            (Kind::Http(t), Direction::Request) if t.in_flight() == 0 => {
+                let head = RequestHead {
+                    method: fields.method.clone().unwrap_or_default(),
+                    path: fields.path.clone().unwrap_or_default(),
+                    minor_version: 0,
+                    content_length: None,
+                    chunked: false,
+                    headers: fields.headers,
+                };
+                let mut out = Vec::new();
+                t.on_event(HttpEvent::RequestHead { ts_ns, head }, &mut out);
+            }
+            (Kind::Http(t), Direction::Response) => {
+                let status = fields.status.unwrap_or(0);
+                if !self.responded && (200..).contains(&status) {
+                    self.responded = true;
+                    let head = ResponseHead {
+                        status,
+                        minor_version: 0,
+                        content_length: None,
+                        chunked: false,
+                        headers: fields.headers,
+                    };
+                    let mut out = Vec::new();
+                    t.on_event(HttpEvent::ResponseHead { ts_ns, head }, &mut out);
+                }
+            }
+            (Kind::Grpc(c), Direction::Request) => {
+                c.headers = fields
+                    .headers
+                    .into_iter()
+                    .filter(|(k, _)| matches!(*k, "traceparent" | "tracestate" | "x-request-id"))
+                    .collect();
+            }
+            (Kind::Grpc(c), Direction::Response) => {
+                if c.http_status.is_none() {
+                    c.http_status = fields.status;
+                }
+                if fields.grpc_status.is_some() {
+                    c.grpc_status = fields.grpc_status;
+                }
+            }
+            _ => {}
+        }
+        if end_stream {
+            self.end(dir, ts_ns, done);
+        }
+    }
+
+    fn data(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        data: &[u8],
+        fx: &mut H2Effects,
+        done: &mut Vec<H2Done>,
+    ) {
+        if let Kind::Http(t) = &mut self.kind {
+            let ev = match dir {
+                Direction::Request => HttpEvent::RequestBody { ts_ns, data },
+                Direction::Response => HttpEvent::ResponseBody { ts_ns, data },
+            };
+            let mut out = Vec::new();
+            t.on_event(ev, &mut out);
+            return;
+        }
+        if matches!(self.kind, Kind::Ignored) {
+            return;
+        }
+        let Stream {
+            kind, deframers, ..
+        } = self;
+        deframers[idx(dir)].feed(data, &mut |m| match m {
+            GrpcMessage::Message(bytes) => {
+                fx.grpc_messages += 1;
+                on_message(kind, dir, ts_ns, bytes, fx, done);
+            }
+            GrpcMessage::Compressed(_) | GrpcMessage::TooLarge(_) => {
+                fx.grpc_messages += 1;
+                fx.grpc_skipped += 1;
+                match kind {
+                    Kind::Grpc(c) => match dir {
+                        Direction::Request => c.request_messages += 1,
+                        Direction::Response => c.response_messages += 1,
+                    },
+                    Kind::ExtProc(e) => e.mark_incomplete(),
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    fn gap(&mut self, dir: Direction, len: u64) {
+        match &mut self.kind {
+            Kind::Http(t) => {
+                let ev = match dir {
+                    Direction::Request => HttpEvent::RequestBodyGap { len },
+                    Direction::Response => HttpEvent::ResponseBodyGap { len },
+                };
+                t.on_event(ev, &mut Vec::new());
+            }
+            Kind::Grpc(c) => c.incomplete = true,
+            Kind::ExtProc(e) if dir == Direction::Request => e.mark_incomplete(),
+            Kind::ExtProc(e) => e.mark_response_incomplete(),
+            _ => {}
+        }
+        self.deframers[idx(dir)].gap();
+    }
+
+    /// END_STREAM in direction `dir`.
+    fn end(&mut self, dir: Direction, ts_ns: u64, done: &mut Vec<H2Done>) {
+        self.ended[idx(dir)] = true;
+        match (&mut self.kind, dir) {
+            (Kind::Http(t), Direction::Request) => {
+                t.on_event(HttpEvent::RequestEnd { ts_ns }, &mut Vec::new());
+            }
+            (Kind::Http(t), Direction::Response) => {
+                let mut out = Vec::new();
+                t.on_event(HttpEvent::ResponseEnd { ts_ns }, &mut out);
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+            }
+            (Kind::Grpc(c), Direction::Response) => {
+                let mut call = (**c).clone();
+                call.end_ns = ts_ns;
+                call.outcome = CallOutcome::Completed;
+                done.push(H2Done::Call(call));
+                self.kind = Kind::Ignored;
+            }
+            (Kind::ExtProc(_), Direction::Response) => {
+                if let Kind::ExtProc(e) = std::mem::replace(&mut self.kind, Kind::Ignored) {
+                    done.extend(e.finish(ts_ns).map(H2Done::Decision));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn reset(self, dir: Direction, ts_ns: u64, code: u32, done: &mut Vec<H2Done>) {
+        match self.kind {
+            Kind::Http(mut t) => {
+                t.closing();
+                if dir == Direction::Request {
+                    t.peer_closed();
+                }
+                let mut out = Vec::new();
+                t.on_event(
+                    HttpEvent::Aborted {
+                        ts_ns,
+                        request_complete: false,
+                        response_started: self.responded,
+                    },
+                    &mut out,
+                );
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+            }
+            Kind::Grpc(mut c) => {
+                c.end_ns = ts_ns;
+                c.outcome = CallOutcome::Reset {
+                    by_client: dir == Direction::Request,
+                    code,
+                };
+                done.push(H2Done::Call(*c));
+            }
+            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(H2Done::Decision)),
+            Kind::Unknown | Kind::Ignored => {}
+        }
+    }
+
+    fn close(self, ts_ns: u64, peer_closed: bool, done: &mut Vec<H2Done>) {
+        match self.kind {
+            Kind::Http(mut t) => {
+                t.closing();
+                if peer_closed {
+                    t.peer_closed();
+                }
+                let mut out = Vec::new();
+                t.on_event(
+                    HttpEvent::Aborted {
+                        ts_ns,
+                        request_complete: false,
+                        response_started: self.responded,
+                    },
+                    &mut out,
+                );
+                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+            }
+            Kind::Grpc(mut c) => {
+                c.end_ns = ts_ns;
+                c.outcome = CallOutcome::Abandoned;
+                done.push(H2Done::Call(*c));
+            }
+            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(H2Done::Decision)),
+            Kind::Unknown | Kind::Ignored => {}
+        }
+    }
+}
+
+/// One whole gRPC message of a stream.
+fn on_message(
+    kind: &mut Kind,
+    dir: Direction,
+    ts_ns: u64,
+    bytes: &[u8],
+    fx: &mut H2Effects,
+    done: &mut Vec<H2Done>,
+) {
+    if matches!(kind, Kind::Unknown) {
+        // Headers unknown: an ext_proc stream shows itself by its first request message.
+        *kind = match (dir, ext_proc::decode_request(bytes)) {
+            (Direction::Request, Ok(m))
+                if matches!(
+                    m.request,
+                    Some(ext_proc::processing_request::Request::RequestHeaders(_))
+                ) =>
+            {
+                Kind::ExtProc(Box::new(ExtProcStream::new()))
+            }
+            _ => Kind::Ignored,
+        };
+    }
+    match kind {
+        Kind::Grpc(c) => match dir {
+            Direction::Request => c.request_messages += 1,
+            Direction::Response => c.response_messages += 1,
+        },
+        Kind::ExtProc(e) => match dir {
+            Direction::Request => match ext_proc::decode_request(bytes) {
+                Ok(m) => e.on_request(ts_ns, &m),
+                Err(_) => {
+                    fx.ext_proc_failures += 1;
+                    e.mark_incomplete();
+                }
+            },
+            Direction::Response => match ext_proc::decode_response(bytes) {
+                Ok(m) => done.extend(e.on_response(ts_ns, &m).map(H2Done::Decision)),
+                Err(_) => {
+                    fx.ext_proc_failures += 1;
+                    e.mark_incomplete();
+                }
+            },
+        },
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests;
