@@ -1,5 +1,5 @@
 //! TLS plaintext capture, end to end as root: a Go HTTPS server (`tests/peers/go/tlspeer`, built
-//! here with Debian's Go toolchain, normal and stripped) and the vLLM stand-in under uvicorn with
+//! here with Debian's Go toolchain, normal and stripped; HTTP/1.1 and HTTP/2) and the vLLM stand-in under uvicorn with
 //! TLS (OpenSSL), traced by the real agent; spans must come from the decrypted bytes.
 //!
 //! The site-finding tests (symbols, `.gopclntab`, RET offsets) need only `go`, not root.
@@ -327,10 +327,32 @@ fn go_https_spans(name: &str, stripped: bool) {
         assert_eq!(attr(span, "server.port"), server.port, "{span:#}");
     }
 
+    // HTTP/2 over TLS (ALPN "h2", Go's default): the plaintext goes through the HTTP/2 decoder.
+    let mut h2 = go_client(
+        &ctx,
+        &bin,
+        server.port,
+        &["-n", "3", "-stream=true", "-http2"],
+    );
+    h2.extend(go_client(
+        &ctx,
+        &bin,
+        server.port,
+        &["-n", "1", "-stream=false", "-http2"],
+    ));
+    assert!(h2.iter().all(|r| r["proto"] == "HTTP/2.0"), "{h2:?}");
+    let spans = spans_by_request_id(&agent, &h2);
+    check_spans(&h2, &spans);
+    for span in &spans {
+        assert_eq!(attr(span, "server.port"), server.port, "{span:#}");
+    }
+
     let status = agent.status();
     let tls = &status["tls"];
     assert!(tls["records"].as_u64().unwrap() >= 8, "{tls:#}");
-    assert_eq!(tls["streams"], 4, "four client connections: {tls:#}");
+    assert_eq!(tls["streams"], 6, "six client connections: {tls:#}");
+    assert_eq!(status["http2"]["connections"], 2, "{status:#}");
+    assert_eq!(status["http2"]["frame_errors"], 0, "{status:#}");
     // The uprobe programs are listed with the kernel's run statistics.
     for name in ["go_tls_read_enter", "go_tls_write_enter", "go_tls_ret"] {
         let p = poll(Duration::from_secs(5), || {
@@ -355,16 +377,13 @@ fn go_https_spans(name: &str, stripped: bool) {
 }
 
 #[test]
-fn go_https_http1_spans_from_plaintext() {
-    go_https_spans("go_https_http1_spans_from_plaintext", false);
+fn go_https_spans_from_plaintext() {
+    go_https_spans("go_https_spans_from_plaintext", false);
 }
 
 #[test]
-fn go_https_http1_spans_from_plaintext_of_a_stripped_binary() {
-    go_https_spans(
-        "go_https_http1_spans_from_plaintext_of_a_stripped_binary",
-        true,
-    );
+fn go_https_spans_from_plaintext_of_a_stripped_binary() {
+    go_https_spans("go_https_spans_from_plaintext_of_a_stripped_binary", true);
 }
 
 /// A self-signed certificate for 127.0.0.1 with its key, made by the openssl CLI: (key, cert).
