@@ -29,11 +29,12 @@ use crate::export::debug::{DebugServer, DebugState, Readiness};
 use crate::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
 use crate::export::metrics::RequestMetrics;
 use crate::export::otlp::{config::OtlpConfig, OtlpSpanExporter};
-use crate::export::status::{ProbeStatus, StatusSource, TargetStatus};
+use crate::export::status::{ProbeStatus, StatusSource, TargetStatus, TlsAttachStatus};
 use crate::export::store::SpanStore;
 use crate::export::SpanSink;
 use crate::probes::pod_targets::PodScanner;
 use crate::probes::targets::{classify_fd, tcp_sockets, FdKind, Scanner, Target, TargetSource};
+use crate::probes::uprobe::{self, AttachOutcome, TlsPlan};
 use crate::probes::{kernel_drops, Probes};
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
@@ -65,6 +66,8 @@ enum Control {
     },
     /// A process is no longer a target.
     Gone { pid: u32 },
+    /// Files of a new target whose TLS can be probed (or why not), for the pipeline to attach.
+    Tls { pid: u32, plans: Vec<TlsPlan> },
 }
 
 /// The maps both the targeting thread and the pipeline write.
@@ -270,6 +273,7 @@ async fn run(config: Config) -> Result<()> {
         enrichers,
         waiting: VecDeque::new(),
         probes,
+        tls_status: Vec::new(),
     };
     if gpu.is_on() {
         pipeline
@@ -394,6 +398,12 @@ fn targeting_loop(
                     });
                 }
             }
+            // TLS: find the uprobe sites here (reading and parsing binaries blocks); the pipeline,
+            // which owns the programs, attaches them.
+            let plans = uprobe::plan(*pid);
+            if !plans.is_empty() {
+                let _ = ctl.blocking_send(Control::Tls { pid: *pid, plans });
+            }
             tracing::info!(pid, comm = %t.comm, reason = %t.reason, "Tracing process.");
             current.insert(*pid, t.clone());
         }
@@ -428,6 +438,8 @@ struct Pipeline {
     waiting: VecDeque<Finished>,
     /// Held for the life of the pipeline: dropping it detaches the programs.
     probes: Probes,
+    /// TLS uprobe attachments per targeted process, for `/status`.
+    tls_status: Vec<TlsAttachStatus>,
 }
 
 impl Pipeline {
@@ -509,6 +521,12 @@ impl Pipeline {
                 stats
                     .bytes_read
                     .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                if chunk.is_tls() {
+                    stats.tls_records.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .tls_bytes
+                        .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                }
                 self.table.data(&chunk, stats, &mut self.done);
             }
             Record::Open {
@@ -621,7 +639,9 @@ impl Pipeline {
                     &self.stats,
                 );
             }
+            Control::Tls { pid, plans } => self.attach_tls(pid, plans),
             Control::Gone { pid } => {
+                self.tls_status.retain(|t| t.pid != pid);
                 self.table.process_exit(
                     pid,
                     WallClock::monotonic_now(),
@@ -647,7 +667,20 @@ impl Pipeline {
             .fetch_max(dropped, Ordering::Relaxed);
         let open = self.table.len() as u64;
         let runs = self.probes.program_stats();
+        let tls_programs = self.probes.tls_programs();
         status.update(|s| {
+            // TLS uprobe programs appear once attached somewhere, with their run statistics.
+            for name in tls_programs {
+                if !s.probes.iter().any(|p| p.name == name) {
+                    s.probes.push(ProbeStatus {
+                        name: name.to_string(),
+                        attached: true,
+                        error: None,
+                        run_count: 0,
+                        run_time_ns: 0,
+                    });
+                }
+            }
             for p in s.probes.iter_mut() {
                 if let Some((_, count, ns)) = runs.iter().find(|(n, _, _)| *n == p.name) {
                     p.run_count = *count;
@@ -655,8 +688,45 @@ impl Pipeline {
                 }
             }
             s.connections_open = open;
+            s.tls = self.tls_status.clone();
             s.kernel_dropped = kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
         });
+    }
+
+    /// Attach the TLS uprobes of a new target's files (each file once) and record the outcome.
+    fn attach_tls(&mut self, pid: u32, plans: Vec<TlsPlan>) {
+        for plan in plans {
+            let result = self.probes.attach_tls(&plan);
+            let (attached, error) = match &result {
+                Ok(AttachOutcome::Attached(n)) => {
+                    self.stats
+                        .tls_uprobes_attached
+                        .fetch_add(*n as u64, Ordering::Relaxed);
+                    tracing::info!(pid, library = plan.library, path = %plan.path, uprobes = n, detail = %plan.detail(), "TLS plaintext capture attached.");
+                    (true, None)
+                }
+                Ok(AttachOutcome::AlreadyAttached) => (true, None),
+                Err(e) => {
+                    self.stats
+                        .tls_attach_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pid, library = plan.library, path = %plan.path, error = %e, "TLS plaintext cannot be captured; this process's TLS connections are not decoded.");
+                    (false, Some(e.clone()))
+                }
+            };
+            self.tls_status.push(TlsAttachStatus {
+                pid,
+                library: plan.library.to_string(),
+                path: plan.path.clone(),
+                attached,
+                detail: if attached {
+                    plan.detail()
+                } else {
+                    String::new()
+                },
+                error,
+            });
+        }
     }
 
     /// Accepted connections on a wildcard listener learn their local address from /proc.

@@ -86,6 +86,20 @@ counters! {
     metrics_exported,
     /// Metric export requests that failed (the values are sent again at the next interval).
     metrics_export_failed,
+    /// TLS plaintext records (Go `crypto/tls` and OpenSSL uprobes).
+    tls_records,
+    /// TLS plaintext bytes received from the kernel.
+    tls_bytes,
+    /// Connections whose TLS plaintext was captured and parsed.
+    tls_streams,
+    /// Connections seen carrying TLS records at the socket (ciphertext, skipped, not counted as
+    /// bad input); their plaintext is parsed only where a TLS uprobe captured it.
+    tls_ciphertext_streams,
+    /// TLS uprobes attached (one per probed instruction of a binary or library).
+    tls_uprobes_attached,
+    /// Binaries or libraries of targeted processes whose TLS could not be probed (see `/status`
+    /// `tls` for why).
+    tls_attach_failures,
     /// Connections taken as HTTP/2 (client preface, server SETTINGS, or frames mid-stream).
     http2_connections,
     /// HTTP/2 frames or header blocks that could not be parsed (garbage, HPACK failures): the

@@ -126,7 +126,7 @@ class Conn:
             addr = stream.get_extra_info("client_addr") if stream is not None else None
             self.local.port = addr[1] if addr else None
 
-        kw: dict[str, Any] = {"limits": limits}
+        kw: dict[str, Any] = {"limits": limits, "verify": VERIFY}
         if messages_first:
             kw = {"transport": PromptFirstTransport(limits=limits)}
         self.http = openai.DefaultHttpxClient(event_hooks={"response": [on_response]}, **kw)
@@ -441,6 +441,10 @@ def run_hold(args: argparse.Namespace, out: Output) -> None:
         conn.close()
 
 
+# TLS verification of the server: True (system CAs), or a CA file (--ca-file).
+VERIFY: Any = True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
@@ -469,7 +473,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hold-connection", action="store_true", help="see --wait-file")
     ap.add_argument("--wait-file", help="with --hold-connection: wait for this file after the first request")
     ap.add_argument("--wait-timeout", type=float, default=120.0)
+    ap.add_argument("--ca-file", help="verify an HTTPS server against this CA certificate (PEM)")
     args = ap.parse_args(argv)
+    if args.ca_file:
+        global VERIFY
+        VERIFY = args.ca_file
     global PAD_WORDS
     PAD_WORDS = args.prompt_pad_words
     if args.hold_connection and not args.wait_file:

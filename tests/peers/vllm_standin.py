@@ -697,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-file", help="written (with the port) once the server listens")
     ap.add_argument("--timeout-keep-alive", type=int, default=5, help="idle keep-alive timeout (vLLM: 5 s)")
     ap.add_argument("--enable-request-id-headers", action="store_true", help="as vLLM's flag: X-Request-Id on responses")
+    ap.add_argument("--ssl-keyfile", help="as vLLM's flag: serve HTTPS with this private key (PEM)")
+    ap.add_argument("--ssl-certfile", help="as vLLM's flag: serve HTTPS with this certificate (PEM)")
     args = ap.parse_args(argv)
 
     SETTINGS.model = args.model
@@ -723,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
         access_log=False,
         timeout_keep_alive=args.timeout_keep_alive,
         lifespan="off",
+        ssl_keyfile=args.ssl_keyfile,
+        ssl_certfile=args.ssl_certfile,
     )
     server = uvicorn.Server(config)
     logging.getLogger("uvicorn.error").addFilter(_DropStandinAbort())

@@ -290,6 +290,8 @@ pub struct StandInOpts {
     pub model: String,
     /// Extra environment of the server process (e.g. `CUDA_VISIBLE_DEVICES`).
     pub env: Vec<(String, String)>,
+    /// Serve HTTPS with this (key, certificate) PEM pair (uvicorn's `--ssl-keyfile/--ssl-certfile`).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for StandInOpts {
@@ -300,6 +302,7 @@ impl Default for StandInOpts {
             keep_alive_s: 5,
             model: "standin-model".into(),
             env: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -324,6 +327,12 @@ impl StandIn {
             .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
         for (k, v) in &opts.env {
             cmd.env(k, v);
+        }
+        if let Some((key, cert)) = &opts.tls {
+            cmd.arg("--ssl-keyfile")
+                .arg(key)
+                .arg("--ssl-certfile")
+                .arg(cert);
         }
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
         let port = poll(Duration::from_secs(30), || {
@@ -352,7 +361,12 @@ impl StandIn {
     }
 
     pub fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1", self.port)
+        let scheme = if self.opts.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://127.0.0.1:{}/v1", self.port)
     }
 }
 

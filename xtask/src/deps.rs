@@ -5,6 +5,8 @@
 //!   runs its own Prometheus scraping the agent and evaluates the PromQL of `docs/operators.md`.
 //!   The package's systemd service is stopped (and disabled) after the install: the tests run their
 //!   own server on a free port and must not share the machine with a stray one.
+//! - Go (Debian's `golang-go`, `/usr/bin/go`) and the `openssl` CLI: `tests/tests/tls.rs` builds its
+//!   Go HTTPS peer (`tests/peers/go`) and makes certificates.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -60,4 +62,41 @@ pub fn ensure_prometheus() -> Result<()> {
             .status();
     }
     Ok(())
+}
+
+/// Where the TLS tests look for Go.
+pub const GO: &str = "/usr/bin/go";
+
+/// Installs Debian packages when `probe` is missing (apt index refreshed once on failure).
+fn ensure_apt(probe: &str, packages: &[&str]) -> Result<()> {
+    if Path::new(probe).exists() {
+        return Ok(());
+    }
+    let install = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.args(["install", "-y", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        cmd
+    };
+    if run(&mut install()).is_err() {
+        let mut update = Command::new("apt-get");
+        update
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null());
+        run(&mut update)?;
+        run(&mut install())?;
+    }
+    if !Path::new(probe).exists() {
+        bail!("apt-get installed {packages:?}, but {probe} is missing");
+    }
+    Ok(())
+}
+
+/// Go (to build the TLS test peer) and the openssl CLI (test certificates), unless present.
+pub fn ensure_tls_test_tools() -> Result<()> {
+    ensure_apt(GO, &["golang-go"])?;
+    ensure_apt("/usr/bin/openssl", &["openssl"])
 }

@@ -143,6 +143,7 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
     let python = setup::python_env()?;
     if is_root() {
         deps::ensure_prometheus()?;
+        deps::ensure_tls_test_tools()?;
     }
     if !is_root() {
         if require_root {
@@ -211,6 +212,7 @@ fn main() -> Result<()> {
             setup::python_env()?;
             if is_root() {
                 deps::ensure_prometheus()?;
+                deps::ensure_tls_test_tools()?;
             }
             Ok(())
         }

@@ -50,6 +50,13 @@ pub struct DataChunk<'a> {
     pub payload: &'a [u8],
 }
 
+impl DataChunk<'_> {
+    /// TLS plaintext captured by a uprobe (Go `crypto/tls`, OpenSSL), not bytes of a syscall.
+    pub fn is_tls(&self) -> bool {
+        (SYS_GO_TLS_READ..=SYS_SSL_WRITE).contains(&self.syscall)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Record<'a> {
     Data(DataChunk<'a>),
@@ -225,6 +232,38 @@ mod tests {
         assert!(d.last);
         assert_eq!(d.syscall, SYS_SENDTO);
         assert_eq!((d.stream_pos, d.syscall_pos, d.syscall_len), (100, 90, 20));
+    }
+
+    #[test]
+    fn tls_plaintext_records_are_told_apart_from_syscall_bytes() {
+        for (kind, egress, tls) in [
+            (SYS_GO_TLS_READ, false, true),
+            (SYS_GO_TLS_WRITE, true, true),
+            (SYS_SSL_READ, false, true),
+            (SYS_SSL_WRITE, true, true),
+            (SYS_READ, false, false),
+            (SYS_SENDMSG, true, false),
+        ] {
+            let r = DataRecord {
+                header: RecordHeader {
+                    kind: RECORD_DATA,
+                    tgid: 1,
+                    ts_ns: 1,
+                },
+                len: 2,
+                flags: (if tls { DATA_FLAG_TLS } else { 0 })
+                    | (if egress { DATA_FLAG_EGRESS } else { 0 })
+                    | (kind << DATA_SYSCALL_SHIFT),
+                ..Default::default()
+            };
+            let mut b = bytes_of(&r);
+            b.extend_from_slice(b"hi");
+            let Record::Data(d) = decode(&b).unwrap() else {
+                panic!("not data")
+            };
+            assert_eq!(d.is_tls(), tls, "kind {kind}");
+            assert_eq!(d.dir == SocketDir::Egress, egress, "kind {kind}");
+        }
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::protocol::{Direction, Segment};
 use crate::stats::Stats;
 use crate::trace::build::ConnMeta;
 
+mod tls;
+use tls::{Route, TlsMode};
 mod h2;
 pub use crate::exchange::h2::H2Done;
 
@@ -38,6 +40,8 @@ struct Conn {
     /// Given up on: not HTTP/1.x.
     opaque: bool,
     provider: &'static str,
+    /// Whether the stream is TLS, and which bytes of it are parsed (`tls`).
+    tls: TlsMode,
     /// Seen from its first byte (not picked up mid-stream).
     from_start: bool,
     /// Set once the connection is taken for HTTP/2: its bytes go there instead of `http`.
@@ -158,6 +162,7 @@ impl ConnTable {
                     .get(&id.tgid)
                     .copied()
                     .unwrap_or("openai_compatible"),
+                tls: TlsMode::Unknown,
                 from_start: origin == Origin::Start,
                 h2: None,
             },
@@ -211,10 +216,35 @@ impl ConnTable {
             }
             return;
         }
+        let d = chunk.dir as usize;
+        let stream_start = chunk.stream_pos == 0 || c.next_pos[d].is_none();
+        match tls::route(&mut c.tls, chunk, stream_start) {
+            Route::Parse => {}
+            Route::Skip => return,
+            Route::StartCiphertext => {
+                stats.tls_ciphertext_streams.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Route::Restart => {
+                // The plaintext stream has positions of its own, from 0 when its TLS object was
+                // matched to the socket: at the handshake for a connection seen from its start.
+                stats.tls_streams.fetch_add(1, Ordering::Relaxed);
+                let from_start = c.from_start && chunk.stream_pos == 0;
+                c.http = Http1Conn::new(!from_start);
+                c.exchanges = ExchangeTracker::new();
+                c.h2 = None;
+                c.from_start = from_start;
+                c.next_pos = if from_start {
+                    [Some(0), Some(0)]
+                } else {
+                    [None, None]
+                };
+                c.opaque = false;
+            }
+        }
         if c.opaque {
             return;
         }
-        let d = chunk.dir as usize;
         let hdir = c.http_dir(chunk.dir);
         if c.h2.is_none() {
             let at_start = c.from_start && chunk.stream_pos == 0 && c.next_pos[d] == Some(0);

@@ -36,6 +36,8 @@ pub struct StatusSnapshot {
     /// The Kubernetes source (Kubernetes mode only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesStatus>,
+    #[serde(default)]
+    pub tls: TlsStatus,
 }
 
 /// The Kubernetes source: the API server connection, the opted-in namespaces, this node's pods.
@@ -140,6 +142,32 @@ pub struct ExporterStatus {
     pub last_error_unix_nano: Option<u64>,
 }
 
+/// TLS plaintext capture: what was probed in each targeted process, and the counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsStatus {
+    pub attachments: Vec<TlsAttachStatus>,
+    pub records: u64,
+    pub bytes: u64,
+    pub streams: u64,
+    pub ciphertext_streams: u64,
+    pub uprobes_attached: u64,
+    pub attach_failures: u64,
+}
+
+/// One TLS library or Go binary of a targeted process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsAttachStatus {
+    pub pid: u32,
+    /// `go` or `openssl`.
+    pub library: String,
+    pub path: String,
+    pub attached: bool,
+    /// Go version and where its symbols came from, or the OpenSSL functions probed.
+    pub detail: String,
+    /// Why it is not probed (binary not readable, symbol not found, Go version unsupported, …).
+    pub error: Option<String>,
+}
+
 /// The GPU source's state (`gpu::SourceStatus` in short; `GET /gpu` has the whole of it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GpuStatus {
@@ -179,6 +207,8 @@ pub struct AppStatus {
     pub kernel_dropped: BTreeMap<String, u64>,
     pub gpu: GpuStatus,
     pub kubernetes: Option<KubernetesStatus>,
+    /// TLS uprobe attachments of targeted processes.
+    pub tls: Vec<TlsAttachStatus>,
 }
 
 /// Everything `/status` reads; cheap to clone, shared by the app (writer) and the debug server.
@@ -275,6 +305,15 @@ impl StatusSource {
             },
             gpu: app.gpu,
             kubernetes: app.kubernetes,
+            tls: TlsStatus {
+                attachments: app.tls,
+                records: get(&s.tls_records),
+                bytes: get(&s.tls_bytes),
+                streams: get(&s.tls_streams),
+                ciphertext_streams: get(&s.tls_ciphertext_streams),
+                uprobes_attached: get(&s.tls_uprobes_attached),
+                attach_failures: get(&s.tls_attach_failures),
+            },
         }
     }
 }
@@ -383,7 +422,9 @@ mod tests {
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
                              "spans_not_sampled": 0, "last_error": null,
                              "last_error_unix_nano": null},
-                "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"}
+                "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"},
+                "tls": {"attachments": [], "records": 0, "bytes": 0, "streams": 0,
+                        "ciphertext_streams": 0, "uprobes_attached": 0, "attach_failures": 0}
             })
         );
         // Counters are read at request time, not copied.

@@ -8,6 +8,7 @@
 pub mod pod_targets;
 pub mod targets;
 pub mod tracefs;
+pub mod uprobe;
 
 use std::os::fd::OwnedFd;
 
@@ -96,6 +97,8 @@ pub struct Probes {
     pub states: Vec<ProbeState>,
     /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program).
     _stats: Option<OwnedFd>,
+    /// TLS uprobes: files attached, programs loaded (`uprobe`).
+    tls: uprobe::TlsAttachments,
 }
 
 /// Maps handed to the stages that use them.
@@ -230,6 +233,7 @@ impl Probes {
                 logger,
                 states,
                 _stats: stats,
+                tls: uprobe::TlsAttachments::default(),
             },
             Maps {
                 targets,

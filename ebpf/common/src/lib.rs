@@ -43,6 +43,21 @@ pub const SYS_WRITE: u32 = 5;
 pub const SYS_WRITEV: u32 = 6;
 pub const SYS_SENDTO: u32 = 7;
 pub const SYS_SENDMSG: u32 = 8;
+/// Plaintext of a TLS library call (records flagged `DATA_FLAG_TLS`), not a syscall: Go's
+/// `crypto/tls.(*Conn).Read`/`Write`, OpenSSL's `SSL_read`/`SSL_write` (and their `_ex` forms).
+pub const SYS_GO_TLS_READ: u32 = 9;
+pub const SYS_GO_TLS_WRITE: u32 = 10;
+pub const SYS_SSL_READ: u32 = 11;
+pub const SYS_SSL_WRITE: u32 = 12;
+
+/// `DataRecord::flags`: the payload is TLS plaintext captured by a uprobe. Its stream positions
+/// count plaintext bytes of the connection since the TLS object was matched to its socket; the
+/// record's `conn_id` and `fd` are those of the socket.
+pub const DATA_FLAG_TLS: u32 = 8;
+
+/// `ConnInfo::flags`: the socket carries TLS whose plaintext is captured by uprobes; the kernel
+/// no longer copies its ciphertext (only end-of-stream is reported).
+pub const CONN_FLAG_TLS: u32 = 1;
 
 /// Connection roles (`ConnInfo::role`, `ConnOpenRecord::role`).
 pub const ROLE_SERVER: u32 = 1;
@@ -60,7 +75,10 @@ pub const DROP_RINGBUF_CONTROL: u32 = 1;
 pub const DROP_READ_USER: u32 = 2;
 pub const DROP_SOCKETS_FULL: u32 = 3;
 pub const DROP_ACTIVE_FULL: u32 = 4;
-pub const DROP_COUNTERS: u32 = 5;
+/// TLS plaintext whose TLS object was never matched to a socket (no socket syscall was seen inside
+/// a call on it yet): the bytes cannot be placed in a connection.
+pub const DROP_TLS_UNMATCHED: u32 = 5;
+pub const DROP_COUNTERS: u32 = 6;
 
 /// Names of the drop counters, index-aligned with the `DROP_*` constants.
 pub const DROP_NAMES: [&str; DROP_COUNTERS as usize] = [
@@ -69,6 +87,7 @@ pub const DROP_NAMES: [&str; DROP_COUNTERS as usize] = [
     "read_user_failed",
     "sockets_map_full",
     "active_map_full",
+    "tls_unmatched",
 ];
 
 /// Start of every ring buffer record.
@@ -149,10 +168,40 @@ pub struct ConnKey {
 pub struct ConnInfo {
     pub conn_id: u64,
     pub role: u32,
-    pub _pad: u32,
+    /// `CONN_FLAG_*` bits.
+    pub flags: u32,
     /// Bytes read so far (the ingress stream position).
     pub rx_pos: u64,
     /// Bytes written so far (the egress stream position).
+    pub tx_pos: u64,
+    /// With `CONN_FLAG_TLS`: the TLS object matched to this socket (its `TlsKey::ptr`), whose
+    /// `TLS_CONNS` entry goes when the socket closes.
+    pub tls_ptr: u64,
+}
+
+/// Key of the `TLS_CONNS` map: one TLS object (a Go `*tls.Conn` or an OpenSSL `SSL *`) of one
+/// process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The object's address in the process.
+    pub ptr: u64,
+}
+
+/// Value of the `TLS_CONNS` map: the socket a TLS object was matched to, and the positions of its
+/// plaintext streams.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TlsConn {
+    /// The socket's `ConnInfo::conn_id`.
+    pub conn_id: u64,
+    pub fd: u32,
+    pub _pad: u32,
+    /// Plaintext bytes read so far.
+    pub rx_pos: u64,
+    /// Plaintext bytes written so far.
     pub tx_pos: u64,
 }
 
@@ -176,7 +225,9 @@ const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
+const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);
+const _: () = assert!(core::mem::size_of::<TlsConn>() == 32);
 const _: () = assert!(CHUNK_MAX.is_power_of_two());
 
 #[cfg(feature = "user")]

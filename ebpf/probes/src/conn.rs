@@ -135,9 +135,10 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
     let info = ConnInfo {
         conn_id: rec.conn_id,
         role,
-        _pad: 0,
+        flags: 0,
         rx_pos: 0,
         tx_pos: 0,
+        tls_ptr: 0,
     };
     if SOCKETS.insert(key, info, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
@@ -170,6 +171,9 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         None => return 0,
     };
     let _ = SOCKETS.remove(key);
+    if info.flags & CONN_FLAG_TLS != 0 {
+        crate::tls::forget(key, &info);
+    }
     let rec = ConnCloseRecord {
         header: RecordHeader {
             kind: RECORD_CONN_CLOSE,

@@ -17,15 +17,15 @@ struct IoVec {
     len: u64,
 }
 
-/// Header fields shared by every record of one syscall.
-struct Call {
-    pid_tgid: u64,
-    conn_id: u64,
-    fd: u32,
-    flags: u32,
-    syscall_pos: u64,
-    syscall_len: u64,
-    ts_ns: u64,
+/// Header fields shared by every record of one syscall (or TLS call).
+pub(crate) struct Call {
+    pub(crate) pid_tgid: u64,
+    pub(crate) conn_id: u64,
+    pub(crate) fd: u32,
+    pub(crate) flags: u32,
+    pub(crate) syscall_pos: u64,
+    pub(crate) syscall_len: u64,
+    pub(crate) ts_ns: u64,
 }
 
 #[inline(always)]
@@ -54,6 +54,13 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         }
         ((*info).conn_id, pos)
     };
+    // SAFETY: as above.
+    if unsafe { (*info).flags } & CONN_FLAG_TLS != 0 {
+        return; // ciphertext: its plaintext comes from the TLS uprobes (`tls.rs`)
+    }
+    if !egress {
+        crate::tls::note_read(pid_tgid, call.fd);
+    }
     let c = Call {
         pid_tgid,
         conn_id,
@@ -113,7 +120,7 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
 /// Each chunk's offset is computed from the loop index, never accumulated, so that the verifier
 /// sees the same state at every iteration and can prune instead of exploring 2^n paths.
 #[inline(always)]
-fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
+pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
     const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
     for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
         let off = i * MAX;

@@ -11,6 +11,9 @@
 //! buffers), each stamped with its position in the connection's byte stream so that userspace
 //! sees every loss exactly.
 //!
+//! `tls.rs`: uprobes on Go's `crypto/tls` and OpenSSL that copy TLS plaintext into the same data
+//! records, matched to their socket through the syscalls the TLS library makes.
+//!
 //! Minimum kernel version: 5.8 (ring buffer); bounded loops need 5.3.
 #![no_std]
 #![no_main]
@@ -18,6 +21,7 @@
 mod conn;
 mod data;
 mod maps;
+mod tls;
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
@@ -74,6 +78,7 @@ fn enter_data(
     if unsafe { SOCKETS.get(key).is_none() } {
         return 0;
     }
+    tls::match_socket(pid_tgid, key);
     if let Some(n) = peek_flags_arg {
         if arg(ctx, n) & MSG_PEEK != 0 {
             return 0; // peeked bytes are read again later: copying them would duplicate them

@@ -2,9 +2,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use infertap_common::{ConnInfo, ConnKey, DataRecord, CHUNK_MAX, DROP_COUNTERS};
+use infertap_common::{ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_COUNTERS};
 
 /// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
 /// and sized by it from `kernel.pid_max`. Every program looks here first and leaves at once for
@@ -86,4 +86,40 @@ pub fn wakeup_flags() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// TLS objects (Go `*tls.Conn`, OpenSSL `SSL *`) matched to the socket they run over, with the
+/// positions of their plaintext streams. LRU: an object freed without its socket being seen
+/// closing ages out.
+#[map]
+pub static TLS_CONNS: LruHashMap<TlsKey, TlsConn> = LruHashMap::with_max_entries(65536, 0);
+
+/// A TLS call in flight on a thread (key: pid_tgid → the TLS object): the next socket syscall of
+/// that thread matches the object to its socket (`tls::match_socket`).
+#[map]
+pub static TLS_ACTIVE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Arguments of a TLS call from its entry to its return, keyed by goroutine (Go: the `g` in R14)
+/// or by thread (OpenSSL: pid_tgid) in `TlsKey::ptr`.
+#[map]
+pub static TLS_CALLS: LruHashMap<TlsKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The traced socket each thread last read bytes from (pid_tgid → fd): OpenSSL used through a
+/// memory BIO (Python's asyncio and uvloop) decrypts after the read, outside any SSL call.
+#[map]
+pub static LAST_RX: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// What a TLS call's entry saves for its return.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The TLS object.
+    pub conn: u64,
+    /// The plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the byte count is written; 0 otherwise.
+    pub out_len: u64,
+    /// `SYS_GO_TLS_*` or `SYS_SSL_*`.
+    pub kind: u32,
+    pub _pad: u32,
 }

@@ -1,0 +1,50 @@
+//! Where to put uprobes in OpenSSL's libssl: `SSL_read`, `SSL_write`, `SSL_read_ex`,
+//! `SSL_write_ex` from its dynamic symbol table, and which libssl a process has mapped.
+
+use std::path::PathBuf;
+
+use super::elf::Image;
+use super::UprobeError;
+
+/// The four functions, with whether each is an `_ex` form.
+pub const FUNCTIONS: [(&str, bool); 4] = [
+    ("SSL_read", false),
+    ("SSL_write", false),
+    ("SSL_read_ex", true),
+    ("SSL_write_ex", true),
+];
+
+/// File offsets of the functions present (`_ex` forms exist from OpenSSL 1.1.1 on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SslSites {
+    pub functions: Vec<(&'static str, u64)>,
+}
+
+pub fn analyze(data: &[u8]) -> Result<SslSites, UprobeError> {
+    let img = Image::parse(data)?;
+    let mut functions = Vec::new();
+    for (name, _) in FUNCTIONS {
+        if let Some((addr, _)) = img.symbol(name).filter(|(a, _)| *a != 0) {
+            let off = img
+                .file_offset(addr)
+                .ok_or(UprobeError::SymbolNotFound(name))?;
+            functions.push((name, off));
+        }
+    }
+    if !functions
+        .iter()
+        .any(|(n, _)| *n == "SSL_read" || *n == "SSL_read_ex")
+    {
+        return Err(UprobeError::SymbolNotFound("SSL_read"));
+    }
+    Ok(SslSites { functions })
+}
+
+/// The libssl a process has mapped (path as the process sees it), from `/proc/<pid>/maps`.
+pub fn mapped_libssl(maps: &str) -> Option<PathBuf> {
+    maps.lines().find_map(|l| {
+        let path = l.split_whitespace().nth(5)?;
+        let file = path.rsplit('/').next()?;
+        (path.starts_with('/') && file.starts_with("libssl.so")).then(|| PathBuf::from(path))
+    })
+}

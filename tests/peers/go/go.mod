@@ -1,0 +1,3 @@
+module infertap.test/peers
+
+go 1.19
