@@ -27,7 +27,14 @@ fn fake_timeline(n: u32) -> serde_json::Value {
                 (0..60)
                     .map(|k| {
                         let t = k as f64 * 3.0 - 10.0;
-                        [t, if (k + i as usize) % 2 == 0 { lo } else { hi }]
+                        [
+                            t,
+                            if (k + i as usize).is_multiple_of(2) {
+                                lo
+                            } else {
+                                hi
+                            },
+                        ]
                     })
                     .collect()
             };
