@@ -310,16 +310,33 @@ pub struct StandIn {
 
 impl StandIn {
     pub fn start(ctx: &TestCtx, opts: StandInOpts) -> StandIn {
+        StandIn::start_on(ctx, opts, 0, |_| true).expect("the pid check accepts any pid")
+    }
+
+    /// Starts the stand-in on `port` (0: a free one). `accept_pid` sees the new process's pid
+    /// first: when it says no, the process is killed at once and `None` returned (a test that
+    /// needs a particular pid retries).
+    pub fn start_on(
+        ctx: &TestCtx,
+        opts: StandInOpts,
+        port: u16,
+        accept_pid: impl FnOnce(u32) -> bool,
+    ) -> Option<StandIn> {
         let ready = ctx.file("standin.ready");
         let _ = fs::remove_file(&ready);
         let mut cmd = python("vllm_standin.py");
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--ready-file"])
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--ready-file"])
             .arg(&ready)
             .args(["--model", &opts.model])
             .args(["--ttft-ms", &opts.ttft_ms.to_string()])
             .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
             .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
+        if !accept_pid(proc.pid()) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+            return None;
+        }
         let port = poll(Duration::from_secs(30), || {
             if let Some(s) = proc.exited() {
                 panic!(
@@ -338,7 +355,7 @@ impl StandIn {
                 proc.log_text()
             )
         });
-        StandIn { proc, port, opts }
+        Some(StandIn { proc, port, opts })
     }
 
     pub fn pid(&self) -> u32 {
@@ -779,14 +796,21 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::start_on(0)
+    }
+
+    /// A receiver on `127.0.0.1:port` (0: any free port), e.g. a restarted collector on the port
+    /// of one that was stopped.
+    pub fn start_on(port: u16) -> Receiver {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let inner = rt
-            .block_on(OtlpReceiver::start())
-            .expect("starting the OTLP receiver");
+            .block_on(OtlpReceiver::start_on(addr))
+            .unwrap_or_else(|e| panic!("starting the OTLP receiver on {addr}: {e:#}"));
         Receiver {
             inner: Some(inner),
             rt,
@@ -812,6 +836,31 @@ impl Receiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.inner().spans()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.inner().addr().port()
+    }
+
+    /// Export requests seen so far, refused and held ones included.
+    pub fn requests(&self) -> u64 {
+        self.inner().requests()
+    }
+
+    /// Answer every export with `UNAVAILABLE` (see [`OtlpReceiver::refuse`]).
+    pub fn refuse(&self) {
+        self.inner().refuse();
+    }
+
+    /// Hold every export unanswered (see [`OtlpReceiver::pause`]).
+    pub fn pause(&self) {
+        self.inner().pause();
+    }
+
+    /// Keep spans and answer OK again.
+    pub fn accept(&self) {
+        self.inner().accept();
     }
 
     /// Waits until every span id in `ids` arrived; panics after `timeout` naming the missing.

@@ -1,0 +1,569 @@
+//! Faults the agent must survive without losing anything silently, as root: the OTLP collector
+//! absent, slow, refusing or restarting; the traced server killed mid-stream; a pid reused by
+//! another process; thousands of short-lived connections; the agent restarted under open
+//! connections; the ring buffer overflowing; floods of non-HTTP bytes and adversarial HTTP, SSE and
+//! JSON; and running without a needed privilege, BTF or tracefs.
+//!
+//! Each test asserts what a user sees: spans on `/spans` and at a real OTLP receiver, counters on
+//! `/status` and `/metrics`, the agent's RSS, and the messages it prints when it cannot run.
+//!
+//! Run: `cargo xtask build && cargo test --release -p infertap-tests --test faults` (as root).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use infertap_tests::harness::{
+    self, attr, free_port, http_get, paths, poll, random_hex, Agent, Proc, Receiver, StandIn,
+    StandInOpts, TestCtx,
+};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+// ---------------------------------------------------------------------------------------------
+// A small HTTP/1.1 client over raw sockets: the faults below need byte-exact control of what is
+// sent (adversarial input) and of which connection carries it (keep-alive across an agent
+// restart), which a full client library hides; responses are read as far as the tests need
+// (Content-Length or chunked bodies).
+
+/// One response as read off the wire.
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    /// Decoded body (chunked framing removed).
+    body: Vec<u8>,
+}
+
+/// A W3C trace context the test makes up for one request: the agent's span for it must carry
+/// this trace id and this parent span id.
+#[derive(Clone, Debug)]
+struct Ctx {
+    trace: String,
+    parent: String,
+}
+
+impl Ctx {
+    fn new() -> Ctx {
+        Ctx {
+            trace: random_hex(16),
+            parent: random_hex(8),
+        }
+    }
+
+    fn header(&self) -> String {
+        format!("traceparent: 00-{}-{}-01\r\n", self.trace, self.parent)
+    }
+}
+
+fn read_line(r: &mut impl BufRead) -> std::io::Result<String> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(line)
+}
+
+/// Reads one response; `on_chunk` sees each chunk of a chunked body as it arrives.
+fn read_response(r: &mut impl BufRead, mut on_chunk: impl FnMut(&[u8])) -> std::io::Result<Resp> {
+    let status_line = read_line(r)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {status_line:?}")))?;
+    let mut length = None;
+    let mut chunked = false;
+    loop {
+        let line = read_line(r)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse::<usize>().ok();
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let size_line = read_line(r)?;
+            let size = usize::from_str_radix(size_line.trim().split(';').next().unwrap(), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {size_line:?}")))?;
+            let mut chunk = vec![0u8; size + 2];
+            r.read_exact(&mut chunk)?;
+            chunk.truncate(size);
+            if size == 0 {
+                break;
+            }
+            on_chunk(&chunk);
+            body.extend_from_slice(&chunk);
+        }
+    } else if let Some(n) = length {
+        body.resize(n, 0);
+        r.read_exact(&mut body)?;
+    }
+    Ok(Resp { status, body })
+}
+
+/// A keep-alive HTTP/1.1 connection.
+struct Conn {
+    reader: BufReader<TcpStream>,
+    port: u16,
+}
+
+impl Conn {
+    fn open(port: u16) -> Conn {
+        let s = TcpStream::connect(("127.0.0.1", port))
+            .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        Conn {
+            reader: BufReader::new(s),
+            port,
+        }
+    }
+
+    fn local_port(&self) -> u16 {
+        self.reader.get_ref().local_addr().unwrap().port()
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.reader.get_mut().write_all(bytes)
+    }
+
+    /// `GET /health` with a trace context.
+    fn health(&mut self, ctx: &Ctx) -> std::io::Result<Resp> {
+        let req = format!(
+            "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}\r\n",
+            self.port,
+            ctx.header()
+        );
+        self.send(req.as_bytes())?;
+        read_response(&mut self.reader, |_| {})
+    }
+
+    /// A chat completion (`stream` or not) with a trace context; `on_chunk` sees streamed chunks.
+    fn chat(
+        &mut self,
+        ctx: &Ctx,
+        stream: bool,
+        max_tokens: u32,
+        on_chunk: impl FnMut(&[u8]),
+    ) -> std::io::Result<Resp> {
+        let body = chat_body(stream, max_tokens);
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            self.port,
+            ctx.header(),
+            body.len()
+        );
+        self.send(req.as_bytes())?;
+        read_response(&mut self.reader, on_chunk)
+    }
+}
+
+fn chat_body(stream: bool, max_tokens: u32) -> String {
+    serde_json::json!({
+        "model": "standin-model",
+        "messages": [{"role": "user", "content": "one two three four"}],
+        "stream": stream,
+        "max_tokens": max_tokens,
+    })
+    .to_string()
+}
+
+/// SSE events carrying content in a streamed chat body (what the agent counts as content chunks).
+fn content_events(body: &[u8]) -> usize {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter(|e| e.contains("\"content\":\"") && !e.contains("\"content\":\"\""))
+        .count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading the agent.
+
+/// Every span on `/spans` (up to `limit`), by trace id.
+fn spans_by_trace(agent: &Agent, limit: usize) -> HashMap<String, Vec<Value>> {
+    let body = agent.get(&format!("/spans?limit={limit}"));
+    let spans: Vec<Value> = serde_json::from_str(&body).expect("/spans is JSON");
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for s in spans {
+        out.entry(s["trace_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(s);
+    }
+    out
+}
+
+/// Waits until every context has a span on `/spans`; gives the one span of each (panics on
+/// duplicates or on a span whose parent is not the context's).
+fn wait_one_span_each(agent: &Agent, ctxs: &[Ctx], limit: usize, timeout: Duration) -> Vec<Value> {
+    let found = poll(timeout, || {
+        let by = spans_by_trace(agent, limit);
+        ctxs.iter()
+            .all(|c| by.contains_key(&c.trace))
+            .then_some(by)
+    });
+    let by = found.unwrap_or_else(|| {
+        let by = spans_by_trace(agent, limit);
+        let missing = ctxs.iter().filter(|c| !by.contains_key(&c.trace)).count();
+        panic!(
+            "waited {timeout:?}: {missing} of {} requests have no span; /status {:#}",
+            ctxs.len(),
+            agent.status()
+        )
+    });
+    ctxs.iter()
+        .map(|c| {
+            let spans = &by[&c.trace];
+            assert_eq!(spans.len(), 1, "one span per request: {spans:#?}");
+            assert_eq!(
+                spans[0]["parent_span_id"].as_str(),
+                Some(c.parent.as_str()),
+                "{:#}",
+                spans[0]
+            );
+            spans[0].clone()
+        })
+        .collect()
+}
+
+/// A sample of `/metrics`: the value of the line starting with `series` (name and labels).
+fn metric(agent: &Agent, series: &str) -> Option<f64> {
+    agent.metrics().lines().find_map(|l| {
+        let rest = l.strip_prefix(series)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}
+
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn exporter(agent: &Agent) -> Value {
+    agent.status()["exporter"].clone()
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("not a count: {v}"))
+}
+
+/// `n` traced `GET /health` requests over `conns` keep-alive connections in parallel threads.
+fn health_burst(port: u16, n: usize, conns: usize) -> Vec<Ctx> {
+    let per = n.div_ceil(conns);
+    let handles: Vec<_> = (0..conns)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut c = Conn::open(port);
+                let mut ctxs = Vec::with_capacity(per);
+                for _ in 0..per {
+                    let ctx = Ctx::new();
+                    let r = c.health(&ctx).expect("GET /health");
+                    assert_eq!(r.status, 200);
+                    ctxs.push(ctx);
+                }
+                ctxs
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
+
+/// OTLP/gRPC to `endpoint`, exporting fast and failing fast, with a small queue.
+fn otlp_env(endpoint: String, queue: usize) -> Vec<(&'static str, String)> {
+    vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".into()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("OTEL_BSP_MAX_QUEUE_SIZE", queue.to_string()),
+        ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "32".into()),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000".into()),
+    ]
+}
+
+/// Waits until every span finished so far is accounted for by the exporter: exported, failed,
+/// shed from the full queue, or not sampled. Gives `(finished, exported, failed, dropped)`.
+fn wait_export_accounted(agent: &Agent) -> (u64, u64, u64, u64) {
+    let mut last = (0, 0, 0, 0);
+    let settled = poll(WAIT, || {
+        let finished = metric(agent, "infertap_spans_finished_total")? as u64;
+        let e = exporter(agent);
+        let (exported, failed, dropped, unsampled) = (
+            u(&e["spans_exported"]),
+            u(&e["spans_failed"]),
+            u(&e["spans_dropped"]),
+            u(&e["spans_not_sampled"]),
+        );
+        last = (finished, exported, failed, dropped);
+        (finished == exported + failed + dropped + unsampled).then_some(last)
+    });
+    settled.unwrap_or_else(|| {
+        panic!(
+            "spans not all accounted for after {WAIT:?} (finished, exported, failed, dropped) = {last:?}"
+        )
+    })
+}
+
+fn begin(name: &str) -> Option<TestCtx> {
+    harness::begin(name)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The OTLP collector.
+
+#[test]
+fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
+    let Some(ctx) = begin("collector_absent") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let nobody = free_port();
+    let agent = Agent::start(
+        &ctx,
+        &server,
+        &[],
+        &otlp_env(format!("http://127.0.0.1:{nobody}"), 64),
+    );
+    let rss_before = rss_kib(agent.proc.pid());
+
+    let mut conn = Conn::open(server.port);
+    let stream_ctx = Ctx::new();
+    let r = conn.chat(&stream_ctx, true, 8, |_| {}).unwrap();
+    assert_eq!(r.status, 200);
+    let mut ctxs = health_burst(server.port, 3000, 4);
+    ctxs.push(stream_ctx);
+    let spans = wait_one_span_each(&agent, &ctxs, 4096, WAIT);
+    let chat = spans.last().unwrap();
+    assert_eq!(attr(chat, "infertap.content_chunks"), 8, "{chat:#}");
+    assert_eq!(chat["status"]["code"], "unset", "{chat:#}");
+
+    let (finished, exported, failed, dropped) = wait_export_accounted(&agent);
+    println!("finished {finished}, exported {exported}, failed {failed}, shed {dropped}");
+    assert_eq!(exported, 0);
+    assert!(failed >= 1, "export failures are counted");
+    assert!(
+        dropped >= 1,
+        "3000 spans against a queue of 64 and a dead collector: some are shed and counted"
+    );
+    let e = exporter(&agent);
+    let state = e["state"].as_str().unwrap();
+    assert!(state.starts_with("failing"), "{e:#}");
+    assert!(e["last_error"].as_str().is_some_and(|m| !m.is_empty()), "{e:#}");
+    assert_eq!(
+        metric(&agent, "infertap_spans_export_failed_total"),
+        Some(failed as f64)
+    );
+    assert_eq!(
+        metric(&agent, "infertap_spans_export_dropped_total"),
+        Some(dropped as f64)
+    );
+    let rss_after = rss_kib(agent.proc.pid());
+    println!("agent RSS {rss_before} KiB at start, {rss_after} KiB after 3000 unexported spans");
+    assert!(
+        rss_after < 100 * 1024 && rss_after < rss_before + 30 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+}
+
+#[test]
+fn slow_collector_times_out_sheds_and_recovers() {
+    let Some(ctx) = begin("slow_collector") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let receiver = Receiver::start();
+    receiver.pause();
+    let agent = Agent::start(&ctx, &server, &[], &otlp_env(receiver.endpoint(), 64));
+
+    // The collector holds every export beyond the 1 s timeout; 600 spans meet a queue of 64.
+    let held = health_burst(server.port, 600, 2);
+    wait_one_span_each(&agent, &held, 4096, WAIT);
+    let timed_out = poll(WAIT, || {
+        let e = exporter(&agent);
+        (u(&e["spans_failed"]) > 0).then_some(e)
+    })
+    .expect("held exports time out and count as failed");
+    assert!(
+        timed_out["last_error"]
+            .as_str()
+            .is_some_and(|m| m.contains("timed out") || m.contains("Timeout")),
+        "{timed_out:#}"
+    );
+    assert!(
+        u(&timed_out["spans_dropped"]) > 0,
+        "the full queue shed spans: {timed_out:#}"
+    );
+
+    // The collector recovers: spans finished from now on arrive.
+    receiver.accept();
+    let after = health_burst(server.port, 20, 1);
+    let spans = wait_one_span_each(&agent, &after, 4096, WAIT);
+    let ids: Vec<String> = spans
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    receiver.wait_for_ids(&ids, WAIT);
+    let (finished, exported, failed, dropped) = wait_export_accounted(&agent);
+    println!("finished {finished}, exported {exported}, failed {failed}, shed {dropped}");
+    assert_eq!(exporter(&agent)["state"], "ok");
+}
+
+/// A minimal OTLP/HTTP collector that answers every request `503 Service Unavailable`; counts
+/// the requests.
+fn http_503_collector() -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicU64::new(0));
+    let count = seen.clone();
+    thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            let count = count.clone();
+            thread::spawn(move || {
+                let mut r = BufReader::new(s);
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let Ok(line) = read_line(&mut r) else { return };
+                        let line = line.trim_end().to_ascii_lowercase();
+                        if line.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = line.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if r.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    count.fetch_add(1, Ordering::Relaxed);
+                    let answer = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\ncontent-length: 11\r\n\r\noverloaded\n";
+                    if r.get_mut().write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn refusing_collector_grpc_unavailable_and_http_503_are_counted_then_recovery() {
+    let Some(ctx) = begin("refusing_collector") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+
+    // gRPC: UNAVAILABLE, then the collector accepts again.
+    let receiver = Receiver::start();
+    receiver.refuse();
+    let agent = Agent::start(&ctx, &server, &[], &otlp_env(receiver.endpoint(), 256));
+    let refused = health_burst(server.port, 50, 1);
+    wait_one_span_each(&agent, &refused, 4096, WAIT);
+    let (_, exported, failed, _) = wait_export_accounted(&agent);
+    assert_eq!(exported, 0);
+    assert!(failed >= 50, "every refused span is counted: {failed}");
+    let e = exporter(&agent);
+    assert!(
+        e["state"]
+            .as_str()
+            .is_some_and(|s| s.contains("refuses exports")),
+        "the collector's own message is shown: {e:#}"
+    );
+    assert!(receiver.requests() >= 1);
+    assert!(receiver.spans().is_empty());
+    receiver.accept();
+    let later = health_burst(server.port, 10, 1);
+    let spans = wait_one_span_each(&agent, &later, 4096, WAIT);
+    let ids: Vec<String> = spans
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    receiver.wait_for_ids(&ids, WAIT);
+    assert_eq!(exporter(&agent)["state"], "ok");
+    drop(agent);
+
+    // OTLP/HTTP: 503.
+    let (port, seen) = http_503_collector();
+    let mut env = otlp_env(format!("http://127.0.0.1:{port}"), 256);
+    env[1].1 = "http/protobuf".into();
+    let agent = Agent::start(&ctx, &server, &[], &env);
+    let refused = health_burst(server.port, 30, 1);
+    wait_one_span_each(&agent, &refused, 4096, WAIT);
+    let (_, exported, failed, _) = wait_export_accounted(&agent);
+    assert_eq!(exported, 0);
+    assert!(failed >= 30, "every refused span is counted: {failed}");
+    assert!(seen.load(Ordering::Relaxed) >= 1);
+    let e = exporter(&agent);
+    assert!(
+        e["state"].as_str().is_some_and(|s| s.contains("503")),
+        "the HTTP status is shown: {e:#}"
+    );
+}
+
+#[test]
+fn restarted_collector_on_the_same_port_gets_the_spans_after_it_is_back() {
+    let Some(ctx) = begin("restarted_collector") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let first = Receiver::start();
+    let port = first.port();
+    let agent = Agent::start(&ctx, &server, &[], &otlp_env(first.endpoint(), 256));
+    let before = health_burst(server.port, 5, 1);
+    let spans = wait_one_span_each(&agent, &before, 4096, WAIT);
+    let ids: Vec<String> = spans
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    first.wait_for_ids(&ids, WAIT);
+
+    // The collector goes away: exports fail and are counted, tracing goes on.
+    drop(first);
+    let during = health_burst(server.port, 20, 1);
+    wait_one_span_each(&agent, &during, 4096, WAIT);
+    poll(WAIT, || (u(&exporter(&agent)["spans_failed"]) > 0).then_some(()))
+        .expect("exports to a stopped collector fail and are counted");
+
+    // It comes back on the same port: spans finished from then on arrive.
+    let second = Receiver::start_on(port);
+    let started = Instant::now();
+    let after = health_burst(server.port, 10, 1);
+    let spans = wait_one_span_each(&agent, &after, 4096, WAIT);
+    let ids: Vec<String> = spans
+        .iter()
+        .map(|s| s["span_id"].as_str().unwrap().to_string())
+        .collect();
+    second.wait_for_ids(&ids, Duration::from_secs(30));
+    println!(
+        "spans reached the restarted collector {:?} after it was back",
+        started.elapsed()
+    );
+    let (finished, exported, failed, dropped) = wait_export_accounted(&agent);
+    println!("finished {finished}, exported {exported}, failed {failed}, shed {dropped}");
+    assert!(failed >= 1);
+}
