@@ -567,3 +567,187 @@ fn restarted_collector_on_the_same_port_gets_the_spans_after_it_is_back() {
     println!("finished {finished}, exported {exported}, failed {failed}, shed {dropped}");
     assert!(failed >= 1);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The traced process and its connections.
+
+#[test]
+fn server_killed_mid_stream_ends_the_span_as_aborted_and_frees_its_state() {
+    let Some(ctx) = begin("server_killed_mid_stream") else {
+        return;
+    };
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            token_interval_ms: 100,
+            ..StandInOpts::default()
+        },
+    );
+    let agent = Agent::start(&ctx, &server, &[], &[]);
+    let pid = server.pid();
+    let port = server.port;
+    let aborted_before = agent.http_counter("requests_server_aborted");
+    let incomplete_before = agent.http_counter("requests_incomplete");
+
+    // Two streams in flight; the server is killed (SIGKILL) after each has read a few chunks.
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let streams: Vec<_> = (0..2)
+        .map(|_| {
+            let tx = tx.clone();
+            thread::spawn(move || {
+                let c = Ctx::new();
+                let mut conn = Conn::open(port);
+                let mut seen = 0;
+                let r = conn.chat(&c, true, 200, |chunk| {
+                    seen += content_events(chunk);
+                    if seen == 3 {
+                        let _ = tx.send(());
+                    }
+                });
+                (c, seen, r.is_err())
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        rx.recv_timeout(WAIT).expect("streams started");
+    }
+    let mut server = server;
+    server.proc.child.kill().unwrap();
+    server.proc.child.wait().unwrap();
+    let results: Vec<(Ctx, usize, bool)> = streams.into_iter().map(|h| h.join().unwrap()).collect();
+    let ctxs: Vec<Ctx> = results.iter().map(|r| r.0.clone()).collect();
+    let spans = wait_one_span_each(&agent, &ctxs, 4096, WAIT);
+    for ((_, seen, cut), span) in results.iter().zip(&spans) {
+        assert!(cut, "the client saw its stream cut");
+        assert_eq!(span["status"]["code"], "error", "{span:#}");
+        assert_eq!(attr(span, "infertap.server_aborted"), true, "{span:#}");
+        assert!(attr(span, "infertap.cancelled").is_null(), "{span:#}");
+        let chunks = attr(span, "infertap.content_chunks").as_u64().unwrap_or(0);
+        assert!(
+            chunks as usize >= *seen && chunks < 200,
+            "chunks produced before the kill ({seen} read by the client): {span:#}"
+        );
+    }
+    assert_eq!(
+        agent.http_counter("requests_server_aborted"),
+        aborted_before + 2
+    );
+    assert_eq!(agent.http_counter("requests_incomplete"), incomplete_before);
+    // The process and its connections are forgotten.
+    let freed = poll(WAIT, || {
+        let s = agent.status();
+        let gone = s["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["pid"].as_u64() != Some(u64::from(pid)));
+        (gone && s["connections"]["open"] == 0).then_some(())
+    });
+    assert!(freed.is_some(), "state not freed: {:#}", agent.status());
+}
+
+#[test]
+fn thousands_of_short_lived_connections_one_span_each_and_the_table_empties() {
+    let Some(ctx) = begin("short_lived_connections") else {
+        return;
+    };
+    const N: usize = 5000;
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let agent = Agent::start(&ctx, &server, &["--span-buffer", "8192"], &[]);
+    let completed_before = agent.http_counter("requests_completed");
+    let opened_before = u(&agent.status()["connections"]["opened_total"]);
+    let port = server.port;
+    let started = Instant::now();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                (0..N / 4)
+                    .map(|_| {
+                        let c = Ctx::new();
+                        let mut conn = Conn::open(port);
+                        let req = format!(
+                            "GET /health HTTP/1.1\r\nHost: x\r\nconnection: close\r\n{}\r\n",
+                            c.header()
+                        );
+                        conn.send(req.as_bytes()).unwrap();
+                        let r = read_response(&mut conn.reader, |_| {}).unwrap();
+                        assert_eq!(r.status, 200);
+                        c
+                    })
+                    .collect::<Vec<Ctx>>()
+            })
+        })
+        .collect();
+    let ctxs: Vec<Ctx> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    println!("{N} connections in {:?}", started.elapsed());
+    let spans = wait_one_span_each(&agent, &ctxs, 8192, WAIT);
+    assert_eq!(spans.len(), N);
+    assert!(spans.iter().all(|s| attr(s, "url.path") == "/health"
+        && attr(s, "http.response.status_code") == 200
+        && attr(s, "infertap.incomplete").is_null()));
+    assert_eq!(
+        agent.http_counter("requests_completed") - completed_before,
+        N as u64
+    );
+    let status = poll(WAIT, || {
+        let s = agent.status();
+        (s["connections"]["open"].as_u64() == Some(0)).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("connections still open: {:#}", agent.status()));
+    let c = &status["connections"];
+    assert!(u(&c["opened_total"]) - opened_before >= N as u64, "{c}");
+    assert_eq!(c["shed_total"], 0, "{c}");
+    assert_eq!(status["records"]["lost_bytes"], 0, "{status:#}");
+}
+
+#[test]
+fn agent_restarted_under_open_keep_alive_connections_traces_their_next_requests() {
+    let Some(ctx) = begin("agent_restarted") else {
+        return;
+    };
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            keep_alive_s: 300,
+            ..StandInOpts::default()
+        },
+    );
+    let mut conns: Vec<Conn> = (0..4).map(|_| Conn::open(server.port)).collect();
+    let first = Agent::start(&ctx, &server, &[], &[]);
+    let ctxs: Vec<Ctx> = conns
+        .iter_mut()
+        .map(|conn| {
+            let c = Ctx::new();
+            assert_eq!(conn.chat(&c, true, 4, |_| {}).unwrap().status, 200);
+            c
+        })
+        .collect();
+    wait_one_span_each(&first, &ctxs, 4096, WAIT);
+    drop(first);
+
+    // Between agents: requests go untraced and nothing breaks.
+    for conn in &mut conns {
+        assert_eq!(conn.health(&Ctx::new()).unwrap().status, 200);
+    }
+    let second = Agent::start(&ctx, &server, &[], &[]);
+    let mut ctxs = Vec::new();
+    let mut ports = Vec::new();
+    for conn in &mut conns {
+        let c = Ctx::new();
+        let r = conn.chat(&c, true, 5, |_| {}).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(content_events(&r.body), 5);
+        ctxs.push(c);
+        ports.push(conn.local_port());
+    }
+    let spans = wait_one_span_each(&second, &ctxs, 4096, WAIT);
+    for (span, port) in spans.iter().zip(ports) {
+        assert_eq!(attr(span, "client.port"), port, "{span:#}");
+        assert_eq!(attr(span, "infertap.content_chunks"), 5, "{span:#}");
+        assert_eq!(attr(span, "http.response.status_code"), 200, "{span:#}");
+        assert_eq!(attr(span, "gen_ai.request.model"), "standin-model");
+    }
+}
