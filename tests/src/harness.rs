@@ -325,12 +325,18 @@ impl StandIn {
         let ready = ctx.file("standin.ready");
         let _ = fs::remove_file(&ready);
         let mut cmd = python("vllm_standin.py");
-        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--ready-file"])
-            .arg(&ready)
-            .args(["--model", &opts.model])
-            .args(["--ttft-ms", &opts.ttft_ms.to_string()])
-            .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
-            .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .args(["--model", &opts.model])
+        .args(["--ttft-ms", &opts.ttft_ms.to_string()])
+        .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
+        .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
         if !accept_pid(proc.pid()) {
             let _ = proc.child.kill();

@@ -212,9 +212,7 @@ fn spans_by_trace(agent: &Agent, limit: usize) -> HashMap<String, Vec<Value>> {
 fn wait_one_span_each(agent: &Agent, ctxs: &[Ctx], limit: usize, timeout: Duration) -> Vec<Value> {
     let found = poll(timeout, || {
         let by = spans_by_trace(agent, limit);
-        ctxs.iter()
-            .all(|c| by.contains_key(&c.trace))
-            .then_some(by)
+        ctxs.iter().all(|c| by.contains_key(&c.trace)).then_some(by)
     });
     let by = found.unwrap_or_else(|| {
         let by = spans_by_trace(agent, limit);
@@ -371,7 +369,10 @@ fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
     let e = exporter(&agent);
     let state = e["state"].as_str().unwrap();
     assert!(state.starts_with("failing"), "{e:#}");
-    assert!(e["last_error"].as_str().is_some_and(|m| !m.is_empty()), "{e:#}");
+    assert!(
+        e["last_error"].as_str().is_some_and(|m| !m.is_empty()),
+        "{e:#}"
+    );
     assert_eq!(
         metric(&agent, "infertap_spans_export_failed_total"),
         Some(failed as f64)
@@ -546,8 +547,10 @@ fn restarted_collector_on_the_same_port_gets_the_spans_after_it_is_back() {
     drop(first);
     let during = health_burst(server.port, 20, 1);
     wait_one_span_each(&agent, &during, 4096, WAIT);
-    poll(WAIT, || (u(&exporter(&agent)["spans_failed"]) > 0).then_some(()))
-        .expect("exports to a stopped collector fail and are counted");
+    poll(WAIT, || {
+        (u(&exporter(&agent)["spans_failed"]) > 0).then_some(())
+    })
+    .expect("exports to a stopped collector fail and are counted");
 
     // It comes back on the same port: spans finished from then on arrive.
     let second = Receiver::start_on(port);
@@ -750,4 +753,198 @@ fn agent_restarted_under_open_keep_alive_connections_traces_their_next_requests(
         assert_eq!(attr(span, "http.response.status_code"), 200, "{span:#}");
         assert_eq!(attr(span, "gen_ai.request.model"), "standin-model");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Overload and hostile input.
+
+#[test]
+fn ring_buffer_overflow_is_counted_per_reason_and_marks_spans_incomplete() {
+    let Some(ctx) = begin("ring_buffer_overflow") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    // 64 KiB of ring: one 1 MB request body is copied as hundreds of KiB of records in a burst.
+    let agent = Agent::start(&ctx, &server, &["--ring-buffer-size", "65536"], &[]);
+    let incomplete_before = agent.http_counter("requests_incomplete");
+    let lost_before = agent.http_counter("requests_lost");
+    let port = server.port;
+    let big: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn(move || {
+                let c = Ctx::new();
+                let prompt = "word ".repeat(200_000);
+                let body = serde_json::json!({
+                    "model": "standin-model",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 2,
+                })
+                .to_string();
+                let mut conn = Conn::open(port);
+                let req = format!(
+                    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    c.header(),
+                    body.len()
+                );
+                conn.send(req.as_bytes()).unwrap();
+                conn.send(body.as_bytes()).unwrap();
+                let r = read_response(&mut conn.reader, |_| {}).unwrap();
+                assert_eq!(r.status, 200);
+                c
+            })
+        })
+        .collect();
+    let big: Vec<Ctx> = big.into_iter().map(|h| h.join().unwrap()).collect();
+
+    let status = poll(WAIT, || {
+        let s = agent.status();
+        (s["records"]["kernel_dropped"]["ringbuf_full_data"].as_u64() > Some(0)).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no ring-buffer drop counted: {:#}", agent.status()));
+    let dropped = u(&status["records"]["kernel_dropped"]["ringbuf_full_data"]);
+    println!(
+        "ring buffer drops: {:#}, bytes lost {}",
+        status["records"]["kernel_dropped"], status["records"]["lost_bytes"]
+    );
+    assert!(u(&status["records"]["lost_bytes"]) > 0, "{status:#}");
+    let exposed = poll(WAIT, || {
+        metric(
+            &agent,
+            "infertap_kernel_records_dropped_total{reason=\"ringbuf_full_data\"}",
+        )
+        .filter(|v| *v > 0.0)
+    });
+    assert!(
+        exposed.is_some(),
+        "/metrics shows the drops per reason ({dropped} on /status)"
+    );
+    assert!(metric(&agent, "infertap_records_dropped_in_kernel_total").unwrap_or(0.0) > 0.0);
+
+    // Each big request is a span marked incomplete, or (its head lost) counted as lost.
+    let by = poll(WAIT, || {
+        let by = spans_by_trace(&agent, 4096);
+        let spans = big.iter().filter(|c| by.contains_key(&c.trace)).count() as u64;
+        let lost = agent.http_counter("requests_lost") - lost_before;
+        (spans + lost >= big.len() as u64).then_some(by)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "big requests neither traced nor counted: {:#}",
+            agent.status()
+        )
+    });
+    let mut traced = 0;
+    for c in &big {
+        if let Some(spans) = by.get(&c.trace) {
+            assert_eq!(spans.len(), 1, "{spans:#?}");
+            assert_eq!(
+                attr(&spans[0], "infertap.incomplete"),
+                true,
+                "{:#}",
+                spans[0]
+            );
+            traced += 1;
+        }
+    }
+    let lost = agent.http_counter("requests_lost") - lost_before;
+    let incomplete = agent.http_counter("requests_incomplete") - incomplete_before;
+    println!("big requests: {traced} spans marked incomplete, {lost} counted lost");
+    assert!(incomplete >= traced);
+    assert_eq!(
+        metric(&agent, "infertap_requests_lost_total"),
+        Some(agent.http_counter("requests_lost") as f64)
+    );
+
+    // Later requests, small enough for the ring, are whole.
+    let mut conn = Conn::open(server.port);
+    let later: Vec<Ctx> = (0..5)
+        .map(|_| {
+            let c = Ctx::new();
+            let r = conn.chat(&c, true, 6, |_| {}).unwrap();
+            assert_eq!(r.status, 200);
+            c
+        })
+        .collect();
+    for span in wait_one_span_each(&agent, &later, 4096, WAIT) {
+        assert!(attr(&span, "infertap.incomplete").is_null(), "{span:#}");
+        assert_eq!(attr(&span, "infertap.content_chunks"), 6, "{span:#}");
+    }
+}
+
+#[test]
+fn a_flood_of_non_http_bytes_is_counted_bounded_and_tracing_goes_on() {
+    let Some(ctx) = begin("non_http_flood") else {
+        return;
+    };
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let agent = Agent::start(&ctx, &server, &[], &[]);
+    let not_http_before = agent.http_counter("not_http_streams");
+    let rss_before = rss_kib(agent.proc.pid());
+    let port = server.port;
+    const CONNS: usize = 200;
+    let sent = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            let sent = sent.clone();
+            thread::spawn(move || {
+                let mut noise = vec![0u8; 64 * 1024];
+                for conn in 0..CONNS / 4 {
+                    // Bytes that are no protocol at all: a xorshift stream.
+                    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ ((t * 1000 + conn) as u64 + 1);
+                    for b in noise.iter_mut() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        *b = x as u8;
+                    }
+                    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                        continue;
+                    };
+                    for _ in 0..4 {
+                        match s.write(&noise) {
+                            Ok(n) => {
+                                sent.fetch_add(n as u64, Ordering::Relaxed);
+                            }
+                            Err(_) => break, // the server answered 400 and closed
+                        }
+                    }
+                    let mut sink = Vec::new();
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = s.read_to_end(&mut sink);
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let grew = poll(WAIT, || {
+        let g = agent.http_counter("not_http_streams") - not_http_before;
+        (g >= CONNS as u64 / 2).then_some(g)
+    })
+    .unwrap_or_else(|| panic!("non-HTTP streams not counted: {:#}", agent.status()));
+    let rss_after = rss_kib(agent.proc.pid());
+    println!(
+        "{CONNS} connections, {} MiB of noise sent: not_http_streams +{grew}; RSS {rss_before} -> {rss_after} KiB",
+        sent.load(Ordering::Relaxed) >> 20
+    );
+    assert!(
+        rss_after < rss_before + 20 * 1024,
+        "RSS {rss_before} -> {rss_after} KiB"
+    );
+    assert_eq!(
+        metric(&agent, "infertap_streams_not_http_total"),
+        Some(agent.http_counter("not_http_streams") as f64)
+    );
+    poll(WAIT, || {
+        (agent.status()["connections"]["open"] == 0).then_some(())
+    })
+    .unwrap_or_else(|| panic!("noise connections still open: {:#}", agent.status()));
+    // The next real request is traced whole.
+    let c = Ctx::new();
+    let r = Conn::open(server.port).chat(&c, true, 7, |_| {}).unwrap();
+    assert_eq!(r.status, 200);
+    let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
+    assert_eq!(attr(span, "infertap.content_chunks"), 7, "{span:#}");
+    assert!(attr(span, "infertap.incomplete").is_null(), "{span:#}");
 }

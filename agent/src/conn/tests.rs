@@ -430,3 +430,21 @@ fn server_closing_first_is_a_server_abort_not_a_cancellation() {
     assert_eq!(w.stats.requests_server_aborted.load(Relaxed), 1);
     assert_eq!(w.stats.requests_cancelled.load(Relaxed), 0);
 }
+
+#[test]
+fn a_lost_request_head_is_counted_as_a_lost_request_and_the_next_one_is_traced() {
+    let mut w = Wire::new(Origin::Start);
+    let req = chat_request("m");
+    // The whole first request was dropped in the kernel; only its position advanced.
+    w.pos[SocketDir::Ingress as usize] += req.len() as u64;
+    w.syscall(SocketDir::Ingress, 1, &req);
+    assert_eq!(w.stats.bytes_lost.load(Relaxed), req.len() as u64);
+    assert_eq!(w.stats.requests_lost.load(Relaxed), 1);
+    assert_eq!(w.stats.requests_incomplete.load(Relaxed), 0);
+    // The parser resynchronised on the second request, which is answered and traced.
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", Some("stop"))));
+    w.syscall(SocketDir::Egress, 7, b"0\r\n\r\n");
+    assert_eq!(w.out.len(), 1, "the second request has its exchange");
+    assert_eq!(w.stats.requests_lost.load(Relaxed), 1);
+}

@@ -8,10 +8,11 @@
 
 use std::collections::VecDeque;
 
-use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::json_scan::{RequestScan, ResponseScan};
 use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
 use crate::protocol::sse::{SseEvent, SseFramer};
+use crate::protocol::Direction;
 
 const RESPONSE_TAIL: usize = 64 << 10;
 /// Content chunk timestamps kept per request (for inter-token statistics).
@@ -217,6 +218,9 @@ pub struct ExchangeTracker {
 pub struct Effects {
     pub parse_errors: u64,
     pub not_http: bool,
+    /// Requests whose head was lost (a kernel drop before it reached the agent): they have no
+    /// span, so they are only counted.
+    pub requests_lost: u64,
 }
 
 impl ExchangeTracker {
@@ -367,8 +371,15 @@ impl ExchangeTracker {
                     done.push(f.finish(ts_ns, outcome));
                 }
             }
-            HttpEvent::ParseError { .. } => {
+            HttpEvent::ParseError { dir, kind } => {
                 fx.parse_errors += 1;
+                if kind == ParseErrorKind::Lost
+                    && dir == Direction::Request
+                    && self.requesting().is_none()
+                {
+                    // Bytes lost where a request head was due: at least one request is gone.
+                    fx.requests_lost += 1;
+                }
                 for f in self.in_flight.iter_mut() {
                     f.ex.incomplete = true;
                 }

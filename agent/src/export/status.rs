@@ -87,6 +87,9 @@ pub struct HttpStatus {
     pub requests_cancelled: u64,
     pub requests_server_aborted: u64,
     pub requests_incomplete: u64,
+    /// Requests whose head was lost before it reached the agent: no span, only counted.
+    #[serde(default)]
+    pub requests_lost: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +209,7 @@ impl StatusSource {
                 requests_cancelled: get(&s.requests_cancelled),
                 requests_server_aborted: get(&s.requests_server_aborted),
                 requests_incomplete: get(&s.requests_incomplete),
+                requests_lost: get(&s.requests_lost),
             },
             exporter: ExporterStatus {
                 state: exporter.health.to_string(),
@@ -308,7 +312,7 @@ mod tests {
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,
                          "requests_completed": 0, "requests_cancelled": 0, "requests_server_aborted": 0,
-                         "requests_incomplete": 0},
+                         "requests_incomplete": 0, "requests_lost": 0},
                 "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
                              "spans_not_sampled": 0, "last_error": null,
