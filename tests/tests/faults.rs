@@ -120,6 +120,8 @@ fn read_response(r: &mut impl BufRead, mut on_chunk: impl FnMut(&[u8])) -> std::
 struct Conn {
     reader: BufReader<TcpStream>,
     port: u16,
+    /// The model chat requests ask for (the stand-in answers 404 for any other).
+    model: String,
 }
 
 impl Conn {
@@ -131,7 +133,13 @@ impl Conn {
         Conn {
             reader: BufReader::new(s),
             port,
+            model: "standin-model".into(),
         }
+    }
+
+    fn for_model(mut self, model: &str) -> Conn {
+        self.model = model.into();
+        self
     }
 
     fn local_port(&self) -> u16 {
@@ -161,7 +169,7 @@ impl Conn {
         max_tokens: u32,
         on_chunk: impl FnMut(&[u8]),
     ) -> std::io::Result<Resp> {
-        let body = chat_body(stream, max_tokens);
+        let body = chat_body(&self.model, stream, max_tokens);
         let req = format!(
             "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             self.port,
@@ -173,9 +181,9 @@ impl Conn {
     }
 }
 
-fn chat_body(stream: bool, max_tokens: u32) -> String {
+fn chat_body(model: &str, stream: bool, max_tokens: u32) -> String {
     serde_json::json!({
-        "model": "standin-model",
+        "model": model,
         "messages": [{"role": "user", "content": "one two three four"}],
         "stream": stream,
         "max_tokens": max_tokens,
@@ -947,4 +955,155 @@ fn a_flood_of_non_http_bytes_is_counted_bounded_and_tracing_goes_on() {
     let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
     assert_eq!(attr(span, "infertap.content_chunks"), 7, "{span:#}");
     assert!(attr(span, "infertap.incomplete").is_null(), "{span:#}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// PID reuse.
+
+/// Starts the stand-in as process `pid` (which must be free): `kernel.ns_last_pid` is set to the
+/// pid before it, then the stand-in is spawned; another process on the machine may take the pid
+/// first, so this retries.
+fn standin_with_pid(ctx: &TestCtx, opts: &StandInOpts, pid: u32) -> StandIn {
+    for _ in 0..200 {
+        fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .expect("writing /proc/sys/kernel/ns_last_pid (root in the initial pid namespace)");
+        if let Some(s) = StandIn::start_on(ctx, opts.clone(), 0, |p| p == pid) {
+            return s;
+        }
+    }
+    panic!("could not start a process as pid {pid} in 200 tries");
+}
+
+fn targeted(agent: &Agent, pid: u32) -> bool {
+    agent.status()["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["pid"].as_u64() == Some(u64::from(pid)))
+}
+
+#[test]
+fn a_reused_pid_is_traced_only_if_the_new_process_matches_and_never_as_the_old_one() {
+    let Some(ctx) = begin("pid_reuse") else {
+        return;
+    };
+    let marker = format!("reuse-{}", random_hex(4));
+    let agent = Agent::start_with(&ctx, &["--target-cmdline", &marker], &[], None);
+    let traced_opts = StandInOpts {
+        model: marker.clone(),
+        token_interval_ms: 50,
+        ..StandInOpts::default()
+    };
+    let other_opts = StandInOpts {
+        model: "not-selected".into(),
+        ..StandInOpts::default()
+    };
+
+    for round in ["matching", "not matching"] {
+        let old = StandIn::start(&ctx, traced_opts.clone());
+        let pid = old.pid();
+        poll(WAIT, || targeted(&agent, pid).then_some(()))
+            .unwrap_or_else(|| panic!("{round}: pid {pid} never targeted"));
+        // A request on a keep-alive connection, then one cut by the kill.
+        let mut conn = Conn::open(old.port).for_model(&marker);
+        let done = Ctx::new();
+        assert_eq!(conn.chat(&done, false, 2, |_| {}).unwrap().status, 200);
+        let cut = Ctx::new();
+        let cut_port = old.port;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let cut_ctx = cut.clone();
+        let model = marker.clone();
+        let streaming = thread::spawn(move || {
+            let mut conn = Conn::open(cut_port).for_model(&model);
+            let mut n = 0;
+            let _ = conn.chat(&cut_ctx, true, 100, |c| {
+                n += content_events(c);
+                if n >= 2 {
+                    let _ = tx.send(());
+                }
+            });
+        });
+        rx.recv_timeout(WAIT).expect("the stream started");
+        let mut old = old;
+        old.proc.child.kill().unwrap();
+        old.proc.child.wait().unwrap();
+        streaming.join().unwrap();
+
+        let new = if round == "matching" {
+            standin_with_pid(&ctx, &traced_opts, pid)
+        } else {
+            standin_with_pid(&ctx, &other_opts, pid)
+        };
+        assert_eq!(new.pid(), pid);
+        println!(
+            "{round}: pid {pid} reused by a new stand-in on port {}",
+            new.port
+        );
+        let records_before = u(&agent.status()["records"]["read"]);
+        let mut conn = Conn::open(new.port).for_model(&new.opts.model);
+        let fresh: Vec<Ctx> = (0..3)
+            .map(|_| {
+                let c = Ctx::new();
+                assert_eq!(conn.chat(&c, true, 3, |_| {}).unwrap().status, 200);
+                c
+            })
+            .collect();
+
+        // The old process's exchanges ended with it, whatever happens to its pid.
+        let old_spans = wait_one_span_each(&agent, &[done, cut], 4096, WAIT);
+        assert_eq!(attr(&old_spans[0], "http.response.status_code"), 200);
+        assert_eq!(
+            attr(&old_spans[0], "server.port"),
+            old.port,
+            "{:#}",
+            old_spans[0]
+        );
+        assert_eq!(
+            attr(&old_spans[1], "infertap.server_aborted"),
+            true,
+            "{:#}",
+            old_spans[1]
+        );
+        assert_eq!(
+            attr(&old_spans[1], "server.port"),
+            old.port,
+            "{:#}",
+            old_spans[1]
+        );
+
+        if round == "matching" {
+            // The new process matches the selector: it is a target of its own, traced whole.
+            let spans = wait_one_span_each(&agent, &fresh, 4096, WAIT);
+            for s in &spans {
+                assert_eq!(attr(s, "server.port"), new.port, "{s:#}");
+                assert_eq!(attr(s, "infertap.content_chunks"), 3, "{s:#}");
+                assert!(attr(s, "infertap.incomplete").is_null(), "{s:#}");
+                assert!(attr(s, "infertap.server_aborted").is_null(), "{s:#}");
+            }
+        } else {
+            // Not selected: nothing of it is traced, although its pid was a target's.
+            thread::sleep(Duration::from_secs(2));
+            assert!(!targeted(&agent, pid), "{:#}", agent.status());
+            let by = spans_by_trace(&agent, 4096);
+            for c in &fresh {
+                assert!(
+                    !by.contains_key(&c.trace),
+                    "the untargeted process was traced: {:#?}",
+                    by[&c.trace]
+                );
+            }
+            let records_after = u(&agent.status()["records"]["read"]);
+            assert_eq!(
+                records_after, records_before,
+                "no record of the new process reached the agent"
+            );
+        }
+        drop(new);
+        poll(WAIT, || (!targeted(&agent, pid)).then_some(()))
+            .unwrap_or_else(|| panic!("{round}: pid {pid} still targeted after exit"));
+        poll(WAIT, || {
+            (agent.status()["connections"]["open"] == 0).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{round}: connections left: {:#}", agent.status()));
+    }
 }
