@@ -450,8 +450,28 @@ impl Agent {
         env: &[(&str, String)],
         target_pid: Option<u32>,
     ) -> Agent {
+        Agent::start_wrapped(ctx, &[], args, env, target_pid)
+    }
+
+    /// As [`Agent::start_with`], with the agent run through `wrapper` (a command that ends by
+    /// exec'ing its arguments, e.g. `setpriv …` or `unshare -m …`), so that the process the test
+    /// holds is the agent itself.
+    pub fn start_wrapped(
+        ctx: &TestCtx,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+        target_pid: Option<u32>,
+    ) -> Agent {
         let debug_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(paths().agent);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(paths().agent);
+                c
+            }
+            None => Command::new(paths().agent),
+        };
         cmd.args([
             "--mode",
             "standalone",

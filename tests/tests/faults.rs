@@ -1107,3 +1107,199 @@ fn a_reused_pid_is_traced_only_if_the_new_process_matches_and_never_as_the_old_o
         .unwrap_or_else(|| panic!("{round}: connections left: {:#}", agent.status()));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Missing privileges, BTF, tracefs.
+
+/// Runs the agent through `wrapper`; it must exit with an error within 20 s. Gives its output.
+fn agent_refuses(ctx: &TestCtx, name: &str, wrapper: &[&str]) -> String {
+    let agent = paths().agent;
+    let debug = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(wrapper[0]);
+    cmd.args(&wrapper[1..]).arg(&agent).args([
+        "--mode",
+        "standalone",
+        "--debug-addr",
+        &debug,
+        "--target-port",
+        "1",
+    ]);
+    cmd.env("RUST_LOG", "info").env("NO_COLOR", "1");
+    let mut proc = Proc::spawn(name, cmd, ctx.file(&format!("{name}.log")));
+    let status = proc.wait(Duration::from_secs(20));
+    let out = proc.log_text();
+    println!("--- {name}: {status}\n{out}");
+    assert!(!status.success(), "{name}: the agent ran: {out}");
+    assert!(
+        !out.contains("panicked"),
+        "{name}: a message, not a panic: {out}"
+    );
+    out
+}
+
+/// Every `needle` in `text` (case-sensitive).
+fn says(text: &str, needles: &[&str]) {
+    for n in needles {
+        assert!(text.contains(n), "the message lacks {n:?}:\n{text}");
+    }
+}
+
+#[test]
+fn without_root_or_capabilities_the_agent_names_what_is_missing_and_how_to_grant_it() {
+    let Some(ctx) = begin("missing_privileges") else {
+        return;
+    };
+    let nobody = agent_refuses(
+        &ctx,
+        "nobody",
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ],
+    );
+    says(&nobody, &["CAP_BPF", "CAP_PERFMON", "setcap", "root"]);
+
+    let root_without = agent_refuses(
+        &ctx,
+        "root-without-bpf",
+        &[
+            "setpriv",
+            "--inh-caps=-bpf,-perfmon,-sys_admin",
+            "--bounding-set=-bpf,-perfmon,-sys_admin",
+        ],
+    );
+    says(&root_without, &["CAP_BPF", "CAP_PERFMON", "setcap"]);
+
+    let no_perfmon = agent_refuses(
+        &ctx,
+        "without-perfmon",
+        &[
+            "setpriv",
+            "--inh-caps=-perfmon,-sys_admin",
+            "--bounding-set=-perfmon,-sys_admin",
+        ],
+    );
+    says(&no_perfmon, &["CAP_PERFMON"]);
+    assert!(
+        !no_perfmon.contains("CAP_BPF ("),
+        "CAP_BPF is there and not named missing: {no_perfmon}"
+    );
+}
+
+#[test]
+fn without_tracefs_the_agent_mounts_it_or_says_how_to() {
+    let Some(ctx) = begin("missing_tracefs") else {
+        return;
+    };
+    // A private mount namespace without tracefs (nor debugfs's tracing directory).
+    let unmount = "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; exec \"$@\"";
+    // Without CAP_SYS_ADMIN it cannot be mounted: the message says so and how to fix it.
+    let out = agent_refuses(
+        &ctx,
+        "no-tracefs-no-sys-admin",
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            unmount,
+            "sh",
+            "setpriv",
+            "--inh-caps=-sys_admin",
+            "--bounding-set=-sys_admin",
+        ],
+    );
+    says(
+        &out,
+        &[
+            "tracefs",
+            "/sys/kernel/tracing",
+            "CAP_SYS_ADMIN",
+            "mount -t tracefs",
+        ],
+    );
+
+    // With CAP_SYS_ADMIN the agent mounts it (in its own mount namespace here) and traces.
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let port = server.port.to_string();
+    let agent = Agent::start_wrapped(
+        &ctx,
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            unmount,
+            "sh",
+        ],
+        &["--target-port", &port],
+        &[],
+        Some(server.pid()),
+    );
+    says(
+        &agent.proc.log_text(),
+        &["tracefs was not mounted; mounted it"],
+    );
+    let c = Ctx::new();
+    assert_eq!(
+        Conn::open(server.port)
+            .chat(&c, true, 3, |_| {})
+            .unwrap()
+            .status,
+        200
+    );
+    let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
+    assert_eq!(attr(span, "infertap.content_chunks"), 3, "{span:#}");
+}
+
+#[test]
+fn without_btf_the_agent_traces_as_usual() {
+    let Some(ctx) = begin("missing_btf") else {
+        return;
+    };
+    // The agent's programs use no CO-RE: hiding the kernel's BTF must change nothing.
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let port = server.port.to_string();
+    let agent = Agent::start_wrapped(
+        &ctx,
+        &[
+            "unshare",
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            "mount -t tmpfs none /sys/kernel/btf && test ! -e /sys/kernel/btf/vmlinux && exec \"$@\"",
+            "sh",
+        ],
+        &["--target-port", &port],
+        &[],
+        Some(server.pid()),
+    );
+    let c = Ctx::new();
+    assert_eq!(
+        Conn::open(server.port)
+            .chat(&c, true, 4, |_| {})
+            .unwrap()
+            .status,
+        200
+    );
+    let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
+    assert_eq!(attr(span, "infertap.content_chunks"), 4, "{span:#}");
+    let status = agent.status();
+    assert!(
+        status["probes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["attached"] == true),
+        "{status:#}"
+    );
+}
