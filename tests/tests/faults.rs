@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,8 +20,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use infertap_tests::harness::{
-    self, attr, free_port, http_get, paths, poll, random_hex, Agent, Proc, Receiver, StandIn,
-    StandInOpts, TestCtx,
+    self, attr, free_port, paths, poll, random_hex, Agent, Proc, Receiver, StandIn, StandInOpts,
+    TestCtx,
 };
 use serde_json::Value;
 
@@ -1302,4 +1302,192 @@ fn without_btf_the_agent_traces_as_usual() {
             .all(|p| p["attached"] == true),
         "{status:#}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Adversarial HTTP, SSE and JSON.
+
+/// `tests/peers/rawserver.py` on a free port: adversarial responses by path.
+fn raw_server(ctx: &TestCtx) -> (Proc, u16) {
+    let p = paths();
+    let ready = ctx.file("rawserver.ready");
+    let mut cmd = Command::new(&p.python);
+    cmd.arg("-u")
+        .arg(p.peers.join("rawserver.py"))
+        .args(["--port", "0", "--ready-file"])
+        .arg(&ready);
+    let mut proc = Proc::spawn("rawserver", cmd, ctx.file("rawserver.log"));
+    let port = poll(WAIT, || {
+        assert!(
+            proc.exited().is_none(),
+            "rawserver exited: {}",
+            proc.log_text()
+        );
+        fs::read_to_string(&ready).ok()?.trim().parse::<u16>().ok()
+    })
+    .expect("rawserver ready");
+    (proc, port)
+}
+
+fn http_counters(agent: &Agent) -> BTreeMap<String, u64> {
+    agent.status()["http"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), u(v)))
+        .collect()
+}
+
+#[test]
+fn adversarial_http_sse_and_json_are_counted_bounded_and_tracing_goes_on() {
+    let Some(ctx) = begin("adversarial") else {
+        return;
+    };
+    let (raw, raw_port) = raw_server(&ctx);
+    let server = StandIn::start(&ctx, StandInOpts::default());
+    let (rp, sp) = (raw_port.to_string(), server.port.to_string());
+    let mut agent = Agent::start_with(
+        &ctx,
+        &["--target-port", &rp, "--target-port", &sp],
+        &[],
+        Some(raw.pid()),
+    );
+    poll(WAIT, || targeted(&agent, server.pid()).then_some(())).expect("the stand-in is targeted");
+    let rss_start = rss_kib(agent.proc.pid());
+    let mut failures = Vec::new();
+
+    // Responses.
+    for case in [
+        "/sse-unterminated",
+        "/chunk-extensions",
+        "/deep-json",
+        "/many-headers",
+    ] {
+        let before = http_counters(&agent);
+        let c = Ctx::new();
+        let body = chat_body("raw-model", case == "/sse-unterminated", 4);
+        let mut conn = Conn::open(raw_port);
+        let req = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-raw-case: {case}\r\ncontent-type: application/json\r\n{}content-length: {}\r\n\r\n{body}",
+            c.header(),
+            body.len()
+        );
+        conn.send(req.as_bytes()).unwrap();
+        let resp = read_response(&mut conn.reader, |_| {}).unwrap();
+        assert_eq!(resp.status, 200, "{case}");
+        drop(conn);
+        let span = wait_one_span_each(&agent, &[c], 4096, WAIT).remove(0);
+        let after = http_counters(&agent);
+        let grew = |k: &str| after[k] - before[k];
+        println!(
+            "{case}: status {} chunks {} incomplete {} | parse_failures +{} sse +{} json +{}",
+            attr(&span, "http.response.status_code"),
+            attr(&span, "infertap.content_chunks"),
+            attr(&span, "infertap.incomplete"),
+            grew("parse_failures"),
+            grew("sse_parse_failures"),
+            grew("json_parse_failures")
+        );
+        let ok = match case {
+            // The normal first event counts; the endless one is dropped at the event bound,
+            // counted as a framing failure, and the span says its figures are lower bounds.
+            "/sse-unterminated" => {
+                attr(&span, "infertap.content_chunks") == 1
+                    && attr(&span, "infertap.incomplete") == true
+                    && grew("sse_parse_failures") >= 1
+                    && grew("parse_failures") == 0
+            }
+            // The chunk-size line is over the bound: a parse failure, the span incomplete.
+            "/chunk-extensions" => {
+                grew("parse_failures") >= 1 && attr(&span, "infertap.incomplete") == true
+            }
+            // Nesting is only counted, never recursed into; a body that is no object is a JSON
+            // failure, counted.
+            "/deep-json" => {
+                attr(&span, "http.response.status_code") == 200
+                    && grew("parse_failures") == 0
+                    && grew("json_parse_failures") == 1
+            }
+            // More fields than the parser keeps: the head is a parse failure, counted.
+            "/many-headers" => grew("parse_failures") >= 1,
+            _ => unreachable!(),
+        };
+        if !ok {
+            failures.push(format!(
+                "{case}: {span:#}; counters {before:?} -> {after:?}"
+            ));
+        }
+    }
+
+    // Requests to the stand-in.
+    let deep = format!(
+        "{{\"model\":\"standin-model\",\"messages\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let before = http_counters(&agent);
+    let c = Ctx::new();
+    let mut conn = Conn::open(server.port);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{}content-type: application/json\r\ncontent-length: {}\r\n\r\n{deep}",
+        c.header(),
+        deep.len()
+    );
+    conn.send(req.as_bytes()).unwrap();
+    let resp = read_response(&mut conn.reader, |_| {}).unwrap();
+    let span = wait_one_span_each(&agent, &[c], 4096, WAIT).remove(0);
+    let after = http_counters(&agent);
+    println!(
+        "deep JSON request: server {} span {} | json +{}",
+        resp.status,
+        attr(&span, "http.response.status_code"),
+        after["json_parse_failures"] - before["json_parse_failures"]
+    );
+    if attr(&span, "http.response.status_code") != resp.status {
+        failures.push(format!("deep JSON request: {span:#}"));
+    }
+
+    let before = http_counters(&agent);
+    let c = Ctx::new();
+    let mut conn = Conn::open(server.port);
+    let body = chat_body("standin-model", false, 2);
+    let req = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n{}content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n{:x}{}\r\n{body}\r\n0\r\n\r\n",
+        c.header(),
+        body.len(),
+        ";ext=value".repeat(1 << 17),
+    );
+    let _ = conn.send(req.as_bytes());
+    let resp = read_response(&mut conn.reader, |_| {});
+    thread::sleep(Duration::from_millis(500));
+    let after = http_counters(&agent);
+    println!(
+        "chunk extensions in a request: server {:?} | parse_failures +{}",
+        resp.map(|r| r.status),
+        after["parse_failures"] - before["parse_failures"]
+    );
+    if after["parse_failures"] == before["parse_failures"] {
+        failures.push("an endless chunk-size line in a request is not counted".into());
+    }
+
+    // Still tracing, memory bounded.
+    assert!(agent.alive());
+    let c = Ctx::new();
+    assert_eq!(
+        Conn::open(server.port)
+            .chat(&c, true, 5, |_| {})
+            .unwrap()
+            .status,
+        200
+    );
+    let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
+    assert_eq!(attr(span, "infertap.content_chunks"), 5, "{span:#}");
+    assert!(attr(span, "infertap.incomplete").is_null(), "{span:#}");
+    let rss_end = rss_kib(agent.proc.pid());
+    println!("agent RSS {rss_start} -> {rss_end} KiB");
+    assert!(
+        rss_end < rss_start + 20 * 1024,
+        "{rss_start} -> {rss_end} KiB"
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -448,3 +448,33 @@ fn a_lost_request_head_is_counted_as_a_lost_request_and_the_next_one_is_traced()
     assert_eq!(w.out.len(), 1, "the second request has its exchange");
     assert_eq!(w.stats.requests_lost.load(Relaxed), 1);
 }
+
+#[test]
+fn an_event_over_the_size_bound_is_counted_and_marks_the_request_incomplete() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", None)));
+    // An event that never ends within the bound, written in 64 KiB pieces.
+    let piece = "x".repeat(64 * 1024);
+    w.syscall(SocketDir::Egress, 7, format!("6\r\ndata: \r\n").as_bytes());
+    for i in 0..(crate::protocol::sse::MAX_EVENT_BYTES / piece.len() + 2) {
+        w.syscall(
+            SocketDir::Egress,
+            8 + i as u64,
+            format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes(),
+        );
+    }
+    w.syscall(SocketDir::Egress, 100, b"0\r\n\r\n");
+    assert_eq!(w.out.len(), 1);
+    let ex = &w.out[0].exchange;
+    assert_eq!(ex.content_chunk_ns.len(), 1, "the event before it counts");
+    assert!(ex.sse_failures >= 1);
+    assert!(ex.incomplete);
+    assert_eq!(w.stats.requests_incomplete.load(Relaxed), 1);
+    assert_eq!(
+        w.stats.bytes_lost.load(Relaxed),
+        0,
+        "nothing was lost in the kernel"
+    );
+}

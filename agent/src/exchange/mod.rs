@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::json_scan::{RequestScan, ResponseScan};
 use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
-use crate::protocol::sse::{SseEvent, SseFramer};
+use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
 
 const RESPONSE_TAIL: usize = 64 << 10;
@@ -304,16 +304,23 @@ impl ExchangeTracker {
                         let mut chunks = Vec::new();
                         let mut failures = 0;
                         let mut events = 0;
+                        let mut dropped_event = false;
                         sse.feed(data, &mut |e| match e {
                             SseEvent::Event { data, .. } => {
                                 events += 1;
                                 chunks.extend(openai::parse_stream_chunk(data));
                             }
-                            SseEvent::Failure(_) => failures += 1,
+                            SseEvent::Failure(why) => {
+                                failures += 1;
+                                // An event over the size bound is dropped whole: what it carried
+                                // is missing from the figures.
+                                dropped_event |= why == SseFailure::TooLarge;
+                            }
                             SseEvent::Comment => {}
                         });
                         f.ex.sse_events += events;
                         f.ex.sse_failures += failures;
+                        f.ex.incomplete |= dropped_event;
                         for c in chunks {
                             f.on_chunk(ts_ns, c);
                         }
