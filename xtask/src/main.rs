@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod fuzz;
 mod rss;
 mod setup;
 
@@ -51,6 +52,19 @@ enum Cmd {
     BenchRss {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// Run every cargo-fuzz target in fuzz/ for a fixed time (after replaying the saved
+    /// regression inputs), and summarise runs, coverage and crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (repeatable); default: all of them.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Only replay fuzz/regressions/<target>/ once, without fuzzing.
+        #[arg(long)]
+        replay: bool,
     },
     /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
     Demo {
@@ -200,6 +214,11 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build(),
         Cmd::Test { require_root, args } => test(require_root, &args),
+        Cmd::Fuzz {
+            seconds,
+            targets,
+            replay,
+        } => fuzz::fuzz(seconds, &targets, replay),
         Cmd::Lint => lint(),
         Cmd::BenchRss { connections } => {
             build()?;
