@@ -9,6 +9,7 @@ mod deps;
 mod fuzz;
 mod rss;
 mod setup;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,6 +53,32 @@ enum Cmd {
     BenchRss {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+    },
+    /// A streaming campaign: SSE chunks/s with and without the agent, every chunk counted, then
+    /// beyond capacity (small ring buffer): drops counted, spans marked incomplete.
+    BenchStream {
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        /// Token chunks per response.
+        #[arg(long, default_value_t = 200)]
+        chunks: usize,
+        /// Pause between chunks of one stream, µs.
+        #[arg(long, default_value_t = 2000)]
+        interval_us: u64,
+        /// Seconds per arm.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// The SSE server of bench-stream (runs as its own process, so that only it is traced).
+    #[command(hide = true)]
+    StreamServer {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        chunks: usize,
+        #[arg(long)]
+        interval_us: u64,
     },
     /// Run every cargo-fuzz target in fuzz/ for a fixed time (after replaying the saved
     /// regression inputs), and summarise runs, coverage and crashes.
@@ -214,6 +241,20 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build(),
         Cmd::Test { require_root, args } => test(require_root, &args),
+        Cmd::BenchStream {
+            streams,
+            chunks,
+            interval_us,
+            seconds,
+        } => {
+            build()?;
+            stream::run_stream(streams, chunks, interval_us, seconds)
+        }
+        Cmd::StreamServer {
+            port,
+            chunks,
+            interval_us,
+        } => stream::serve(port, chunks, interval_us),
         Cmd::Fuzz {
             seconds,
             targets,
