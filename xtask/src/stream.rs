@@ -240,7 +240,15 @@ fn judge(agent: &Agent, seen: &[Seen]) -> Result<Verdict> {
     };
     for r in seen {
         match by.get(&r.trace) {
-            None => v.missing += 1,
+            None => {
+                v.missing += 1;
+                if v.missing <= 3 {
+                    eprintln!(
+                        "no span for trace {} ({} chunks read); agent http counters {}",
+                        r.trace, r.chunks, status["http"]
+                    );
+                }
+            }
             Some(span) => {
                 v.spans += 1;
                 let a = &span["attributes"];

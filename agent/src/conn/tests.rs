@@ -478,3 +478,37 @@ fn an_event_over_the_size_bound_is_counted_and_marks_the_request_incomplete() {
         "nothing was lost in the kernel"
     );
 }
+
+#[test]
+fn a_connection_whose_open_record_was_dropped_is_traced_from_its_first_byte() {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let req = chat_request("m");
+    // No open record: the first record is the request at stream position 0.
+    table.data(
+        &record(SocketDir::Ingress, 1, 0, (0, req.len() as u64), true, &req),
+        &stats,
+        &mut out,
+    );
+    let mut at = 0u64;
+    for (ts, bytes) in [
+        (5, HEAD.to_vec()),
+        (6, chunk(&token("a", None))),
+        (7, chunk(&token("b", Some("stop")))),
+        (8, b"0\r\n\r\n".to_vec()),
+    ] {
+        let len = bytes.len() as u64;
+        table.data(
+            &record(SocketDir::Egress, ts, at, (at, len), true, &bytes),
+            &stats,
+            &mut out,
+        );
+        at += len;
+    }
+    assert_eq!(out.len(), 1, "the exchange is complete");
+    let ex = &out[0].exchange;
+    assert!(!ex.incomplete);
+    assert_eq!(ex.content_chunk_ns.len(), 2);
+    assert_eq!(ex.request.path, "/v1/chat/completions");
+}
