@@ -512,11 +512,20 @@ impl Pipeline {
                         },
                         (None, None) => None,
                     };
-                    if let FdKind::Tcp { local: l, remote } = classify_fd(tgid, fd) {
-                        if listener.is_none_or(|li| li.port() == l.port()) {
-                            local = Some(l);
-                            peer = Some(remote);
+                    match classify_fd(tgid, fd) {
+                        FdKind::Tcp { local: l, remote } => {
+                            if listener.is_none_or(|li| li.port() == l.port()) {
+                                local = Some(l);
+                                peer = Some(remote);
+                            }
                         }
+                        // No listener to vouch for it (an accept whose enter the kernel did not
+                        // see): a socket that is not TCP is not traced.
+                        FdKind::Other if listen_fd.is_none() => {
+                            self.untrace(tgid, fd, conn_id);
+                            return;
+                        }
+                        _ => {}
                     }
                     local = local.or(listener);
                 }
