@@ -513,11 +513,11 @@ impl Pipeline {
                         (None, None) => None,
                     };
                     match classify_fd(tgid, fd) {
-                        FdKind::Tcp { local: l, remote } => {
-                            if listener.is_none_or(|li| li.port() == l.port()) {
-                                local = Some(l);
-                                peer = Some(remote);
-                            }
+                        FdKind::Tcp { local: l, remote }
+                            if listener.is_none_or(|li| li.port() == l.port()) =>
+                        {
+                            local = Some(l);
+                            peer = Some(remote);
                         }
                         // No listener to vouch for it (an accept whose enter the kernel did not
                         // see): a socket that is not TCP is not traced.

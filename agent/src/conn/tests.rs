@@ -457,7 +457,7 @@ fn an_event_over_the_size_bound_is_counted_and_marks_the_request_incomplete() {
     w.syscall(SocketDir::Egress, 6, &chunk(&token("a", None)));
     // An event that never ends within the bound, written in 64 KiB pieces.
     let piece = "x".repeat(64 * 1024);
-    w.syscall(SocketDir::Egress, 7, format!("6\r\ndata: \r\n").as_bytes());
+    w.syscall(SocketDir::Egress, 7, b"6\r\ndata: \r\n");
     for i in 0..(crate::protocol::sse::MAX_EVENT_BYTES / piece.len() + 2) {
         w.syscall(
             SocketDir::Egress,
