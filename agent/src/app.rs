@@ -33,7 +33,9 @@ use crate::export::status::{ProbeStatus, StatusSource, TargetStatus, TlsAttachSt
 use crate::export::store::SpanStore;
 use crate::export::SpanSink;
 use crate::probes::pod_targets::PodScanner;
-use crate::probes::targets::{classify_fd, tcp_sockets, FdKind, Scanner, Target, TargetSource};
+use crate::probes::targets::{
+    classify_fd, start_time, tcp_sockets, FdKind, Scanner, Target, TargetSource,
+};
 use crate::probes::uprobe::{self, AttachOutcome, TlsPlan};
 use crate::probes::{kernel_drops, Probes};
 use crate::stats::Stats;
@@ -75,6 +77,9 @@ struct KernelMaps {
     /// The bitmap of targeted tgids (`infertap_common::target_bit`).
     targets: Array<MapData, u64>,
     sockets: BpfHashMap<MapData, ConnKey, ConnInfo>,
+    /// When (kernel monotonic ns) each targeted pid's bit was set: an exit record older than
+    /// that belongs to an earlier process with the same pid and must not untarget this one.
+    targeted_at: HashMap<u32, u64>,
 }
 
 impl KernelMaps {
@@ -84,10 +89,24 @@ impl KernelMaps {
         let (word, bit) = target_bit(pid);
         let cur = self.targets.get(&word, 0)?;
         let new = if on { cur | bit } else { cur & !bit };
-        self.targets.set(word, new, 0)
+        self.targets.set(word, new, 0)?;
+        if on {
+            self.targeted_at.insert(pid, WallClock::monotonic_now());
+        }
+        Ok(())
+    }
+
+    /// A targeted process exited at `exit_ns`: forgotten, unless its pid was targeted again
+    /// since (a new process reusing the pid).
+    fn process_exited(&mut self, pid: u32, exit_ns: u64) {
+        if self.targeted_at.get(&pid).is_some_and(|&t| t > exit_ns) {
+            return;
+        }
+        self.forget_process(pid);
     }
 
     fn forget_process(&mut self, pid: u32) {
+        self.targeted_at.remove(&pid);
         let _ = self.set_target(pid, false);
         let keys: Vec<ConnKey> = self
             .sockets
@@ -242,6 +261,7 @@ async fn run(config: Config) -> Result<()> {
     let kmaps = Arc::new(Mutex::new(KernelMaps {
         targets: maps.targets,
         sockets: maps.sockets,
+        targeted_at: HashMap::new(),
     }));
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
 
@@ -320,19 +340,31 @@ fn targeting_loop(
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut current: BTreeMap<u32, Target> = BTreeMap::new();
+    // Start time of each current target: a pid whose process changed is a new target.
+    let mut started: HashMap<u32, Option<u64>> = HashMap::new();
     let mut next_conn_id: u64 = 0;
     while !*stop.borrow() {
         let found = scanner.scan();
         let wanted: BTreeMap<u32, Target> = found.into_iter().map(|t| (t.pid, t)).collect();
         for pid in current.keys().copied().collect::<Vec<_>>() {
-            if !wanted.contains_key(&pid) {
+            let reused = wanted.contains_key(&pid)
+                && started.get(&pid).copied().flatten() != start_time(pid);
+            if !wanted.contains_key(&pid) || reused {
                 current.remove(&pid);
+                started.remove(&pid);
                 kmaps
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .forget_process(pid);
                 let _ = ctl.blocking_send(Control::Gone { pid });
-                tracing::info!(pid, "Target gone; no longer traced.");
+                if reused {
+                    tracing::info!(
+                        pid,
+                        "Target exited and its pid was reused by a new process."
+                    );
+                } else {
+                    tracing::info!(pid, "Target gone; no longer traced.");
+                }
             }
         }
         for (pid, t) in &wanted {
@@ -406,6 +438,7 @@ fn targeting_loop(
             }
             tracing::info!(pid, comm = %t.comm, reason = %t.reason, "Tracing process.");
             current.insert(*pid, t.clone());
+            started.insert(*pid, start_time(*pid));
         }
         status.update(|s| {
             s.targets = current
@@ -561,11 +594,20 @@ impl Pipeline {
                         },
                         (None, None) => None,
                     };
-                    if let FdKind::Tcp { local: l, remote } = classify_fd(tgid, fd) {
-                        if listener.is_none_or(|li| li.port() == l.port()) {
+                    match classify_fd(tgid, fd) {
+                        FdKind::Tcp { local: l, remote }
+                            if listener.is_none_or(|li| li.port() == l.port()) =>
+                        {
                             local = Some(l);
                             peer = Some(remote);
                         }
+                        // No listener to vouch for it (an accept whose enter the kernel did not
+                        // see): a socket that is not TCP is not traced.
+                        FdKind::Other if listen_fd.is_none() => {
+                            self.untrace(tgid, fd, conn_id);
+                            return;
+                        }
+                        _ => {}
                     }
                     local = local.or(listener);
                 }
@@ -588,7 +630,7 @@ impl Pipeline {
                 self.kmaps
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .forget_process(tgid);
+                    .process_exited(tgid, ts_ns);
             }
         }
     }

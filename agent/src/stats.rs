@@ -72,6 +72,9 @@ counters! {
     requests_server_aborted,
     /// Requests whose bytes were partly lost (gaps): their spans are marked incomplete.
     requests_incomplete,
+    /// Requests whose head the kernel could not deliver (ring buffer full): no span, only this
+    /// count (at least one per loss).
+    requests_lost,
     /// Spans finished and handed to the exporters.
     spans_finished,
     /// Spans accepted by the OTLP endpoint.

@@ -316,15 +316,33 @@ pub struct StandIn {
 
 impl StandIn {
     pub fn start(ctx: &TestCtx, opts: StandInOpts) -> StandIn {
+        StandIn::start_on(ctx, opts, 0, |_| true).expect("the pid check accepts any pid")
+    }
+
+    /// Starts the stand-in on `port` (0: a free one). `accept_pid` sees the new process's pid
+    /// first: when it says no, the process is killed at once and `None` returned (a test that
+    /// needs a particular pid retries).
+    pub fn start_on(
+        ctx: &TestCtx,
+        opts: StandInOpts,
+        port: u16,
+        accept_pid: impl FnOnce(u32) -> bool,
+    ) -> Option<StandIn> {
         let ready = ctx.file("standin.ready");
         let _ = fs::remove_file(&ready);
         let mut cmd = python("vllm_standin.py");
-        cmd.args(["--host", "127.0.0.1", "--port", "0", "--ready-file"])
-            .arg(&ready)
-            .args(["--model", &opts.model])
-            .args(["--ttft-ms", &opts.ttft_ms.to_string()])
-            .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
-            .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
+        cmd.args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--ready-file",
+        ])
+        .arg(&ready)
+        .args(["--model", &opts.model])
+        .args(["--ttft-ms", &opts.ttft_ms.to_string()])
+        .args(["--token-interval-ms", &opts.token_interval_ms.to_string()])
+        .args(["--timeout-keep-alive", &opts.keep_alive_s.to_string()]);
         for (k, v) in &opts.env {
             cmd.env(k, v);
         }
@@ -335,6 +353,11 @@ impl StandIn {
                 .arg(cert);
         }
         let mut proc = Proc::spawn("vllm_standin", cmd, ctx.file("standin.log"));
+        if !accept_pid(proc.pid()) {
+            let _ = proc.child.kill();
+            let _ = proc.child.wait();
+            return None;
+        }
         let port = poll(Duration::from_secs(30), || {
             if let Some(s) = proc.exited() {
                 panic!(
@@ -353,7 +376,7 @@ impl StandIn {
                 proc.log_text()
             )
         });
-        StandIn { proc, port, opts }
+        Some(StandIn { proc, port, opts })
     }
 
     pub fn pid(&self) -> u32 {
@@ -447,7 +470,7 @@ impl Agent {
         env: &[(&str, String)],
         target_pid: Option<u32>,
     ) -> Agent {
-        Agent::start_in_mode(ctx, "standalone", args, env, target_pid)
+        Agent::start_full(ctx, &[], "standalone", args, env, target_pid)
     }
 
     /// [`Agent::start_with`] in another `--mode` (`kubernetes`: give `KUBECONFIG` and `NODE_NAME`
@@ -459,8 +482,40 @@ impl Agent {
         env: &[(&str, String)],
         target_pid: Option<u32>,
     ) -> Agent {
+        Agent::start_full(ctx, &[], mode, args, env, target_pid)
+    }
+
+    /// As [`Agent::start_with`], with the agent run through `wrapper` (a command that ends by
+    /// exec'ing its arguments, e.g. `setpriv …` or `unshare -m …`), so that the process the test
+    /// holds is the agent itself.
+    pub fn start_wrapped(
+        ctx: &TestCtx,
+        wrapper: &[&str],
+        args: &[&str],
+        env: &[(&str, String)],
+        target_pid: Option<u32>,
+    ) -> Agent {
+        Agent::start_full(ctx, wrapper, "standalone", args, env, target_pid)
+    }
+
+    /// The agent in `mode`, run through `wrapper` when one is given.
+    pub fn start_full(
+        ctx: &TestCtx,
+        wrapper: &[&str],
+        mode: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+        target_pid: Option<u32>,
+    ) -> Agent {
         let debug_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(paths().agent);
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(paths().agent);
+                c
+            }
+            None => Command::new(paths().agent),
+        };
         cmd.args(["--mode", mode, "--debug-addr", &debug_addr.to_string()])
             .args(args);
         for var in [
@@ -809,14 +864,21 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::start_on(0)
+    }
+
+    /// A receiver on `127.0.0.1:port` (0: any free port), e.g. a restarted collector on the port
+    /// of one that was stopped.
+    pub fn start_on(port: u16) -> Receiver {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("tokio runtime");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let inner = rt
-            .block_on(OtlpReceiver::start())
-            .expect("starting the OTLP receiver");
+            .block_on(OtlpReceiver::start_on(addr))
+            .unwrap_or_else(|e| panic!("starting the OTLP receiver on {addr}: {e:#}"));
         Receiver {
             inner: Some(inner),
             rt,
@@ -842,6 +904,31 @@ impl Receiver {
 
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.inner().spans()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.inner().addr().port()
+    }
+
+    /// Export requests seen so far, refused and held ones included.
+    pub fn requests(&self) -> u64 {
+        self.inner().requests()
+    }
+
+    /// Answer every export with `UNAVAILABLE` (see [`OtlpReceiver::refuse`]).
+    pub fn refuse(&self) {
+        self.inner().refuse();
+    }
+
+    /// Hold every export unanswered (see [`OtlpReceiver::pause`]).
+    pub fn pause(&self) {
+        self.inner().pause();
+    }
+
+    /// Keep spans and answer OK again.
+    pub fn accept(&self) {
+        self.inner().accept();
     }
 
     /// Waits until every span id in `ids` arrived; panics after `timeout` naming the missing.

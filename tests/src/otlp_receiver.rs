@@ -191,8 +191,13 @@ pub struct OtlpReceiver {
 impl OtlpReceiver {
     /// Binds `127.0.0.1:0` and serves OTLP/gRPC traces and metrics, accepting.
     pub async fn start() -> anyhow::Result<Self> {
-        let incoming =
-            TcpIncoming::bind("127.0.0.1:0".parse()?).context("binding the OTLP test receiver")?;
+        Self::start_on("127.0.0.1:0".parse()?).await
+    }
+
+    /// Binds `addr` (e.g. the port of a receiver that was stopped, to play a collector that
+    /// restarts) and serves OTLP/gRPC traces and metrics, accepting.
+    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
+        let incoming = TcpIncoming::bind(addr).context("binding the OTLP test receiver")?;
         let addr = incoming.local_addr()?;
         let shared = Arc::new(Shared {
             spans: Mutex::default(),

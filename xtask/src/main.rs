@@ -6,9 +6,11 @@
 mod bench;
 mod demo;
 mod deps;
+mod fuzz;
 mod gpu_check;
 mod rss;
 mod setup;
+mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -67,6 +69,45 @@ enum Cmd {
         /// Also print the /gpu JSON at the end.
         #[arg(long)]
         json: bool,
+    },
+    /// A streaming campaign: SSE chunks/s with and without the agent, every chunk counted, then
+    /// beyond capacity (small ring buffer): drops counted, spans marked incomplete.
+    BenchStream {
+        /// Concurrent streams.
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        /// Token chunks per response.
+        #[arg(long, default_value_t = 200)]
+        chunks: usize,
+        /// Pause between chunks of one stream, µs.
+        #[arg(long, default_value_t = 2000)]
+        interval_us: u64,
+        /// Seconds per arm.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// The SSE server of bench-stream (runs as its own process, so that only it is traced).
+    #[command(hide = true)]
+    StreamServer {
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        #[arg(long)]
+        chunks: usize,
+        #[arg(long)]
+        interval_us: u64,
+    },
+    /// Run every cargo-fuzz target in fuzz/ for a fixed time (after replaying the saved
+    /// regression inputs), and summarise runs, coverage and crashes.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only these targets (repeatable); default: all of them.
+        #[arg(long = "target")]
+        targets: Vec<String>,
+        /// Only replay fuzz/regressions/<target>/ once, without fuzzing.
+        #[arg(long)]
+        replay: bool,
     },
     /// Start the agent, a stand-in vLLM server and a client; print the captured requests.
     Demo {
@@ -218,6 +259,25 @@ fn main() -> Result<()> {
         }
         Cmd::Build => build(),
         Cmd::Test { require_root, args } => test(require_root, &args),
+        Cmd::BenchStream {
+            streams,
+            chunks,
+            interval_us,
+            seconds,
+        } => {
+            build()?;
+            stream::run_stream(streams, chunks, interval_us, seconds)
+        }
+        Cmd::StreamServer {
+            port,
+            chunks,
+            interval_us,
+        } => stream::serve(port, chunks, interval_us),
+        Cmd::Fuzz {
+            seconds,
+            targets,
+            replay,
+        } => fuzz::fuzz(seconds, &targets, replay),
         Cmd::Lint => lint(),
         Cmd::BenchRss { connections } => {
             build()?;

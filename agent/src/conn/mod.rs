@@ -289,6 +289,11 @@ impl ConnTable {
                     .http_parse_failures
                     .fetch_add(fx.parse_errors, Ordering::Relaxed);
             }
+            if fx.requests_lost > 0 {
+                stats
+                    .requests_lost
+                    .fetch_add(fx.requests_lost, Ordering::Relaxed);
+            }
             if fx.not_http {
                 *opaque = true;
             }

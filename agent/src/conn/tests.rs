@@ -431,3 +431,85 @@ fn server_closing_first_is_a_server_abort_not_a_cancellation() {
     assert_eq!(w.stats.requests_server_aborted.load(Relaxed), 1);
     assert_eq!(w.stats.requests_cancelled.load(Relaxed), 0);
 }
+
+#[test]
+fn a_lost_request_head_is_counted_as_a_lost_request_and_the_next_one_is_traced() {
+    let mut w = Wire::new(Origin::Start);
+    let req = chat_request("m");
+    // The whole first request was dropped in the kernel; only its position advanced.
+    w.pos[SocketDir::Ingress as usize] += req.len() as u64;
+    w.syscall(SocketDir::Ingress, 1, &req);
+    assert_eq!(w.stats.bytes_lost.load(Relaxed), req.len() as u64);
+    assert_eq!(w.stats.requests_lost.load(Relaxed), 1);
+    assert_eq!(w.stats.requests_incomplete.load(Relaxed), 0);
+    // The parser resynchronised on the second request, which is answered and traced.
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", Some("stop"))));
+    w.syscall(SocketDir::Egress, 7, b"0\r\n\r\n");
+    assert_eq!(w.out.len(), 1, "the second request has its exchange");
+    assert_eq!(w.stats.requests_lost.load(Relaxed), 1);
+}
+
+#[test]
+fn an_event_over_the_size_bound_is_counted_and_marks_the_request_incomplete() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", None)));
+    // An event that never ends within the bound, written in 64 KiB pieces.
+    let piece = "x".repeat(64 * 1024);
+    w.syscall(SocketDir::Egress, 7, b"6\r\ndata: \r\n");
+    for i in 0..(crate::protocol::sse::MAX_EVENT_BYTES / piece.len() + 2) {
+        w.syscall(
+            SocketDir::Egress,
+            8 + i as u64,
+            format!("{:x}\r\n{piece}\r\n", piece.len()).as_bytes(),
+        );
+    }
+    w.syscall(SocketDir::Egress, 100, b"0\r\n\r\n");
+    assert_eq!(w.out.len(), 1);
+    let ex = &w.out[0].exchange;
+    assert_eq!(ex.content_chunk_ns.len(), 1, "the event before it counts");
+    assert!(ex.sse_failures >= 1);
+    assert!(ex.incomplete);
+    assert_eq!(w.stats.requests_incomplete.load(Relaxed), 1);
+    assert_eq!(
+        w.stats.bytes_lost.load(Relaxed),
+        0,
+        "nothing was lost in the kernel"
+    );
+}
+
+#[test]
+fn a_connection_whose_open_record_was_dropped_is_traced_from_its_first_byte() {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let req = chat_request("m");
+    // No open record: the first record is the request at stream position 0.
+    table.data(
+        &record(SocketDir::Ingress, 1, 0, (0, req.len() as u64), true, &req),
+        &stats,
+        &mut out,
+    );
+    let mut at = 0u64;
+    for (ts, bytes) in [
+        (5, HEAD.to_vec()),
+        (6, chunk(&token("a", None))),
+        (7, chunk(&token("b", Some("stop")))),
+        (8, b"0\r\n\r\n".to_vec()),
+    ] {
+        let len = bytes.len() as u64;
+        table.data(
+            &record(SocketDir::Egress, ts, at, (at, len), true, &bytes),
+            &stats,
+            &mut out,
+        );
+        at += len;
+    }
+    assert_eq!(out.len(), 1, "the exchange is complete");
+    let ex = &out[0].exchange;
+    assert!(!ex.incomplete);
+    assert_eq!(ex.content_chunk_ns.len(), 2);
+    assert_eq!(ex.request.path, "/v1/chat/completions");
+}

@@ -10,10 +10,11 @@ pub mod h2;
 
 use std::collections::VecDeque;
 
-use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::json_scan::{RequestScan, ResponseScan};
 use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
-use crate::protocol::sse::{SseEvent, SseFramer};
+use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
+use crate::protocol::Direction;
 
 const RESPONSE_TAIL: usize = 64 << 10;
 /// Content chunk timestamps kept per request (for inter-token statistics).
@@ -219,6 +220,9 @@ pub struct ExchangeTracker {
 pub struct Effects {
     pub parse_errors: u64,
     pub not_http: bool,
+    /// Requests whose head was lost (a kernel drop before it reached the agent): they have no
+    /// span, so they are only counted.
+    pub requests_lost: u64,
 }
 
 impl ExchangeTracker {
@@ -310,16 +314,23 @@ impl ExchangeTracker {
                         let mut chunks = Vec::new();
                         let mut failures = 0;
                         let mut events = 0;
+                        let mut dropped_event = false;
                         sse.feed(data, &mut |e| match e {
                             SseEvent::Event { data, .. } => {
                                 events += 1;
                                 chunks.extend(openai::parse_stream_chunk(data));
                             }
-                            SseEvent::Failure(_) => failures += 1,
+                            SseEvent::Failure(why) => {
+                                failures += 1;
+                                // An event over the size bound is dropped whole: what it carried
+                                // is missing from the figures.
+                                dropped_event |= why == SseFailure::TooLarge;
+                            }
                             SseEvent::Comment => {}
                         });
                         f.ex.sse_events += events;
                         f.ex.sse_failures += failures;
+                        f.ex.incomplete |= dropped_event;
                         for c in chunks {
                             f.on_chunk(ts_ns, c);
                         }
@@ -377,8 +388,15 @@ impl ExchangeTracker {
                     done.push(f.finish(ts_ns, outcome));
                 }
             }
-            HttpEvent::ParseError { .. } => {
+            HttpEvent::ParseError { dir, kind } => {
                 fx.parse_errors += 1;
+                if kind == ParseErrorKind::Lost
+                    && dir == Direction::Request
+                    && self.requesting().is_none()
+                {
+                    // Bytes lost where a request head was due: at least one request is gone.
+                    fx.requests_lost += 1;
+                }
                 for f in self.in_flight.iter_mut() {
                     f.ex.incomplete = true;
                 }

@@ -61,7 +61,7 @@ pub enum ProbeError {
          in Kubernetes add them to the container's securityContext)"
     )]
     Privileges { missing: String },
-    #[error("tracefs is not available: {0}")]
+    #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
     #[error("loading the eBPF object failed (kernel {kernel}): {source}")]
     Load {

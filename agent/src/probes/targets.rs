@@ -61,6 +61,16 @@ fn target(p: &Process, reason: String) -> Target {
     }
 }
 
+/// When a process started (`starttime` of `/proc/<pid>/stat`, clock ticks since boot): with the
+/// pid, it tells a process apart from a later one that reuses its pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()
+        .map(|s| s.starttime)
+}
+
 /// A TCP socket of a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcSocket {

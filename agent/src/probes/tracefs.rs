@@ -6,9 +6,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted at /sys/kernel/tracing and mounting it failed ({0}); mount it with \
-         `mount -t tracefs tracefs /sys/kernel/tracing`, or in Kubernetes mount the host's \
-         /sys/kernel/tracing into the agent's container"
+        "tracefs is not mounted at /sys/kernel/tracing (nor /sys/kernel/debug/tracing) and \
+         mounting it failed ({0}{hint}); mount it with `mount -t tracefs tracefs \
+         /sys/kernel/tracing`, or give the agent CAP_SYS_ADMIN so that it mounts it itself, or in \
+         Kubernetes mount the host's /sys/kernel/tracing into the agent's container",
+        hint = if .0.kind() == std::io::ErrorKind::PermissionDenied {
+            ": mounting needs CAP_SYS_ADMIN"
+        } else {
+            ""
+        }
     )]
     Mount(std::io::Error),
 }
@@ -52,4 +58,24 @@ pub fn ensure_mounted() -> Result<Tracefs, TracefsError> {
         root: root.clone(),
         mounted_by_us: Some(root),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_refused_for_lack_of_privilege_names_the_capability_and_the_fixes() {
+        let e = TracefsError::Mount(std::io::Error::from_raw_os_error(libc::EPERM)).to_string();
+        for needle in [
+            "/sys/kernel/tracing",
+            "CAP_SYS_ADMIN",
+            "mount -t tracefs tracefs /sys/kernel/tracing",
+            "Kubernetes",
+        ] {
+            assert!(e.contains(needle), "{needle:?} missing from: {e}");
+        }
+        let e = TracefsError::Mount(std::io::Error::from_raw_os_error(libc::ENOENT)).to_string();
+        assert!(!e.contains(": mounting needs"), "{e}");
+    }
 }

@@ -62,15 +62,18 @@ pub fn exit_accept(ctx: &TracePointContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    let call = match take_call(pid_tgid, CALL_ACCEPT) {
-        Some(c) => c,
-        None => return 0,
-    };
     let fd = ret(ctx);
+    let call = take_call(pid_tgid, CALL_ACCEPT);
     if fd < 0 {
         return 0;
     }
-    open(ctx, pid_tgid, fd as u32, call.fd, ROLE_SERVER, call.ptr);
+    match call {
+        Some(call) => open(ctx, pid_tgid, fd as u32, call.fd, ROLE_SERVER, call.ptr),
+        // The accept was already blocking when the process became a target (a thread-per-
+        // connection server): its enter was not seen. Traced all the same, with the address
+        // family unknown, so that userspace checks the socket is TCP.
+        None => open(ctx, pid_tgid, fd as u32, u32::MAX, ROLE_SERVER, 0),
+    }
     0
 }
 

@@ -2,7 +2,10 @@
 //!
 //! Owns the meaning of `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
 //! `OTEL_EXPORTER_OTLP_PROTOCOL` (`OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`), `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES` and `OTEL_TRACES_SAMPLER`(`_ARG`). Parsing takes a lookup function,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`(`_ARG`), the batch processor's
+//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, `OTEL_BSP_SCHEDULE_DELAY` and the
+//! export timeout (`OTEL_EXPORTER_OTLP_TRACES_TIMEOUT`, `OTEL_EXPORTER_OTLP_TIMEOUT`,
+//! `OTEL_BSP_EXPORT_TIMEOUT`, milliseconds). Parsing takes a lookup function,
 //! so tests never touch the process environment; only [`OtlpConfig::from_env`] reads it.
 
 use std::time::Duration;
@@ -148,13 +151,29 @@ impl OtlpConfig {
             warn!(%problem, "Trace sampler settings not understood; using the fallback.");
         }
 
+        let defaults = Self::default();
+        let queue_capacity = positive(&get, "OTEL_BSP_MAX_QUEUE_SIZE")
+            .map_or(defaults.queue_capacity, |n| n as usize);
+        let max_batch = positive(&get, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+            .map_or(defaults.max_batch, |n| n as usize)
+            .min(queue_capacity);
+        let batch_interval = positive(&get, "OTEL_BSP_SCHEDULE_DELAY")
+            .map_or(defaults.batch_interval, Duration::from_millis);
+        let export_timeout = positive(&get, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| positive(&get, "OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .or_else(|| positive(&get, "OTEL_BSP_EXPORT_TIMEOUT"))
+            .map_or(defaults.export_timeout, Duration::from_millis);
+
         Ok(Self {
             endpoint,
             protocol,
             service_name,
             resource_attributes,
             sampler,
-            ..Self::default()
+            queue_capacity,
+            max_batch,
+            batch_interval,
+            export_timeout,
         })
     }
 
@@ -174,6 +193,19 @@ impl OtlpConfig {
             )
             .with_service_name(self.service_name.clone())
             .build()
+    }
+}
+
+/// A positive integer variable (milliseconds or a count, as the OTel specification defines it);
+/// anything else is warned about and ignored, so the default applies.
+fn positive(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<u64> {
+    let value = get(name)?;
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            warn!(variable = name, %value, "Not a positive integer; using the default.");
+            None
+        }
     }
 }
 
@@ -229,6 +261,31 @@ mod tests {
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.to_string())
         })
+    }
+
+    #[test]
+    fn queue_batch_delay_and_timeout_follow_the_standard_variables() {
+        let c = config(&[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "1000"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1500"),
+        ])
+        .unwrap();
+        assert_eq!(c.queue_capacity, 64);
+        assert_eq!(c.max_batch, 64, "a batch never exceeds the queue");
+        assert_eq!(c.batch_interval, Duration::from_millis(250));
+        assert_eq!(c.export_timeout, Duration::from_millis(1500));
+        let c = config(&[
+            ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "700"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1500"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "zero"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.export_timeout, Duration::from_millis(700));
+        assert_eq!(c.queue_capacity, OtlpConfig::default().queue_capacity);
+        assert_eq!(c.batch_interval, OtlpConfig::default().batch_interval);
     }
 
     #[test]

@@ -1,0 +1,207 @@
+//! Userspace throughput per core: ring-buffer records of streaming chat exchanges, as the kernel
+//! programs emit them for a traced vLLM-like server, taken through `capture::decode` → `ConnTable`
+//! (ordered streams, HTTP/1.1, SSE, the OpenAI chunk fields) → span building, as the pipeline in
+//! `app.rs` does. Target (design.md): ≥ 1 M records/s per core.
+
+use std::net::SocketAddr;
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
+use infertap::capture::clock::WallClock;
+use infertap::capture::decode::{decode, Record};
+use infertap::conn::{ConnId, ConnTable, Finished, Origin};
+use infertap::stats::Stats;
+use infertap::trace::build::{build_span, BuildOptions, RandomIds};
+use infertap_common::*;
+
+fn bytes_of<T>(v: &T) -> Vec<u8> {
+    // SAFETY: a view of a repr(C), integer-only ABI struct.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+const TGID: u32 = 4242;
+
+/// Builds the records of `conns` keep-alive connections, each carrying `requests` streaming chat
+/// completions of `tokens` tokens, the connections' writes interleaved as a busy server's are.
+struct Wire {
+    records: Vec<Vec<u8>>,
+    ts: u64,
+    pos: Vec<[u64; 2]>,
+}
+
+impl Wire {
+    fn data(&mut self, conn: usize, egress: bool, bytes: &[u8]) {
+        self.ts += 1_000;
+        let d = usize::from(egress);
+        let at = self.pos[conn][d];
+        self.pos[conn][d] += bytes.len() as u64;
+        let rec = DataRecord {
+            header: RecordHeader {
+                kind: RECORD_DATA,
+                tgid: TGID,
+                ts_ns: self.ts,
+            },
+            conn_id: conn as u64 + 1,
+            stream_pos: at,
+            syscall_pos: at,
+            syscall_len: bytes.len() as u64,
+            fd: 10 + conn as u32,
+            tid: TGID,
+            len: bytes.len() as u32,
+            flags: DATA_FLAG_LAST
+                | if egress { DATA_FLAG_EGRESS } else { 0 }
+                | (if egress { SYS_WRITE } else { SYS_READ }) << DATA_SYSCALL_SHIFT,
+        };
+        let mut raw = bytes_of(&rec);
+        raw.extend_from_slice(bytes);
+        raw.resize(raw.len().next_multiple_of(8), 0);
+        self.records.push(raw);
+    }
+}
+
+fn sse_chunk(event: &str) -> Vec<u8> {
+    let data = format!("data: {event}\n\n");
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+fn exchange_records(conns: usize, requests: usize, tokens: usize) -> Vec<Vec<u8>> {
+    let mut w = Wire {
+        records: Vec::new(),
+        ts: 0,
+        pos: vec![[0, 0]; conns],
+    };
+    for c in 0..conns {
+        let mut addr = [0u8; 32];
+        addr[..2].copy_from_slice(&2u16.to_ne_bytes());
+        addr[2..4].copy_from_slice(&(40000 + c as u16).to_be_bytes());
+        addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        w.records.push(bytes_of(&ConnOpenRecord {
+            header: RecordHeader {
+                kind: RECORD_CONN_OPEN,
+                tgid: TGID,
+                ts_ns: 1,
+            },
+            conn_id: c as u64 + 1,
+            fd: 10 + c as u32,
+            listen_fd: 3,
+            role: ROLE_SERVER,
+            flags: 0,
+            addr,
+        }));
+    }
+    let body = r#"{"messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Explain the attention mechanism in transformers, step by step, with an example."}],"model":"Qwen/Qwen2.5-0.5B-Instruct","max_completion_tokens":256,"stream":true,"stream_options":{"include_usage":true},"temperature":0.7}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:8000\r\naccept-encoding: gzip, deflate\r\nconnection: keep-alive\r\naccept: application/json\r\ncontent-type: application/json\r\nuser-agent: OpenAI/Python 1.99.0\r\nx-stainless-lang: python\r\nauthorization: Bearer sk-xxxxxxxx\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let head = b"HTTP/1.1 200 OK\r\ndate: Thu, 26 Nov 2026 12:00:00 GMT\r\nserver: uvicorn\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+    let token = |i: usize| {
+        format!(
+            r#"{{"id":"chatcmpl-8f2c5d3e","object":"chat.completion.chunk","created":1733000000,"model":"Qwen/Qwen2.5-0.5B-Instruct","choices":[{{"index":0,"delta":{{"content":" w{i}"}},"logprobs":null,"finish_reason":null}}]}}"#
+        )
+    };
+    let usage = r#"{"id":"chatcmpl-8f2c5d3e","object":"chat.completion.chunk","created":1733000000,"model":"Qwen/Qwen2.5-0.5B-Instruct","choices":[],"usage":{"prompt_tokens":31,"total_tokens":95,"completion_tokens":64}}"#;
+    for _ in 0..requests {
+        for c in 0..conns {
+            w.data(c, false, request.as_bytes());
+            w.data(c, true, head);
+        }
+        for i in 0..tokens {
+            for c in 0..conns {
+                w.data(c, true, &sse_chunk(&token(i)));
+            }
+        }
+        for c in 0..conns {
+            w.data(c, true, &sse_chunk(usage));
+            w.data(c, true, &sse_chunk("[DONE]"));
+            w.data(c, true, b"0\r\n\r\n");
+        }
+    }
+    for c in 0..conns {
+        w.records.push(bytes_of(&ConnCloseRecord {
+            header: RecordHeader {
+                kind: RECORD_CONN_CLOSE,
+                tgid: TGID,
+                ts_ns: w.ts + 1,
+            },
+            conn_id: c as u64 + 1,
+            fd: 10 + c as u32,
+            _pad: 0,
+        }));
+    }
+    w.records
+}
+
+/// The pipeline's per-record work (app.rs `Pipeline::record` and `emit`, without /proc lookups).
+fn pipeline(records: &[Vec<u8>], clock: &WallClock) -> usize {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(65536, u64::MAX);
+    let opts = BuildOptions::default();
+    let mut done: Vec<Finished> = Vec::new();
+    let mut spans = 0;
+    let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    for raw in records {
+        match decode(raw) {
+            Ok(Record::Data(chunk)) => table.data(&chunk, &stats, &mut done),
+            Ok(Record::Open {
+                tgid,
+                ts_ns,
+                conn_id,
+                fd,
+                role,
+                peer,
+                ..
+            }) => table.open(
+                ConnId { tgid, conn_id },
+                fd,
+                role,
+                Some(local),
+                peer,
+                Origin::Start,
+                ts_ns,
+                &stats,
+            ),
+            Ok(Record::Close {
+                tgid,
+                ts_ns,
+                conn_id,
+                ..
+            }) => table.close(ConnId { tgid, conn_id }, ts_ns, &stats, &mut done),
+            Ok(Record::ProcExit { tgid, ts_ns }) => {
+                table.process_exit(tgid, ts_ns, &stats, &mut done)
+            }
+            Err(_) => {}
+        }
+        for f in done.drain(..) {
+            black_box(build_span(
+                &f.exchange,
+                &f.meta,
+                clock,
+                &opts,
+                &mut RandomIds,
+            ));
+            spans += 1;
+        }
+    }
+    spans
+}
+
+fn bench(c: &mut Criterion) {
+    let clock = WallClock::measure();
+    let mut g = c.benchmark_group("records");
+    // 16 concurrent streams, 4 requests each, 64 tokens per response.
+    let records = exchange_records(16, 4, 64);
+    assert_eq!(
+        pipeline(&records, &clock),
+        64,
+        "every exchange becomes a span"
+    );
+    g.throughput(Throughput::Elements(records.len() as u64));
+    g.bench_function("streaming_chat_decode_parse_span", |b| {
+        b.iter(|| pipeline(black_box(&records), &clock))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,156 @@
+//! Ring-buffer records, as the pipeline takes them: `capture::decode` on any bytes, then valid
+//! records built from the input (any field values: positions, lengths, flags, roles, addresses)
+//! decoded and applied to a `ConnTable` exactly as `app.rs` does, and every finished exchange
+//! built into a span. Checks beyond "no panic": a record built from fields decodes back to those
+//! fields; a data record never carries more payload than its header declares.
+#![no_main]
+
+use infertap::capture::clock::WallClock;
+use infertap::capture::decode::{decode, Record, Role};
+use infertap::conn::{ConnId, ConnTable, Finished, Origin};
+use infertap::stats::Stats;
+use infertap::trace::build::{build_span, BuildOptions, RandomIds};
+use infertap_common::*;
+use libfuzzer_sys::fuzz_target;
+
+fn bytes_of<T>(v: &T) -> Vec<u8> {
+    // SAFETY: a view of a repr(C), integer-only ABI struct (no padding: sizes are asserted in
+    // infertap-common).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+/// Takes `N` bytes (zero-padded when the input runs out).
+fn take<const N: usize>(input: &mut &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let n = N.min(input.len());
+    out[..n].copy_from_slice(&input[..n]);
+    *input = &input[n..];
+    out
+}
+
+fn u64_from(input: &mut &[u8]) -> u64 {
+    u64::from_le_bytes(take::<8>(input))
+}
+
+fn u32_from(input: &mut &[u8]) -> u32 {
+    u32::from_le_bytes(take::<4>(input))
+}
+
+fuzz_target!(|data: &[u8]| {
+    // The decoder alone, on the raw input and on every suffix of its first bytes.
+    for start in 0..data.len().min(64) {
+        let _ = decode(&data[start..]);
+    }
+
+    let stats = Stats::default();
+    let mut table = ConnTable::new(8, 1_000_000_000);
+    let clock = WallClock::measure();
+    let opts = BuildOptions::default();
+    let mut done: Vec<Finished> = Vec::new();
+    let mut input = data;
+    let mut ts = 0u64;
+    while let [op, rest @ ..] = input {
+        input = rest;
+        ts += u64::from(*op >> 4);
+        // Few processes and connections, so that records meet on the same connection.
+        let tgid = u32::from(op >> 6) + 1;
+        let conn_id = u64::from((op >> 4) & 3);
+        let header = |kind| RecordHeader { kind, tgid, ts_ns: ts };
+        let raw = match op & 3 {
+            0 => {
+                let len = usize::from(take::<1>(&mut input)[0]) * 7;
+                let payload_len = len.min(input.len());
+                let rec = DataRecord {
+                    header: header(RECORD_DATA),
+                    conn_id,
+                    stream_pos: u64_from(&mut input) % 4096,
+                    syscall_pos: u64_from(&mut input) % 4096,
+                    syscall_len: u64_from(&mut input) % 8192,
+                    fd: 5,
+                    tid: tgid,
+                    len: payload_len as u32,
+                    flags: u32_from(&mut input),
+                };
+                let payload_len = payload_len.min(input.len());
+                let mut raw = bytes_of(&DataRecord {
+                    len: payload_len as u32,
+                    ..rec
+                });
+                raw.extend_from_slice(&input[..payload_len]);
+                input = &input[payload_len..];
+                // The ring pads records to 8 bytes.
+                raw.resize(raw.len().next_multiple_of(8), 0);
+                raw
+            }
+            1 => bytes_of(&ConnOpenRecord {
+                header: header(RECORD_CONN_OPEN),
+                conn_id,
+                fd: 5,
+                listen_fd: u32_from(&mut input),
+                role: u32_from(&mut input) % 4,
+                flags: u32_from(&mut input),
+                addr: {
+                    let mut a = [0u8; 32];
+                    a[..2].copy_from_slice(&(if op & 8 == 0 { 2u16 } else { 10u16 }).to_ne_bytes());
+                    a[2..24].copy_from_slice(&take::<22>(&mut input));
+                    a
+                },
+            }),
+            2 => bytes_of(&ConnCloseRecord {
+                header: header(RECORD_CONN_CLOSE),
+                conn_id,
+                fd: 5,
+                _pad: 0,
+            }),
+            _ => bytes_of(&ProcExitRecord {
+                header: header(RECORD_PROC_EXIT),
+            }),
+        };
+        let rec = decode(&raw).expect("a record built from its fields decodes");
+        // As app.rs applies it (without the /proc lookups).
+        match rec {
+            Record::Data(chunk) => {
+                assert_eq!(chunk.tgid, tgid);
+                assert_eq!(chunk.conn_id, conn_id);
+                assert!(chunk.payload.len() + std::mem::size_of::<DataRecord>() <= raw.len());
+                table.data(&chunk, &stats, &mut done);
+            }
+            Record::Open {
+                tgid,
+                ts_ns,
+                conn_id,
+                fd,
+                role,
+                peer,
+                ..
+            } => {
+                assert_eq!(ts_ns, ts);
+                let local = peer.map(|p| std::net::SocketAddr::new(p.ip(), 8000));
+                let origin = if matches!(role, Role::Unknown) {
+                    Origin::MidStream
+                } else {
+                    Origin::Start
+                };
+                table.open(ConnId { tgid, conn_id }, fd, role, local, peer, origin, ts_ns, &stats);
+            }
+            Record::Close {
+                tgid,
+                ts_ns,
+                conn_id,
+                ..
+            } => table.close(ConnId { tgid, conn_id }, ts_ns, &stats, &mut done),
+            Record::ProcExit { tgid, ts_ns } => table.process_exit(tgid, ts_ns, &stats, &mut done),
+        }
+        if ts % 16 == 0 {
+            table.evict_idle(ts, &stats, &mut done);
+        }
+        for f in done.drain(..) {
+            let _ = build_span(&f.exchange, &f.meta, &clock, &opts, &mut RandomIds);
+        }
+    }
+    table.process_exit(1, ts + 1, &stats, &mut done);
+    for f in done.drain(..) {
+        let _ = build_span(&f.exchange, &f.meta, &clock, &opts, &mut RandomIds);
+    }
+});
