@@ -687,6 +687,26 @@ class _DropStandinAbort(logging.Filter):
         return True
 
 
+def _instrument_in_process() -> None:
+    """What a team does without infertap: the OpenTelemetry SDK in the server process, FastAPI's
+    instrumentation (one server span per request plus ASGI send/receive spans, as shipped), a
+    BatchSpanProcessor, and an exporter that discards (so the comparison measures instrumentation,
+    not a network or a collector)."""
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    class Discard(SpanExporter):
+        def export(self, spans):  # noqa: ANN001
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    trace.set_tracer_provider(provider)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=provider)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--host", default="127.0.0.1")
@@ -699,6 +719,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--enable-request-id-headers", action="store_true", help="as vLLM's flag: X-Request-Id on responses")
     ap.add_argument("--ssl-keyfile", help="as vLLM's flag: serve HTTPS with this private key (PEM)")
     ap.add_argument("--ssl-certfile", help="as vLLM's flag: serve HTTPS with this certificate (PEM)")
+    ap.add_argument(
+        "--otel-instrument",
+        action="store_true",
+        help="in-process tracing for the overhead comparison (cargo xtask bench-overhead): the "
+        "OpenTelemetry SDK's FastAPI instrumentation, spans batched and discarded (no network)",
+    )
     args = ap.parse_args(argv)
 
     SETTINGS.model = args.model
@@ -706,6 +732,8 @@ def main(argv: list[str] | None = None) -> int:
     SETTINGS.ttft_s = args.ttft_ms / 1000.0
     if args.enable_request_id_headers:
         app.add_middleware(XRequestIdMiddleware)
+    if args.otel_instrument:
+        _instrument_in_process()
 
     import uvicorn
 

@@ -1,7 +1,9 @@
 //! `cargo xtask bench-overhead`: requests/s of a loopback inference server (the uvicorn stand-in)
 //! under `wrk`, with the agent off, on but not targeting it, and targeting it — interleaved in
 //! rounds, medians reported as ratios — plus the kernel's own cost per program run
-//! (`kernel.bpf_stats_enabled`, read from the agent's /status).
+//! (`kernel.bpf_stats_enabled`, read from the agent's /status). A fourth arm is the alternative
+//! infertap replaces: the same server traced in-process by the OpenTelemetry Python SDK (FastAPI
+//! instrumentation, spans batched and discarded), without the agent.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -18,6 +20,8 @@ enum Arm {
     Off,
     Untargeted,
     Targeted,
+    /// A second stand-in, instrumented in-process with the OpenTelemetry SDK; no agent.
+    InProcess,
 }
 
 fn ensure_wrk() -> Result<()> {
@@ -34,9 +38,10 @@ fn ensure_wrk() -> Result<()> {
     run(Command::new("apt-get").args(["install", "-y", "-qq", "wrk"]))
 }
 
-fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<f64> {
+/// One wrk run: requests/s and the p50 and p99 latency in ms.
+fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<(f64, f64, f64)> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "1", "-c", "8", "-d", &format!("{seconds}s")]);
+    cmd.args(["-t", "1", "-c", "8", "--latency", "-d", &format!("{seconds}s")]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
@@ -45,10 +50,34 @@ fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<f64> {
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))
+        .with_context(|| format!("no Requests/sec in wrk output:\n{text}"))?;
+    let pct = |p: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(p))
+            .and_then(|v| wrk_ms(v.trim()))
+            .with_context(|| format!("no {p} latency in wrk output:\n{text}"))
+    };
+    Ok((rps, pct("50%")?, pct("99%")?))
+}
+
+/// wrk's latency figures (`850.00us`, `1.23ms`, `1.02s`, `2.00m`) in ms.
+fn wrk_ms(v: &str) -> Option<f64> {
+    let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = v.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = v.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = v.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|x| x * scale)
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -63,6 +92,18 @@ pub fn run_bench(python: &Path, rounds: usize, seconds: u64) -> Result<()> {
         python,
         port,
         &["--ttft-ms", "0", "--token-interval-ms", "0"],
+    )?;
+    let otel_port = free_port()?;
+    let _otel_server = start_standin(
+        python,
+        otel_port,
+        &[
+            "--ttft-ms",
+            "0",
+            "--token-interval-ms",
+            "0",
+            "--otel-instrument",
+        ],
     )?;
     let script = std::env::temp_dir().join("infertap-bench-chat.lua");
     std::fs::write(
@@ -80,16 +121,17 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
         ("POST chat stream 16 tokens", Some(&script)),
     ];
     for (name, script) in workloads {
-        let mut results: Vec<(Arm, f64)> = Vec::new();
+        let mut results: Vec<(Arm, (f64, f64, f64))> = Vec::new();
         let mut kernel: Vec<(String, u64, u64)> = Vec::new();
         let mut kernel_untargeted: Vec<(String, u64, u64)> = Vec::new();
         wrk(port, 1, script)?; // warm up
+        wrk(otel_port, 1, script)?;
         for round in 0..rounds {
-            for arm in [Arm::Off, Arm::Untargeted, Arm::Targeted] {
+            for arm in [Arm::Off, Arm::Untargeted, Arm::Targeted, Arm::InProcess] {
                 let debug_port = free_port()?;
                 let debug = format!("127.0.0.1:{debug_port}");
                 let agent = match arm {
-                    Arm::Off => None,
+                    Arm::Off | Arm::InProcess => None,
                     Arm::Untargeted | Arm::Targeted => {
                         let target = if arm == Arm::Targeted {
                             vec!["--target-port".to_string(), port.to_string()]
@@ -107,7 +149,12 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                         Some(a)
                     }
                 };
-                let rps = wrk(port, seconds, script)?;
+                let server_port = if arm == Arm::InProcess {
+                    otel_port
+                } else {
+                    port
+                };
+                let measured = wrk(server_port, seconds, script)?;
                 if agent.is_some() {
                     std::thread::sleep(Duration::from_millis(1200)); // one housekeeping tick
                     let st = get_json(&format!("http://{debug}/status"))?;
@@ -145,31 +192,41 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                     }
                 }
                 drop(agent);
-                eprintln!("round {round}: {arm:?}: {rps:.0} req/s");
-                results.push((arm, rps));
+                eprintln!(
+                    "round {round}: {arm:?}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms",
+                    measured.0, measured.1, measured.2
+                );
+                results.push((arm, measured));
             }
         }
-        let med = |arm: Arm| {
+        let med = |arm: Arm, field: fn(&(f64, f64, f64)) -> f64| {
             median(
                 &mut results
                     .iter()
                     .filter(|(a, _)| *a == arm)
-                    .map(|(_, r)| *r)
+                    .map(|(_, m)| field(m))
                     .collect::<Vec<_>>(),
             )
         };
-        let off = med(Arm::Off);
-        let untargeted = med(Arm::Untargeted);
-        let targeted = med(Arm::Targeted);
+        let row = |arm: Arm| (med(arm, |m| m.0), med(arm, |m| m.1), med(arm, |m| m.2));
+        let off = row(Arm::Off);
         println!("\n== {name}: {rounds} rounds of {seconds}s, wrk -t1 -c8, medians");
-        println!("agent off              {off:>10.0} req/s   1.000");
+        println!("                            req/s   ratio   p50 ms   p99 ms");
+        for (label, arm) in [
+            ("agent off", Arm::Off),
+            ("agent on, not targeted", Arm::Untargeted),
+            ("agent on, targeting", Arm::Targeted),
+            ("in-process OTel SDK", Arm::InProcess),
+        ] {
+            let (rps, p50, p99) = row(arm);
+            println!(
+                "{label:<24} {rps:>10.0}   {:.3}   {p50:>6.2}   {p99:>6.2}",
+                rps / off.0
+            );
+        }
         println!(
-            "agent on, not targeted {untargeted:>10.0} req/s   {:.3}",
-            untargeted / off
-        );
-        println!(
-            "agent on, targeting    {targeted:>10.0} req/s   {:.3}",
-            targeted / off
+            "infertap targeting / in-process OTel SDK: {:.3} (req/s)",
+            row(Arm::Targeted).0 / row(Arm::InProcess).0
         );
         for (label, k) in [
             ("targeting the server", &kernel),
