@@ -41,7 +41,15 @@ fn ensure_wrk() -> Result<()> {
 /// One wrk run: requests/s and the p50 and p99 latency in ms.
 fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<(f64, f64, f64)> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t", "1", "-c", "8", "--latency", "-d", &format!("{seconds}s")]);
+    cmd.args([
+        "-t",
+        "1",
+        "-c",
+        "8",
+        "--latency",
+        "-d",
+        &format!("{seconds}s"),
+    ]);
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
