@@ -8,9 +8,8 @@ use std::borrow::Cow;
 use super::{Decision, Outcome};
 use crate::capture::clock::WallClock;
 use crate::protocol::ext_proc::PROCESS_PATH;
-use crate::trace::build::{BuildOptions, ConnMeta, IdGenerator};
-use crate::trace::context::{parse_traceparent, trace_id_from_request_id};
-use crate::trace::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+use crate::trace::build::{put_addresses, BuildOptions, ConnMeta, IdGenerator, TraceParent};
+use crate::trace::span::{AttrValue, FinishedSpan, SpanStatus};
 
 /// The attribute that marks a routing-decision span (`routed`, `rejected`, `none`).
 pub const DECISION_ATTR: &str = "infertap.epp.decision";
@@ -26,19 +25,7 @@ pub fn build_decision_span(
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
     let s = |v: &str| AttrValue::Str(v.to_string());
 
-    let parent = d.header("traceparent").and_then(parse_traceparent);
-    let request_id = d.header("x-request-id").filter(|v| !v.trim().is_empty());
-    let (trace_id, parent_span_id, sampled) = match (&parent, request_id) {
-        (Some(p), _) => (p.trace_id, Some(p.parent_id), p.sampled),
-        (None, Some(rid)) if opts.derive_trace_from_request_id => {
-            (trace_id_from_request_id(rid), None, true)
-        }
-        _ => (ids.trace_id(), None, true),
-    };
-    let trace_state = match parent {
-        Some(_) => d.header("tracestate").unwrap_or("").to_string(),
-        None => String::new(),
-    };
+    let (tp, request_id) = TraceParent::from_headers(|n| d.header(n), opts, ids);
 
     let (service, method) = crate::protocol::grpc::split_path(PROCESS_PATH).unwrap_or_default();
     put("rpc.system", s("grpc"));
@@ -84,21 +71,7 @@ pub fn build_decision_span(
     if !d.subset.is_empty() {
         put("infertap.epp.subset", AttrValue::StrArray(d.subset.clone()));
     }
-    let (server, client) = if conn.server {
-        (conn.local, conn.peer)
-    } else {
-        (conn.peer, conn.local)
-    };
-    if let Some(a) = server {
-        if !a.ip().is_unspecified() {
-            put("server.address", s(&a.ip().to_string()));
-        }
-        put("server.port", AttrValue::I64(a.port() as i64));
-    }
-    if let Some(a) = client {
-        put("client.address", s(&a.ip().to_string()));
-        put("client.port", AttrValue::I64(a.port() as i64));
-    }
+    put_addresses(conn, &mut put);
     put("process.pid", AttrValue::I64(conn.pid as i64));
     if d.incomplete {
         put("infertap.incomplete", AttrValue::Bool(true));
@@ -115,22 +88,5 @@ pub fn build_decision_span(
         Some(m) => format!("route {m}"),
         None => "route".to_string(),
     };
-    FinishedSpan {
-        trace_id,
-        span_id: ids.span_id(),
-        parent_span_id,
-        trace_state,
-        parent_is_remote: parent_span_id.is_some(),
-        sampled,
-        name,
-        kind: if conn.server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        },
-        start_unix_nano: clock.to_unix_nanos(d.start_ns),
-        end_unix_nano: clock.to_unix_nanos(d.end_ns),
-        status,
-        attributes: attrs,
-    }
+    tp.span(name, conn, clock, d.start_ns, d.end_ns, status, attrs, ids)
 }

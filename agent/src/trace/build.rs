@@ -66,6 +66,101 @@ impl IdGenerator for RandomIds {
     }
 }
 
+/// The trace a span joins, from its request's headers: the incoming `traceparent` (its
+/// `tracestate` kept), else — when enabled — the trace id derived from `x-request-id`, else a new
+/// trace. Every span kind (HTTP, gRPC, routing decision) takes it from here, so that the spans of
+/// one request meet in one trace.
+pub struct TraceParent {
+    pub trace_id: TraceId,
+    pub parent_span_id: Option<SpanId>,
+    pub sampled: bool,
+    pub trace_state: String,
+}
+
+impl TraceParent {
+    /// The trace context, and the request id (`x-request-id`, when not blank).
+    pub fn from_headers<'a>(
+        header: impl Fn(&str) -> Option<&'a str>,
+        opts: &BuildOptions,
+        ids: &mut dyn IdGenerator,
+    ) -> (TraceParent, Option<&'a str>) {
+        let parent = header("traceparent").and_then(parse_traceparent);
+        let request_id = header("x-request-id").filter(|v| !v.trim().is_empty());
+        let (trace_id, parent_span_id, sampled) = match (&parent, request_id) {
+            (Some(p), _) => (p.trace_id, Some(p.parent_id), p.sampled),
+            (None, Some(rid)) if opts.derive_trace_from_request_id => {
+                (trace_id_from_request_id(rid), None, true)
+            }
+            _ => (ids.trace_id(), None, true),
+        };
+        let trace_state = match parent {
+            Some(_) => header("tracestate").unwrap_or("").to_string(),
+            None => String::new(),
+        };
+        let tp = TraceParent {
+            trace_id,
+            parent_span_id,
+            sampled,
+            trace_state,
+        };
+        (tp, request_id)
+    }
+
+    /// The finished span in this trace, with a new span id; SERVER or CLIENT by the side the
+    /// traced process was on.
+    #[allow(clippy::too_many_arguments)]
+    pub fn span(
+        self,
+        name: String,
+        conn: &ConnMeta,
+        clock: &WallClock,
+        start_ns: u64,
+        end_ns: u64,
+        status: SpanStatus,
+        attributes: Vec<(Cow<'static, str>, AttrValue)>,
+        ids: &mut dyn IdGenerator,
+    ) -> FinishedSpan {
+        FinishedSpan {
+            trace_id: self.trace_id,
+            span_id: ids.span_id(),
+            parent_span_id: self.parent_span_id,
+            trace_state: self.trace_state,
+            parent_is_remote: self.parent_span_id.is_some(),
+            sampled: self.sampled,
+            name,
+            kind: if conn.server {
+                SpanKind::Server
+            } else {
+                SpanKind::Client
+            },
+            start_unix_nano: clock.to_unix_nanos(start_ns),
+            end_unix_nano: clock.to_unix_nanos(end_ns),
+            status,
+            attributes,
+        }
+    }
+}
+
+/// `server.address`/`server.port` and `client.address`/`client.port` of the connection, by the
+/// side the traced process was on (an unspecified listening address is left out).
+pub fn put_addresses(conn: &ConnMeta, put: &mut dyn FnMut(&'static str, AttrValue)) {
+    let (server, client) = if conn.server {
+        (conn.local, conn.peer)
+    } else {
+        (conn.peer, conn.local)
+    };
+    if let Some(a) = server {
+        if !a.ip().is_unspecified() {
+            put("server.address", AttrValue::Str(a.ip().to_string()));
+        }
+        put("server.port", AttrValue::I64(a.port() as i64));
+    }
+    if let Some(a) = client {
+        put("client.address", AttrValue::Str(a.ip().to_string()));
+        put("client.port", AttrValue::I64(a.port() as i64));
+    }
+}
+
 fn header<'a>(ex: &'a Exchange, name: &str) -> Option<&'a str> {
     ex.request
         .headers
@@ -139,21 +234,7 @@ pub fn build_span(
     let mut attrs: Vec<(Cow<'static, str>, AttrValue)> = Vec::with_capacity(40);
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
 
-    // Trace context.
-    let parent = header(ex, "traceparent").and_then(parse_traceparent);
-    let request_id = header(ex, "x-request-id").filter(|v| !v.trim().is_empty());
-    let (trace_id, parent_span_id, sampled) = match (&parent, request_id) {
-        (Some(p), _) => (p.trace_id, Some(p.parent_id), p.sampled),
-        (None, Some(rid)) if opts.derive_trace_from_request_id => {
-            (trace_id_from_request_id(rid), None, true)
-        }
-        _ => (ids.trace_id(), None, true),
-    };
-    let trace_state = if parent.is_some() {
-        header(ex, "tracestate").unwrap_or("").to_string()
-    } else {
-        String::new()
-    };
+    let (tp, request_id) = TraceParent::from_headers(|n| header(ex, n), opts, ids);
 
     // HTTP.
     let status = ex.response.as_ref().map(|r| r.status);
@@ -165,21 +246,7 @@ pub fn build_span(
     if let Some(s) = status {
         put("http.response.status_code", AttrValue::I64(s as i64));
     }
-    let (server, client) = if conn.server {
-        (conn.local, conn.peer)
-    } else {
-        (conn.peer, conn.local)
-    };
-    if let Some(a) = server {
-        if !a.ip().is_unspecified() {
-            put("server.address", AttrValue::Str(a.ip().to_string()));
-        }
-        put("server.port", AttrValue::I64(a.port() as i64));
-    }
-    if let Some(a) = client {
-        put("client.address", AttrValue::Str(a.ip().to_string()));
-        put("client.port", AttrValue::I64(a.port() as i64));
-    }
+    put_addresses(conn, &mut put);
     put(
         "http.request.body.size",
         AttrValue::I64(ex.request_body_len as i64),
@@ -325,28 +392,21 @@ pub fn build_span(
             None => ex.request.method.clone(),
         },
     };
-    FinishedSpan {
-        trace_id,
-        span_id: ids.span_id(),
-        parent_span_id,
-        trace_state,
-        parent_is_remote: parent_span_id.is_some(),
-        sampled,
+    let status = if is_error {
+        SpanStatus::Error(error_type.unwrap_or_else(|| "error".to_string()))
+    } else {
+        SpanStatus::Unset
+    };
+    tp.span(
         name,
-        kind: if conn.server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        },
-        start_unix_nano: clock.to_unix_nanos(ex.start_ns),
-        end_unix_nano: clock.to_unix_nanos(ex.end_ns),
-        status: if is_error {
-            SpanStatus::Error(error_type.unwrap_or_else(|| "error".to_string()))
-        } else {
-            SpanStatus::Unset
-        },
-        attributes: attrs,
-    }
+        conn,
+        clock,
+        ex.start_ns,
+        ex.end_ns,
+        status,
+        attrs,
+        ids,
+    )
 }
 
 #[cfg(test)]

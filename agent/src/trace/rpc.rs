@@ -3,9 +3,8 @@
 
 use std::borrow::Cow;
 
-use super::build::{BuildOptions, ConnMeta, IdGenerator};
-use super::context::{parse_traceparent, trace_id_from_request_id};
-use super::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+use super::build::{put_addresses, BuildOptions, ConnMeta, IdGenerator, TraceParent};
+use super::span::{AttrValue, FinishedSpan, SpanStatus};
 use crate::capture::clock::WallClock;
 use crate::exchange::h2::{CallOutcome, GrpcCall};
 use crate::protocol::grpc::status_name;
@@ -29,19 +28,7 @@ pub fn build_grpc_span(
             .find(|(k, _)| *k == n)
             .map(|(_, v)| v.as_str())
     };
-    let parent = header("traceparent").and_then(parse_traceparent);
-    let request_id = header("x-request-id").filter(|v| !v.trim().is_empty());
-    let (trace_id, parent_span_id, sampled) = match (&parent, request_id) {
-        (Some(p), _) => (p.trace_id, Some(p.parent_id), p.sampled),
-        (None, Some(rid)) if opts.derive_trace_from_request_id => {
-            (trace_id_from_request_id(rid), None, true)
-        }
-        _ => (ids.trace_id(), None, true),
-    };
-    let trace_state = match parent {
-        Some(_) => header("tracestate").unwrap_or("").to_string(),
-        None => String::new(),
-    };
+    let (tp, request_id) = TraceParent::from_headers(header, opts, ids);
     put("rpc.system", AttrValue::Str("grpc".into()));
     put("rpc.service", AttrValue::Str(c.service.clone()));
     put("rpc.method", AttrValue::Str(c.method.clone()));
@@ -62,21 +49,7 @@ pub fn build_grpc_span(
     if let Some(rid) = request_id {
         put("gen_ai.request.id", AttrValue::Str(rid.to_string()));
     }
-    let (server, client) = if conn.server {
-        (conn.local, conn.peer)
-    } else {
-        (conn.peer, conn.local)
-    };
-    if let Some(a) = server {
-        if !a.ip().is_unspecified() {
-            put("server.address", AttrValue::Str(a.ip().to_string()));
-        }
-        put("server.port", AttrValue::I64(a.port() as i64));
-    }
-    if let Some(a) = client {
-        put("client.address", AttrValue::Str(a.ip().to_string()));
-        put("client.port", AttrValue::I64(a.port() as i64));
-    }
+    put_addresses(conn, &mut put);
     put("process.pid", AttrValue::I64(conn.pid as i64));
     if c.incomplete {
         put("infertap.incomplete", AttrValue::Bool(true));
@@ -100,22 +73,7 @@ pub fn build_grpc_span(
     if let Some(e) = &error {
         put("error.type", AttrValue::Str(e.clone()));
     }
-    FinishedSpan {
-        trace_id,
-        span_id: ids.span_id(),
-        parent_span_id,
-        trace_state,
-        parent_is_remote: parent_span_id.is_some(),
-        sampled,
-        name: format!("{}/{}", c.service, c.method),
-        kind: if conn.server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        },
-        start_unix_nano: clock.to_unix_nanos(c.start_ns),
-        end_unix_nano: clock.to_unix_nanos(c.end_ns),
-        status: error.map_or(SpanStatus::Unset, SpanStatus::Error),
-        attributes: attrs,
-    }
+    let status = error.map_or(SpanStatus::Unset, SpanStatus::Error);
+    let name = format!("{}/{}", c.service, c.method);
+    tp.span(name, conn, clock, c.start_ns, c.end_ns, status, attrs, ids)
 }
