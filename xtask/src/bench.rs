@@ -12,8 +12,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
-use crate::{agent_binary, run};
+use crate::demo::{agent_command, free_port, get_json, start_standin, wait_targeted, Kill};
+use crate::run;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -147,8 +147,7 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                             vec!["--target-pid".to_string(), sleeper.0.id().to_string()]
                         };
                         let a = Kill(
-                            Command::new(agent_binary())
-                                .args(["--mode", "standalone", "--debug-addr", &debug])
+                            agent_command(&debug)
                                 .args(&target)
                                 .env("RUST_LOG", "warn")
                                 .spawn()?,

@@ -45,6 +45,14 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
 }
 
 /// Start the stand-in vLLM server on 127.0.0.1:`port` with `extra` flags; returns once it listens.
+/// The agent in standalone mode with its debug endpoint at `debug`; the caller adds the target,
+/// the environment and any other flags.
+pub fn agent_command(debug: &str) -> Command {
+    let mut cmd = Command::new(agent_binary());
+    cmd.args(["--mode", "standalone", "--debug-addr", debug]);
+    cmd
+}
+
 pub fn start_standin(python: &Path, port: u16, extra: &[&str]) -> Result<Kill> {
     let ready = std::env::temp_dir().join(format!("infertap-standin-{port}.ready"));
     let _ = std::fs::remove_file(&ready);
@@ -127,15 +135,8 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     let debug = format!("127.0.0.1:{debug_port}");
     eprintln!("demo: starting infertap (--target-port {port}), debug endpoint http://{debug}");
     let _agent = Kill(
-        Command::new(agent_binary())
-            .args([
-                "--mode",
-                "standalone",
-                "--target-port",
-                &port.to_string(),
-                "--debug-addr",
-                &debug,
-            ])
+        agent_command(&debug)
+            .args(["--target-port", &port.to_string()])
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::agent_binary;
-use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
+use crate::demo::{agent_command, free_port, get_json, start_standin, wait_targeted, Kill};
 
 /// Python that opens N connections, makes one request on each, and keeps them open.
 const HOLDER: &str = r#"
@@ -26,7 +25,8 @@ print("OPEN", flush=True)
 time.sleep(hold)
 "#;
 
-fn rss_kib(pid: u32) -> (u64, u64) {
+/// VmRSS and VmHWM (peak) of a process, KiB; 0 where unreadable.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -44,15 +44,8 @@ pub fn run_rss(python: &Path, connections: usize) -> Result<()> {
     let _server = start_standin(python, port, &["--timeout-keep-alive", "300"])?;
     let debug = format!("127.0.0.1:{}", free_port()?);
     let agent = Kill(
-        Command::new(agent_binary())
-            .args([
-                "--mode",
-                "standalone",
-                "--target-port",
-                &port.to_string(),
-                "--debug-addr",
-                &debug,
-            ])
+        agent_command(&debug)
+            .args(["--target-port", &port.to_string()])
             .env("RUST_LOG", "warn")
             .spawn()?,
     );

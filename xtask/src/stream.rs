@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::agent_binary;
-use crate::demo::{free_port, get_json, wait_until, Kill};
+use crate::demo::{agent_command, free_port, get_json, wait_until, Kill};
 
 const MODEL: &str = "bench-model";
 
@@ -156,15 +155,9 @@ fn one_request(port: u16, trace: &str) -> std::io::Result<u64> {
     Ok(text.matches("\"delta\":{\"content\":\" w").count() as u64)
 }
 
+/// Peak resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
+    crate::rss::rss_kib(pid).1
 }
 
 struct Agent {
@@ -175,18 +168,9 @@ struct Agent {
 
 fn start_agent(port: u16, ring: Option<u32>) -> Result<Agent> {
     let debug = format!("127.0.0.1:{}", free_port()?);
-    let mut cmd = Command::new(agent_binary());
-    cmd.args([
-        "--mode",
-        "standalone",
-        "--target-port",
-        &port.to_string(),
-        "--debug-addr",
-        &debug,
-        "--span-buffer",
-        "65536",
-    ])
-    .env("RUST_LOG", "warn");
+    let mut cmd = agent_command(&debug);
+    cmd.args(["--target-port", &port.to_string(), "--span-buffer", "65536"])
+        .env("RUST_LOG", "warn");
     if let Some(r) = ring {
         cmd.args(["--ring-buffer-size", &r.to_string()]);
     }
