@@ -254,18 +254,6 @@ fn metric(agent: &Agent, series: &str) -> Option<f64> {
     })
 }
 
-/// Resident memory of a process, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn exporter(agent: &Agent) -> Value {
     agent.status()["exporter"].clone()
 }
@@ -353,7 +341,7 @@ fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
         &[],
         &otlp_env(format!("http://127.0.0.1:{nobody}"), 64),
     );
-    let rss_before = rss_kib(agent.proc.pid());
+    let rss_before = harness::rss_kib(agent.proc.pid());
 
     let mut conn = Conn::open(server.port);
     let stream_ctx = Ctx::new();
@@ -389,7 +377,7 @@ fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
         metric(&agent, "infertap_spans_export_dropped_total"),
         Some(dropped as f64)
     );
-    let rss_after = rss_kib(agent.proc.pid());
+    let rss_after = harness::rss_kib(agent.proc.pid());
     println!("agent RSS {rss_before} KiB at start, {rss_after} KiB after 3000 unexported spans");
     // The bound is design.md's (100 MiB). Growth over the start varies from run to run (0.4 MiB
     // to 31 MiB seen: the 3,000 spans kept for /spans and the allocator's per-thread arenas), so
@@ -890,7 +878,7 @@ fn a_flood_of_non_http_bytes_is_counted_bounded_and_tracing_goes_on() {
     let server = StandIn::start(&ctx, StandInOpts::default());
     let agent = Agent::start(&ctx, &server, &[], &[]);
     let not_http_before = agent.http_counter("not_http_streams");
-    let rss_before = rss_kib(agent.proc.pid());
+    let rss_before = harness::rss_kib(agent.proc.pid());
     let port = server.port;
     const CONNS: usize = 200;
     let sent = Arc::new(AtomicU64::new(0));
@@ -934,7 +922,7 @@ fn a_flood_of_non_http_bytes_is_counted_bounded_and_tracing_goes_on() {
         (g >= CONNS as u64 / 2).then_some(g)
     })
     .unwrap_or_else(|| panic!("non-HTTP streams not counted: {:#}", agent.status()));
-    let rss_after = rss_kib(agent.proc.pid());
+    let rss_after = harness::rss_kib(agent.proc.pid());
     println!(
         "{CONNS} connections, {} MiB of noise sent: not_http_streams +{grew}; RSS {rss_before} -> {rss_after} KiB",
         sent.load(Ordering::Relaxed) >> 20
@@ -1356,7 +1344,7 @@ fn adversarial_http_sse_and_json_are_counted_bounded_and_tracing_goes_on() {
         Some(raw.pid()),
     );
     poll(WAIT, || targeted(&agent, server.pid()).then_some(())).expect("the stand-in is targeted");
-    let rss_start = rss_kib(agent.proc.pid());
+    let rss_start = harness::rss_kib(agent.proc.pid());
     let mut failures = Vec::new();
 
     // Responses.
@@ -1486,7 +1474,7 @@ fn adversarial_http_sse_and_json_are_counted_bounded_and_tracing_goes_on() {
     let span = &wait_one_span_each(&agent, &[c], 4096, WAIT)[0];
     assert_eq!(attr(span, "infertap.content_chunks"), 5, "{span:#}");
     assert!(attr(span, "infertap.incomplete").is_null(), "{span:#}");
-    let rss_end = rss_kib(agent.proc.pid());
+    let rss_end = harness::rss_kib(agent.proc.pid());
     println!("agent RSS {rss_start} -> {rss_end} KiB");
     assert!(
         rss_end < rss_start + 20 * 1024,

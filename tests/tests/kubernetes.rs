@@ -394,14 +394,7 @@ fn cpu_and_rss(pid: u32) -> (f64, u64) {
     // Fields 14 and 15 (utime, stime) of stat(5), counted from the state (field 3).
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     let hz = clock_ticks_per_second();
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss_kib: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap();
-    (ticks as f64 / hz, rss_kib * 1024)
+    (ticks as f64 / hz, harness::rss_kib(pid) * 1024)
 }
 
 /// `sysconf(_SC_CLK_TCK)`, through `getconf CLK_TCK`.
