@@ -104,11 +104,7 @@ pub struct ExtProcStream {
 }
 
 fn cut(s: &str) -> String {
-    let mut end = s.len().min(MAX_VALUE);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    crate::protocol::cut(s, MAX_VALUE)
 }
 
 fn split_endpoints(v: &str, out: &mut Vec<String>) {

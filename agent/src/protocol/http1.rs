@@ -29,7 +29,7 @@
 
 use std::collections::VecDeque;
 
-use super::{Direction, Segment};
+use super::{cut, Direction, Segment};
 
 /// The largest message head (start line, fields, blank line) the parser buffers.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -1160,10 +1160,7 @@ fn allowed_headers(fields: &[httparse::Header<'_>]) -> Vec<(&'static str, String
                 .unwrap_or(field.value);
             Some((
                 *name,
-                truncate(
-                    String::from_utf8_lossy(raw).into_owned(),
-                    MAX_HEADER_VALUE_BYTES,
-                ),
+                cut(&String::from_utf8_lossy(raw), MAX_HEADER_VALUE_BYTES),
             ))
         })
         .collect()
@@ -1179,22 +1176,7 @@ fn request_path(target: &str) -> String {
         _ => target,
     };
     let end = path.find(['?', '#']).unwrap_or(path.len());
-    truncate(
-        path.get(..end).unwrap_or_default().to_owned(),
-        MAX_PATH_BYTES,
-    )
-}
-
-/// Cuts `s` to at most `max` bytes at a character boundary.
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
-    s
+    cut(path.get(..end).unwrap_or_default(), MAX_PATH_BYTES)
 }
 
 #[cfg(test)]

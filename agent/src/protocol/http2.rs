@@ -18,7 +18,7 @@
 //! header block or [`MAX_CONTROL_PAYLOAD`] of another non-DATA frame per direction; panic.
 
 use super::http1::{ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
-use super::{Direction, Segment};
+use super::{cut, Direction, Segment};
 
 /// The client connection preface.
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -606,14 +606,6 @@ impl Http2Conn {
             });
         }
     }
-}
-
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// Decodes one header block, keeping allow-listed values only. `None` on an HPACK error.

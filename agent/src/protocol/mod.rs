@@ -18,6 +18,16 @@ pub mod json_scan;
 pub mod openai;
 pub mod sse;
 
+/// `s` cut to at most `max` bytes at a character boundary: the one bound every kept header value,
+/// path and routing value goes through.
+pub(crate) fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
 /// Which side of an HTTP exchange a byte stream carries. The connection layer maps socket
 /// directions to these with the connection's role (a server reads requests, a client writes them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
