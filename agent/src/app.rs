@@ -76,20 +76,27 @@ enum Control {
 struct KernelMaps {
     /// The bitmap of targeted tgids (`infertap_common::target_bit`).
     targets: Array<MapData, u64>,
+    /// The same bitmap for targets with TLS uprobes attached.
+    tls_targets: Array<MapData, u64>,
     sockets: BpfHashMap<MapData, ConnKey, ConnInfo>,
     /// When (kernel monotonic ns) each targeted pid's bit was set: an exit record older than
     /// that belongs to an earlier process with the same pid and must not untarget this one.
     targeted_at: HashMap<u32, u64>,
 }
 
+/// Set or clear a process's bit in a tgid bitmap (`infertap_common::target_bit`).
+fn set_bit(map: &mut Array<MapData, u64>, pid: u32, on: bool) -> Result<(), aya::maps::MapError> {
+    let (word, bit) = target_bit(pid);
+    let cur = map.get(&word, 0)?;
+    let new = if on { cur | bit } else { cur & !bit };
+    map.set(word, new, 0)
+}
+
 impl KernelMaps {
     /// Set or clear a process's bit. Only this struct writes the bitmap, under its mutex, so the
     /// read-modify-write of a word is safe.
     fn set_target(&mut self, pid: u32, on: bool) -> Result<(), aya::maps::MapError> {
-        let (word, bit) = target_bit(pid);
-        let cur = self.targets.get(&word, 0)?;
-        let new = if on { cur | bit } else { cur & !bit };
-        self.targets.set(word, new, 0)?;
+        set_bit(&mut self.targets, pid, on)?;
         if on {
             self.targeted_at.insert(pid, WallClock::monotonic_now());
         }
@@ -105,9 +112,15 @@ impl KernelMaps {
         self.forget_process(pid);
     }
 
+    /// Mark a target as having TLS uprobes: its socket syscalls then pair TLS objects to sockets.
+    fn set_tls_target(&mut self, pid: u32, on: bool) -> Result<(), aya::maps::MapError> {
+        set_bit(&mut self.tls_targets, pid, on)
+    }
+
     fn forget_process(&mut self, pid: u32) {
         self.targeted_at.remove(&pid);
         let _ = self.set_target(pid, false);
+        let _ = self.set_tls_target(pid, false);
         let keys: Vec<ConnKey> = self
             .sockets
             .keys()
@@ -260,6 +273,7 @@ async fn run(config: Config) -> Result<()> {
 
     let kmaps = Arc::new(Mutex::new(KernelMaps {
         targets: maps.targets,
+        tls_targets: maps.tls_targets,
         sockets: maps.sockets,
         targeted_at: HashMap::new(),
     }));
@@ -756,6 +770,13 @@ impl Pipeline {
                     (false, Some(e.clone()))
                 }
             };
+            if attached {
+                let _ = self
+                    .kmaps
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .set_tls_target(pid, true);
+            }
             self.tls_status.push(TlsAttachStatus {
                 pid,
                 library: plan.library.to_string(),

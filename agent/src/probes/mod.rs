@@ -105,6 +105,8 @@ pub struct Probes {
 pub struct Maps {
     /// Bitmap of targeted tgids.
     pub targets: Array<MapData, u64>,
+    /// Bitmap of targeted tgids with TLS uprobes attached.
+    pub tls_targets: Array<MapData, u64>,
     pub sockets: HashMap<MapData, ConnKey, ConnInfo>,
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
@@ -174,6 +176,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TARGETS", target_words())
+            .map_max_entries("TLS_TARGETS", target_words())
             .load(OBJECT)
             .map_err(|source| ProbeError::Load {
                 kernel: kernel_release(),
@@ -224,6 +227,7 @@ impl Probes {
         }
 
         let targets = take_map(&mut ebpf, "TARGETS")?;
+        let tls_targets = take_map(&mut ebpf, "TLS_TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
@@ -237,6 +241,7 @@ impl Probes {
             },
             Maps {
                 targets,
+                tls_targets,
                 sockets,
                 drops,
                 events,

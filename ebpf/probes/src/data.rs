@@ -58,7 +58,7 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
     if unsafe { (*info).flags } & CONN_FLAG_TLS != 0 {
         return; // ciphertext: its plaintext comes from the TLS uprobes (`tls.rs`)
     }
-    if !egress {
+    if !egress && crate::tls::probed(pid_tgid) {
         crate::tls::note_read(pid_tgid, call.fd);
     }
     let c = Call {

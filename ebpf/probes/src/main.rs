@@ -78,7 +78,9 @@ fn enter_data(
     if unsafe { SOCKETS.get(key).is_none() } {
         return 0;
     }
-    tls::match_socket(pid_tgid, key);
+    if tls::probed(pid_tgid) {
+        tls::match_socket(pid_tgid, key);
+    }
     if let Some(n) = peek_flags_arg {
         if arg(ctx, n) & MSG_PEEK != 0 {
             return 0; // peeked bytes are read again later: copying them would duplicate them

@@ -12,6 +12,12 @@ use infertap_common::{ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX,
 #[map]
 pub static TARGETS: Array<u64> = Array::with_max_entries(65536, 0);
 
+/// Targeted processes with TLS uprobes attached (same layout as `TARGETS`, written by userspace
+/// when it attaches them): only their socket syscalls do the TLS-object matching
+/// (`tls::match_socket`, `tls::note_read`), so a plain-HTTP server pays nothing for it.
+#[map]
+pub static TLS_TARGETS: Array<u64> = Array::with_max_entries(65536, 0);
+
 /// Sockets of targeted processes whose bytes are copied (TCP sockets only: accepted, connected,
 /// or found open by userspace). Files, pipes and Unix sockets are never in here, so their I/O is
 /// never copied.

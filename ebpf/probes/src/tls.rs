@@ -39,6 +39,17 @@ fn regs(ctx: &ProbeContext) -> &pt_regs {
     unsafe { &*ctx.regs }
 }
 
+/// Whether the process has TLS uprobes attached (`TLS_TARGETS`): only then do its socket
+/// syscalls look for TLS objects to pair.
+#[inline(always)]
+pub fn probed(pid_tgid: u64) -> bool {
+    let (word, bit) = target_bit((pid_tgid >> 32) as u32);
+    match TLS_TARGETS.get(word) {
+        Some(w) => *w & bit != 0,
+        None => false,
+    }
+}
+
 /// A traced socket syscall on this thread: if a TLS call on this thread is waiting to learn its
 /// socket, this is it. Called by the data syscalls' enter programs.
 #[inline(always)]
