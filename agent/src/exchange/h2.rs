@@ -211,8 +211,7 @@ impl Stream {
         } else if fields.path.as_deref() == Some(PROCESS_PATH) {
             Kind::ExtProc(Box::new(ExtProcStream::new()))
         } else if fields
-            .content_type
-            .as_deref()
+            .header("content-type")
             .is_some_and(|c| c.starts_with("application/grpc"))
         {
             let path = fields.path.as_deref().unwrap_or("");

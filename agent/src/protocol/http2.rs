@@ -60,7 +60,6 @@ pub struct Fields {
     /// Without query string, at most [`MAX_PATH_BYTES`].
     pub path: Option<String>,
     pub status: Option<u16>,
-    pub content_type: Option<String>,
     pub grpc_status: Option<u32>,
     /// Allow-listed fields ([`ALLOWED_HEADERS`]), in order of appearance.
     pub headers: Vec<(&'static str, String)>,
@@ -630,12 +629,8 @@ fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8]) -> Option
             "grpc-status" => f.grpc_status = value().trim().parse().ok(),
             _ => {
                 if let Some(k) = ALLOWED_HEADERS.iter().find(|k| **k == name) {
-                    let v = cut(&value(), MAX_HEADER_VALUE_BYTES);
-                    if *k == "content-type" {
-                        f.content_type = Some(v.clone());
-                    }
                     if f.headers.len() < 64 {
-                        f.headers.push((k, v));
+                        f.headers.push((k, cut(&value(), MAX_HEADER_VALUE_BYTES)));
                     }
                 }
             }
