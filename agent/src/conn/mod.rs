@@ -299,34 +299,10 @@ impl ConnTable {
             }
         };
 
-        let expected = next_pos[d].unwrap_or(chunk.syscall_pos);
-        let mut data = chunk.payload;
-        let mut pos = chunk.stream_pos;
-        if pos > expected {
-            let lost = pos - expected;
-            stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
-            http.gap(hdir, chunk.ts_ns, lost, &mut on_event);
-        } else if pos < expected {
-            let skip = (expected - pos).min(data.len() as u64) as usize;
-            data = &data[skip..];
-            pos += skip as u64;
-        }
-        if !data.is_empty() {
-            let seg = Segment {
-                ts_ns: chunk.ts_ns,
-                data,
-                syscall_start: pos == chunk.syscall_pos,
-            };
-            http.feed(hdir, seg, &mut on_event);
-        }
-        let mut next = (pos + data.len() as u64).max(expected);
-        let syscall_end = chunk.syscall_pos.saturating_add(chunk.syscall_len);
-        if chunk.last && next < syscall_end {
-            let lost = syscall_end - next;
-            stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
-            http.gap(hdir, chunk.ts_ns, lost, &mut on_event);
-            next = syscall_end;
-        }
+        let next = sequence(next_pos[d], chunk, stats, |piece| match piece {
+            Piece::Gap(lost) => http.gap(hdir, chunk.ts_ns, lost, &mut on_event),
+            Piece::Bytes(seg) => http.feed(hdir, seg, &mut on_event),
+        });
         next_pos[d] = Some(next);
         if *opaque {
             stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
@@ -451,8 +427,55 @@ fn flush(
     finish(id, &meta, done, stats, out);
 }
 
-/// One record's bytes on an HTTP/2 connection: the same stream-position bookkeeping as the
-/// HTTP/1 path (exact gaps), into the HTTP/2 parser.
+/// What one record adds to a direction's byte stream.
+enum Piece<'a> {
+    /// Bytes that were never delivered: before this record, or the rest of its syscall.
+    Gap(u64),
+    /// Bytes not seen before (a record overlapping what was already fed is cut).
+    Bytes(Segment<'a>),
+}
+
+/// The stream-position bookkeeping every protocol path shares: given the position expected next
+/// (`None`: the direction's first record), hands `on` the gap before the record (counted in
+/// `bytes_lost`), its new bytes, and the gap after it when the kernel did not copy the rest of
+/// its syscall; returns the position expected next.
+fn sequence<'a>(
+    expected: Option<u64>,
+    chunk: &DataChunk<'a>,
+    stats: &Stats,
+    mut on: impl FnMut(Piece<'a>),
+) -> u64 {
+    let expected = expected.unwrap_or(chunk.syscall_pos);
+    let mut data = chunk.payload;
+    let mut pos = chunk.stream_pos;
+    if pos > expected {
+        let lost = pos - expected;
+        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+        on(Piece::Gap(lost));
+    } else if pos < expected {
+        let skip = (expected - pos).min(data.len() as u64) as usize;
+        data = &data[skip..];
+        pos += skip as u64;
+    }
+    if !data.is_empty() {
+        on(Piece::Bytes(Segment {
+            ts_ns: chunk.ts_ns,
+            data,
+            syscall_start: pos == chunk.syscall_pos,
+        }));
+    }
+    let mut next = (pos + data.len() as u64).max(expected);
+    let syscall_end = chunk.syscall_pos.saturating_add(chunk.syscall_len);
+    if chunk.last && next < syscall_end {
+        let lost = syscall_end - next;
+        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
+        on(Piece::Gap(lost));
+        next = syscall_end;
+    }
+    next
+}
+
+/// One record's bytes on an HTTP/2 connection, through [`sequence`] into the HTTP/2 parser.
 fn h2_data(
     c: &mut Conn,
     chunk: &DataChunk<'_>,
@@ -465,34 +488,10 @@ fn h2_data(
         return Vec::new();
     };
     let mut items = Vec::new();
-    let expected = c.next_pos[d].unwrap_or(chunk.syscall_pos);
-    let mut data = chunk.payload;
-    let mut pos = chunk.stream_pos;
-    if pos > expected {
-        let lost = pos - expected;
-        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
-        h.gap(hdir, lost, stats, &mut items);
-    } else if pos < expected {
-        let skip = (expected - pos).min(data.len() as u64) as usize;
-        data = &data[skip..];
-        pos += skip as u64;
-    }
-    if !data.is_empty() {
-        let seg = Segment {
-            ts_ns: chunk.ts_ns,
-            data,
-            syscall_start: pos == chunk.syscall_pos,
-        };
-        h.feed(hdir, seg, stats, &mut items);
-    }
-    let mut next = (pos + data.len() as u64).max(expected);
-    let syscall_end = chunk.syscall_pos.saturating_add(chunk.syscall_len);
-    if chunk.last && next < syscall_end {
-        let lost = syscall_end - next;
-        stats.bytes_lost.fetch_add(lost, Ordering::Relaxed);
-        h.gap(hdir, lost, stats, &mut items);
-        next = syscall_end;
-    }
+    let next = sequence(c.next_pos[d], chunk, stats, |piece| match piece {
+        Piece::Gap(lost) => h.gap(hdir, lost, stats, &mut items),
+        Piece::Bytes(seg) => h.feed(hdir, seg, stats, &mut items),
+    });
     c.next_pos[d] = Some(next);
     h2::split(items, rpc)
 }
