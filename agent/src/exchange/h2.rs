@@ -204,6 +204,31 @@ impl H2Streams {
     }
 }
 
+/// An HTTP stream that ends without its response (reset, or the connection went): its exchange
+/// is aborted as a cancellation (`peer_closed`: the client's side went first) or a server abort.
+fn abort_http(
+    mut t: ExchangeTracker,
+    ts_ns: u64,
+    peer_closed: bool,
+    responded: bool,
+    done: &mut Vec<H2Done>,
+) {
+    t.closing();
+    if peer_closed {
+        t.peer_closed();
+    }
+    let mut out = Vec::new();
+    t.on_event(
+        HttpEvent::Aborted {
+            ts_ns,
+            request_complete: false,
+            response_started: responded,
+        },
+        &mut out,
+    );
+    done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+}
+
 impl Stream {
     fn open(ts_ns: u64, fields: &Fields) -> Stream {
         let kind = if !fields.known {
@@ -393,22 +418,7 @@ impl Stream {
 
     fn reset(self, dir: Direction, ts_ns: u64, code: u32, done: &mut Vec<H2Done>) {
         match self.kind {
-            Kind::Http(mut t) => {
-                t.closing();
-                if dir == Direction::Request {
-                    t.peer_closed();
-                }
-                let mut out = Vec::new();
-                t.on_event(
-                    HttpEvent::Aborted {
-                        ts_ns,
-                        request_complete: false,
-                        response_started: self.responded,
-                    },
-                    &mut out,
-                );
-                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
-            }
+            Kind::Http(t) => abort_http(t, ts_ns, dir == Direction::Request, self.responded, done),
             Kind::Grpc(mut c) => {
                 c.end_ns = ts_ns;
                 c.outcome = CallOutcome::Reset {
@@ -424,22 +434,7 @@ impl Stream {
 
     fn close(self, ts_ns: u64, peer_closed: bool, done: &mut Vec<H2Done>) {
         match self.kind {
-            Kind::Http(mut t) => {
-                t.closing();
-                if peer_closed {
-                    t.peer_closed();
-                }
-                let mut out = Vec::new();
-                t.on_event(
-                    HttpEvent::Aborted {
-                        ts_ns,
-                        request_complete: false,
-                        response_started: self.responded,
-                    },
-                    &mut out,
-                );
-                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
-            }
+            Kind::Http(t) => abort_http(t, ts_ns, peer_closed, self.responded, done),
             Kind::Grpc(mut c) => {
                 c.end_ns = ts_ns;
                 c.outcome = CallOutcome::Abandoned;
