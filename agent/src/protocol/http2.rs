@@ -640,4 +640,4 @@ fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8]) -> Option
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

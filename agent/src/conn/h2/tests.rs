@@ -7,27 +7,20 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::capture::decode::{DataChunk, Role, SocketDir};
 use crate::conn::{ConnId, ConnTable, Finished, H2Done, Origin};
 use crate::epp::Outcome;
+use crate::protocol::Direction;
 use crate::stats::Stats;
 
 const MS: u64 = 1_000_000;
 
+/// A recorded connection as the traced server's socket sees it: the client's bytes are ingress.
 fn load(name: &str) -> Vec<(SocketDir, Vec<u8>)> {
-    let path = format!("{}/tests/fixtures/http2/{name}", env!("CARGO_MANIFEST_DIR"));
-    let raw = std::fs::read(&path).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 5 <= raw.len() {
-        // The traced process is the server: the client's bytes are ingress.
-        let dir = if raw[at] == b'C' {
-            SocketDir::Ingress
-        } else {
-            SocketDir::Egress
-        };
-        let len = u32::from_be_bytes([raw[at + 1], raw[at + 2], raw[at + 3], raw[at + 4]]) as usize;
-        out.push((dir, raw[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
-    }
-    out
+    crate::protocol::http2::tests::load(name)
+        .into_iter()
+        .map(|(dir, bytes)| match dir {
+            Direction::Request => (SocketDir::Ingress, bytes),
+            Direction::Response => (SocketDir::Egress, bytes),
+        })
+        .collect()
 }
 
 struct Wire {

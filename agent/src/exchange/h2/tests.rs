@@ -2,27 +2,9 @@
 
 use super::*;
 use crate::epp::Outcome;
+use crate::protocol::http2::tests::load;
 use crate::protocol::http2::{Http2Conn, PREFACE};
 use crate::protocol::Segment;
-
-/// Recorded chunks (see `protocol::http2::tests`), `C` = request side.
-fn load(name: &str) -> Vec<(Direction, Vec<u8>)> {
-    let path = format!("{}/tests/fixtures/http2/{name}", env!("CARGO_MANIFEST_DIR"));
-    let raw = std::fs::read(&path).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 5 <= raw.len() {
-        let dir = if raw[at] == b'C' {
-            Direction::Request
-        } else {
-            Direction::Response
-        };
-        let len = u32::from_be_bytes([raw[at + 1], raw[at + 2], raw[at + 3], raw[at + 4]]) as usize;
-        out.push((dir, raw[at + 5..at + 5 + len].to_vec()));
-        at += 5 + len;
-    }
-    out
-}
 
 /// Replays chunks (each its own syscall, timestamps 1, 2, 3… ms) through a parser and the streams.
 fn replay(chunks: &[(Direction, Vec<u8>)], from_start: bool) -> (Vec<H2Done>, H2Effects) {
