@@ -8,6 +8,7 @@
 
 pub mod h2;
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
@@ -122,30 +123,6 @@ impl InFlight {
         }
     }
 
-    fn on_chunk(&mut self, ts_ns: u64, c: StreamChunk) {
-        if c.has_content {
-            if self.ex.first_token_ns.is_none() {
-                self.ex.first_token_ns = Some(ts_ns);
-            }
-            if self.ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
-                self.ex.content_chunk_ns.push(ts_ns);
-            }
-        }
-        if self.ex.response_id.is_none() {
-            self.ex.response_id = c.id;
-        }
-        if self.ex.response_model.is_none() {
-            self.ex.response_model = c.model;
-        }
-        self.ex.finish_reasons.extend(c.finish_reasons);
-        if c.usage.is_some() {
-            self.ex.usage = c.usage; // with continuous usage stats the last one wins
-        }
-        if c.error_type.is_some() {
-            self.ex.error_type = c.error_type;
-        }
-    }
-
     fn finish_request(&mut self, ts_ns: u64) {
         self.request_done = true;
         self.ex.request_end_ns = Some(ts_ns);
@@ -162,17 +139,16 @@ impl InFlight {
             self.finish_request(ts_ns);
         }
         if let Some(mut sse) = self.sse.take() {
-            let mut chunks = Vec::new();
-            let mut failures = 0;
+            let ex = &mut self.ex;
             sse.finish(&mut |e| match e {
-                SseEvent::Event { data, .. } => chunks.extend(openai::parse_stream_chunk(data)),
-                SseEvent::Failure(_) => failures += 1,
+                SseEvent::Event { data, .. } => {
+                    if let Some(c) = openai::parse_stream_chunk(data) {
+                        apply_chunk(ex, ts_ns, c);
+                    }
+                }
+                SseEvent::Failure(_) => ex.sse_failures += 1,
                 SseEvent::Comment => {}
             });
-            self.ex.sse_failures += failures;
-            for c in chunks {
-                self.on_chunk(ts_ns, c);
-            }
         }
         if let Some(mut scan) = self.response_scan.take() {
             if let Err(e) = scan.finish() {
@@ -311,29 +287,24 @@ impl ExchangeTracker {
                 if let Some(f) = self.responding() {
                     f.ex.response_body_len += data.len() as u64;
                     if let Some(sse) = f.sse.as_mut() {
-                        let mut chunks = Vec::new();
-                        let mut failures = 0;
-                        let mut events = 0;
-                        let mut dropped_event = false;
+                        // Each event's fields are applied as it is framed: its identifiers are
+                        // borrowed from this feed, and only the ones kept are copied.
+                        let ex = &mut f.ex;
                         sse.feed(data, &mut |e| match e {
                             SseEvent::Event { data, .. } => {
-                                events += 1;
-                                chunks.extend(openai::parse_stream_chunk(data));
+                                ex.sse_events += 1;
+                                if let Some(c) = openai::parse_stream_chunk(data) {
+                                    apply_chunk(ex, ts_ns, c);
+                                }
                             }
                             SseEvent::Failure(why) => {
-                                failures += 1;
+                                ex.sse_failures += 1;
                                 // An event over the size bound is dropped whole: what it carried
                                 // is missing from the figures.
-                                dropped_event |= why == SseFailure::TooLarge;
+                                ex.incomplete |= why == SseFailure::TooLarge;
                             }
                             SseEvent::Comment => {}
                         });
-                        f.ex.sse_events += events;
-                        f.ex.sse_failures += failures;
-                        f.ex.incomplete |= dropped_event;
-                        for c in chunks {
-                            f.on_chunk(ts_ns, c);
-                        }
                     } else if let Some(scan) = f.response_scan.as_mut() {
                         if f.response_gapped {
                             push_tail(&mut f.response_tail, data);
@@ -406,6 +377,31 @@ impl ExchangeTracker {
             }
         }
         fx
+    }
+}
+
+/// One stream chunk's fields into its exchange.
+fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
+    if c.has_content {
+        if ex.first_token_ns.is_none() {
+            ex.first_token_ns = Some(ts_ns);
+        }
+        if ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
+            ex.content_chunk_ns.push(ts_ns);
+        }
+    }
+    if ex.response_id.is_none() {
+        ex.response_id = c.id.map(Cow::into_owned);
+    }
+    if ex.response_model.is_none() {
+        ex.response_model = c.model.map(Cow::into_owned);
+    }
+    ex.finish_reasons.extend(c.finish_reasons);
+    if c.usage.is_some() {
+        ex.usage = c.usage; // with continuous usage stats the last one wins
+    }
+    if c.error_type.is_some() {
+        ex.error_type = c.error_type;
     }
 }
 

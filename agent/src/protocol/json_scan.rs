@@ -1685,7 +1685,10 @@ mod tests {
             assert_eq!(got.finish_reasons(), c.finish_reasons);
             assert_eq!(got.usage, c.usage);
             assert_eq!(got.error_type(), c.error_type);
-            assert_eq!((got.id, got.model), (c.id, c.model));
+            assert_eq!(
+                (got.id.as_deref(), got.model.as_deref()),
+                (c.id.as_deref(), c.model.as_deref())
+            );
         }
     }
 

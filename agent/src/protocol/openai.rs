@@ -5,6 +5,10 @@
 //! id, finish reason, error type), bounded in length; prompt and completion text are only ever
 //! *looked at* (is this chunk's content empty?), never copied.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -42,12 +46,67 @@ impl Operation {
     }
 }
 
-fn bounded(s: &str) -> String {
+/// Where `s` is cut to keep at most [`ID_MAX`] bytes, at a character boundary.
+fn bound_at(s: &str) -> usize {
     let mut end = s.len().min(ID_MAX);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    s[..end].to_string()
+    end
+}
+
+fn bounded(s: &str) -> String {
+    s[..bound_at(s)].to_string()
+}
+
+/// [`bounded`] without a copy when the string is borrowed from the input.
+fn bounded_cow(s: JsonStr<'_>) -> Cow<'_, str> {
+    let end = bound_at(&s.0);
+    match s.0 {
+        Cow::Borrowed(b) => Cow::Borrowed(&b[..end]),
+        Cow::Owned(mut o) => {
+            o.truncate(end);
+            Cow::Owned(o)
+        }
+    }
+}
+
+/// serde_json reading bytes checks every string it hands out for UTF-8; reading a `&str` it need
+/// not. Input that is UTF-8 throughout (all of it, in practice) is checked once, in one pass, and
+/// read as a `&str`; anything else is read as bytes. Both readers give the same result on UTF-8
+/// input, and the byte reader keeps its leniency (invalid UTF-8 in skipped strings) for the rest.
+fn from_json<'a, T: Deserialize<'a>>(data: &'a [u8]) -> serde_json::Result<T> {
+    match std::str::from_utf8(data) {
+        Ok(text) => serde_json::from_str(text),
+        Err(_) => serde_json::from_slice(data),
+    }
+}
+
+/// A JSON string, borrowed from the input when it has no escapes. (serde borrows a bare
+/// `Cow<str>` field, but an `Option<Cow<str>>` one always allocates: this type borrows in both.
+/// Hand-written because it is the 20 lines `serde_with::BorrowCow` would bring a crate for.)
+struct JsonStr<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = JsonStr<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<JsonStr<'a>, E> {
+                Ok(JsonStr(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<JsonStr<'a>, E> {
+                Ok(JsonStr(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<JsonStr<'a>, E> {
+                Ok(JsonStr(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V(std::marker::PhantomData))
+    }
 }
 
 /// The request fields that describe a request.
@@ -65,7 +124,7 @@ pub struct RequestFields {
 #[derive(Deserialize)]
 struct RawRequest<'a> {
     #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
+    model: Option<JsonStr<'a>>,
     stream: Option<bool>,
     stream_options: Option<RawStreamOptions>,
     max_tokens: Option<i64>,
@@ -83,9 +142,9 @@ struct RawStreamOptions {
 /// Parse a complete request body. Unknown fields (messages, prompt, …) are skipped without
 /// being stored.
 pub fn parse_request(body: &[u8]) -> Option<RequestFields> {
-    let r: RawRequest<'_> = serde_json::from_slice(body).ok()?;
+    let r: RawRequest<'_> = from_json(body).ok()?;
     Some(RequestFields {
-        model: r.model.as_deref().map(bounded),
+        model: r.model.map(|m| bounded(&m.0)),
         stream: r.stream,
         include_usage: r.stream_options.and_then(|o| o.include_usage),
         max_tokens: r.max_completion_tokens.or(r.max_tokens),
@@ -127,7 +186,7 @@ impl From<RawUsage> for Usage {
 #[derive(Deserialize)]
 struct RawError<'a> {
     #[serde(borrow, rename = "type")]
-    kind: Option<std::borrow::Cow<'a, str>>,
+    kind: Option<JsonStr<'a>>,
     code: Option<&'a RawValue>,
 }
 
@@ -138,7 +197,7 @@ struct RawChoice<'a> {
     #[serde(borrow)]
     text: Option<&'a RawValue>,
     #[serde(borrow)]
-    finish_reason: Option<std::borrow::Cow<'a, str>>,
+    finish_reason: Option<JsonStr<'a>>,
     #[serde(borrow)]
     message: Option<&'a RawValue>,
 }
@@ -155,14 +214,58 @@ struct RawDelta<'a> {
     tool_calls: Option<&'a RawValue>,
 }
 
+/// The `choices` array, folded as it is read (no vector of choices per chunk): what a chunk or a
+/// response says through its choices.
+#[derive(Default)]
+struct Choices {
+    /// Some choice's delta or text carries generated output (stream chunks).
+    delta_output: bool,
+    /// Choices whose message or text carries output (whole responses).
+    with_output: usize,
+    /// Each choice's `finish_reason`, in order, where it is a string.
+    finish_reasons: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Choices {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Choices;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Choices, A::Error> {
+                let mut c = Choices::default();
+                while let Some(ch) = seq.next_element::<RawChoice<'de>>()? {
+                    c.delta_output |= has_output(ch.text)
+                        || ch.delta.as_ref().is_some_and(|d| {
+                            has_output(d.content)
+                                || has_output(d.reasoning)
+                                || has_output(d.reasoning_content)
+                                || has_output(d.tool_calls)
+                        });
+                    if has_output(ch.message) || has_output(ch.text) {
+                        c.with_output += 1;
+                    }
+                    if let Some(reason) = ch.finish_reason {
+                        c.finish_reasons.push(bounded(&reason.0));
+                    }
+                }
+                Ok(c)
+            }
+        }
+        d.deserialize_seq(V)
+    }
+}
+
 #[derive(Deserialize)]
 struct RawChunk<'a> {
     #[serde(borrow)]
-    id: Option<std::borrow::Cow<'a, str>>,
+    id: Option<JsonStr<'a>>,
     #[serde(borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    choices: Vec<RawChoice<'a>>,
+    model: Option<JsonStr<'a>>,
+    #[serde(default)]
+    choices: Choices,
     usage: Option<RawUsage>,
     #[serde(borrow)]
     error: Option<RawError<'a>>,
@@ -176,11 +279,12 @@ fn has_output(v: Option<&RawValue>) -> bool {
     }
 }
 
-/// What one `data:` event of a streaming response says.
+/// What one `data:` event of a streaming response says. The identifiers borrow from the event's
+/// bytes (bounded like every kept identifier); the caller copies the ones it keeps.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct StreamChunk {
-    pub id: Option<String>,
-    pub model: Option<String>,
+pub struct StreamChunk<'a> {
+    pub id: Option<Cow<'a, str>>,
+    pub model: Option<Cow<'a, str>>,
     /// The chunk carries generated output (content, reasoning, tool calls or completion text):
     /// a role-only first chunk does not.
     pub has_content: bool,
@@ -191,34 +295,21 @@ pub struct StreamChunk {
 }
 
 /// Parse one SSE `data:` payload. `[DONE]` and non-JSON payloads yield `None`.
-pub fn parse_stream_chunk(data: &[u8]) -> Option<StreamChunk> {
-    let c: RawChunk<'_> = serde_json::from_slice(data).ok()?;
-    let has_content = c.choices.iter().any(|ch| {
-        has_output(ch.text)
-            || ch.delta.as_ref().is_some_and(|d| {
-                has_output(d.content)
-                    || has_output(d.reasoning)
-                    || has_output(d.reasoning_content)
-                    || has_output(d.tool_calls)
-            })
-    });
+pub fn parse_stream_chunk(data: &[u8]) -> Option<StreamChunk<'_>> {
+    let c: RawChunk<'_> = from_json(data).ok()?;
     Some(StreamChunk {
-        id: c.id.as_deref().map(bounded),
-        model: c.model.as_deref().map(bounded),
-        has_content,
-        finish_reasons: c
-            .choices
-            .iter()
-            .filter_map(|ch| ch.finish_reason.as_deref().map(bounded))
-            .collect(),
+        id: c.id.map(bounded_cow),
+        model: c.model.map(bounded_cow),
+        has_content: c.choices.delta_output,
+        finish_reasons: c.choices.finish_reasons,
         usage: c.usage.map(Usage::from),
-        error_type: c.error.map(|e| error_type(e.kind.as_deref(), e.code)),
+        error_type: c.error.map(|e| error_type(e.kind, e.code)),
     })
 }
 
-fn error_type(kind: Option<&str>, code: Option<&RawValue>) -> String {
+fn error_type(kind: Option<JsonStr<'_>>, code: Option<&RawValue>) -> String {
     match kind {
-        Some(k) if !k.is_empty() => bounded(k),
+        Some(k) if !k.0.is_empty() => bounded(&k.0),
         _ => code
             .map(|c| bounded(c.get().trim_matches('"')))
             .unwrap_or_else(|| "error".to_string()),
@@ -238,22 +329,14 @@ pub struct ResponseFields {
 }
 
 pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
-    let c: RawChunk<'_> = serde_json::from_slice(body).ok()?;
+    let c: RawChunk<'_> = from_json(body).ok()?;
     Some(ResponseFields {
-        id: c.id.as_deref().map(bounded),
-        model: c.model.as_deref().map(bounded),
-        finish_reasons: c
-            .choices
-            .iter()
-            .filter_map(|ch| ch.finish_reason.as_deref().map(bounded))
-            .collect(),
-        choices_with_output: c
-            .choices
-            .iter()
-            .filter(|ch| has_output(ch.message) || has_output(ch.text))
-            .count(),
+        id: c.id.map(|s| bounded(&s.0)),
+        model: c.model.map(|s| bounded(&s.0)),
+        finish_reasons: c.choices.finish_reasons,
+        choices_with_output: c.choices.with_output,
         usage: c.usage.map(Usage::from),
-        error_type: c.error.map(|e| error_type(e.kind.as_deref(), e.code)),
+        error_type: c.error.map(|e| error_type(e.kind, e.code)),
     })
 }
 
@@ -334,6 +417,79 @@ mod tests {
             Some("InternalServerError")
         );
         assert_eq!(parse_stream_chunk(b"[DONE]"), None);
+    }
+
+    #[test]
+    fn chunk_identifiers_with_escapes_and_over_the_bound() {
+        // Escaped strings cannot be borrowed: they are decoded (and still bounded).
+        let c = parse_stream_chunk(
+            br#"{"id":"chat\u0063mpl-\"7\"","model":"m\/1","choices":[{"delta":{"content":"x"},"finish_reason":"st\u006fp"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.id.as_deref(), Some(r#"chatcmpl-"7""#));
+        assert_eq!(c.model.as_deref(), Some("m/1"));
+        assert_eq!(c.finish_reasons, vec!["stop"]);
+        assert!(c.has_content);
+        // Identifiers longer than the bound are cut at a character boundary, borrowed or not.
+        let long = "é".repeat(200); // 400 bytes
+        for id in [long.clone(), format!("\\\\{long}")] {
+            let chunk = format!(r#"{{"id":"{id}","model":"{id}","choices":[]}}"#);
+            let c = parse_stream_chunk(chunk.as_bytes()).unwrap();
+            let got = c.id.unwrap();
+            assert!(
+                got.len() <= ID_MAX && got.len() >= ID_MAX - 1,
+                "{}",
+                got.len()
+            );
+            assert!(long.starts_with(got.trim_start_matches('\\')));
+            assert_eq!(c.model.as_deref(), Some(&*got));
+        }
+    }
+
+    #[test]
+    fn every_choice_counts() {
+        let c = parse_stream_chunk(
+            br#"{"choices":[{"index":0,"delta":{"content":""},"finish_reason":"length"},{"index":1,"delta":{"tool_calls":[{"id":"t"}]},"finish_reason":null},{"index":2,"delta":{},"finish_reason":"stop"}]}"#,
+        )
+        .unwrap();
+        assert!(c.has_content, "the second choice carries a tool call");
+        assert_eq!(c.finish_reasons, vec!["length", "stop"]);
+        let none = parse_stream_chunk(
+            br#"{"choices":[{"delta":{"content":null,"reasoning":"","tool_calls":[]}}]}"#,
+        )
+        .unwrap();
+        assert!(!none.has_content);
+        let r = parse_response(
+            br#"{"id":"r","choices":[{"message":{"content":"a"},"finish_reason":"stop"},{"message":null},{"text":"b"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.choices_with_output, 2);
+        assert_eq!(r.finish_reasons, vec!["stop"]);
+        // A choices value that is not an array fails the chunk, as a typed array did.
+        assert_eq!(parse_stream_chunk(br#"{"id":"x","choices":null}"#), None);
+        assert_eq!(parse_stream_chunk(br#"{"id":"x","choices":{}}"#), None);
+        assert!(parse_stream_chunk(br#"{"id":"x"}"#).is_some());
+    }
+
+    #[test]
+    fn invalid_utf8_fails_only_where_a_kept_string_has_it() {
+        // In a skipped field it is tolerated, as serde_json over bytes does.
+        let c = parse_stream_chunk(
+            b"{\"id\":\"c-1\",\"system_fingerprint\":\"\xff\xfe\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}",
+        )
+        .unwrap();
+        assert_eq!(c.id.as_deref(), Some("c-1"));
+        assert!(c.has_content);
+        // In an identifier it fails the chunk rather than keeping invalid text.
+        assert_eq!(
+            parse_stream_chunk(b"{\"id\":\"c-\xff\",\"choices\":[]}"),
+            None
+        );
+        assert_eq!(
+            parse_request(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xc3\"}]}")
+                .and_then(|r| r.model),
+            Some("m".to_string())
+        );
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl SseFramer {
             if rest.is_empty() {
                 break;
             }
-            let Some(off) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(off) = memchr::memchr2(b'\n', b'\r', rest) else {
                 self.partial_line(rest, out);
                 break;
             };
