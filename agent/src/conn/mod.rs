@@ -84,7 +84,9 @@ pub struct RpcFinished {
 }
 
 pub struct ConnTable {
-    conns: HashMap<ConnId, Conn>,
+    /// Keyed by kernel-assigned ids (pid, open time), looked up on every record: foldhash, seeded
+    /// per table, instead of SipHash.
+    conns: HashMap<ConnId, Conn, foldhash::fast::RandomState>,
     /// Calls and decisions waiting for [`ConnTable::drain_rpc`].
     rpc_done: Vec<RpcFinished>,
     /// The server kind of each targeted process (`gen_ai.provider.name`).
@@ -105,7 +107,7 @@ pub enum Origin {
 impl ConnTable {
     pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
         ConnTable {
-            conns: HashMap::new(),
+            conns: HashMap::default(),
             rpc_done: Vec::new(),
             providers: HashMap::new(),
             max_conns,
@@ -180,10 +182,10 @@ impl ConnTable {
             tgid: chunk.tgid,
             conn_id: chunk.conn_id,
         };
-        if chunk.eof && !self.conns.contains_key(&id) {
-            return; // the end of a connection we never saw
-        }
         if !self.conns.contains_key(&id) {
+            if chunk.eof {
+                return; // the end of a connection we never saw
+            }
             // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
             let role = match chunk.dir {
                 SocketDir::Ingress => Role::Server,

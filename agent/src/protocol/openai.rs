@@ -266,9 +266,11 @@ struct RawChunk<'a> {
     model: Option<JsonStr<'a>>,
     #[serde(default)]
     choices: Choices,
-    usage: Option<RawUsage>,
+    // Boxed: present once per response at most, and a smaller struct is cheaper to move for the
+    // chunks (nearly all) that have neither.
+    usage: Option<Box<RawUsage>>,
     #[serde(borrow)]
-    error: Option<RawError<'a>>,
+    error: Option<Box<RawError<'a>>>,
 }
 
 /// A JSON value that carries generated output: a non-empty string, or a non-empty array.
@@ -302,7 +304,7 @@ pub fn parse_stream_chunk(data: &[u8]) -> Option<StreamChunk<'_>> {
         model: c.model.map(bounded_cow),
         has_content: c.choices.delta_output,
         finish_reasons: c.choices.finish_reasons,
-        usage: c.usage.map(Usage::from),
+        usage: c.usage.map(|u| Usage::from(*u)),
         error_type: c.error.map(|e| error_type(e.kind, e.code)),
     })
 }
@@ -335,7 +337,7 @@ pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
         model: c.model.map(|s| bounded(&s.0)),
         finish_reasons: c.choices.finish_reasons,
         choices_with_output: c.choices.with_output,
-        usage: c.usage.map(Usage::from),
+        usage: c.usage.map(|u| Usage::from(*u)),
         error_type: c.error.map(|e| error_type(e.kind, e.code)),
     })
 }
