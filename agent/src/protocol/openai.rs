@@ -1,9 +1,13 @@
 //! OpenAI-compatible API semantics: which operation a path is, and the few JSON fields of
 //! requests, stream chunks and responses that describe a request — never its text.
 //!
-//! Pure: bytes in, values out. Every `String` produced here is an identifier (model name, response
-//! id, finish reason, error type), bounded in length; prompt and completion text are only ever
-//! *looked at* (is this chunk's content empty?), never copied.
+//! Pure: bytes in, values out. Every string produced here (a `String`, or a stream chunk's `Cow`
+//! borrowed from the event) is an identifier (model name, response id, finish reason, error type),
+//! bounded in length; prompt and completion text are only ever *looked at* (is this chunk's content
+//! empty?), never copied.
+//!
+//! Stream chunks are the hot path (one per generated token): they are read without allocating —
+//! identifiers borrowed, the `choices` array folded as it is read, UTF-8 checked in one pass.
 
 use std::borrow::Cow;
 use std::fmt;
