@@ -3,9 +3,14 @@
 //! Owns a bounded ring: pushing into a full store forgets the oldest span, so memory stays bounded
 //! whatever the request rate. Every finished span lands here, sampled for OTLP or not. Nothing in
 //! this module does I/O.
+//!
+//! Spans are kept behind `Arc`s so that a reader (`/spans?limit=4096`) takes the lock only to
+//! copy pointers: copying thousands of spans per request made each read allocate as much again as
+//! the store holds, and the allocator kept that peak (docs/PERFORMANCE.md, "Memory with the
+//! collector down").
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::trace::span::FinishedSpan;
 
@@ -16,7 +21,7 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct SpanStore {
     capacity: usize,
-    spans: Mutex<VecDeque<FinishedSpan>>,
+    spans: Mutex<VecDeque<Arc<FinishedSpan>>>,
 }
 
 impl Default for SpanStore {
@@ -53,15 +58,15 @@ impl SpanStore {
         if spans.len() == self.capacity {
             spans.pop_front();
         }
-        spans.push_back(span);
+        spans.push_back(Arc::new(span));
     }
 
-    /// Up to `limit` spans, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<FinishedSpan> {
+    /// Up to `limit` spans, newest first (shared, not copied).
+    pub fn recent(&self, limit: usize) -> Vec<Arc<FinishedSpan>> {
         self.lock().iter().rev().take(limit).cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<FinishedSpan>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<FinishedSpan>>> {
         // A panic while holding the lock cannot leave the ring inconsistent (each operation is one
         // VecDeque call), so a poisoned lock is still usable.
         self.spans.lock().unwrap_or_else(|e| e.into_inner())
@@ -91,7 +96,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn names(spans: &[FinishedSpan]) -> Vec<String> {
+    fn names(spans: &[Arc<FinishedSpan>]) -> Vec<String> {
         spans.iter().map(|s| s.name.clone()).collect()
     }
 
