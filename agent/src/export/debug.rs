@@ -218,7 +218,7 @@ async fn spans(
 /// a read of the whole store allocates about its output size, not a tree of thousands of spans
 /// (which the allocator kept after the reply; docs/PERFORMANCE.md).
 fn spans_body(spans: &[Arc<FinishedSpan>]) -> Response {
-    let mut body = Vec::with_capacity(2 + spans.len() * 1024);
+    let mut body = Vec::new();
     body.push(b'[');
     for (n, span) in spans.iter().enumerate() {
         if n > 0 {

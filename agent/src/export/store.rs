@@ -52,13 +52,18 @@ impl SpanStore {
         self.lock().is_empty()
     }
 
-    /// Remembers `span`, forgetting the oldest one when the store is full.
-    pub fn push(&self, span: FinishedSpan) {
+    /// Remembers `span`, forgetting the oldest one when the store is full. The span's attribute
+    /// list is trimmed to its length first: span building reserves room for every attribute a
+    /// GenAI span may carry (40 × 56 bytes), which a plain HTTP span with ten attributes would
+    /// otherwise keep for as long as it is stored (2.7 KiB per span instead of 1 KiB).
+    pub fn push(&self, mut span: FinishedSpan) {
+        span.attributes.shrink_to_fit();
+        let span = Arc::new(span);
         let mut spans = self.lock();
         if spans.len() == self.capacity {
             spans.pop_front();
         }
-        spans.push_back(Arc::new(span));
+        spans.push_back(span);
     }
 
     /// Up to `limit` spans, newest first (shared, not copied).
@@ -76,7 +81,7 @@ impl SpanStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::trace::span::{SpanKind, SpanStatus};
+    use crate::trace::span::{AttrValue, SpanKind, SpanStatus};
 
     /// A span whose ids and times are derived from `n`.
     pub(crate) fn span(n: u8) -> FinishedSpan {
@@ -131,6 +136,19 @@ pub(crate) mod tests {
         store.push(span(2));
         assert_eq!(store.capacity(), 1);
         assert_eq!(names(&store.recent(10)), ["span 2"]);
+    }
+
+    #[test]
+    fn stored_spans_keep_no_spare_attribute_room() {
+        let store = SpanStore::new(2);
+        let mut s = span(1);
+        s.attributes = Vec::with_capacity(40);
+        s.attributes
+            .push(("url.path".into(), AttrValue::Str("/health".into())));
+        store.push(s);
+        let stored = store.recent(1);
+        assert_eq!(stored[0].attributes.len(), 1);
+        assert_eq!(stored[0].attributes.capacity(), 1);
     }
 
     #[test]
