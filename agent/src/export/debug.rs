@@ -211,8 +211,44 @@ async fn spans(
             )
         }
     };
-    let spans: Vec<Value> = state.store.recent(limit).iter().map(span_json).collect();
-    Json(spans).into_response()
+    spans_body(state.store.recent(limit))
+}
+
+/// Spans per chunk of the `/spans` reply: about 35 KiB of JSON for plain HTTP spans.
+const SPANS_PER_CHUNK: usize = 64;
+
+/// The `/spans` array, streamed in chunks of [`SPANS_PER_CHUNK`] spans written as the client
+/// reads: only one span's JSON tree and one chunk exist at a time, so a read of the whole store
+/// allocates tens of KiB, not a copy of the store and a tree of thousands of spans (which the
+/// allocator kept after the reply; docs/PERFORMANCE.md). The reply holds its spans (shared, not
+/// copied) until it is sent, even those the store forgets meanwhile.
+fn spans_body(spans: Vec<Arc<FinishedSpan>>) -> Response {
+    let total = spans.len();
+    let chunks = (0..total.div_ceil(SPANS_PER_CHUNK).max(1)).map(move |chunk| {
+        let (from, to) = (
+            chunk * SPANS_PER_CHUNK,
+            ((chunk + 1) * SPANS_PER_CHUNK).min(total),
+        );
+        let mut out = Vec::new();
+        if chunk == 0 {
+            out.push(b'[');
+        }
+        for (n, span) in spans.iter().enumerate().take(to).skip(from) {
+            if n > 0 {
+                out.push(b',');
+            }
+            serde_json::to_writer(&mut out, &span_json(span))?;
+        }
+        if to == total {
+            out.push(b']');
+        }
+        Ok::<_, serde_json::Error>(axum::body::Bytes::from(out))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::from_stream(futures::stream::iter(chunks)),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<DebugState>) -> Response {
@@ -346,6 +382,28 @@ mod tests {
         let (code, _, body) = f.get("/healthz").await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "ok");
+    }
+
+    /// The reply streamed in chunks is byte for byte the JSON array of the spans' trees.
+    #[tokio::test]
+    async fn spans_body_is_the_array_of_span_trees() {
+        let f = fixture(200);
+        let (_, _, empty) = f.get("/spans").await;
+        assert_eq!(empty, "[]");
+        for n in 1..=150 {
+            let mut s = span(n);
+            s.attributes = vec![
+                ("b.second".into(), AttrValue::I64(i64::from(n))),
+                ("a.first".into(), AttrValue::Str(format!("v{n}"))),
+            ];
+            f.store.push(s);
+        }
+        let trees: Vec<Value> = f.store.recent(200).iter().map(|s| span_json(s)).collect();
+        // One span; a chunk less one, exactly a chunk, a chunk and one; two chunks; three.
+        for limit in [1, 63, 64, 65, 128, 150] {
+            let (_, _, body) = f.get(&format!("/spans?limit={limit}")).await;
+            assert_eq!(body, serde_json::to_string(&trees[..limit]).unwrap());
+        }
     }
 
     #[tokio::test]

@@ -3,9 +3,14 @@
 //! Owns a bounded ring: pushing into a full store forgets the oldest span, so memory stays bounded
 //! whatever the request rate. Every finished span lands here, sampled for OTLP or not. Nothing in
 //! this module does I/O.
+//!
+//! Spans are kept behind `Arc`s so that a reader (`/spans?limit=4096`) takes the lock only to
+//! copy pointers: copying thousands of spans per request made each read allocate as much again as
+//! the store holds, and the allocator kept that peak (docs/PERFORMANCE.md, "Memory with the
+//! collector down").
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::trace::span::FinishedSpan;
 
@@ -16,7 +21,7 @@ pub const DEFAULT_CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct SpanStore {
     capacity: usize,
-    spans: Mutex<VecDeque<FinishedSpan>>,
+    spans: Mutex<VecDeque<Arc<FinishedSpan>>>,
 }
 
 impl Default for SpanStore {
@@ -47,8 +52,13 @@ impl SpanStore {
         self.lock().is_empty()
     }
 
-    /// Remembers `span`, forgetting the oldest one when the store is full.
-    pub fn push(&self, span: FinishedSpan) {
+    /// Remembers `span`, forgetting the oldest one when the store is full. The span's attribute
+    /// list is trimmed to its length first: span building reserves room for every attribute a
+    /// GenAI span may carry (40 × 56 bytes), which a plain HTTP span with ten attributes would
+    /// otherwise keep for as long as it is stored (2.7 KiB per span instead of 1 KiB).
+    pub fn push(&self, mut span: FinishedSpan) {
+        span.attributes.shrink_to_fit();
+        let span = Arc::new(span);
         let mut spans = self.lock();
         if spans.len() == self.capacity {
             spans.pop_front();
@@ -56,12 +66,12 @@ impl SpanStore {
         spans.push_back(span);
     }
 
-    /// Up to `limit` spans, newest first.
-    pub fn recent(&self, limit: usize) -> Vec<FinishedSpan> {
+    /// Up to `limit` spans, newest first (shared, not copied).
+    pub fn recent(&self, limit: usize) -> Vec<Arc<FinishedSpan>> {
         self.lock().iter().rev().take(limit).cloned().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<FinishedSpan>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<FinishedSpan>>> {
         // A panic while holding the lock cannot leave the ring inconsistent (each operation is one
         // VecDeque call), so a poisoned lock is still usable.
         self.spans.lock().unwrap_or_else(|e| e.into_inner())
@@ -71,7 +81,7 @@ impl SpanStore {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::trace::span::{SpanKind, SpanStatus};
+    use crate::trace::span::{AttrValue, SpanKind, SpanStatus};
 
     /// A span whose ids and times are derived from `n`.
     pub(crate) fn span(n: u8) -> FinishedSpan {
@@ -91,7 +101,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn names(spans: &[FinishedSpan]) -> Vec<String> {
+    fn names(spans: &[Arc<FinishedSpan>]) -> Vec<String> {
         spans.iter().map(|s| s.name.clone()).collect()
     }
 
@@ -126,6 +136,19 @@ pub(crate) mod tests {
         store.push(span(2));
         assert_eq!(store.capacity(), 1);
         assert_eq!(names(&store.recent(10)), ["span 2"]);
+    }
+
+    #[test]
+    fn stored_spans_keep_no_spare_attribute_room() {
+        let store = SpanStore::new(2);
+        let mut s = span(1);
+        s.attributes = Vec::with_capacity(40);
+        s.attributes
+            .push(("url.path".into(), AttrValue::Str("/health".into())));
+        store.push(s);
+        let stored = store.recent(1);
+        assert_eq!(stored[0].attributes.len(), 1);
+        assert_eq!(stored[0].attributes.capacity(), 1);
     }
 
     #[test]
