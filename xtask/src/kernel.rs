@@ -11,6 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -109,6 +110,8 @@ enum Arm {
     Off,
     Untargeted,
     Targeted,
+    /// `--baseline-agent`: another build of the agent targeting the loop (before/after in one run).
+    Baseline,
 }
 
 /// Per-program (name, runs, run time ns) from the agent's /status.
@@ -147,7 +150,7 @@ fn median(v: &mut [f64]) -> f64 {
     v[v.len() / 2]
 }
 
-pub fn run(rounds: usize, round_trips: u64, size: usize) -> Result<()> {
+pub fn run(rounds: usize, round_trips: u64, size: usize, baseline: Option<&Path>) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -157,23 +160,29 @@ pub fn run(rounds: usize, round_trips: u64, size: usize) -> Result<()> {
     let mut times: Vec<(Arm, f64)> = Vec::new();
     let mut kernel: Vec<(String, u64, u64)> = Vec::new();
     let mut kernel_untargeted: Vec<(String, u64, u64)> = Vec::new();
+    let mut kernel_baseline: Vec<(String, u64, u64)> = Vec::new();
+    let mut arms = vec![Arm::Off, Arm::Untargeted, Arm::Targeted];
+    if baseline.is_some() {
+        arms.push(Arm::Baseline);
+    }
     for round in 0..rounds {
-        for arm in [Arm::Off, Arm::Untargeted, Arm::Targeted] {
+        for &arm in &arms {
             let debug = format!("127.0.0.1:{}", free_port()?);
             let agent = match arm {
                 Arm::Off => None,
-                Arm::Untargeted | Arm::Targeted => {
-                    let target = if arm == Arm::Targeted {
+                Arm::Untargeted | Arm::Targeted | Arm::Baseline => {
+                    let target = if arm != Arm::Untargeted {
                         ["--target-port".to_string(), lp.port.to_string()]
                     } else {
                         ["--target-pid".to_string(), sleeper.0.id().to_string()]
                     };
-                    let a = Kill(
-                        agent_command(&debug)
-                            .args(&target)
-                            .env("RUST_LOG", "warn")
-                            .spawn()?,
-                    );
+                    let mut cmd = agent_command(&debug);
+                    if let (Arm::Baseline, Some(b)) = (arm, baseline) {
+                        let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+                        cmd = Command::new(b);
+                        cmd.args(args);
+                    }
+                    let a = Kill(cmd.args(&target).env("RUST_LOG", "warn").spawn()?);
                     wait_targeted(&debug)?;
                     Some(a)
                 }
@@ -197,13 +206,17 @@ pub fn run(rounds: usize, round_trips: u64, size: usize) -> Result<()> {
                         (n, c.saturating_sub(c0), t.saturating_sub(t0))
                     })
                     .collect();
-                if arm == Arm::Targeted {
+                if arm != Arm::Untargeted {
                     let st = get_json(&format!("http://{debug}/status"))?;
                     eprintln!(
                         "round {round}: targeted: kernel drops {}, http {}",
                         st["records"]["kernel_dropped"], st["http"]
                     );
-                    add_stats(&mut kernel, delta);
+                    if arm == Arm::Targeted {
+                        add_stats(&mut kernel, delta);
+                    } else {
+                        add_stats(&mut kernel_baseline, delta);
+                    }
                 } else {
                     add_stats(&mut kernel_untargeted, delta);
                 }
@@ -231,12 +244,17 @@ pub fn run(rounds: usize, round_trips: u64, size: usize) -> Result<()> {
         ("agent off", Arm::Off),
         ("agent on, not targeted", Arm::Untargeted),
         ("agent on, targeting", Arm::Targeted),
+        ("baseline build, targeting", Arm::Baseline),
     ] {
+        if !arms.contains(&arm) {
+            continue;
+        }
         let t = med(arm);
         println!("{label:<24} {t:>14.0}   {:>12.0} ns", (t - off) / 4.0);
     }
     for (label, k) in [
         ("targeting the loop", &kernel),
+        ("baseline build targeting the loop", &kernel_baseline),
         (
             "not targeting (every run leaves at the first lookup)",
             &kernel_untargeted,

@@ -99,6 +99,10 @@ enum Cmd {
         /// Bytes each way per round trip.
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// Another build of the agent (a binary) to run as a fourth arm, for before/after figures
+        /// from one run.
+        #[arg(long)]
+        baseline_agent: Option<PathBuf>,
     },
     /// The loop process of bench-kernel (its own process, so that only it is traced).
     #[command(hide = true)]
@@ -292,12 +296,13 @@ fn main() -> Result<()> {
             rounds,
             round_trips,
             size,
+            baseline_agent,
         } => {
             build()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and must run as root");
             }
-            kernel::run(rounds, round_trips, size)
+            kernel::run(rounds, round_trips, size, baseline_agent.as_deref())
         }
         Cmd::SyscallLoop { size } => kernel::syscall_loop(size),
         Cmd::StreamServer {

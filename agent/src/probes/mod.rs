@@ -177,6 +177,9 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TARGETS", target_words())
             .map_max_entries("TLS_TARGETS", target_words())
+            // `CALLS` is task-local storage, which aya creates but has no userspace type for
+            // (the agent never reads it).
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|source| ProbeError::Load {
                 kernel: kernel_release(),

@@ -35,17 +35,13 @@ fn save_sockaddr_call(ctx: &TracePointContext, kind: u32) -> u32 {
         shape: SHAPE_SOCKADDR,
         family: 0,
     };
-    if ACTIVE.insert(pid_tgid, call, 0).is_err() {
-        count_drop(DROP_ACTIVE_FULL);
-    }
+    save_call(call);
     0
 }
 
 #[inline(always)]
-fn take_call(pid_tgid: u64, kind: u32) -> Option<ActiveCall> {
-    // SAFETY: plain value copied out before removal.
-    let call = unsafe { ACTIVE.get(pid_tgid) }.copied()?;
-    let _ = ACTIVE.remove(pid_tgid);
+fn take_call_of(kind: u32) -> Option<ActiveCall> {
+    let call = take_call()?;
     if call.kind == kind {
         Some(call)
     } else {
@@ -63,7 +59,7 @@ pub fn exit_accept(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let fd = ret(ctx);
-    let call = take_call(pid_tgid, CALL_ACCEPT);
+    let call = take_call_of(CALL_ACCEPT);
     if fd < 0 {
         return 0;
     }
@@ -86,7 +82,7 @@ pub fn exit_connect(ctx: &TracePointContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    let call = match take_call(pid_tgid, CALL_CONNECT) {
+    let call = match take_call_of(CALL_CONNECT) {
         Some(c) => c,
         None => return 0,
     };
