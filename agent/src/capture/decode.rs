@@ -43,6 +43,9 @@ pub struct DataChunk<'a> {
     pub last: bool,
     /// The read returned 0: the peer closed its side (no payload).
     pub eof: bool,
+    /// Records of this connection were lost in the kernel since its last delivered data record
+    /// (`DATA_FLAG_AFTER_LOSS`), perhaps its open record.
+    pub after_loss: bool,
     pub syscall: u32,
     pub stream_pos: u64,
     pub syscall_pos: u64,
@@ -133,6 +136,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 },
                 last: r.flags & DATA_FLAG_LAST != 0,
                 eof: r.flags & DATA_FLAG_EOF != 0,
+                after_loss: r.flags & DATA_FLAG_AFTER_LOSS != 0,
                 syscall: (r.flags >> DATA_SYSCALL_SHIFT) & 0xff,
                 stream_pos: r.stream_pos,
                 syscall_pos: r.syscall_pos,

@@ -184,25 +184,27 @@ impl ConnTable {
             return; // the end of a connection we never saw
         }
         if !self.conns.contains_key(&id) {
-            // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
+            // Its open record was lost, or it was evicted while idle: pick it up here.
             let role = match chunk.dir {
                 SocketDir::Ingress => Role::Server,
                 SocketDir::Egress => Role::Client,
             };
-            self.open(
-                id,
-                chunk.fd,
-                role,
-                None,
-                None,
-                Origin::MidStream,
-                chunk.ts_ns,
-                stats,
-            );
+            // Flagged after a kernel loss, the kernel traced it from its first byte: its
+            // streams start at 0, and what came before this record is a loss (bytes, and a
+            // request where a request head was due). Otherwise it predates tracing (or was
+            // evicted while idle) and positions before this record are not a loss.
+            let origin = if chunk.after_loss {
+                stats.connections_after_loss.fetch_add(1, Ordering::Relaxed);
+                Origin::Start
+            } else {
+                Origin::MidStream
+            };
+            self.open(id, chunk.fd, role, None, None, origin, chunk.ts_ns, stats);
             if let Some(c) = self.conns.get_mut(&id) {
-                // Positions before this record were never going to be seen: not a loss.
-                c.next_pos = [None, None];
                 c.from_start = false;
+                if !chunk.after_loss {
+                    c.next_pos = [None, None];
+                }
             }
         }
         let Some(c) = self.conns.get_mut(&id) else {

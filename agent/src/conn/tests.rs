@@ -63,6 +63,7 @@ fn record(
         dir,
         last,
         eof: false,
+        after_loss: false,
         syscall: 0,
         stream_pos: at,
         syscall_pos: syscall.0,
@@ -90,6 +91,7 @@ impl Wire {
         let at = self.pos[0];
         let chunk = DataChunk {
             eof: true,
+            after_loss: false,
             ..record(SocketDir::Ingress, ts_ms, at, (at, 0), true, &[])
         };
         self.table.data(&chunk, &self.stats, &mut self.out);
@@ -512,4 +514,41 @@ fn a_connection_whose_open_record_was_dropped_is_traced_from_its_first_byte() {
     assert!(!ex.incomplete);
     assert_eq!(ex.content_chunk_ns.len(), 2);
     assert_eq!(ex.request.path, "/v1/chat/completions");
+}
+
+/// A connection whose open record and first request were both dropped in the kernel: the first
+/// record userspace gets is the second request, at stream position `req.len()`.
+fn second_request_first(after_loss: bool) -> (Stats, Vec<Finished>, u64) {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let req = chat_request("m");
+    let n = req.len() as u64;
+    let first = DataChunk {
+        after_loss,
+        ..record(SocketDir::Ingress, 1, n, (n, n), true, &req)
+    };
+    table.data(&first, &stats, &mut out);
+    (stats, out, n)
+}
+
+#[test]
+fn a_connection_first_seen_after_a_kernel_loss_counts_what_came_before_as_lost() {
+    let (stats, _, n) = second_request_first(true);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 1);
+    assert_eq!(
+        stats.bytes_lost.load(Relaxed),
+        n,
+        "the first request's bytes"
+    );
+    assert_eq!(stats.requests_lost.load(Relaxed), 1, "its request");
+}
+
+#[test]
+fn a_connection_first_seen_mid_stream_without_a_loss_loses_nothing() {
+    // The same record without the flag: a connection older than tracing, or evicted while idle.
+    let (stats, _, _) = second_request_first(false);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 0);
+    assert_eq!(stats.bytes_lost.load(Relaxed), 0);
+    assert_eq!(stats.requests_lost.load(Relaxed), 0);
 }

@@ -54,10 +54,19 @@ pub const SYS_SSL_WRITE: u32 = 12;
 /// count plaintext bytes of the connection since the TLS object was matched to its socket; the
 /// record's `conn_id` and `fd` are those of the socket.
 pub const DATA_FLAG_TLS: u32 = 8;
+/// `DataRecord::flags`: records of this connection were lost (ring buffer full) since its last
+/// delivered data record — perhaps its open record. Userspace meeting a connection it does not
+/// know through such a record counts what came before as lost instead of taking the connection
+/// up mid-stream as one that predates tracing.
+pub const DATA_FLAG_AFTER_LOSS: u32 = 16;
 
 /// `ConnInfo::flags`: the socket carries TLS whose plaintext is captured by uprobes; the kernel
 /// no longer copies its ciphertext (only end-of-stream is reported).
 pub const CONN_FLAG_TLS: u32 = 1;
+/// `ConnInfo::flags`: a record of this connection (its open record, or bytes) could not be
+/// delivered since its last delivered data record. The next data record carries
+/// `DATA_FLAG_AFTER_LOSS`.
+pub const CONN_FLAG_LOST: u32 = 2;
 
 /// Connection roles (`ConnInfo::role`, `ConnOpenRecord::role`).
 pub const ROLE_SERVER: u32 = 1;

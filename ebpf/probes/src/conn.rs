@@ -152,6 +152,10 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
         .is_err()
     {
         count_drop(DROP_RINGBUF_CONTROL);
+        if let Some(p) = SOCKETS.get_ptr_mut(key) {
+            // SAFETY: a map value pointer valid for this program run.
+            unsafe { (*p).flags |= CONN_FLAG_LOST };
+        }
     }
 }
 
@@ -198,7 +202,7 @@ pub fn process_exit(ctx: &TracePointContext) -> u32 {
     if pid_tgid as u32 != tgid || !targeted(pid_tgid) {
         return 0; // a thread, or a process we do not trace
     }
-    // Userspace clears the target bit (an atomic AND needs kernel 5.12; this runs from 5.8).
+    // Userspace clears the target bit (one writer for the bitmap; the kernel never writes it).
     debug!(ctx, "targeted process {} exited", tgid);
     let rec = ProcExitRecord {
         header: RecordHeader {

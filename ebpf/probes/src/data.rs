@@ -55,9 +55,11 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         ((*info).conn_id, pos)
     };
     // SAFETY: as above.
-    if unsafe { (*info).flags } & CONN_FLAG_TLS != 0 {
+    let conn_flags = unsafe { (*info).flags };
+    if conn_flags & CONN_FLAG_TLS != 0 {
         return; // ciphertext: its plaintext comes from the TLS uprobes (`tls.rs`)
     }
+    let after_loss = conn_flags & CONN_FLAG_LOST != 0;
     if !egress && crate::tls::probed(pid_tgid) {
         crate::tls::note_read(pid_tgid, call.fd);
     }
@@ -65,12 +67,14 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         pid_tgid,
         conn_id,
         fd: call.fd,
-        flags: (if egress { DATA_FLAG_EGRESS } else { 0 }) | (call.kind << DATA_SYSCALL_SHIFT),
+        flags: (if egress { DATA_FLAG_EGRESS } else { 0 })
+            | (if after_loss { DATA_FLAG_AFTER_LOSS } else { 0 })
+            | (call.kind << DATA_SYSCALL_SHIFT),
         syscall_pos: pos,
         syscall_len: n,
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    match call.shape {
+    let delivered = match call.shape {
         SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
         SHAPE_MSG => {
@@ -79,7 +83,15 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
             let cnt = unsafe { bpf_probe_read_user((call.ptr + 24) as *const u64) }.unwrap_or(0);
             emit_iovecs(&c, iov, cnt, n)
         }
-        _ => {}
+        _ => true,
+    };
+    // SAFETY: as above. The flag stays set until a record after the loss got through.
+    unsafe {
+        if !delivered {
+            (*info).flags |= CONN_FLAG_LOST;
+        } else if after_loss {
+            (*info).flags &= !CONN_FLAG_LOST;
+        }
     }
 }
 
@@ -120,16 +132,17 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
 /// Each chunk's offset is computed from the loop index, never accumulated, so that the verifier
 /// sees the same state at every iteration and can prune instead of exploring 2^n paths.
 #[inline(always)]
-pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
+pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) -> bool {
     const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
+    let mut delivered = true;
     for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
         let off = i * MAX;
         if off >= total {
-            return;
+            return delivered;
         }
         let rest = total - off;
         let len = if rest > MAX { MAX } else { rest };
-        emit_chunk(c, src + off, len, base + off, rest <= MAX);
+        delivered &= emit_chunk(c, src + off, len, base + off, rest <= MAX);
     }
     let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
     if total > head {
@@ -139,32 +152,35 @@ pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
             total - head
         };
         let at = total - len;
-        emit_chunk(c, src + at, len, base + at, true);
+        delivered &= emit_chunk(c, src + at, len, base + at, true);
     }
+    delivered
 }
 
 /// An iovec array: the first chunk of each of the first `IOVECS_TRACED` iovecs.
 #[inline(always)]
-fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
+fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) -> bool {
     let mut off: u64 = 0;
+    let mut delivered = true;
     for i in 0..IOVECS_TRACED as u64 {
         if i >= count || off >= total {
-            return;
+            return delivered;
         }
         let v = match unsafe { bpf_probe_read_user((iov + i * 16) as *const IoVec) } {
             Ok(v) => v,
             Err(_) => {
                 count_drop(DROP_READ_USER);
-                return;
+                return delivered;
             }
         };
         let take = min(v.len, total - off);
         let len = min(take, CHUNK_PAYLOAD_MAX as u64);
         if len > 0 {
-            emit_chunk(c, v.base, len, off, off + take >= total);
+            delivered &= emit_chunk(c, v.base, len, off, off + take >= total);
         }
         off += take;
     }
+    delivered
 }
 
 #[inline(always)]
@@ -176,12 +192,13 @@ fn min(a: u64, b: u64) -> u64 {
     }
 }
 
-/// One record: `len` bytes from `src`, at `offset` within the syscall's bytes.
+/// One record: `len` bytes from `src`, at `offset` within the syscall's bytes. False when the
+/// ring buffer refused it.
 #[inline(never)]
-fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
+fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) -> bool {
     let ev = match SCRATCH.get_ptr_mut(0) {
         Some(p) => p,
-        None => return,
+        None => return true,
     };
     let len = (len as usize) & (CHUNK_MAX - 1);
     // SAFETY: the per-CPU scratch slot belongs to this program run; `len` < CHUNK_MAX.
@@ -209,6 +226,8 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
         let bytes = core::slice::from_raw_parts(ev as *const u8, size);
         if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
             count_drop(DROP_RINGBUF_DATA);
+            return false;
         }
     }
+    true
 }
