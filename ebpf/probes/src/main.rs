@@ -14,7 +14,8 @@
 //! `tls.rs`: uprobes on Go's `crypto/tls` and OpenSSL that copy TLS plaintext into the same data
 //! records, matched to their socket through the syscalls the TLS library makes.
 //!
-//! Minimum kernel version: 5.8 (ring buffer); bounded loops need 5.3.
+//! Minimum kernel version: 5.12 (task-local storage in tracing programs); the ring buffer needs
+//! 5.8, bounded loops 5.3.
 #![no_std]
 #![no_main]
 
