@@ -79,6 +79,11 @@ pub enum Record<'a> {
         ts_ns: u64,
         conn_id: u64,
         fd: u32,
+        /// Records of the connection were lost since its last delivered data record: the
+        /// final positions below tell how much userspace did not see.
+        after_loss: bool,
+        /// Final stream positions (ingress, egress).
+        final_pos: [u64; 2],
     },
     ProcExit {
         tgid: u32,
@@ -164,6 +169,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 ts_ns: r.header.ts_ns,
                 conn_id: r.conn_id,
                 fd: r.fd,
+                after_loss: r.flags & CONN_FLAG_LOST != 0,
+                final_pos: [r.rx_pos, r.tx_pos],
             })
         }
         RECORD_PROC_EXIT => Ok(Record::ProcExit {

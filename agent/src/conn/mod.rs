@@ -323,6 +323,63 @@ impl ConnTable {
         }
     }
 
+    /// The process closed a traced socket (its close record). `lost_until`: the kernel lost
+    /// records of the connection since its last delivered data record, and these are its final
+    /// positions (ingress, egress).
+    #[allow(clippy::too_many_arguments)]
+    pub fn closed(
+        &mut self,
+        id: ConnId,
+        fd: u32,
+        ts_ns: u64,
+        lost_until: Option<[u64; 2]>,
+        stats: &Stats,
+        out: &mut Vec<Finished>,
+    ) {
+        if let Some(final_pos) = lost_until {
+            self.lost_until(id, fd, ts_ns, final_pos, stats, out);
+        }
+        self.close(id, ts_ns, stats, out);
+    }
+
+    /// Whatever userspace has not seen of a connection up to `final_pos` is a gap, counted as
+    /// lost bytes (and a lost request where a request head was due), marking what is in flight
+    /// incomplete. A connection userspace never saw is taken as traced from its first byte.
+    fn lost_until(
+        &mut self,
+        id: ConnId,
+        fd: u32,
+        ts_ns: u64,
+        final_pos: [u64; 2],
+        stats: &Stats,
+        out: &mut Vec<Finished>,
+    ) {
+        for dir in [SocketDir::Ingress, SocketDir::Egress] {
+            let at = final_pos[dir as usize];
+            let known = self.conns.get(&id);
+            if at == 0 || known.is_some_and(|c| c.next_pos[dir as usize].is_none_or(|p| p >= at)) {
+                continue;
+            }
+            let mark = DataChunk {
+                tgid: id.tgid,
+                tid: id.tgid,
+                ts_ns,
+                conn_id: id.conn_id,
+                fd,
+                dir,
+                last: false,
+                eof: false,
+                after_loss: true,
+                syscall: 0,
+                stream_pos: at,
+                syscall_pos: at,
+                syscall_len: 0,
+                payload: &[],
+            };
+            self.data(&mark, stats, out);
+        }
+    }
+
     /// What kind of server a process is; applies to its connections opened from now on.
     pub fn set_provider(&mut self, tgid: u32, provider: &'static str) {
         self.providers.insert(tgid, provider);

@@ -552,3 +552,37 @@ fn a_connection_first_seen_mid_stream_without_a_loss_loses_nothing() {
     assert_eq!(stats.bytes_lost.load(Relaxed), 0);
     assert_eq!(stats.requests_lost.load(Relaxed), 0);
 }
+
+#[test]
+fn a_connection_lost_whole_is_counted_from_its_close_record() {
+    // Every record of the connection was refused but its close: its final positions say how
+    // much was lost.
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let id = ConnId {
+        tgid: 7,
+        conn_id: 9,
+    };
+    table.closed(id, 5, 10 * MS, Some([300, 2_000]), &stats, &mut out);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 1);
+    assert_eq!(stats.bytes_lost.load(Relaxed), 2_300);
+    assert_eq!(stats.requests_lost.load(Relaxed), 1);
+    assert_eq!(table.len(), 0, "nothing is left behind");
+}
+
+#[test]
+fn a_response_tail_lost_before_the_close_marks_the_request_incomplete() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 1, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", None)));
+    // The rest of the response (two chunks and the terminator) was refused by the ring buffer;
+    // then the server closed the connection.
+    let final_pos = [w.pos[0], w.pos[1] + 180];
+    w.table
+        .closed(w.id, 5, 9 * MS, Some(final_pos), &w.stats, &mut w.out);
+    assert_eq!(w.stats.bytes_lost.load(Relaxed), 180);
+    assert_eq!(w.out.len(), 1);
+    assert!(w.out[0].exchange.incomplete, "{:?}", w.out[0].exchange);
+}

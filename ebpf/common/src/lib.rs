@@ -153,7 +153,12 @@ pub struct ConnCloseRecord {
     pub header: RecordHeader,
     pub conn_id: u64,
     pub fd: u32,
-    pub _pad: u32,
+    /// `CONN_FLAG_LOST` when records of the connection were lost since its last delivered data
+    /// record: userspace then counts what it did not see up to the final positions as lost.
+    pub flags: u32,
+    /// Final stream positions (`ConnInfo::rx_pos`, `tx_pos`).
+    pub rx_pos: u64,
+    pub tx_pos: u64,
 }
 
 /// A targeted process (thread-group leader) exited.
@@ -231,7 +236,7 @@ pub const fn target_bit(tgid: u32) -> (u32, u64) {
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<DataRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
-const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);

@@ -185,7 +185,14 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         },
         conn_id: info.conn_id,
         fd: key.fd,
-        _pad: 0,
+        // TLS sockets' positions count ciphertext, not the plaintext userspace parses.
+        flags: if info.flags & CONN_FLAG_TLS == 0 {
+            info.flags & CONN_FLAG_LOST
+        } else {
+            0
+        },
+        rx_pos: info.rx_pos,
+        tx_pos: info.tx_pos,
     };
     if EVENTS
         .output::<ConnCloseRecord>(&rec, wakeup_flags())

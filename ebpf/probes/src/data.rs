@@ -74,7 +74,12 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         syscall_len: n,
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
-    let delivered = match call.shape {
+    // Whether every record of this syscall got through: the per-CPU count of refused data
+    // records does not move (a program run stays on its CPU, and syscall tracepoints do not
+    // nest). Read around the emission rather than carried through its loops, which would
+    // double the states the verifier explores at every chunk.
+    let refused_before = drops_of(DROP_RINGBUF_DATA);
+    match call.shape {
         SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
         SHAPE_MSG => {
@@ -83,8 +88,9 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
             let cnt = unsafe { bpf_probe_read_user((call.ptr + 24) as *const u64) }.unwrap_or(0);
             emit_iovecs(&c, iov, cnt, n)
         }
-        _ => true,
-    };
+        _ => {}
+    }
+    let delivered = drops_of(DROP_RINGBUF_DATA) == refused_before;
     // SAFETY: as above. The flag stays set until a record after the loss got through.
     unsafe {
         if !delivered {
@@ -132,17 +138,16 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
 /// Each chunk's offset is computed from the loop index, never accumulated, so that the verifier
 /// sees the same state at every iteration and can prune instead of exploring 2^n paths.
 #[inline(always)]
-pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) -> bool {
+pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
     const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
-    let mut delivered = true;
     for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
         let off = i * MAX;
         if off >= total {
-            return delivered;
+            return;
         }
         let rest = total - off;
         let len = if rest > MAX { MAX } else { rest };
-        delivered &= emit_chunk(c, src + off, len, base + off, rest <= MAX);
+        emit_chunk(c, src + off, len, base + off, rest <= MAX);
     }
     let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
     if total > head {
@@ -152,35 +157,32 @@ pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) -> bool {
             total - head
         };
         let at = total - len;
-        delivered &= emit_chunk(c, src + at, len, base + at, true);
+        emit_chunk(c, src + at, len, base + at, true);
     }
-    delivered
 }
 
 /// An iovec array: the first chunk of each of the first `IOVECS_TRACED` iovecs.
 #[inline(always)]
-fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) -> bool {
+fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
     let mut off: u64 = 0;
-    let mut delivered = true;
     for i in 0..IOVECS_TRACED as u64 {
         if i >= count || off >= total {
-            return delivered;
+            return;
         }
         let v = match unsafe { bpf_probe_read_user((iov + i * 16) as *const IoVec) } {
             Ok(v) => v,
             Err(_) => {
                 count_drop(DROP_READ_USER);
-                return delivered;
+                return;
             }
         };
         let take = min(v.len, total - off);
         let len = min(take, CHUNK_PAYLOAD_MAX as u64);
         if len > 0 {
-            delivered &= emit_chunk(c, v.base, len, off, off + take >= total);
+            emit_chunk(c, v.base, len, off, off + take >= total);
         }
         off += take;
     }
-    delivered
 }
 
 #[inline(always)]
@@ -192,13 +194,12 @@ fn min(a: u64, b: u64) -> u64 {
     }
 }
 
-/// One record: `len` bytes from `src`, at `offset` within the syscall's bytes. False when the
-/// ring buffer refused it.
+/// One record: `len` bytes from `src`, at `offset` within the syscall's bytes.
 #[inline(never)]
-fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) -> bool {
+fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
     let ev = match SCRATCH.get_ptr_mut(0) {
         Some(p) => p,
-        None => return true,
+        None => return,
     };
     let len = (len as usize) & (CHUNK_MAX - 1);
     // SAFETY: the per-CPU scratch slot belongs to this program run; `len` < CHUNK_MAX.
@@ -226,8 +227,6 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) -> bool {
         let bytes = core::slice::from_raw_parts(ev as *const u8, size);
         if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
             count_drop(DROP_RINGBUF_DATA);
-            return false;
         }
     }
-    true
 }

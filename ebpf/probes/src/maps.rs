@@ -158,6 +158,15 @@ pub const CALL_NONE: u32 = 0;
 pub const CALL_ACCEPT: u32 = 100;
 pub const CALL_CONNECT: u32 = 101;
 
+/// This CPU's count of drops for `reason`.
+#[inline(always)]
+pub fn drops_of(reason: u32) -> u64 {
+    match DROPS.get(reason) {
+        Some(c) => *c,
+        None => 0,
+    }
+}
+
 #[inline(always)]
 pub fn count_drop(reason: u32) {
     if let Some(c) = DROPS.get_ptr_mut(reason) {
