@@ -12,6 +12,9 @@ fn main() {
     println!("cargo:rerun-if-changed={}", src.display());
     println!("cargo::rustc-check-cfg=cfg(infertap_no_ebpf)");
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("infertap-probes.o");
+    // A new file rather than a rewrite in place: a target/ directory copied with hard links
+    // (one per git worktree) must not see another tree's object.
+    let _ = fs::remove_file(&out);
     match fs::read(&src) {
         Ok(bytes) => fs::write(&out, bytes).unwrap(),
         Err(_) => {

@@ -126,7 +126,9 @@ fn exchange_records(conns: usize, requests: usize, tokens: usize) -> Vec<Vec<u8>
             },
             conn_id: c as u64 + 1,
             fd: 10 + c as u32,
-            _pad: 0,
+            flags: 0,
+            rx_pos: w.pos[c][0],
+            tx_pos: w.pos[c][1],
         }));
     }
     w.records

@@ -633,10 +633,18 @@ impl Pipeline {
                 tgid,
                 ts_ns,
                 conn_id,
-                ..
+                fd,
+                after_loss,
+                final_pos,
             } => {
-                self.table
-                    .close(ConnId { tgid, conn_id }, ts_ns, stats, &mut self.done);
+                self.table.closed(
+                    ConnId { tgid, conn_id },
+                    fd,
+                    ts_ns,
+                    after_loss.then_some(final_pos),
+                    stats,
+                    &mut self.done,
+                );
             }
             Record::ProcExit { tgid, ts_ns } => {
                 self.table.process_exit(tgid, ts_ns, stats, &mut self.done);

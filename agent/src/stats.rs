@@ -55,6 +55,10 @@ counters! {
     connections_evicted,
     /// Connections dropped because the connection table was full.
     connections_shed,
+    /// Connections first seen through a record flagged as following a kernel loss (their open
+    /// record was lost): what came before counts as lost bytes, and as a lost request where a
+    /// request head was due.
+    connections_after_loss,
     /// Streams found not to be HTTP/1.1 (given up on).
     streams_not_http,
     /// HTTP messages that could not be parsed (the parser resynchronised).

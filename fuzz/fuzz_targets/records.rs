@@ -101,7 +101,9 @@ fuzz_target!(|data: &[u8]| {
                 header: header(RECORD_CONN_CLOSE),
                 conn_id,
                 fd: 5,
-                _pad: 0,
+                flags: u32_from(&mut input) & CONN_FLAG_LOST,
+                rx_pos: u64_from(&mut input) % 4096,
+                tx_pos: u64_from(&mut input) % 4096,
             }),
             _ => bytes_of(&ProcExitRecord {
                 header: header(RECORD_PROC_EXIT),
@@ -138,8 +140,17 @@ fuzz_target!(|data: &[u8]| {
                 tgid,
                 ts_ns,
                 conn_id,
-                ..
-            } => table.close(ConnId { tgid, conn_id }, ts_ns, &stats, &mut done),
+                fd,
+                after_loss,
+                final_pos,
+            } => table.closed(
+                ConnId { tgid, conn_id },
+                fd,
+                ts_ns,
+                after_loss.then_some(final_pos),
+                &stats,
+                &mut done,
+            ),
             Record::ProcExit { tgid, ts_ns } => table.process_exit(tgid, ts_ns, &stats, &mut done),
         }
         if ts % 16 == 0 {

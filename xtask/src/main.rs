@@ -8,6 +8,7 @@ mod demo;
 mod deps;
 mod fuzz;
 mod gpu_check;
+mod kernel;
 mod rss;
 mod setup;
 mod stream;
@@ -85,6 +86,29 @@ enum Cmd {
         /// Seconds per arm.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+    },
+    /// What tracing adds to one socket syscall: wall-clock time per loopback round trip with the
+    /// agent off, idle and targeting (interleaved rounds, medians), and the kernel's cost per
+    /// program run (`bpf_stats`).
+    BenchKernel {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Round trips per arm and round (4 socket syscalls each).
+        #[arg(long, default_value_t = 200_000)]
+        round_trips: u64,
+        /// Bytes each way per round trip.
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+        /// Another build of the agent (a binary) to run as a fourth arm, for before/after figures
+        /// from one run.
+        #[arg(long)]
+        baseline_agent: Option<PathBuf>,
+    },
+    /// The loop process of bench-kernel (its own process, so that only it is traced).
+    #[command(hide = true)]
+    SyscallLoop {
+        #[arg(long)]
+        size: usize,
     },
     /// The SSE server of bench-stream (runs as its own process, so that only it is traced).
     #[command(hide = true)]
@@ -268,6 +292,19 @@ fn main() -> Result<()> {
             build()?;
             stream::run_stream(streams, chunks, interval_us, seconds)
         }
+        Cmd::BenchKernel {
+            rounds,
+            round_trips,
+            size,
+            baseline_agent,
+        } => {
+            build()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and must run as root");
+            }
+            kernel::run(rounds, round_trips, size, baseline_agent.as_deref())
+        }
+        Cmd::SyscallLoop { size } => kernel::syscall_loop(size),
         Cmd::StreamServer {
             port,
             chunks,

@@ -43,6 +43,9 @@ pub struct DataChunk<'a> {
     pub last: bool,
     /// The read returned 0: the peer closed its side (no payload).
     pub eof: bool,
+    /// Records of this connection were lost in the kernel since its last delivered data record
+    /// (`DATA_FLAG_AFTER_LOSS`), perhaps its open record.
+    pub after_loss: bool,
     pub syscall: u32,
     pub stream_pos: u64,
     pub syscall_pos: u64,
@@ -76,6 +79,11 @@ pub enum Record<'a> {
         ts_ns: u64,
         conn_id: u64,
         fd: u32,
+        /// Records of the connection were lost since its last delivered data record: the
+        /// final positions below tell how much userspace did not see.
+        after_loss: bool,
+        /// Final stream positions (ingress, egress).
+        final_pos: [u64; 2],
     },
     ProcExit {
         tgid: u32,
@@ -133,6 +141,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 },
                 last: r.flags & DATA_FLAG_LAST != 0,
                 eof: r.flags & DATA_FLAG_EOF != 0,
+                after_loss: r.flags & DATA_FLAG_AFTER_LOSS != 0,
                 syscall: (r.flags >> DATA_SYSCALL_SHIFT) & 0xff,
                 stream_pos: r.stream_pos,
                 syscall_pos: r.syscall_pos,
@@ -160,6 +169,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 ts_ns: r.header.ts_ns,
                 conn_id: r.conn_id,
                 fd: r.fd,
+                after_loss: r.flags & CONN_FLAG_LOST != 0,
+                final_pos: [r.rx_pos, r.tx_pos],
             })
         }
         RECORD_PROC_EXIT => Ok(Record::ProcExit {

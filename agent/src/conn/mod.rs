@@ -186,25 +186,27 @@ impl ConnTable {
             if chunk.eof {
                 return; // the end of a connection we never saw
             }
-            // Its open record was lost, or it was evicted while idle: pick it up mid-stream.
+            // Its open record was lost, or it was evicted while idle: pick it up here.
             let role = match chunk.dir {
                 SocketDir::Ingress => Role::Server,
                 SocketDir::Egress => Role::Client,
             };
-            self.open(
-                id,
-                chunk.fd,
-                role,
-                None,
-                None,
-                Origin::MidStream,
-                chunk.ts_ns,
-                stats,
-            );
+            // Flagged after a kernel loss, the kernel traced it from its first byte: its
+            // streams start at 0, and what came before this record is a loss (bytes, and a
+            // request where a request head was due). Otherwise it predates tracing (or was
+            // evicted while idle) and positions before this record are not a loss.
+            let origin = if chunk.after_loss {
+                stats.connections_after_loss.fetch_add(1, Ordering::Relaxed);
+                Origin::Start
+            } else {
+                Origin::MidStream
+            };
+            self.open(id, chunk.fd, role, None, None, origin, chunk.ts_ns, stats);
             if let Some(c) = self.conns.get_mut(&id) {
-                // Positions before this record were never going to be seen: not a loss.
-                c.next_pos = [None, None];
                 c.from_start = false;
+                if !chunk.after_loss {
+                    c.next_pos = [None, None];
+                }
             }
         }
         let Some(c) = self.conns.get_mut(&id) else {
@@ -320,6 +322,63 @@ impl ConnTable {
         if let Some(c) = self.conns.remove(&id) {
             stats.connections_closed.fetch_add(1, Ordering::Relaxed);
             flush(id, c, ts_ns, stats, out, &mut self.rpc_done);
+        }
+    }
+
+    /// The process closed a traced socket (its close record). `lost_until`: the kernel lost
+    /// records of the connection since its last delivered data record, and these are its final
+    /// positions (ingress, egress).
+    #[allow(clippy::too_many_arguments)]
+    pub fn closed(
+        &mut self,
+        id: ConnId,
+        fd: u32,
+        ts_ns: u64,
+        lost_until: Option<[u64; 2]>,
+        stats: &Stats,
+        out: &mut Vec<Finished>,
+    ) {
+        if let Some(final_pos) = lost_until {
+            self.lost_until(id, fd, ts_ns, final_pos, stats, out);
+        }
+        self.close(id, ts_ns, stats, out);
+    }
+
+    /// Whatever userspace has not seen of a connection up to `final_pos` is a gap, counted as
+    /// lost bytes (and a lost request where a request head was due), marking what is in flight
+    /// incomplete. A connection userspace never saw is taken as traced from its first byte.
+    fn lost_until(
+        &mut self,
+        id: ConnId,
+        fd: u32,
+        ts_ns: u64,
+        final_pos: [u64; 2],
+        stats: &Stats,
+        out: &mut Vec<Finished>,
+    ) {
+        for dir in [SocketDir::Ingress, SocketDir::Egress] {
+            let at = final_pos[dir as usize];
+            let known = self.conns.get(&id);
+            if at == 0 || known.is_some_and(|c| c.next_pos[dir as usize].is_none_or(|p| p >= at)) {
+                continue;
+            }
+            let mark = DataChunk {
+                tgid: id.tgid,
+                tid: id.tgid,
+                ts_ns,
+                conn_id: id.conn_id,
+                fd,
+                dir,
+                last: false,
+                eof: false,
+                after_loss: true,
+                syscall: 0,
+                stream_pos: at,
+                syscall_pos: at,
+                syscall_len: 0,
+                payload: &[],
+            };
+            self.data(&mark, stats, out);
         }
     }
 

@@ -63,6 +63,7 @@ fn record(
         dir,
         last,
         eof: false,
+        after_loss: false,
         syscall: 0,
         stream_pos: at,
         syscall_pos: syscall.0,
@@ -90,6 +91,7 @@ impl Wire {
         let at = self.pos[0];
         let chunk = DataChunk {
             eof: true,
+            after_loss: false,
             ..record(SocketDir::Ingress, ts_ms, at, (at, 0), true, &[])
         };
         self.table.data(&chunk, &self.stats, &mut self.out);
@@ -512,4 +514,75 @@ fn a_connection_whose_open_record_was_dropped_is_traced_from_its_first_byte() {
     assert!(!ex.incomplete);
     assert_eq!(ex.content_chunk_ns.len(), 2);
     assert_eq!(ex.request.path, "/v1/chat/completions");
+}
+
+/// A connection whose open record and first request were both dropped in the kernel: the first
+/// record userspace gets is the second request, at stream position `req.len()`.
+fn second_request_first(after_loss: bool) -> (Stats, Vec<Finished>, u64) {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let req = chat_request("m");
+    let n = req.len() as u64;
+    let first = DataChunk {
+        after_loss,
+        ..record(SocketDir::Ingress, 1, n, (n, n), true, &req)
+    };
+    table.data(&first, &stats, &mut out);
+    (stats, out, n)
+}
+
+#[test]
+fn a_connection_first_seen_after_a_kernel_loss_counts_what_came_before_as_lost() {
+    let (stats, _, n) = second_request_first(true);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 1);
+    assert_eq!(
+        stats.bytes_lost.load(Relaxed),
+        n,
+        "the first request's bytes"
+    );
+    assert_eq!(stats.requests_lost.load(Relaxed), 1, "its request");
+}
+
+#[test]
+fn a_connection_first_seen_mid_stream_without_a_loss_loses_nothing() {
+    // The same record without the flag: a connection older than tracing, or evicted while idle.
+    let (stats, _, _) = second_request_first(false);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 0);
+    assert_eq!(stats.bytes_lost.load(Relaxed), 0);
+    assert_eq!(stats.requests_lost.load(Relaxed), 0);
+}
+
+#[test]
+fn a_connection_lost_whole_is_counted_from_its_close_record() {
+    // Every record of the connection was refused but its close: its final positions say how
+    // much was lost.
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    let mut out = Vec::new();
+    let id = ConnId {
+        tgid: 7,
+        conn_id: 9,
+    };
+    table.closed(id, 5, 10 * MS, Some([300, 2_000]), &stats, &mut out);
+    assert_eq!(stats.connections_after_loss.load(Relaxed), 1);
+    assert_eq!(stats.bytes_lost.load(Relaxed), 2_300);
+    assert_eq!(stats.requests_lost.load(Relaxed), 1);
+    assert_eq!(table.len(), 0, "nothing is left behind");
+}
+
+#[test]
+fn a_response_tail_lost_before_the_close_marks_the_request_incomplete() {
+    let mut w = Wire::new(Origin::Start);
+    w.syscall(SocketDir::Ingress, 1, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 5, HEAD);
+    w.syscall(SocketDir::Egress, 6, &chunk(&token("a", None)));
+    // The rest of the response (two chunks and the terminator) was refused by the ring buffer;
+    // then the server closed the connection.
+    let final_pos = [w.pos[0], w.pos[1] + 180];
+    w.table
+        .closed(w.id, 5, 9 * MS, Some(final_pos), &w.stats, &mut w.out);
+    assert_eq!(w.stats.bytes_lost.load(Relaxed), 180);
+    assert_eq!(w.out.len(), 1);
+    assert!(w.out[0].exchange.incomplete, "{:?}", w.out[0].exchange);
 }

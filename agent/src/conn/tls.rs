@@ -91,6 +91,7 @@ mod tests {
             dir,
             last: true,
             eof: false,
+            after_loss: false,
             syscall,
             stream_pos: pos,
             syscall_pos: pos,

@@ -2,7 +2,7 @@
 //! allowed to do, attaching the tracepoints, and the maps userspace writes (targets, sockets) or
 //! reads (drop counters, per-program statistics).
 //!
-//! Minimum kernel: 5.8 (BPF ring buffer). Needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), and
+//! Minimum kernel: 5.12 (task-local storage in tracing programs; BPF ring buffer 5.8). Needs CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN), and
 //! CAP_SYS_ADMIN to mount tracefs when it is missing.
 
 pub mod pod_targets;
@@ -63,7 +63,10 @@ pub enum ProbeError {
     Privileges { missing: String },
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
-    #[error("loading the eBPF object failed (kernel {kernel}): {source}")]
+    #[error(
+        "loading the eBPF object failed (kernel {kernel}; infertap needs Linux 5.12 or later with \
+         BTF, for task-local storage in tracing programs): {source}"
+    )]
     Load {
         kernel: String,
         #[source]
@@ -177,6 +180,9 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TARGETS", target_words())
             .map_max_entries("TLS_TARGETS", target_words())
+            // `CALLS` is task-local storage, which aya creates but has no userspace type for
+            // (the agent never reads it).
+            .allow_unsupported_maps()
             .load(OBJECT)
             .map_err(|source| ProbeError::Load {
                 kernel: kernel_release(),

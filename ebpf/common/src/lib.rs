@@ -54,10 +54,19 @@ pub const SYS_SSL_WRITE: u32 = 12;
 /// count plaintext bytes of the connection since the TLS object was matched to its socket; the
 /// record's `conn_id` and `fd` are those of the socket.
 pub const DATA_FLAG_TLS: u32 = 8;
+/// `DataRecord::flags`: records of this connection were lost (ring buffer full) since its last
+/// delivered data record — perhaps its open record. Userspace meeting a connection it does not
+/// know through such a record counts what came before as lost instead of taking the connection
+/// up mid-stream as one that predates tracing.
+pub const DATA_FLAG_AFTER_LOSS: u32 = 16;
 
 /// `ConnInfo::flags`: the socket carries TLS whose plaintext is captured by uprobes; the kernel
 /// no longer copies its ciphertext (only end-of-stream is reported).
 pub const CONN_FLAG_TLS: u32 = 1;
+/// `ConnInfo::flags`: a record of this connection (its open record, or bytes) could not be
+/// delivered since its last delivered data record. The next data record carries
+/// `DATA_FLAG_AFTER_LOSS`.
+pub const CONN_FLAG_LOST: u32 = 2;
 
 /// Connection roles (`ConnInfo::role`, `ConnOpenRecord::role`).
 pub const ROLE_SERVER: u32 = 1;
@@ -144,7 +153,12 @@ pub struct ConnCloseRecord {
     pub header: RecordHeader,
     pub conn_id: u64,
     pub fd: u32,
-    pub _pad: u32,
+    /// `CONN_FLAG_LOST` when records of the connection were lost since its last delivered data
+    /// record: userspace then counts what it did not see up to the final positions as lost.
+    pub flags: u32,
+    /// Final stream positions (`ConnInfo::rx_pos`, `tx_pos`).
+    pub rx_pos: u64,
+    pub tx_pos: u64,
 }
 
 /// A targeted process (thread-group leader) exited.
@@ -222,7 +236,7 @@ pub const fn target_bit(tgid: u32) -> (u32, u64) {
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == 16);
 const _: () = assert!(core::mem::size_of::<DataRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
-const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);

@@ -35,17 +35,13 @@ fn save_sockaddr_call(ctx: &TracePointContext, kind: u32) -> u32 {
         shape: SHAPE_SOCKADDR,
         family: 0,
     };
-    if ACTIVE.insert(pid_tgid, call, 0).is_err() {
-        count_drop(DROP_ACTIVE_FULL);
-    }
+    save_call(call);
     0
 }
 
 #[inline(always)]
-fn take_call(pid_tgid: u64, kind: u32) -> Option<ActiveCall> {
-    // SAFETY: plain value copied out before removal.
-    let call = unsafe { ACTIVE.get(pid_tgid) }.copied()?;
-    let _ = ACTIVE.remove(pid_tgid);
+fn take_call_of(kind: u32) -> Option<ActiveCall> {
+    let call = take_call()?;
     if call.kind == kind {
         Some(call)
     } else {
@@ -63,7 +59,7 @@ pub fn exit_accept(ctx: &TracePointContext) -> u32 {
         return 0;
     }
     let fd = ret(ctx);
-    let call = take_call(pid_tgid, CALL_ACCEPT);
+    let call = take_call_of(CALL_ACCEPT);
     if fd < 0 {
         return 0;
     }
@@ -86,7 +82,7 @@ pub fn exit_connect(ctx: &TracePointContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    let call = match take_call(pid_tgid, CALL_CONNECT) {
+    let call = match take_call_of(CALL_CONNECT) {
         Some(c) => c,
         None => return 0,
     };
@@ -156,6 +152,10 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
         .is_err()
     {
         count_drop(DROP_RINGBUF_CONTROL);
+        if let Some(p) = SOCKETS.get_ptr_mut(key) {
+            // SAFETY: a map value pointer valid for this program run.
+            unsafe { (*p).flags |= CONN_FLAG_LOST };
+        }
     }
 }
 
@@ -185,7 +185,14 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         },
         conn_id: info.conn_id,
         fd: key.fd,
-        _pad: 0,
+        // TLS sockets' positions count ciphertext, not the plaintext userspace parses.
+        flags: if info.flags & CONN_FLAG_TLS == 0 {
+            info.flags & CONN_FLAG_LOST
+        } else {
+            0
+        },
+        rx_pos: info.rx_pos,
+        tx_pos: info.tx_pos,
     };
     if EVENTS
         .output::<ConnCloseRecord>(&rec, wakeup_flags())
@@ -202,7 +209,7 @@ pub fn process_exit(ctx: &TracePointContext) -> u32 {
     if pid_tgid as u32 != tgid || !targeted(pid_tgid) {
         return 0; // a thread, or a process we do not trace
     }
-    // Userspace clears the target bit (an atomic AND needs kernel 5.12; this runs from 5.8).
+    // Userspace clears the target bit (one writer for the bitmap; the kernel never writes it).
     debug!(ctx, "targeted process {} exited", tgid);
     let rec = ProcExitRecord {
         header: RecordHeader {

@@ -55,9 +55,11 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         ((*info).conn_id, pos)
     };
     // SAFETY: as above.
-    if unsafe { (*info).flags } & CONN_FLAG_TLS != 0 {
+    let conn_flags = unsafe { (*info).flags };
+    if conn_flags & CONN_FLAG_TLS != 0 {
         return; // ciphertext: its plaintext comes from the TLS uprobes (`tls.rs`)
     }
+    let after_loss = conn_flags & CONN_FLAG_LOST != 0;
     if !egress && crate::tls::probed(pid_tgid) {
         crate::tls::note_read(pid_tgid, call.fd);
     }
@@ -65,11 +67,18 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         pid_tgid,
         conn_id,
         fd: call.fd,
-        flags: (if egress { DATA_FLAG_EGRESS } else { 0 }) | (call.kind << DATA_SYSCALL_SHIFT),
+        flags: (if egress { DATA_FLAG_EGRESS } else { 0 })
+            | (if after_loss { DATA_FLAG_AFTER_LOSS } else { 0 })
+            | (call.kind << DATA_SYSCALL_SHIFT),
         syscall_pos: pos,
         syscall_len: n,
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
+    // Whether every record of this syscall got through: the per-CPU count of refused data
+    // records does not move (a program run stays on its CPU, and syscall tracepoints do not
+    // nest). Read around the emission rather than carried through its loops, which would
+    // double the states the verifier explores at every chunk.
+    let refused_before = drops_of(DROP_RINGBUF_DATA);
     match call.shape {
         SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
@@ -80,6 +89,15 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
             emit_iovecs(&c, iov, cnt, n)
         }
         _ => {}
+    }
+    let delivered = drops_of(DROP_RINGBUF_DATA) == refused_before;
+    // SAFETY: as above. The flag stays set until a record after the loss got through.
+    unsafe {
+        if !delivered {
+            (*info).flags |= CONN_FLAG_LOST;
+        } else if after_loss {
+            (*info).flags &= !CONN_FLAG_LOST;
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //!
 //! Flow: an enter program checks `TARGETS` (every other process leaves here), then `SOCKETS`
 //! (only traced TCP sockets go on; files, pipes and Unix sockets never do), and saves the
-//! arguments in `ACTIVE`. The exit program takes them back, and for a positive return value copies
+//! arguments in the thread's `CALLS` slot. The exit program takes them back, and for a positive return value copies
 //! the bytes moved into `EVENTS` as bounded data records (head chunks then the tail of large
 //! buffers), each stamped with its position in the connection's byte stream so that userspace
 //! sees every loss exactly.
@@ -14,7 +14,8 @@
 //! `tls.rs`: uprobes on Go's `crypto/tls` and OpenSSL that copy TLS plaintext into the same data
 //! records, matched to their socket through the syscalls the TLS library makes.
 //!
-//! Minimum kernel version: 5.8 (ring buffer); bounded loops need 5.3.
+//! Minimum kernel version: 5.12 (task-local storage in tracing programs); the ring buffer needs
+//! 5.8, bounded loops 5.3.
 #![no_std]
 #![no_main]
 
@@ -25,23 +26,28 @@ mod tls;
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext,
 };
 use infertap_common::*;
 use maps::*;
 
-/// `syscalls/sys_enter_*`: the n-th syscall argument.
+/// `syscalls/sys_enter_*`: the n-th syscall argument (n < 6).
+///
+/// Read straight from the tracepoint record: a tracepoint program may load from its context at
+/// a constant offset, which costs one instruction where `bpf_probe_read_kernel` (what
+/// `TracePointContext::read_at` does) costs a helper call.
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: syscall enter tracepoints lay out `__syscall_nr` at 8 and the arguments as
-    // 8-byte slots from offset 16; reading past them fails cleanly.
-    unsafe { ctx.read_at::<u64>(16 + 8 * n).unwrap_or(0) }
+    // SAFETY: syscall enter tracepoints lay out `__syscall_nr` at 8 and the six arguments as
+    // 8-byte slots from offset 16; the verifier checks the constant offset against the record.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(2 + n)) }
 }
 
-/// `syscalls/sys_exit_*`: the return value.
+/// `syscalls/sys_exit_*`: the return value (read as `arg` reads).
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
     // SAFETY: `ret` sits at offset 16 of every syscall exit tracepoint.
-    unsafe { ctx.read_at::<i64>(16).unwrap_or(-1) }
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const i64).add(2)) }
 }
 
 #[inline(always)]
@@ -94,9 +100,7 @@ fn enter_data(
         shape,
         family: 0,
     };
-    if ACTIVE.insert(pid_tgid, call, 0).is_err() {
-        count_drop(DROP_ACTIVE_FULL);
-    }
+    save_call(call);
     0
 }
 
@@ -106,12 +110,10 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    // SAFETY: plain value copied out before the entry is removed.
-    let call = match unsafe { ACTIVE.get(pid_tgid) } {
-        Some(c) => *c,
+    let call = match take_call() {
+        Some(c) => c,
         None => return 0,
     };
-    let _ = ACTIVE.remove(pid_tgid);
     let n = ret(ctx);
     // The peer went away: an orderly close (a read of 0 bytes), a reset, or a write to a
     // connection it closed.

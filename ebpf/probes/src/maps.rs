@@ -1,10 +1,16 @@
 //! Every map the programs share with userspace or with each other. Upper-case statics, one place.
 
+use core::{ffi::c_void, ptr};
+
 use aya_ebpf::{
-    macros::map,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, BPF_F_NO_PREALLOC, BPF_LOCAL_STORAGE_GET_F_CREATE},
+    helpers::generated::{bpf_get_current_task_btf, bpf_task_storage_get},
+    macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use infertap_common::{ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_COUNTERS};
+use infertap_common::{
+    ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_ACTIVE_FULL, DROP_COUNTERS,
+};
 
 /// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
 /// and sized by it from `kernel.pid_max`. Every program looks here first and leaves at once for
@@ -24,9 +30,90 @@ pub static TLS_TARGETS: Array<u64> = Array::with_max_entries(65536, 0);
 #[map]
 pub static SOCKETS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 
-/// Arguments of the syscall in flight on each thread (key: pid_tgid), from enter to exit.
-#[map]
-pub static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(16384, 0);
+/// Arguments of the syscall in flight on each thread, from enter to exit: task-local storage
+/// (5.12+ for tracing programs), a slot that lives and dies with the thread. It replaced a hash
+/// map keyed by pid_tgid, whose insert, lookup and delete on every traced syscall cost about
+/// half of the programs' run time; a task's slot is found through the task itself, and nothing
+/// has to be deleted (the kernel frees it with the task). `ActiveCall::kind == CALL_NONE` is an
+/// empty slot.
+#[btf_map]
+pub static CALLS: TaskStorage<ActiveCall> = TaskStorage::new();
+
+/// `BPF_MAP_TYPE_TASK_STORAGE` declared as a BTF map (aya-ebpf 0.2 has no type for it): the
+/// layout aya-ebpf's own BTF maps use, which the loader reads from the object's BTF.
+#[repr(C)]
+pub struct TaskStorage<T> {
+    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
+    key: *const i32,
+    value: *const T,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
+}
+
+// SAFETY: placeholder pointers the loader patches; never dereferenced from Rust.
+unsafe impl<T> Sync for TaskStorage<T> {}
+
+impl<T> TaskStorage<T> {
+    pub const fn new() -> Self {
+        TaskStorage {
+            r#type: ptr::null(),
+            key: ptr::null(),
+            value: ptr::null(),
+            max_entries: ptr::null(),
+            map_flags: ptr::null(),
+        }
+    }
+
+    /// The current thread's slot; created zeroed when `create` and missing.
+    #[inline(always)]
+    fn current(&self, create: bool) -> *mut T {
+        // SAFETY: `bpf_get_current_task_btf` returns the running task, a trusted pointer the
+        // helper accepts; a NULL result (no slot, or none could be allocated) is checked.
+        unsafe {
+            bpf_task_storage_get(
+                self as *const Self as *mut c_void,
+                bpf_get_current_task_btf(),
+                ptr::null_mut(),
+                if create {
+                    BPF_LOCAL_STORAGE_GET_F_CREATE as u64
+                } else {
+                    0
+                },
+            )
+            .cast()
+        }
+    }
+}
+
+/// Save a syscall's arguments for its exit program.
+#[inline(always)]
+pub fn save_call(call: ActiveCall) {
+    let slot = CALLS.current(true);
+    if slot.is_null() {
+        count_drop(DROP_ACTIVE_FULL);
+        return;
+    }
+    // SAFETY: the current thread's own slot, valid for this program run.
+    unsafe { *slot = call };
+}
+
+/// Take back what the enter program of the current thread's syscall saved, if anything.
+#[inline(always)]
+pub fn take_call() -> Option<ActiveCall> {
+    let slot = CALLS.current(false);
+    if slot.is_null() {
+        return None;
+    }
+    // SAFETY: as in `save_call`.
+    unsafe {
+        let call = *slot;
+        if call.kind == CALL_NONE {
+            return None;
+        }
+        (*slot).kind = CALL_NONE;
+        Some(call)
+    }
+}
 
 /// Records to userspace. Its size is set by userspace at load time (`--ring-buffer-size`).
 #[map]
@@ -66,8 +153,19 @@ pub const SHAPE_IOV: u32 = 1;
 pub const SHAPE_MSG: u32 = 2;
 pub const SHAPE_SOCKADDR: u32 = 3;
 
+/// `ActiveCall::kind` of an empty slot (data syscalls are `SYS_*`, from 1).
+pub const CALL_NONE: u32 = 0;
 pub const CALL_ACCEPT: u32 = 100;
 pub const CALL_CONNECT: u32 = 101;
+
+/// This CPU's count of drops for `reason`.
+#[inline(always)]
+pub fn drops_of(reason: u32) -> u64 {
+    match DROPS.get(reason) {
+        Some(c) => *c,
+        None => 0,
+    }
+}
 
 #[inline(always)]
 pub fn count_drop(reason: u32) {

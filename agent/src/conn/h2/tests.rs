@@ -66,6 +66,7 @@ impl Wire {
             dir,
             last: true,
             eof: false,
+            after_loss: false,
             syscall: 0,
             stream_pos: self.pos[d],
             syscall_pos: self.pos[d],
