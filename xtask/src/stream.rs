@@ -314,7 +314,9 @@ pub fn run_stream(streams: usize, chunks: usize, interval_us: u64, seconds: u64)
     // requests_lost (its head was refused, found from the next record or the close record of
     // its connection) or its connection's records were all refused, its close record included
     // (a refused control record, counted).
-    let control = v.kernel_dropped["ringbuf_full_control"].as_u64().unwrap_or(0);
+    let control = v.kernel_dropped["ringbuf_full_control"]
+        .as_u64()
+        .unwrap_or(0);
     let uncounted = (v.missing as u64).saturating_sub(v.requests_lost);
     println!(
         "requests without a span: {}, counted as lost: {}, the rest ({uncounted}) bounded by refused control records ({control})",
