@@ -25,8 +25,7 @@ mod maps;
 mod tls;
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
-    EbpfContext,
+    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext, EbpfContext,
 };
 use infertap_common::*;
 use maps::*;
