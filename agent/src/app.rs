@@ -37,7 +37,7 @@ use crate::probes::targets::{
     classify_fd, start_time, tcp_sockets, FdKind, Scanner, Target, TargetSource,
 };
 use crate::probes::uprobe::{self, AttachOutcome, TlsPlan};
-use crate::probes::{kernel_drops, Probes};
+use crate::probes::{kernel_drops, kernel_lost_connections, Probes};
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
 
@@ -729,6 +729,9 @@ impl Pipeline {
         self.stats
             .records_dropped_in_kernel
             .fetch_max(dropped, Ordering::Relaxed);
+        self.stats
+            .connections_lost_in_kernel
+            .fetch_max(kernel_lost_connections(drops), Ordering::Relaxed);
         let open = self.table.len() as u64;
         let runs = self.probes.program_stats();
         let tls_programs = self.probes.tls_programs();

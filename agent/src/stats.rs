@@ -59,6 +59,10 @@ counters! {
     /// record was lost): what came before counts as lost bytes, and as a lost request where a
     /// request head was due.
     connections_after_loss,
+    /// Connections the kernel closed with records of them lost and its close record refused
+    /// too: nothing of their loss reached the agent, so the kernel counted them (each lost at
+    /// least its unseen requests).
+    connections_lost_in_kernel,
     /// Streams found not to be HTTP/1.1 (given up on).
     streams_not_http,
     /// HTTP messages that could not be parsed (the parser resynchronised).

@@ -94,6 +94,9 @@ pub struct ConnectionsStatus {
     /// Connections whose open record the kernel could not deliver, picked up at their next
     /// delivered record with what came before counted as lost.
     pub after_loss_total: u64,
+    /// Connections closed with records lost and their close record refused: counted by the
+    /// kernel, the only trace of their unseen requests.
+    pub lost_in_kernel_total: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +276,7 @@ impl StatusSource {
                 evicted_total: get(&s.connections_evicted),
                 shed_total: get(&s.connections_shed),
                 after_loss_total: get(&s.connections_after_loss),
+                lost_in_kernel_total: get(&s.connections_lost_in_kernel),
             },
             records: RecordsStatus {
                 read: get(&s.records_read),
@@ -418,7 +422,8 @@ mod tests {
                 "probes": [{"name": "sys_enter_read", "attached": true, "error": null, "run_count": 0, "run_time_ns": 0}],
                 "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
                 "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
-                                "evicted_total": 0, "shed_total": 0, "after_loss_total": 0},
+                                "evicted_total": 0, "shed_total": 0, "after_loss_total": 0,
+                                "lost_in_kernel_total": 0},
                 "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,

@@ -15,7 +15,9 @@ use std::os::fd::OwnedFd;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use infertap_common::{ConnInfo, ConnKey, DROP_COUNTERS, DROP_NAMES, TARGET_BITS_PER_WORD};
+use infertap_common::{
+    ConnInfo, ConnKey, DROP_COUNTERS, DROP_NAMES, LOST_CONNS_SLOT, TARGET_BITS_PER_WORD,
+};
 
 /// The object built by `cargo xtask build` (empty when the agent was built without it).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/infertap-probes.o"));
@@ -294,6 +296,15 @@ fn rlimit_memlock() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Connections the kernel closed with records lost and its close record refused (summed over
+/// CPUs): their losses reached userspace in no other way.
+pub fn kernel_lost_connections(drops: &PerCpuArray<MapData, u64>) -> u64 {
+    drops
+        .get(&LOST_CONNS_SLOT, 0)
+        .map(|v| v.iter().sum::<u64>())
+        .unwrap_or(0)
 }
 
 /// Per-reason kernel drop counters, summed over CPUs.

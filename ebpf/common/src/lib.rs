@@ -88,6 +88,13 @@ pub const DROP_ACTIVE_FULL: u32 = 4;
 /// a call on it yet): the bytes cannot be placed in a connection.
 pub const DROP_TLS_UNMATCHED: u32 = 5;
 pub const DROP_COUNTERS: u32 = 6;
+/// Slot of the `DROPS` map after the record drop reasons: connections closed while records of
+/// them were lost and whose close record was refused too — userspace saw nothing to account
+/// their loss by (their requests have no span and no `requests_lost` count), so the kernel
+/// counts them.
+pub const LOST_CONNS_SLOT: u32 = DROP_COUNTERS;
+/// Entries of the `DROPS` map: the record drop reasons and `LOST_CONNS_SLOT`.
+pub const DROPS_ENTRIES: u32 = DROP_COUNTERS + 1;
 
 /// Names of the drop counters, index-aligned with the `DROP_*` constants.
 pub const DROP_NAMES: [&str; DROP_COUNTERS as usize] = [

@@ -199,6 +199,10 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         .is_err()
     {
         count_drop(DROP_RINGBUF_CONTROL);
+        if rec.flags & CONN_FLAG_LOST != 0 {
+            // Nothing will tell userspace what it missed of this connection: count it here.
+            count_drop(LOST_CONNS_SLOT);
+        }
     }
     0
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use infertap_common::{
-    ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROP_ACTIVE_FULL, DROP_COUNTERS,
+    ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROPS_ENTRIES, DROP_ACTIVE_FULL,
 };
 
 /// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
@@ -121,9 +121,10 @@ pub fn take_call() -> Option<ActiveCall> {
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 
-/// Why records could not be delivered, per CPU (indexes: `infertap_common::DROP_*`).
+/// Why records could not be delivered, per CPU (indexes: `infertap_common::DROP_*`), and the
+/// connections lost whole (`LOST_CONNS_SLOT`).
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_COUNTERS, 0);
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROPS_ENTRIES, 0);
 
 /// Per-CPU scratch space where a data record is assembled before it is copied to `EVENTS`.
 #[map]
