@@ -652,6 +652,11 @@ impl<'a> Observed<'a> {
     }
 }
 
+/// A span's duration in seconds.
+fn span_seconds(span: &FinishedSpan) -> f64 {
+    span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9
+}
+
 /// Time per output token, in seconds: `(duration − TTFT) / (output tokens − 1)`; `None` unless
 /// there are at least two output tokens.
 pub fn time_per_output_token(duration_s: f64, ttft_s: f64, output_tokens: i64) -> Option<f64> {
@@ -715,16 +720,8 @@ impl RequestMetrics {
             return;
         }
         let o = Observed::from_span(span);
-        let duration_s = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
-        let otel = self.otel.get();
-        let mut families = self.lock();
-        let mut put = |instrument: usize, values: &[Val<'_>], value: f64| {
-            let series = families[instrument].series(values);
-            series.add(value);
-            if let Some(otel) = otel {
-                otel[instrument].add(value, &series.attributes);
-            }
-        };
+        let duration_s = span_seconds(span);
+        let mut put = self.recorder();
 
         put(
             HTTP_DURATION,
@@ -766,6 +763,20 @@ impl RequestMetrics {
         }
     }
 
+    /// Where one span's values go: each to its instrument's series in the Prometheus families
+    /// and, with OTLP metrics on, to the OTel instrument (holding the families' lock while alive).
+    fn recorder(&self) -> impl FnMut(usize, &[Val<'_>], f64) + '_ {
+        let otel = self.otel.get();
+        let mut families = self.lock();
+        move |instrument, values, value| {
+            let series = families[instrument].series(values);
+            series.add(value);
+            if let Some(otel) = otel {
+                otel[instrument].add(value, &series.attributes);
+            }
+        }
+    }
+
     /// A routing-decision span (`infertap.epp.decision` set): duration, endpoint, rejection.
     fn record_decision(&self, span: &FinishedSpan) {
         let val = |k: &str| match span.attr(k) {
@@ -778,16 +789,8 @@ impl RequestMetrics {
             return;
         }
         let model = val("gen_ai.request.model");
-        let duration_s = span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9;
-        let otel = self.otel.get();
-        let mut families = self.lock();
-        let mut put = |instrument: usize, values: &[Val<'_>], value: f64| {
-            let series = families[instrument].series(values);
-            series.add(value);
-            if let Some(otel) = otel {
-                otel[instrument].add(value, &series.attributes);
-            }
-        };
+        let duration_s = span_seconds(span);
+        let mut put = self.recorder();
         put(EPP_DECISION_DURATION, &[decision, model], duration_s);
         let endpoint = val("infertap.epp.endpoint");
         if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
