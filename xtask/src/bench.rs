@@ -88,9 +88,53 @@ fn wrk_ms(v: &str) -> Option<f64> {
     num.parse::<f64>().ok().map(|x| x * scale)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+/// The median of a non-empty set of measurements.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
+}
+
+/// Per-program (name, runs, run time ns) from the agent's /status (`kernel.bpf_stats_enabled`).
+pub fn probe_stats(debug: &str) -> Result<Vec<(String, u64, u64)>> {
+    let st = get_json(&format!("http://{debug}/status"))?;
+    Ok(st["probes"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["name"].as_str().unwrap_or("").to_string(),
+                        p["run_count"].as_u64().unwrap_or(0),
+                        p["run_time_ns"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Adds per-program runs and run time to a running total.
+pub fn add_stats(into: &mut Vec<(String, u64, u64)>, from: Vec<(String, u64, u64)>) {
+    for (n, c, t) in from {
+        match into.iter_mut().find(|(m, _, _)| *m == n) {
+            Some(e) => {
+                e.1 += c;
+                e.2 += t;
+            }
+            None => into.push((n, c, t)),
+        }
+    }
+}
+
+/// Prints ns per run of every program that ran.
+pub fn print_kernel_costs(label: &str, k: &[(String, u64, u64)]) {
+    println!("kernel cost per program run{label}:");
+    for (n, c, t) in k.iter().filter(|(_, c, _)| *c > 0) {
+        println!(
+            "  {n:<22} {c:>10} runs {:>8.0} ns/run",
+            *t as f64 / *c as f64
+        );
+    }
 }
 
 pub fn run_bench(python: &Path, rounds: usize, seconds: u64) -> Result<()> {
@@ -164,35 +208,13 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                 let measured = wrk(server_port, seconds, script)?;
                 if agent.is_some() {
                     std::thread::sleep(Duration::from_millis(1200)); // one housekeeping tick
-                    let st = get_json(&format!("http://{debug}/status"))?;
-                    let probes: Vec<(String, u64, u64)> = st["probes"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .map(|p| {
-                                    (
-                                        p["name"].as_str().unwrap_or("").to_string(),
-                                        p["run_count"].as_u64().unwrap_or(0),
-                                        p["run_time_ns"].as_u64().unwrap_or(0),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                    let probes = probe_stats(&debug)?;
                     let dest = if arm == Arm::Targeted {
                         &mut kernel
                     } else {
                         &mut kernel_untargeted
                     };
-                    for (n, c, t) in probes {
-                        match dest.iter_mut().find(|(m, _, _)| *m == n) {
-                            Some(e) => {
-                                e.1 += c;
-                                e.2 += t;
-                            }
-                            None => dest.push((n, c, t)),
-                        }
-                    }
+                    add_stats(dest, probes);
                     if arm == Arm::Targeted {
                         let spans: Value = get_json(&format!("http://{debug}/status"))?;
                         eprintln!("round {round}: targeted: http = {}", spans["http"]);
@@ -242,13 +264,7 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                 &kernel_untargeted,
             ),
         ] {
-            println!("kernel cost per program run, {label}:");
-            for (n, c, t) in k.iter().filter(|(_, c, _)| *c > 0) {
-                println!(
-                    "  {n:<22} {c:>10} runs {:>8.0} ns/run",
-                    *t as f64 / *c as f64
-                );
-            }
+            print_kernel_costs(&format!(", {label}"), k);
         }
     }
     if rounds == 0 {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::bench::{add_stats, median, print_kernel_costs, probe_stats};
 use crate::demo::{agent_command, free_port, get_json, wait_targeted, Kill};
 
 /// The loop process: listens, then for each `go N` line on stdin opens a connection to itself,
@@ -112,42 +113,6 @@ enum Arm {
     Targeted,
     /// `--baseline-agent`: another build of the agent targeting the loop (before/after in one run).
     Baseline,
-}
-
-/// Per-program (name, runs, run time ns) from the agent's /status.
-fn probe_stats(debug: &str) -> Result<Vec<(String, u64, u64)>> {
-    let st = get_json(&format!("http://{debug}/status"))?;
-    Ok(st["probes"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|p| {
-                    (
-                        p["name"].as_str().unwrap_or("").to_string(),
-                        p["run_count"].as_u64().unwrap_or(0),
-                        p["run_time_ns"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-fn add_stats(into: &mut Vec<(String, u64, u64)>, from: Vec<(String, u64, u64)>) {
-    for (n, c, t) in from {
-        match into.iter_mut().find(|(m, _, _)| *m == n) {
-            Some(e) => {
-                e.1 += c;
-                e.2 += t;
-            }
-            None => into.push((n, c, t)),
-        }
-    }
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 pub fn run(rounds: usize, round_trips: u64, size: usize, baseline: Option<&Path>) -> Result<()> {
@@ -260,13 +225,7 @@ pub fn run(rounds: usize, round_trips: u64, size: usize, baseline: Option<&Path>
             &kernel_untargeted,
         ),
     ] {
-        println!("kernel cost per program run (bpf_stats), {label}:");
-        for (n, c, t) in k.iter().filter(|(_, c, _)| *c > 0) {
-            println!(
-                "  {n:<22} {c:>10} runs {:>8.0} ns/run",
-                *t as f64 / *c as f64
-            );
-        }
+        print_kernel_costs(&format!(" (bpf_stats), {label}"), k);
     }
     Ok(())
 }

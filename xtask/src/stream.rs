@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+use crate::bench::median;
 use crate::demo::{agent_command, free_port, get_json, wait_until, Kill};
 
 const MODEL: &str = "bench-model";
@@ -291,10 +292,6 @@ pub fn run_stream(streams: usize, chunks: usize, interval_us: u64, seconds: u64)
             failures.push(format!("round {round}: not every request traced whole"));
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
     let (off, on) = (median(&mut off_rates), median(&mut on_rates));
     println!(
         "chunks/s written and read: off {off:.0}, traced {on:.0} (ratio {:.3}); server pid {server_pid}",
