@@ -597,4 +597,4 @@ fn finish(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

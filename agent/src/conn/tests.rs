@@ -45,8 +45,9 @@ impl Wire {
     }
 }
 
-/// A record as the kernel emits it, on the test connection (tgid 7, fd 5, conn 1).
-fn record(
+/// A record as the kernel emits it, on the test connection (tgid 7, fd 5, conn 1); also used by
+/// the HTTP/2 and TLS tests of the connection table.
+pub(crate) fn record(
     dir: SocketDir,
     ts_ms: u64,
     at: u64,

@@ -83,20 +83,15 @@ mod tests {
 
     fn rec(dir: SocketDir, syscall: u32, pos: u64, ts_ms: u64, payload: &[u8]) -> DataChunk<'_> {
         DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: ts_ms * 1_000_000,
-            conn_id: 1,
-            fd: 5,
-            dir,
-            last: true,
-            eof: false,
-            after_loss: false,
             syscall,
-            stream_pos: pos,
-            syscall_pos: pos,
-            syscall_len: payload.len() as u64,
-            payload,
+            ..crate::conn::tests::record(
+                dir,
+                ts_ms,
+                pos,
+                (pos, payload.len() as u64),
+                true,
+                payload,
+            )
         }
     }
 

@@ -4,7 +4,8 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::capture::decode::{DataChunk, Role, SocketDir};
+use crate::capture::decode::{Role, SocketDir};
+use crate::conn::tests::record;
 use crate::conn::{ConnId, ConnTable, Finished, H2Done, Origin};
 use crate::epp::Outcome;
 use crate::protocol::Direction;
@@ -57,22 +58,8 @@ impl Wire {
 
     fn syscall(&mut self, dir: SocketDir, ts_ms: u64, data: &[u8]) {
         let d = dir as usize;
-        let chunk = DataChunk {
-            tgid: 7,
-            tid: 7,
-            ts_ns: ts_ms * MS,
-            conn_id: 1,
-            fd: 5,
-            dir,
-            last: true,
-            eof: false,
-            after_loss: false,
-            syscall: 0,
-            stream_pos: self.pos[d],
-            syscall_pos: self.pos[d],
-            syscall_len: data.len() as u64,
-            payload: data,
-        };
+        let at = self.pos[d];
+        let chunk = record(dir, ts_ms, at, (at, data.len() as u64), true, data);
         self.table.data(&chunk, &self.stats, &mut self.out);
         self.pos[d] += data.len() as u64;
     }
