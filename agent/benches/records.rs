@@ -1,16 +1,17 @@
 //! Userspace throughput per core: ring-buffer records of streaming chat exchanges, as the kernel
 //! programs emit them for a traced vLLM-like server, taken through `capture::decode` → `ConnTable`
-//! (ordered streams, HTTP/1.1, SSE, the OpenAI chunk fields) → span building, as the pipeline in
-//! `app.rs` does. Target (design.md): ≥ 1 M records/s per core.
+//! (ordered streams, HTTP/1.1, SSE, the OpenAI chunk fields) → span building, through the
+//! agent's own `pipeline::Pipeline` (a `Detached` node: no /proc lookups). Target (design.md): ≥ 1 M records/s per core.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use infertap::capture::clock::WallClock;
-use infertap::capture::decode::{decode, Record};
-use infertap::conn::{ConnId, ConnTable, Finished, Origin};
+use infertap::enrich::Enrichers;
+use infertap::pipeline::{Detached, Output, Pipeline, Settings};
 use infertap::stats::Stats;
-use infertap::trace::build::{build_span, BuildOptions, RandomIds};
+use infertap::trace::build::BuildOptions;
+use infertap::trace::span::FinishedSpan;
 use infertap_common::*;
 
 fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -134,73 +135,54 @@ fn exchange_records(conns: usize, requests: usize, tokens: usize) -> Vec<Vec<u8>
     w.records
 }
 
-/// The pipeline's per-record work (app.rs `Pipeline::record` and `emit`, without /proc lookups).
-fn pipeline(records: &[Vec<u8>], clock: &WallClock) -> usize {
-    let stats = Stats::default();
-    let mut table = ConnTable::new(65536, u64::MAX);
-    let opts = BuildOptions::default();
-    let mut done: Vec<Finished> = Vec::new();
-    let mut spans = 0;
-    let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
-    for raw in records {
-        match decode(raw) {
-            Ok(Record::Data(chunk)) => table.data(&chunk, &stats, &mut done),
-            Ok(Record::Open {
-                tgid,
-                ts_ns,
-                conn_id,
-                fd,
-                role,
-                peer,
-                ..
-            }) => table.open(
-                ConnId { tgid, conn_id },
-                fd,
-                role,
-                Some(local),
-                peer,
-                Origin::Start,
-                ts_ns,
-                &stats,
-            ),
-            Ok(Record::Close {
-                tgid,
-                ts_ns,
-                conn_id,
-                ..
-            }) => table.close(ConnId { tgid, conn_id }, ts_ns, &stats, &mut done),
-            Ok(Record::ProcExit { tgid, ts_ns }) => {
-                table.process_exit(tgid, ts_ns, &stats, &mut done)
-            }
-            Err(_) => {}
-        }
-        for f in done.drain(..) {
-            black_box(build_span(
-                &f.exchange,
-                &f.meta,
-                clock,
-                &opts,
-                &mut RandomIds,
-            ));
-            spans += 1;
-        }
+/// Counts spans (each kept from the optimiser).
+struct Count(usize);
+
+impl Output for Count {
+    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]) {
+        black_box((span, chunk_times_ns));
+        self.0 += 1;
     }
-    spans
+}
+
+/// The pipeline's per-record work, as the agent's pipeline task does it (records fed, spans
+/// emitted after each batch).
+fn pipeline(records: &[Vec<u8>]) -> usize {
+    let settings = Settings {
+        max_connections: 65536,
+        idle_timeout_ns: u64::MAX,
+        build: BuildOptions::default(),
+    };
+    let mut p = Pipeline::new(
+        settings,
+        Arc::new(Stats::default()),
+        Enrichers::default(),
+        Detached::default(),
+        Count(0),
+    );
+    let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    p.target(TGID, [(3, local)], "vllm");
+    for batch in records.chunks(64) {
+        for raw in batch {
+            p.feed(raw);
+        }
+        p.emit();
+    }
+    p.output().0
 }
 
 fn bench(c: &mut Criterion) {
-    let clock = WallClock::measure();
     let mut g = c.benchmark_group("records");
     // 16 concurrent streams, 4 requests each, 64 tokens per response.
     let records = exchange_records(16, 4, 64);
     assert_eq!(
-        pipeline(&records, &clock),
+        pipeline(&records),
         64,
         "every exchange becomes a span"
     );
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("streaming_chat_decode_parse_span", |b| {
-        b.iter(|| pipeline(black_box(&records), &clock))
+        b.iter(|| pipeline(black_box(&records)))
     });
     g.finish();
 }

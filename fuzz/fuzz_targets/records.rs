@@ -1,15 +1,18 @@
 //! Ring-buffer records, as the pipeline takes them: `capture::decode` on any bytes, then valid
 //! records built from the input (any field values: positions, lengths, flags, roles, addresses)
-//! decoded and applied to a `ConnTable` exactly as `app.rs` does, and every finished exchange
-//! built into a span. Checks beyond "no panic": a record built from fields decodes back to those
+//! fed to the agent's own `Pipeline` (decoding, the connection table, every protocol, span
+//! building; a `Detached` node: descriptors unknown, the clock set from the records). Checks beyond "no panic": a record built from fields decodes back to those
 //! fields; a data record never carries more payload than its header declares.
 #![no_main]
 
-use infertap::capture::clock::WallClock;
+use std::sync::Arc;
+
 use infertap::capture::decode::{decode, Record, Role};
-use infertap::conn::{ConnId, ConnTable, Finished, Origin};
+use infertap::enrich::Enrichers;
+use infertap::pipeline::{Detached, Pipeline, Settings};
 use infertap::stats::Stats;
-use infertap::trace::build::{build_span, BuildOptions, RandomIds};
+use infertap::trace::build::BuildOptions;
+use infertap::trace::span::FinishedSpan;
 use infertap_common::*;
 use libfuzzer_sys::fuzz_target;
 
@@ -43,11 +46,22 @@ fuzz_target!(|data: &[u8]| {
         let _ = decode(&data[start..]);
     }
 
-    let stats = Stats::default();
-    let mut table = ConnTable::new(8, 1_000_000_000);
-    let clock = WallClock::measure();
-    let opts = BuildOptions::default();
-    let mut done: Vec<Finished> = Vec::new();
+    let settings = Settings {
+        max_connections: 8,
+        idle_timeout_ns: 1_000_000_000,
+        build: BuildOptions::default(),
+    };
+    let mut pipeline = Pipeline::new(
+        settings,
+        Arc::new(Stats::default()),
+        Enrichers::default(),
+        Detached::default(),
+        Vec::<FinishedSpan>::new(),
+    );
+    // Every process has a listening socket (fd 3) for accepted connections to name.
+    for tgid in 1..=4 {
+        pipeline.target(tgid, [(3, "127.0.0.1:8000".parse().unwrap())], "vllm");
+    }
     let mut input = data;
     let mut ts = 0u64;
     while let [op, rest @ ..] = input {
@@ -105,63 +119,36 @@ fuzz_target!(|data: &[u8]| {
                 rx_pos: u64_from(&mut input) % 4096,
                 tx_pos: u64_from(&mut input) % 4096,
             }),
+            // A socket found already open by the targeting thread: taken mid-stream.
+            _ if op & 8 != 0 => {
+                let role = if op & 4 == 0 { Role::Server } else { Role::Client };
+                let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
+                let local = std::net::SocketAddr::from(([127, 0, 0, 1], 8000));
+                pipeline.existing(tgid, 5, conn_id, role, local, peer);
+                continue;
+            }
             _ => bytes_of(&ProcExitRecord {
                 header: header(RECORD_PROC_EXIT),
             }),
         };
         let rec = decode(&raw).expect("a record built from its fields decodes");
-        // As app.rs applies it (without the /proc lookups).
         match rec {
             Record::Data(chunk) => {
                 assert_eq!(chunk.tgid, tgid);
                 assert_eq!(chunk.conn_id, conn_id);
                 assert!(chunk.payload.len() + std::mem::size_of::<DataRecord>() <= raw.len());
-                table.data(&chunk, &stats, &mut done);
             }
-            Record::Open {
-                tgid,
-                ts_ns,
-                conn_id,
-                fd,
-                role,
-                peer,
-                ..
-            } => {
-                assert_eq!(ts_ns, ts);
-                let local = peer.map(|p| std::net::SocketAddr::new(p.ip(), 8000));
-                let origin = if matches!(role, Role::Unknown) {
-                    Origin::MidStream
-                } else {
-                    Origin::Start
-                };
-                table.open(ConnId { tgid, conn_id }, fd, role, local, peer, origin, ts_ns, &stats);
-            }
-            Record::Close {
-                tgid,
-                ts_ns,
-                conn_id,
-                fd,
-                after_loss,
-                final_pos,
-            } => table.closed(
-                ConnId { tgid, conn_id },
-                fd,
-                ts_ns,
-                after_loss.then_some(final_pos),
-                &stats,
-                &mut done,
-            ),
-            Record::ProcExit { tgid, ts_ns } => table.process_exit(tgid, ts_ns, &stats, &mut done),
+            Record::Open { ts_ns, .. } => assert_eq!(ts_ns, ts),
+            Record::Close { .. } | Record::ProcExit { .. } => {}
         }
+        // As the agent applies it.
+        pipeline.node_mut().now_ns = ts;
+        pipeline.record(&raw);
         if ts % 16 == 0 {
-            table.evict_idle(ts, &stats, &mut done);
+            pipeline.tick();
         }
-        for f in done.drain(..) {
-            let _ = build_span(&f.exchange, &f.meta, &clock, &opts, &mut RandomIds);
-        }
+        pipeline.output_mut().clear();
     }
-    table.process_exit(1, ts + 1, &stats, &mut done);
-    for f in done.drain(..) {
-        let _ = build_span(&f.exchange, &f.meta, &clock, &opts, &mut RandomIds);
-    }
+    pipeline.gone(1);
+    pipeline.flush();
 });

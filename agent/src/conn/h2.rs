@@ -8,8 +8,8 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::exchange::h2::{H2Done, H2Effects, H2Streams};
-use crate::exchange::Exchange;
+use crate::exchange::h2::{H2Effects, H2Streams};
+use crate::exchange::Work;
 use crate::protocol::http2::{looks_like_frames, H2Event, Http2Conn, PREFACE};
 use crate::protocol::{Direction, Segment};
 use crate::stats::Stats;
@@ -54,7 +54,7 @@ impl H2State {
         dir: Direction,
         ev: H2Event<'_>,
         fx: &mut H2Effects,
-        done: &mut Vec<H2Done>,
+        done: &mut Vec<Work>,
     ) {
         let e = streams.on_event(dir, ev, done);
         fx.grpc_messages += e.grpc_messages;
@@ -69,7 +69,7 @@ impl H2State {
         dir: Direction,
         seg: Segment<'_>,
         stats: &Stats,
-        done: &mut Vec<H2Done>,
+        done: &mut Vec<Work>,
     ) {
         let mut fx = H2Effects::default();
         let streams = &mut self.streams;
@@ -79,7 +79,7 @@ impl H2State {
         count(&fx, stats);
     }
 
-    pub(super) fn gap(&mut self, dir: Direction, len: u64, stats: &Stats, done: &mut Vec<H2Done>) {
+    pub(super) fn gap(&mut self, dir: Direction, len: u64, stats: &Stats, done: &mut Vec<Work>) {
         let mut fx = H2Effects::default();
         let streams = &mut self.streams;
         self.parser.gap(dir, len, &mut |ev| {
@@ -88,7 +88,7 @@ impl H2State {
         count(&fx, stats);
     }
 
-    pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<H2Done>) {
+    pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<Work>) {
         self.streams.close(ts_ns, self.peer_closed, done);
     }
 }
@@ -105,19 +105,6 @@ fn count(fx: &H2Effects, stats: &Stats) {
             counter.fetch_add(n, Ordering::Relaxed);
         }
     }
-}
-
-/// Splits what the streams produced: exchanges go the HTTP/1.1 way, calls and decisions to
-/// `rpc`.
-pub(super) fn split(done: Vec<H2Done>, rpc: &mut Vec<H2Done>) -> Vec<Exchange> {
-    let mut exchanges = Vec::new();
-    for d in done {
-        match d {
-            H2Done::Exchange(e) => exchanges.push(*e),
-            other => rpc.push(other),
-        }
-    }
-    exchanges
 }
 
 #[cfg(test)]

@@ -1,24 +1,29 @@
 //! The connection table: one entry per traced socket, ordered byte streams per direction with
-//! exact gap detection, the HTTP parser and request assembly of each connection, idle eviction.
+//! exact gap detection, each connection's protocol and request assembly, idle eviction.
 //!
-//! Owns connection state and nothing else: it does no I/O and builds no spans. Finished
-//! exchanges leave through the `out` vectors of each call, with the connection's metadata.
+//! A connection's protocol is one value ([`Protocol`]): detecting (HTTP/1.x until shown
+//! otherwise), HTTP/1.x, HTTP/2, or opaque. [`detect`] decides it from the bytes; TLS is not a
+//! protocol but a property of where the bytes came from (`tls`: which bytes of a TLS connection
+//! are parsed), and a TLS connection's plaintext goes through the same states.
+//!
+//! Owns connection state and nothing else: it does no I/O and builds no spans. Everything a
+//! connection finishes leaves by one route, the `out` vector of each call, as one [`Finished`]
+//! value ([`Work`]: an HTTP exchange, a gRPC call or a routing decision) with the connection's
+//! metadata.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use crate::capture::decode::{DataChunk, Role, SocketDir};
-use crate::exchange::{Exchange, ExchangeTracker};
+use crate::exchange::{Exchange, ExchangeTracker, Outcome, Work};
 use crate::protocol::http1::{Http1Conn, HttpEvent};
 use crate::protocol::{Direction, Segment};
 use crate::stats::Stats;
-use crate::trace::build::ConnMeta;
 
 mod tls;
 use tls::{Route, TlsMode};
 mod h2;
-pub use crate::exchange::h2::H2Done;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
@@ -26,26 +31,96 @@ pub struct ConnId {
     pub conn_id: u64,
 }
 
+/// Where a finished request was seen: what span building needs of its connection.
+#[derive(Clone, Debug, Default)]
+pub struct ConnMeta {
+    pub pid: u32,
+    pub local: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
+    /// The traced process served the request (SERVER span) rather than sent it (CLIENT span).
+    pub server: bool,
+    /// `gen_ai.provider.name`: the kind of server the process is (from its command line).
+    pub provider: &'static str,
+}
+
+/// An HTTP/1.x connection's parser and the requests it assembles.
+struct Http1 {
+    parser: Http1Conn,
+    exchanges: ExchangeTracker,
+}
+
+impl Http1 {
+    fn new(mid_stream: bool) -> Http1 {
+        Http1 {
+            parser: Http1Conn::new(mid_stream),
+            exchanges: ExchangeTracker::new(),
+        }
+    }
+}
+
+/// What a connection's bytes are parsed as.
+enum Protocol {
+    /// HTTP/1.x until shown otherwise: its parser runs, and [`detect`] may still find HTTP/2 (at
+    /// the first bytes of a connection seen from its start, or, on one picked up mid-stream, at a
+    /// syscall boundary while no request is in flight). Leaves for `Http1` at the first request
+    /// head.
+    Detecting(Http1),
+    /// HTTP/1.x: a request head was parsed.
+    Http1(Http1),
+    /// HTTP/2 (and gRPC, ext_proc over it).
+    Http2(Box<h2::H2State>),
+    /// Given up on: not HTTP. Its bytes are dropped unparsed.
+    Opaque,
+}
+
+/// What [`detect`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Detected {
+    /// Nothing that changes the protocol.
+    Same,
+    /// The connection is HTTP/2.
+    Http2,
+}
+
+/// Whether a record's bytes show that a connection still [`Protocol::Detecting`] is HTTP/2:
+/// the connection preface (or the server's SETTINGS) at the first byte of a connection seen from
+/// its start, or HTTP/2 frames at a syscall boundary of one picked up mid-stream while no HTTP/1
+/// request is in flight.
+fn detect(c: &Conn, h: &Http1, chunk: &DataChunk<'_>, hdir: Direction) -> Detected {
+    let d = chunk.dir as usize;
+    let at_start = c.from_start && chunk.stream_pos == 0 && c.next_pos[d] == Some(0);
+    if at_start && h2::starts_http2(hdir, chunk.payload) {
+        return Detected::Http2;
+    }
+    let mid = !c.from_start
+        && h.exchanges.in_flight() == 0
+        && h2::frames_mid_stream(&Segment {
+            ts_ns: chunk.ts_ns,
+            data: chunk.payload,
+            syscall_start: chunk.stream_pos == chunk.syscall_pos,
+        });
+    if mid {
+        Detected::Http2
+    } else {
+        Detected::Same
+    }
+}
+
 struct Conn {
     fd: u32,
     role: Role,
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
-    http: Http1Conn,
-    exchanges: ExchangeTracker,
+    proto: Protocol,
     /// Next expected stream position, per socket direction (ingress, egress); `None` until the
     /// first record of a connection picked up mid-stream.
     next_pos: [Option<u64>; 2],
     last_seen_ns: u64,
-    /// Given up on: not HTTP/1.x.
-    opaque: bool,
     provider: &'static str,
     /// Whether the stream is TLS, and which bytes of it are parsed (`tls`).
     tls: TlsMode,
     /// Seen from its first byte (not picked up mid-stream).
     from_start: bool,
-    /// Set once the connection is taken for HTTP/2: its bytes go there instead of `http`.
-    h2: Option<Box<h2::H2State>>,
 }
 
 impl Conn {
@@ -66,29 +141,38 @@ impl Conn {
             _ => Direction::Request,
         }
     }
+
+    /// The HTTP/1.x state, while the connection is on that path.
+    fn http1(&self) -> Option<&Http1> {
+        match &self.proto {
+            Protocol::Detecting(h) | Protocol::Http1(h) => Some(h),
+            _ => None,
+        }
+    }
 }
 
-/// A finished exchange with where it was seen.
+/// Something a connection finished, with where it was seen.
+#[derive(Debug)]
 pub struct Finished {
     pub conn: ConnId,
     pub meta: ConnMeta,
-    pub exchange: Exchange,
+    pub work: Work,
 }
 
-/// A finished gRPC call or routing decision of an HTTP/2 connection, with where it was seen.
-pub struct RpcFinished {
-    pub conn: ConnId,
-    pub meta: ConnMeta,
-    /// `H2Done::Call` or `H2Done::Decision` (HTTP exchanges over HTTP/2 leave as [`Finished`]).
-    pub item: H2Done,
+impl Finished {
+    /// The HTTP exchange, when that is what finished.
+    pub fn exchange(&self) -> Option<&Exchange> {
+        match &self.work {
+            Work::Exchange(ex) => Some(ex),
+            _ => None,
+        }
+    }
 }
 
 pub struct ConnTable {
     /// Keyed by kernel-assigned ids (pid, open time), looked up on every record: foldhash, seeded
     /// per table, instead of SipHash.
     conns: HashMap<ConnId, Conn, foldhash::fast::RandomState>,
-    /// Calls and decisions waiting for [`ConnTable::drain_rpc`].
-    rpc_done: Vec<RpcFinished>,
     /// The server kind of each targeted process (`gen_ai.provider.name`).
     providers: HashMap<u32, &'static str>,
     max_conns: usize,
@@ -108,7 +192,6 @@ impl ConnTable {
     pub fn new(max_conns: usize, idle_timeout_ns: u64) -> ConnTable {
         ConnTable {
             conns: HashMap::default(),
-            rpc_done: Vec::new(),
             providers: HashMap::new(),
             max_conns,
             idle_timeout_ns,
@@ -154,11 +237,9 @@ impl ConnTable {
                 role,
                 local,
                 peer,
-                http: Http1Conn::new(origin == Origin::MidStream),
-                exchanges: ExchangeTracker::new(),
+                proto: Protocol::Detecting(Http1::new(origin == Origin::MidStream)),
                 next_pos: [Some(0), Some(0)],
                 last_seen_ns: ts_ns,
-                opaque: false,
                 provider: self
                     .providers
                     .get(&id.tgid)
@@ -166,14 +247,8 @@ impl ConnTable {
                     .unwrap_or("openai_compatible"),
                 tls: TlsMode::Unknown,
                 from_start: origin == Origin::Start,
-                h2: None,
             },
         );
-    }
-
-    /// gRPC calls and routing decisions finished since the last call.
-    pub fn drain_rpc(&mut self) -> Vec<RpcFinished> {
-        std::mem::take(&mut self.rpc_done)
     }
 
     /// Bytes moved on a traced socket.
@@ -214,9 +289,10 @@ impl ConnTable {
         };
         c.last_seen_ns = chunk.ts_ns;
         if chunk.eof {
-            c.exchanges.peer_closed();
-            if let Some(h) = c.h2.as_mut() {
-                h.peer_closed = true;
+            match &mut c.proto {
+                Protocol::Detecting(h) | Protocol::Http1(h) => h.exchanges.peer_closed(),
+                Protocol::Http2(h) => h.peer_closed = true,
+                Protocol::Opaque => {}
             }
             return;
         }
@@ -234,85 +310,58 @@ impl ConnTable {
                 // matched to the socket: at the handshake for a connection seen from its start.
                 stats.tls_streams.fetch_add(1, Ordering::Relaxed);
                 let from_start = c.from_start && chunk.stream_pos == 0;
-                c.http = Http1Conn::new(!from_start);
-                c.exchanges = ExchangeTracker::new();
-                c.h2 = None;
+                c.proto = Protocol::Detecting(Http1::new(!from_start));
                 c.from_start = from_start;
                 c.next_pos = if from_start {
                     [Some(0), Some(0)]
                 } else {
                     [None, None]
                 };
-                c.opaque = false;
             }
-        }
-        if c.opaque {
-            return;
         }
         let hdir = c.http_dir(chunk.dir);
-        if c.h2.is_none() {
-            let at_start = c.from_start && chunk.stream_pos == 0 && c.next_pos[d] == Some(0);
-            let mid = !c.from_start
-                && c.exchanges.in_flight() == 0
-                && h2::frames_mid_stream(&Segment {
-                    ts_ns: chunk.ts_ns,
-                    data: chunk.payload,
-                    syscall_start: chunk.stream_pos == chunk.syscall_pos,
-                });
-            if (at_start && h2::starts_http2(hdir, chunk.payload)) || mid {
-                c.h2 = Some(Box::new(h2::H2State::new(c.from_start, stats)));
+        if let Protocol::Detecting(h) = &c.proto {
+            if detect(c, h, chunk, hdir) == Detected::Http2 {
+                c.proto = Protocol::Http2(Box::new(h2::H2State::new(c.from_start, stats)));
             }
-        }
-        if c.h2.is_some() {
-            let mut rpc = Vec::new();
-            let done = h2_data(c, chunk, hdir, stats, &mut rpc);
-            let meta = c.meta(chunk.tgid);
-            self.rpc_done
-                .extend(rpc.into_iter().map(|item| RpcFinished {
-                    conn: id,
-                    meta: meta.clone(),
-                    item,
-                }));
-            if !done.is_empty() {
-                finish(id, &meta, done, stats, out);
-            }
-            return;
         }
         let mut done = Vec::new();
-        let Conn {
-            http,
-            exchanges,
-            next_pos,
-            opaque,
-            ..
-        } = c;
-        let mut on_event = |ev: HttpEvent<'_>| {
-            let fx = exchanges.on_event(ev, &mut done);
-            if fx.parse_errors > 0 {
-                stats
-                    .http_parse_failures
-                    .fetch_add(fx.parse_errors, Ordering::Relaxed);
-            }
-            if fx.requests_lost > 0 {
-                stats
-                    .requests_lost
-                    .fetch_add(fx.requests_lost, Ordering::Relaxed);
-            }
-            if fx.not_http {
-                *opaque = true;
+        let expected = c.next_pos[d];
+        let next = match &mut c.proto {
+            Protocol::Opaque => return,
+            Protocol::Http2(h) => sequence(expected, chunk, stats, |piece| match piece {
+                Piece::Gap(lost) => h.gap(hdir, lost, stats, &mut done),
+                Piece::Bytes(seg) => h.feed(hdir, seg, stats, &mut done),
+            }),
+            Protocol::Detecting(h) | Protocol::Http1(h) => {
+                let (mut not_http, mut saw_request) = (false, false);
+                let mut exchanges_done = Vec::new();
+                let Http1 { parser, exchanges } = h;
+                let mut on_event = |ev: HttpEvent<'_>| {
+                    saw_request |= matches!(ev, HttpEvent::RequestHead { .. });
+                    let fx = exchanges.on_event(ev, &mut exchanges_done);
+                    count_http1(&fx, stats);
+                    not_http |= fx.not_http;
+                };
+                let next = sequence(expected, chunk, stats, |piece| match piece {
+                    Piece::Gap(lost) => parser.gap(hdir, chunk.ts_ns, lost, &mut on_event),
+                    Piece::Bytes(seg) => parser.feed(hdir, seg, &mut on_event),
+                });
+                done.extend(exchanges_done.into_iter().map(|e| Work::Exchange(Box::new(e))));
+                if not_http {
+                    stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
+                    c.proto = Protocol::Opaque;
+                } else if saw_request {
+                    if let Protocol::Detecting(h) = &mut c.proto {
+                        c.proto = Protocol::Http1(std::mem::replace(h, Http1::new(false)));
+                    }
+                }
+                next
             }
         };
-
-        let next = sequence(next_pos[d], chunk, stats, |piece| match piece {
-            Piece::Gap(lost) => http.gap(hdir, chunk.ts_ns, lost, &mut on_event),
-            Piece::Bytes(seg) => http.feed(hdir, seg, &mut on_event),
-        });
-        next_pos[d] = Some(next);
-        if *opaque {
-            stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
-        }
+        c.next_pos[d] = Some(next);
         if !done.is_empty() {
-            // Only when an exchange finished: most records finish none.
+            // Only when something finished: most records finish nothing.
             finish(id, &c.meta(chunk.tgid), done, stats, out);
         }
     }
@@ -321,7 +370,7 @@ impl ConnTable {
     pub fn close(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
         if let Some(c) = self.conns.remove(&id) {
             stats.connections_closed.fetch_add(1, Ordering::Relaxed);
-            flush(id, c, ts_ns, stats, out, &mut self.rpc_done);
+            flush(id, c, ts_ns, stats, out);
         }
     }
 
@@ -413,7 +462,7 @@ impl ConnTable {
         for id in ids {
             if let Some(c) = self.conns.remove(&id) {
                 stats.connections_evicted.fetch_add(1, Ordering::Relaxed);
-                flush(id, c, now_ns, stats, out, &mut self.rpc_done);
+                flush(id, c, now_ns, stats, out);
             }
         }
     }
@@ -424,7 +473,8 @@ impl ConnTable {
         self.conns
             .iter()
             .filter(|(id, c)| id.tgid == tgid && c.role != Role::Client)
-            .flat_map(|(_, c)| c.exchanges.in_flight_chunks())
+            .filter_map(|(_, c)| c.http1())
+            .flat_map(|h| h.exchanges.in_flight_chunks())
             .map(|(start, chunks)| {
                 let from = chunks.partition_point(|&t| t < since_ns);
                 (start, chunks[from..].to_vec())
@@ -451,41 +501,50 @@ impl ConnTable {
     }
 }
 
-fn flush(
-    id: ConnId,
-    mut c: Conn,
-    ts_ns: u64,
-    stats: &Stats,
-    out: &mut Vec<Finished>,
-    rpc_out: &mut Vec<RpcFinished>,
-) {
+/// A connection ends: what is in flight finishes here.
+fn flush(id: ConnId, c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
     let meta = c.meta(id.tgid);
     let mut done = Vec::new();
-    if let Some(h) = c.h2.as_mut() {
-        let mut items = Vec::new();
-        h.close(ts_ns, &mut items);
-        let mut rpc = Vec::new();
-        done = h2::split(items, &mut rpc);
-        rpc_out.extend(rpc.into_iter().map(|item| RpcFinished {
-            conn: id,
-            meta: meta.clone(),
-            item,
-        }));
-    }
-    let Conn {
-        http, exchanges, ..
-    } = &mut c;
-    exchanges.closing();
-    http.close(ts_ns, &mut |ev| {
-        let fx = exchanges.on_event(ev, &mut done);
-        if fx.parse_errors > 0 {
-            stats
-                .http_parse_failures
-                .fetch_add(fx.parse_errors, Ordering::Relaxed);
+    match c.proto {
+        Protocol::Http2(mut h) => h.close(ts_ns, &mut done),
+        Protocol::Detecting(Http1 {
+            mut parser,
+            mut exchanges,
+        })
+        | Protocol::Http1(Http1 {
+            mut parser,
+            mut exchanges,
+        }) => {
+            exchanges.closing();
+            let mut exchanges_done = Vec::new();
+            parser.close(ts_ns, &mut |ev| {
+                let fx = exchanges.on_event(ev, &mut exchanges_done);
+                if fx.parse_errors > 0 {
+                    stats
+                        .http_parse_failures
+                        .fetch_add(fx.parse_errors, Ordering::Relaxed);
+                }
+            });
+            done.extend(exchanges_done.into_iter().map(|e| Work::Exchange(Box::new(e))));
         }
-    });
-    // Anything the parser did not report (e.g. an opaque stream) is dropped with the connection.
+        // Nothing was parsed: nothing is in flight.
+        Protocol::Opaque => {}
+    }
     finish(id, &meta, done, stats, out);
+}
+
+/// Counts what one HTTP/1 event did.
+fn count_http1(fx: &crate::exchange::Effects, stats: &Stats) {
+    if fx.parse_errors > 0 {
+        stats
+            .http_parse_failures
+            .fetch_add(fx.parse_errors, Ordering::Relaxed);
+    }
+    if fx.requests_lost > 0 {
+        stats
+            .requests_lost
+            .fetch_add(fx.requests_lost, Ordering::Relaxed);
+    }
 }
 
 /// What one record adds to a direction's byte stream.
@@ -536,62 +595,36 @@ fn sequence<'a>(
     next
 }
 
-/// One record's bytes on an HTTP/2 connection, through [`sequence`] into the HTTP/2 parser.
-fn h2_data(
-    c: &mut Conn,
-    chunk: &DataChunk<'_>,
-    hdir: Direction,
-    stats: &Stats,
-    rpc: &mut Vec<H2Done>,
-) -> Vec<Exchange> {
-    let d = chunk.dir as usize;
-    let Some(h) = c.h2.as_mut() else {
-        return Vec::new();
-    };
-    let mut items = Vec::new();
-    let next = sequence(c.next_pos[d], chunk, stats, |piece| match piece {
-        Piece::Gap(lost) => h.gap(hdir, lost, stats, &mut items),
-        Piece::Bytes(seg) => h.feed(hdir, seg, stats, &mut items),
-    });
-    c.next_pos[d] = Some(next);
-    h2::split(items, rpc)
-}
-
-fn finish(
-    id: ConnId,
-    meta: &ConnMeta,
-    done: Vec<Exchange>,
-    stats: &Stats,
-    out: &mut Vec<Finished>,
-) {
-    for ex in done {
-        match ex.outcome {
-            crate::exchange::Outcome::Completed => {
-                stats.requests_completed.fetch_add(1, Ordering::Relaxed)
+/// Counts what finished and hands it out with the connection's metadata.
+fn finish(id: ConnId, meta: &ConnMeta, done: Vec<Work>, stats: &Stats, out: &mut Vec<Finished>) {
+    for work in done {
+        if let Work::Exchange(ex) = &work {
+            match ex.outcome {
+                Outcome::Completed => stats.requests_completed.fetch_add(1, Ordering::Relaxed),
+                Outcome::Cancelled { .. } => {
+                    stats.requests_cancelled.fetch_add(1, Ordering::Relaxed)
+                }
+                Outcome::ServerAborted { .. } => stats
+                    .requests_server_aborted
+                    .fetch_add(1, Ordering::Relaxed),
+                Outcome::Abandoned => 0,
+            };
+            if ex.incomplete {
+                stats.requests_incomplete.fetch_add(1, Ordering::Relaxed);
             }
-            crate::exchange::Outcome::Cancelled { .. } => {
-                stats.requests_cancelled.fetch_add(1, Ordering::Relaxed)
+            if ex.sse_failures > 0 {
+                stats
+                    .sse_parse_failures
+                    .fetch_add(ex.sse_failures, Ordering::Relaxed);
             }
-            crate::exchange::Outcome::ServerAborted { .. } => stats
-                .requests_server_aborted
-                .fetch_add(1, Ordering::Relaxed),
-            crate::exchange::Outcome::Abandoned => 0,
-        };
-        if ex.incomplete {
-            stats.requests_incomplete.fetch_add(1, Ordering::Relaxed);
-        }
-        if ex.sse_failures > 0 {
-            stats
-                .sse_parse_failures
-                .fetch_add(ex.sse_failures, Ordering::Relaxed);
-        }
-        if ex.json_error.is_some() {
-            stats.json_parse_failures.fetch_add(1, Ordering::Relaxed);
+            if ex.json_error.is_some() {
+                stats.json_parse_failures.fetch_add(1, Ordering::Relaxed);
+            }
         }
         out.push(Finished {
             conn: id,
             meta: meta.clone(),
-            exchange: ex,
+            work,
         });
     }
 }

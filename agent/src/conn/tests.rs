@@ -7,6 +7,13 @@ use super::*;
 use crate::capture::decode::{DataChunk, Role, SocketDir};
 use crate::exchange::Outcome;
 
+impl Finished {
+    /// The HTTP exchange that finished (these tests make only HTTP exchanges).
+    pub(crate) fn ex(&self) -> &Exchange {
+        self.exchange().expect("an HTTP exchange")
+    }
+}
+
 const MS: u64 = 1_000_000;
 
 struct Wire {
@@ -160,7 +167,7 @@ fn streaming_exchange_timing_counts_content_chunks_not_the_role_chunk() {
     w.syscall(SocketDir::Ingress, 10, &chat_request("m-1"));
     stream_response(&mut w, 20, 5);
     assert_eq!(w.out.len(), 1);
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     assert_eq!(ex.start_ns, 10 * MS);
     // The role chunk and the first token are written at the same time here (120 ms) — as vLLM does.
     assert_eq!(ex.first_token_ns, Some(120 * MS));
@@ -187,7 +194,7 @@ fn role_chunk_alone_is_not_the_first_token() {
     let mut tail = chunk("[DONE]");
     tail.extend_from_slice(b"0\r\n\r\n");
     w.syscall(SocketDir::Egress, 310, &tail);
-    assert_eq!(w.out[0].exchange.first_token_ns, Some(300 * MS));
+    assert_eq!(w.out[0].ex().first_token_ns, Some(300 * MS));
 }
 
 #[test]
@@ -199,7 +206,7 @@ fn keep_alive_connection_yields_one_exchange_per_request() {
     }
     assert_eq!(w.out.len(), 10);
     assert!(w.out.iter().all(
-        |f| f.exchange.outcome == Outcome::Completed && f.exchange.content_chunk_ns.len() == 3
+        |f| f.ex().outcome == Outcome::Completed && f.ex().content_chunk_ns.len() == 3
     ));
 }
 
@@ -214,7 +221,7 @@ fn close_mid_stream_cancels_with_what_was_produced() {
     w.peer_eof(145);
     w.close(150);
     assert_eq!(w.out.len(), 1);
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     assert_eq!(
         ex.outcome,
         Outcome::Cancelled {
@@ -245,7 +252,7 @@ fn lost_bytes_inside_a_body_are_an_exact_gap_and_mark_the_request_incomplete() {
     w.truncated(SocketDir::Egress, 5, &resp[..80], resp.len() as u64);
     assert_eq!(w.stats.bytes_lost.load(Relaxed), resp.len() as u64 - 80);
     assert_eq!(w.out.len(), 1, "the Content-Length body still ends");
-    assert!(w.out[0].exchange.incomplete);
+    assert!(w.out[0].ex().incomplete);
     assert_eq!(w.stats.requests_incomplete.load(Relaxed), 1);
 }
 
@@ -278,7 +285,7 @@ fn tail_record_of_a_large_write_still_gives_usage() {
         w.table.data(&chunk, &w.stats, &mut w.out);
     }
     assert_eq!(w.out.len(), 1);
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     assert!(ex.incomplete);
     assert_eq!(
         ex.usage.as_ref().and_then(|u| u.completion_tokens),
@@ -294,8 +301,8 @@ fn connection_found_mid_stream_starts_at_the_next_request() {
     w.syscall(SocketDir::Ingress, 10, &chat_request("m"));
     stream_response(&mut w, 11, 2);
     assert_eq!(w.out.len(), 1);
-    assert_eq!(w.out[0].exchange.start_ns, 10 * MS);
-    assert_eq!(w.out[0].exchange.content_chunk_ns.len(), 2);
+    assert_eq!(w.out[0].ex().start_ns, 10 * MS);
+    assert_eq!(w.out[0].ex().content_chunk_ns.len(), 2);
 }
 
 #[test]
@@ -317,7 +324,7 @@ fn header_values_outside_the_allow_list_are_never_kept() {
     let mut w = Wire::new(Origin::Start);
     w.syscall(SocketDir::Ingress, 0, &chat_request("m"));
     stream_response(&mut w, 1, 1);
-    let dump = format!("{:?}", w.out[0].exchange);
+    let dump = format!("{:?}", w.out[0].ex());
     assert!(!dump.contains("SECRET"), "{dump}");
     assert!(!dump.to_lowercase().contains("authorization"));
 }
@@ -373,7 +380,7 @@ fn model_after_a_200_kb_prompt_is_found_across_many_reads_without_keeping_the_bo
     .into_bytes();
     bytes.extend_from_slice(resp);
     w.syscall(SocketDir::Egress, 20, &bytes);
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     let f = ex.request_fields.as_ref().unwrap();
     assert_eq!(f.model.as_deref(), Some("m-big"));
     assert_eq!(f.max_tokens, Some(9));
@@ -401,12 +408,12 @@ fn a_json_body_that_does_not_scan_is_counted() {
     w.syscall(SocketDir::Ingress, 1, &req);
     w.syscall(SocketDir::Egress, 2, b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}");
     assert_eq!(w.out.len(), 1);
-    assert!(w.out[0].exchange.json_error.is_some());
+    assert!(w.out[0].ex().json_error.is_some());
     assert_eq!(w.stats.json_parse_failures.load(Relaxed), 1);
     // What was found before the error is kept.
     assert_eq!(
         w.out[0]
-            .exchange
+            .ex()
             .request_fields
             .as_ref()
             .unwrap()
@@ -424,7 +431,7 @@ fn server_closing_first_is_a_server_abort_not_a_cancellation() {
     w.syscall(SocketDir::Egress, 100, &chunk(ROLE));
     w.syscall(SocketDir::Egress, 120, &chunk(&token("a", None)));
     w.close(130); // no EOF from the client first
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     assert_eq!(
         ex.outcome,
         Outcome::ServerAborted {
@@ -471,7 +478,7 @@ fn an_event_over_the_size_bound_is_counted_and_marks_the_request_incomplete() {
     }
     w.syscall(SocketDir::Egress, 100, b"0\r\n\r\n");
     assert_eq!(w.out.len(), 1);
-    let ex = &w.out[0].exchange;
+    let ex = &w.out[0].ex();
     assert_eq!(ex.content_chunk_ns.len(), 1, "the event before it counts");
     assert!(ex.sse_failures >= 1);
     assert!(ex.incomplete);
@@ -511,7 +518,7 @@ fn a_connection_whose_open_record_was_dropped_is_traced_from_its_first_byte() {
         at += len;
     }
     assert_eq!(out.len(), 1, "the exchange is complete");
-    let ex = &out[0].exchange;
+    let ex = &out[0].ex();
     assert!(!ex.incomplete);
     assert_eq!(ex.content_chunk_ns.len(), 2);
     assert_eq!(ex.request.path, "/v1/chat/completions");
@@ -585,5 +592,5 @@ fn a_response_tail_lost_before_the_close_marks_the_request_incomplete() {
         .closed(w.id, 5, 9 * MS, Some(final_pos), &w.stats, &mut w.out);
     assert_eq!(w.stats.bytes_lost.load(Relaxed), 180);
     assert_eq!(w.out.len(), 1);
-    assert!(w.out[0].exchange.incomplete, "{:?}", w.out[0].exchange);
+    assert!(w.out[0].ex().incomplete, "{:?}", w.out[0].ex());
 }

@@ -209,10 +209,10 @@ mod tests {
         );
         assert_eq!(out.len(), 1, "one finished exchange");
         let f = &out[0];
-        assert_eq!(f.exchange.request.method, "POST");
-        assert_eq!(f.exchange.request.path, "/v1/chat/completions");
-        assert_eq!(f.exchange.response.as_ref().map(|r| r.status), Some(200));
-        assert!(!f.exchange.incomplete);
+        assert_eq!(f.ex().request.method, "POST");
+        assert_eq!(f.ex().request.path, "/v1/chat/completions");
+        assert_eq!(f.ex().response.as_ref().map(|r| r.status), Some(200));
+        assert!(!f.ex().incomplete);
         assert_eq!(f.meta.peer, Some(peer));
         assert_eq!(stats.streams_not_http.load(Relaxed), 0);
         assert_eq!(stats.http_parse_failures.load(Relaxed), 0);

@@ -6,12 +6,10 @@
 //! routing headers), the model from the request body (scanned with `json_scan` as the body chunks
 //! pass, nothing kept), and the EPP's answer — the `x-gateway-destination-endpoint` header mutation
 //! or dynamic metadata `envoy.lb`, or an immediate response (429 shed, 503 no endpoint).
-//! [`span`] turns a decision into a span.
+//! `trace::decision` turns a decision into a span.
 //!
 //! Must never: copy a header value other than the allow-listed ones below (`authorization` and
 //! every other header Envoy forwards stay out), or any body text; do I/O; panic.
-
-pub mod span;
 
 use crate::protocol::ext_proc::messages::{value, HeaderMutation, Struct, Value};
 use crate::protocol::ext_proc::{

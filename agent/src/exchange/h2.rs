@@ -1,5 +1,5 @@
 //! HTTP/2 events of one connection → what its streams were: plain HTTP requests (the same
-//! [`Exchange`]s as over HTTP/1.1, through one [`ExchangeTracker`] per stream), gRPC calls
+//! [`Exchange`](super::Exchange)s as over HTTP/1.1, through one [`ExchangeTracker`] per stream), gRPC calls
 //! ([`GrpcCall`], ending at the response's END_STREAM — the trailers — not at its headers), and
 //! ext_proc streams, whose messages make routing decisions ([`crate::epp`]).
 //!
@@ -14,8 +14,8 @@
 
 use std::collections::HashMap;
 
-use super::{Exchange, ExchangeTracker};
-use crate::epp::{Decision, ExtProcStream};
+use super::{ExchangeTracker, Work};
+use crate::epp::ExtProcStream;
 use crate::protocol::ext_proc::{self, PROCESS_PATH};
 use crate::protocol::grpc::{self, GrpcDeframer, GrpcMessage};
 use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
@@ -52,14 +52,6 @@ pub struct GrpcCall {
     pub response_messages: u64,
     pub outcome: CallOutcome,
     pub incomplete: bool,
-}
-
-/// What a stream produced.
-#[derive(Clone, Debug)]
-pub enum H2Done {
-    Exchange(Box<Exchange>),
-    Call(GrpcCall),
-    Decision(Decision),
 }
 
 /// Counts for the caller.
@@ -125,7 +117,7 @@ impl H2Streams {
         &mut self,
         dir: Direction,
         ev: H2Event<'_>,
-        done: &mut Vec<H2Done>,
+        done: &mut Vec<Work>,
     ) -> H2Effects {
         let mut fx = H2Effects::default();
         match ev {
@@ -197,7 +189,7 @@ impl H2Streams {
 
     /// The connection ended: every stream still open ends here. `peer_closed`: the peer closed
     /// first (for a server, the client went away: a cancellation).
-    pub fn close(&mut self, ts_ns: u64, peer_closed: bool, done: &mut Vec<H2Done>) {
+    pub fn close(&mut self, ts_ns: u64, peer_closed: bool, done: &mut Vec<Work>) {
         for (_, s) in self.streams.drain() {
             s.close(ts_ns, peer_closed, done);
         }
@@ -211,7 +203,7 @@ fn abort_http(
     ts_ns: u64,
     peer_closed: bool,
     responded: bool,
-    done: &mut Vec<H2Done>,
+    done: &mut Vec<Work>,
 ) {
     t.closing();
     if peer_closed {
@@ -226,7 +218,7 @@ fn abort_http(
         },
         &mut out,
     );
-    done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+    done.extend(out.into_iter().map(|e| Work::Exchange(Box::new(e))));
 }
 
 impl Stream {
@@ -275,7 +267,7 @@ impl Stream {
         ts_ns: u64,
         fields: Fields,
         end_stream: bool,
-        done: &mut Vec<H2Done>,
+        done: &mut Vec<Work>,
     ) {
         match (&mut self.kind, dir) {
             // Trailers on the request side are not a new request.
@@ -334,7 +326,7 @@ impl Stream {
         ts_ns: u64,
         data: &[u8],
         fx: &mut H2Effects,
-        done: &mut Vec<H2Done>,
+        done: &mut Vec<Work>,
     ) {
         if let Kind::Http(t) = &mut self.kind {
             let ev = match dir {
@@ -389,7 +381,7 @@ impl Stream {
     }
 
     /// END_STREAM in direction `dir`.
-    fn end(&mut self, dir: Direction, ts_ns: u64, done: &mut Vec<H2Done>) {
+    fn end(&mut self, dir: Direction, ts_ns: u64, done: &mut Vec<Work>) {
         self.ended[idx(dir)] = true;
         match (&mut self.kind, dir) {
             (Kind::Http(t), Direction::Request) => {
@@ -398,25 +390,25 @@ impl Stream {
             (Kind::Http(t), Direction::Response) => {
                 let mut out = Vec::new();
                 t.on_event(HttpEvent::ResponseEnd { ts_ns }, &mut out);
-                done.extend(out.into_iter().map(|e| H2Done::Exchange(Box::new(e))));
+                done.extend(out.into_iter().map(|e| Work::Exchange(Box::new(e))));
             }
             (Kind::Grpc(c), Direction::Response) => {
                 let mut call = (**c).clone();
                 call.end_ns = ts_ns;
                 call.outcome = CallOutcome::Completed;
-                done.push(H2Done::Call(call));
+                done.push(Work::Call(call));
                 self.kind = Kind::Ignored;
             }
             (Kind::ExtProc(_), Direction::Response) => {
                 if let Kind::ExtProc(e) = std::mem::replace(&mut self.kind, Kind::Ignored) {
-                    done.extend(e.finish(ts_ns).map(H2Done::Decision));
+                    done.extend(e.finish(ts_ns).map(Work::Decision));
                 }
             }
             _ => {}
         }
     }
 
-    fn reset(self, dir: Direction, ts_ns: u64, code: u32, done: &mut Vec<H2Done>) {
+    fn reset(self, dir: Direction, ts_ns: u64, code: u32, done: &mut Vec<Work>) {
         match self.kind {
             Kind::Http(t) => abort_http(t, ts_ns, dir == Direction::Request, self.responded, done),
             Kind::Grpc(mut c) => {
@@ -425,22 +417,22 @@ impl Stream {
                     by_client: dir == Direction::Request,
                     code,
                 };
-                done.push(H2Done::Call(*c));
+                done.push(Work::Call(*c));
             }
-            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(H2Done::Decision)),
+            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(Work::Decision)),
             Kind::Unknown | Kind::Ignored => {}
         }
     }
 
-    fn close(self, ts_ns: u64, peer_closed: bool, done: &mut Vec<H2Done>) {
+    fn close(self, ts_ns: u64, peer_closed: bool, done: &mut Vec<Work>) {
         match self.kind {
             Kind::Http(t) => abort_http(t, ts_ns, peer_closed, self.responded, done),
             Kind::Grpc(mut c) => {
                 c.end_ns = ts_ns;
                 c.outcome = CallOutcome::Abandoned;
-                done.push(H2Done::Call(*c));
+                done.push(Work::Call(*c));
             }
-            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(H2Done::Decision)),
+            Kind::ExtProc(e) => done.extend(e.finish(ts_ns).map(Work::Decision)),
             Kind::Unknown | Kind::Ignored => {}
         }
     }
@@ -453,7 +445,7 @@ fn on_message(
     ts_ns: u64,
     bytes: &[u8],
     fx: &mut H2Effects,
-    done: &mut Vec<H2Done>,
+    done: &mut Vec<Work>,
 ) {
     if matches!(kind, Kind::Unknown) {
         // Headers unknown: an ext_proc stream shows itself by its first request message.
@@ -483,7 +475,7 @@ fn on_message(
                 }
             },
             Direction::Response => match ext_proc::decode_response(bytes) {
-                Ok(m) => done.extend(e.on_response(ts_ns, &m).map(H2Done::Decision)),
+                Ok(m) => done.extend(e.on_response(ts_ns, &m).map(Work::Decision)),
                 Err(_) => {
                     fx.ext_proc_failures += 1;
                     e.mark_incomplete();

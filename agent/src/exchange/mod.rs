@@ -8,6 +8,30 @@
 
 pub mod h2;
 
+/// What a connection finished: the one value that leaves the connection table for each request
+/// it saw, whatever the protocol. Span builders (`trace`) take each kind.
+#[derive(Clone, Debug)]
+pub enum Work {
+    /// An HTTP request and its response, over HTTP/1.x or one HTTP/2 stream.
+    Exchange(Box<Exchange>),
+    /// A gRPC call (an HTTP/2 stream ending at its trailers), not ext_proc.
+    Call(h2::GrpcCall),
+    /// A routing decision of an endpoint picker (one ext_proc stream).
+    Decision(crate::epp::Decision),
+}
+
+impl Work {
+    /// When it started and ended (kernel monotonic ns), and the times of the content chunks it
+    /// produced (a streamed response's; empty otherwise).
+    pub fn times(&self) -> (u64, u64, &[u64]) {
+        match self {
+            Work::Exchange(ex) => (ex.start_ns, ex.end_ns, &ex.content_chunk_ns),
+            Work::Call(c) => (c.start_ns, c.end_ns, &[]),
+            Work::Decision(d) => (d.start_ns, d.end_ns, &[]),
+        }
+    }
+}
+
 use std::borrow::Cow;
 use std::collections::VecDeque;
 

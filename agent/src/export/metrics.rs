@@ -784,7 +784,7 @@ impl RequestMetrics {
             Some(AttrValue::I64(i)) => Val::Int(*i),
             _ => Val::Absent,
         };
-        let decision = val(crate::epp::span::DECISION_ATTR);
+        let decision = val(crate::trace::decision::DECISION_ATTR);
         if matches!(decision, Val::Absent) {
             return;
         }

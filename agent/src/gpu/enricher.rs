@@ -370,10 +370,11 @@ impl RequestGpu {
 }
 
 fn activity(f: &Finished) -> Activity {
+    let (start_ns, end_ns, chunks) = f.work.times();
     Activity {
-        start_ns: f.exchange.start_ns,
-        end_ns: f.exchange.end_ns.max(f.exchange.start_ns),
-        chunk_ns: f.exchange.content_chunk_ns.clone(),
+        start_ns,
+        end_ns: end_ns.max(start_ns),
+        chunk_ns: chunks.to_vec(),
     }
 }
 
@@ -389,7 +390,7 @@ impl SpanEnricher for GpuEnricher {
         let pid = finished.meta.pid;
         let h = self.history.entry(pid).or_default();
         h.push_back((finished.conn, activity(finished)));
-        let horizon = finished.exchange.end_ns.saturating_sub(HISTORY_NS);
+        let horizon = finished.work.times().1.saturating_sub(HISTORY_NS);
         while h.len() > HISTORY_MAX_PER_PROCESS
             || h.front().is_some_and(|(_, a)| a.end_ns < horizon)
         {
@@ -402,7 +403,7 @@ impl SpanEnricher for GpuEnricher {
     }
 
     fn ready(&self, finished: &Finished, now_ns: u64) -> bool {
-        let end = finished.exchange.end_ns;
+        let end = finished.work.times().1;
         if !finished.meta.server || now_ns >= end.saturating_add(MAX_WAIT_NS) {
             return true;
         }

@@ -5,24 +5,12 @@
 //! by `protocol::openai` reach a span. Nothing here reads a body.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 
 use super::context::{parse_traceparent, trace_id_from_request_id};
 use super::span::{AttrValue, FinishedSpan, SpanId, SpanKind, SpanStatus, TraceId};
 use crate::capture::clock::WallClock;
+use crate::conn::ConnMeta;
 use crate::exchange::{Exchange, Outcome};
-
-/// Where an exchange was seen.
-#[derive(Clone, Debug, Default)]
-pub struct ConnMeta {
-    pub pid: u32,
-    pub local: Option<SocketAddr>,
-    pub peer: Option<SocketAddr>,
-    /// The traced process served the request (SERVER span) rather than sent it (CLIENT span).
-    pub server: bool,
-    /// `gen_ai.provider.name`: the kind of server the process is (from its command line).
-    pub provider: &'static str,
-}
 
 /// Options for span building.
 #[derive(Clone, Debug)]

@@ -1,6 +1,37 @@
-//! Trace context and the span model.
+//! Spans: the span model, trace context, and one builder per kind of finished work.
+//!
+//! - [`build`] — an HTTP exchange → its span (and the helpers every builder shares: ids, parent,
+//!   addresses);
+//! - [`rpc`] — a gRPC call → its span;
+//! - [`decision`] — a routing decision of an endpoint picker → its span;
+//! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
+//! - [`span`] — the span model every exporter consumes.
+//!
+//! [`span_of`] is the one place that picks the builder for a [`Work`].
 
 pub mod build;
 pub mod context;
+pub mod decision;
 pub mod rpc;
 pub mod span;
+
+use crate::capture::clock::WallClock;
+use crate::conn::ConnMeta;
+use crate::exchange::Work;
+use build::{BuildOptions, IdGenerator};
+use span::FinishedSpan;
+
+/// The span of one finished piece of work.
+pub fn span_of(
+    work: &Work,
+    conn: &ConnMeta,
+    clock: &WallClock,
+    opts: &BuildOptions,
+    ids: &mut dyn IdGenerator,
+) -> FinishedSpan {
+    match work {
+        Work::Exchange(ex) => build::build_span(ex, conn, clock, opts, ids),
+        Work::Call(call) => rpc::build_grpc_span(call, conn, clock, opts, ids),
+        Work::Decision(d) => decision::build_decision_span(d, conn, clock, opts, ids),
+    }
+}

@@ -3,7 +3,8 @@
 
 use std::borrow::Cow;
 
-use super::build::{put_addresses, BuildOptions, ConnMeta, IdGenerator, TraceParent};
+use super::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
+use crate::conn::ConnMeta;
 use super::span::{AttrValue, FinishedSpan, SpanStatus};
 use crate::capture::clock::WallClock;
 use crate::exchange::h2::{CallOutcome, GrpcCall};

@@ -1,12 +1,13 @@
 //! The connection table's HTTP/2 path: detection from the first bytes (either side first), a
 //! recorded ext_proc connection delivered as kernel records (whole and cut at every offset), the
-//! decisions leaving through `drain_rpc`, and HTTP/1.1 still going the HTTP/1.1 way.
+//! decisions leaving by the same route as exchanges (`Finished`), and HTTP/1.1 still going the HTTP/1.1 way.
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use crate::capture::decode::{Role, SocketDir};
 use crate::conn::tests::record;
-use crate::conn::{ConnId, ConnTable, Finished, H2Done, Origin};
+use crate::conn::{ConnId, ConnTable, Finished, Origin};
+use crate::exchange::Work;
 use crate::epp::Outcome;
 use crate::protocol::Direction;
 use crate::stats::Stats;
@@ -65,11 +66,14 @@ impl Wire {
     }
 
     fn decisions(&mut self) -> Vec<crate::epp::Decision> {
-        self.table
-            .drain_rpc()
+        let (decisions, rest) = std::mem::take(&mut self.out)
             .into_iter()
-            .filter_map(|r| match r.item {
-                H2Done::Decision(d) => Some(d),
+            .partition::<Vec<_>, _>(|f| matches!(f.work, Work::Decision(_)));
+        self.out = rest;
+        decisions
+            .into_iter()
+            .filter_map(|f| match f.work {
+                Work::Decision(d) => Some(d),
                 _ => None,
             })
             .collect()

@@ -7,7 +7,7 @@ use crate::protocol::http2::{Http2Conn, PREFACE};
 use crate::protocol::Segment;
 
 /// Replays chunks (each its own syscall, timestamps 1, 2, 3… ms) through a parser and the streams.
-fn replay(chunks: &[(Direction, Vec<u8>)], from_start: bool) -> (Vec<H2Done>, H2Effects) {
+fn replay(chunks: &[(Direction, Vec<u8>)], from_start: bool) -> (Vec<Work>, H2Effects) {
     let mut p = Http2Conn::new(from_start);
     let mut streams = H2Streams::new();
     let mut done = Vec::new();
@@ -29,10 +29,10 @@ fn replay(chunks: &[(Direction, Vec<u8>)], from_start: bool) -> (Vec<H2Done>, H2
     (done, fx)
 }
 
-fn decisions(done: &[H2Done]) -> Vec<&Decision> {
+fn decisions(done: &[Work]) -> Vec<&Decision> {
     done.iter()
         .filter_map(|d| match d {
-            H2Done::Decision(d) => Some(d),
+            Work::Decision(d) => Some(d),
             _ => None,
         })
         .collect()
@@ -90,7 +90,7 @@ fn every_split_of_every_chunk_gives_the_same_decisions() {
     for name in ["ext_proc_routed.bin", "ext_proc_rejected.bin"] {
         let chunks = load(name);
         let (whole, _) = replay(&chunks, true);
-        let strip = |d: &[H2Done]| {
+        let strip = |d: &[Work]| {
             decisions(d)
                 .into_iter()
                 .map(|d| {
@@ -228,7 +228,7 @@ fn plain_http_over_h2_is_an_exchange_and_grpc_calls_end_at_trailers() {
     ];
     let (done, _) = replay(&chunks, true);
     assert_eq!(done.len(), 2, "{done:#?}");
-    let H2Done::Exchange(ex) = &done[0] else {
+    let Work::Exchange(ex) = &done[0] else {
         panic!("{:?}", done[0]);
     };
     assert_eq!(ex.request.method, "POST");
@@ -239,7 +239,7 @@ fn plain_http_over_h2_is_an_exchange_and_grpc_calls_end_at_trailers() {
         Some("m1")
     );
     assert_eq!(ex.usage.as_ref().and_then(|u| u.completion_tokens), Some(5));
-    let H2Done::Call(call) = &done[1] else {
+    let Work::Call(call) = &done[1] else {
         panic!("{:?}", done[1]);
     };
     assert_eq!(
@@ -298,7 +298,7 @@ fn streams_are_bounded_and_reset_streams_end() {
         },
     );
     assert_eq!(streams.len(), MAX_STREAMS - 1);
-    let H2Done::Exchange(ex) = &done[0] else {
+    let Work::Exchange(ex) = &done[0] else {
         panic!()
     };
     assert!(matches!(

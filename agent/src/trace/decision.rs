@@ -5,10 +5,11 @@
 
 use std::borrow::Cow;
 
-use super::{Decision, Outcome};
+use crate::conn::ConnMeta;
+use crate::epp::{Decision, Outcome};
 use crate::capture::clock::WallClock;
 use crate::protocol::ext_proc::PROCESS_PATH;
-use crate::trace::build::{put_addresses, BuildOptions, ConnMeta, IdGenerator, TraceParent};
+use crate::trace::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
 use crate::trace::span::{AttrValue, FinishedSpan, SpanStatus};
 
 /// The attribute that marks a routing-decision span (`routed`, `rejected`, `none`).

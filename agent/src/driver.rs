@@ -1,0 +1,201 @@
+//! The pipeline task: the one tokio task that owns the [`Pipeline`] and the loaded probes. It
+//! drains the ring buffer into the pipeline (on the kernel's wake-up, and every
+//! [`DRAIN_INTERVAL_MS`] when the kernel has not woken it), applies the targeting thread's
+//! [`Control`] messages after the records that preceded them, attaches TLS uprobes (the probes
+//! own the programs), and once a second runs the pipeline's housekeeping and publishes the
+//! kernel's drop counters and per-program statistics to `/status`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use crate::export::status::{ProbeStatus, StatusSource, TlsAttachStatus};
+use crate::export::SpanSink;
+use crate::pipeline::Pipeline;
+use crate::probes::targeting::{lock, Control, KernelMaps, KernelNode};
+use crate::probes::uprobe::{AttachOutcome, TlsPlan};
+use crate::probes::{kernel_drops, kernel_lost_connections, Probes};
+use crate::stats::Stats;
+
+/// How often the ring buffer is drained when the kernel has not woken us.
+const DRAIN_INTERVAL_MS: u64 = 10;
+
+/// Records taken per wake-up before control messages and ticks get a turn.
+const DRAIN_BATCH: usize = 65536;
+
+pub struct Driver {
+    pub pipeline: Pipeline<KernelNode, SpanSink>,
+    /// Held for the life of the task: dropping it detaches the programs.
+    pub probes: Probes,
+    pub maps: Arc<Mutex<KernelMaps>>,
+    pub stats: Arc<Stats>,
+    /// TLS uprobe attachments per targeted process, for `/status`.
+    pub tls_status: Vec<TlsAttachStatus>,
+}
+
+impl Driver {
+    pub async fn run(
+        mut self,
+        events: RingBuf<MapData>,
+        drops: PerCpuArray<MapData, u64>,
+        mut ctl: mpsc::Receiver<Control>,
+        status: StatusSource,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // SAFETY: the RingBuf owns its fd and keeps it open for as long as the AsyncFd holds it.
+        let registered =
+            unsafe { AsyncFd::register_with_interest(events, tokio::io::Interest::READABLE) };
+        let mut ring = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot poll the ring buffer; nothing will be traced.");
+                return;
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // The kernel side wakes us only when a lot of data waits (wake-ups are expensive there),
+        // so a quiet ring is drained on this timer.
+        let mut poll = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let Ok(mut guard) = guard else { break };
+                    self.drain(guard.get_inner_mut());
+                    guard.clear_ready();
+                }
+                msg = ctl.recv() => {
+                    // Drain the ring first: records before the message must be applied before it.
+                    self.drain(ring.get_mut());
+                    match msg {
+                        Some(m) => self.control(m),
+                        None => break,
+                    }
+                }
+                _ = poll.tick() => {
+                    self.drain(ring.get_mut());
+                }
+                _ = tick.tick() => {
+                    self.drain(ring.get_mut());
+                    self.housekeeping(&drops, &status);
+                }
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        // Flush what the kernel already delivered, and every span still waiting.
+        self.drain(ring.get_mut());
+        self.pipeline.flush();
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        for _ in 0..DRAIN_BATCH {
+            let Some(item) = ring.next() else { break };
+            self.pipeline.feed(&item);
+        }
+        self.pipeline.emit();
+    }
+
+    fn control(&mut self, msg: Control) {
+        match msg {
+            Control::Target {
+                pid,
+                listeners,
+                provider,
+            } => self.pipeline.target(pid, listeners, provider),
+            Control::Existing {
+                pid,
+                fd,
+                conn_id,
+                role,
+                local,
+                peer,
+            } => self.pipeline.existing(pid, fd, conn_id, role, local, peer),
+            Control::Tls { pid, plans } => self.attach_tls(pid, plans),
+            Control::Gone { pid } => {
+                self.tls_status.retain(|t| t.pid != pid);
+                self.pipeline.gone(pid);
+            }
+        }
+    }
+
+    fn housekeeping(&mut self, drops: &PerCpuArray<MapData, u64>, status: &StatusSource) {
+        self.pipeline.tick();
+        let kernel = kernel_drops(drops);
+        let dropped: u64 = kernel.iter().map(|(_, v)| *v).sum();
+        self.stats
+            .records_dropped_in_kernel
+            .fetch_max(dropped, Ordering::Relaxed);
+        self.stats
+            .connections_lost_in_kernel
+            .fetch_max(kernel_lost_connections(drops), Ordering::Relaxed);
+        let open = self.pipeline.connections() as u64;
+        let runs = self.probes.program_stats();
+        let tls_programs = self.probes.tls_programs();
+        status.update(|s| {
+            // TLS uprobe programs appear once attached somewhere, with their run statistics.
+            for name in tls_programs {
+                if !s.probes.iter().any(|p| p.name == name) {
+                    s.probes.push(ProbeStatus {
+                        name: name.to_string(),
+                        attached: true,
+                        error: None,
+                        run_count: 0,
+                        run_time_ns: 0,
+                    });
+                }
+            }
+            for p in s.probes.iter_mut() {
+                if let Some((_, count, ns)) = runs.iter().find(|(n, _, _)| *n == p.name) {
+                    p.run_count = *count;
+                    p.run_time_ns = *ns;
+                }
+            }
+            s.connections_open = open;
+            s.tls = self.tls_status.clone();
+            s.kernel_dropped = kernel.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        });
+    }
+
+    /// Attach the TLS uprobes of a new target's files (each file once) and record the outcome.
+    fn attach_tls(&mut self, pid: u32, plans: Vec<TlsPlan>) {
+        for plan in plans {
+            let result = self.probes.attach_tls(&plan);
+            let (attached, error) = match &result {
+                Ok(AttachOutcome::Attached(n)) => {
+                    self.stats
+                        .tls_uprobes_attached
+                        .fetch_add(*n as u64, Ordering::Relaxed);
+                    tracing::info!(pid, library = plan.library, path = %plan.path, uprobes = n, detail = %plan.detail(), "TLS plaintext capture attached.");
+                    (true, None)
+                }
+                Ok(AttachOutcome::AlreadyAttached) => (true, None),
+                Err(e) => {
+                    self.stats
+                        .tls_attach_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(pid, library = plan.library, path = %plan.path, error = %e, "TLS plaintext cannot be captured; this process's TLS connections are not decoded.");
+                    (false, Some(e.clone()))
+                }
+            };
+            if attached {
+                let _ = lock(&self.maps).set_tls_target(pid, true);
+            }
+            self.tls_status.push(TlsAttachStatus {
+                pid,
+                library: plan.library.to_string(),
+                path: plan.path.clone(),
+                attached,
+                detail: if attached {
+                    plan.detail()
+                } else {
+                    String::new()
+                },
+                error,
+            });
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The pipeline: one decoded ring-buffer record in, finished spans out.
+//!
+//! [`Pipeline`] owns the connection table and takes each record through decoding, the
+//! connection's byte streams, its protocol's parser, request assembly, span building and
+//! enrichment, in arrival order, with no queue in between — except that a finished exchange
+//! waits (in finishing order) while an enricher needs its side input to catch up (GPU samples
+//! covering its end; the enricher bounds the wait).
+//!
+//! Pure: no aya or tokio types, no I/O of its own. What it needs of the node — what a process's
+//! descriptor is, forgetting a socket or a process in the kernel maps, the monotonic time — it
+//! asks through [`Node`]; finished spans leave through [`Output`]. The agent's pipeline task
+//! (`driver`), the `records` fuzz target and the `records` benchmark all drive this same type.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::capture::clock::WallClock;
+use crate::capture::decode::{decode, Record, Role};
+use crate::conn::{ConnId, ConnTable, Finished, Origin};
+use crate::enrich::Enrichers;
+use crate::exchange::Work;
+use crate::export::SpanSink;
+use crate::probes::targets::FdKind;
+use crate::stats::Stats;
+use crate::trace::build::{BuildOptions, RandomIds};
+use crate::trace::span::FinishedSpan;
+
+/// What the pipeline asks of the node it runs on.
+pub trait Node {
+    /// What descriptor `fd` of process `tgid` is now (a socket's addresses, or not TCP).
+    fn classify_fd(&mut self, tgid: u32, fd: u32) -> FdKind;
+    /// Stop copying a socket that turned out not to be TCP — only if the kernel's entry for
+    /// `(tgid, fd)` is still connection `conn_id` (the number may have been reused since).
+    fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64);
+    /// A traced process exited at kernel monotonic `exit_ns`.
+    fn process_exited(&mut self, tgid: u32, exit_ns: u64);
+    /// The kernel monotonic clock, in nanoseconds.
+    fn now_ns(&self) -> u64;
+}
+
+/// Where finished spans go.
+pub trait Output {
+    /// One finished span, with the times of its content chunks (an exchange's
+    /// `content_chunk_ns`; empty for other work), whose gaps feed the inter-token histogram.
+    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]);
+}
+
+impl Output for SpanSink {
+    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]) {
+        self.submit_with_chunk_times(span, chunk_times_ns);
+    }
+}
+
+/// The pipeline's settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub max_connections: usize,
+    pub idle_timeout_ns: u64,
+    pub build: BuildOptions,
+}
+
+pub struct Pipeline<N: Node, O: Output> {
+    table: ConnTable,
+    /// (pid, listening fd) → local address, for accepted connections.
+    listeners: HashMap<(u32, u32), SocketAddr>,
+    stats: Arc<Stats>,
+    clock: WallClock,
+    opts: BuildOptions,
+    /// Side inputs' contributions to each span (pod metadata, GPU figures).
+    enrichers: Enrichers,
+    done: Vec<Finished>,
+    /// Finished exchanges waiting for an enricher's side input, in finishing order.
+    waiting: VecDeque<Finished>,
+    node: N,
+    output: O,
+}
+
+impl<N: Node, O: Output> Pipeline<N, O> {
+    pub fn new(
+        settings: Settings,
+        stats: Arc<Stats>,
+        enrichers: Enrichers,
+        node: N,
+        output: O,
+    ) -> Self {
+        Pipeline {
+            table: ConnTable::new(settings.max_connections, settings.idle_timeout_ns),
+            listeners: HashMap::new(),
+            stats,
+            clock: WallClock::measure(),
+            opts: settings.build,
+            enrichers,
+            done: Vec::new(),
+            waiting: VecDeque::new(),
+            node,
+            output,
+        }
+    }
+
+    pub fn output(&self) -> &O {
+        &self.output
+    }
+
+    pub fn output_mut(&mut self) -> &mut O {
+        &mut self.output
+    }
+
+    pub fn node_mut(&mut self) -> &mut N {
+        &mut self.node
+    }
+
+    /// Open connections.
+    pub fn connections(&self) -> usize {
+        self.table.len()
+    }
+
+    /// One ring-buffer record, as the kernel wrote it; spans of what it finished are emitted
+    /// (unless an enricher holds them).
+    pub fn record(&mut self, bytes: &[u8]) {
+        self.feed(bytes);
+        self.emit();
+    }
+
+    /// One record, its finished work kept for the next [`Pipeline::emit`] (a batch of records is
+    /// fed, then emitted once).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        let stats = &*self.stats;
+        let rec = match decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                stats.records_malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "Malformed record.");
+                return;
+            }
+        };
+        stats.records_read.fetch_add(1, Ordering::Relaxed);
+        match rec {
+            Record::Data(chunk) => {
+                stats
+                    .bytes_read
+                    .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                if chunk.is_tls() {
+                    stats.tls_records.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .tls_bytes
+                        .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
+                }
+                self.table.data(&chunk, stats, &mut self.done);
+            }
+            Record::Open {
+                tgid,
+                ts_ns,
+                conn_id,
+                fd,
+                listen_fd,
+                role,
+                peer,
+                family_unknown,
+            } => {
+                let mut local = listen_fd.and_then(|l| self.listeners.get(&(tgid, l)).copied());
+                let mut peer = peer;
+                if family_unknown {
+                    // accept() without an address buffer (libuv, hence uvicorn and vLLM, does
+                    // this). Whether it is TCP follows from the listening socket, which lives
+                    // long; the accepted fd may already be closed and its number reused, so it is
+                    // only trusted for addresses that agree with the listener.
+                    let listener = match (listen_fd, local) {
+                        (_, Some(l)) => Some(l),
+                        (Some(lfd), None) => match self.node.classify_fd(tgid, lfd) {
+                            FdKind::Tcp { local: l, .. } => {
+                                self.listeners.insert((tgid, lfd), l);
+                                Some(l)
+                            }
+                            FdKind::Other => {
+                                self.node.untrace(tgid, fd, conn_id);
+                                return;
+                            }
+                            FdKind::Gone => None,
+                        },
+                        (None, None) => None,
+                    };
+                    match self.node.classify_fd(tgid, fd) {
+                        FdKind::Tcp { local: l, remote }
+                            if listener.is_none_or(|li| li.port() == l.port()) =>
+                        {
+                            local = Some(l);
+                            peer = Some(remote);
+                        }
+                        // No listener to vouch for it (an accept whose enter the kernel did not
+                        // see): a socket that is not TCP is not traced.
+                        FdKind::Other if listen_fd.is_none() => {
+                            self.node.untrace(tgid, fd, conn_id);
+                            return;
+                        }
+                        _ => {}
+                    }
+                    local = local.or(listener);
+                }
+                let id = ConnId { tgid, conn_id };
+                self.table
+                    .open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
+            }
+            Record::Close {
+                tgid,
+                ts_ns,
+                conn_id,
+                fd,
+                after_loss,
+                final_pos,
+            } => {
+                self.table.closed(
+                    ConnId { tgid, conn_id },
+                    fd,
+                    ts_ns,
+                    after_loss.then_some(final_pos),
+                    stats,
+                    &mut self.done,
+                );
+            }
+            Record::ProcExit { tgid, ts_ns } => {
+                self.table.process_exit(tgid, ts_ns, stats, &mut self.done);
+                self.listeners.retain(|(pid, _), _| *pid != tgid);
+                self.node.process_exited(tgid, ts_ns);
+            }
+        }
+    }
+
+    /// A process became a target: its server kind and its listening sockets (fd → address).
+    pub fn target(
+        &mut self,
+        pid: u32,
+        listeners: impl IntoIterator<Item = (u32, SocketAddr)>,
+        provider: &'static str,
+    ) {
+        self.table.set_provider(pid, provider);
+        for (fd, addr) in listeners {
+            self.listeners.insert((pid, fd), addr);
+        }
+    }
+
+    /// A socket that was open before tracing began: its first bytes may be mid-message.
+    pub fn existing(
+        &mut self,
+        pid: u32,
+        fd: u32,
+        conn_id: u64,
+        role: Role,
+        local: SocketAddr,
+        peer: SocketAddr,
+    ) {
+        let now = self.node.now_ns();
+        self.table.open(
+            ConnId { tgid: pid, conn_id },
+            fd,
+            role,
+            Some(local),
+            Some(peer),
+            Origin::MidStream,
+            now,
+            &self.stats,
+        );
+    }
+
+    /// A process is no longer a target: every connection of it ends now.
+    pub fn gone(&mut self, pid: u32) {
+        let now = self.node.now_ns();
+        self.table
+            .process_exit(pid, now, &self.stats, &mut self.done);
+        self.listeners.retain(|(p, _), _| *p != pid);
+        self.emit();
+    }
+
+    /// Once a second: the wall clock re-measured, idle connections evicted, addresses of
+    /// accepted connections resolved.
+    pub fn tick(&mut self) {
+        self.clock = WallClock::measure();
+        let now = self.node.now_ns();
+        self.table.evict_idle(now, &self.stats, &mut self.done);
+        self.resolve_local_addresses();
+        self.emit();
+    }
+
+    /// At shutdown: every span still waiting is built and emitted.
+    pub fn flush(&mut self) {
+        self.emit();
+        self.emit_waiting(true);
+    }
+
+    /// Accepted connections on a wildcard listener learn their local address from the node.
+    fn resolve_local_addresses(&mut self) {
+        // A few syscalls per connection (pidfd_getfd); bounded per tick.
+        for (id, fd, known_local) in self.table.missing_addrs().into_iter().take(256) {
+            if let FdKind::Tcp { local, remote } = self.node.classify_fd(id.tgid, fd) {
+                // The fd number may have been reused: only take addresses that agree.
+                if known_local.is_none_or(|l| l.port() == local.port()) {
+                    self.table.set_addrs(id, Some(local), Some(remote));
+                }
+            }
+        }
+    }
+
+    /// What finished goes out: exchanges through the enrichers (and their wait), gRPC calls and
+    /// routing decisions straight away.
+    pub fn emit(&mut self) {
+        for f in std::mem::take(&mut self.done) {
+            match f.work {
+                Work::Exchange(_) => {
+                    self.enrichers.observe(&f);
+                    self.waiting.push_back(f);
+                }
+                Work::Call(_) | Work::Decision(_) => {
+                    let span = crate::trace::span_of(
+                        &f.work,
+                        &f.meta,
+                        &self.clock,
+                        &self.opts,
+                        &mut RandomIds,
+                    );
+                    self.output.submit(span, &[]);
+                }
+            }
+        }
+        self.emit_waiting(false);
+    }
+
+    /// Builds, enriches and submits the waiting exchanges whose enrichers are ready (all of them
+    /// when `all`), oldest first.
+    fn emit_waiting(&mut self, all: bool) {
+        let now = if all { 0 } else { self.node.now_ns() };
+        while let Some(f) = self.waiting.front() {
+            if !all && !self.enrichers.ready(f, now) {
+                break;
+            }
+            let Some(f) = self.waiting.pop_front() else {
+                break;
+            };
+            let mut span =
+                crate::trace::span_of(&f.work, &f.meta, &self.clock, &self.opts, &mut RandomIds);
+            self.enrichers
+                .apply_in_context(&f, &self.clock, &self.table, &mut span);
+            let chunks = f.exchange().map_or(&[][..], |ex| &ex.content_chunk_ns[..]);
+            self.output.submit(span, chunks);
+        }
+    }
+}
+
+/// A node with nothing to ask: descriptors unknown, no kernel maps, a clock that the caller sets
+/// (fuzzing, benchmarks, tests).
+#[derive(Debug, Default)]
+pub struct Detached {
+    pub now_ns: u64,
+}
+
+impl Node for Detached {
+    fn classify_fd(&mut self, _tgid: u32, _fd: u32) -> FdKind {
+        FdKind::Gone
+    }
+    fn untrace(&mut self, _tgid: u32, _fd: u32, _conn_id: u64) {}
+    fn process_exited(&mut self, _tgid: u32, _exit_ns: u64) {}
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+}
+
+impl Output for Vec<FinishedSpan> {
+    fn submit(&mut self, span: FinishedSpan, _chunk_times_ns: &[u64]) {
+        self.push(span);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,196 @@
+//! The pipeline from raw ring-buffer records to spans, with a scripted node: the accept-address
+//! policy (listener addresses, sockets that turn out not to be TCP), targets going away, and the
+//! one route every kind of finished work takes.
+
+use std::net::SocketAddr;
+
+use infertap_common::*;
+
+use super::*;
+use crate::trace::span::AttrValue;
+
+const TGID: u32 = 42;
+const MS: u64 = 1_000_000;
+
+fn bytes_of<T>(v: &T) -> Vec<u8> {
+    // SAFETY: a view of a repr(C), integer-only ABI struct (sizes asserted in infertap-common).
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }
+        .to_vec()
+}
+
+fn open(conn_id: u64, fd: u32, listen_fd: u32, flags: u32, ts_ns: u64) -> Vec<u8> {
+    let mut addr = [0u8; 32];
+    addr[..2].copy_from_slice(&2u16.to_ne_bytes());
+    addr[2..4].copy_from_slice(&40000u16.to_be_bytes());
+    addr[4..8].copy_from_slice(&[127, 0, 0, 1]);
+    bytes_of(&ConnOpenRecord {
+        header: RecordHeader {
+            kind: RECORD_CONN_OPEN,
+            tgid: TGID,
+            ts_ns,
+        },
+        conn_id,
+        fd,
+        listen_fd,
+        role: ROLE_SERVER,
+        flags,
+        addr: if flags == 0 { addr } else { [0; 32] },
+    })
+}
+
+fn data(conn_id: u64, fd: u32, egress: bool, pos: u64, ts_ns: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut raw = bytes_of(&DataRecord {
+        header: RecordHeader {
+            kind: RECORD_DATA,
+            tgid: TGID,
+            ts_ns,
+        },
+        conn_id,
+        stream_pos: pos,
+        syscall_pos: pos,
+        syscall_len: bytes.len() as u64,
+        fd,
+        tid: TGID,
+        len: bytes.len() as u32,
+        flags: DATA_FLAG_LAST
+            | if egress { DATA_FLAG_EGRESS } else { 0 }
+            | (if egress { SYS_WRITE } else { SYS_READ }) << DATA_SYSCALL_SHIFT,
+    });
+    raw.extend_from_slice(bytes);
+    raw.resize(raw.len().next_multiple_of(8), 0);
+    raw
+}
+
+/// A node whose descriptors are scripted, recording what the pipeline asked of it.
+#[derive(Default)]
+struct Scripted {
+    fds: HashMap<(u32, u32), FdKind>,
+    untraced: Vec<(u32, u32, u64)>,
+    exited: Vec<(u32, u64)>,
+    now_ns: u64,
+}
+
+impl Node for Scripted {
+    fn classify_fd(&mut self, tgid: u32, fd: u32) -> FdKind {
+        self.fds.get(&(tgid, fd)).copied().unwrap_or(FdKind::Gone)
+    }
+    fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64) {
+        self.untraced.push((tgid, fd, conn_id));
+    }
+    fn process_exited(&mut self, tgid: u32, exit_ns: u64) {
+        self.exited.push((tgid, exit_ns));
+    }
+    fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+}
+
+fn pipeline(node: Scripted) -> Pipeline<Scripted, Vec<FinishedSpan>> {
+    let settings = Settings {
+        max_connections: 16,
+        idle_timeout_ns: 60_000 * MS,
+        build: BuildOptions::default(),
+    };
+    Pipeline::new(
+        settings,
+        Arc::new(Stats::default()),
+        Enrichers::default(),
+        node,
+        Vec::new(),
+    )
+}
+
+const REQUEST: &[u8] = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 31\r\n\r\n{\"model\":\"m\",\"prompt\":\"secret\"}";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+
+fn attr<'a>(span: &'a FinishedSpan, key: &str) -> Option<&'a AttrValue> {
+    span.attr(key)
+}
+
+#[test]
+fn an_accepted_connection_names_its_listener_and_becomes_a_span() {
+    let listener: SocketAddr = "10.0.0.1:8000".parse().unwrap();
+    let mut p = pipeline(Scripted::default());
+    p.target(TGID, [(3, listener)], "vllm");
+    p.record(&open(1, 7, 3, 0, MS));
+    p.record(&data(1, 7, false, 0, 2 * MS, REQUEST));
+    assert!(p.output().is_empty(), "nothing finished before the response");
+    p.record(&data(1, 7, true, 0, 3 * MS, RESPONSE));
+    let spans = p.output();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(attr(&spans[0], "server.port"), Some(&AttrValue::I64(8000)));
+    assert_eq!(
+        attr(&spans[0], "gen_ai.provider.name"),
+        Some(&AttrValue::Str("vllm".into()))
+    );
+    assert_eq!(
+        attr(&spans[0], "gen_ai.request.model"),
+        Some(&AttrValue::Str("m".into()))
+    );
+    assert!(!format!("{spans:?}").contains("secret"), "no payload text");
+    assert_eq!(p.stats.records_read.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn an_accept_without_address_that_is_not_tcp_is_untraced_and_makes_nothing() {
+    let mut node = Scripted::default();
+    node.fds.insert((TGID, 3), FdKind::Other); // the "listener" is a Unix socket
+    let mut p = pipeline(node);
+    p.record(&open(5, 9, 3, OPEN_FLAG_FAMILY_UNKNOWN, MS));
+    assert_eq!(p.node.untraced, vec![(TGID, 9, 5)]);
+    assert_eq!(p.connections(), 0);
+    p.record(&data(5, 9, false, 0, 2 * MS, REQUEST));
+    p.record(&data(5, 9, true, 0, 3 * MS, RESPONSE));
+    // Its bytes, had the kernel sent any more, start a connection picked up mid-stream; the
+    // open itself made none.
+    assert_eq!(p.stats.connections_opened.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn an_accept_without_address_takes_the_addresses_the_socket_has() {
+    let local: SocketAddr = "10.0.0.2:8001".parse().unwrap();
+    let remote: SocketAddr = "10.0.0.3:5555".parse().unwrap();
+    let mut node = Scripted::default();
+    node.fds.insert((TGID, 3), FdKind::Tcp { local, remote });
+    node.fds.insert((TGID, 9), FdKind::Tcp { local, remote });
+    let mut p = pipeline(node);
+    p.record(&open(5, 9, 3, OPEN_FLAG_FAMILY_UNKNOWN, MS));
+    p.record(&data(5, 9, false, 0, 2 * MS, REQUEST));
+    p.record(&data(5, 9, true, 0, 3 * MS, RESPONSE));
+    let spans = p.output();
+    assert_eq!(spans.len(), 1);
+    assert_eq!(attr(&spans[0], "server.port"), Some(&AttrValue::I64(8001)));
+    assert_eq!(
+        attr(&spans[0], "client.address"),
+        Some(&AttrValue::Str("10.0.0.3".into()))
+    );
+}
+
+#[test]
+fn a_target_gone_ends_what_it_had_in_flight_and_an_exit_reaches_the_node() {
+    let mut p = pipeline(Scripted::default());
+    p.record(&open(1, 7, u32::MAX, 0, MS));
+    p.record(&data(1, 7, false, 0, 2 * MS, REQUEST));
+    p.node_mut().now_ns = 5 * MS;
+    p.gone(TGID);
+    assert_eq!(p.output().len(), 1, "the request in flight ends as a span");
+    assert_eq!(p.connections(), 0);
+    let exit = bytes_of(&ProcExitRecord {
+        header: RecordHeader {
+            kind: RECORD_PROC_EXIT,
+            tgid: TGID,
+            ts_ns: 6 * MS,
+        },
+    });
+    p.record(&exit);
+    assert_eq!(p.node.exited, vec![(TGID, 6 * MS)]);
+}
+
+#[test]
+fn malformed_records_are_counted_and_change_nothing() {
+    let mut p = pipeline(Scripted::default());
+    p.record(&[1, 2, 3]);
+    assert_eq!(p.stats.records_malformed.load(Ordering::Relaxed), 1);
+    assert_eq!(p.connections(), 0);
+    assert!(p.output().is_empty());
+}
