@@ -175,11 +175,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("records");
     // 16 concurrent streams, 4 requests each, 64 tokens per response.
     let records = exchange_records(16, 4, 64);
-    assert_eq!(
-        pipeline(&records),
-        64,
-        "every exchange becomes a span"
-    );
+    assert_eq!(pipeline(&records), 64, "every exchange becomes a span");
     g.throughput(Throughput::Elements(records.len() as u64));
     g.bench_function("streaming_chat_decode_parse_span", |b| {
         b.iter(|| pipeline(black_box(&records)))

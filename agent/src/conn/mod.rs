@@ -347,7 +347,11 @@ impl ConnTable {
                     Piece::Gap(lost) => parser.gap(hdir, chunk.ts_ns, lost, &mut on_event),
                     Piece::Bytes(seg) => parser.feed(hdir, seg, &mut on_event),
                 });
-                done.extend(exchanges_done.into_iter().map(|e| Work::Exchange(Box::new(e))));
+                done.extend(
+                    exchanges_done
+                        .into_iter()
+                        .map(|e| Work::Exchange(Box::new(e))),
+                );
                 if not_http {
                     stats.streams_not_http.fetch_add(1, Ordering::Relaxed);
                     c.proto = Protocol::Opaque;
@@ -525,7 +529,11 @@ fn flush(id: ConnId, c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>
                         .fetch_add(fx.parse_errors, Ordering::Relaxed);
                 }
             });
-            done.extend(exchanges_done.into_iter().map(|e| Work::Exchange(Box::new(e))));
+            done.extend(
+                exchanges_done
+                    .into_iter()
+                    .map(|e| Work::Exchange(Box::new(e))),
+            );
         }
         // Nothing was parsed: nothing is in flight.
         Protocol::Opaque => {}

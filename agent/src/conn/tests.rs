@@ -205,9 +205,10 @@ fn keep_alive_connection_yields_one_exchange_per_request() {
         stream_response(&mut w, i * 1000 + 1, 3);
     }
     assert_eq!(w.out.len(), 10);
-    assert!(w.out.iter().all(
-        |f| f.ex().outcome == Outcome::Completed && f.ex().content_chunk_ns.len() == 3
-    ));
+    assert!(w
+        .out
+        .iter()
+        .all(|f| f.ex().outcome == Outcome::Completed && f.ex().content_chunk_ns.len() == 3));
 }
 
 #[test]

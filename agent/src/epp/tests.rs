@@ -2,15 +2,15 @@
 
 use std::collections::HashMap;
 
-use crate::trace::decision::build_decision_span;
 use super::*;
 use crate::capture::clock::WallClock;
+use crate::conn::ConnMeta;
 use crate::protocol::ext_proc::messages::*;
 use crate::protocol::ext_proc::processing_request::Request as Req;
 use crate::protocol::ext_proc::processing_response::Response as Resp;
-use crate::conn::ConnMeta;
 use crate::trace::build::{BuildOptions, IdGenerator};
 use crate::trace::context::trace_id_from_request_id;
+use crate::trace::decision::build_decision_span;
 use crate::trace::span::{hex, AttrValue, SpanKind, SpanStatus};
 
 const MS: u64 = 1_000_000;

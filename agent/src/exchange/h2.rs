@@ -113,12 +113,7 @@ impl H2Streams {
     }
 
     /// One event of direction `dir`.
-    pub fn on_event(
-        &mut self,
-        dir: Direction,
-        ev: H2Event<'_>,
-        done: &mut Vec<Work>,
-    ) -> H2Effects {
+    pub fn on_event(&mut self, dir: Direction, ev: H2Event<'_>, done: &mut Vec<Work>) -> H2Effects {
         let mut fx = H2Effects::default();
         match ev {
             H2Event::Headers {

@@ -72,7 +72,7 @@ struct Scripted {
 
 impl Node for Scripted {
     fn classify_fd(&mut self, tgid: u32, fd: u32) -> FdKind {
-        self.fds.get(&(tgid, fd)).copied().unwrap_or(FdKind::Gone)
+        self.fds.get(&(tgid, fd)).cloned().unwrap_or(FdKind::Gone)
     }
     fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64) {
         self.untraced.push((tgid, fd, conn_id));
@@ -101,7 +101,8 @@ fn pipeline(node: Scripted) -> Pipeline<Scripted, Vec<FinishedSpan>> {
 }
 
 const REQUEST: &[u8] = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 31\r\n\r\n{\"model\":\"m\",\"prompt\":\"secret\"}";
-const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+const RESPONSE: &[u8] =
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
 
 fn attr<'a>(span: &'a FinishedSpan, key: &str) -> Option<&'a AttrValue> {
     span.attr(key)
@@ -114,7 +115,10 @@ fn an_accepted_connection_names_its_listener_and_becomes_a_span() {
     p.target(TGID, [(3, listener)], "vllm");
     p.record(&open(1, 7, 3, 0, MS));
     p.record(&data(1, 7, false, 0, 2 * MS, REQUEST));
-    assert!(p.output().is_empty(), "nothing finished before the response");
+    assert!(
+        p.output().is_empty(),
+        "nothing finished before the response"
+    );
     p.record(&data(1, 7, true, 0, 3 * MS, RESPONSE));
     let spans = p.output();
     assert_eq!(spans.len(), 1);

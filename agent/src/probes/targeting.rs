@@ -185,8 +185,7 @@ pub fn targeting_loop(
             if !wanted.contains_key(&pid) || reused {
                 current.remove(&pid);
                 started.remove(&pid);
-                lock(&kmaps)
-                    .forget_process(pid);
+                lock(&kmaps).forget_process(pid);
                 let _ = ctl.blocking_send(Control::Gone { pid });
                 if reused {
                     tracing::info!(

@@ -5,9 +5,9 @@
 
 use std::borrow::Cow;
 
+use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::epp::{Decision, Outcome};
-use crate::capture::clock::WallClock;
 use crate::protocol::ext_proc::PROCESS_PATH;
 use crate::trace::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
 use crate::trace::span::{AttrValue, FinishedSpan, SpanStatus};

@@ -4,9 +4,9 @@
 use std::borrow::Cow;
 
 use super::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
-use crate::conn::ConnMeta;
 use super::span::{AttrValue, FinishedSpan, SpanStatus};
 use crate::capture::clock::WallClock;
+use crate::conn::ConnMeta;
 use crate::exchange::h2::{CallOutcome, GrpcCall};
 use crate::protocol::grpc::status_name;
 

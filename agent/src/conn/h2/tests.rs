@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::capture::decode::{Role, SocketDir};
 use crate::conn::tests::record;
 use crate::conn::{ConnId, ConnTable, Finished, Origin};
-use crate::exchange::Work;
 use crate::epp::Outcome;
+use crate::exchange::Work;
 use crate::protocol::Direction;
 use crate::stats::Stats;
 

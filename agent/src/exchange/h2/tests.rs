@@ -1,7 +1,7 @@
 //! HTTP/2 streams → decisions, gRPC calls and exchanges, from recorded and synthesized frames.
 
 use super::*;
-use crate::epp::Outcome;
+use crate::epp::{Decision, Outcome};
 use crate::protocol::http2::tests::load;
 use crate::protocol::http2::{Http2Conn, PREFACE};
 use crate::protocol::Segment;
