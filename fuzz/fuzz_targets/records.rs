@@ -153,7 +153,7 @@ fuzz_target!(|data: &[u8]| {
             ),
             Record::ProcExit { tgid, ts_ns } => table.process_exit(tgid, ts_ns, &stats, &mut done),
         }
-        if ts % 16 == 0 {
+        if ts.is_multiple_of(16) {
             table.evict_idle(ts, &stats, &mut done);
         }
         for f in done.drain(..) {
