@@ -144,7 +144,7 @@ fuzz_target!(|data: &[u8]| {
         // As the agent applies it.
         pipeline.node_mut().now_ns = ts;
         pipeline.record(&raw);
-        if ts % 16 == 0 {
+        if ts.is_multiple_of(16) {
             pipeline.tick();
         }
         pipeline.output_mut().clear();

@@ -232,11 +232,65 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// The lines of TOML table `[name]` in `text`, comments and blank lines left out.
+fn toml_table(text: &str, name: &str) -> Option<Vec<String>> {
+    let header = format!("[{name}]");
+    let mut lines = text.lines().map(str::trim);
+    lines.find(|l| *l == header)?;
+    Some(
+        lines
+            .take_while(|l| !l.starts_with('['))
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect(),
+    )
+}
+
+/// The lint levels live in `[workspace.lints]` of the root Cargo.toml: every member inherits them
+/// (`[lints] workspace = true`), and the crates that are workspaces of their own (ebpf/probes,
+/// fuzz) restate them in `[lints.rust]` and `[lints.clippy]`, which must match.
+fn check_lint_tables() -> Result<()> {
+    let read = |rel: &str| {
+        std::fs::read_to_string(root().join(rel)).with_context(|| format!("reading {rel}"))
+    };
+    let ws = read("Cargo.toml")?;
+    let mut problems = Vec::new();
+    let members = toml_table(&ws, "workspace")
+        .and_then(|t| t.into_iter().find(|l| l.starts_with("members")))
+        .context("no `members` in the root Cargo.toml's [workspace]")?;
+    for member in members.split('"').skip(1).step_by(2) {
+        let manifest = format!("{member}/Cargo.toml");
+        if toml_table(&read(&manifest)?, "lints") != Some(vec!["workspace = true".to_string()]) {
+            problems.push(format!(
+                "{manifest}: needs `[lints]` with `workspace = true` (the policy is [workspace.lints] in Cargo.toml)"
+            ));
+        }
+    }
+    for group in ["rust", "clippy"] {
+        let policy = toml_table(&ws, &format!("workspace.lints.{group}"))
+            .with_context(|| format!("the root Cargo.toml has no [workspace.lints.{group}]"))?;
+        for manifest in ["ebpf/probes/Cargo.toml", "fuzz/Cargo.toml"] {
+            if toml_table(&read(manifest)?, &format!("lints.{group}")).as_ref() != Some(&policy) {
+                problems.push(format!(
+                    "{manifest}: [lints.{group}] must restate [workspace.lints.{group}] of the root Cargo.toml line for line"
+                ));
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!("lint policy out of step:\n  {}", problems.join("\n  "));
+    }
+    Ok(())
+}
+
 fn lint() -> Result<()> {
+    check_lint_tables()?;
     setup::toolchain()?;
     run(Command::new("cargo")
         .current_dir(root())
         .args(["fmt", "--all", "--check"]))?;
+    // Which lints are on, and at which level, is [workspace.lints] in Cargo.toml (inherited by
+    // every member); `-D warnings` only makes CI fail on anything that policy warns about.
     run(Command::new("cargo").current_dir(root()).args([
         "clippy",
         "--locked",
@@ -246,17 +300,18 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // ebpf/probes/rust-toolchain.toml selects the nightly (RUSTUP_TOOLCHAIN, when set, would
+    // override it, so it is removed); its [lints] restate the workspace's.
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .env("PATH", setup::path_with_cargo_bin())
-        .args(["+nightly", "fmt", "--check"]))?;
+        .args(["fmt", "--check"]))?;
     run(Command::new("cargo")
         .current_dir(root().join("ebpf/probes"))
         .env_remove("RUSTUP_TOOLCHAIN")
         .env("PATH", setup::path_with_cargo_bin())
         .args([
-            "+nightly",
             "clippy",
             "--locked",
             "--release",

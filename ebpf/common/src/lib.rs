@@ -257,5 +257,6 @@ mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, with no padding
     // (sizes asserted above), so every bit pattern is valid.
     unsafe impl aya::Pod for ConnKey {}
+    // SAFETY: as for ConnKey.
     unsafe impl aya::Pod for ConnInfo {}
 }

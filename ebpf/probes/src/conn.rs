@@ -103,6 +103,7 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
         header: RecordHeader {
             kind: RECORD_CONN_OPEN,
             tgid: (pid_tgid >> 32) as u32,
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         conn_id: 0,
@@ -115,12 +116,14 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
     if sockaddr == 0 {
         rec.flags |= OPEN_FLAG_FAMILY_UNKNOWN;
     } else {
+        // SAFETY: the helper copies from user memory and fails with an error on a bad address.
         let family = unsafe { bpf_probe_read_user(sockaddr as *const u16) }.unwrap_or(0);
         let len = match family {
             AF_INET => 16,
             AF_INET6 => 28,
             _ => return, // Unix sockets, netlink, …: never traced
         };
+        // SAFETY: the helper copies from user memory and fails with an error on a bad address.
         if unsafe { bpf_probe_read_user_buf(sockaddr as *const u8, &mut rec.addr[..len]) }.is_err()
         {
             rec.flags |= OPEN_FLAG_FAMILY_UNKNOWN;
@@ -181,6 +184,7 @@ pub fn enter_close(ctx: &TracePointContext) -> u32 {
         header: RecordHeader {
             kind: RECORD_CONN_CLOSE,
             tgid: key.tgid,
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         conn_id: info.conn_id,
@@ -219,6 +223,7 @@ pub fn process_exit(ctx: &TracePointContext) -> u32 {
         header: RecordHeader {
             kind: RECORD_PROC_EXIT,
             tgid,
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
     };

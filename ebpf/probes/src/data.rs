@@ -72,6 +72,7 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
             | (call.kind << DATA_SYSCALL_SHIFT),
         syscall_pos: pos,
         syscall_len: n,
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
     // Whether every record of this syscall got through: the per-CPU count of refused data
@@ -84,7 +85,9 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
         SHAPE_MSG => {
             // struct msghdr (user ABI): msg_iov at 16, msg_iovlen at 24.
+            // SAFETY: the helper copies from user memory and fails with an error on a bad address.
             let iov = unsafe { bpf_probe_read_user((call.ptr + 16) as *const u64) }.unwrap_or(0);
+            // SAFETY: the helper copies from user memory and fails with an error on a bad address.
             let cnt = unsafe { bpf_probe_read_user((call.ptr + 24) as *const u64) }.unwrap_or(0);
             emit_iovecs(&c, iov, cnt, n)
         }
@@ -117,6 +120,7 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
         header: RecordHeader {
             kind: RECORD_DATA,
             tgid: key.tgid,
+            // SAFETY: bpf_ktime_get_ns has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
         conn_id: info.conn_id,
@@ -169,6 +173,7 @@ fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
         if i >= count || off >= total {
             return;
         }
+        // SAFETY: the helper copies from user memory and fails with an error on a bad address.
         let v = match unsafe { bpf_probe_read_user((iov + i * 16) as *const IoVec) } {
             Ok(v) => v,
             Err(_) => {

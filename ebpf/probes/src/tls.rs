@@ -187,6 +187,7 @@ fn emit_plain(pid_tgid: u64, call: &TlsCall, n: u64) {
             | (call.kind << DATA_SYSCALL_SHIFT),
         syscall_pos: pos,
         syscall_len: n,
+        // SAFETY: bpf_ktime_get_ns has no preconditions.
         ts_ns: unsafe { bpf_ktime_get_ns() },
     };
     emit_buffer(&c, call.buf, n, 0);
@@ -279,6 +280,7 @@ fn ssl_enter(ctx: &ProbeContext, kind: u32, ex: bool) -> u32 {
         };
         // SAFETY: read-only lookups.
         if unsafe { TLS_CONNS.get(tk) }.is_none() {
+            // SAFETY: a read-only lookup.
             if let Some(fd) = unsafe { LAST_RX.get(pid_tgid) } {
                 // A memory BIO: the ciphertext was read just before, on this thread. A socket BIO
                 // corrects this at the syscall inside the call.

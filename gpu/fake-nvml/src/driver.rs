@@ -181,6 +181,7 @@ pub(crate) fn serve_device(
 
 /// The directory this library was loaded from.
 fn library_dir() -> Option<PathBuf> {
+    // SAFETY: Dl_info is a C struct of pointers and integers, for which all-zero bytes are valid.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     let addr = library_dir as *const libc::c_void;
     // SAFETY: dladdr only reads the loader's tables and fills `info`.

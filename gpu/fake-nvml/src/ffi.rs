@@ -4,6 +4,9 @@
 //!
 //! The callers' contract is NVML's: pointers are null or valid for the sizes the call documents.
 #![allow(clippy::missing_safety_doc)]
+// Every function here is an `unsafe extern "C"` entry point whose body is raw-pointer work under
+// the contract above; wrapping each body in `unsafe {}` again would add nothing.
+#![allow(unsafe_op_in_unsafe_fn)]
 
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, CStr};
 use std::time::Duration;

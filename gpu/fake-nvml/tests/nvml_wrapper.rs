@@ -206,6 +206,8 @@ fn samples_come_from_the_buffer_incrementally_by_last_timestamp() {
     assert_eq!(mem[0].value, SampleValue::U32(30));
 
     // A buffer smaller than the count gets the oldest samples, so the next call gets the rest.
+    // SAFETY: raw NVML calls into the fake library with a live device handle and
+    // out-pointers to locals of the types the symbol declares.
     unsafe {
         let sym = nvml.lib().nvmlDeviceGetSamples.as_ref().unwrap();
         let mut ty = 0;
@@ -284,6 +286,8 @@ fn process_utilisation_two_call_protocol() {
         dev.process_utilization_stats(newest),
         Err(NvmlError::NotFound)
     ));
+    // SAFETY: raw NVML calls into the fake library with a live device handle and
+    // out-pointers to locals of the types the symbol declares.
     unsafe {
         let sym = nvml.lib().nvmlDeviceGetProcessUtilization.as_ref().unwrap();
         let mut count = 0u32;
@@ -316,6 +320,8 @@ fn running_processes_two_call_protocol_v3_and_v2() {
         .running_compute_processes()
         .unwrap()
         .is_empty());
+    // SAFETY: raw NVML calls into the fake library with a live device handle and
+    // out-pointers to locals of the types the symbol declares.
     unsafe {
         let v3 = nvml
             .lib()
@@ -364,6 +370,8 @@ fn memory_info_v2_checks_the_struct_version() {
     let (total, reserved, used) = (80u64 << 30, 512u64 << 20, 3u64 << 30);
     assert_eq!((m.total, m.reserved, m.used), (total, reserved, used));
     assert_eq!(m.free, total - reserved - used);
+    // SAFETY: raw NVML calls into the fake library with a live device handle and
+    // out-pointers to locals of the types the symbol declares.
     unsafe {
         let v2 = nvml.lib().nvmlDeviceGetMemoryInfo_v2.as_ref().unwrap();
         let mut info: sys::nvmlMemory_v2_t = std::mem::zeroed();
@@ -548,6 +556,8 @@ fn gpm_metrics_are_means_between_the_two_samples() {
     assert!(!ampere.gpm_support().unwrap());
     assert!(matches!(ampere.gpm_sample(), Err(NvmlError::NotSupported)));
     // A support struct of another version is refused.
+    // SAFETY: raw NVML calls into the fake library with a live device handle and
+    // out-pointers to locals of the types the symbol declares.
     unsafe {
         let sym = nvml.lib().nvmlGpmQueryDeviceSupport.as_ref().unwrap();
         let mut support: sys::nvmlGpmSupport_t = std::mem::zeroed();

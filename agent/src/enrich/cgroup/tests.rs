@@ -353,8 +353,9 @@ mod real_cgroup {
         let Ok(c_path) = std::ffi::CString::new(path) else {
             return false;
         };
-        // SAFETY: a valid NUL-terminated path and a zeroed statfs the kernel fills.
+        // SAFETY: statfs is a C struct of integers, for which all-zero bytes are valid.
         let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid NUL-terminated path and a zeroed statfs the kernel fills.
         let rc = unsafe { libc::statfs(c_path.as_ptr(), &mut buf) };
         #[allow(clippy::unnecessary_cast)]
         let magic = buf.f_type as i64;
