@@ -13,5 +13,6 @@ pub mod gpu;
 pub mod pipeline;
 pub mod probes;
 pub mod protocol;
+pub mod schema;
 pub mod stats;
 pub mod trace;
