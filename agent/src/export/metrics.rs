@@ -1,7 +1,8 @@
-//! Request metrics derived from finished spans: the GenAI server histograms (OTel semantic
+//! Request metrics derived from each finished request's typed [`Summary`] (made with its span,
+//! never read back from the span's attributes): the GenAI server histograms (OTel semantic
 //! conventions, vLLM's bucket lists), HTTP server durations, token and request counters.
 //!
-//! Owns: the [`RequestMetrics`] registry (what is recorded from a span, under which labels), the
+//! Owns: the [`RequestMetrics`] registry (what is recorded from a summary, under which labels), the
 //! bucket lists, the cardinality cap, the Prometheus families on `/metrics` (through
 //! [`MetricSource`]) and, when OTLP metrics are on ([`otlp`]), the SDK instruments fed from the
 //! same records.
@@ -52,7 +53,8 @@ use opentelemetry::KeyValue;
 use super::prometheus::{
     sanitize_name, Histogram, HistogramSample, MetricData, MetricFamily, MetricSource, Sample,
 };
-use crate::trace::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+use crate::trace::summary::{Summary, SummaryKind};
+use crate::schema::{attr, metric};
 
 /// vLLM's `time_to_first_token_seconds` buckets (a superset of the semantic conventions').
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -96,59 +98,59 @@ pub const DEFAULT_SERIES_LIMIT: usize = 2000;
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
 
 /// The attribute of the overflow series, as the OTel SDKs name it.
-pub const OVERFLOW_ATTRIBUTE: &str = "otel.metric.overflow";
+pub const OVERFLOW_ATTRIBUTE: &str = metric::OTEL_METRIC_OVERFLOW;
 
 const GENAI_KEYS: &[&str] = &[
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "server.port",
-    "k8s.namespace.name",
-    "k8s.pod.name",
+    attr::GEN_AI_OPERATION_NAME,
+    attr::GEN_AI_PROVIDER_NAME,
+    attr::GEN_AI_REQUEST_MODEL,
+    attr::GEN_AI_RESPONSE_MODEL,
+    attr::SERVER_ADDRESS,
+    attr::SERVER_PORT,
+    attr::K8S_NAMESPACE_NAME,
+    attr::K8S_POD_NAME,
 ];
 /// Labels every GenAI instrument has (`GENAI_KEYS`).
 const GENAI_LEN: usize = 8;
 const GENAI_ERROR_KEYS: &[&str] = &[
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "server.port",
-    "k8s.namespace.name",
-    "k8s.pod.name",
-    "error.type",
+    attr::GEN_AI_OPERATION_NAME,
+    attr::GEN_AI_PROVIDER_NAME,
+    attr::GEN_AI_REQUEST_MODEL,
+    attr::GEN_AI_RESPONSE_MODEL,
+    attr::SERVER_ADDRESS,
+    attr::SERVER_PORT,
+    attr::K8S_NAMESPACE_NAME,
+    attr::K8S_POD_NAME,
+    attr::ERROR_TYPE,
 ];
 const GENAI_TOKEN_KEYS: &[&str] = &[
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "server.port",
-    "k8s.namespace.name",
-    "k8s.pod.name",
-    "gen_ai.token.type",
+    attr::GEN_AI_OPERATION_NAME,
+    attr::GEN_AI_PROVIDER_NAME,
+    attr::GEN_AI_REQUEST_MODEL,
+    attr::GEN_AI_RESPONSE_MODEL,
+    attr::SERVER_ADDRESS,
+    attr::SERVER_PORT,
+    attr::K8S_NAMESPACE_NAME,
+    attr::K8S_POD_NAME,
+    metric::GEN_AI_TOKEN_TYPE,
 ];
 const REQUEST_KEYS: &[&str] = &[
-    "gen_ai.operation.name",
-    "gen_ai.provider.name",
-    "gen_ai.request.model",
-    "gen_ai.response.model",
-    "server.address",
-    "server.port",
-    "k8s.namespace.name",
-    "k8s.pod.name",
-    "outcome",
-    "error.type",
+    attr::GEN_AI_OPERATION_NAME,
+    attr::GEN_AI_PROVIDER_NAME,
+    attr::GEN_AI_REQUEST_MODEL,
+    attr::GEN_AI_RESPONSE_MODEL,
+    attr::SERVER_ADDRESS,
+    attr::SERVER_PORT,
+    attr::K8S_NAMESPACE_NAME,
+    attr::K8S_POD_NAME,
+    metric::OUTCOME,
+    attr::ERROR_TYPE,
 ];
 const HTTP_KEYS: &[&str] = &[
-    "http.request.method",
-    "http.response.status_code",
-    "server.port",
-    "error.type",
+    attr::HTTP_REQUEST_METHOD,
+    attr::HTTP_RESPONSE_STATUS_CODE,
+    attr::SERVER_PORT,
+    attr::ERROR_TYPE,
 ];
 
 /// The kind of an instrument.
@@ -185,14 +187,14 @@ const EPP_DECISION_DURATION: usize = 8;
 const EPP_DECISIONS: usize = 9;
 const EPP_REJECTIONS: usize = 10;
 
-const EPP_DURATION_KEYS: &[&str] = &["infertap.epp.decision", "gen_ai.request.model"];
-const EPP_ENDPOINT_KEYS: &[&str] = &["infertap.epp.endpoint", "gen_ai.request.model"];
-const EPP_REJECTION_KEYS: &[&str] = &["http.response.status_code", "gen_ai.request.model"];
+const EPP_DURATION_KEYS: &[&str] = &[attr::INFERTAP_EPP_DECISION, attr::GEN_AI_REQUEST_MODEL];
+const EPP_ENDPOINT_KEYS: &[&str] = &[attr::INFERTAP_EPP_ENDPOINT, attr::GEN_AI_REQUEST_MODEL];
+const EPP_REJECTION_KEYS: &[&str] = &[attr::HTTP_RESPONSE_STATUS_CODE, attr::GEN_AI_REQUEST_MODEL];
 
 /// Every instrument, in exposition order.
 pub const INSTRUMENTS: &[InstrumentSpec] = &[
     InstrumentSpec {
-        otel_name: "gen_ai.server.time_to_first_token",
+        otel_name: metric::GEN_AI_SERVER_TIME_TO_FIRST_TOKEN,
         unit: "s",
         description: "Time from the request's first byte to the first content token of the response.",
         prometheus_name: "gen_ai_server_time_to_first_token_seconds",
@@ -200,7 +202,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_KEYS,
     },
     InstrumentSpec {
-        otel_name: "gen_ai.server.time_per_output_token",
+        otel_name: metric::GEN_AI_SERVER_TIME_PER_OUTPUT_TOKEN,
         unit: "s",
         description: "Time per output token after the first: (duration - TTFT) / (output tokens - 1).",
         prometheus_name: "gen_ai_server_time_per_output_token_seconds",
@@ -208,7 +210,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_KEYS,
     },
     InstrumentSpec {
-        otel_name: "gen_ai.server.inter_token_latency",
+        otel_name: metric::GEN_AI_SERVER_INTER_TOKEN_LATENCY,
         unit: "s",
         description: "Gaps between consecutive content chunks of streamed responses (one observation per gap).",
         prometheus_name: "gen_ai_server_inter_token_latency_seconds",
@@ -216,7 +218,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_KEYS,
     },
     InstrumentSpec {
-        otel_name: "gen_ai.server.request.duration",
+        otel_name: metric::GEN_AI_SERVER_REQUEST_DURATION,
         unit: "s",
         description: "GenAI request duration, from the request's first byte to the response's last.",
         prometheus_name: "gen_ai_server_request_duration_seconds",
@@ -224,7 +226,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_ERROR_KEYS,
     },
     InstrumentSpec {
-        otel_name: "gen_ai.server.token.usage",
+        otel_name: metric::GEN_AI_SERVER_TOKEN_USAGE,
         unit: "{token}",
         description: "Tokens per request, by gen_ai.token.type (input, output).",
         prometheus_name: "gen_ai_server_token_usage",
@@ -232,7 +234,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_TOKEN_KEYS,
     },
     InstrumentSpec {
-        otel_name: "http.server.request.duration",
+        otel_name: metric::HTTP_SERVER_REQUEST_DURATION,
         unit: "s",
         description: "HTTP server request duration.",
         prometheus_name: "http_server_request_duration_seconds",
@@ -240,7 +242,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: HTTP_KEYS,
     },
     InstrumentSpec {
-        otel_name: "gen_ai.server.tokens",
+        otel_name: metric::GEN_AI_SERVER_TOKENS,
         unit: "{token}",
         description: "Tokens processed, by gen_ai.token.type (input, output).",
         prometheus_name: "gen_ai_server_tokens_total",
@@ -248,7 +250,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: GENAI_TOKEN_KEYS,
     },
     InstrumentSpec {
-        otel_name: "infertap.requests",
+        otel_name: metric::INFERTAP_REQUESTS,
         unit: "{request}",
         description: "GenAI requests, by outcome (completed, cancelled, error).",
         prometheus_name: "infertap_requests_total",
@@ -256,7 +258,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: REQUEST_KEYS,
     },
     InstrumentSpec {
-        otel_name: "infertap.epp.decision.duration",
+        otel_name: metric::INFERTAP_EPP_DECISION_DURATION,
         unit: "s",
         description: "Endpoint picker routing decisions: request headers received to destination chosen.",
         prometheus_name: "infertap_epp_decision_duration_seconds",
@@ -264,7 +266,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: EPP_DURATION_KEYS,
     },
     InstrumentSpec {
-        otel_name: "infertap.epp.decisions",
+        otel_name: metric::INFERTAP_EPP_DECISIONS,
         unit: "{decision}",
         description: "Requests the endpoint picker routed, by chosen endpoint.",
         prometheus_name: "infertap_epp_decisions_total",
@@ -272,7 +274,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         keys: EPP_ENDPOINT_KEYS,
     },
     InstrumentSpec {
-        otel_name: "infertap.epp.rejections",
+        otel_name: metric::INFERTAP_EPP_REJECTIONS,
         unit: "{request}",
         description: "Requests the endpoint picker rejected with an immediate response (429 shed, 503 no endpoint).",
         prometheus_name: "infertap_epp_rejections_total",
@@ -284,7 +286,7 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
 /// The Prometheus counter of records routed to an overflow series, labelled by `metric`.
 pub const OVERFLOW_FAMILY: &str = "infertap_metrics_series_overflow_total";
 
-/// A label value borrowed from a span.
+/// A label value borrowed from a summary.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Val<'a> {
     Absent,
@@ -520,7 +522,7 @@ impl OtelInstrument {
     }
 }
 
-/// What one span says, borrowed: the label values and the observations.
+/// What one summary says, borrowed: the label values and the observations.
 struct Observed<'a> {
     operation: Val<'a>,
     provider: Val<'a>,
@@ -546,79 +548,40 @@ const HTTP_METHODS: &[&str] = &[
 ];
 
 impl<'a> Observed<'a> {
-    fn from_span(span: &'a FinishedSpan) -> Self {
-        let mut o = Observed {
-            operation: Val::Absent,
-            provider: Val::Absent,
-            request_model: Val::Absent,
-            response_model: Val::Absent,
-            server_address: Val::Absent,
-            server_port: Val::Absent,
-            namespace: Val::Absent,
-            pod: Val::Absent,
-            method: Val::Absent,
-            status_code: Val::Absent,
-            error_type: Val::Absent,
-            cancelled: false,
-            ttft_s: None,
-            input_tokens: None,
-            output_tokens: None,
-        };
-        for (key, value) in &span.attributes {
-            let s = match value {
-                AttrValue::Str(s) => Val::Str(bounded(s)),
-                AttrValue::I64(i) => Val::Int(*i),
-                _ => Val::Absent,
-            };
-            match &**key {
-                "gen_ai.operation.name" => o.operation = s,
-                "gen_ai.provider.name" => o.provider = s,
-                "gen_ai.request.model" => o.request_model = s,
-                "gen_ai.response.model" => o.response_model = s,
-                "server.address" => o.server_address = s,
-                "server.port" => o.server_port = s,
-                "k8s.namespace.name" => o.namespace = s,
-                "k8s.pod.name" => o.pod = s,
-                "http.request.method" => {
-                    // Unknown methods are `_OTHER`, as the HTTP conventions ask (bounded).
-                    o.method = match s {
-                        Val::Str(m) => Val::Str(
-                            HTTP_METHODS
-                                .iter()
-                                .copied()
-                                .find(|k| *k == m)
-                                .unwrap_or("_OTHER"),
-                        ),
-                        _ => Val::Absent,
-                    }
-                }
-                "http.response.status_code" => o.status_code = s,
-                "error.type" => o.error_type = s,
-                "infertap.cancelled" => o.cancelled = matches!(value, AttrValue::Bool(true)),
-                "gen_ai.latency.time_to_first_token" => {
-                    if let AttrValue::F64(v) = value {
-                        o.ttft_s = Some(*v);
-                    }
-                }
-                "gen_ai.usage.input_tokens" => {
-                    if let AttrValue::I64(v) = value {
-                        o.input_tokens = Some(*v);
-                    }
-                }
-                "gen_ai.usage.output_tokens" => {
-                    if let AttrValue::I64(v) = value {
-                        o.output_tokens = Some(*v);
-                    }
-                }
-                _ => {}
-            }
+    fn from_summary(r: &'a Summary) -> Self {
+        let str_of = |v: &'a Option<String>| v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)));
+        let static_of = |v: Option<&'static str>| v.map_or(Val::Absent, |s| Val::Str(bounded(s)));
+        let int_of = |v: Option<i64>| v.map_or(Val::Absent, Val::Int);
+        Observed {
+            operation: static_of(r.operation),
+            provider: static_of(r.provider),
+            request_model: str_of(&r.request_model),
+            response_model: str_of(&r.response_model),
+            server_address: str_of(&r.server_address),
+            server_port: int_of(r.server_port),
+            namespace: str_of(&r.namespace),
+            pod: str_of(&r.pod),
+            // Unknown methods are `_OTHER`, as the HTTP conventions ask (bounded).
+            method: r.method.as_deref().map_or(Val::Absent, |m| {
+                Val::Str(
+                    HTTP_METHODS
+                        .iter()
+                        .copied()
+                        .find(|k| *k == m)
+                        .unwrap_or("_OTHER"),
+                )
+            }),
+            status_code: int_of(r.status_code),
+            error_type: match (&r.error_type, r.failed) {
+                (Some(e), _) => Val::Str(bounded(e)),
+                (None, true) => Val::Str("_OTHER"),
+                (None, false) => Val::Absent,
+            },
+            cancelled: r.cancelled,
+            ttft_s: r.ttft_s,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
         }
-        if matches!(o.error_type, Val::Absent) {
-            if let SpanStatus::Error(_) = span.status {
-                o.error_type = Val::Str("_OTHER");
-            }
-        }
-        o
     }
 
     fn genai(&self) -> [Val<'a>; GENAI_LEN] {
@@ -650,11 +613,6 @@ impl<'a> Observed<'a> {
             "completed"
         }
     }
-}
-
-/// A span's duration in seconds.
-fn span_seconds(span: &FinishedSpan) -> f64 {
-    span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9
 }
 
 /// Time per output token, in seconds: `(duration − TTFT) / (output tokens − 1)`; `None` unless
@@ -690,37 +648,38 @@ impl RequestMetrics {
         }
     }
 
-    /// Records one finished span (no inter-token gaps: use [`Self::record_with_chunk_times`]).
-    pub fn record(&self, span: &FinishedSpan) {
-        self.record_gaps(span, std::iter::empty());
+    /// Records one finished request (no inter-token gaps: use [`Self::record_with_chunk_times`]).
+    pub fn record(&self, r: &Summary) {
+        self.record_gaps(r, std::iter::empty());
     }
 
-    /// Records one finished span and, as `gen_ai.server.inter_token_latency`, the gaps between
+    /// Records one finished request and, as `gen_ai.server.inter_token_latency`, the gaps between
     /// consecutive content chunk times (any monotonic clock, nanoseconds; an exchange's
     /// `content_chunk_ns`).
-    pub fn record_with_chunk_times(&self, span: &FinishedSpan, chunk_times_ns: &[u64]) {
+    pub fn record_with_chunk_times(&self, r: &Summary, chunk_times_ns: &[u64]) {
         self.record_gaps(
-            span,
+            r,
             chunk_times_ns.windows(2).map(|w| w[1].saturating_sub(w[0])),
         );
     }
 
-    /// Records one finished span and the given inter-token gaps (nanoseconds).
-    pub fn record_with_gaps(&self, span: &FinishedSpan, gaps_ns: &[u64]) {
-        self.record_gaps(span, gaps_ns.iter().copied());
+    /// Records one finished request and the given inter-token gaps (nanoseconds).
+    pub fn record_with_gaps(&self, r: &Summary, gaps_ns: &[u64]) {
+        self.record_gaps(r, gaps_ns.iter().copied());
     }
 
-    fn record_gaps(&self, span: &FinishedSpan, gaps_ns: impl Iterator<Item = u64>) {
-        if span.kind != SpanKind::Server {
+    fn record_gaps(&self, r: &Summary, gaps_ns: impl Iterator<Item = u64>) {
+        if !r.server {
             return;
         }
-        if span.attr("rpc.system").is_some() {
-            // gRPC: routing decisions have their own instruments; other calls none yet.
-            self.record_decision(span);
-            return;
+        match r.kind {
+            SummaryKind::Http => {}
+            SummaryKind::Decision => return self.record_decision(r),
+            // gRPC calls: no instruments yet.
+            SummaryKind::GrpcCall => return,
         }
-        let o = Observed::from_span(span);
-        let duration_s = span_seconds(span);
+        let o = Observed::from_summary(r);
+        let duration_s = r.duration_s;
         let mut put = self.recorder();
 
         put(
@@ -763,7 +722,7 @@ impl RequestMetrics {
         }
     }
 
-    /// Where one span's values go: each to its instrument's series in the Prometheus families
+    /// Where one request's values go: each to its instrument's series in the Prometheus families
     /// and, with OTLP metrics on, to the OTel instrument (holding the families' lock while alive).
     fn recorder(&self) -> impl FnMut(usize, &[Val<'_>], f64) + '_ {
         let otel = self.otel.get();
@@ -777,29 +736,24 @@ impl RequestMetrics {
         }
     }
 
-    /// A routing-decision span (`infertap.epp.decision` set): duration, endpoint, rejection.
-    fn record_decision(&self, span: &FinishedSpan) {
-        let val = |k: &str| match span.attr(k) {
-            Some(AttrValue::Str(s)) => Val::Str(bounded(s)),
-            Some(AttrValue::I64(i)) => Val::Int(*i),
-            _ => Val::Absent,
-        };
-        let decision = val(crate::trace::decision::DECISION_ATTR);
-        if matches!(decision, Val::Absent) {
+    /// A routing decision: duration, endpoint, rejection.
+    fn record_decision(&self, r: &Summary) {
+        let Some(decision) = r.decision else {
             return;
-        }
-        let model = val("gen_ai.request.model");
-        let duration_s = span_seconds(span);
+        };
+        let decision = Val::Str(decision);
+        let str_of = |v: &Option<String>| v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)));
+        let model = str_of(&r.request_model);
         let mut put = self.recorder();
-        put(EPP_DECISION_DURATION, &[decision, model], duration_s);
-        let endpoint = val("infertap.epp.endpoint");
+        put(EPP_DECISION_DURATION, &[decision, model], r.duration_s);
+        let endpoint = str_of(&r.endpoint);
         if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
             put(EPP_DECISIONS, &[endpoint, model], 1.0);
         }
         if decision == Val::Str("rejected") {
             put(
                 EPP_REJECTIONS,
-                &[val("http.response.status_code"), model],
+                &[r.status_code.map_or(Val::Absent, Val::Int), model],
                 1.0,
             );
         }

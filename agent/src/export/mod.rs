@@ -6,7 +6,7 @@
 //!   over the OpenTelemetry SDK's exporter, and the exporter state.
 //! - [`status`] — the `/status` model: what the app writes, what is read live from `Stats`.
 //! - [`metrics`] — request metrics (GenAI and HTTP histograms, token and request counters) from
-//!   finished spans, for `/metrics` and OTLP metric export.
+//!   each finished request's typed summary, for `/metrics` and OTLP metric export.
 //! - [`prometheus`] — Prometheus text exposition and the [`prometheus::MetricSource`] hook.
 //! - [`debug`] — the HTTP debug endpoint over all of the above.
 //!
@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use crate::stats::Stats;
 use crate::trace::span::FinishedSpan;
+use crate::trace::summary::Summary;
 
 /// Where enrichment hands finished spans: counts them in `spans_finished`, remembers them for
 /// `/spans`, and offers them to OTLP export. Cheap to clone.
@@ -55,17 +56,13 @@ impl SpanSink {
         self
     }
 
-    /// Takes one finished span. Never waits.
-    pub fn submit(&self, span: FinishedSpan) {
-        self.submit_with_chunk_times(span, &[]);
-    }
-
-    /// Takes one finished span and the times of its content chunks (the exchange's
-    /// `content_chunk_ns`), whose gaps feed the inter-token latency histogram. Never waits.
-    pub fn submit_with_chunk_times(&self, span: FinishedSpan, chunk_times_ns: &[u64]) {
+    /// Takes one finished span, the typed summary the metrics record, and the times of its
+    /// content chunks (the exchange's `content_chunk_ns`), whose gaps feed the inter-token
+    /// latency histogram. Never waits.
+    pub fn submit(&self, span: FinishedSpan, summary: &Summary, chunk_times_ns: &[u64]) {
         Stats::add(&self.stats.spans_finished, 1);
         if let Some(metrics) = &self.metrics {
-            metrics.record_with_chunk_times(&span, chunk_times_ns);
+            metrics.record_with_chunk_times(summary, chunk_times_ns);
         }
         self.otlp.send(&span);
         self.store.push(span);
@@ -82,8 +79,8 @@ mod tests {
         let stats = Arc::new(Stats::default());
         let store = Arc::new(store::SpanStore::new(8));
         let sink = SpanSink::new(store.clone(), otlp::SpanSender::disabled(), stats.clone());
-        sink.submit(store::tests::span(1));
-        sink.submit(store::tests::span(2));
+        sink.submit(store::tests::span(1), &Summary::default(), &[]);
+        sink.submit(store::tests::span(2), &Summary::default(), &[]);
         assert_eq!(stats.spans_finished.load(Relaxed), 2);
         assert_eq!(store.recent(10).len(), 2);
         assert_eq!(stats.spans_export_dropped.load(Relaxed), 0);

@@ -18,6 +18,7 @@ use crate::capture::clock::WallClock;
 use crate::conn::{ConnId, Finished};
 use crate::enrich::{InFlight, NoneInFlight, SpanEnricher};
 use crate::trace::span::{AttrValue, FinishedSpan};
+use crate::schema::attr;
 
 /// Longest a span waits for GPU samples to cover its end.
 pub const MAX_WAIT_NS: u64 = 1_000_000_000;
@@ -285,58 +286,58 @@ impl RequestGpu {
     /// The span attributes (names in docs/spans.md).
     pub fn attributes(&self) -> Vec<(&'static str, AttrValue)> {
         let mut a: Vec<(&'static str, AttrValue)> = Vec::new();
-        a.push(("infertap.gpu.ids", AttrValue::StrArray(self.uuids.clone())));
+        a.push((attr::INFERTAP_GPU_IDS, AttrValue::StrArray(self.uuids.clone())));
         if let Some(h) = self.attribution {
             a.push((
-                "infertap.gpu.attribution",
+                attr::INFERTAP_GPU_ATTRIBUTION,
                 AttrValue::Str(h.as_str().into()),
             ));
         }
         if let Some(s) = self.source {
-            a.push(("infertap.gpu.source", AttrValue::Str(s.into())));
+            a.push((attr::INFERTAP_GPU_SOURCE, AttrValue::Str(s.into())));
         }
         let f = |a: &mut Vec<_>, k, v: Option<f64>| {
             if let Some(v) = v {
                 a.push((k, AttrValue::F64(v)));
             }
         };
-        f(&mut a, "infertap.gpu.utilization.mean", self.util_mean);
-        f(&mut a, "infertap.gpu.utilization.max", self.util_max);
-        a.push(("infertap.gpu.coverage", AttrValue::F64(self.coverage)));
+        f(&mut a, attr::INFERTAP_GPU_UTILIZATION_MEAN, self.util_mean);
+        f(&mut a, attr::INFERTAP_GPU_UTILIZATION_MAX, self.util_max);
+        a.push((attr::INFERTAP_GPU_COVERAGE, AttrValue::F64(self.coverage)));
         f(
             &mut a,
-            "infertap.gpu.sample_resolution",
+            attr::INFERTAP_GPU_SAMPLE_RESOLUTION,
             self.resolution_ns.map(|r| r as f64 / 1e9),
         );
         a.push((
-            "infertap.gpu.resolution_limited",
+            attr::INFERTAP_GPU_RESOLUTION_LIMITED,
             AttrValue::Bool(self.resolution_limited),
         ));
         f(
             &mut a,
-            "infertap.gpu.memory_bandwidth.utilization",
+            attr::INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION,
             self.bandwidth_mean,
         );
         if let Some(s) = self.bandwidth_source {
             a.push((
-                "infertap.gpu.memory_bandwidth.source",
+                attr::INFERTAP_GPU_MEMORY_BANDWIDTH_SOURCE,
                 AttrValue::Str(s.into()),
             ));
         }
-        f(&mut a, "infertap.gpu.sm_active", self.sm_active_mean);
-        f(&mut a, "infertap.gpu.sm_occupancy", self.sm_occupancy_mean);
+        f(&mut a, attr::INFERTAP_GPU_SM_ACTIVE, self.sm_active_mean);
+        f(&mut a, attr::INFERTAP_GPU_SM_OCCUPANCY, self.sm_occupancy_mean);
         f(
             &mut a,
-            "infertap.gpu.tensor_active",
+            attr::INFERTAP_GPU_TENSOR_ACTIVE,
             self.tensor_active_mean,
         );
         f(
             &mut a,
-            "infertap.gpu.process.utilization",
+            attr::INFERTAP_GPU_PROCESS_UTILIZATION,
             self.process_util_mean,
         );
-        f(&mut a, "infertap.gpu.energy", self.energy_j);
-        f(&mut a, "infertap.gpu.energy.coverage", self.energy_coverage);
+        f(&mut a, attr::INFERTAP_GPU_ENERGY, self.energy_j);
+        f(&mut a, attr::INFERTAP_GPU_ENERGY_COVERAGE, self.energy_coverage);
         let i = |a: &mut Vec<_>, k, v: Option<u64>| {
             if let Some(v) = v {
                 a.push((k, AttrValue::I64(v.min(i64::MAX as u64) as i64)));
@@ -344,24 +345,24 @@ impl RequestGpu {
         };
         i(
             &mut a,
-            "infertap.gpu.process.memory.usage",
+            attr::INFERTAP_GPU_PROCESS_MEMORY_USAGE,
             self.process_memory_bytes,
         );
         i(
             &mut a,
-            "infertap.gpu.memory.usage",
+            attr::INFERTAP_GPU_MEMORY_USAGE,
             self.device_memory_bytes,
         );
         i(
             &mut a,
-            "infertap.gpu.memory.limit",
+            attr::INFERTAP_GPU_MEMORY_LIMIT,
             self.device_memory_limit_bytes,
         );
-        f(&mut a, "infertap.gpu.share.busy_time", self.share_busy_s);
-        f(&mut a, "infertap.gpu.share.energy", self.share_energy_j);
+        f(&mut a, attr::INFERTAP_GPU_SHARE_BUSY_TIME, self.share_busy_s);
+        f(&mut a, attr::INFERTAP_GPU_SHARE_ENERGY, self.share_energy_j);
         if self.concurrent > 0 {
             a.push((
-                "infertap.gpu.share.concurrent_requests",
+                attr::INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS,
                 AttrValue::I64(self.concurrent as i64),
             ));
         }
@@ -428,7 +429,7 @@ impl SpanEnricher for GpuEnricher {
         let p = self.placement(pid, WallClock::monotonic_now());
         if p.gpus.is_empty() {
             span.attributes.push((
-                "infertap.gpu.attribution".into(),
+                attr::INFERTAP_GPU_ATTRIBUTION.into(),
                 AttrValue::Str("none".into()),
             ));
             return;

@@ -10,10 +10,10 @@ use crate::conn::ConnMeta;
 use crate::epp::{Decision, Outcome};
 use crate::protocol::ext_proc::PROCESS_PATH;
 use crate::trace::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
-use crate::trace::span::{AttrValue, FinishedSpan, SpanStatus};
-
-/// The attribute that marks a routing-decision span (`routed`, `rejected`, `none`).
-pub const DECISION_ATTR: &str = "infertap.epp.decision";
+use crate::trace::span::{AttrValue, SpanStatus};
+use crate::trace::summary::{Summary, SummaryKind};
+use crate::trace::Built;
+use crate::schema::attr;
 
 pub fn build_decision_span(
     d: &Decision,
@@ -21,7 +21,7 @@ pub fn build_decision_span(
     clock: &WallClock,
     opts: &BuildOptions,
     ids: &mut dyn IdGenerator,
-) -> FinishedSpan {
+) -> Built {
     let mut attrs: Vec<(Cow<'static, str>, AttrValue)> = Vec::with_capacity(24);
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
     let s = |v: &str| AttrValue::Str(v.to_string());
@@ -29,58 +29,60 @@ pub fn build_decision_span(
     let (tp, request_id) = TraceParent::from_headers(|n| d.header(n), opts, ids);
 
     let (service, method) = crate::protocol::grpc::split_path(PROCESS_PATH).unwrap_or_default();
-    put("rpc.system", s("grpc"));
-    put("rpc.service", s(service));
-    put("rpc.method", s(method));
-    put(DECISION_ATTR, s(d.outcome.as_str()));
+    put(attr::RPC_SYSTEM, s("grpc"));
+    put(attr::RPC_SERVICE, s(service));
+    put(attr::RPC_METHOD, s(method));
+    put(attr::INFERTAP_EPP_DECISION, s(d.outcome.as_str()));
     if let Some(rid) = request_id {
-        put("gen_ai.request.id", s(rid));
+        put(attr::GEN_AI_REQUEST_ID, s(rid));
     }
     let model = d
         .model
         .as_deref()
         .or(d.header("x-gateway-model-name-rewrite"));
     if let Some(m) = model {
-        put("gen_ai.request.model", s(m));
+        put(attr::GEN_AI_REQUEST_MODEL, s(m));
     }
     if let Some(m) = d.header("x-gateway-model-name-rewrite") {
-        put("infertap.epp.model_rewrite", s(m));
+        put(attr::INFERTAP_EPP_MODEL_REWRITE, s(m));
     }
     if let Some(p) = d.header(":path") {
-        put("url.path", s(p));
+        put(attr::URL_PATH, s(p));
     }
     if let Some(first) = d.endpoints.first() {
-        put("infertap.epp.endpoint", s(first));
+        put(attr::INFERTAP_EPP_ENDPOINT, s(first));
         put(
-            "infertap.epp.endpoints",
+            attr::INFERTAP_EPP_ENDPOINTS,
             AttrValue::StrArray(d.endpoints.clone()),
         );
     }
     for (header, key) in [
-        ("x-gateway-inference-objective", "infertap.epp.objective"),
+        ("x-gateway-inference-objective", attr::INFERTAP_EPP_OBJECTIVE),
         (
             "x-gateway-inference-fairness-id",
-            "infertap.epp.fairness_id",
+            attr::INFERTAP_EPP_FAIRNESS_ID,
         ),
-        ("x-slo-ttft-ms", "infertap.epp.slo_ttft_ms"),
-        ("x-slo-tpot-ms", "infertap.epp.slo_tpot_ms"),
+        ("x-slo-ttft-ms", attr::INFERTAP_EPP_SLO_TTFT_MS),
+        ("x-slo-tpot-ms", attr::INFERTAP_EPP_SLO_TPOT_MS),
     ] {
         if let Some(v) = d.header(header) {
             put(key, s(v));
         }
     }
     if !d.subset.is_empty() {
-        put("infertap.epp.subset", AttrValue::StrArray(d.subset.clone()));
+        put(attr::INFERTAP_EPP_SUBSET, AttrValue::StrArray(d.subset.clone()));
     }
     put_addresses(conn, &mut put);
-    put("process.pid", AttrValue::I64(conn.pid as i64));
+    put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
     if d.incomplete {
-        put("infertap.incomplete", AttrValue::Bool(true));
+        put(attr::INFERTAP_INCOMPLETE, AttrValue::Bool(true));
     }
+    let mut rejected = None;
     let status = match d.outcome {
         Outcome::Rejected { status } => {
-            put("http.response.status_code", AttrValue::I64(status as i64));
-            put("error.type", s(&status.to_string()));
+            rejected = Some(status as i64);
+            put(attr::HTTP_RESPONSE_STATUS_CODE, AttrValue::I64(status as i64));
+            put(attr::ERROR_TYPE, s(&status.to_string()));
             SpanStatus::Error(status.to_string())
         }
         _ => SpanStatus::Unset,
@@ -89,5 +91,13 @@ pub fn build_decision_span(
         Some(m) => format!("route {m}"),
         None => "route".to_string(),
     };
-    tp.span(name, conn, clock, d.start_ns, d.end_ns, status, attrs, ids)
+    let span = tp.span(name, conn, clock, d.start_ns, d.end_ns, status, attrs, ids);
+    let summary = Summary {
+        decision: Some(d.outcome.as_str()),
+        request_model: model.map(str::to_string),
+        endpoint: d.endpoints.first().cloned(),
+        status_code: rejected,
+        ..Summary::new(SummaryKind::Decision, &span)
+    };
+    Built { span, summary }
 }

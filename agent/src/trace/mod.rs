@@ -7,19 +7,31 @@
 //! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
 //! - [`span`] — the span model every exporter consumes.
 //!
-//! [`span_of`] is the one place that picks the builder for a [`Work`].
+//! - [`summary`] — the typed twin of a span that the request metrics record.
+//!
+//! [`span_of`] is the one place that picks the builder for a [`Work`]. Every builder names
+//! attributes through `schema::attr` and fills the [`Summary`] from the same typed values.
 
 pub mod build;
 pub mod context;
 pub mod decision;
 pub mod rpc;
 pub mod span;
+pub mod summary;
 
 use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::exchange::Work;
 use build::{BuildOptions, IdGenerator};
 use span::FinishedSpan;
+use summary::Summary;
+
+/// A finished span and its typed summary.
+#[derive(Clone, Debug)]
+pub struct Built {
+    pub span: FinishedSpan,
+    pub summary: Summary,
+}
 
 /// The span of one finished piece of work.
 pub fn span_of(
@@ -28,7 +40,7 @@ pub fn span_of(
     clock: &WallClock,
     opts: &BuildOptions,
     ids: &mut dyn IdGenerator,
-) -> FinishedSpan {
+) -> Built {
     match work {
         Work::Exchange(ex) => build::build_span(ex, conn, clock, opts, ids),
         Work::Call(call) => rpc::build_grpc_span(call, conn, clock, opts, ids),

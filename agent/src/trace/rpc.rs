@@ -4,11 +4,14 @@
 use std::borrow::Cow;
 
 use super::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
-use super::span::{AttrValue, FinishedSpan, SpanStatus};
+use super::span::{AttrValue, SpanStatus};
+use super::summary::{Summary, SummaryKind};
+use super::Built;
 use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::exchange::h2::{CallOutcome, GrpcCall};
 use crate::protocol::grpc::status_name;
+use crate::schema::attr;
 
 /// Status codes that make a SERVER span an error (OpenTelemetry RPC conventions); on a CLIENT span
 /// every non-OK status is.
@@ -20,7 +23,7 @@ pub fn build_grpc_span(
     clock: &WallClock,
     opts: &BuildOptions,
     ids: &mut dyn IdGenerator,
-) -> FinishedSpan {
+) -> Built {
     let mut attrs: Vec<(Cow<'static, str>, AttrValue)> = Vec::with_capacity(16);
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
     let header = |n: &str| {
@@ -30,30 +33,30 @@ pub fn build_grpc_span(
             .map(|(_, v)| v.as_str())
     };
     let (tp, request_id) = TraceParent::from_headers(header, opts, ids);
-    put("rpc.system", AttrValue::Str("grpc".into()));
-    put("rpc.service", AttrValue::Str(c.service.clone()));
-    put("rpc.method", AttrValue::Str(c.method.clone()));
+    put(attr::RPC_SYSTEM, AttrValue::Str("grpc".into()));
+    put(attr::RPC_SERVICE, AttrValue::Str(c.service.clone()));
+    put(attr::RPC_METHOD, AttrValue::Str(c.method.clone()));
     if let Some(s) = c.grpc_status {
-        put("rpc.grpc.status_code", AttrValue::I64(s as i64));
+        put(attr::RPC_GRPC_STATUS_CODE, AttrValue::I64(s as i64));
     }
     if let Some(s) = c.http_status {
-        put("http.response.status_code", AttrValue::I64(s as i64));
+        put(attr::HTTP_RESPONSE_STATUS_CODE, AttrValue::I64(s as i64));
     }
     put(
-        "infertap.grpc.request_messages",
+        attr::INFERTAP_GRPC_REQUEST_MESSAGES,
         AttrValue::I64(c.request_messages as i64),
     );
     put(
-        "infertap.grpc.response_messages",
+        attr::INFERTAP_GRPC_RESPONSE_MESSAGES,
         AttrValue::I64(c.response_messages as i64),
     );
     if let Some(rid) = request_id {
-        put("gen_ai.request.id", AttrValue::Str(rid.to_string()));
+        put(attr::GEN_AI_REQUEST_ID, AttrValue::Str(rid.to_string()));
     }
     put_addresses(conn, &mut put);
-    put("process.pid", AttrValue::I64(conn.pid as i64));
+    put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
     if c.incomplete {
-        put("infertap.incomplete", AttrValue::Bool(true));
+        put(attr::INFERTAP_INCOMPLETE, AttrValue::Bool(true));
     }
     let error = match (c.outcome, c.grpc_status) {
         (
@@ -62,7 +65,7 @@ pub fn build_grpc_span(
             },
             _,
         ) => {
-            put("infertap.cancelled", AttrValue::Bool(true));
+            put(attr::INFERTAP_CANCELLED, AttrValue::Bool(true));
             None
         }
         (CallOutcome::Reset { .. }, _) => Some("reset".to_string()),
@@ -72,9 +75,11 @@ pub fn build_grpc_span(
         _ => None,
     };
     if let Some(e) = &error {
-        put("error.type", AttrValue::Str(e.clone()));
+        put(attr::ERROR_TYPE, AttrValue::Str(e.clone()));
     }
     let status = error.map_or(SpanStatus::Unset, SpanStatus::Error);
     let name = format!("{}/{}", c.service, c.method);
-    tp.span(name, conn, clock, c.start_ns, c.end_ns, status, attrs, ids)
+    let span = tp.span(name, conn, clock, c.start_ns, c.end_ns, status, attrs, ids);
+    let summary = Summary::new(SummaryKind::GrpcCall, &span);
+    Built { span, summary }
 }

@@ -40,6 +40,7 @@ use crate::capture::clock::WallClock;
 use crate::conn::Finished;
 use crate::export::status::StatusSource;
 use crate::trace::span::{AttrValue, FinishedSpan};
+use crate::schema::attr;
 
 /// How long a process's pod stays known after it stopped being a target, for spans of its last
 /// requests that finish (or are flushed) after the targeting thread noticed.
@@ -249,15 +250,15 @@ pub fn pod_attributes(
     container_id: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut out = vec![
-        ("k8s.namespace.name", pod.namespace.clone()),
-        ("k8s.pod.name", pod.name.clone()),
-        ("k8s.pod.uid", pod.uid.clone()),
+        (attr::K8S_NAMESPACE_NAME, pod.namespace.clone()),
+        (attr::K8S_POD_NAME, pod.name.clone()),
+        (attr::K8S_POD_UID, pod.uid.clone()),
     ];
     if let Some(name) = container_id.and_then(|id| pod.container_name(id)) {
-        out.push(("k8s.container.name", name.to_string()));
+        out.push((attr::K8S_CONTAINER_NAME, name.to_string()));
     }
     if let Some(node) = &pod.node {
-        out.push(("k8s.node.name", node.clone()));
+        out.push((attr::K8S_NODE_NAME, node.clone()));
     }
     out.extend(pod.workload.iter().cloned());
     out

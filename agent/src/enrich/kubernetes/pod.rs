@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use crate::schema::attr;
 
 /// `infertap.io/target: "true" | "false"` — trace every process of the pod, or none of them.
 pub const TARGET_ANNOTATION: &str = "infertap.io/target";
@@ -128,15 +129,15 @@ pub fn workload_attributes(
                 .and_then(|rest| rest.strip_suffix('-'))
                 .filter(|d| !d.is_empty())
                 .map(str::to_string);
-            let mut out = vec![("k8s.replicaset.name", name)];
+            let mut out = vec![(attr::K8S_REPLICASET_NAME, name)];
             if let Some(d) = deployment {
-                out.push(("k8s.deployment.name", d));
+                out.push((attr::K8S_DEPLOYMENT_NAME, d));
             }
             out
         }
-        "StatefulSet" => vec![("k8s.statefulset.name", name)],
-        "DaemonSet" => vec![("k8s.daemonset.name", name)],
-        "Job" => vec![("k8s.job.name", name)],
+        "StatefulSet" => vec![(attr::K8S_STATEFULSET_NAME, name)],
+        "DaemonSet" => vec![(attr::K8S_DAEMONSET_NAME, name)],
+        "Job" => vec![(attr::K8S_JOB_NAME, name)],
         _ => Vec::new(),
     }
 }

@@ -1,0 +1,61 @@
+//! The typed twin of a span: what one finished request tells the request metrics. Span builders
+//! fill it from the same typed values they put on the span (and the Kubernetes enricher adds the
+//! pod), so the metrics never read attribute strings back from a span: renaming an attribute in
+//! `schema` cannot silently break a metric.
+
+/// What kind of work a span is, as the metrics tell them apart.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SummaryKind {
+    /// An HTTP exchange (a GenAI request when `operation` is set).
+    #[default]
+    Http,
+    /// A routing decision of an endpoint picker.
+    Decision,
+    /// A gRPC call (no request metrics yet).
+    GrpcCall,
+}
+
+/// One finished request, typed. Label values are bounded by the metrics when recorded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Summary {
+    pub kind: SummaryKind,
+    /// The traced process served it (a SERVER span): only those are recorded.
+    pub server: bool,
+    /// The span's duration, in seconds.
+    pub duration_s: f64,
+    /// The span's status is ERROR.
+    pub failed: bool,
+    pub method: Option<String>,
+    pub status_code: Option<i64>,
+    pub server_address: Option<String>,
+    pub server_port: Option<i64>,
+    pub error_type: Option<String>,
+    pub cancelled: bool,
+    /// `gen_ai.operation.name`: set for GenAI requests only.
+    pub operation: Option<&'static str>,
+    pub provider: Option<&'static str>,
+    pub request_model: Option<String>,
+    pub response_model: Option<String>,
+    /// Kubernetes mode: the serving pod.
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub ttft_s: Option<f64>,
+    pub input_tokens: Option<i64>,
+    pub output_tokens: Option<i64>,
+    /// Routing decisions: `routed`, `rejected` or `none`, and the first chosen endpoint.
+    pub decision: Option<&'static str>,
+    pub endpoint: Option<String>,
+}
+
+impl Summary {
+    /// The parts every span has: kind, side, duration (from Unix nanoseconds) and failure.
+    pub fn new(kind: SummaryKind, span: &super::span::FinishedSpan) -> Summary {
+        Summary {
+            kind,
+            server: span.kind == super::span::SpanKind::Server,
+            duration_s: span.end_unix_nano.saturating_sub(span.start_unix_nano) as f64 / 1e9,
+            failed: matches!(span.status, super::span::SpanStatus::Error(_)),
+            ..Summary::default()
+        }
+    }
+}
