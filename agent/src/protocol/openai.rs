@@ -16,6 +16,13 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod fields;
+#[cfg(test)]
+mod oracle;
+mod scan;
+
+pub use scan::{RequestScan, ResponseScan, Rows, Value, Values, CHOICES_MAX};
+
 /// Longest identifier kept (model names, ids, error types).
 const ID_MAX: usize = 256;
 
@@ -113,49 +120,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
     }
 }
 
-/// The request fields that describe a request.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The request fields that describe a request: every field of the table ([`Values`]), and the
+/// ones the code reads by name.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RequestFields {
     pub model: Option<String>,
     pub stream: Option<bool>,
     pub include_usage: Option<bool>,
+    /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<i64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub n: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RawRequest<'a> {
-    #[serde(borrow)]
-    model: Option<JsonStr<'a>>,
-    stream: Option<bool>,
-    stream_options: Option<RawStreamOptions>,
-    max_tokens: Option<i64>,
-    max_completion_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    n: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RawStreamOptions {
-    include_usage: Option<bool>,
-}
-
-/// Parse a complete request body. Unknown fields (messages, prompt, …) are skipped without
-/// being stored.
-pub fn parse_request(body: &[u8]) -> Option<RequestFields> {
-    let r: RawRequest<'_> = from_json(body).ok()?;
-    Some(RequestFields {
-        model: r.model.map(|m| bounded(&m.0)),
-        stream: r.stream,
-        include_usage: r.stream_options.and_then(|o| o.include_usage),
-        max_tokens: r.max_completion_tokens.or(r.max_tokens),
-        temperature: r.temperature,
-        top_p: r.top_p,
-        n: r.n,
-    })
+    /// Every request field of [`fields::FIELDS`] (span attributes are set from these).
+    pub values: Values,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -202,6 +180,7 @@ struct RawChoice<'a> {
     text: Option<&'a RawValue>,
     #[serde(borrow)]
     finish_reason: Option<JsonStr<'a>>,
+    #[cfg(test)]
     #[serde(borrow)]
     message: Option<&'a RawValue>,
 }
@@ -224,7 +203,8 @@ struct RawDelta<'a> {
 struct Choices {
     /// Some choice's delta or text carries generated output (stream chunks).
     delta_output: bool,
-    /// Choices whose message or text carries output (whole responses).
+    /// Choices whose message or text carries output (whole responses; read by the test oracle).
+    #[cfg(test)]
     with_output: usize,
     /// Each choice's `finish_reason`, in order, where it is a string.
     finish_reasons: Vec<String>,
@@ -248,6 +228,7 @@ impl<'de> Deserialize<'de> for Choices {
                                 || has_output(d.reasoning_content)
                                 || has_output(d.tool_calls)
                         });
+                    #[cfg(test)]
                     if has_output(ch.message) || has_output(ch.text) {
                         c.with_output += 1;
                     }
@@ -322,8 +303,9 @@ fn error_type(kind: Option<JsonStr<'_>>, code: Option<&RawValue>) -> String {
     }
 }
 
-/// What a complete non-streaming response body says.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a complete non-streaming response body says: every field of the table ([`Values`]), and
+/// the ones the code reads by name.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResponseFields {
     pub id: Option<String>,
     pub model: Option<String>,
@@ -332,18 +314,8 @@ pub struct ResponseFields {
     pub error_type: Option<String>,
     /// Choices that carried output (a message or text).
     pub choices_with_output: usize,
-}
-
-pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
-    let c: RawChunk<'_> = from_json(body).ok()?;
-    Some(ResponseFields {
-        id: c.id.map(|s| bounded(&s.0)),
-        model: c.model.map(|s| bounded(&s.0)),
-        finish_reasons: c.choices.finish_reasons,
-        choices_with_output: c.choices.with_output,
-        usage: c.usage.map(|u| Usage::from(*u)),
-        error_type: c.error.map(|e| error_type(e.kind, e.code)),
-    })
+    /// Every response field of [`fields::FIELDS`] (span attributes are set from these).
+    pub values: Values,
 }
 
 /// Find the `usage` object in the tail of a body whose middle was not captured: the last
@@ -358,6 +330,7 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
 
 #[cfg(test)]
 mod tests {
+    use super::oracle::{parse_request, parse_response};
     use super::*;
 
     #[test]

@@ -2,5 +2,6 @@
 
 pub mod build;
 pub mod context;
+pub mod fields;
 pub mod rpc;
 pub mod span;
