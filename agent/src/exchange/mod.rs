@@ -37,7 +37,10 @@ use std::collections::VecDeque;
 
 use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::json_scan::{RequestScan, ResponseScan};
-use crate::protocol::openai::{self, Operation, RequestFields, ResponseFields, StreamChunk, Usage};
+use crate::protocol::openai::fields::Body;
+use crate::protocol::openai::{
+    self, Operation, RequestFields, ResponseFields, StreamChunk, Usage, Values,
+};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
 
@@ -83,6 +86,9 @@ pub struct Exchange {
     pub response_model: Option<String>,
     pub finish_reasons: Vec<String>,
     pub usage: Option<Usage>,
+    /// Every response field of `openai::fields` (span attributes are set from these): a JSON
+    /// body's scan, or what the stream chunks said.
+    pub response_values: Values,
     /// `error.type` from an error body or an in-stream error event.
     pub error_type: Option<String>,
     pub outcome: Outcome,
@@ -133,6 +139,7 @@ impl InFlight {
                 response_model: None,
                 finish_reasons: Vec::new(),
                 usage: None,
+                response_values: Values::new(Body::Response),
                 error_type: None,
                 outcome: Outcome::Completed,
                 incomplete: false,
@@ -183,6 +190,9 @@ impl InFlight {
             self.apply_response_fields(scan.into_fields());
             if self.ex.usage.is_none() && self.response_gapped {
                 self.ex.usage = openai::usage_from_tail(&self.response_tail);
+                if let Some(u) = &self.ex.usage {
+                    self.ex.response_values.set_usage(u);
+                }
             }
         }
         self.ex.end_ns = ts_ns;
@@ -195,6 +205,7 @@ impl InFlight {
         self.ex.response_model = f.model;
         self.ex.finish_reasons = f.finish_reasons;
         self.ex.usage = f.usage;
+        self.ex.response_values = f.values;
         if f.error_type.is_some() {
             self.ex.error_type = f.error_type;
         }
@@ -406,6 +417,7 @@ impl ExchangeTracker {
 
 /// One stream chunk's fields into its exchange.
 fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
+    ex.response_values.apply_chunk(&c);
     if c.has_content {
         if ex.first_token_ns.is_none() {
             ex.first_token_ns = Some(ts_ns);

@@ -16,6 +16,13 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub mod fields;
+#[cfg(test)]
+mod oracle;
+mod scan;
+
+pub use scan::{RequestScan, ResponseScan, Rows, Value, Values, CHOICES_MAX};
+
 /// Longest identifier kept (model names, ids, error types).
 const ID_MAX: usize = 256;
 
@@ -113,49 +120,20 @@ impl<'de: 'a, 'a> Deserialize<'de> for JsonStr<'a> {
     }
 }
 
-/// The request fields that describe a request.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// The request fields that describe a request: every field of the table ([`Values`]), and the
+/// ones the code reads by name.
+#[derive(Clone, Debug, PartialEq)]
 pub struct RequestFields {
     pub model: Option<String>,
     pub stream: Option<bool>,
     pub include_usage: Option<bool>,
+    /// `max_completion_tokens`, else `max_tokens`.
     pub max_tokens: Option<i64>,
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
     pub n: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RawRequest<'a> {
-    #[serde(borrow)]
-    model: Option<JsonStr<'a>>,
-    stream: Option<bool>,
-    stream_options: Option<RawStreamOptions>,
-    max_tokens: Option<i64>,
-    max_completion_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    n: Option<i64>,
-}
-
-#[derive(Deserialize)]
-struct RawStreamOptions {
-    include_usage: Option<bool>,
-}
-
-/// Parse a complete request body. Unknown fields (messages, prompt, …) are skipped without
-/// being stored.
-pub fn parse_request(body: &[u8]) -> Option<RequestFields> {
-    let r: RawRequest<'_> = from_json(body).ok()?;
-    Some(RequestFields {
-        model: r.model.map(|m| bounded(&m.0)),
-        stream: r.stream,
-        include_usage: r.stream_options.and_then(|o| o.include_usage),
-        max_tokens: r.max_completion_tokens.or(r.max_tokens),
-        temperature: r.temperature,
-        top_p: r.top_p,
-        n: r.n,
-    })
+    /// Every request field of [`fields::FIELDS`] (span attributes are set from these).
+    pub values: Values,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -202,6 +180,7 @@ struct RawChoice<'a> {
     text: Option<&'a RawValue>,
     #[serde(borrow)]
     finish_reason: Option<JsonStr<'a>>,
+    #[cfg(test)]
     #[serde(borrow)]
     message: Option<&'a RawValue>,
 }
@@ -224,7 +203,8 @@ struct RawDelta<'a> {
 struct Choices {
     /// Some choice's delta or text carries generated output (stream chunks).
     delta_output: bool,
-    /// Choices whose message or text carries output (whole responses).
+    /// Choices whose message or text carries output (whole responses; read by the test oracle).
+    #[cfg(test)]
     with_output: usize,
     /// Each choice's `finish_reason`, in order, where it is a string.
     finish_reasons: Vec<String>,
@@ -248,6 +228,7 @@ impl<'de> Deserialize<'de> for Choices {
                                 || has_output(d.reasoning_content)
                                 || has_output(d.tool_calls)
                         });
+                    #[cfg(test)]
                     if has_output(ch.message) || has_output(ch.text) {
                         c.with_output += 1;
                     }
@@ -322,8 +303,9 @@ fn error_type(kind: Option<JsonStr<'_>>, code: Option<&RawValue>) -> String {
     }
 }
 
-/// What a complete non-streaming response body says.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What a complete non-streaming response body says: every field of the table ([`Values`]), and
+/// the ones the code reads by name.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ResponseFields {
     pub id: Option<String>,
     pub model: Option<String>,
@@ -332,18 +314,8 @@ pub struct ResponseFields {
     pub error_type: Option<String>,
     /// Choices that carried output (a message or text).
     pub choices_with_output: usize,
-}
-
-pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
-    let c: RawChunk<'_> = from_json(body).ok()?;
-    Some(ResponseFields {
-        id: c.id.map(|s| bounded(&s.0)),
-        model: c.model.map(|s| bounded(&s.0)),
-        finish_reasons: c.choices.finish_reasons,
-        choices_with_output: c.choices.with_output,
-        usage: c.usage.map(|u| Usage::from(*u)),
-        error_type: c.error.map(|e| error_type(e.kind, e.code)),
-    })
+    /// Every response field of [`fields::FIELDS`] (span attributes are set from these).
+    pub values: Values,
 }
 
 /// Find the `usage` object in the tail of a body whose middle was not captured: the last
@@ -357,151 +329,4 @@ pub fn usage_from_tail(tail: &[u8]) -> Option<Usage> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_map_to_operations() {
-        assert_eq!(
-            Operation::from_path("/v1/chat/completions"),
-            Some(Operation::Chat)
-        );
-        assert_eq!(
-            Operation::from_path("/v1/completions"),
-            Some(Operation::TextCompletion)
-        );
-        assert_eq!(
-            Operation::from_path("/v1/embeddings"),
-            Some(Operation::Embeddings)
-        );
-        assert_eq!(Operation::from_path("/health"), None);
-    }
-
-    #[test]
-    fn request_fields_after_a_long_messages_array() {
-        let big = "x ".repeat(100_000);
-        let body = format!(
-            r#"{{"messages":[{{"role":"user","content":"{big}"}}],"model":"m-1","stream":true,"stream_options":{{"include_usage":true}},"max_completion_tokens":7,"temperature":0.5,"top_p":0.9,"n":2}}"#
-        );
-        let f = parse_request(body.as_bytes()).unwrap();
-        assert_eq!(f.model.as_deref(), Some("m-1"));
-        assert_eq!(f.stream, Some(true));
-        assert_eq!(f.include_usage, Some(true));
-        assert_eq!(f.max_tokens, Some(7));
-        assert_eq!(f.temperature, Some(0.5));
-        assert_eq!(f.top_p, Some(0.9));
-        assert_eq!(f.n, Some(2));
-    }
-
-    #[test]
-    fn role_only_first_chunk_is_not_content() {
-        let role = br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#;
-        let c = parse_stream_chunk(role).unwrap();
-        assert!(!c.has_content);
-        assert_eq!(c.id.as_deref(), Some("chatcmpl-1"));
-        let tok = br#"{"id":"chatcmpl-1","choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#;
-        let c = parse_stream_chunk(tok).unwrap();
-        assert!(c.has_content);
-        assert_eq!(c.finish_reasons, vec!["stop"]);
-        let usage = br#"{"id":"chatcmpl-1","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3,"total_tokens":8,"prompt_tokens_details":{"cached_tokens":2}}}"#;
-        let c = parse_stream_chunk(usage).unwrap();
-        assert!(!c.has_content);
-        assert_eq!(
-            c.usage,
-            Some(Usage {
-                prompt_tokens: Some(5),
-                completion_tokens: Some(3),
-                cached_tokens: Some(2)
-            })
-        );
-        let completion = br#"{"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" a","logprobs":null,"finish_reason":null}],"usage":null}"#;
-        assert!(parse_stream_chunk(completion).unwrap().has_content);
-        let err =
-            br#"{"error":{"message":"boom","type":"InternalServerError","param":null,"code":500}}"#;
-        assert_eq!(
-            parse_stream_chunk(err).unwrap().error_type.as_deref(),
-            Some("InternalServerError")
-        );
-        assert_eq!(parse_stream_chunk(b"[DONE]"), None);
-    }
-
-    #[test]
-    fn chunk_identifiers_with_escapes_and_over_the_bound() {
-        // Escaped strings cannot be borrowed: they are decoded (and still bounded).
-        let c = parse_stream_chunk(
-            br#"{"id":"chat\u0063mpl-\"7\"","model":"m\/1","choices":[{"delta":{"content":"x"},"finish_reason":"st\u006fp"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(c.id.as_deref(), Some(r#"chatcmpl-"7""#));
-        assert_eq!(c.model.as_deref(), Some("m/1"));
-        assert_eq!(c.finish_reasons, vec!["stop"]);
-        assert!(c.has_content);
-        // Identifiers longer than the bound are cut at a character boundary, borrowed or not.
-        let long = "é".repeat(200); // 400 bytes
-        for id in [long.clone(), format!("\\\\{long}")] {
-            let chunk = format!(r#"{{"id":"{id}","model":"{id}","choices":[]}}"#);
-            let c = parse_stream_chunk(chunk.as_bytes()).unwrap();
-            let got = c.id.unwrap();
-            assert!(
-                got.len() <= ID_MAX && got.len() >= ID_MAX - 1,
-                "{}",
-                got.len()
-            );
-            assert!(long.starts_with(got.trim_start_matches('\\')));
-            assert_eq!(c.model.as_deref(), Some(&*got));
-        }
-    }
-
-    #[test]
-    fn every_choice_counts() {
-        let c = parse_stream_chunk(
-            br#"{"choices":[{"index":0,"delta":{"content":""},"finish_reason":"length"},{"index":1,"delta":{"tool_calls":[{"id":"t"}]},"finish_reason":null},{"index":2,"delta":{},"finish_reason":"stop"}]}"#,
-        )
-        .unwrap();
-        assert!(c.has_content, "the second choice carries a tool call");
-        assert_eq!(c.finish_reasons, vec!["length", "stop"]);
-        let none = parse_stream_chunk(
-            br#"{"choices":[{"delta":{"content":null,"reasoning":"","tool_calls":[]}}]}"#,
-        )
-        .unwrap();
-        assert!(!none.has_content);
-        let r = parse_response(
-            br#"{"id":"r","choices":[{"message":{"content":"a"},"finish_reason":"stop"},{"message":null},{"text":"b"}]}"#,
-        )
-        .unwrap();
-        assert_eq!(r.choices_with_output, 2);
-        assert_eq!(r.finish_reasons, vec!["stop"]);
-        // A choices value that is not an array fails the chunk, as a typed array did.
-        assert_eq!(parse_stream_chunk(br#"{"id":"x","choices":null}"#), None);
-        assert_eq!(parse_stream_chunk(br#"{"id":"x","choices":{}}"#), None);
-        assert!(parse_stream_chunk(br#"{"id":"x"}"#).is_some());
-    }
-
-    #[test]
-    fn invalid_utf8_fails_only_where_a_kept_string_has_it() {
-        // In a skipped field it is tolerated, as serde_json over bytes does.
-        let c = parse_stream_chunk(
-            b"{\"id\":\"c-1\",\"system_fingerprint\":\"\xff\xfe\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}",
-        )
-        .unwrap();
-        assert_eq!(c.id.as_deref(), Some("c-1"));
-        assert!(c.has_content);
-        // In an identifier it fails the chunk rather than keeping invalid text.
-        assert_eq!(
-            parse_stream_chunk(b"{\"id\":\"c-\xff\",\"choices\":[]}"),
-            None
-        );
-        assert_eq!(
-            parse_request(b"{\"model\":\"m\",\"messages\":[{\"content\":\"\xc3\"}]}")
-                .and_then(|r| r.model),
-            Some("m".to_string())
-        );
-    }
-
-    #[test]
-    fn usage_is_found_in_a_tail() {
-        let tail = br#"lo world"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"total_tokens":15,"completion_tokens":5}}"#;
-        assert_eq!(usage_from_tail(tail).unwrap().completion_tokens, Some(5));
-        assert_eq!(usage_from_tail(b"no usage here"), None);
-    }
-}
+mod tests;

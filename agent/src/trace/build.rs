@@ -7,10 +7,12 @@
 use std::borrow::Cow;
 
 use super::context::{parse_traceparent, trace_id_from_request_id};
+use super::fields::put_field_attributes;
 use super::span::{AttrValue, FinishedSpan, SpanId, SpanKind, SpanStatus, TraceId};
 use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::exchange::{Exchange, Outcome};
+use crate::protocol::openai::fields::Body;
 
 /// Options for span building.
 #[derive(Clone, Debug)]
@@ -260,48 +262,11 @@ pub fn build_span(
             "gen_ai.provider.name",
             AttrValue::Str(conn.provider.to_string()),
         );
-        if let Some(m) = &model {
-            put("gen_ai.request.model", AttrValue::Str(m.clone()));
-        }
-        let stream = fields.and_then(|f| f.stream).unwrap_or(false);
-        put("gen_ai.request.stream", AttrValue::Bool(stream));
-        if let Some(f) = fields {
-            if let Some(v) = f.max_tokens {
-                put("gen_ai.request.max_tokens", AttrValue::I64(v));
-            }
-            if let Some(v) = f.temperature {
-                put("gen_ai.request.temperature", AttrValue::F64(v));
-            }
-            if let Some(v) = f.top_p {
-                put("gen_ai.request.top_p", AttrValue::F64(v));
-            }
-            if let Some(n) = f.n.filter(|n| *n != 1) {
-                put("gen_ai.request.choice.count", AttrValue::I64(n));
-            }
-        }
-        if let Some(v) = &ex.response_id {
-            put("gen_ai.response.id", AttrValue::Str(v.clone()));
-        }
-        if let Some(v) = &ex.response_model {
-            put("gen_ai.response.model", AttrValue::Str(v.clone()));
-        }
-        if !ex.finish_reasons.is_empty() {
-            put(
-                "gen_ai.response.finish_reasons",
-                AttrValue::StrArray(ex.finish_reasons.clone()),
-            );
-        }
-        if let Some(u) = &ex.usage {
-            if let Some(v) = u.prompt_tokens {
-                put("gen_ai.usage.input_tokens", AttrValue::I64(v));
-            }
-            if let Some(v) = u.completion_tokens {
-                put("gen_ai.usage.output_tokens", AttrValue::I64(v));
-            }
-            if let Some(v) = u.cached_tokens {
-                put("gen_ai.usage.cache_read.input_tokens", AttrValue::I64(v));
-            }
-        } else if ex.streaming
+        // The request and response fields of the table (`openai::fields`), in its order.
+        put_field_attributes(Body::Request, fields.map(|f| &f.values), &mut put);
+        put_field_attributes(Body::Response, Some(&ex.response_values), &mut put);
+        if ex.usage.is_none()
+            && ex.streaming
             && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
         {
             put(

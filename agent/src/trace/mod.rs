@@ -4,6 +4,7 @@
 //!   addresses);
 //! - [`rpc`] — a gRPC call → its span;
 //! - [`decision`] — a routing decision of an endpoint picker → its span;
+//! - [`fields`] — the OpenAI field table's attributes on an exchange's span;
 //! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
 //! - [`span`] — the span model every exporter consumes.
 //!
@@ -15,6 +16,7 @@
 pub mod build;
 pub mod context;
 pub mod decision;
+pub mod fields;
 pub mod rpc;
 pub mod span;
 pub mod summary;

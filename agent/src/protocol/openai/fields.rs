@@ -1,0 +1,191 @@
+//! The OpenAI fields infertap reads: one table, the only place a field is named.
+//!
+//! Each entry says which body the field is in, its JSON path (as `json_scan::Patterns` reads it:
+//! `a.b`, `choices[*].c`), its type (which also says how it is scanned), and — for the fields that
+//! become span attributes — the attribute key and when it is set. From this table come the scan
+//! patterns (`openai::scan`), the stored values (`Values`, indexed by [`FieldId`]), and the span
+//! attributes (`trace::fields`), in table order.
+//!
+//! To read one more field: add an entry here, a value for it to the fixtures of
+//! `openai::scan::tests` (`every_field_is_in_a_fixture` checks), and its attribute to
+//! `docs/spans.md` (checked too). Code that needs a field by name takes its id from [`id`].
+//!
+//! Paths under an array element marker (`choices[*]`) are read per element ("rows", at most
+//! `CHOICES_MAX`); their attribute is the array of every row's value. An `Output` field of a row
+//! says the row carried generated output.
+//!
+//! Stream chunks (one SSE `data:` event per generated token) are not scanned with this table: the
+//! hot path reads them with `openai::parse_stream_chunk`, which knows `id`, `model`, every
+//! choice's `finish_reason`, `usage` and `error`, and stores them here by id. A response field
+//! added to this table is read from whole JSON response bodies only.
+
+use crate::protocol::json_scan::Mode;
+
+/// Index of an entry in [`FIELDS`].
+pub type FieldId = usize;
+
+/// Which body a field is read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Body {
+    Request,
+    /// A whole JSON response body (non-streaming), or an error body.
+    Response,
+}
+
+/// What a field holds, and so how it is scanned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    /// A string (at most `json_scan::STRING_MAX` bytes, flagged when cut).
+    Str,
+    /// A string, or a number's JSON text.
+    Text,
+    Bool,
+    /// An integer that fits `i64` (no fraction or exponent).
+    I64,
+    F64,
+    /// Only where the value is and its JSON kind (an object whose fields are entries too, an
+    /// array element marker `x[*]`); a repeated key starts its fields over.
+    Marker,
+    /// Whether the value is other than `null`, `""` and `[]` (generated text, tool calls): the
+    /// contents are never kept.
+    Output,
+}
+
+impl Type {
+    pub const fn mode(self) -> Mode {
+        match self {
+            Type::Marker => Mode::Mark,
+            Type::Output => Mode::NonEmpty,
+            _ => Mode::Capture,
+        }
+    }
+}
+
+/// When a field's span attribute is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// The field has a value.
+    Present,
+    /// Always (the span describes an OpenAI operation): `false` when absent. Bool fields only.
+    OrFalse,
+    /// The field has a value other than this integer (the API's default).
+    Not(i64),
+    /// This field's value, else the value of the field at this path (same body).
+    Or(&'static str),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attribute {
+    pub key: &'static str,
+    pub when: When,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Field {
+    pub body: Body,
+    pub path: &'static str,
+    pub ty: Type,
+    pub attribute: Option<Attribute>,
+}
+
+const fn field(body: Body, path: &'static str, ty: Type) -> Field {
+    Field {
+        body,
+        path,
+        ty,
+        attribute: None,
+    }
+}
+
+const fn attr(body: Body, path: &'static str, ty: Type, key: &'static str, when: When) -> Field {
+    Field {
+        body,
+        path,
+        ty,
+        attribute: Some(Attribute { key, when }),
+    }
+}
+
+use Body::{Request as Req, Response as Resp};
+use Type::*;
+use When::*;
+
+/// Every field, request then response; span attributes are set in this order.
+#[rustfmt::skip]
+pub const FIELDS: &[Field] = &[
+    attr(Req, "model", Str, "gen_ai.request.model", Present),
+    attr(Req, "stream", Bool, "gen_ai.request.stream", OrFalse),
+    field(Req, "stream_options", Marker),
+    field(Req, "stream_options.include_usage", Bool),
+    field(Req, "max_tokens", I64),
+    attr(Req, "max_completion_tokens", I64, "gen_ai.request.max_tokens", Or("max_tokens")),
+    attr(Req, "temperature", F64, "gen_ai.request.temperature", Present),
+    attr(Req, "top_p", F64, "gen_ai.request.top_p", Present),
+    attr(Req, "n", I64, "gen_ai.request.choice.count", Not(1)),
+
+    attr(Resp, "id", Str, "gen_ai.response.id", Present),
+    attr(Resp, "model", Str, "gen_ai.response.model", Present),
+    field(Resp, "choices", Marker),
+    field(Resp, "choices[*]", Marker),
+    attr(Resp, "choices[*].finish_reason", Str, "gen_ai.response.finish_reasons", Present),
+    field(Resp, "choices[*].message", Marker),
+    field(Resp, "choices[*].delta", Marker),
+    field(Resp, "choices[*].message.content", Output),
+    field(Resp, "choices[*].message.reasoning_content", Output),
+    field(Resp, "choices[*].message.reasoning", Output),
+    field(Resp, "choices[*].message.tool_calls", Output),
+    field(Resp, "choices[*].text", Output),
+    field(Resp, "choices[*].delta.content", Output),
+    field(Resp, "choices[*].delta.reasoning_content", Output),
+    field(Resp, "choices[*].delta.reasoning", Output),
+    field(Resp, "choices[*].delta.tool_calls", Output),
+    field(Resp, "usage", Marker),
+    attr(Resp, "usage.prompt_tokens", I64, "gen_ai.usage.input_tokens", Present),
+    attr(Resp, "usage.completion_tokens", I64, "gen_ai.usage.output_tokens", Present),
+    field(Resp, "usage.prompt_tokens_details", Marker),
+    attr(Resp, "usage.prompt_tokens_details.cached_tokens", I64, "gen_ai.usage.cache_read.input_tokens", Present),
+    field(Resp, "error", Marker),
+    field(Resp, "error.type", Str),
+    field(Resp, "error.code", Text),
+];
+
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The id of the entry for `path` in `body`; a compile error (in a `const`) when there is none.
+pub const fn id(body: Body, path: &str) -> FieldId {
+    let mut i = 0;
+    while i < FIELDS.len() {
+        let f = &FIELDS[i];
+        if f.body as u8 == body as u8 && same(f.path, path) {
+            return i;
+        }
+        i += 1;
+    }
+    panic!("no such field in openai::fields::FIELDS");
+}
+
+/// `parent` is `child` or holds it (`usage` holds `usage.prompt_tokens`, `choices` holds
+/// `choices[*]`).
+pub(crate) fn holds(parent: &str, child: &str) -> bool {
+    child
+        .strip_prefix(parent)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+}
+
+/// An array element marker (`choices[*]`): the fields under it are read per element.
+pub(crate) fn is_row(f: &Field) -> bool {
+    f.ty == Type::Marker && f.path.ends_with("[*]")
+}

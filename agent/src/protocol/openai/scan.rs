@@ -1,0 +1,523 @@
+//! The OpenAI front ends of the streaming JSON scanner: [`RequestScan`] and [`ResponseScan`]
+//! select the paths of [`FIELDS`] for their body, and store what the scanner reports in
+//! [`Values`], one slot per table entry. Typed views ([`RequestFields`], [`ResponseFields`]) are
+//! read from the values by field id.
+//!
+//! Semantics (shared by every field, so a new entry needs none of its own): a repeated key starts
+//! the field and every field under it over (the last one wins, like `serde_json::Value`); a value
+//! of the wrong JSON type is absent; the fields under an array element marker are kept per element
+//! in rows, at most [`CHOICES_MAX`] (more are counted, not kept).
+
+use std::sync::LazyLock;
+
+use super::fields::{self, Body, FieldId, Type, FIELDS};
+use super::{RequestFields, ResponseFields, StreamChunk, Usage};
+use crate::protocol::json_scan::{Event, Kind, Patterns, Scalar, ScanError, ScanState, Scanner};
+
+/// Rows (choices) kept per response; more are counted in [`Values::rows_dropped`].
+pub const CHOICES_MAX: usize = 128;
+
+/// One field's value as scanned.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Value {
+    #[default]
+    Absent,
+    /// At most `json_scan::STRING_MAX` bytes; `truncated` when the string was longer.
+    Str {
+        text: String,
+        truncated: bool,
+    },
+    Bool(bool),
+    I64(i64),
+    F64(f64),
+    /// A [`Type::Marker`] field: where it is, and what kind of JSON value.
+    Present(Kind),
+    /// A [`Type::Output`] field: whether it carried output.
+    Output(bool),
+}
+
+impl Value {
+    fn scalar(ty: Type, v: Scalar<'_>) -> Value {
+        let text = |text: String, truncated| Value::Str { text, truncated };
+        match (ty, v) {
+            (Type::Str | Type::Text, Scalar::Str { text: t, truncated }) => {
+                text(t.into_owned(), truncated)
+            }
+            (Type::Text, Scalar::Number(n)) => n
+                .text()
+                .map_or(Value::Absent, |t| text(t.to_string(), false)),
+            (Type::Bool, v) => v.as_bool().map_or(Value::Absent, Value::Bool),
+            (Type::I64, v) => v.as_i64().map_or(Value::Absent, Value::I64),
+            (Type::F64, v) => v.as_f64().map_or(Value::Absent, Value::F64),
+            _ => Value::Absent,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str { text, .. } => Some(text),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Value::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Value::I64(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::F64(n) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub fn kind(&self) -> Option<Kind> {
+        match self {
+            Value::Present(k) => Some(*k),
+            _ => None,
+        }
+    }
+}
+
+/// The shape of one body's part of the table, computed once.
+struct Layout {
+    patterns: Patterns,
+    /// Pattern index → field id.
+    ids: Vec<FieldId>,
+    /// Per field id: the row marker it is read under, if any.
+    row: Vec<Option<FieldId>>,
+    /// Per field id: itself and the fields it holds (in table order).
+    subtree: Vec<Vec<FieldId>>,
+}
+
+impl Layout {
+    fn new(body: Body) -> Layout {
+        let ids: Vec<FieldId> = (0..FIELDS.len())
+            .filter(|&i| FIELDS[i].body == body)
+            .collect();
+        let list: Vec<_> = ids
+            .iter()
+            .map(|&i| (FIELDS[i].path, FIELDS[i].ty.mode()))
+            .collect();
+        #[allow(clippy::expect_used)]
+        let patterns = Patterns::new(&list).expect("openai::fields paths are valid patterns");
+        let row = (0..FIELDS.len())
+            .map(|i| {
+                ids.iter().copied().find(|&m| {
+                    m != i
+                        && fields::is_row(&FIELDS[m])
+                        && fields::holds(FIELDS[m].path, FIELDS[i].path)
+                })
+            })
+            .collect();
+        let subtree = (0..FIELDS.len())
+            .map(|i| {
+                ids.iter()
+                    .copied()
+                    .filter(|&j| fields::holds(FIELDS[i].path, FIELDS[j].path))
+                    .collect()
+            })
+            .collect();
+        Layout {
+            patterns,
+            ids,
+            row,
+            subtree,
+        }
+    }
+
+    fn of(body: Body) -> &'static Layout {
+        static REQUEST: LazyLock<Layout> = LazyLock::new(|| Layout::new(Body::Request));
+        static RESPONSE: LazyLock<Layout> = LazyLock::new(|| Layout::new(Body::Response));
+        match body {
+            Body::Request => &REQUEST,
+            Body::Response => &RESPONSE,
+        }
+    }
+}
+
+/// The rows of one array element marker.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Rows {
+    pub rows: Vec<Vec<Value>>,
+    /// Elements past [`CHOICES_MAX`], not kept.
+    pub dropped: usize,
+}
+
+/// What was found of one body's fields, indexed by field id (entries of other bodies stay
+/// absent). Holds identifiers and numbers only: the table selects no content.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Values {
+    body: Body,
+    top: Vec<Value>,
+    /// Per field id: the rows of a row marker (empty for other fields).
+    rows: Vec<Rows>,
+}
+
+impl Values {
+    pub fn new(body: Body) -> Values {
+        Values {
+            body,
+            top: vec![Value::Absent; FIELDS.len()],
+            rows: vec![Rows::default(); FIELDS.len()],
+        }
+    }
+
+    pub fn body(&self) -> Body {
+        self.body
+    }
+
+    /// The value of a field outside rows.
+    pub fn get(&self, id: FieldId) -> &Value {
+        &self.top[id]
+    }
+
+    /// The rows of a row marker (`choices[*]`).
+    pub fn rows(&self, marker: FieldId) -> &Rows {
+        &self.rows[marker]
+    }
+
+    /// The row marker a field is read under, if any.
+    pub fn row_of(&self, id: FieldId) -> Option<FieldId> {
+        Layout::of(self.body).row[id]
+    }
+
+    /// Every value of a field: one outside rows, else one per row (absent ones included).
+    pub fn all(&self, id: FieldId) -> impl Iterator<Item = &Value> {
+        let (one, rows) = match self.row_of(id) {
+            None => (Some(&self.top[id]), &[][..]),
+            Some(m) => (None, &self.rows[m].rows[..]),
+        };
+        one.into_iter().chain(rows.iter().map(move |r| &r[id]))
+    }
+
+    /// Set a field outside rows (for values read by other means: stream chunks, a body's tail).
+    pub fn set(&mut self, id: FieldId, v: Value) {
+        self.top[id] = v;
+    }
+
+    /// Add a row to a row marker, without the [`CHOICES_MAX`] bound (stream chunks: their count
+    /// is bounded by the stream).
+    pub fn push_row(
+        &mut self,
+        marker: FieldId,
+        values: impl IntoIterator<Item = (FieldId, Value)>,
+    ) {
+        let mut row = vec![Value::Absent; FIELDS.len()];
+        for (id, v) in values {
+            row[id] = v;
+        }
+        self.rows[marker].rows.push(row);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_dropped(&mut self, marker: FieldId, dropped: usize) {
+        self.rows[marker].dropped = dropped;
+    }
+
+    /// The slots a field of the current row (or outside rows) lives in; `None` when its row was
+    /// dropped or has not begun.
+    fn scope(&mut self, layout: &Layout, id: FieldId) -> Option<&mut Vec<Value>> {
+        match layout.row[id] {
+            None => Some(&mut self.top),
+            Some(m) => {
+                let rows = &mut self.rows[m];
+                if rows.dropped > 0 {
+                    return None;
+                }
+                rows.rows.last_mut()
+            }
+        }
+    }
+
+    fn on(&mut self, layout: &Layout, ev: Event<'_>) {
+        match ev {
+            Event::Start { field, kind } => {
+                let id = layout.ids[field];
+                if fields::is_row(&FIELDS[id]) {
+                    let rows = &mut self.rows[id];
+                    if rows.rows.len() < CHOICES_MAX {
+                        rows.rows.push(vec![Value::Absent; FIELDS.len()]);
+                    } else {
+                        rows.dropped += 1;
+                    }
+                    return;
+                }
+                let in_row = layout.row[id].is_some();
+                for &j in &layout.subtree[id] {
+                    if fields::is_row(&FIELDS[j]) {
+                        self.rows[j] = Rows::default();
+                    }
+                }
+                let Some(scope) = self.scope(layout, id) else {
+                    return;
+                };
+                for &j in &layout.subtree[id] {
+                    if layout.row[j].is_some() == in_row {
+                        scope[j] = Value::Absent;
+                    }
+                }
+                if FIELDS[id].ty == Type::Marker {
+                    scope[id] = Value::Present(kind);
+                }
+            }
+            Event::Scalar { field, value } => {
+                let id = layout.ids[field];
+                if let Some(scope) = self.scope(layout, id) {
+                    scope[id] = Value::scalar(FIELDS[id].ty, value);
+                }
+            }
+            Event::NonEmpty { field, non_empty } => {
+                let id = layout.ids[field];
+                if let Some(scope) = self.scope(layout, id) {
+                    scope[id] = Value::Output(non_empty);
+                }
+            }
+        }
+    }
+}
+
+/// Field ids the typed views read by name.
+pub(crate) mod id {
+    use super::fields::{id, Body::Request as Req, Body::Response as Resp, FieldId};
+
+    pub const MODEL: FieldId = id(Req, "model");
+    pub const STREAM: FieldId = id(Req, "stream");
+    pub const INCLUDE_USAGE: FieldId = id(Req, "stream_options.include_usage");
+    pub const MAX_TOKENS: FieldId = id(Req, "max_tokens");
+    pub const MAX_COMPLETION_TOKENS: FieldId = id(Req, "max_completion_tokens");
+    pub const TEMPERATURE: FieldId = id(Req, "temperature");
+    pub const TOP_P: FieldId = id(Req, "top_p");
+    pub const N: FieldId = id(Req, "n");
+
+    pub const ID: FieldId = id(Resp, "id");
+    pub const RESPONSE_MODEL: FieldId = id(Resp, "model");
+    pub const CHOICE: FieldId = id(Resp, "choices[*]");
+    pub const FINISH_REASON: FieldId = id(Resp, "choices[*].finish_reason");
+    pub const USAGE: FieldId = id(Resp, "usage");
+    pub const PROMPT_TOKENS: FieldId = id(Resp, "usage.prompt_tokens");
+    pub const COMPLETION_TOKENS: FieldId = id(Resp, "usage.completion_tokens");
+    pub const CACHED_TOKENS: FieldId = id(Resp, "usage.prompt_tokens_details.cached_tokens");
+    pub const ERROR: FieldId = id(Resp, "error");
+    pub const ERROR_TYPE: FieldId = id(Resp, "error.type");
+    pub const ERROR_CODE: FieldId = id(Resp, "error.code");
+}
+
+impl Values {
+    fn string(&self, id: FieldId) -> Option<String> {
+        self.top[id].as_str().map(str::to_string)
+    }
+
+    /// `finish_reason` of every choice that has one, in order.
+    pub fn finish_reasons(&self) -> Vec<String> {
+        self.all(id::FINISH_REASON)
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Choices that carried output (any of their [`Type::Output`] fields non-empty).
+    pub fn choices_with_output(&self) -> usize {
+        self.rows[id::CHOICE]
+            .rows
+            .iter()
+            .filter(|r| r.contains(&Value::Output(true)))
+            .count()
+    }
+
+    /// `usage` when it is an object.
+    pub fn usage(&self) -> Option<Usage> {
+        (self.top[id::USAGE].kind() == Some(Kind::Object)).then(|| Usage {
+            prompt_tokens: self.top[id::PROMPT_TOKENS].as_i64(),
+            completion_tokens: self.top[id::COMPLETION_TOKENS].as_i64(),
+            cached_tokens: self.top[id::CACHED_TOKENS].as_i64(),
+        })
+    }
+
+    /// Store a usage read by other means (a stream chunk, a body's tail): the last one wins.
+    pub fn set_usage(&mut self, u: &Usage) {
+        let n = |v: Option<i64>| v.map_or(Value::Absent, Value::I64);
+        self.top[id::USAGE] = Value::Present(Kind::Object);
+        self.top[id::PROMPT_TOKENS] = n(u.prompt_tokens);
+        self.top[id::COMPLETION_TOKENS] = n(u.completion_tokens);
+        self.top[id::CACHED_TOKENS] = n(u.cached_tokens);
+    }
+
+    /// What one stream chunk (read by `parse_stream_chunk`) says, into a response's values: the
+    /// first id and model, every finish reason (one row each), the last usage.
+    pub fn apply_chunk(&mut self, c: &StreamChunk<'_>) {
+        let text = |s: &str| Value::Str {
+            text: s.to_string(),
+            truncated: false,
+        };
+        for (field, v) in [(id::ID, &c.id), (id::RESPONSE_MODEL, &c.model)] {
+            if let (Value::Absent, Some(v)) = (&self.top[field], v) {
+                self.top[field] = text(v);
+            }
+        }
+        for r in &c.finish_reasons {
+            self.push_row(id::CHOICE, [(id::FINISH_REASON, text(r))]);
+        }
+        if let Some(u) = &c.usage {
+            self.set_usage(u);
+        }
+    }
+
+    /// `error.type` when non-empty, else `error.code`, else `"error"`; `None` without an error
+    /// (`error` absent or `null`).
+    pub fn error_type(&self) -> Option<String> {
+        match self.top[id::ERROR].kind() {
+            None | Some(Kind::Null) => return None,
+            Some(_) => {}
+        }
+        Some(
+            match (
+                self.top[id::ERROR_TYPE].as_str(),
+                self.top[id::ERROR_CODE].as_str(),
+            ) {
+                (Some(k), _) if !k.is_empty() => k.to_string(),
+                (_, Some(c)) => c.to_string(),
+                _ => "error".to_string(),
+            },
+        )
+    }
+
+    pub fn request_fields(self) -> RequestFields {
+        let v = &self.top;
+        RequestFields {
+            model: self.string(id::MODEL),
+            stream: v[id::STREAM].as_bool(),
+            include_usage: v[id::INCLUDE_USAGE].as_bool(),
+            max_tokens: v[id::MAX_COMPLETION_TOKENS]
+                .as_i64()
+                .or(v[id::MAX_TOKENS].as_i64()),
+            temperature: v[id::TEMPERATURE].as_f64(),
+            top_p: v[id::TOP_P].as_f64(),
+            n: v[id::N].as_i64(),
+            values: self,
+        }
+    }
+
+    pub fn response_fields(self) -> ResponseFields {
+        ResponseFields {
+            id: self.string(id::ID),
+            model: self.string(id::RESPONSE_MODEL),
+            finish_reasons: self.finish_reasons(),
+            usage: self.usage(),
+            error_type: self.error_type(),
+            choices_with_output: self.choices_with_output(),
+            values: self,
+        }
+    }
+}
+
+/// A scan of one body against the table's fields for it.
+#[derive(Clone, Debug)]
+struct BodyScan {
+    scanner: Scanner<'static>,
+    layout: &'static Layout,
+    values: Values,
+}
+
+impl BodyScan {
+    fn new(body: Body) -> BodyScan {
+        let layout = Layout::of(body);
+        BodyScan {
+            scanner: Scanner::new(&layout.patterns),
+            layout,
+            values: Values::new(body),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        let (values, layout) = (&mut self.values, self.layout);
+        self.scanner.feed(data, &mut |ev| values.on(layout, ev));
+    }
+}
+
+impl std::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Layout")
+    }
+}
+
+macro_rules! front_end {
+    ($(#[$doc:meta])* $name:ident, $body:expr, $fields:ident, $into:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name(BodyScan);
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl $name {
+            pub fn new() -> $name {
+                $name(BodyScan::new($body))
+            }
+
+            pub fn feed(&mut self, data: &[u8]) {
+                self.0.feed(data);
+            }
+
+            /// Bytes were lost: stop, keeping the fields found so far.
+            pub fn gap(&mut self) {
+                self.0.scanner.gap();
+            }
+
+            /// The body has ended: `Err` when it was not one complete JSON object.
+            pub fn finish(&mut self) -> Result<(), ScanError> {
+                self.0.scanner.finish()
+            }
+
+            pub fn state(&self) -> ScanState {
+                self.0.scanner.state()
+            }
+
+            /// The values found so far (also after an error).
+            pub fn values(&self) -> &Values {
+                &self.0.values
+            }
+
+            /// The typed view of the values found so far (also after an error).
+            pub fn fields(&self) -> $fields {
+                self.0.values.clone().$into()
+            }
+
+            pub fn into_fields(self) -> $fields {
+                self.0.values.$into()
+            }
+        }
+    };
+}
+
+front_end!(
+    /// Reads the fields of an OpenAI request body (chat, completions, embeddings) as it streams
+    /// past.
+    RequestScan,
+    Body::Request,
+    RequestFields,
+    request_fields
+);
+front_end!(
+    /// Reads the fields of an OpenAI response body (or of one SSE `data:` payload) as it streams
+    /// past.
+    ResponseScan,
+    Body::Response,
+    ResponseFields,
+    response_fields
+);
+
+#[cfg(test)]
+mod tests;
