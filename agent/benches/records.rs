@@ -11,7 +11,7 @@ use infertap::enrich::Enrichers;
 use infertap::pipeline::{Detached, Output, Pipeline, Settings};
 use infertap::stats::Stats;
 use infertap::trace::build::BuildOptions;
-use infertap::trace::span::FinishedSpan;
+use infertap::trace::Built;
 use infertap_common::*;
 
 fn bytes_of<T>(v: &T) -> Vec<u8> {
@@ -139,8 +139,8 @@ fn exchange_records(conns: usize, requests: usize, tokens: usize) -> Vec<Vec<u8>
 struct Count(usize);
 
 impl Output for Count {
-    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]) {
-        black_box((span, chunk_times_ns));
+    fn submit(&mut self, built: Built, chunk_times_ns: &[u64]) {
+        black_box((built, chunk_times_ns));
         self.0 += 1;
     }
 }

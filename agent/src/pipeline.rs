@@ -26,6 +26,7 @@ use crate::probes::targets::FdKind;
 use crate::stats::Stats;
 use crate::trace::build::{BuildOptions, RandomIds};
 use crate::trace::span::FinishedSpan;
+use crate::trace::Built;
 
 /// What the pipeline asks of the node it runs on.
 pub trait Node {
@@ -42,14 +43,15 @@ pub trait Node {
 
 /// Where finished spans go.
 pub trait Output {
-    /// One finished span, with the times of its content chunks (an exchange's
-    /// `content_chunk_ns`; empty for other work), whose gaps feed the inter-token histogram.
-    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]);
+    /// One finished span with its typed summary (for the metrics) and the times of its content
+    /// chunks (an exchange's `content_chunk_ns`; empty for other work), whose gaps feed the
+    /// inter-token histogram.
+    fn submit(&mut self, built: Built, chunk_times_ns: &[u64]);
 }
 
 impl Output for SpanSink {
-    fn submit(&mut self, span: FinishedSpan, chunk_times_ns: &[u64]) {
-        self.submit_with_chunk_times(span, chunk_times_ns);
+    fn submit(&mut self, built: Built, chunk_times_ns: &[u64]) {
+        SpanSink::submit(self, built.span, &built.summary, chunk_times_ns);
     }
 }
 
@@ -311,14 +313,14 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                     self.waiting.push_back(f);
                 }
                 Work::Call(_) | Work::Decision(_) => {
-                    let span = crate::trace::span_of(
+                    let built = crate::trace::span_of(
                         &f.work,
                         &f.meta,
                         &self.clock,
                         &self.opts,
                         &mut RandomIds,
                     );
-                    self.output.submit(span, &[]);
+                    self.output.submit(built, &[]);
                 }
             }
         }
@@ -336,12 +338,12 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             let Some(f) = self.waiting.pop_front() else {
                 break;
             };
-            let mut span =
+            let mut built =
                 crate::trace::span_of(&f.work, &f.meta, &self.clock, &self.opts, &mut RandomIds);
             self.enrichers
-                .apply_in_context(&f, &self.clock, &self.table, &mut span);
+                .apply_in_context(&f, &self.clock, &self.table, &mut built);
             let chunks = f.exchange().map_or(&[][..], |ex| &ex.content_chunk_ns[..]);
-            self.output.submit(span, chunks);
+            self.output.submit(built, chunks);
         }
     }
 }
@@ -365,8 +367,8 @@ impl Node for Detached {
 }
 
 impl Output for Vec<FinishedSpan> {
-    fn submit(&mut self, span: FinishedSpan, _chunk_times_ns: &[u64]) {
-        self.push(span);
+    fn submit(&mut self, built: Built, _chunk_times_ns: &[u64]) {
+        self.push(built.span);
     }
 }
 

@@ -140,5 +140,15 @@ pub mod metric {
     pub const OTEL_METRIC_OVERFLOW: &str = "otel.metric.overflow";
 }
 
+/// Every span attribute: the constants of [`attr`], then the attributes only the OpenAI field
+/// table names (a provider-specific field is declared there alone).
+pub fn attributes() -> impl Iterator<Item = &'static str> {
+    let table = crate::protocol::openai::fields::FIELDS
+        .iter()
+        .filter_map(|f| f.attribute.map(|a| a.key))
+        .filter(|k| !attr::ALL.contains(k));
+    attr::ALL.iter().copied().chain(table)
+}
+
 #[cfg(test)]
 mod tests;

@@ -300,12 +300,13 @@ async fn routing_metrics_are_exported_over_otlp() {
     use std::sync::Arc;
 
     use infertap::capture::clock::WallClock;
-    use infertap::epp::span::build_decision_span;
+    use infertap::conn::ConnMeta;
     use infertap::epp::{Decision, Outcome};
     use infertap::export::metrics::otlp::{MetricsOtlpConfig, OtlpMetricsExporter};
     use infertap::export::metrics::RequestMetrics;
     use infertap::stats::Stats;
-    use infertap::trace::build::{BuildOptions, ConnMeta, RandomIds};
+    use infertap::trace::build::{BuildOptions, RandomIds};
+    use infertap::trace::decision::build_decision_span;
     use infertap_tests::otlp_receiver::OtlpReceiver;
 
     let receiver = OtlpReceiver::start().await.unwrap();
@@ -346,13 +347,7 @@ async fn routing_metrics_are_exported_over_otlp() {
         decision(Outcome::Routed, vec!["10.0.0.5:8000".into()]),
         decision(Outcome::Rejected { status: 429 }, vec![]),
     ] {
-        metrics.record(&build_decision_span(
-            &d,
-            &meta,
-            &clock,
-            &opts,
-            &mut RandomIds,
-        ));
+        metrics.record(&build_decision_span(&d, &meta, &clock, &opts, &mut RandomIds).summary);
     }
     exporter.flush().await;
     let per_endpoint = receiver

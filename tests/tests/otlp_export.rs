@@ -9,6 +9,7 @@ use infertap::export::store::SpanStore;
 use infertap::export::SpanSink;
 use infertap::stats::Stats;
 use infertap::trace::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+use infertap::trace::summary::Summary;
 use infertap_tests::otlp_receiver::OtlpReceiver;
 use serde_json::json;
 
@@ -90,9 +91,9 @@ async fn spans_arrive_with_their_ids_parent_state_and_attributes() {
     let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone());
 
     let parent = [0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
-    sink.submit(span(1, None));
-    sink.submit(span(2, Some(parent)));
-    sink.submit(span(3, Some(parent)));
+    sink.submit(span(1, None), &Summary::default(), &[]);
+    sink.submit(span(2, Some(parent)), &Summary::default(), &[]);
+    sink.submit(span(3, Some(parent)), &Summary::default(), &[]);
 
     let mut received = receiver.wait_for(3, WAIT).await.unwrap();
     received.sort_by(|a, b| a.span_id.cmp(&b.span_id));

@@ -11,15 +11,18 @@ use infertap::export::store::SpanStore;
 use infertap::export::SpanSink;
 use infertap::stats::Stats;
 use infertap::trace::span::{AttrValue, FinishedSpan, SpanKind, SpanStatus};
+use infertap::trace::summary::{Summary, SummaryKind};
+use infertap::trace::Built;
 use infertap_tests::otlp_receiver::OtlpReceiver;
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
 const MS: u64 = 1_000_000;
 
-fn chat(ttft_s: f64, duration_ms: u64, output_tokens: i64) -> FinishedSpan {
+/// A chat span and its summary, as `trace::build` makes them.
+fn chat(ttft_s: f64, duration_ms: u64, output_tokens: i64) -> Built {
     let s = |v: &str| AttrValue::Str(v.to_string());
-    FinishedSpan {
+    let span = FinishedSpan {
         trace_id: [7; 16],
         span_id: [8; 8],
         parent_span_id: None,
@@ -51,7 +54,23 @@ fn chat(ttft_s: f64, duration_ms: u64, output_tokens: i64) -> FinishedSpan {
                 AttrValue::I64(output_tokens),
             ),
         ],
-    }
+    };
+    let summary = Summary {
+        kind: SummaryKind::Http,
+        server: true,
+        duration_s: (duration_ms * MS) as f64 / 1e9,
+        method: Some("POST".into()),
+        status_code: Some(200),
+        server_port: Some(8000),
+        operation: Some("chat"),
+        provider: Some("vllm"),
+        request_model: Some("m".into()),
+        ttft_s: Some(ttft_s),
+        input_tokens: Some(12),
+        output_tokens: Some(output_tokens),
+        ..Summary::default()
+    };
+    Built { span, summary }
 }
 
 fn config(receiver: &OtlpReceiver, interval_ms: &str) -> MetricsOtlpConfig {
@@ -87,12 +106,16 @@ async fn histograms_arrive_with_their_bounds_counts_and_attributes() {
         stats.clone(),
     )
     .with_metrics(metrics.clone());
-    sink.submit(chat(0.03, 1_000, 11));
-    sink.submit(chat(0.3, 1_000, 11));
-    sink.submit_with_chunk_times(
-        chat(3000.0, 3_100_000, 1),
-        &[0, 20 * MS, 60 * MS, 2_060 * MS],
-    );
+    for (b, chunks) in [
+        (chat(0.03, 1_000, 11), &[][..]),
+        (chat(0.3, 1_000, 11), &[]),
+        (
+            chat(3000.0, 3_100_000, 1),
+            &[0, 20 * MS, 60 * MS, 2_060 * MS],
+        ),
+    ] {
+        sink.submit(b.span, &b.summary, chunks);
+    }
     exporter.flush().await;
 
     let ttft = receiver
@@ -186,7 +209,7 @@ async fn periodic_export_runs_and_failures_are_counted() {
     let metrics = RequestMetrics::new();
     let exporter =
         OtlpMetricsExporter::spawn(&config(&receiver, "100"), &metrics, stats.clone()).unwrap();
-    metrics.record(&chat(0.03, 1_000, 11));
+    metrics.record(&chat(0.03, 1_000, 11).summary);
 
     let deadline = tokio::time::Instant::now() + 2 * WAIT;
     while stats.metrics_export_failed.load(Relaxed) == 0 {

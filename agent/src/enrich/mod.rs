@@ -18,13 +18,14 @@ pub mod kubernetes;
 
 use crate::capture::clock::WallClock;
 use crate::conn::{ConnTable, Finished};
-use crate::trace::span::FinishedSpan;
+use crate::trace::Built;
 
-/// Adds what a side input knows to a finished span (attributes, resource-like `k8s.*` fields).
+/// Adds what a side input knows to a finished span (attributes, resource-like `k8s.*` fields) and,
+/// where the metrics label by it, to the span's typed summary.
 pub trait SpanEnricher: Send {
     /// `finished` carries the exchange's kernel-monotonic times and the serving process's pid;
     /// `clock` converts monotonic to Unix time as the span's own times were converted.
-    fn enrich(&mut self, finished: &Finished, clock: &WallClock, span: &mut FinishedSpan);
+    fn enrich(&mut self, finished: &Finished, clock: &WallClock, out: &mut Built);
 
     /// Called once as soon as an exchange finishes, before its span waits or is built (the GPU
     /// enricher keeps a short record of finished requests for the fair share).
@@ -43,9 +44,9 @@ pub trait SpanEnricher: Send {
         finished: &Finished,
         clock: &WallClock,
         _in_flight: &dyn InFlight,
-        span: &mut FinishedSpan,
+        out: &mut Built,
     ) {
-        self.enrich(finished, clock, span);
+        self.enrich(finished, clock, out);
     }
 }
 
@@ -81,9 +82,9 @@ impl Enrichers {
         self.list.push(e);
     }
 
-    pub fn apply(&mut self, finished: &Finished, clock: &WallClock, span: &mut FinishedSpan) {
+    pub fn apply(&mut self, finished: &Finished, clock: &WallClock, out: &mut Built) {
         for e in &mut self.list {
-            e.enrich(finished, clock, span);
+            e.enrich(finished, clock, out);
         }
     }
 
@@ -107,10 +108,10 @@ impl Enrichers {
         finished: &Finished,
         clock: &WallClock,
         in_flight: &dyn InFlight,
-        span: &mut FinishedSpan,
+        out: &mut Built,
     ) {
         for e in &mut self.list {
-            e.enrich_in_context(finished, clock, in_flight, span);
+            e.enrich_in_context(finished, clock, in_flight, out);
         }
     }
 }

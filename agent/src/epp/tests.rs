@@ -273,7 +273,7 @@ fn decision_spans_join_the_requests_trace() {
         ],
         Outcome::Routed,
     );
-    let s = build_decision_span(&d, &meta(), &clock, &opts, &mut Ids);
+    let s = build_decision_span(&d, &meta(), &clock, &opts, &mut Ids).span;
     assert_eq!(s.trace_id, trace_id_from_request_id("req-42"));
     assert_eq!(s.parent_span_id, None);
     assert_eq!(s.name, "route llama-3-8b");
@@ -312,7 +312,7 @@ fn decision_spans_join_the_requests_trace() {
         &[("x-request-id", "req-42"), ("traceparent", tp)],
         Outcome::Rejected { status: 429 },
     );
-    let s = build_decision_span(&d, &meta(), &clock, &opts, &mut Ids);
+    let s = build_decision_span(&d, &meta(), &clock, &opts, &mut Ids).span;
     assert_eq!(hex(&s.trace_id), "4bf92f3577b34da6a3ce929d0e0e4736");
     assert_eq!(
         s.parent_span_id.map(|p| hex(&p)),
@@ -335,10 +335,10 @@ fn decision_spans_feed_the_routing_metrics() {
     let m = RequestMetrics::new();
     for _ in 0..3 {
         let d = decision(&[("x-request-id", "a")], Outcome::Routed);
-        m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids));
+        m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids).summary);
     }
     let d = decision(&[("x-request-id", "b")], Outcome::Rejected { status: 429 });
-    m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids));
+    m.record(&build_decision_span(&d, &meta(), &clock, &opts, &mut Ids).summary);
     let text = encode(&m.families());
     assert!(
         text.contains(

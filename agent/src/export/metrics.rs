@@ -53,8 +53,8 @@ use opentelemetry::KeyValue;
 use super::prometheus::{
     sanitize_name, Histogram, HistogramSample, MetricData, MetricFamily, MetricSource, Sample,
 };
-use crate::trace::summary::{Summary, SummaryKind};
 use crate::schema::{attr, metric};
+use crate::trace::summary::{Summary, SummaryKind};
 
 /// vLLM's `time_to_first_token_seconds` buckets (a superset of the semantic conventions').
 pub const TTFT_BUCKETS: &[f64] = &[
@@ -549,7 +549,7 @@ const HTTP_METHODS: &[&str] = &[
 
 impl<'a> Observed<'a> {
     fn from_summary(r: &'a Summary) -> Self {
-        let str_of = |v: &'a Option<String>| v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)));
+        let str_of = str_val;
         let static_of = |v: Option<&'static str>| v.map_or(Val::Absent, |s| Val::Str(bounded(s)));
         let int_of = |v: Option<i64>| v.map_or(Val::Absent, Val::Int);
         Observed {
@@ -613,6 +613,11 @@ impl<'a> Observed<'a> {
             "completed"
         }
     }
+}
+
+/// An optional string as a label value (bounded).
+fn str_val(v: &Option<String>) -> Val<'_> {
+    v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)))
 }
 
 /// Time per output token, in seconds: `(duration − TTFT) / (output tokens − 1)`; `None` unless
@@ -742,11 +747,10 @@ impl RequestMetrics {
             return;
         };
         let decision = Val::Str(decision);
-        let str_of = |v: &Option<String>| v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)));
-        let model = str_of(&r.request_model);
+        let model = str_val(&r.request_model);
         let mut put = self.recorder();
         put(EPP_DECISION_DURATION, &[decision, model], r.duration_s);
-        let endpoint = str_of(&r.endpoint);
+        let endpoint = str_val(&r.endpoint);
         if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
             put(EPP_DECISIONS, &[endpoint, model], 1.0);
         }

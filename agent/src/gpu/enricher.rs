@@ -17,8 +17,9 @@ use super::{Figure, Hub, HubState};
 use crate::capture::clock::WallClock;
 use crate::conn::{ConnId, Finished};
 use crate::enrich::{InFlight, NoneInFlight, SpanEnricher};
-use crate::trace::span::{AttrValue, FinishedSpan};
 use crate::schema::attr;
+use crate::trace::span::AttrValue;
+use crate::trace::Built;
 
 /// Longest a span waits for GPU samples to cover its end.
 pub const MAX_WAIT_NS: u64 = 1_000_000_000;
@@ -286,7 +287,10 @@ impl RequestGpu {
     /// The span attributes (names in docs/spans.md).
     pub fn attributes(&self) -> Vec<(&'static str, AttrValue)> {
         let mut a: Vec<(&'static str, AttrValue)> = Vec::new();
-        a.push((attr::INFERTAP_GPU_IDS, AttrValue::StrArray(self.uuids.clone())));
+        a.push((
+            attr::INFERTAP_GPU_IDS,
+            AttrValue::StrArray(self.uuids.clone()),
+        ));
         if let Some(h) = self.attribution {
             a.push((
                 attr::INFERTAP_GPU_ATTRIBUTION,
@@ -325,7 +329,11 @@ impl RequestGpu {
             ));
         }
         f(&mut a, attr::INFERTAP_GPU_SM_ACTIVE, self.sm_active_mean);
-        f(&mut a, attr::INFERTAP_GPU_SM_OCCUPANCY, self.sm_occupancy_mean);
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_SM_OCCUPANCY,
+            self.sm_occupancy_mean,
+        );
         f(
             &mut a,
             attr::INFERTAP_GPU_TENSOR_ACTIVE,
@@ -337,7 +345,11 @@ impl RequestGpu {
             self.process_util_mean,
         );
         f(&mut a, attr::INFERTAP_GPU_ENERGY, self.energy_j);
-        f(&mut a, attr::INFERTAP_GPU_ENERGY_COVERAGE, self.energy_coverage);
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_ENERGY_COVERAGE,
+            self.energy_coverage,
+        );
         let i = |a: &mut Vec<_>, k, v: Option<u64>| {
             if let Some(v) = v {
                 a.push((k, AttrValue::I64(v.min(i64::MAX as u64) as i64)));
@@ -358,7 +370,11 @@ impl RequestGpu {
             attr::INFERTAP_GPU_MEMORY_LIMIT,
             self.device_memory_limit_bytes,
         );
-        f(&mut a, attr::INFERTAP_GPU_SHARE_BUSY_TIME, self.share_busy_s);
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_SHARE_BUSY_TIME,
+            self.share_busy_s,
+        );
         f(&mut a, attr::INFERTAP_GPU_SHARE_ENERGY, self.share_energy_j);
         if self.concurrent > 0 {
             a.push((
@@ -380,8 +396,8 @@ fn activity(f: &Finished) -> Activity {
 }
 
 impl SpanEnricher for GpuEnricher {
-    fn enrich(&mut self, finished: &Finished, clock: &WallClock, span: &mut FinishedSpan) {
-        self.enrich_in_context(finished, clock, &NoneInFlight, span);
+    fn enrich(&mut self, finished: &Finished, clock: &WallClock, out: &mut Built) {
+        self.enrich_in_context(finished, clock, &NoneInFlight, out);
     }
 
     fn observe(&mut self, finished: &Finished) {
@@ -420,7 +436,7 @@ impl SpanEnricher for GpuEnricher {
         finished: &Finished,
         _clock: &WallClock,
         in_flight: &dyn InFlight,
-        span: &mut FinishedSpan,
+        out: &mut Built,
     ) {
         if !finished.meta.server || self.hub.read(|s| s.devices.is_empty()) {
             return;
@@ -428,7 +444,7 @@ impl SpanEnricher for GpuEnricher {
         let pid = finished.meta.pid;
         let p = self.placement(pid, WallClock::monotonic_now());
         if p.gpus.is_empty() {
-            span.attributes.push((
+            out.span.attributes.push((
                 attr::INFERTAP_GPU_ATTRIBUTION.into(),
                 AttrValue::Str("none".into()),
             ));
@@ -461,7 +477,7 @@ impl SpanEnricher for GpuEnricher {
             .read(|s| figures(s, &p.gpus, &p.tree, &target, &others));
         r.attribution = p.how;
         for (k, v) in r.attributes() {
-            span.attributes.push((k.into(), v));
+            out.span.attributes.push((k.into(), v));
         }
     }
 }

@@ -9,10 +9,13 @@ use std::borrow::Cow;
 use super::context::{parse_traceparent, trace_id_from_request_id};
 use super::fields::put_field_attributes;
 use super::span::{AttrValue, FinishedSpan, SpanId, SpanKind, SpanStatus, TraceId};
+use super::summary::{Summary, SummaryKind};
+use super::Built;
 use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::exchange::{Exchange, Outcome};
 use crate::protocol::openai::fields::Body;
+use crate::schema::attr;
 
 /// Options for span building.
 #[derive(Clone, Debug)]
@@ -134,20 +137,25 @@ impl TraceParent {
 /// `server.address`/`server.port` and `client.address`/`client.port` of the connection, by the
 /// side the traced process was on (an unspecified listening address is left out).
 pub fn put_addresses(conn: &ConnMeta, put: &mut dyn FnMut(&'static str, AttrValue)) {
-    let (server, client) = if conn.server {
-        (conn.local, conn.peer)
-    } else {
-        (conn.peer, conn.local)
-    };
-    if let Some(a) = server {
+    if let Some(a) = server_addr(conn) {
         if !a.ip().is_unspecified() {
-            put("server.address", AttrValue::Str(a.ip().to_string()));
+            put(attr::SERVER_ADDRESS, AttrValue::Str(a.ip().to_string()));
         }
-        put("server.port", AttrValue::I64(a.port() as i64));
+        put(attr::SERVER_PORT, AttrValue::I64(a.port() as i64));
     }
+    let client = if conn.server { conn.peer } else { conn.local };
     if let Some(a) = client {
-        put("client.address", AttrValue::Str(a.ip().to_string()));
-        put("client.port", AttrValue::I64(a.port() as i64));
+        put(attr::CLIENT_ADDRESS, AttrValue::Str(a.ip().to_string()));
+        put(attr::CLIENT_PORT, AttrValue::I64(a.port() as i64));
+    }
+}
+
+/// The server's side of the connection: the local address when the traced process served it.
+fn server_addr(conn: &ConnMeta) -> Option<std::net::SocketAddr> {
+    if conn.server {
+        conn.local
+    } else {
+        conn.peer
     }
 }
 
@@ -214,130 +222,26 @@ fn known_route(path: &str) -> Option<&'static str> {
     ROUTES.iter().copied().find(|r| *r == path)
 }
 
+/// Exchange → span and its typed summary.
 pub fn build_span(
     ex: &Exchange,
     conn: &ConnMeta,
     clock: &WallClock,
     opts: &BuildOptions,
     ids: &mut dyn IdGenerator,
-) -> FinishedSpan {
+) -> Built {
     let mut attrs: Vec<(Cow<'static, str>, AttrValue)> = Vec::with_capacity(40);
     let mut put = |k: &'static str, v: AttrValue| attrs.push((Cow::Borrowed(k), v));
 
     let (tp, request_id) = TraceParent::from_headers(|n| header(ex, n), opts, ids);
-
-    // HTTP.
     let status = ex.response.as_ref().map(|r| r.status);
-    put(
-        "http.request.method",
-        AttrValue::Str(ex.request.method.clone()),
-    );
-    put("url.path", AttrValue::Str(ex.request.path.clone()));
-    if let Some(s) = status {
-        put("http.response.status_code", AttrValue::I64(s as i64));
-    }
-    put_addresses(conn, &mut put);
-    put(
-        "http.request.body.size",
-        AttrValue::I64(ex.request_body_len as i64),
-    );
-    put(
-        "http.response.body.size",
-        AttrValue::I64(ex.response_body_len as i64),
-    );
-    put("process.pid", AttrValue::I64(conn.pid as i64));
-    if let Some(rid) = request_id {
-        put("gen_ai.request.id", AttrValue::Str(rid.to_string()));
-    }
+    put_http(ex, conn, status, request_id, &mut put);
+    let genai = ex.operation.map(|_| put_genai(ex, conn, &mut put));
+    let end = Ending::of(ex, status, conn.server);
+    end.put(ex, &mut put);
 
-    // GenAI.
-    let fields = ex.request_fields.as_ref();
-    let model = fields.and_then(|f| f.model.clone());
-    if let Some(op) = ex.operation {
-        put(
-            "gen_ai.operation.name",
-            AttrValue::Str(op.as_str().to_string()),
-        );
-        put(
-            "gen_ai.provider.name",
-            AttrValue::Str(conn.provider.to_string()),
-        );
-        // The request and response fields of the table (`openai::fields`), in its order.
-        put_field_attributes(Body::Request, fields.map(|f| &f.values), &mut put);
-        put_field_attributes(Body::Response, Some(&ex.response_values), &mut put);
-        if ex.usage.is_none()
-            && ex.streaming
-            && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
-        {
-            put(
-                "gen_ai.usage.output_tokens",
-                AttrValue::I64(ex.content_chunk_ns.len() as i64),
-            );
-            put(
-                "infertap.usage.output_tokens_estimated",
-                AttrValue::Bool(true),
-            );
-        }
-        if let Some(t) = ex.first_token_ns {
-            let ttft = secs(t.saturating_sub(ex.start_ns));
-            put("gen_ai.latency.time_to_first_token", AttrValue::F64(ttft));
-            put("gen_ai.response.time_to_first_chunk", AttrValue::F64(ttft));
-        }
-        put(
-            "gen_ai.latency.e2e",
-            AttrValue::F64(secs(ex.end_ns.saturating_sub(ex.start_ns))),
-        );
-        if ex.streaming {
-            put(
-                "infertap.content_chunks",
-                AttrValue::I64(ex.content_chunk_ns.len() as i64),
-            );
-        }
-        if let Some(g) = gap_stats(&ex.content_chunk_ns) {
-            put(
-                "infertap.inter_token_latency.mean",
-                AttrValue::F64(g.mean_s),
-            );
-            put("infertap.inter_token_latency.p50", AttrValue::F64(g.p50_s));
-            put("infertap.inter_token_latency.p95", AttrValue::F64(g.p95_s));
-            put("infertap.inter_token_latency.max", AttrValue::F64(g.max_s));
-        }
-    }
-
-    // Outcome.
-    let mut error_type: Option<String> = None;
-    match ex.outcome {
-        Outcome::Completed => {}
-        Outcome::Cancelled { .. } => {
-            put("infertap.cancelled", AttrValue::Bool(true));
-        }
-        Outcome::ServerAborted { .. } => {
-            put("infertap.server_aborted", AttrValue::Bool(true));
-        }
-        Outcome::Abandoned => {}
-    }
-    if ex.incomplete {
-        put("infertap.incomplete", AttrValue::Bool(true));
-    }
-    if let Some(s) = status.filter(|s| *s >= 400) {
-        error_type = Some(ex.error_type.clone().unwrap_or_else(|| s.to_string()));
-    } else if let Some(e) = &ex.error_type {
-        error_type = Some(e.clone()); // an error event inside a 200 stream
-    }
-    if matches!(ex.outcome, Outcome::ServerAborted { .. }) && error_type.is_none() {
-        error_type = Some("server_aborted".to_string());
-    }
-    let is_error = matches!(ex.outcome, Outcome::ServerAborted { .. })
-        || match status {
-            Some(s) if s >= 500 => true,
-            Some(s) if s >= 400 => !conn.server, // 4xx is the client's error: an error on CLIENT spans only
-            _ => ex.error_type.is_some(),
-        };
-    if let Some(e) = &error_type {
-        put("error.type", AttrValue::Str(e.clone()));
-    }
-
-    let name = match (ex.operation, &model) {
+    let model = ex.request_fields.as_ref().and_then(|f| f.model.as_deref());
+    let name = match (ex.operation, model) {
         (Some(op), Some(m)) => format!("{} {}", op.as_str(), m),
         (Some(op), None) => op.as_str().to_string(),
         (None, _) => match known_route(&ex.request.path) {
@@ -345,21 +249,212 @@ pub fn build_span(
             None => ex.request.method.clone(),
         },
     };
-    let status = if is_error {
-        SpanStatus::Error(error_type.unwrap_or_else(|| "error".to_string()))
+    let span_status = if end.is_error {
+        SpanStatus::Error(
+            end.error_type
+                .clone()
+                .unwrap_or_else(|| "error".to_string()),
+        )
     } else {
         SpanStatus::Unset
     };
-    tp.span(
+    let span = tp.span(
         name,
         conn,
         clock,
         ex.start_ns,
         ex.end_ns,
-        status,
+        span_status,
         attrs,
         ids,
-    )
+    );
+    let server = server_addr(conn);
+    let genai = genai.unwrap_or_default();
+    let summary = Summary {
+        method: Some(ex.request.method.clone()),
+        status_code: status.map(i64::from),
+        server_address: server
+            .filter(|a| !a.ip().is_unspecified())
+            .map(|a| a.ip().to_string()),
+        server_port: server.map(|a| i64::from(a.port())),
+        error_type: end.error_type,
+        cancelled: matches!(ex.outcome, Outcome::Cancelled { .. }),
+        operation: ex.operation.map(|op| op.as_str()),
+        provider: ex.operation.map(|_| conn.provider),
+        request_model: model.map(str::to_string),
+        response_model: ex.response_values.response_model().map(str::to_string),
+        ttft_s: genai.ttft_s,
+        input_tokens: genai.input_tokens,
+        output_tokens: genai.output_tokens,
+        ..Summary::new(SummaryKind::Http, &span)
+    };
+    Built { span, summary }
+}
+
+/// The HTTP and connection attributes every exchange has.
+fn put_http(
+    ex: &Exchange,
+    conn: &ConnMeta,
+    status: Option<u16>,
+    request_id: Option<&str>,
+    put: &mut dyn FnMut(&'static str, AttrValue),
+) {
+    put(
+        attr::HTTP_REQUEST_METHOD,
+        AttrValue::Str(ex.request.method.clone()),
+    );
+    put(attr::URL_PATH, AttrValue::Str(ex.request.path.clone()));
+    if let Some(s) = status {
+        put(attr::HTTP_RESPONSE_STATUS_CODE, AttrValue::I64(s as i64));
+    }
+    put_addresses(conn, put);
+    put(
+        attr::HTTP_REQUEST_BODY_SIZE,
+        AttrValue::I64(ex.request_body_len as i64),
+    );
+    put(
+        attr::HTTP_RESPONSE_BODY_SIZE,
+        AttrValue::I64(ex.response_body_len as i64),
+    );
+    put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
+    if let Some(rid) = request_id {
+        put(attr::GEN_AI_REQUEST_ID, AttrValue::Str(rid.to_string()));
+    }
+}
+
+/// The GenAI figures a GenAI request's summary carries.
+#[derive(Clone, Copy, Debug, Default)]
+struct GenAi {
+    ttft_s: Option<f64>,
+    input_tokens: Option<i64>,
+    output_tokens: Option<i64>,
+}
+
+/// The GenAI attributes of a request on an OpenAI route: operation, provider, the field table's
+/// request and response fields, token estimate, timing.
+fn put_genai(
+    ex: &Exchange,
+    conn: &ConnMeta,
+    put: &mut dyn FnMut(&'static str, AttrValue),
+) -> GenAi {
+    let mut g = GenAi::default();
+    if let Some(op) = ex.operation {
+        put(
+            attr::GEN_AI_OPERATION_NAME,
+            AttrValue::Str(op.as_str().to_string()),
+        );
+    }
+    put(
+        attr::GEN_AI_PROVIDER_NAME,
+        AttrValue::Str(conn.provider.to_string()),
+    );
+    // The request and response fields of the table (`openai::fields`), in its order.
+    let request = ex.request_fields.as_ref().map(|f| &f.values);
+    put_field_attributes(Body::Request, request, put);
+    put_field_attributes(Body::Response, Some(&ex.response_values), put);
+    if let Some(u) = ex.response_values.usage() {
+        g.input_tokens = u.prompt_tokens;
+        g.output_tokens = u.completion_tokens;
+    }
+    if ex.usage.is_none()
+        && ex.streaming
+        && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
+    {
+        let estimate = ex.content_chunk_ns.len() as i64;
+        g.output_tokens = Some(estimate);
+        put(attr::GEN_AI_USAGE_OUTPUT_TOKENS, AttrValue::I64(estimate));
+        put(
+            attr::INFERTAP_USAGE_OUTPUT_TOKENS_ESTIMATED,
+            AttrValue::Bool(true),
+        );
+    }
+    if let Some(t) = ex.first_token_ns {
+        let ttft = secs(t.saturating_sub(ex.start_ns));
+        g.ttft_s = Some(ttft);
+        put(
+            attr::GEN_AI_LATENCY_TIME_TO_FIRST_TOKEN,
+            AttrValue::F64(ttft),
+        );
+        put(
+            attr::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
+            AttrValue::F64(ttft),
+        );
+    }
+    put(
+        attr::GEN_AI_LATENCY_E2E,
+        AttrValue::F64(secs(ex.end_ns.saturating_sub(ex.start_ns))),
+    );
+    if ex.streaming {
+        put(
+            attr::INFERTAP_CONTENT_CHUNKS,
+            AttrValue::I64(ex.content_chunk_ns.len() as i64),
+        );
+    }
+    if let Some(gaps) = gap_stats(&ex.content_chunk_ns) {
+        put(
+            attr::INFERTAP_INTER_TOKEN_LATENCY_MEAN,
+            AttrValue::F64(gaps.mean_s),
+        );
+        put(
+            attr::INFERTAP_INTER_TOKEN_LATENCY_P50,
+            AttrValue::F64(gaps.p50_s),
+        );
+        put(
+            attr::INFERTAP_INTER_TOKEN_LATENCY_P95,
+            AttrValue::F64(gaps.p95_s),
+        );
+        put(
+            attr::INFERTAP_INTER_TOKEN_LATENCY_MAX,
+            AttrValue::F64(gaps.max_s),
+        );
+    }
+    g
+}
+
+/// How an exchange ended, as the span says it.
+struct Ending {
+    error_type: Option<String>,
+    is_error: bool,
+}
+
+impl Ending {
+    fn of(ex: &Exchange, status: Option<u16>, server: bool) -> Ending {
+        let aborted = matches!(ex.outcome, Outcome::ServerAborted { .. });
+        let mut error_type = if let Some(s) = status.filter(|s| *s >= 400) {
+            Some(ex.error_type.clone().unwrap_or_else(|| s.to_string()))
+        } else {
+            ex.error_type.clone() // an error event inside a 200 stream
+        };
+        if aborted && error_type.is_none() {
+            error_type = Some("server_aborted".to_string());
+        }
+        let is_error = aborted
+            || match status {
+                Some(s) if s >= 500 => true,
+                Some(s) if s >= 400 => !server, // 4xx is the client's error: an error on CLIENT spans only
+                _ => ex.error_type.is_some(),
+            };
+        Ending {
+            error_type,
+            is_error,
+        }
+    }
+
+    fn put(&self, ex: &Exchange, put: &mut dyn FnMut(&'static str, AttrValue)) {
+        match ex.outcome {
+            Outcome::Cancelled { .. } => put(attr::INFERTAP_CANCELLED, AttrValue::Bool(true)),
+            Outcome::ServerAborted { .. } => {
+                put(attr::INFERTAP_SERVER_ABORTED, AttrValue::Bool(true))
+            }
+            Outcome::Completed | Outcome::Abandoned => {}
+        }
+        if ex.incomplete {
+            put(attr::INFERTAP_INCOMPLETE, AttrValue::Bool(true));
+        }
+        if let Some(e) = &self.error_type {
+            put(attr::ERROR_TYPE, AttrValue::Str(e.clone()));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
 use crate::epp::{Decision, Outcome};
 use crate::protocol::ext_proc::PROCESS_PATH;
+use crate::schema::attr;
 use crate::trace::build::{put_addresses, BuildOptions, IdGenerator, TraceParent};
 use crate::trace::span::{AttrValue, SpanStatus};
 use crate::trace::summary::{Summary, SummaryKind};
 use crate::trace::Built;
-use crate::schema::attr;
 
 pub fn build_decision_span(
     d: &Decision,
@@ -57,7 +57,10 @@ pub fn build_decision_span(
         );
     }
     for (header, key) in [
-        ("x-gateway-inference-objective", attr::INFERTAP_EPP_OBJECTIVE),
+        (
+            "x-gateway-inference-objective",
+            attr::INFERTAP_EPP_OBJECTIVE,
+        ),
         (
             "x-gateway-inference-fairness-id",
             attr::INFERTAP_EPP_FAIRNESS_ID,
@@ -70,7 +73,10 @@ pub fn build_decision_span(
         }
     }
     if !d.subset.is_empty() {
-        put(attr::INFERTAP_EPP_SUBSET, AttrValue::StrArray(d.subset.clone()));
+        put(
+            attr::INFERTAP_EPP_SUBSET,
+            AttrValue::StrArray(d.subset.clone()),
+        );
     }
     put_addresses(conn, &mut put);
     put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
@@ -81,7 +87,10 @@ pub fn build_decision_span(
     let status = match d.outcome {
         Outcome::Rejected { status } => {
             rejected = Some(status as i64);
-            put(attr::HTTP_RESPONSE_STATUS_CODE, AttrValue::I64(status as i64));
+            put(
+                attr::HTTP_RESPONSE_STATUS_CODE,
+                AttrValue::I64(status as i64),
+            );
             put(attr::ERROR_TYPE, s(&status.to_string()));
             SpanStatus::Error(status.to_string())
         }

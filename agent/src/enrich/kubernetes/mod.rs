@@ -39,8 +39,9 @@ use super::SpanEnricher;
 use crate::capture::clock::WallClock;
 use crate::conn::Finished;
 use crate::export::status::StatusSource;
-use crate::trace::span::{AttrValue, FinishedSpan};
 use crate::schema::attr;
+use crate::trace::span::AttrValue;
+use crate::trace::Built;
 
 /// How long a process's pod stays known after it stopped being a target, for spans of its last
 /// requests that finish (or are flushed) after the targeting thread noticed.
@@ -265,7 +266,7 @@ pub fn pod_attributes(
 }
 
 impl SpanEnricher for KubernetesEnricher {
-    fn enrich(&mut self, finished: &Finished, _clock: &WallClock, span: &mut FinishedSpan) {
+    fn enrich(&mut self, finished: &Finished, _clock: &WallClock, out: &mut Built) {
         let Some(pref) = self.procs.get(finished.meta.pid) else {
             return;
         };
@@ -273,8 +274,13 @@ impl SpanEnricher for KubernetesEnricher {
             return;
         };
         for (k, v) in pod_attributes(&pod, pref.container_id.as_deref()) {
-            span.attributes.push((Cow::Borrowed(k), AttrValue::Str(v)));
+            out.span
+                .attributes
+                .push((Cow::Borrowed(k), AttrValue::Str(v)));
         }
+        // The metrics label requests by the serving pod.
+        out.summary.namespace = Some(pod.namespace.clone());
+        out.summary.pod = Some(pod.name.clone());
     }
 }
 

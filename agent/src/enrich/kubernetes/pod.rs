@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::schema::attr;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use crate::schema::attr;
 
 /// `infertap.io/target: "true" | "false"` — trace every process of the pod, or none of them.
 pub const TARGET_ANNOTATION: &str = "infertap.io/target";

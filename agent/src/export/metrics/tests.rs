@@ -1,63 +1,101 @@
 use super::*;
+use crate::capture::clock::WallClock;
+use crate::capture::decode::{DataChunk, Role, SocketDir};
+use crate::conn::{ConnId, ConnTable, Origin};
 use crate::export::prometheus::encode;
-use crate::trace::span::{AttrKey, SpanStatus};
+use crate::stats::Stats;
+use crate::trace::build::{build_span, BuildOptions, RandomIds};
 
 const MS: u64 = 1_000_000;
 
-fn attr(k: &'static str, v: AttrValue) -> (AttrKey, AttrValue) {
-    (k.into(), v)
+/// A chat request's summary as `trace::build` makes it: `duration_ms` long, with TTFT and tokens.
+fn chat(model: &str, duration_ms: u64, ttft_s: Option<f64>, tokens: Option<(i64, i64)>) -> Summary {
+    Summary {
+        kind: SummaryKind::Http,
+        server: true,
+        duration_s: (duration_ms * MS) as f64 / 1e9,
+        method: Some("POST".into()),
+        status_code: Some(200),
+        server_address: Some("10.0.0.1".into()),
+        server_port: Some(8000),
+        operation: Some("chat"),
+        provider: Some("vllm"),
+        request_model: Some(model.into()),
+        response_model: Some(model.into()),
+        ttft_s,
+        input_tokens: tokens.map(|t| t.0),
+        output_tokens: tokens.map(|t| t.1),
+        ..Summary::default()
+    }
 }
 
-fn s(v: &str) -> AttrValue {
-    AttrValue::Str(v.to_string())
-}
-
-/// A chat span as `trace::build` makes it: `duration_ms` long, with TTFT and tokens.
-fn chat(
-    model: &str,
-    duration_ms: u64,
-    ttft_s: Option<f64>,
-    tokens: Option<(i64, i64)>,
-) -> FinishedSpan {
-    let mut attributes = vec![
-        attr("http.request.method", s("POST")),
-        attr("url.path", s("/v1/chat/completions")),
-        attr("http.response.status_code", AttrValue::I64(200)),
-        attr("server.address", s("10.0.0.1")),
-        attr("server.port", AttrValue::I64(8000)),
-        attr("client.address", s("10.0.0.9")),
-        attr("client.port", AttrValue::I64(51234)),
-        attr("gen_ai.request.id", s("req-8c1f")),
-        attr("gen_ai.operation.name", s("chat")),
-        attr("gen_ai.provider.name", s("vllm")),
-        attr("gen_ai.request.model", s(model)),
-        attr("gen_ai.response.model", s(model)),
-        attr("gen_ai.response.id", s("chatcmpl-77")),
-    ];
-    if let Some(t) = ttft_s {
-        attributes.push(attr(
-            "gen_ai.latency.time_to_first_token",
-            AttrValue::F64(t),
-        ));
+/// A chat completion taken from the wire through the connection table and the span builder, with
+/// every identifier a metric label must never carry: request id, response id, client address and
+/// port, pid, `max_tokens`, the path.
+fn chat_from_the_wire() -> Summary {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(4, u64::MAX);
+    let id = ConnId {
+        tgid: 4242,
+        conn_id: 1,
+    };
+    table.open(
+        id,
+        5,
+        Role::Server,
+        Some("10.0.0.1:8000".parse().unwrap()),
+        Some("10.0.0.9:51234".parse().unwrap()),
+        Origin::Start,
+        0,
+        &stats,
+    );
+    let body = r#"{"model":"m","max_tokens":77,"messages":[{"role":"user","content":"hi"}]}"#;
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nx-request-id: req-8c1f\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = r#"{"id":"chatcmpl-77","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+        answer.len()
+    );
+    let mut out = Vec::new();
+    for (dir, ts, bytes) in [
+        (SocketDir::Ingress, MS, request.as_bytes()),
+        (SocketDir::Egress, 500 * MS, response.as_bytes()),
+    ] {
+        let chunk = DataChunk {
+            tgid: 4242,
+            tid: 4242,
+            ts_ns: ts,
+            conn_id: 1,
+            fd: 5,
+            dir,
+            last: true,
+            eof: false,
+            after_loss: false,
+            syscall: 0,
+            stream_pos: 0,
+            syscall_pos: 0,
+            syscall_len: bytes.len() as u64,
+            payload: bytes,
+        };
+        table.data(&chunk, &stats, &mut out);
     }
-    if let Some((i, o)) = tokens {
-        attributes.push(attr("gen_ai.usage.input_tokens", AttrValue::I64(i)));
-        attributes.push(attr("gen_ai.usage.output_tokens", AttrValue::I64(o)));
-    }
-    FinishedSpan {
-        trace_id: [1; 16],
-        span_id: [2; 8],
-        parent_span_id: None,
-        trace_state: String::new(),
-        parent_is_remote: false,
-        sampled: true,
-        name: format!("chat {model}"),
-        kind: SpanKind::Server,
-        start_unix_nano: 1_700_000_000_000_000_000,
-        end_unix_nano: 1_700_000_000_000_000_000 + duration_ms * MS,
-        status: SpanStatus::Unset,
-        attributes,
-    }
+    assert_eq!(out.len(), 1, "one exchange");
+    let f = &out[0];
+    let built = crate::trace::span_of(
+        &f.work,
+        &f.meta,
+        &WallClock::measure(),
+        &BuildOptions::default(),
+        &mut RandomIds,
+    );
+    // The span does carry them (they are span attributes, not labels).
+    let span = format!("{:?}", built.span);
+    assert!(span.contains("req-8c1f") && span.contains("51234") && span.contains("4242"));
+    let _ = build_span; // the same builder `span_of` picks for an exchange
+    built.summary
 }
 
 fn family(m: &RequestMetrics, name: &str) -> String {
@@ -122,8 +160,8 @@ fn request_duration_has_the_merged_buckets_and_error_type() {
     let m = RequestMetrics::new();
     m.record(&chat("m", 15, None, None));
     let mut failed = chat("m", 15, None, None);
-    failed.attributes.push(attr("error.type", s("500")));
-    failed.status = SpanStatus::Error("500".into());
+    failed.error_type = Some("500".into());
+    failed.failed = true;
     m.record(&failed);
     let t = family(&m, "gen_ai_server_request_duration_seconds");
     let les: Vec<&str> = t
@@ -245,15 +283,13 @@ fn requests_by_outcome() {
     m.record(&chat("m", 10, None, None));
     m.record(&chat("m", 10, None, None));
     let mut cancelled = chat("m", 10, None, None);
-    cancelled
-        .attributes
-        .push(attr("infertap.cancelled", AttrValue::Bool(true)));
+    cancelled.cancelled = true;
     m.record(&cancelled);
     let mut error = chat("m", 10, None, None);
-    error.attributes.push(attr("error.type", s("429")));
+    error.error_type = Some("429".into());
     m.record(&error);
     let mut status_only = chat("m", 10, None, None);
-    status_only.status = SpanStatus::Error("reset".into());
+    status_only.failed = true;
     m.record(&status_only);
     let t = family(&m, "infertap_requests_total");
     assert!(
@@ -276,15 +312,16 @@ fn requests_by_outcome() {
 #[test]
 fn http_duration_for_every_server_span_with_bounded_method() {
     let m = RequestMetrics::new();
-    let mut health = chat("m", 3, None, None);
-    health.attributes.retain(|(k, _)| !k.starts_with("gen_ai."));
+    let health = Summary {
+        operation: None,
+        provider: None,
+        request_model: None,
+        response_model: None,
+        ..chat("m", 3, None, None)
+    };
     m.record(&health);
     let mut odd = chat("m", 30, None, None);
-    for (k, v) in &mut odd.attributes {
-        if k == "http.request.method" {
-            *v = s("BREW-COFFEE-42");
-        }
-    }
+    odd.method = Some("BREW-COFFEE-42".into());
     m.record(&odd);
     let t = text(&m);
     assert!(t.contains(
@@ -304,7 +341,7 @@ fn http_duration_for_every_server_span_with_bounded_method() {
 fn client_spans_are_not_recorded() {
     let m = RequestMetrics::new();
     let mut client = chat("m", 10, Some(0.1), Some((1, 2)));
-    client.kind = SpanKind::Client;
+    client.server = false;
     m.record(&client);
     assert_eq!(m.series_count(), 0);
 }
@@ -359,12 +396,8 @@ fn label_values_are_escaped_and_bounded() {
 #[test]
 fn no_unbounded_attribute_ever_becomes_a_label() {
     let m = RequestMetrics::new();
-    let mut span = chat("m", 500, Some(0.1), Some((5, 9)));
-    span.attributes
-        .push(attr("gen_ai.request.max_tokens", AttrValue::I64(77)));
-    span.attributes
-        .push(attr("process.pid", AttrValue::I64(4242)));
-    m.record_with_chunk_times(&span, &[0, 10 * MS]);
+    let summary = chat_from_the_wire();
+    m.record_with_chunk_times(&summary, &[0, 10 * MS]);
     let t = text(&m);
     for forbidden in [
         "request_id",
@@ -442,14 +475,11 @@ fn every_family_is_named_by_the_otel_to_prometheus_rules() {
 #[test]
 fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
     let m = RequestMetrics::new();
-    let mut span = chat("m", 500, Some(0.05), Some((10, 20)));
-    span.attributes.extend([
-        attr("k8s.namespace.name", s("llm")),
-        attr("k8s.pod.name", s("vllm-0")),
-        attr("k8s.pod.uid", s("0d7e9a52-1f0c-4a4e-9d55-5a1e8ad3b7a1")),
-        attr("k8s.container.name", s("server")),
-        attr("k8s.deployment.name", s("vllm")),
-    ]);
+    let span = Summary {
+        namespace: Some("llm".into()),
+        pod: Some("vllm-0".into()),
+        ..chat("m", 500, Some(0.05), Some((10, 20)))
+    };
     m.record(&span);
     let out = text(&m);
     let pod = "k8s_namespace_name=\"llm\",k8s_pod_name=\"vllm-0\"";
@@ -468,11 +498,7 @@ fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
     assert!(!out.contains("k8s_container_name") && !out.contains("k8s_deployment_name"));
     // A second pod is a second series; outside Kubernetes there is no pod label at all.
     let mut other = span.clone();
-    for (k, v) in other.attributes.iter_mut() {
-        if k == "k8s.pod.name" {
-            *v = s("vllm-1");
-        }
-    }
+    other.pod = Some("vllm-1".into());
     let before = m.series_count();
     m.record(&other);
     assert!(m.series_count() > before);

@@ -9,6 +9,9 @@
 //! To read one more field: add an entry here, a value for it to the fixtures of
 //! `openai::scan::tests` (`every_field_is_in_a_fixture` checks), and its attribute to
 //! `docs/spans.md` (checked too). Code that needs a field by name takes its id from [`id`].
+//! An attribute key is a `schema::attr` constant when other code names it too; an attribute only
+//! this table makes (a provider-specific field) may be spelled here: the table is then its entry
+//! in the schema (`schema::attributes` lists both).
 //!
 //! Paths under an array element marker (`choices[*]`) are read per element ("rows", at most
 //! `CHOICES_MAX`); their attribute is the array of every row's value. An `Output` field of a row
@@ -20,6 +23,7 @@
 //! added to this table is read from whole JSON response bodies only.
 
 use crate::protocol::json_scan::Mode;
+use crate::schema::attr as key;
 
 /// Index of an entry in [`FIELDS`].
 pub type FieldId = usize;
@@ -113,21 +117,21 @@ use When::*;
 /// Every field, request then response; span attributes are set in this order.
 #[rustfmt::skip]
 pub const FIELDS: &[Field] = &[
-    attr(Req, "model", Str, "gen_ai.request.model", Present),
-    attr(Req, "stream", Bool, "gen_ai.request.stream", OrFalse),
+    attr(Req, "model", Str, key::GEN_AI_REQUEST_MODEL, Present),
+    attr(Req, "stream", Bool, key::GEN_AI_REQUEST_STREAM, OrFalse),
     field(Req, "stream_options", Marker),
     field(Req, "stream_options.include_usage", Bool),
     field(Req, "max_tokens", I64),
-    attr(Req, "max_completion_tokens", I64, "gen_ai.request.max_tokens", Or("max_tokens")),
-    attr(Req, "temperature", F64, "gen_ai.request.temperature", Present),
-    attr(Req, "top_p", F64, "gen_ai.request.top_p", Present),
-    attr(Req, "n", I64, "gen_ai.request.choice.count", Not(1)),
+    attr(Req, "max_completion_tokens", I64, key::GEN_AI_REQUEST_MAX_TOKENS, Or("max_tokens")),
+    attr(Req, "temperature", F64, key::GEN_AI_REQUEST_TEMPERATURE, Present),
+    attr(Req, "top_p", F64, key::GEN_AI_REQUEST_TOP_P, Present),
+    attr(Req, "n", I64, key::GEN_AI_REQUEST_CHOICE_COUNT, Not(1)),
 
-    attr(Resp, "id", Str, "gen_ai.response.id", Present),
-    attr(Resp, "model", Str, "gen_ai.response.model", Present),
+    attr(Resp, "id", Str, key::GEN_AI_RESPONSE_ID, Present),
+    attr(Resp, "model", Str, key::GEN_AI_RESPONSE_MODEL, Present),
     field(Resp, "choices", Marker),
     field(Resp, "choices[*]", Marker),
-    attr(Resp, "choices[*].finish_reason", Str, "gen_ai.response.finish_reasons", Present),
+    attr(Resp, "choices[*].finish_reason", Str, key::GEN_AI_RESPONSE_FINISH_REASONS, Present),
     field(Resp, "choices[*].message", Marker),
     field(Resp, "choices[*].delta", Marker),
     field(Resp, "choices[*].message.content", Output),
@@ -140,10 +144,10 @@ pub const FIELDS: &[Field] = &[
     field(Resp, "choices[*].delta.reasoning", Output),
     field(Resp, "choices[*].delta.tool_calls", Output),
     field(Resp, "usage", Marker),
-    attr(Resp, "usage.prompt_tokens", I64, "gen_ai.usage.input_tokens", Present),
-    attr(Resp, "usage.completion_tokens", I64, "gen_ai.usage.output_tokens", Present),
+    attr(Resp, "usage.prompt_tokens", I64, key::GEN_AI_USAGE_INPUT_TOKENS, Present),
+    attr(Resp, "usage.completion_tokens", I64, key::GEN_AI_USAGE_OUTPUT_TOKENS, Present),
     field(Resp, "usage.prompt_tokens_details", Marker),
-    attr(Resp, "usage.prompt_tokens_details.cached_tokens", I64, "gen_ai.usage.cache_read.input_tokens", Present),
+    attr(Resp, "usage.prompt_tokens_details.cached_tokens", I64, key::GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS, Present),
     field(Resp, "error", Marker),
     field(Resp, "error.type", Str),
     field(Resp, "error.code", Text),

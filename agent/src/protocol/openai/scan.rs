@@ -334,6 +334,11 @@ impl Values {
             .count()
     }
 
+    /// The response's `model`.
+    pub fn response_model(&self) -> Option<&str> {
+        self.top[id::RESPONSE_MODEL].as_str()
+    }
+
     /// `usage` when it is an object.
     pub fn usage(&self) -> Option<Usage> {
         (self.top[id::USAGE].kind() == Some(Kind::Object)).then(|| Usage {
