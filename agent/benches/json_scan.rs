@@ -3,7 +3,7 @@
 //! reading of the body costs; the typed serde oracles are test-only).
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use infertap::protocol::json_scan::{RequestScan, ResponseScan};
+use infertap::protocol::openai::{RequestScan, ResponseScan};
 use serde::de::IgnoredAny;
 
 fn prompt(len: usize) -> String {

@@ -82,9 +82,9 @@ async fn run(config: Config) -> Result<()> {
         stats.clone(),
         shutdown_rx.clone(),
     );
-    crate::gpu::view::publish_status(&gpu.hub, &status);
+    crate::export::gpu::publish_status(&gpu.hub, &status);
     if let Some(provider) = metrics_exporter.meter_provider() {
-        crate::gpu::view::register_otlp(provider, &gpu.hub);
+        crate::export::gpu::register_otlp(provider, &gpu.hub);
     }
     {
         let (hub, status, mut stop) = (gpu.hub.clone(), status.clone(), shutdown_rx.clone());
@@ -93,7 +93,7 @@ async fn run(config: Config) -> Result<()> {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        crate::gpu::view::publish_status(&hub, &status);
+                        crate::export::gpu::publish_status(&hub, &status);
                         hub.sync_targets(status.app().targets.iter().map(|t| t.pid));
                     }
                     _ = stop.wait_for(|s| *s) => return,
@@ -103,7 +103,7 @@ async fn run(config: Config) -> Result<()> {
     }
     let debug_state = DebugState::new(store, status.clone(), readiness.clone())
         .with_metric_source(request_metrics)
-        .with_metric_source(Arc::new(crate::gpu::view::GpuMetrics {
+        .with_metric_source(Arc::new(crate::export::gpu::GpuMetrics {
             hub: gpu.hub.clone(),
         }))
         .with_gpu(gpu.hub.clone());

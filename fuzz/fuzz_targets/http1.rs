@@ -3,9 +3,8 @@
 //! slices are slices of the fed segment (never copies); ends never precede heads.
 #![no_main]
 
-use infertap::protocol::http1::{
-    Http1Conn, HttpEvent, ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES,
-};
+use infertap::protocol::http::{HttpEvent, ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
+use infertap::protocol::http1::Http1Conn;
 use infertap::protocol::{Direction, Segment};
 use libfuzzer_sys::fuzz_target;
 

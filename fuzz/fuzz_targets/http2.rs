@@ -5,7 +5,7 @@
 #![no_main]
 
 use infertap::exchange::h2::{H2Streams, MAX_STREAMS};
-use infertap::protocol::http1::{ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
+use infertap::protocol::http::{ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 use infertap::protocol::http2::{H2Event, Http2Conn, PREFACE};
 use infertap::protocol::{Direction, Segment};
 use libfuzzer_sys::fuzz_target;

@@ -3,7 +3,8 @@
 //! body as an object, the scan must complete and agree with it on the request fields.
 #![no_main]
 
-use infertap::protocol::json_scan::{RequestScan, ResponseScan, STRING_MAX};
+use infertap::protocol::json_scan::STRING_MAX;
+use infertap::protocol::openai::{RequestScan, ResponseScan};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 

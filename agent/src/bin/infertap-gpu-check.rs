@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use infertap::export::gpu as view;
 use infertap::gpu::nvml::{Options, Sampler};
-use infertap::gpu::{view, Figure, Hub};
+use infertap::gpu::{Figure, Hub};
 
 #[derive(Parser, Debug)]
 #[command(name = "infertap-gpu-check")]

@@ -17,7 +17,8 @@ use std::sync::atomic::Ordering;
 
 use crate::capture::decode::{DataChunk, Role, SocketDir};
 use crate::exchange::{Exchange, ExchangeTracker, Outcome, Work};
-use crate::protocol::http1::{Http1Conn, HttpEvent};
+use crate::protocol::http::HttpEvent;
+use crate::protocol::http1::Http1Conn;
 use crate::protocol::{Direction, Segment};
 use crate::stats::Stats;
 

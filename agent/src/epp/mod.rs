@@ -16,7 +16,7 @@ use crate::protocol::ext_proc::{
     header_value, processing_request::Request, processing_response::Response, HeaderMap,
     ProcessingRequest, ProcessingResponse,
 };
-use crate::protocol::json_scan::RequestScan;
+use crate::protocol::openai::RequestScan;
 
 /// The header (and `envoy.lb` metadata key) through which the EPP names the chosen endpoints.
 pub const DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";

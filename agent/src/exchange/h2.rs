@@ -18,7 +18,7 @@ use super::{ExchangeTracker, Work};
 use crate::epp::ExtProcStream;
 use crate::protocol::ext_proc::{self, PROCESS_PATH};
 use crate::protocol::grpc::{self, GrpcDeframer, GrpcMessage};
-use crate::protocol::http1::{HttpEvent, RequestHead, ResponseHead};
+use crate::protocol::http::{HttpEvent, RequestHead, ResponseHead};
 use crate::protocol::http2::{Fields, H2Event};
 use crate::protocol::Direction;
 

@@ -35,12 +35,12 @@ impl Work {
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
-use crate::protocol::http1::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
-use crate::protocol::json_scan::{RequestScan, ResponseScan};
+use crate::protocol::http::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::openai::fields::Body;
 use crate::protocol::openai::{
     self, Operation, RequestFields, ResponseFields, StreamChunk, Usage, Values,
 };
+use crate::protocol::openai::{RequestScan, ResponseScan};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
 

@@ -265,7 +265,7 @@ async fn metrics(State(state): State<DebugState>) -> Response {
 
 async fn gpu(State(state): State<DebugState>) -> Response {
     match &state.gpu {
-        Some(hub) => Json(crate::gpu::view::gpu_json(hub)).into_response(),
+        Some(hub) => Json(crate::export::gpu::gpu_json(hub)).into_response(),
         None => Json(state.status.app().gpu).into_response(),
     }
 }

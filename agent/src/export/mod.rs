@@ -8,6 +8,7 @@
 //! - [`metrics`] — request metrics (GenAI and HTTP histograms, token and request counters) from
 //!   each finished request's typed summary, for `/metrics` and OTLP metric export.
 //! - [`prometheus`] — Prometheus text exposition and the [`prometheus::MetricSource`] hook.
+//! - [`gpu`] — the GPU hub as `/gpu` shows it, the `hw.gpu.*` gauges and the `/status` part.
 //! - [`debug`] — the HTTP debug endpoint over all of the above.
 //!
 //! [`SpanSink`] is the one entry point for finished spans: every span goes to the store, and the
@@ -18,6 +19,7 @@
 //! span shed is counted; the debug endpoint only reads.
 
 pub mod debug;
+pub mod gpu;
 pub mod metrics;
 pub mod otlp;
 pub mod prometheus;

@@ -2,7 +2,7 @@
 //! GPUs serve a targeted process, and each finished request's GPU figures over its own window.
 //!
 //! Data flows one way: a source (the [`nvml`] sampler thread, the [`dcgm`] scraper task) writes
-//! samples into the [`Hub`]; the [`enricher`] (on the pipeline) and the [`view`] (the debug
+//! samples into the [`Hub`]; the [`enricher`] (on the pipeline) and the view in `export::gpu` (the debug
 //! endpoint, `/metrics`, OTLP gauges) only read it. Every time in the hub is kernel
 //! `CLOCK_MONOTONIC` nanoseconds, the clock spans use; each source converts its own timestamps.
 //!
@@ -16,7 +16,6 @@ pub mod nvml;
 pub mod placement;
 pub mod series;
 pub mod share;
-pub mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock};

@@ -17,7 +17,7 @@
 //! (DATA goes out as slices of the caller's segments); buffer more than [`MAX_HEADER_BLOCK`] of
 //! header block or [`MAX_CONTROL_PAYLOAD`] of another non-DATA frame per direction; panic.
 
-use super::http1::{ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
+use super::http::{ALLOWED_HEADERS, MAX_HEADER_VALUE_BYTES, MAX_PATH_BYTES};
 use super::{cut, Direction, Segment};
 
 /// The client connection preface.

@@ -2,8 +2,8 @@
 //!
 //! - `scanner`: the generic scanner: selected paths ([`Patterns`]) in, [`Event`]s out, for any
 //!   JSON object body fed in arbitrary slices. It knows no API.
-//! - The OpenAI front ends ([`RequestScan`], [`ResponseScan`]) live with the field table in
-//!   `protocol::openai`; they are re-exported here, where their callers have always found them.
+//! - The OpenAI front ends (`RequestScan`, `ResponseScan`) live with the field table in
+//!   `protocol::openai`.
 
 mod scanner;
 #[cfg(test)]
@@ -13,5 +13,3 @@ pub use scanner::{
     Event, FieldId, Kind, Mode, Number, PatternError, Patterns, Scalar, ScanError, ScanState,
     Scanner, MAX_DEPTH, STRING_MAX,
 };
-
-pub use crate::protocol::openai::{RequestScan, ResponseScan, CHOICES_MAX};

@@ -4,14 +4,19 @@
 //! failures are values (`HttpEvent::ParseError`, `HttpEvent::NotHttp`) that callers count; the
 //! parsers resynchronise at the next plausible message start (a syscall boundary first).
 //!
+//! - `http`: what every HTTP version's parser reports (events, heads, the header allow-list).
 //! - `http1`: HTTP/1.1 requests and responses (keep-alive, pipelining, chunked, Content-Length,
 //!   1xx, HEAD, early close), header parsing by `httparse`.
 //! - `sse`: WHATWG server-sent-event framing over a response body.
+//! - `json_scan`: a streaming JSON scanner picking selected paths out of bodies fed in pieces.
+//! - `openai`: the OpenAI field table, its body scans (`RequestScan`, `ResponseScan`), stream
+//!   chunks, the operation of a path.
 //! - `http2`: HTTP/2 framing and HPACK (`loona-hpack`); `grpc`: length-prefixed messages;
 //!   `ext_proc`: Envoy's external-processing messages (prost, proto subset in `agent/proto`).
 
 pub mod ext_proc;
 pub mod grpc;
+pub mod http;
 pub mod http1;
 pub mod http2;
 pub mod json_scan;

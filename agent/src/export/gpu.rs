@@ -7,10 +7,10 @@ use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
 use serde_json::{json, Value};
 
-use super::{Figure, Hub, HubState};
+use super::prometheus::{MetricData, MetricFamily, MetricSource, Sample};
+use super::status::{GpuStatus, StatusSource};
 use crate::capture::clock::WallClock;
-use crate::export::prometheus::{MetricData, MetricFamily, MetricSource, Sample};
-use crate::export::status::{GpuStatus, StatusSource};
+use crate::gpu::{Device, Figure, Hub, HubState};
 
 /// The body of `GET /gpu`: the source and its state, every device with its latest figures and
 /// their resolution, and what the sampler costs.
@@ -113,7 +113,7 @@ pub struct GpuMetrics {
     pub hub: Hub,
 }
 
-fn labels(d: &super::Device) -> Vec<(String, String)> {
+fn labels(d: &Device) -> Vec<(String, String)> {
     vec![
         ("hw_id".into(), d.uuid.clone()),
         ("hw_name".into(), d.name.clone()),
@@ -128,8 +128,8 @@ impl MetricSource for GpuMetrics {
             if s.devices.is_empty() {
                 return;
             }
-            let gauge = |name: &str, help: &str, value: &dyn Fn(&super::Device) -> Option<f64>| {
-                MetricFamily {
+            let gauge =
+                |name: &str, help: &str, value: &dyn Fn(&Device) -> Option<f64>| MetricFamily {
                     name: name.to_string(),
                     help: help.to_string(),
                     data: MetricData::Gauge(
@@ -143,10 +143,9 @@ impl MetricSource for GpuMetrics {
                             })
                             .collect(),
                     ),
-                }
-            };
+                };
             let latest = |f: Figure| {
-                move |d: &super::Device| d.track(f).and_then(|t| t.series.latest()).map(|i| i.value)
+                move |d: &Device| d.track(f).and_then(|t| t.series.latest()).map(|i| i.value)
             };
             out.push(gauge(
                 "hw_gpu_utilization_ratio",
@@ -241,7 +240,7 @@ impl MetricSource for GpuMetrics {
 /// Registers the GPU gauges with the OTLP meter provider (read from the hub at each export).
 pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hub: &Hub) {
     let meter = provider.meter("infertap.gpu");
-    let attrs = |d: &super::Device| {
+    let attrs = |d: &Device| {
         vec![
             KeyValue::new("hw.id", d.uuid.clone()),
             KeyValue::new("hw.name", d.name.clone()),
@@ -249,27 +248,27 @@ pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hu
             KeyValue::new("hw.vendor", "NVIDIA"),
         ]
     };
-    type Read = Arc<dyn Fn(&super::Device) -> Option<f64> + Send + Sync>;
+    type Read = Arc<dyn Fn(&Device) -> Option<f64> + Send + Sync>;
     let gauges: Vec<(&'static str, &'static str, &'static str, Read)> = vec![
         ("hw.gpu.utilization", "1", "Share of time a kernel ran.", {
-            Arc::new(|d: &super::Device| {
+            Arc::new(|d: &Device| {
                 d.track(Figure::GpuUtilization)
                     .and_then(|t| t.series.latest())
                     .map(|i| i.value)
             })
         }),
         ("hw.gpu.memory.usage", "By", "GPU memory used.", {
-            Arc::new(|d: &super::Device| d.memory.map(|m| m.used as f64))
+            Arc::new(|d: &Device| d.memory.map(|m| m.used as f64))
         }),
         ("hw.gpu.memory.limit", "By", "GPU memory installed.", {
-            Arc::new(|d: &super::Device| d.memory.map(|m| m.total as f64))
+            Arc::new(|d: &Device| d.memory.map(|m| m.total as f64))
         }),
         (
             "hw.gpu.memory.utilization",
             "1",
             "GPU memory used over installed.",
             {
-                Arc::new(|d: &super::Device| {
+                Arc::new(|d: &Device| {
                     d.memory
                         .filter(|m| m.total > 0)
                         .map(|m| m.used as f64 / m.total as f64)
@@ -277,7 +276,7 @@ pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hu
             },
         ),
         ("hw.power", "W", "GPU power draw.", {
-            Arc::new(|d: &super::Device| {
+            Arc::new(|d: &Device| {
                 d.track(Figure::Power)
                     .and_then(|t| t.series.latest())
                     .map(|i| i.value)
@@ -288,7 +287,7 @@ pub fn register_otlp(provider: &opentelemetry_sdk::metrics::SdkMeterProvider, hu
             "1",
             "DRAM bandwidth used over peak.",
             {
-                Arc::new(|d: &super::Device| {
+                Arc::new(|d: &Device| {
                     d.track(Figure::DramBandwidth)
                         .and_then(|t| t.series.latest())
                         .map(|i| i.value)
