@@ -1,7 +1,8 @@
 //! Userspace throughput per core: ring-buffer records of streaming chat exchanges, as the kernel
 //! programs emit them for a traced vLLM-like server, taken through `capture::decode` → `ConnTable`
 //! (ordered streams, HTTP/1.1, SSE, the OpenAI chunk fields) → span building, through the
-//! agent's own `pipeline::Pipeline` (a `Detached` node: no /proc lookups). Target (design.md): ≥ 1 M records/s per core.
+//! agent's own `pipeline::Pipeline` (a `Detached` node: no /proc lookups). Target (docs/PERFORMANCE.md):
+//! ≥ 2 M records/s per core.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -399,7 +399,7 @@ fn collector_absent_tracing_goes_on_failures_are_counted_memory_is_bounded() {
          at most {allowed} KiB is accounted for by the stored spans, the OTLP queue and the \
          allocator's slack"
     );
-    // design.md's bound.
+    // The peak bound of docs/PERFORMANCE.md.
     assert!(
         rss_after < 100 * 1024,
         "RSS grew from {rss_before} to {rss_after} KiB, above 100 MiB"

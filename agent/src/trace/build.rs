@@ -1,4 +1,4 @@
-//! Exchange → span: names, ids, parent, times and attributes, as `design.md` and the GenAI
+//! Exchange → span: names, ids, parent, times and attributes, as `docs/spans.md` and the GenAI
 //! semantic conventions name them. Pure; ids come from the caller's generator.
 //!
 //! Privacy: only allow-listed header values (trace context, request id) and identifiers parsed
