@@ -100,52 +100,29 @@ pub const MAX_LABEL_VALUE_LEN: usize = 256;
 /// The attribute of the overflow series, as the OTel SDKs name it.
 pub const OVERFLOW_ATTRIBUTE: &str = metric::OTEL_METRIC_OVERFLOW;
 
-const GENAI_KEYS: &[&str] = &[
-    attr::GEN_AI_OPERATION_NAME,
-    attr::GEN_AI_PROVIDER_NAME,
-    attr::GEN_AI_REQUEST_MODEL,
-    attr::GEN_AI_RESPONSE_MODEL,
-    attr::SERVER_ADDRESS,
-    attr::SERVER_PORT,
-    attr::K8S_NAMESPACE_NAME,
-    attr::K8S_POD_NAME,
-];
+/// The labels every GenAI instrument has, then `extra`.
+macro_rules! genai_keys {
+    ($($extra:expr),*) => {
+        &[
+            attr::GEN_AI_OPERATION_NAME,
+            attr::GEN_AI_PROVIDER_NAME,
+            attr::GEN_AI_REQUEST_MODEL,
+            attr::GEN_AI_RESPONSE_MODEL,
+            attr::SERVER_ADDRESS,
+            attr::SERVER_PORT,
+            attr::K8S_NAMESPACE_NAME,
+            attr::K8S_POD_NAME,
+            $($extra),*
+        ]
+    };
+}
+
+const GENAI_KEYS: &[&str] = genai_keys!();
 /// Labels every GenAI instrument has (`GENAI_KEYS`).
-const GENAI_LEN: usize = 8;
-const GENAI_ERROR_KEYS: &[&str] = &[
-    attr::GEN_AI_OPERATION_NAME,
-    attr::GEN_AI_PROVIDER_NAME,
-    attr::GEN_AI_REQUEST_MODEL,
-    attr::GEN_AI_RESPONSE_MODEL,
-    attr::SERVER_ADDRESS,
-    attr::SERVER_PORT,
-    attr::K8S_NAMESPACE_NAME,
-    attr::K8S_POD_NAME,
-    attr::ERROR_TYPE,
-];
-const GENAI_TOKEN_KEYS: &[&str] = &[
-    attr::GEN_AI_OPERATION_NAME,
-    attr::GEN_AI_PROVIDER_NAME,
-    attr::GEN_AI_REQUEST_MODEL,
-    attr::GEN_AI_RESPONSE_MODEL,
-    attr::SERVER_ADDRESS,
-    attr::SERVER_PORT,
-    attr::K8S_NAMESPACE_NAME,
-    attr::K8S_POD_NAME,
-    metric::GEN_AI_TOKEN_TYPE,
-];
-const REQUEST_KEYS: &[&str] = &[
-    attr::GEN_AI_OPERATION_NAME,
-    attr::GEN_AI_PROVIDER_NAME,
-    attr::GEN_AI_REQUEST_MODEL,
-    attr::GEN_AI_RESPONSE_MODEL,
-    attr::SERVER_ADDRESS,
-    attr::SERVER_PORT,
-    attr::K8S_NAMESPACE_NAME,
-    attr::K8S_POD_NAME,
-    metric::OUTCOME,
-    attr::ERROR_TYPE,
-];
+const GENAI_LEN: usize = GENAI_KEYS.len();
+const GENAI_ERROR_KEYS: &[&str] = genai_keys!(attr::ERROR_TYPE);
+const GENAI_TOKEN_KEYS: &[&str] = genai_keys!(metric::GEN_AI_TOKEN_TYPE);
+const REQUEST_KEYS: &[&str] = genai_keys!(metric::OUTCOME, attr::ERROR_TYPE);
 const HTTP_KEYS: &[&str] = &[
     attr::HTTP_REQUEST_METHOD,
     attr::HTTP_RESPONSE_STATUS_CODE,
