@@ -3,17 +3,20 @@
 //! rounds, medians reported as ratios — plus the kernel's own cost per program run
 //! (`kernel.bpf_stats_enabled`, read from the agent's /status). A fourth arm is the alternative
 //! infertap replaces: the same server traced in-process by the OpenTelemetry Python SDK (FastAPI
-//! instrumentation, spans batched and discarded), without the agent.
+//! instrumentation, spans batched and discarded), without the agent. With `--baseline BIN`, a fifth
+//! arm targets the server with another agent binary (an earlier build), interleaved with the
+//! others, so a change is measured before/after in one run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use crate::demo::{agent_command, free_port, get_json, start_standin, wait_targeted, Kill};
+use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
 use crate::run;
+use crate::{agent_binary, agent_command_of};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arm {
@@ -22,6 +25,8 @@ enum Arm {
     Targeted,
     /// A second stand-in, instrumented in-process with the OpenTelemetry SDK; no agent.
     InProcess,
+    /// Targeting it with the `--baseline` agent binary.
+    Baseline,
 }
 
 fn ensure_wrk() -> Result<()> {
@@ -137,7 +142,12 @@ pub fn print_kernel_costs(label: &str, k: &[(String, u64, u64)]) {
     }
 }
 
-pub fn run_bench(python: &Path, rounds: usize, seconds: u64) -> Result<()> {
+pub fn run_bench(
+    python: &Path,
+    rounds: usize,
+    seconds: u64,
+    baseline: Option<PathBuf>,
+) -> Result<()> {
     ensure_wrk()?;
     let port = free_port()?;
     let _server = start_standin(
@@ -179,19 +189,33 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
         wrk(port, 1, script)?; // warm up
         wrk(otel_port, 1, script)?;
         for round in 0..rounds {
-            for arm in [Arm::Off, Arm::Untargeted, Arm::Targeted, Arm::InProcess] {
+            let arms = [
+                Arm::Off,
+                Arm::Untargeted,
+                Arm::Targeted,
+                Arm::InProcess,
+                Arm::Baseline,
+            ];
+            for arm in arms
+                .into_iter()
+                .filter(|a| *a != Arm::Baseline || baseline.is_some())
+            {
                 let debug_port = free_port()?;
                 let debug = format!("127.0.0.1:{debug_port}");
                 let agent = match arm {
                     Arm::Off | Arm::InProcess => None,
-                    Arm::Untargeted | Arm::Targeted => {
-                        let target = if arm == Arm::Targeted {
+                    Arm::Untargeted | Arm::Targeted | Arm::Baseline => {
+                        let bin = match (&baseline, arm) {
+                            (Some(b), Arm::Baseline) => b.clone(),
+                            _ => agent_binary(),
+                        };
+                        let target = if arm != Arm::Untargeted {
                             vec!["--target-port".to_string(), port.to_string()]
                         } else {
                             vec!["--target-pid".to_string(), sleeper.0.id().to_string()]
                         };
                         let a = Kill(
-                            agent_command(&debug)
+                            agent_command_of(&bin, &debug)
                                 .args(&target)
                                 .env("RUST_LOG", "warn")
                                 .spawn()?,
@@ -209,12 +233,11 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                 if agent.is_some() {
                     std::thread::sleep(Duration::from_millis(1200)); // one housekeeping tick
                     let probes = probe_stats(&debug)?;
-                    let dest = if arm == Arm::Targeted {
-                        &mut kernel
-                    } else {
-                        &mut kernel_untargeted
-                    };
-                    add_stats(dest, probes);
+                    match arm {
+                        Arm::Targeted => add_stats(&mut kernel, probes),
+                        Arm::Untargeted => add_stats(&mut kernel_untargeted, probes),
+                        _ => {}
+                    }
                     if arm == Arm::Targeted {
                         let spans: Value = get_json(&format!("http://{debug}/status"))?;
                         eprintln!("round {round}: targeted: http = {}", spans["http"]);
@@ -246,7 +269,11 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
             ("agent on, not targeted", Arm::Untargeted),
             ("agent on, targeting", Arm::Targeted),
             ("in-process OTel SDK", Arm::InProcess),
+            ("baseline binary, targeting", Arm::Baseline),
         ] {
+            if arm == Arm::Baseline && baseline.is_none() {
+                continue;
+            }
             let (rps, p50, p99) = row(arm);
             println!(
                 "{label:<24} {rps:>10.0}   {:.3}   {p50:>6.2}   {p99:>6.2}",
@@ -257,6 +284,12 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
             "infertap targeting / in-process OTel SDK: {:.3} (req/s)",
             row(Arm::Targeted).0 / row(Arm::InProcess).0
         );
+        if baseline.is_some() {
+            println!(
+                "this build targeting / baseline binary targeting: {:.3} (req/s)",
+                row(Arm::Targeted).0 / row(Arm::Baseline).0
+            );
+        }
         for (label, k) in [
             ("targeting the server", &kernel),
             (

@@ -48,9 +48,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -
 /// The agent in standalone mode with its debug endpoint at `debug`; the caller adds the target,
 /// the environment and any other flags.
 pub fn agent_command(debug: &str) -> Command {
-    let mut cmd = Command::new(agent_binary());
-    cmd.args(["--mode", "standalone", "--debug-addr", debug]);
-    cmd
+    crate::agent_command_of(&agent_binary(), debug)
 }
 
 pub fn start_standin(python: &Path, port: u16, extra: &[&str]) -> Result<Kill> {

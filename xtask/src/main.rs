@@ -50,6 +50,9 @@ enum Cmd {
         rounds: usize,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// Another agent binary (an earlier build) to measure in the same rounds, targeting.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
     },
     /// The agent's RSS at start and with many open keep-alive connections to a traced server.
     BenchRss {
@@ -165,6 +168,13 @@ pub fn ebpf_object() -> PathBuf {
 
 pub fn agent_binary() -> PathBuf {
     root().join("target/release/infertap")
+}
+
+/// The agent `bin` in standalone mode with its debug endpoint on `debug`.
+pub fn agent_command_of(bin: &Path, debug: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--mode", "standalone", "--debug-addr", debug]);
+    cmd
 }
 
 fn build_ebpf() -> Result<()> {
@@ -379,13 +389,17 @@ fn main() -> Result<()> {
             }
             rss::run_rss(&python, connections)
         }
-        Cmd::BenchOverhead { rounds, seconds } => {
+        Cmd::BenchOverhead {
+            rounds,
+            seconds,
+            baseline,
+        } => {
             build()?;
             let python = setup::python_env()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and must run as root");
             }
-            bench::run_bench(&python, rounds, seconds)
+            bench::run_bench(&python, rounds, seconds, baseline)
         }
         Cmd::GpuCheck {
             nvml_lib,
