@@ -135,11 +135,18 @@ impl TraceParent {
 }
 
 /// `server.address`/`server.port` and `client.address`/`client.port` of the connection, by the
-/// side the traced process was on (an unspecified listening address is left out).
-pub fn put_addresses(conn: &ConnMeta, put: &mut dyn FnMut(&'static str, AttrValue)) {
+/// side the traced process was on (an unspecified listening address is left out); returns the
+/// server address it put.
+pub fn put_addresses(
+    conn: &ConnMeta,
+    put: &mut dyn FnMut(&'static str, AttrValue),
+) -> Option<String> {
+    let mut server_address = None;
     if let Some(a) = server_addr(conn) {
         if !a.ip().is_unspecified() {
-            put(attr::SERVER_ADDRESS, AttrValue::Str(a.ip().to_string()));
+            let ip = a.ip().to_string();
+            server_address = Some(ip.clone());
+            put(attr::SERVER_ADDRESS, AttrValue::Str(ip));
         }
         put(attr::SERVER_PORT, AttrValue::I64(a.port() as i64));
     }
@@ -148,6 +155,7 @@ pub fn put_addresses(conn: &ConnMeta, put: &mut dyn FnMut(&'static str, AttrValu
         put(attr::CLIENT_ADDRESS, AttrValue::Str(a.ip().to_string()));
         put(attr::CLIENT_PORT, AttrValue::I64(a.port() as i64));
     }
+    server_address
 }
 
 /// The server's side of the connection: the local address when the traced process served it.
@@ -235,7 +243,7 @@ pub fn build_span(
 
     let (tp, request_id) = TraceParent::from_headers(|n| header(ex, n), opts, ids);
     let status = ex.response.as_ref().map(|r| r.status);
-    put_http(ex, conn, status, request_id, &mut put);
+    let server_address = put_http(ex, conn, status, request_id, &mut put);
     let genai = ex.operation.map(|_| put_genai(ex, conn, &mut put));
     let end = Ending::of(ex, status, conn.server);
     end.put(ex, &mut put);
@@ -273,9 +281,7 @@ pub fn build_span(
     let summary = Summary {
         method: Some(ex.request.method.clone()),
         status_code: status.map(i64::from),
-        server_address: server
-            .filter(|a| !a.ip().is_unspecified())
-            .map(|a| a.ip().to_string()),
+        server_address,
         server_port: server.map(|a| i64::from(a.port())),
         error_type: end.error_type,
         cancelled: matches!(ex.outcome, Outcome::Cancelled { .. }),
@@ -291,14 +297,14 @@ pub fn build_span(
     Built { span, summary }
 }
 
-/// The HTTP and connection attributes every exchange has.
+/// The HTTP and connection attributes every exchange has; returns the server address.
 fn put_http(
     ex: &Exchange,
     conn: &ConnMeta,
     status: Option<u16>,
     request_id: Option<&str>,
     put: &mut dyn FnMut(&'static str, AttrValue),
-) {
+) -> Option<String> {
     put(
         attr::HTTP_REQUEST_METHOD,
         AttrValue::Str(ex.request.method.clone()),
@@ -307,7 +313,7 @@ fn put_http(
     if let Some(s) = status {
         put(attr::HTTP_RESPONSE_STATUS_CODE, AttrValue::I64(s as i64));
     }
-    put_addresses(conn, put);
+    let server_address = put_addresses(conn, put);
     put(
         attr::HTTP_REQUEST_BODY_SIZE,
         AttrValue::I64(ex.request_body_len as i64),
@@ -320,6 +326,7 @@ fn put_http(
     if let Some(rid) = request_id {
         put(attr::GEN_AI_REQUEST_ID, AttrValue::Str(rid.to_string()));
     }
+    server_address
 }
 
 /// The GenAI figures a GenAI request's summary carries.

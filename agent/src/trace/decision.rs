@@ -78,7 +78,7 @@ pub fn build_decision_span(
             AttrValue::StrArray(d.subset.clone()),
         );
     }
-    put_addresses(conn, &mut put);
+    let _ = put_addresses(conn, &mut put);
     put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
     if d.incomplete {
         put(attr::INFERTAP_INCOMPLETE, AttrValue::Bool(true));

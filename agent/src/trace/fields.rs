@@ -28,6 +28,20 @@ fn value(values: &Values, id: FieldId) -> Option<AttrValue> {
     (!all.is_empty()).then_some(AttrValue::StrArray(all))
 }
 
+/// The field each `When::Or` entry falls back to, by field id (looked up once, not per span).
+fn alternative(id: FieldId) -> Option<FieldId> {
+    static ALT: std::sync::LazyLock<Vec<Option<FieldId>>> = std::sync::LazyLock::new(|| {
+        FIELDS
+            .iter()
+            .map(|f| match f.attribute.map(|a| a.when) {
+                Some(When::Or(other)) => Some(fields::id(f.body, other)),
+                _ => None,
+            })
+            .collect()
+    });
+    ALT.get(id).copied().flatten()
+}
+
 /// Set the attributes of `body`'s fields (`values` absent: the body was not scanned).
 pub fn put_field_attributes(
     body: Body,
@@ -43,7 +57,10 @@ pub fn put_field_attributes(
             When::Present => v,
             When::OrFalse => Some(v.unwrap_or(AttrValue::Bool(false))),
             When::Not(n) => v.filter(|v| *v != AttrValue::I64(n)),
-            When::Or(other) => v.or_else(|| values.and_then(|v| value(v, fields::id(body, other)))),
+            When::Or(_) => v.or_else(|| {
+                let other = alternative(id)?;
+                values.and_then(|v| value(v, other))
+            }),
         };
         if let Some(v) = v {
             put(a.key, v);

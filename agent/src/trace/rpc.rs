@@ -53,7 +53,7 @@ pub fn build_grpc_span(
     if let Some(rid) = request_id {
         put(attr::GEN_AI_REQUEST_ID, AttrValue::Str(rid.to_string()));
     }
-    put_addresses(conn, &mut put);
+    let _ = put_addresses(conn, &mut put);
     put(attr::PROCESS_PID, AttrValue::I64(conn.pid as i64));
     if c.incomplete {
         put(attr::INFERTAP_INCOMPLETE, AttrValue::Bool(true));

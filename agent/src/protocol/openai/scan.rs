@@ -156,20 +156,36 @@ pub struct Rows {
 
 /// What was found of one body's fields, indexed by field id (entries of other bodies stay
 /// absent). Holds identifiers and numbers only: the table selects no content.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct Values {
     body: Body,
     top: Vec<Value>,
-    /// Per field id: the rows of a row marker (empty for other fields).
+    /// Per field id: the rows of a row marker (empty for other fields); allocated at the first
+    /// row (most bodies have none).
     rows: Vec<Rows>,
 }
+
+/// Equal when every field has the same value and rows (unallocated rows are no rows).
+impl PartialEq for Values {
+    fn eq(&self, other: &Values) -> bool {
+        self.body == other.body
+            && self.top == other.top
+            && (0..FIELDS.len()).all(|i| self.rows(i) == other.rows(i))
+    }
+}
+
+/// The rows of a marker that has none.
+static NO_ROWS: Rows = Rows {
+    rows: Vec::new(),
+    dropped: 0,
+};
 
 impl Values {
     pub fn new(body: Body) -> Values {
         Values {
             body,
             top: vec![Value::Absent; FIELDS.len()],
-            rows: vec![Rows::default(); FIELDS.len()],
+            rows: Vec::new(),
         }
     }
 
@@ -184,7 +200,15 @@ impl Values {
 
     /// The rows of a row marker (`choices[*]`).
     pub fn rows(&self, marker: FieldId) -> &Rows {
-        &self.rows[marker]
+        self.rows.get(marker).unwrap_or(&NO_ROWS)
+    }
+
+    /// The rows of a marker, to change (allocating every marker's on first use).
+    fn rows_mut(&mut self, marker: FieldId) -> &mut Rows {
+        if self.rows.is_empty() {
+            self.rows = vec![Rows::default(); FIELDS.len()];
+        }
+        &mut self.rows[marker]
     }
 
     /// The row marker a field is read under, if any.
@@ -196,7 +220,7 @@ impl Values {
     pub fn all(&self, id: FieldId) -> impl Iterator<Item = &Value> {
         let (one, rows) = match self.row_of(id) {
             None => (Some(&self.top[id]), &[][..]),
-            Some(m) => (None, &self.rows[m].rows[..]),
+            Some(m) => (None, &self.rows(m).rows[..]),
         };
         one.into_iter().chain(rows.iter().map(move |r| &r[id]))
     }
@@ -217,12 +241,12 @@ impl Values {
         for (id, v) in values {
             row[id] = v;
         }
-        self.rows[marker].rows.push(row);
+        self.rows_mut(marker).rows.push(row);
     }
 
     #[cfg(test)]
     pub(crate) fn set_dropped(&mut self, marker: FieldId, dropped: usize) {
-        self.rows[marker].dropped = dropped;
+        self.rows_mut(marker).dropped = dropped;
     }
 
     /// The slots a field of the current row (or outside rows) lives in; `None` when its row was
@@ -231,7 +255,7 @@ impl Values {
         match layout.row[id] {
             None => Some(&mut self.top),
             Some(m) => {
-                let rows = &mut self.rows[m];
+                let rows = self.rows.get_mut(m)?;
                 if rows.dropped > 0 {
                     return None;
                 }
@@ -245,7 +269,7 @@ impl Values {
             Event::Start { field, kind } => {
                 let id = layout.ids[field];
                 if fields::is_row(&FIELDS[id]) {
-                    let rows = &mut self.rows[id];
+                    let rows = self.rows_mut(id);
                     if rows.rows.len() < CHOICES_MAX {
                         rows.rows.push(vec![Value::Absent; FIELDS.len()]);
                     } else {
@@ -256,7 +280,9 @@ impl Values {
                 let in_row = layout.row[id].is_some();
                 for &j in &layout.subtree[id] {
                     if fields::is_row(&FIELDS[j]) {
-                        self.rows[j] = Rows::default();
+                        if let Some(r) = self.rows.get_mut(j) {
+                            *r = Rows::default();
+                        }
                     }
                 }
                 let Some(scope) = self.scope(layout, id) else {
@@ -327,7 +353,7 @@ impl Values {
 
     /// Choices that carried output (any of their [`Type::Output`] fields non-empty).
     pub fn choices_with_output(&self) -> usize {
-        self.rows[id::CHOICE]
+        self.rows(id::CHOICE)
             .rows
             .iter()
             .filter(|r| r.contains(&Value::Output(true)))
