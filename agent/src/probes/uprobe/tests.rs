@@ -373,3 +373,48 @@ fn map_files_opens_the_mapped_inode_of_a_process() {
         Err(OpenError::Changed { .. })
     ));
 }
+
+/// The in-place symbol and section lookups agree with the `object` crate's own on real files:
+/// this test binary (static symbols) and the host's libssl when it has one (dynamic symbols).
+#[test]
+fn elf_lookups_agree_with_the_object_crate() {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut files = vec![std::fs::read("/proc/self/exe").unwrap()];
+    if let Ok(ssl) = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3") {
+        files.push(ssl);
+        let sites = super::openssl::analyze(files.last().unwrap()).unwrap();
+        assert!(
+            sites.functions.iter().any(|(n, _)| *n == "SSL_read"),
+            "{sites:?}"
+        );
+    }
+    for data in &files {
+        let img = super::elf::Image::parse(data).unwrap();
+        let obj = object::File::parse(&data[..]).unwrap();
+        for s in obj.sections().take(50) {
+            let name = s.name().unwrap();
+            if name.is_empty() {
+                continue;
+            }
+            let first = obj.sections().find(|x| x.name() == Ok(name)).unwrap();
+            assert_eq!(
+                img.section(name).map(|(a, _)| a),
+                Some(first.address()),
+                "{name}"
+            );
+        }
+        let mut checked = 0;
+        for s in obj.symbols().chain(obj.dynamic_symbols()) {
+            let Ok(name) = s.name() else { continue };
+            if name.is_empty() || !s.is_definition() || s.address() == 0 {
+                continue;
+            }
+            assert!(img.symbol(name).is_some(), "{name}");
+            checked += 1;
+            if checked > 500 {
+                break;
+            }
+        }
+        assert!(checked > 0);
+    }
+}
