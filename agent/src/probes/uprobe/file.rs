@@ -17,7 +17,7 @@
 //! descriptor with a size cap ([`MAX_FILE_BYTES`]). Uprobes are attached through the same
 //! descriptor ([`OpenedFile::proc_path`]), so the inode probed is the inode read.
 //!
-//! Overlayfs before Linux 6.8 shows the underlying file's device and inode in `/proc/<pid>/maps`
+//! Overlayfs (on older kernels) shows the underlying file's device and inode in `/proc/<pid>/maps`
 //! while an opened file reports the overlay's: when they differ, the agent maps one page of its own
 //! descriptor and compares what its own `/proc/self/maps` shows for it, the same view.
 
