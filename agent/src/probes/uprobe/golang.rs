@@ -164,6 +164,10 @@ fn sites(
 /// The TLS uprobe sites of a Go binary. `Ok(None)`: not a Go binary, or one that does not link
 /// `crypto/tls`.
 pub fn analyze(data: &[u8]) -> Result<Option<GoTlsSites>, UprobeError> {
+    // A 32-bit executable (ELFCLASS32) is not probed and not reported: `Image` reads 64-bit ELF.
+    if data.starts_with(b"\x7fELF") && data.get(4) == Some(&1) {
+        return Ok(None);
+    }
     let img = Image::parse(data)?;
     let Some(version) = build_version(&img)? else {
         return Ok(None);
