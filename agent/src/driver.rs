@@ -117,6 +117,9 @@ impl Driver {
             Control::Tls { pid, plans } => self.attach_tls(pid, plans),
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);
+                for path in self.probes.release_tls(pid) {
+                    tracing::info!(pid, %path, "TLS uprobes detached: no target maps the file any more.");
+                }
                 self.pipeline.gone(pid);
             }
         }

@@ -173,7 +173,9 @@ pub struct TlsAttachStatus {
     pub attached: bool,
     /// Go version and where its symbols came from, or the OpenSSL functions probed.
     pub detail: String,
-    /// Why it is not probed (binary not readable, symbol not found, Go version unsupported, …).
+    /// Why it is not probed (binary not readable, refused as a tenant's file — not a regular
+    /// file, changed since mapped, on FUSE —, over a limit — file size, RETs or bytes per
+    /// function —, symbol not found, Go version unsupported, …). `docs/tls.md` lists them.
     pub error: Option<String>,
 }
 

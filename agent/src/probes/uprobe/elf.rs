@@ -1,28 +1,57 @@
 //! What the TLS uprobes need from an ELF file: symbols (static then dynamic table), sections, the
 //! bytes at a virtual address, and virtual address → file offset (uprobes attach at file offsets).
 //! Parsing is the `object` crate's; this module only asks it questions. Pure: bytes in, answers out.
+//!
+//! The file is a tenant's: every lookup is linear in the file. Names are never read up to their
+//! NUL (a string table without one would make each read scan the rest of the table, quadratic over
+//! the symbols); a name is compared in place, reading at most its own length plus one byte.
 
-use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol};
+use object::read::elf::{ElfFile64, FileHeader, SectionHeader, SectionTable, Sym, SymbolTable};
+use object::{Endianness, Object, ObjectSegment, SectionIndex};
 
 use super::UprobeError;
 
+type Elf64 = object::elf::FileHeader64<Endianness>;
+
 /// A parsed ELF image over its file's bytes.
 pub struct Image<'a> {
-    obj: object::File<'a>,
+    obj: ElfFile64<'a, Endianness>,
+    data: &'a [u8],
     /// The file's length: offsets past it are never reported.
     len: u64,
 }
 
+/// Whether the NUL-terminated string at `off` of `strtab` is `name` (reads `name.len() + 1` bytes).
+fn name_is(strtab: &[u8], off: u32, name: &[u8]) -> bool {
+    let off = off as usize;
+    off.checked_add(name.len() + 1)
+        .and_then(|end| strtab.get(off..end))
+        .is_some_and(|s| s[..name.len()] == *name && s[name.len()] == 0)
+}
+
 impl<'a> Image<'a> {
     pub fn parse(data: &'a [u8]) -> Result<Image<'a>, UprobeError> {
-        let obj = object::File::parse(data).map_err(|e| UprobeError::NotElf(e.to_string()))?;
-        if obj.format() != object::BinaryFormat::Elf {
-            return Err(UprobeError::NotElf("not an ELF file".into()));
-        }
+        let obj =
+            ElfFile64::<Endianness>::parse(data).map_err(|e| UprobeError::NotElf(e.to_string()))?;
         Ok(Image {
             obj,
+            data,
             len: data.len() as u64,
         })
+    }
+
+    fn sections(&self) -> &SectionTable<'a, Elf64> {
+        self.obj.elf_section_table()
+    }
+
+    /// The bytes of section `index` (empty when it has none in the file).
+    fn section_data(&self, index: SectionIndex) -> Option<&'a [u8]> {
+        let endian = self.obj.endian();
+        self.sections()
+            .section(index)
+            .ok()?
+            .data(endian, self.data)
+            .ok()
     }
 
     /// The CPU the image is for.
@@ -32,23 +61,39 @@ impl<'a> Image<'a> {
 
     /// Whether the image has a static symbol table (false for stripped binaries).
     pub fn has_symtab(&self) -> bool {
-        self.obj.symbols().next().is_some()
+        !self.obj.elf_symbol_table().is_empty()
+    }
+
+    fn find_in(&self, table: &SymbolTable<'a, Elf64>, name: &str) -> Option<(u64, u64)> {
+        let endian = self.obj.endian();
+        let strtab = self.section_data(table.string_section())?;
+        table
+            .iter()
+            .find(|s| {
+                s.st_shndx(endian) != object::elf::SHN_UNDEF
+                    && name_is(strtab, s.st_name(endian), name.as_bytes())
+            })
+            .map(|s| (s.st_value(endian), s.st_size(endian)))
     }
 
     /// A defined symbol's virtual address and size, from the static symbol table, else the
-    /// dynamic one.
+    /// dynamic one. One pass over each table.
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
-        let find = |mut it: object::SymbolIterator<'a, '_>| {
-            it.find(|s| s.is_definition() && s.name_bytes().ok() == Some(name.as_bytes()))
-                .map(|s| (s.address(), s.size()))
-        };
-        find(self.obj.symbols()).or_else(|| find(self.obj.dynamic_symbols()))
+        self.find_in(self.obj.elf_symbol_table(), name)
+            .or_else(|| self.find_in(self.obj.elf_dynamic_symbol_table(), name))
     }
 
-    /// A section's virtual address and bytes.
+    /// A section's virtual address and bytes. One pass over the section headers.
     pub fn section(&self, name: &str) -> Option<(u64, &'a [u8])> {
-        let s = self.obj.section_by_name(name)?;
-        Some((s.address(), s.data().ok()?))
+        let endian = self.obj.endian();
+        let header = self.obj.elf_header();
+        let shstrndx = header.shstrndx(endian, self.data).ok()?;
+        let names = self.section_data(SectionIndex(shstrndx as usize))?;
+        let (index, s) = self
+            .sections()
+            .enumerate()
+            .find(|(_, s)| name_is(names, s.sh_name(endian), name.as_bytes()))?;
+        Some((s.sh_addr(endian), self.section_data(index)?))
     }
 
     /// The file offset of a virtual address inside a loaded segment.

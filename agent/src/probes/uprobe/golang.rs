@@ -20,6 +20,14 @@ pub const HANDSHAKE: &str = "crypto/tls.(*Conn).handshakeContext";
 /// Oldest Go whose function table this reads (and whose register ABI the probes assume: 1.17).
 const MIN_MINOR: u32 = 18;
 
+/// Most RET instructions probed per function. Go's `(*Conn).Read` and `Write` have a handful;
+/// more is a binary built some other way, or one made to make the agent attach thousands of
+/// uprobes. Such a binary is skipped with [`UprobeError::TooManyReturns`].
+pub const MAX_RETS: usize = 64;
+
+/// Largest function decoded to find its RETs (Read and Write are a few KiB).
+pub const MAX_FUNCTION_BYTES: u64 = 1 << 20;
+
 /// Uprobe sites of one function, as file offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FuncSites {
@@ -95,6 +103,22 @@ pub fn ret_addresses(code: &[u8], ip: u64) -> Vec<u64> {
     out
 }
 
+/// The RETs of function `name` (`code`, starting at `ip`): at least one, at most [`MAX_RETS`].
+pub fn capped_rets(name: &'static str, code: &[u8], ip: u64) -> Result<Vec<u64>, UprobeError> {
+    let rets = ret_addresses(code, ip);
+    if rets.is_empty() {
+        return Err(UprobeError::NoReturn(name));
+    }
+    if rets.len() > MAX_RETS {
+        return Err(UprobeError::TooManyReturns {
+            function: name,
+            found: rets.len(),
+            limit: MAX_RETS,
+        });
+    }
+    Ok(rets)
+}
+
 /// A function's [entry, end) virtual addresses, from the symbol table or the function table.
 fn locate(
     img: &Image<'_>,
@@ -118,13 +142,18 @@ fn sites(
     name: &'static str,
 ) -> Result<FuncSites, UprobeError> {
     let (start, end) = locate(img, tab, name)?;
+    let size = end.saturating_sub(start);
+    if size > MAX_FUNCTION_BYTES {
+        return Err(UprobeError::FunctionTooLarge {
+            function: name,
+            size,
+            limit: MAX_FUNCTION_BYTES,
+        });
+    }
     let code = img
         .bytes_at(start, end.saturating_sub(start))
         .ok_or(UprobeError::SymbolNotFound(name))?;
-    let rets = ret_addresses(code, start);
-    if rets.is_empty() {
-        return Err(UprobeError::NoReturn(name));
-    }
+    let rets = capped_rets(name, code, start)?;
     let off = |a: u64| img.file_offset(a).ok_or(UprobeError::SymbolNotFound(name));
     Ok(FuncSites {
         entry: off(start)?,
@@ -135,6 +164,10 @@ fn sites(
 /// The TLS uprobe sites of a Go binary. `Ok(None)`: not a Go binary, or one that does not link
 /// `crypto/tls`.
 pub fn analyze(data: &[u8]) -> Result<Option<GoTlsSites>, UprobeError> {
+    // A 32-bit executable (ELFCLASS32) is not probed and not reported: `Image` reads 64-bit ELF.
+    if data.starts_with(b"\x7fELF") && data.get(4) == Some(&1) {
+        return Ok(None);
+    }
     let img = Image::parse(data)?;
     let Some(version) = build_version(&img)? else {
         return Ok(None);

@@ -16,6 +16,7 @@
 //! ```
 //!
 //! Pure and total: every read is bounds-checked; a malformed table is an error, never a panic.
+//! Linear: a lookup is one pass over the table, and no name is read past its expected length.
 
 /// A function found in the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub enum PclntabError {
     #[error("the .gopclntab function table points outside the section")]
     OutOfBounds,
 }
+
+/// The longest function name [`Pclntab::functions`] returns (Go's longest real names, generic
+/// instantiations included, are a few hundred bytes).
+pub const MAX_NAME: usize = 4096;
 
 pub const MAGIC_GO118: u32 = 0xffff_fff0;
 pub const MAGIC_GO120: u32 = 0xffff_fff1;
@@ -94,17 +99,31 @@ impl<'a> Pclntab<'a> {
         })
     }
 
-    /// Name of function `i` (raw bytes), if the table is sound there.
-    fn name(&self, i: usize) -> Option<&'a [u8]> {
+    /// Where function `i`'s name starts in the data, if the table is sound there.
+    fn name_start(&self, i: usize) -> Option<usize> {
         let func_off = u32_at(self.data, self.functab + 8 * i + 4)? as usize;
         let name_off = u32_at(
             self.data,
             self.functab.checked_add(func_off)?.checked_add(4)?,
         )?;
-        let start = self.funcnames.checked_add(name_off as usize)?;
-        let rest = self.data.get(start..)?;
+        self.funcnames.checked_add(name_off as usize)
+    }
+
+    /// Name of function `i` (raw bytes), if the table is sound there and the name is at most
+    /// [`MAX_NAME`] bytes: a name is never read past that (a table without NULs would otherwise make
+    /// every read scan the rest of the section).
+    fn name(&self, i: usize) -> Option<&'a [u8]> {
+        let rest = self.data.get(self.name_start(i)?..)?;
+        let rest = &rest[..rest.len().min(MAX_NAME + 1)];
         let len = rest.iter().position(|&b| b == 0)?;
         Some(&rest[..len])
+    }
+
+    /// Whether function `i` is named `name` (reads `name.len() + 1` bytes).
+    fn name_is(&self, i: usize, name: &[u8]) -> bool {
+        self.name_start(i)
+            .and_then(|s| self.data.get(s..s.checked_add(name.len() + 1)?))
+            .is_some_and(|b| b[..name.len()] == *name && b[name.len()] == 0)
     }
 
     fn entry(&self, i: usize) -> Option<u64> {
@@ -125,10 +144,13 @@ impl<'a> Pclntab<'a> {
         })
     }
 
-    /// A function by its full name (e.g. `crypto/tls.(*Conn).Read`).
+    /// A function by its full name (e.g. `crypto/tls.(*Conn).Read`). One pass over the table,
+    /// each name compared in place.
     pub fn find(&self, name: &str) -> Option<GoFunc> {
-        self.functions()
-            .find(|(n, _)| *n == name.as_bytes())
-            .map(|(_, f)| f)
+        let i = (0..self.nfunc).find(|&i| self.name_is(i, name.as_bytes()))?;
+        Some(GoFunc {
+            entry: self.entry(i)?,
+            end: self.entry(i + 1)?,
+        })
     }
 }

@@ -3,22 +3,26 @@
 //! attaching the kernel programs of `ebpf/probes/src/tls.rs` there.
 //!
 //! Uprobes attach to a file, not a process: every process running that file hits them, and the
-//! programs leave at once for processes not in `TARGETS`. A file is attached once (keyed by device
-//! and inode) and stays attached while the agent runs.
+//! programs leave at once for processes not in `TARGETS`. A file is attached once (keyed by the
+//! device and inode of its mapping) and detached when the last target using it is gone
+//! ([`Probes::release_tls`]).
 //!
 //! Finding the sites reads and parses whole binaries: the targeting thread does it
-//! ([`plan`]), the pipeline only attaches ([`Probes::attach_tls`]).
+//! ([`plan`]), the pipeline only attaches ([`Probes::attach_tls`]). The files are a tenant's:
+//! `file` opens them so the process cannot substitute another (and attaching goes through the
+//! descriptor that was read), and parsing is linear in the file and capped ([`file::MAX_FILE_BYTES`],
+//! [`golang::MAX_RETS`], [`golang::MAX_FUNCTION_BYTES`]); a file over a cap is reported and skipped.
 
 pub mod elf;
+pub mod file;
 pub mod golang;
 pub mod gopclntab;
 pub mod openssl;
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 
-use aya::programs::uprobe::UProbeScope;
+use aya::programs::uprobe::{UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 
 use super::Probes;
@@ -28,7 +32,7 @@ use openssl::SslSites;
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UprobeError {
     #[error("cannot read the binary: {0}")]
-    Read(String),
+    File(file::OpenError),
     #[error("not an ELF file: {0}")]
     NotElf(String),
     #[error("Go version {0} is not supported for TLS capture (needs go1.18 or later)")]
@@ -41,6 +45,24 @@ pub enum UprobeError {
     SymbolNotFound(&'static str),
     #[error("no RET instruction found in {0}")]
     NoReturn(&'static str),
+    #[error(
+        "{function} has {found} RET instructions, over the {limit} probed per function; \
+         this binary is skipped (not a regular Go build?)"
+    )]
+    TooManyReturns {
+        function: &'static str,
+        found: usize,
+        limit: usize,
+    },
+    #[error(
+        "{function} is {size} bytes long, over the {limit}-byte limit decoded per function; \
+         this binary is skipped (not a regular Go build?)"
+    )]
+    FunctionTooLarge {
+        function: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("cannot read the Go function table: {0}")]
     Pclntab(gopclntab::PclntabError),
 }
@@ -60,10 +82,11 @@ pub struct TlsPlan {
     pub library: &'static str,
     /// The path as the process sees it (for status and logs).
     pub path: String,
-    /// A path this agent can open that names the same file (`/proc/<pid>/exe`,
-    /// `/proc/<pid>/root/<path>`), for attaching.
-    pub attach_path: PathBuf,
-    /// (device, inode): a file is probed once however many processes run it.
+    /// The file as read, held open until attached: attaching goes through this descriptor
+    /// (`/proc/self/fd/<n>`), so the inode probed is the inode analysed. `None` when `sites` is
+    /// an error.
+    pub opened: Option<Arc<file::OpenedFile>>,
+    /// (device, inode) of the mapping: a file is probed once however many processes run it.
     pub file: (u64, u64),
     /// What was found or why nothing can be probed.
     pub sites: Result<Sites, UprobeError>,
@@ -90,48 +113,69 @@ impl TlsPlan {
     }
 }
 
-fn file_key(path: &std::path::Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+/// Open and read a mapped file of `pid` (see `file`), then analyse it.
+fn read_mapping<T>(
+    pid: u32,
+    m: &file::Mapping,
+    analyze: impl FnOnce(&[u8]) -> Result<T, UprobeError>,
+) -> (Option<Arc<file::OpenedFile>>, Result<T, UprobeError>) {
+    let opened = match file::open_mapping(pid, m) {
+        Ok(f) => f,
+        Err(e) => return (None, Err(UprobeError::File(e))),
+    };
+    match opened.read_all(file::MAX_FILE_BYTES) {
+        Ok(data) => {
+            let result = analyze(&data);
+            let keep = result.is_ok().then(|| Arc::new(opened));
+            (keep, result)
+        }
+        Err(e) => (None, Err(UprobeError::File(e))),
+    }
 }
 
 /// The files of process `pid` that carry TLS: its executable when it is a Go program linking
-/// `crypto/tls`, and the libssl it maps. Reads and parses them (blocking).
+/// `crypto/tls`, and the libssl it maps. Opens, reads and parses them (blocking). An executable
+/// that cannot be opened safely or is over a size cap is reported as `go` (it cannot be told
+/// apart from one without reading it).
 pub fn plan(pid: u32) -> Vec<TlsPlan> {
     let mut out = Vec::new();
-    let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-    let exe_name = std::fs::read_link(&exe)
+    let maps =
+        file::parse_maps(&std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default());
+    let exe_name = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    if let (Some(file), Ok(data)) = (file_key(&exe), std::fs::read(&exe)) {
-        match golang::analyze(&data) {
+    if let Some(m) = maps
+        .iter()
+        .find(|m| !exe_name.is_empty() && m.path == exe_name)
+    {
+        let (opened, result) = read_mapping(pid, m, golang::analyze);
+        match result {
             Ok(None) => {}
+            // As before the safe open: an executable the agent cannot open at all (no such
+            // file, no permission) is not reported; one refused for what it is, is.
+            Err(UprobeError::File(file::OpenError::Open { error, .. })) => {
+                tracing::debug!(pid, path = %exe_name, %error, "Cannot open the executable for TLS analysis.");
+            }
             result => out.push(TlsPlan {
                 pid,
                 library: "go",
                 path: exe_name,
-                attach_path: exe.clone(),
-                file,
+                opened,
+                file: (m.dev, m.ino),
                 sites: result.map(|s| Sites::Go(s.expect("Some: None matched above"))),
             }),
         }
     }
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-    if let Some(lib) = openssl::mapped_libssl(&maps) {
-        let attach_path = PathBuf::from(format!("/proc/{pid}/root{}", lib.display()));
-        let sites = std::fs::read(&attach_path)
-            .map_err(|e| UprobeError::Read(e.to_string()))
-            .and_then(|d| openssl::analyze(&d))
-            .map(Sites::OpenSsl);
-        if let Some(file) = file_key(&attach_path) {
-            out.push(TlsPlan {
-                pid,
-                library: "openssl",
-                path: lib.display().to_string(),
-                attach_path,
-                file,
-                sites,
-            });
-        }
+    if let Some(m) = openssl::mapped_libssl(&maps) {
+        let (opened, sites) = read_mapping(pid, m, openssl::analyze);
+        out.push(TlsPlan {
+            pid,
+            library: "openssl",
+            path: m.path.clone(),
+            opened,
+            file: (m.dev, m.ino),
+            sites: sites.map(Sites::OpenSsl),
+        });
     }
     out
 }
@@ -152,10 +196,17 @@ fn ssl_enter_program(function: &str) -> &'static str {
     }
 }
 
-/// Files already attached, and programs already loaded.
+/// One attached file: its links and the targets using it.
+struct AttachedFile {
+    path: String,
+    links: Vec<(&'static str, UProbeLinkId)>,
+    users: BTreeSet<u32>,
+}
+
+/// Files attached (by device and inode of the mapping), and programs already loaded.
 #[derive(Default)]
 pub struct TlsAttachments {
-    files: HashSet<(u64, u64)>,
+    files: HashMap<(u64, u64), AttachedFile>,
     loaded: HashSet<&'static str>,
 }
 
@@ -183,11 +234,31 @@ impl Probes {
         Ok(up)
     }
 
-    fn attach_at(&mut self, name: &'static str, plan: &TlsPlan, offset: u64) -> Result<(), String> {
-        self.uprobe(name)?
-            .attach(offset, &plan.attach_path, UProbeScope::AllProcesses)
-            .map(|_| ())
-            .map_err(|e| format!("attaching {name} at {:#x} of {}: {e:#}", offset, plan.path))
+    fn attach_at(
+        &mut self,
+        name: &'static str,
+        plan: &TlsPlan,
+        target: &std::path::Path,
+        offset: u64,
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) -> Result<(), String> {
+        let id = self
+            .uprobe(name)?
+            .attach(offset, target, UProbeScope::AllProcesses)
+            .map_err(|e| format!("attaching {name} at {:#x} of {}: {e:#}", offset, plan.path))?;
+        links.push((name, id));
+        Ok(())
+    }
+
+    fn detach_links(&mut self, links: Vec<(&'static str, UProbeLinkId)>, path: &str) {
+        for (name, id) in links {
+            let result = self
+                .uprobe(name)
+                .and_then(|p| p.detach(id).map_err(|e| e.to_string()));
+            if let Err(e) = result {
+                tracing::warn!(program = name, %path, error = %e, "Cannot detach TLS uprobe.");
+            }
+        }
     }
 
     /// The TLS programs loaded so far (attached somewhere), sorted.
@@ -197,35 +268,85 @@ impl Probes {
         v
     }
 
-    /// Attach the TLS programs at a plan's sites (once per file). On error, the probes already
-    /// attached for the file stay (they only ever add plaintext).
+    /// Attach the TLS programs at a plan's sites (once per file), through the descriptor the
+    /// plan read, and count the plan's process as a user of the file. On error, the probes
+    /// attached for the file so far are detached.
     pub fn attach_tls(&mut self, plan: &TlsPlan) -> Result<AttachOutcome, String> {
         let sites = plan.sites.as_ref().map_err(|e| e.to_string())?;
-        if self.tls.files.contains(&plan.file) {
+        if let Some(f) = self.tls.files.get_mut(&plan.file) {
+            f.users.insert(plan.pid);
             return Ok(AttachOutcome::AlreadyAttached);
         }
-        let mut n = 0;
-        match sites {
-            Sites::Go(g) => {
-                self.attach_at(GO_HANDSHAKE_ENTER, plan, g.handshake)?;
-                self.attach_at(GO_READ_ENTER, plan, g.read.entry)?;
-                self.attach_at(GO_WRITE_ENTER, plan, g.write.entry)?;
-                n += 3;
-                for &ret in g.read.rets.iter().chain(&g.write.rets) {
-                    self.attach_at(GO_RET, plan, ret)?;
-                    n += 1;
+        let opened = plan
+            .opened
+            .as_ref()
+            .ok_or_else(|| format!("{}: the file is no longer held open", plan.path))?;
+        // The held descriptor stays open (plan, and so `opened`, outlive this call).
+        let target = opened.proc_path();
+        let mut links = Vec::new();
+        let result = (|| -> Result<(), String> {
+            match sites {
+                Sites::Go(g) => {
+                    self.attach_at(GO_HANDSHAKE_ENTER, plan, &target, g.handshake, &mut links)?;
+                    self.attach_at(GO_READ_ENTER, plan, &target, g.read.entry, &mut links)?;
+                    self.attach_at(GO_WRITE_ENTER, plan, &target, g.write.entry, &mut links)?;
+                    for &ret in g.read.rets.iter().chain(&g.write.rets) {
+                        self.attach_at(GO_RET, plan, &target, ret, &mut links)?;
+                    }
+                }
+                Sites::OpenSsl(s) => {
+                    for &(function, off) in &s.functions {
+                        self.attach_at(
+                            ssl_enter_program(function),
+                            plan,
+                            &target,
+                            off,
+                            &mut links,
+                        )?;
+                        self.attach_at(SSL_RET, plan, &target, off, &mut links)?;
+                    }
                 }
             }
-            Sites::OpenSsl(s) => {
-                for &(function, off) in &s.functions {
-                    self.attach_at(ssl_enter_program(function), plan, off)?;
-                    self.attach_at(SSL_RET, plan, off)?;
-                    n += 2;
-                }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.detach_links(links, &plan.path);
+            return Err(e);
+        }
+        let n = links.len();
+        self.tls.files.insert(
+            plan.file,
+            AttachedFile {
+                path: plan.path.clone(),
+                links,
+                users: BTreeSet::from([plan.pid]),
+            },
+        );
+        Ok(AttachOutcome::Attached(n))
+    }
+
+    /// Process `pid` is no longer a target: it stops using its files, and the uprobes of a file
+    /// no target uses any more are detached. Returns the files detached (paths).
+    pub fn release_tls(&mut self, pid: u32) -> Vec<String> {
+        let unused: Vec<(u64, u64)> = self
+            .tls
+            .files
+            .iter_mut()
+            .filter_map(|(key, f)| (f.users.remove(&pid) && f.users.is_empty()).then_some(*key))
+            .collect();
+        let mut out = Vec::new();
+        for key in unused {
+            if let Some(f) = self.tls.files.remove(&key) {
+                self.detach_links(f.links, &f.path);
+                out.push(f.path);
             }
         }
-        self.tls.files.insert(plan.file);
-        Ok(AttachOutcome::Attached(n))
+        out
+    }
+
+    /// Files with TLS uprobes attached now.
+    pub fn tls_files_attached(&self) -> usize {
+        self.tls.files.len()
     }
 }
 

@@ -1,9 +1,8 @@
 //! Where to put uprobes in OpenSSL's libssl: `SSL_read`, `SSL_write`, `SSL_read_ex`,
 //! `SSL_write_ex` from its dynamic symbol table, and which libssl a process has mapped.
 
-use std::path::PathBuf;
-
 use super::elf::Image;
+use super::file::Mapping;
 use super::UprobeError;
 
 /// The four functions, with whether each is an `_ex` form.
@@ -40,11 +39,10 @@ pub fn analyze(data: &[u8]) -> Result<SslSites, UprobeError> {
     Ok(SslSites { functions })
 }
 
-/// The libssl a process has mapped (path as the process sees it), from `/proc/<pid>/maps`.
-pub fn mapped_libssl(maps: &str) -> Option<PathBuf> {
-    maps.lines().find_map(|l| {
-        let path = l.split_whitespace().nth(5)?;
-        let file = path.rsplit('/').next()?;
-        (path.starts_with('/') && file.starts_with("libssl.so")).then(|| PathBuf::from(path))
+/// The libssl a process has mapped, from its `/proc/<pid>/maps` mappings.
+pub fn mapped_libssl(maps: &[Mapping]) -> Option<&Mapping> {
+    maps.iter().find(|m| {
+        let file = m.path.rsplit('/').next().unwrap_or_default();
+        file.starts_with("libssl.so")
     })
 }

@@ -1,7 +1,11 @@
 //! Pure parts of TLS site finding on synthetic inputs. The same code runs against real Go
 //! binaries (normal and stripped) built by `tests/tests/tls.rs`.
 
-use super::golang::{ret_addresses, version_supported};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use super::file::{open_in_root, open_map_files, parse_maps, OpenError, MAX_FILE_BYTES};
+use super::golang::{capped_rets, ret_addresses, version_supported, MAX_RETS};
 use super::gopclntab::{GoFunc, Pclntab, PclntabError, MAGIC_GO118, MAGIC_GO120};
 use super::openssl::mapped_libssl;
 
@@ -142,12 +146,275 @@ fn libssl_is_found_in_a_maps_listing() {
 7f0000100000-7f0000101000 r-xp 00020000 08:01 789 /usr/lib/x86_64-linux-gnu/libssl.so.3
 7f0000200000-7f0000201000 rw-p 00000000 00:00 0 [heap]
 ";
+    let maps = parse_maps(maps);
+    assert_eq!(maps.len(), 3, "{maps:?}");
+    let ssl = mapped_libssl(&maps).unwrap();
+    assert_eq!(ssl.path, "/usr/lib/x86_64-linux-gnu/libssl.so.3");
+    assert_eq!((ssl.start, ssl.end), (0x7f0000100000, 0x7f0000101000));
+    assert_eq!((ssl.dev, ssl.ino), (libc::makedev(8, 1), 789));
     assert_eq!(
-        mapped_libssl(maps).unwrap().to_str(),
-        Some("/usr/lib/x86_64-linux-gnu/libssl.so.3")
-    );
-    assert_eq!(
-        mapped_libssl("7f-7f r--p 0 0:0 0 /usr/lib/libc.so.6\n"),
+        mapped_libssl(&parse_maps("7f-7f r--p 0 0:0 1 /usr/lib/libc.so.6\n")),
         None
     );
+    // Paths with spaces are kept whole.
+    let spaced = parse_maps("1000-2000 r-xp 00000000 fd:01 42          /opt/my app/libssl.so.3\n");
+    assert_eq!(spaced[0].path, "/opt/my app/libssl.so.3");
+}
+
+#[test]
+fn pclntab_lookup_is_linear_when_names_have_no_terminator() {
+    // 50,000 functions whose names all start at the same 1 MiB run without a NUL: reading each
+    // name up to its NUL would scan 50 GB; comparing in place reads a few bytes per function.
+    let nfunc: usize = 50_000;
+    let header = 8 + 8 * 8;
+    let names = 1 << 20;
+    let functab = header + names;
+    let funcdata = (nfunc + 1) * 8;
+    let mut d = Vec::new();
+    d.extend_from_slice(&MAGIC_GO120.to_le_bytes());
+    d.extend_from_slice(&[0, 0, 1, 8]);
+    for w in [
+        nfunc as u64,
+        0,
+        0x401000,
+        header as u64,
+        0,
+        0,
+        0,
+        functab as u64,
+    ] {
+        d.extend_from_slice(&w.to_le_bytes());
+    }
+    d.resize(functab, b'a');
+    for i in 0..=nfunc {
+        d.extend_from_slice(&(i as u32 * 16).to_le_bytes());
+        d.extend_from_slice(&(funcdata as u32).to_le_bytes());
+    }
+    d.extend_from_slice(&0u32.to_le_bytes());
+    d.extend_from_slice(&0u32.to_le_bytes()); // every name at offset 0
+    let t = Pclntab::parse(&d).unwrap();
+    let started = Instant::now();
+    assert_eq!(t.find("crypto/tls.(*Conn).Read"), None);
+    assert_eq!(
+        t.functions().count(),
+        0,
+        "names over MAX_NAME are not returned"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_function_with_too_many_rets_is_refused_with_the_count() {
+    let code = vec![0xc3u8; MAX_RETS + 1];
+    let err = capped_rets("f", &code, 0x1000).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("f has 65 RET instructions, over the {MAX_RETS} probed per function; this binary is skipped (not a regular Go build?)")
+    );
+    assert_eq!(
+        capped_rets("f", &code[..MAX_RETS], 0x1000).unwrap().len(),
+        MAX_RETS
+    );
+}
+
+/// A fake container root in a fresh directory.
+fn fake_root(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("infertap-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("usr/lib")).unwrap();
+    dir
+}
+
+fn identity(p: &Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.dev(), m.ino())
+}
+
+#[test]
+fn a_tenant_symlink_to_a_host_file_is_not_followed() {
+    let root = fake_root("symlink");
+    let lib = root.join("usr/lib/libssl.so.3");
+    std::os::unix::fs::symlink("/etc/shadow", &lib).unwrap();
+    let shadow = identity(Path::new("/etc/shadow"));
+    // Even with the identity of the file it points to, the link is not followed.
+    let err = open_in_root(&root, "/usr/lib/libssl.so.3", shadow).unwrap_err();
+    assert!(
+        matches!(&err, OpenError::Open { error, .. } if error.contains("symbolic links")),
+        "{err}"
+    );
+    // An absolute path inside the root cannot climb out of it either.
+    std::fs::write(root.join("usr/lib/real"), b"x").unwrap();
+    std::os::unix::fs::symlink("../../../../../../etc", root.join("usr/up")).unwrap();
+    assert!(open_in_root(&root, "/usr/up/shadow", shadow).is_err());
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_fifo_is_refused_at_once_without_blocking() {
+    let root = fake_root("fifo");
+    let fifo = root.join("usr/lib/libssl.so.3");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let started = Instant::now();
+    let err = open_in_root(&root, "/usr/lib/libssl.so.3", identity(&fifo)).unwrap_err();
+    assert_eq!(err, OpenError::NotRegular("a FIFO"));
+    assert_eq!(err.to_string(), "not a regular file (a FIFO); not read");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_device_is_refused() {
+    let zero = Path::new("/dev/zero");
+    let err = open_in_root(Path::new("/"), "/dev/zero", identity(zero)).unwrap_err();
+    assert_eq!(err, OpenError::NotRegular("a character device"));
+}
+
+#[test]
+fn a_file_swapped_after_its_mapping_was_read_is_refused() {
+    let root = fake_root("swap");
+    let lib = root.join("usr/lib/libssl.so.3");
+    std::fs::write(&lib, b"\x7fELF the mapped one").unwrap();
+    let mapped = identity(&lib);
+    let ok = open_in_root(&root, "/usr/lib/libssl.so.3", mapped).unwrap();
+    assert_eq!(
+        ok.read_all(MAX_FILE_BYTES).unwrap(),
+        b"\x7fELF the mapped one"
+    );
+    // The tenant renames another file over the path between planning and opening.
+    let other = root.join("usr/lib/other");
+    std::fs::write(&other, b"\x7fELF another").unwrap();
+    std::fs::rename(&other, &lib).unwrap();
+    let err = open_in_root(&root, "/usr/lib/libssl.so.3", mapped).unwrap_err();
+    assert!(matches!(err, OpenError::Changed { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("changed since its mapping was read"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn a_file_over_the_size_cap_is_reported_and_not_read() {
+    let root = fake_root("big");
+    let lib = root.join("usr/lib/libssl.so.3");
+    let f = std::fs::File::create(&lib).unwrap();
+    f.set_len(MAX_FILE_BYTES + 1).unwrap(); // sparse
+    let opened = open_in_root(&root, "/usr/lib/libssl.so.3", identity(&lib)).unwrap();
+    let err = opened.read_all(MAX_FILE_BYTES).unwrap_err();
+    assert_eq!(
+        err,
+        OpenError::TooLarge {
+            size: MAX_FILE_BYTES + 1,
+            limit: MAX_FILE_BYTES
+        }
+    );
+    assert!(
+        err.to_string().contains("over the 536870912-byte limit"),
+        "{err}"
+    );
+    // A file that grows past the cap after it was opened is caught while reading.
+    let grows = root.join("usr/lib/grows");
+    std::fs::write(&grows, b"small").unwrap();
+    let opened = open_in_root(&root, "/usr/lib/grows", identity(&grows)).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&grows)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    assert_eq!(
+        opened.read_all(1024).unwrap_err(),
+        OpenError::TooLarge {
+            size: 1025,
+            limit: 1024
+        }
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn map_files_opens_the_mapped_inode_of_a_process() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED (needs root: /proc/<pid>/map_files needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let exe = std::fs::read_link("/proc/self/exe").unwrap();
+    let maps = parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
+    let m = maps
+        .iter()
+        .find(|m| Path::new(&m.path) == exe)
+        .expect("the test binary is mapped");
+    let opened = open_map_files(std::process::id(), m).unwrap();
+    assert_eq!(opened.mapped, identity(&exe));
+    let attach_path = opened.proc_path();
+    assert_eq!(
+        identity(&std::fs::canonicalize(&attach_path).unwrap()),
+        identity(&exe)
+    );
+    let data = opened.read_all(MAX_FILE_BYTES).unwrap();
+    assert_eq!(data.len() as u64, std::fs::metadata(&exe).unwrap().len());
+    assert!(data.starts_with(b"\x7fELF"));
+    // A mapping whose recorded inode is not the file's is refused.
+    let wrong = super::file::Mapping {
+        ino: m.ino + 1,
+        ..m.clone()
+    };
+    assert!(matches!(
+        open_map_files(std::process::id(), &wrong),
+        Err(OpenError::Changed { .. })
+    ));
+}
+
+/// The in-place symbol and section lookups agree with the `object` crate's own on real files:
+/// this test binary (static symbols) and the host's libssl when it has one (dynamic symbols).
+#[test]
+fn elf_lookups_agree_with_the_object_crate() {
+    use object::{Object, ObjectSection, ObjectSymbol};
+    let mut files = vec![std::fs::read("/proc/self/exe").unwrap()];
+    if let Ok(ssl) = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3") {
+        files.push(ssl);
+        let sites = super::openssl::analyze(files.last().unwrap()).unwrap();
+        assert!(
+            sites.functions.iter().any(|(n, _)| *n == "SSL_read"),
+            "{sites:?}"
+        );
+    }
+    for data in &files {
+        let img = super::elf::Image::parse(data).unwrap();
+        let obj = object::File::parse(&data[..]).unwrap();
+        for s in obj.sections().take(50) {
+            let name = s.name().unwrap();
+            if name.is_empty() {
+                continue;
+            }
+            let first = obj.sections().find(|x| x.name() == Ok(name)).unwrap();
+            assert_eq!(
+                img.section(name).map(|(a, _)| a),
+                Some(first.address()),
+                "{name}"
+            );
+        }
+        let mut checked = 0;
+        for s in obj.symbols().chain(obj.dynamic_symbols()) {
+            let Ok(name) = s.name() else { continue };
+            if name.is_empty() || !s.is_definition() || s.address() == 0 {
+                continue;
+            }
+            assert!(img.symbol(name).is_some(), "{name}");
+            checked += 1;
+            if checked > 500 {
+                break;
+            }
+        }
+        assert!(checked > 0);
+    }
 }
