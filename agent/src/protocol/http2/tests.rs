@@ -62,6 +62,7 @@ pub(crate) fn render(events: &mut Vec<String>, ev: H2Event<'_>) {
         H2Event::DataGap { stream, len } => format!("gap {stream} {len}"),
         H2Event::Lost => "lost".into(),
         H2Event::Error(k) => format!("error {}", k.as_str()),
+        H2Event::Abuse(k) => format!("abuse {}", k.as_str()),
     };
     events.push(line);
 }
