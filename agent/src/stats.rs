@@ -118,6 +118,25 @@ counters! {
     http2_frame_errors,
     /// HTTP/2 streams not followed because a connection already had its maximum.
     http2_streams_shed,
+    /// HTTP/2 header blocks whose decoded list was over 64 KiB (name + value + 32 per field; an
+    /// HPACK bomb): the connection's HTTP/2 state was dropped. As the five below, each counts the
+    /// attack that made one connection be dropped.
+    http2_header_lists_too_large,
+    /// HTTP/2 header blocks of more than 8 CONTINUATION frames.
+    http2_continuation_floods,
+    /// HTTP/2 SETTINGS frames over their budget (1000, then 100 a second, per direction).
+    http2_settings_floods,
+    /// HTTP/2 PING frames over their budget (1000, then 100 a second, per direction).
+    http2_ping_floods,
+    /// HTTP/2 streams reset by the client before their response over their budget (1000, then
+    /// 33 a second).
+    http2_rapid_reset_floods,
+    /// HTTP/2 connections that opened more than 256 streams beyond the ones followed, or with ids
+    /// that did not increase (stream exhaustion).
+    http2_stream_floods,
+    /// HTTP/2 connections whose state was dropped for hostile traffic (any of the above): their
+    /// later bytes are not parsed.
+    http2_connections_dropped,
     /// gRPC messages read from HTTP/2 streams.
     grpc_messages,
     /// gRPC messages not decoded: compressed, or over the 4 MiB bound.

@@ -74,6 +74,13 @@ struct Outcome {
     crashes: Vec<PathBuf>,
 }
 
+/// libFuzzer limits for every run, replays included. The parsers bound their memory and their
+/// work per byte (a few MiB of buffers, a constant factor per input byte), so an input that makes
+/// one use hundreds of MiB or seconds of CPU is an amplification bug (an HPACK bomb, a quadratic
+/// rescan): these small limits make it trip as a crash (an OOM or timeout artifact) instead of
+/// passing slowly.
+const LIMITS: [&str; 2] = ["-rss_limit_mb=512", "-timeout=5"];
+
 fn fuzz_one(target: &str, seconds: u64) -> Result<Outcome> {
     let artifacts = fuzz_dir().join("artifacts").join(target);
     let before = files_in(&artifacts);
@@ -86,7 +93,7 @@ fn fuzz_one(target: &str, seconds: u64) -> Result<Outcome> {
         .args(regressions.is_dir().then_some(&regressions))
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
-        .arg("-rss_limit_mb=2048")
+        .args(LIMITS)
         .arg("-print_final_stats=1");
     eprintln!("+ {cmd:?}");
     let out = cmd
@@ -131,7 +138,8 @@ fn replay(targets: &[String]) -> Result<()> {
         run(cargo_fuzz()
             .args(["run", "-O", t])
             .arg(&dir)
-            .args(["--", "-runs=0"]))?;
+            .args(["--", "-runs=0"])
+            .args(LIMITS))?;
     }
     Ok(())
 }

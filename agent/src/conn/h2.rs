@@ -57,11 +57,7 @@ impl H2State {
         done: &mut Vec<Work>,
     ) {
         let e = streams.on_event(dir, ev, done);
-        fx.grpc_messages += e.grpc_messages;
-        fx.grpc_skipped += e.grpc_skipped;
-        fx.ext_proc_failures += e.ext_proc_failures;
-        fx.streams_shed += e.streams_shed;
-        fx.parse_errors += e.parse_errors;
+        fx.add(&e);
     }
 
     pub(super) fn feed(
@@ -76,6 +72,7 @@ impl H2State {
         self.parser.feed(dir, seg, &mut |ev| {
             Self::apply(streams, dir, ev, &mut fx, done)
         });
+        self.stop_if_dropped();
         count(&fx, stats);
     }
 
@@ -85,7 +82,16 @@ impl H2State {
         self.parser.gap(dir, len, &mut |ev| {
             Self::apply(streams, dir, ev, &mut fx, done)
         });
+        self.stop_if_dropped();
         count(&fx, stats);
+    }
+
+    /// The streams found hostile traffic over a limit (rapid resets, stream exhaustion): the
+    /// parser stops too, so that later bytes cost nothing.
+    fn stop_if_dropped(&mut self) {
+        if self.streams.dropped() && !self.parser.dropped() {
+            self.parser.drop_state();
+        }
     }
 
     pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<Work>) {
@@ -100,6 +106,16 @@ fn count(fx: &H2Effects, stats: &Stats) {
         (&stats.ext_proc_decode_failures, fx.ext_proc_failures),
         (&stats.http2_streams_shed, fx.streams_shed),
         (&stats.http2_frame_errors, fx.parse_errors),
+        (
+            &stats.http2_header_lists_too_large,
+            fx.header_lists_too_large,
+        ),
+        (&stats.http2_continuation_floods, fx.continuation_floods),
+        (&stats.http2_settings_floods, fx.settings_floods),
+        (&stats.http2_ping_floods, fx.ping_floods),
+        (&stats.http2_rapid_reset_floods, fx.rapid_reset_floods),
+        (&stats.http2_stream_floods, fx.stream_floods),
+        (&stats.http2_connections_dropped, fx.dropped),
     ] {
         if n > 0 {
             counter.fetch_add(n, Ordering::Relaxed);

@@ -10,7 +10,13 @@
 //! streams are followed for framing only and produce nothing.
 //!
 //! Bounded: at most [`MAX_STREAMS`] streams per connection (more are counted and ignored); one
-//! gRPC message per direction per stream (≤ `grpc::MAX_MESSAGE`). Pure: no I/O, no clock.
+//! gRPC message per direction per stream (≤ `grpc::MAX_MESSAGE`); each event touches one stream
+//! (or all of them once, on a loss). Hostile traffic over a limit — client resets before the
+//! response over [`RESET_BURST`]/[`RESETS_PER_SECOND`] (a rapid-reset flood), more than
+//! [`MAX_STREAMS`] streams shed or opened with a stream id that does not increase (stream
+//! exhaustion), or an [`H2Abuse`] from the parser — drops the connection's streams and state
+//! ([`H2Effects::dropped`]; the caller stops the parser). Pure: no I/O, no clock (time is the
+//! events' timestamps).
 
 use std::collections::HashMap;
 
@@ -19,11 +25,15 @@ use crate::epp::ExtProcStream;
 use crate::protocol::ext_proc::{self, PROCESS_PATH};
 use crate::protocol::grpc::{self, GrpcDeframer, GrpcMessage};
 use crate::protocol::http::{HttpEvent, RequestHead, ResponseHead};
-use crate::protocol::http2::{Fields, H2Event};
+use crate::protocol::http2::{Budget, Fields, H2Abuse, H2Event};
 use crate::protocol::Direction;
 
 /// Streams followed per connection at once.
 pub const MAX_STREAMS: usize = 256;
+/// Streams the client may reset before their response: a burst, then this many per second
+/// (nghttp2's stream reset rate limit); more is a rapid-reset flood.
+pub const RESET_BURST: u64 = 1000;
+pub const RESETS_PER_SECOND: u64 = 33;
 
 /// How a gRPC call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +75,47 @@ pub struct H2Effects {
     /// Streams beyond [`MAX_STREAMS`].
     pub streams_shed: u64,
     pub parse_errors: u64,
+    /// Hostile traffic over a limit, by kind (the first of a connection only: then it is
+    /// dropped).
+    pub header_lists_too_large: u64,
+    pub continuation_floods: u64,
+    pub settings_floods: u64,
+    pub ping_floods: u64,
+    pub rapid_reset_floods: u64,
+    pub stream_floods: u64,
+    /// The connection's HTTP/2 state was dropped (the caller stops its parser).
+    pub dropped: u64,
+}
+
+impl H2Effects {
+    fn abuse(&mut self, kind: H2Abuse) {
+        let c = match kind {
+            H2Abuse::HeaderListTooLarge => &mut self.header_lists_too_large,
+            H2Abuse::ContinuationFlood => &mut self.continuation_floods,
+            H2Abuse::SettingsFlood => &mut self.settings_floods,
+            H2Abuse::PingFlood => &mut self.ping_floods,
+            H2Abuse::RapidReset => &mut self.rapid_reset_floods,
+            H2Abuse::StreamFlood => &mut self.stream_floods,
+        };
+        *c += 1;
+        self.dropped += 1;
+    }
+
+    /// Adds `o` to these counts.
+    pub fn add(&mut self, o: &H2Effects) {
+        self.grpc_messages += o.grpc_messages;
+        self.grpc_skipped += o.grpc_skipped;
+        self.ext_proc_failures += o.ext_proc_failures;
+        self.streams_shed += o.streams_shed;
+        self.parse_errors += o.parse_errors;
+        self.header_lists_too_large += o.header_lists_too_large;
+        self.continuation_floods += o.continuation_floods;
+        self.settings_floods += o.settings_floods;
+        self.ping_floods += o.ping_floods;
+        self.rapid_reset_floods += o.rapid_reset_floods;
+        self.stream_floods += o.stream_floods;
+        self.dropped += o.dropped;
+    }
 }
 
 enum Kind {
@@ -94,14 +145,56 @@ fn idx(dir: Direction) -> usize {
 }
 
 /// The streams of one HTTP/2 connection.
-#[derive(Default)]
 pub struct H2Streams {
     streams: HashMap<u32, Stream>,
+    /// The highest stream id the client opened.
+    last_opened: u32,
+    /// New streams not followed (table full, or an id that did not increase).
+    shed: u64,
+    resets: Budget,
+    /// Hostile traffic was seen: events are ignored.
+    dropped: bool,
+    /// Streams looked at (a measure of work that does not depend on a clock).
+    visits: u64,
+}
+
+impl Default for H2Streams {
+    fn default() -> H2Streams {
+        H2Streams {
+            streams: HashMap::new(),
+            last_opened: 0,
+            shed: 0,
+            resets: Budget::new(RESET_BURST),
+            dropped: false,
+            visits: 0,
+        }
+    }
 }
 
 impl H2Streams {
     pub fn new() -> H2Streams {
         H2Streams::default()
+    }
+
+    /// Streams looked at so far.
+    pub fn visits(&self) -> u64 {
+        self.visits
+    }
+
+    /// Whether the connection's streams were dropped (hostile traffic over a limit).
+    pub fn dropped(&self) -> bool {
+        self.dropped
+    }
+
+    /// Drops every stream (counted as shed) and ignores later events.
+    fn drop_all(&mut self, kind: H2Abuse, fx: &mut H2Effects) {
+        if self.dropped {
+            return;
+        }
+        self.dropped = true;
+        fx.streams_shed += self.streams.len() as u64;
+        self.streams.clear();
+        fx.abuse(kind);
     }
 
     pub fn len(&self) -> usize {
@@ -115,6 +208,12 @@ impl H2Streams {
     /// One event of direction `dir`.
     pub fn on_event(&mut self, dir: Direction, ev: H2Event<'_>, done: &mut Vec<Work>) -> H2Effects {
         let mut fx = H2Effects::default();
+        if self.dropped {
+            return fx;
+        }
+        self.visits += 1;
+        // The stream this event touched (checked for its end below).
+        let mut touched = None;
         match ev {
             H2Event::Headers {
                 ts_ns,
@@ -122,11 +221,19 @@ impl H2Streams {
                 fields,
                 end_stream,
             } => {
+                touched = Some(stream);
                 if dir == Direction::Request && !self.streams.contains_key(&stream) {
-                    if self.streams.len() >= MAX_STREAMS {
+                    // Stream ids of a client increase (RFC 9113 §5.1.1): a lower one is a stream
+                    // already closed.
+                    if self.streams.len() >= MAX_STREAMS || stream <= self.last_opened {
                         fx.streams_shed += 1;
+                        self.shed += 1;
+                        if self.shed > MAX_STREAMS as u64 {
+                            self.drop_all(H2Abuse::StreamFlood, &mut fx);
+                        }
                         return fx;
                     }
+                    self.last_opened = stream;
                     self.streams.insert(stream, Stream::open(ts_ns, &fields));
                 } else if !self.streams.contains_key(&stream) {
                     // A response for a stream whose request we did not see: its request is lost.
@@ -142,6 +249,7 @@ impl H2Streams {
                 data,
                 frame_start,
             } => {
+                touched = Some(stream);
                 if let Some(s) = self.streams.get_mut(&stream) {
                     if frame_start {
                         // gRPC writers start a message at a frame: pick messages up again there.
@@ -156,6 +264,7 @@ impl H2Streams {
                 }
             }
             H2Event::EndStream { ts_ns, stream } => {
+                touched = Some(stream);
                 if let Some(s) = self.streams.get_mut(&stream) {
                     s.end(dir, ts_ns, done);
                 }
@@ -166,19 +275,29 @@ impl H2Streams {
                 code,
             } => {
                 if let Some(s) = self.streams.remove(&stream) {
+                    let early = dir == Direction::Request && !s.responded;
                     s.reset(dir, ts_ns, code, done);
+                    if early && !self.resets.take(ts_ns, RESET_BURST, RESETS_PER_SECOND) {
+                        self.drop_all(H2Abuse::RapidReset, &mut fx);
+                    }
                 }
             }
             H2Event::GoAway { .. } => {}
             H2Event::Lost => {
                 // Only this direction's bytes were lost.
+                self.visits += self.streams.len() as u64;
                 for s in self.streams.values_mut() {
                     s.gap(dir, 0);
                 }
             }
             H2Event::Error(_) => fx.parse_errors += 1,
+            H2Event::Abuse(kind) => self.drop_all(kind, &mut fx),
         }
-        self.streams.retain(|_, s| !s.finished());
+        if let Some(id) = touched {
+            if self.streams.get(&id).is_some_and(Stream::finished) {
+                self.streams.remove(&id);
+            }
+        }
         fx
     }
 

@@ -130,6 +130,22 @@ pub struct Http2Status {
     pub connections: u64,
     pub frame_errors: u64,
     pub streams_shed: u64,
+    /// Hostile traffic, by kind (each drops the connection's HTTP/2 state).
+    #[serde(default)]
+    pub header_lists_too_large: u64,
+    #[serde(default)]
+    pub continuation_floods: u64,
+    #[serde(default)]
+    pub settings_floods: u64,
+    #[serde(default)]
+    pub ping_floods: u64,
+    #[serde(default)]
+    pub rapid_reset_floods: u64,
+    #[serde(default)]
+    pub stream_floods: u64,
+    /// Connections whose HTTP/2 state was dropped for hostile traffic.
+    #[serde(default)]
+    pub dropped: u64,
     pub grpc_messages: u64,
     pub grpc_messages_skipped: u64,
     pub ext_proc_decode_failures: u64,
@@ -302,6 +318,13 @@ impl StatusSource {
                 connections: get(&s.http2_connections),
                 frame_errors: get(&s.http2_frame_errors),
                 streams_shed: get(&s.http2_streams_shed),
+                header_lists_too_large: get(&s.http2_header_lists_too_large),
+                continuation_floods: get(&s.http2_continuation_floods),
+                settings_floods: get(&s.http2_settings_floods),
+                ping_floods: get(&s.http2_ping_floods),
+                rapid_reset_floods: get(&s.http2_rapid_reset_floods),
+                stream_floods: get(&s.http2_stream_floods),
+                dropped: get(&s.http2_connections_dropped),
                 grpc_messages: get(&s.grpc_messages),
                 grpc_messages_skipped: get(&s.grpc_messages_skipped),
                 ext_proc_decode_failures: get(&s.ext_proc_decode_failures),
@@ -431,7 +454,10 @@ mod tests {
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,
                          "requests_completed": 0, "requests_cancelled": 0, "requests_server_aborted": 0,
                          "requests_incomplete": 0, "requests_lost": 0},
-                "http2": {"connections": 0, "frame_errors": 0, "streams_shed": 0, "grpc_messages": 0,
+                "http2": {"connections": 0, "frame_errors": 0, "streams_shed": 0,
+                          "header_lists_too_large": 0, "continuation_floods": 0, "settings_floods": 0,
+                          "ping_floods": 0, "rapid_reset_floods": 0, "stream_floods": 0, "dropped": 0,
+                          "grpc_messages": 0,
                           "grpc_messages_skipped": 0, "ext_proc_decode_failures": 0},
                 "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,

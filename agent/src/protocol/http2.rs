@@ -30,6 +30,18 @@ pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 pub const MAX_CONTROL_PAYLOAD: usize = 1024;
 /// The HPACK dynamic table size a peer may announce before the table is considered unknown.
 pub const MAX_HPACK_TABLE: usize = 64 * 1024;
+/// The largest decoded header list of one block: the sum over its fields of name + value + 32
+/// octets (RFC 9113 §6.5.2's SETTINGS_MAX_HEADER_LIST_SIZE measure; nghttp2's default limit is
+/// 64 KiB). Past it the block's fields are not looked at (so that indexed references to a large
+/// dynamic table entry cost nothing each) and the connection's HTTP/2 state is dropped.
+pub const MAX_HEADER_LIST: usize = 64 * 1024;
+/// CONTINUATION frames of one header block; more is a CONTINUATION flood (nghttp2's default
+/// `max_continuations`; a 64 KiB block needs 4 at the default frame size).
+pub const MAX_CONTINUATIONS: u32 = 8;
+/// SETTINGS and PING frames per direction: a burst, then this many per second (token buckets on
+/// the segments' timestamps); more is a flood.
+pub const CONTROL_BURST: u64 = 1000;
+pub const CONTROL_PER_SECOND: u64 = 100;
 /// SETTINGS_MAX_FRAME_SIZE's initial value.
 const DEFAULT_MAX_FRAME: u32 = 16_384;
 /// When resynchronising, a first frame longer than this is not taken for a frame.
@@ -119,6 +131,72 @@ pub enum H2Event<'a> {
     Lost,
     /// Counted by the caller.
     Error(H2ErrorKind),
+    /// Hostile traffic over a limit: the connection's HTTP/2 state was dropped (no more events
+    /// from this parser; the caller drops its streams). Counted by kind.
+    Abuse(H2Abuse),
+}
+
+/// Hostile traffic that makes a connection's HTTP/2 state be dropped rather than followed with
+/// unbounded work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum H2Abuse {
+    /// A header block whose decoded list is over [`MAX_HEADER_LIST`] (an HPACK bomb).
+    HeaderListTooLarge,
+    /// A header block of more than [`MAX_CONTINUATIONS`] CONTINUATION frames.
+    ContinuationFlood,
+    /// SETTINGS frames over their budget ([`CONTROL_BURST`], [`CONTROL_PER_SECOND`]).
+    SettingsFlood,
+    /// PING frames over their budget.
+    PingFlood,
+    /// Streams reset by the client before their response, over their budget (`exchange::h2`).
+    RapidReset,
+    /// New streams beyond the streams followed, or with ids that do not increase, too many times
+    /// (`exchange::h2`).
+    StreamFlood,
+}
+
+impl H2Abuse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            H2Abuse::HeaderListTooLarge => "header_list_too_large",
+            H2Abuse::ContinuationFlood => "continuation_flood",
+            H2Abuse::SettingsFlood => "settings_flood",
+            H2Abuse::PingFlood => "ping_flood",
+            H2Abuse::RapidReset => "rapid_reset",
+            H2Abuse::StreamFlood => "stream_flood",
+        }
+    }
+}
+
+/// A token bucket on the segments' timestamps: `burst` at first, `per_second` more each second.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    left: u64,
+    at_ns: u64,
+}
+
+impl Budget {
+    pub fn new(burst: u64) -> Budget {
+        Budget {
+            left: burst,
+            at_ns: 0,
+        }
+    }
+
+    /// Takes one token; `false` when there is none left.
+    pub fn take(&mut self, ts_ns: u64, burst: u64, per_second: u64) -> bool {
+        let step = 1_000_000_000 / per_second.max(1);
+        let add = ts_ns.saturating_sub(self.at_ns) / step;
+        if add > 0 {
+            self.left = self.left.saturating_add(add).min(burst);
+            self.at_ns = ts_ns;
+        }
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -242,6 +320,8 @@ struct Block {
     report: bool,
     buf: Vec<u8>,
     too_large: bool,
+    /// CONTINUATION frames so far.
+    continuations: u32,
     ts_ns: u64,
 }
 
@@ -256,6 +336,8 @@ struct DirState {
     synced: bool,
     /// `None`: the dynamic table is unknown (header blocks are not decoded).
     hpack: Option<loona_hpack::Decoder<'static>>,
+    settings: Budget,
+    pings: Budget,
 }
 
 impl DirState {
@@ -272,6 +354,8 @@ impl DirState {
             block: None,
             synced: from_start,
             hpack: from_start.then(new_decoder),
+            settings: Budget::new(CONTROL_BURST),
+            pings: Budget::new(CONTROL_BURST),
         }
     }
 
@@ -302,6 +386,11 @@ fn dir_index(dir: Direction) -> usize {
 /// The HTTP/2 state of one connection: framing and HPACK per direction.
 pub struct Http2Conn {
     dirs: [DirState; 2],
+    /// Header name and value bytes looked at or copied while decoding header blocks (a measure
+    /// of work that does not depend on a clock: tests bound it by the bytes fed).
+    decoded_bytes: u64,
+    /// Hostile traffic was seen: nothing more is parsed.
+    dropped: bool,
 }
 
 impl Http2Conn {
@@ -314,7 +403,38 @@ impl Http2Conn {
                 DirState::new(from_start, true),
                 DirState::new(from_start, false),
             ],
+            decoded_bytes: 0,
+            dropped: false,
         }
+    }
+
+    /// Whether the connection's HTTP/2 state was dropped (hostile traffic over a limit).
+    pub fn dropped(&self) -> bool {
+        self.dropped
+    }
+
+    /// Stops parsing this connection for good (the caller found hostile traffic over a limit):
+    /// later bytes cost nothing.
+    pub fn drop_state(&mut self) {
+        self.dropped = true;
+        for s in &mut self.dirs {
+            s.synced = false;
+            s.frame = None;
+            s.block = None;
+            s.hpack = None;
+        }
+    }
+
+    fn abuse(&mut self, kind: H2Abuse, out: &mut dyn FnMut(H2Event<'_>)) {
+        if !self.dropped {
+            self.drop_state();
+            out(H2Event::Abuse(kind));
+        }
+    }
+
+    /// Header name and value bytes looked at or copied so far while decoding header blocks.
+    pub fn decoded_bytes(&self) -> u64 {
+        self.decoded_bytes
     }
 
     /// Whether a direction's header blocks can be decoded (its HPACK state is known).
@@ -326,6 +446,9 @@ impl Http2Conn {
     pub fn feed(&mut self, dir: Direction, seg: Segment<'_>, out: &mut dyn FnMut(H2Event<'_>)) {
         let d = dir_index(dir);
         let mut data = seg.data;
+        if self.dropped {
+            return;
+        }
         if !self.dirs[d].synced {
             if !(seg.syscall_start && looks_like_frames(data)) {
                 return;
@@ -361,7 +484,7 @@ impl Http2Conn {
     /// `len` bytes of one direction were lost.
     pub fn gap(&mut self, dir: Direction, len: u64, out: &mut dyn FnMut(H2Event<'_>)) {
         let s = &mut self.dirs[dir_index(dir)];
-        if !s.synced {
+        if self.dropped || !s.synced {
             return;
         }
         // Inside a DATA payload whose padding is known and that holds the whole loss: the frame
@@ -515,6 +638,7 @@ impl Http2Conn {
                     report: h.ty == HEADERS,
                     buf: Vec::new(),
                     too_large: false,
+                    continuations: 0,
                     ts_ns,
                 });
                 self.fragment(
@@ -537,6 +661,13 @@ impl Http2Conn {
                     self.dirs[d].hpack = None;
                     return;
                 }
+                if let Some(b) = self.dirs[d].block.as_mut() {
+                    b.continuations += 1;
+                    if b.continuations > MAX_CONTINUATIONS {
+                        self.abuse(H2Abuse::ContinuationFlood, out);
+                        return;
+                    }
+                }
                 self.fragment(d, p, truncated, h.flags & END_HEADERS != 0, ts_ns, out);
             }
             RST_STREAM => out(H2Event::Reset {
@@ -549,8 +680,21 @@ impl Http2Conn {
                 last_stream: u32::from_be_bytes([p[0], p[1], p[2], p[3]]) & 0x7fff_ffff,
                 code: u32::from_be_bytes([p[4], p[5], p[6], p[7]]),
             }),
-            // SETTINGS, PRIORITY, PING, WINDOW_UPDATE, extensions: nothing the spans need (flow
-            // control and frame-size limits change no byte this parser reads).
+            SETTINGS
+                if !self.dirs[d]
+                    .settings
+                    .take(ts_ns, CONTROL_BURST, CONTROL_PER_SECOND) =>
+            {
+                self.abuse(H2Abuse::SettingsFlood, out)
+            }
+            PING if !self.dirs[d]
+                .pings
+                .take(ts_ns, CONTROL_BURST, CONTROL_PER_SECOND) =>
+            {
+                self.abuse(H2Abuse::PingFlood, out)
+            }
+            // PRIORITY, WINDOW_UPDATE, extensions: nothing the spans need (flow control and
+            // frame-size limits change no byte this parser reads).
             _ => {}
         }
     }
@@ -588,11 +732,15 @@ impl Http2Conn {
         if b.too_large {
             s.hpack = None;
         } else if let Some(dec) = s.hpack.as_mut() {
-            match decode_block(dec, &b.buf) {
-                Some(f) => fields = f,
-                None => {
+            match decode_block(dec, &b.buf, &mut self.decoded_bytes) {
+                Decoded::Fields(f) => fields = f,
+                Decoded::Error => {
                     out(H2Event::Error(H2ErrorKind::Hpack));
                     s.hpack = None;
+                }
+                Decoded::TooLarge => {
+                    self.abuse(H2Abuse::HeaderListTooLarge, out);
+                    return;
                 }
             }
         }
@@ -607,37 +755,85 @@ impl Http2Conn {
     }
 }
 
-/// Decodes one header block, keeping allow-listed values only. `None` on an HPACK error.
-fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8]) -> Option<Fields> {
+/// What decoding one header block gave.
+enum Decoded {
+    Fields(Fields),
+    /// An HPACK error.
+    Error,
+    /// The decoded list is over [`MAX_HEADER_LIST`] (the table was still updated).
+    TooLarge,
+}
+
+/// The longest header name looked at: the longest of [`ALLOWED_HEADERS`] and the pseudo-headers
+/// kept (a longer name is skipped by its length, without reading it).
+const MAX_NAME: usize = 32;
+
+/// The first `max` bytes of `value` as text (lossy), cut at a character boundary: at most `max`
+/// bytes are read or copied whatever the value's length.
+fn prefix(value: &[u8], max: usize, work: &mut u64) -> String {
+    let v = &value[..value.len().min(max)];
+    *work += v.len() as u64;
+    cut(&String::from_utf8_lossy(v), max)
+}
+
+/// Decodes one header block, keeping allow-listed values only, the first occurrence of each
+/// pseudo-header, and at most 64 allow-listed fields. Work beyond `loona-hpack`'s own (linear in
+/// the block: its Huffman strings decode to at most 8/5 of their length) is at most
+/// [`MAX_NAME`] + [`MAX_PATH_BYTES`] bytes per field and stops at [`MAX_HEADER_LIST`].
+fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8], work: &mut u64) -> Decoded {
     let mut f = Fields {
         known: true,
         ..Fields::default()
     };
+    let mut list = 0usize;
+    let mut too_large = false;
     let res = dec.decode_with_cb(block, |name, value| {
+        if too_large {
+            return;
+        }
+        list += name.len() + value.len() + 32;
+        if list > MAX_HEADER_LIST {
+            too_large = true;
+            return;
+        }
+        if name.len() > MAX_NAME {
+            return;
+        }
+        *work += name.len() as u64;
         let Ok(name) = std::str::from_utf8(&name) else {
             return;
         };
-        let value = || String::from_utf8_lossy(&value).into_owned();
         match name {
-            ":method" => f.method = Some(cut(&value(), 32)),
-            ":path" => {
-                let v = value();
+            ":method" if f.method.is_none() => f.method = Some(prefix(&value, 32, work)),
+            ":path" if f.path.is_none() => {
+                let v = prefix(&value, MAX_PATH_BYTES, work);
                 let path = v.split(['?', '#']).next().unwrap_or("");
-                f.path = Some(cut(path, MAX_PATH_BYTES));
+                f.path = Some(path.to_string());
             }
-            ":status" => f.status = value().trim().parse().ok(),
-            "grpc-status" => f.grpc_status = value().trim().parse().ok(),
+            ":status" if f.status.is_none() => {
+                f.status = prefix(&value, 8, work).trim().parse().ok()
+            }
+            "grpc-status" if f.grpc_status.is_none() => {
+                f.grpc_status = prefix(&value, 16, work).trim().parse().ok()
+            }
             _ => {
                 if let Some(k) = ALLOWED_HEADERS.iter().find(|k| **k == name) {
                     if f.headers.len() < 64 {
-                        f.headers.push((k, cut(&value(), MAX_HEADER_VALUE_BYTES)));
+                        f.headers
+                            .push((k, prefix(&value, MAX_HEADER_VALUE_BYTES, work)));
                     }
                 }
             }
         }
     });
-    res.ok().map(|_| f)
+    match res {
+        Err(_) => Decoded::Error,
+        Ok(()) if too_large => Decoded::TooLarge,
+        Ok(()) => Decoded::Fields(f),
+    }
 }
 
+#[cfg(test)]
+mod hostile;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -35,7 +35,7 @@ fn direction(chunks: &[(Direction, Vec<u8>)], dir: Direction) -> Vec<u8> {
 
 /// Events rendered as lines, consecutive DATA of a stream joined (how DATA is cut depends on the
 /// segments, not on the stream).
-fn render(events: &mut Vec<String>, ev: H2Event<'_>) {
+pub(crate) fn render(events: &mut Vec<String>, ev: H2Event<'_>) {
     let line = match ev {
         H2Event::Data { stream, data, .. } => {
             let hex: String = data.iter().map(|b| format!("{b:02x}")).collect();
@@ -62,6 +62,7 @@ fn render(events: &mut Vec<String>, ev: H2Event<'_>) {
         H2Event::DataGap { stream, len } => format!("gap {stream} {len}"),
         H2Event::Lost => "lost".into(),
         H2Event::Error(k) => format!("error {}", k.as_str()),
+        H2Event::Abuse(k) => format!("abuse {}", k.as_str()),
     };
     events.push(line);
 }
