@@ -6,6 +6,7 @@
 //! response byte), and bounded buffers of the JSON bodies it reads fields from. Pure: no I/O, no
 //! clocks; timestamps are kernel monotonic nanoseconds from the capture.
 
+pub mod gaps;
 pub mod h2;
 
 /// What a connection finished: the one value that leaves the connection table for each request
@@ -43,10 +44,15 @@ use crate::protocol::openai::{
 use crate::protocol::openai::{RequestScan, ResponseScan};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
+use gaps::GapSketch;
 
 const RESPONSE_TAIL: usize = 64 << 10;
-/// Content chunk timestamps kept per request (for inter-token statistics).
-const CHUNK_TIMES_MAX: usize = 1 << 20;
+/// Content chunk timestamps kept per request (for inter-token statistics and the GPU share):
+/// the first ones, exactly; the gaps after them go to a fixed-size [`GapSketch`].
+pub const CHUNK_TIMES_MAX: usize = 4096;
+/// Finish reasons kept per request (a stream's chunks each may carry some; a response has at
+/// most `CHOICES_MAX` choices): more are counted in `finish_reasons_dropped`.
+pub const FINISH_REASONS_MAX: usize = openai::CHOICES_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -76,15 +82,25 @@ pub struct Exchange {
     pub first_token_ns: Option<u64>,
     /// Last response byte written (or when the exchange was abandoned).
     pub end_ns: u64,
-    /// Every content chunk's write time, in order.
+    /// The first [`CHUNK_TIMES_MAX`] content chunks' write times, in order.
     pub content_chunk_ns: Vec<u64>,
+    /// Content chunks written, all of them (exact, however long the stream).
+    pub content_chunks: u64,
+    /// The last content chunk's write time.
+    pub last_chunk_ns: Option<u64>,
+    /// The gaps between content chunks after the ones whose times are kept (the gap into the
+    /// first chunk not kept included): present once a stream outgrows `content_chunk_ns`.
+    pub later_gaps: Option<Box<GapSketch>>,
     pub request_body_len: u64,
     pub response_body_len: u64,
     pub sse_events: u64,
     pub streaming: bool,
     pub response_id: Option<String>,
     pub response_model: Option<String>,
+    /// At most [`FINISH_REASONS_MAX`].
     pub finish_reasons: Vec<String>,
+    /// Finish reasons past [`FINISH_REASONS_MAX`], not kept (nor added to `response_values`).
+    pub finish_reasons_dropped: u64,
     pub usage: Option<Usage>,
     /// Every response field of `openai::fields` (span attributes are set from these): a JSON
     /// body's scan, or what the stream chunks said.
@@ -131,6 +147,9 @@ impl InFlight {
                 first_token_ns: None,
                 end_ns: ts_ns,
                 content_chunk_ns: Vec::new(),
+                content_chunks: 0,
+                last_chunk_ns: None,
+                later_gaps: None,
                 request_body_len: 0,
                 response_body_len: 0,
                 sse_events: 0,
@@ -138,6 +157,7 @@ impl InFlight {
                 response_id: None,
                 response_model: None,
                 finish_reasons: Vec::new(),
+                finish_reasons_dropped: 0,
                 usage: None,
                 response_values: Values::new(Body::Response),
                 error_type: None,
@@ -416,15 +436,18 @@ impl ExchangeTracker {
 }
 
 /// One stream chunk's fields into its exchange.
-fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
+fn apply_chunk(ex: &mut Exchange, ts_ns: u64, mut c: StreamChunk<'_>) {
+    let room = FINISH_REASONS_MAX.saturating_sub(ex.finish_reasons.len());
+    if c.finish_reasons.len() > room {
+        ex.finish_reasons_dropped += (c.finish_reasons.len() - room) as u64;
+        c.finish_reasons.truncate(room);
+    }
     ex.response_values.apply_chunk(&c);
     if c.has_content {
         if ex.first_token_ns.is_none() {
             ex.first_token_ns = Some(ts_ns);
         }
-        if ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
-            ex.content_chunk_ns.push(ts_ns);
-        }
+        add_chunk_time(ex, ts_ns);
     }
     if ex.response_id.is_none() {
         ex.response_id = c.id.map(Cow::into_owned);
@@ -441,6 +464,19 @@ fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
     }
 }
 
+/// One content chunk's time: kept while there is room, else its gap goes to the sketch.
+fn add_chunk_time(ex: &mut Exchange, ts_ns: u64) {
+    ex.content_chunks += 1;
+    if ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
+        ex.content_chunk_ns.push(ts_ns);
+    } else if let Some(last) = ex.last_chunk_ns {
+        ex.later_gaps
+            .get_or_insert_with(Box::default)
+            .add(ts_ns.saturating_sub(last));
+    }
+    ex.last_chunk_ns = Some(ts_ns);
+}
+
 fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
     if data.len() >= RESPONSE_TAIL {
         tail.clear();
@@ -451,3 +487,6 @@ fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
     tail.drain(..excess.min(tail.len()));
     tail.extend_from_slice(data);
 }
+
+#[cfg(test)]
+mod tests;

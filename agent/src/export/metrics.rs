@@ -638,10 +638,20 @@ impl RequestMetrics {
     /// Records one finished request and, as `gen_ai.server.inter_token_latency`, the gaps between
     /// consecutive content chunk times (any monotonic clock, nanoseconds; an exchange's
     /// `content_chunk_ns`).
+    /// A stream longer than its kept chunk times adds its later gaps from the summary's sketch
+    /// (`Summary::later_gaps`), each at its bucket's value (within `gaps::RELATIVE_ERROR`): every
+    /// gap is observed once.
     pub fn record_with_chunk_times(&self, r: &Summary, chunk_times_ns: &[u64]) {
+        let later = r.later_gaps.iter().flat_map(|g| {
+            g.buckets()
+                .flat_map(|(ns, n)| std::iter::repeat_n(ns as u64, n as usize))
+        });
         self.record_gaps(
             r,
-            chunk_times_ns.windows(2).map(|w| w[1].saturating_sub(w[0])),
+            chunk_times_ns
+                .windows(2)
+                .map(|w| w[1].saturating_sub(w[0]))
+                .chain(later),
         );
     }
 

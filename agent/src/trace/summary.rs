@@ -45,6 +45,9 @@ pub struct Summary {
     /// Routing decisions: `routed`, `rejected` or `none`, and the first chosen endpoint.
     pub decision: Option<&'static str>,
     pub endpoint: Option<String>,
+    /// A stream with more content chunks than its exchange kept times of: the gaps after those
+    /// (the chunk times themselves reach the metrics beside the summary). Fixed size.
+    pub later_gaps: Option<Box<crate::exchange::gaps::GapSketch>>,
 }
 
 impl Summary {
