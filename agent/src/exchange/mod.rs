@@ -38,6 +38,7 @@ use std::collections::VecDeque;
 
 use crate::protocol::http::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::openai::fields::Body;
+use crate::protocol::openai::models::{self, ModelsScan};
 use crate::protocol::openai::{
     self, Operation, RequestFields, ResponseFields, StreamChunk, Usage, Values,
 };
@@ -113,6 +114,9 @@ pub struct Exchange {
     pub sse_failures: u64,
     /// A JSON body (request or response) that did not scan: why (`ScanError::as_str`).
     pub json_error: Option<&'static str>,
+    /// A successful `GET /v1/models` answer: the model ids the server listed (at most
+    /// `models::SERVED_MODELS_MAX`); empty otherwise.
+    pub served_models: Vec<String>,
 }
 
 struct InFlight {
@@ -125,6 +129,8 @@ struct InFlight {
     response_tail: Vec<u8>,
     response_gapped: bool,
     sse: Option<SseFramer>,
+    /// A `GET /v1/models` answer's model list being read.
+    models_scan: Option<ModelsScan>,
 }
 
 impl InFlight {
@@ -165,12 +171,14 @@ impl InFlight {
                 incomplete: false,
                 sse_failures: 0,
                 json_error: None,
+                served_models: Vec::new(),
             },
             request_done: false,
             response_scan: None,
             response_tail: Vec::new(),
             response_gapped: false,
             sse: None,
+            models_scan: None,
         }
     }
 
@@ -214,6 +222,9 @@ impl InFlight {
                     self.ex.response_values.set_usage(u);
                 }
             }
+        }
+        if let Some(scan) = self.models_scan.take() {
+            self.ex.served_models = scan.finish();
         }
         self.ex.end_ns = ts_ns;
         self.ex.outcome = outcome;
@@ -334,6 +345,10 @@ impl ExchangeTracker {
                         *k == "content-type" && v.to_ascii_lowercase().contains("json")
                     });
                     f.response_scan = (!sse && json).then(ResponseScan::new);
+                    f.models_scan = (json
+                        && (200..300).contains(&head.status)
+                        && models::is_models_request(&f.ex.request.method, &f.ex.request.path))
+                    .then(ModelsScan::new);
                     f.ex.response_start_ns = Some(ts_ns);
                     f.ex.response = Some(head);
                 }
@@ -361,6 +376,9 @@ impl ExchangeTracker {
                             SseEvent::Comment => {}
                         });
                     } else if let Some(scan) = f.response_scan.as_mut() {
+                        if let Some(models) = f.models_scan.as_mut() {
+                            models.feed(data);
+                        }
                         if f.response_gapped {
                             push_tail(&mut f.response_tail, data);
                         } else {
@@ -379,6 +397,9 @@ impl ExchangeTracker {
                     }
                     if let Some(sse) = f.sse.as_mut() {
                         sse.gap();
+                    }
+                    if let Some(models) = f.models_scan.as_mut() {
+                        models.gap();
                     }
                 }
             }

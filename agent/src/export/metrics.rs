@@ -42,6 +42,7 @@
 //! series; hold its lock for more than a few histogram updates.
 
 pub mod otlp;
+pub mod served;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -592,6 +593,17 @@ impl<'a> Observed<'a> {
     }
 }
 
+/// A model as a label value: itself when `r`'s server serves it, else `other` (`served`).
+fn model_label<'a>(
+    served: &served::ServedModels,
+    r: &Summary,
+    model: &'a Option<String>,
+) -> Val<'a> {
+    model
+        .as_deref()
+        .map_or(Val::Absent, |m| Val::Str(served.label(r, m)))
+}
+
 /// An optional string as a label value (bounded).
 fn str_val(v: &Option<String>) -> Val<'_> {
     v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)))
@@ -607,6 +619,8 @@ pub fn time_per_output_token(duration_s: f64, ttft_s: f64, output_tokens: i64) -
 #[derive(Debug)]
 pub struct RequestMetrics {
     families: Mutex<Vec<Family>>,
+    /// The model label policy's memory (`served`); locked before, never with, `families`.
+    served: Mutex<served::ServedModels>,
     otel: OnceLock<Vec<OtelInstrument>>,
 }
 
@@ -626,6 +640,7 @@ impl RequestMetrics {
     pub fn with_series_limit(limit: usize) -> Self {
         Self {
             families: Mutex::new(INSTRUMENTS.iter().map(|s| Family::new(s, limit)).collect()),
+            served: Mutex::new(served::ServedModels::default()),
             otel: OnceLock::new(),
         }
     }
@@ -670,7 +685,13 @@ impl RequestMetrics {
             // gRPC calls: no instruments yet.
             SummaryKind::GrpcCall => return,
         }
-        let o = Observed::from_summary(r);
+        let mut o = Observed::from_summary(r);
+        {
+            let mut served = self.served_models();
+            served.learn(r);
+            o.request_model = model_label(&served, r, &r.request_model);
+            o.response_model = model_label(&served, r, &r.response_model);
+        }
         let duration_s = r.duration_s;
         let mut put = self.recorder();
 
@@ -734,7 +755,9 @@ impl RequestMetrics {
             return;
         };
         let decision = Val::Str(decision);
-        let model = str_val(&r.request_model);
+        let model = r.request_model.as_deref().map_or(Val::Absent, |m| {
+            Val::Str(self.served_models().label_routed(m))
+        });
         let mut put = self.recorder();
         put(EPP_DECISION_DURATION, &[decision, model], r.duration_s);
         let endpoint = str_val(&r.endpoint);
@@ -788,6 +811,10 @@ impl RequestMetrics {
     pub(crate) fn attach_otel(&self, instruments: Vec<OtelInstrument>) {
         debug_assert_eq!(instruments.len(), INSTRUMENTS.len());
         let _ = self.otel.set(instruments);
+    }
+
+    fn served_models(&self) -> MutexGuard<'_, served::ServedModels> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Family>> {

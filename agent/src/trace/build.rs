@@ -309,6 +309,7 @@ pub fn build_span(
         input_tokens: genai.input_tokens,
         output_tokens: genai.output_tokens,
         later_gaps: ex.later_gaps.clone(),
+        served_models: ex.served_models.clone(),
         ..Summary::new(SummaryKind::Http, &span)
     };
     Built { span, summary }
