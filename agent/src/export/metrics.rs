@@ -48,6 +48,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 
@@ -94,6 +95,13 @@ pub const DECISION_DURATION_BUCKETS: &[f64] = &[
 
 /// Series per instrument before records go to the overflow series (OTel SDKs' default).
 pub const DEFAULT_SERIES_LIMIT: usize = 2000;
+
+/// A series not recorded into for this long is removed from `/metrics` (its counters restart
+/// from zero if it comes back, which Prometheus' `rate()` and `increase()` take as a reset).
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// How often a family looks for idle series (on a record or a scrape).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Label values are cut to this many bytes (at a character boundary).
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
@@ -280,6 +288,16 @@ enum OwnedVal {
     Int(i64),
 }
 
+impl OwnedVal {
+    fn borrowed(&self) -> Val<'_> {
+        match self {
+            OwnedVal::Absent => Val::Absent,
+            OwnedVal::Str(s) => Val::Str(s),
+            OwnedVal::Int(i) => Val::Int(*i),
+        }
+    }
+}
+
 impl Val<'_> {
     fn hash_into(&self, h: &mut impl Hasher) {
         match self {
@@ -338,6 +356,8 @@ struct Series {
     /// The same, as OTel attributes (absent ones left out), made once.
     attributes: Box<[KeyValue]>,
     data: Data,
+    /// Last recorded into.
+    touched: Instant,
 }
 
 impl Series {
@@ -350,10 +370,12 @@ impl Series {
             values,
             attributes,
             data,
+            touched: Instant::now(),
         }
     }
 
-    fn add(&mut self, value: f64) {
+    fn add(&mut self, value: f64, now: Instant) {
+        self.touched = now;
         match &mut self.data {
             Data::Histogram(h) => h.observe(value),
             Data::Counter(c) => *c += value as u64,
@@ -391,6 +413,8 @@ struct Family {
     /// Records routed to `overflow`.
     overflowed: u64,
     limit: usize,
+    /// When idle series were last looked for.
+    swept: Instant,
 }
 
 impl Family {
@@ -403,17 +427,48 @@ impl Family {
             overflow: None,
             overflowed: 0,
             limit,
+            swept: Instant::now(),
+        }
+    }
+
+    fn hash<'a>(&self, values: impl Iterator<Item = Val<'a>>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for v in values {
+            v.hash_into(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Removes the labelled series not recorded into since `now - idle`; how many.
+    fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
+        self.swept = now;
+        let before = self.series.len();
+        self.series
+            .retain(|s| now.saturating_duration_since(s.touched) < idle);
+        if self.series.len() != before {
+            let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+            for (i, s) in self.series.iter().enumerate() {
+                index
+                    .entry(self.hash(s.values.iter().map(OwnedVal::borrowed)))
+                    .or_default()
+                    .push(i);
+            }
+            self.index = index;
+        }
+        before - self.series.len()
+    }
+
+    /// [`Self::evict_idle`] at most once per [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        if now.saturating_duration_since(self.swept) >= SWEEP_EVERY {
+            self.evict_idle(now, idle);
         }
     }
 
     /// The series of `values` (one per key), created if there is room, else the overflow series.
     fn series(&mut self, values: &[Val<'_>]) -> &mut Series {
         debug_assert_eq!(values.len(), self.spec.keys.len());
-        let mut h = self.hasher.build_hasher();
-        for v in values {
-            v.hash_into(&mut h);
-        }
-        let hash = h.finish();
+        let hash = self.hash(values.iter().copied());
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|&i| {
                 let s = &self.series[i].values;
@@ -622,6 +677,8 @@ pub struct RequestMetrics {
     /// The model label policy's memory (`served`); locked before, never with, `families`.
     served: Mutex<served::ServedModels>,
     otel: OnceLock<Vec<OtelInstrument>>,
+    /// Series idle this long are removed ([`DEFAULT_IDLE_AFTER`]).
+    idle_after: Duration,
 }
 
 impl Default for RequestMetrics {
@@ -642,6 +699,7 @@ impl RequestMetrics {
             families: Mutex::new(INSTRUMENTS.iter().map(|s| Family::new(s, limit)).collect()),
             served: Mutex::new(served::ServedModels::default()),
             otel: OnceLock::new(),
+            idle_after: DEFAULT_IDLE_AFTER,
         }
     }
 
@@ -740,9 +798,13 @@ impl RequestMetrics {
     fn recorder(&self) -> impl FnMut(usize, &[Val<'_>], f64) + '_ {
         let otel = self.otel.get();
         let mut families = self.lock();
+        let now = Instant::now();
+        let idle = self.idle_after;
         move |instrument, values, value| {
-            let series = families[instrument].series(values);
-            series.add(value);
+            let family = &mut families[instrument];
+            family.sweep(now, idle);
+            let series = family.series(values);
+            series.add(value, now);
             if let Some(otel) = otel {
                 otel[instrument].add(value, &series.attributes);
             }
@@ -775,7 +837,11 @@ impl RequestMetrics {
 
     /// Every instrument's family, then the overflow counter, as `/metrics` shows them.
     pub fn families(&self) -> Vec<MetricFamily> {
-        let families = self.lock();
+        let mut families = self.lock();
+        let now = Instant::now();
+        for f in families.iter_mut() {
+            f.sweep(now, self.idle_after);
+        }
         let mut out: Vec<MetricFamily> = families.iter().map(Family::family).collect();
         out.push(MetricFamily {
             name: OVERFLOW_FAMILY.to_string(),
@@ -794,6 +860,17 @@ impl RequestMetrics {
             ),
         });
         out
+    }
+
+    /// Removes every labelled series not recorded into since `now` minus the idle time (done
+    /// by itself once a minute on records and scrapes); how many. OTLP metrics are not affected:
+    /// the SDK keeps its own streams (bounded by the same label policy and its own limit).
+    pub fn evict_idle_at(&self, now: Instant) -> usize {
+        let idle = self.idle_after;
+        self.lock()
+            .iter_mut()
+            .map(|f| f.evict_idle(now, idle))
+            .sum()
     }
 
     /// Records routed to the overflow series, over all instruments.

@@ -5,6 +5,7 @@ use crate::conn::{ConnId, ConnTable, Origin};
 use crate::export::prometheus::encode;
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
+use std::time::Instant;
 
 const MS: u64 = 1_000_000;
 
@@ -751,4 +752,30 @@ fn a_stream_longer_than_its_kept_times_still_feeds_every_gap() {
     assert!(t.contains(&format!(
         "gen_ai_server_inter_token_latency_seconds_bucket{{{LABELS},le=\"0.025\"}} 1002\n"
     )));
+}
+
+#[test]
+fn idle_series_are_evicted_and_come_back_from_zero() {
+    let m = RequestMetrics::new();
+    m.record(&chat("a", 10, Some(0.01), None));
+    let n = m.series_count();
+    assert!(n > 0);
+    // Not idle yet: nothing goes.
+    assert_eq!(m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER / 2), 0);
+    assert_eq!(m.series_count(), n);
+    // Idle: every labelled series goes, and with it its lines on /metrics.
+    assert_eq!(m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER), n);
+    assert_eq!(m.series_count(), 0);
+    assert!(!family(&m, "infertap_requests_total").contains("gen_ai_request_model"));
+    // Recorded again: a new series from zero (a counter reset for Prometheus), found again by
+    // the rebuilt index.
+    m.record(&chat("b", 10, Some(0.01), None));
+    m.record(&chat("a", 10, Some(0.01), None));
+    m.record(&chat("a", 10, Some(0.01), None));
+    m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER / 2);
+    m.record(&chat("a", 10, Some(0.01), None));
+    let t = family(&m, "infertap_requests_total");
+    assert!(t.contains("gen_ai_request_model=\"a\",gen_ai_response_model=\"a\",server_address=\"10.0.0.1\",server_port=\"8000\",outcome=\"completed\"} 3\n"), "{t}");
+    // Both models; the HTTP duration series (no model label) is shared.
+    assert_eq!(m.series_count(), 2 * n - 1);
 }
