@@ -35,6 +35,10 @@
 //!
 //! Only SERVER spans are recorded (the traced process served the request).
 //!
+//! Model labels (`gen_ai.request.model`, `gen_ai.response.model`, the EPP instruments' model) take
+//! only names a server serves, learned from its `/v1/models` answers and its own responses, else
+//! `other` ([`served`]). Series not recorded into for [`DEFAULT_IDLE_AFTER`] are removed.
+//!
 //! Must never: label a series with anything unbounded by design (request ids, paths, client
 //! addresses or ports) — labels come only from the fixed key lists below; hold more than
 //! `series_limit` series per instrument (past it, records go to one series labelled
