@@ -31,6 +31,19 @@ impl Work {
             Work::Decision(d) => (d.start_ns, d.end_ns, &[]),
         }
     }
+
+    /// Content chunks after the ones `times` gives (a stream longer than `CHUNK_TIMES_MAX`
+    /// chunks) and the last one's time; `(0, 0)` otherwise.
+    pub fn later_chunks(&self) -> (u64, u64) {
+        match self {
+            Work::Exchange(ex) => (
+                ex.content_chunks
+                    .saturating_sub(ex.content_chunk_ns.len() as u64),
+                ex.last_chunk_ns.unwrap_or_default(),
+            ),
+            _ => (0, 0),
+        }
+    }
 }
 
 use std::borrow::Cow;
