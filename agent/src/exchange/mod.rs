@@ -263,6 +263,8 @@ impl InFlight {
 /// Per-connection request assembly.
 #[derive(Default)]
 pub struct ExchangeTracker {
+    /// One per request head the parser reported and did not finish: at most
+    /// `http1::MAX_PIPELINED` (the parser sheds requests beyond it; an HTTP/2 stream has one).
     in_flight: VecDeque<InFlight>,
     /// The peer (client, for a server) closed its side: read() returned 0.
     peer_closed: bool,

@@ -153,3 +153,42 @@ fn a_stream_under_the_bound_keeps_every_time_and_no_sketch() {
     assert_eq!(ex.content_chunks, CHUNK_TIMES_MAX as u64);
     assert!(ex.later_gaps.is_none());
 }
+
+#[test]
+fn pipelined_requests_past_the_parsers_bound_open_no_exchange() {
+    use crate::protocol::http1::{Http1Conn, MAX_PIPELINED};
+    use crate::protocol::{Direction, Segment};
+    let mut parser = Http1Conn::new(false);
+    let mut t = ExchangeTracker::new();
+    let mut done = Vec::new();
+    let mut most = 0;
+    let requests = b"GET /v1/models HTTP/1.1\r\n\r\n".repeat(10_000);
+    let seg = Segment {
+        ts_ns: 1,
+        data: &requests,
+        syscall_start: true,
+    };
+    parser.feed(Direction::Request, seg, &mut |ev| {
+        t.on_event(ev, &mut done);
+        most = most.max(t.in_flight());
+    });
+    assert_eq!(most, MAX_PIPELINED);
+    assert_eq!(parser.take_shed(), 10_000 - MAX_PIPELINED as u64);
+    let answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 43\r\n\r\n{\"object\":\"list\",\"data\":[{\"id\":\"llama\"}]}  "
+        .repeat(10_000);
+    let seg = Segment {
+        ts_ns: 2,
+        data: &answer,
+        syscall_start: true,
+    };
+    parser.feed(Direction::Response, seg, &mut |ev| {
+        t.on_event(ev, &mut done);
+    });
+    assert_eq!(
+        done.len(),
+        MAX_PIPELINED,
+        "one exchange per reported request"
+    );
+    assert!(done.iter().all(|ex| ex.served_models == ["llama"]));
+    assert_eq!(t.in_flight(), 0);
+}
