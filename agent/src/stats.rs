@@ -67,6 +67,9 @@ counters! {
     streams_not_http,
     /// HTTP messages that could not be parsed (the parser resynchronised).
     http_parse_failures,
+    /// HTTP/1 requests pipelined beyond `protocol::http1::MAX_PIPELINED` open exchanges on one
+    /// connection: framed and skipped, no span (nor their responses).
+    http_requests_shed,
     /// SSE events that could not be framed or decoded.
     sse_parse_failures,
     /// JSON request or response bodies that did not scan as one complete object.

@@ -65,6 +65,8 @@ fn chat(ttft_s: f64, duration_ms: u64, output_tokens: i64) -> Built {
         operation: Some("chat"),
         provider: Some("vllm"),
         request_model: Some("m".into()),
+        // The server's own answer names it: a served model, so a label value.
+        response_model: Some("m".into()),
         ttft_s: Some(ttft_s),
         input_tokens: Some(12),
         output_tokens: Some(output_tokens),
@@ -140,6 +142,7 @@ async fn histograms_arrive_with_their_bounds_counts_and_attributes() {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": "vllm",
             "gen_ai.request.model": "m",
+            "gen_ai.response.model": "m",
             "server.port": 8000,
         })
     );

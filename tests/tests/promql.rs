@@ -24,8 +24,9 @@ use infertap_tests::harness::{
 use serde_json::Value;
 
 const MODEL: &str = "standin-model";
-/// The model `client.py --scenario error-404` asks for.
-const MISSING_MODEL: &str = "no-such-model";
+/// The model label of requests for a model the server does not serve (`client.py --scenario
+/// error-404` asks for `no-such-model`): client-chosen names are never label values.
+const MISSING_MODEL: &str = "other";
 const TTFT_MS: u64 = 100;
 const INTERVAL_MS: u64 = 20;
 const MAX_TOKENS: u64 = 8;

@@ -348,6 +348,7 @@ impl ConnTable {
                     Piece::Gap(lost) => parser.gap(hdir, chunk.ts_ns, lost, &mut on_event),
                     Piece::Bytes(seg) => parser.feed(hdir, seg, &mut on_event),
                 });
+                count_shed(parser, stats);
                 done.extend(
                     exchanges_done
                         .into_iter()
@@ -535,11 +536,20 @@ fn flush(id: ConnId, c: Conn, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>
                     .into_iter()
                     .map(|e| Work::Exchange(Box::new(e))),
             );
+            count_shed(&mut parser, stats);
         }
         // Nothing was parsed: nothing is in flight.
         Protocol::Opaque => {}
     }
     finish(id, &meta, done, stats, out);
+}
+
+/// Counts the pipelined requests the parser shed (past its bound; they have no span).
+fn count_shed(parser: &mut Http1Conn, stats: &Stats) {
+    let shed = parser.take_shed();
+    if shed > 0 {
+        stats.http_requests_shed.fetch_add(shed, Ordering::Relaxed);
+    }
 }
 
 /// Counts what one HTTP/1 event did.

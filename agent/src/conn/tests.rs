@@ -595,3 +595,16 @@ fn a_response_tail_lost_before_the_close_marks_the_request_incomplete() {
     assert_eq!(w.out.len(), 1);
     assert!(w.out[0].ex().incomplete, "{:?}", w.out[0].ex());
 }
+
+#[test]
+fn pipelined_requests_past_the_parsers_bound_are_counted_as_shed() {
+    use crate::protocol::http1::MAX_PIPELINED;
+    let mut w = Wire::new(Origin::Start);
+    let requests = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n".repeat(MAX_PIPELINED + 6);
+    w.syscall(SocketDir::Ingress, 1, &requests);
+    assert_eq!(w.stats.http_requests_shed.load(Relaxed), 6);
+    let responses = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n".repeat(MAX_PIPELINED + 6);
+    w.syscall(SocketDir::Egress, 2, &responses);
+    assert_eq!(w.out.len(), MAX_PIPELINED, "one span per request kept");
+    assert_eq!(w.stats.http_parse_failures.load(Relaxed), 0);
+}

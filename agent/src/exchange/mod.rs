@@ -6,6 +6,7 @@
 //! response byte), and bounded buffers of the JSON bodies it reads fields from. Pure: no I/O, no
 //! clocks; timestamps are kernel monotonic nanoseconds from the capture.
 
+pub mod gaps;
 pub mod h2;
 
 /// What a connection finished: the one value that leaves the connection table for each request
@@ -30,6 +31,19 @@ impl Work {
             Work::Decision(d) => (d.start_ns, d.end_ns, &[]),
         }
     }
+
+    /// Content chunks after the ones `times` gives (a stream longer than `CHUNK_TIMES_MAX`
+    /// chunks) and the last one's time; `(0, 0)` otherwise.
+    pub fn later_chunks(&self) -> (u64, u64) {
+        match self {
+            Work::Exchange(ex) => (
+                ex.content_chunks
+                    .saturating_sub(ex.content_chunk_ns.len() as u64),
+                ex.last_chunk_ns.unwrap_or_default(),
+            ),
+            _ => (0, 0),
+        }
+    }
 }
 
 use std::borrow::Cow;
@@ -37,16 +51,22 @@ use std::collections::VecDeque;
 
 use crate::protocol::http::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::openai::fields::Body;
+use crate::protocol::openai::models::{self, ModelsScan};
 use crate::protocol::openai::{
     self, Operation, RequestFields, ResponseFields, StreamChunk, Usage, Values,
 };
 use crate::protocol::openai::{RequestScan, ResponseScan};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
+use gaps::GapSketch;
 
 const RESPONSE_TAIL: usize = 64 << 10;
-/// Content chunk timestamps kept per request (for inter-token statistics).
-const CHUNK_TIMES_MAX: usize = 1 << 20;
+/// Content chunk timestamps kept per request (for inter-token statistics and the GPU share):
+/// the first ones, exactly; the gaps after them go to a fixed-size [`GapSketch`].
+pub const CHUNK_TIMES_MAX: usize = 4096;
+/// Finish reasons kept per request (a stream's chunks each may carry some; a response has at
+/// most `CHOICES_MAX` choices): more are counted in `finish_reasons_dropped`.
+pub const FINISH_REASONS_MAX: usize = openai::CHOICES_MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -76,15 +96,25 @@ pub struct Exchange {
     pub first_token_ns: Option<u64>,
     /// Last response byte written (or when the exchange was abandoned).
     pub end_ns: u64,
-    /// Every content chunk's write time, in order.
+    /// The first [`CHUNK_TIMES_MAX`] content chunks' write times, in order.
     pub content_chunk_ns: Vec<u64>,
+    /// Content chunks written, all of them (exact, however long the stream).
+    pub content_chunks: u64,
+    /// The last content chunk's write time.
+    pub last_chunk_ns: Option<u64>,
+    /// The gaps between content chunks after the ones whose times are kept (the gap into the
+    /// first chunk not kept included): present once a stream outgrows `content_chunk_ns`.
+    pub later_gaps: Option<Box<GapSketch>>,
     pub request_body_len: u64,
     pub response_body_len: u64,
     pub sse_events: u64,
     pub streaming: bool,
     pub response_id: Option<String>,
     pub response_model: Option<String>,
+    /// At most [`FINISH_REASONS_MAX`].
     pub finish_reasons: Vec<String>,
+    /// Finish reasons past [`FINISH_REASONS_MAX`], not kept (nor added to `response_values`).
+    pub finish_reasons_dropped: u64,
     pub usage: Option<Usage>,
     /// Every response field of `openai::fields` (span attributes are set from these): a JSON
     /// body's scan, or what the stream chunks said.
@@ -97,6 +127,9 @@ pub struct Exchange {
     pub sse_failures: u64,
     /// A JSON body (request or response) that did not scan: why (`ScanError::as_str`).
     pub json_error: Option<&'static str>,
+    /// A successful `GET /v1/models` answer: the model ids the server listed (at most
+    /// `models::SERVED_MODELS_MAX`); empty otherwise.
+    pub served_models: Vec<String>,
 }
 
 struct InFlight {
@@ -109,6 +142,8 @@ struct InFlight {
     response_tail: Vec<u8>,
     response_gapped: bool,
     sse: Option<SseFramer>,
+    /// A `GET /v1/models` answer's model list being read.
+    models_scan: Option<ModelsScan>,
 }
 
 impl InFlight {
@@ -131,6 +166,9 @@ impl InFlight {
                 first_token_ns: None,
                 end_ns: ts_ns,
                 content_chunk_ns: Vec::new(),
+                content_chunks: 0,
+                last_chunk_ns: None,
+                later_gaps: None,
                 request_body_len: 0,
                 response_body_len: 0,
                 sse_events: 0,
@@ -138,6 +176,7 @@ impl InFlight {
                 response_id: None,
                 response_model: None,
                 finish_reasons: Vec::new(),
+                finish_reasons_dropped: 0,
                 usage: None,
                 response_values: Values::new(Body::Response),
                 error_type: None,
@@ -145,12 +184,14 @@ impl InFlight {
                 incomplete: false,
                 sse_failures: 0,
                 json_error: None,
+                served_models: Vec::new(),
             },
             request_done: false,
             response_scan: None,
             response_tail: Vec::new(),
             response_gapped: false,
             sse: None,
+            models_scan: None,
         }
     }
 
@@ -195,6 +236,9 @@ impl InFlight {
                 }
             }
         }
+        if let Some(scan) = self.models_scan.take() {
+            self.ex.served_models = scan.finish();
+        }
         self.ex.end_ns = ts_ns;
         self.ex.outcome = outcome;
         self.ex
@@ -219,6 +263,8 @@ impl InFlight {
 /// Per-connection request assembly.
 #[derive(Default)]
 pub struct ExchangeTracker {
+    /// One per request head the parser reported and did not finish: at most
+    /// `http1::MAX_PIPELINED` (the parser sheds requests beyond it; an HTTP/2 stream has one).
     in_flight: VecDeque<InFlight>,
     /// The peer (client, for a server) closed its side: read() returned 0.
     peer_closed: bool,
@@ -314,6 +360,10 @@ impl ExchangeTracker {
                         *k == "content-type" && v.to_ascii_lowercase().contains("json")
                     });
                     f.response_scan = (!sse && json).then(ResponseScan::new);
+                    f.models_scan = (json
+                        && (200..300).contains(&head.status)
+                        && models::is_models_request(&f.ex.request.method, &f.ex.request.path))
+                    .then(ModelsScan::new);
                     f.ex.response_start_ns = Some(ts_ns);
                     f.ex.response = Some(head);
                 }
@@ -341,6 +391,9 @@ impl ExchangeTracker {
                             SseEvent::Comment => {}
                         });
                     } else if let Some(scan) = f.response_scan.as_mut() {
+                        if let Some(models) = f.models_scan.as_mut() {
+                            models.feed(data);
+                        }
                         if f.response_gapped {
                             push_tail(&mut f.response_tail, data);
                         } else {
@@ -359,6 +412,9 @@ impl ExchangeTracker {
                     }
                     if let Some(sse) = f.sse.as_mut() {
                         sse.gap();
+                    }
+                    if let Some(models) = f.models_scan.as_mut() {
+                        models.gap();
                     }
                 }
             }
@@ -416,15 +472,18 @@ impl ExchangeTracker {
 }
 
 /// One stream chunk's fields into its exchange.
-fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
+fn apply_chunk(ex: &mut Exchange, ts_ns: u64, mut c: StreamChunk<'_>) {
+    let room = FINISH_REASONS_MAX.saturating_sub(ex.finish_reasons.len());
+    if c.finish_reasons.len() > room {
+        ex.finish_reasons_dropped += (c.finish_reasons.len() - room) as u64;
+        c.finish_reasons.truncate(room);
+    }
     ex.response_values.apply_chunk(&c);
     if c.has_content {
         if ex.first_token_ns.is_none() {
             ex.first_token_ns = Some(ts_ns);
         }
-        if ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
-            ex.content_chunk_ns.push(ts_ns);
-        }
+        add_chunk_time(ex, ts_ns);
     }
     if ex.response_id.is_none() {
         ex.response_id = c.id.map(Cow::into_owned);
@@ -441,6 +500,19 @@ fn apply_chunk(ex: &mut Exchange, ts_ns: u64, c: StreamChunk<'_>) {
     }
 }
 
+/// One content chunk's time: kept while there is room, else its gap goes to the sketch.
+fn add_chunk_time(ex: &mut Exchange, ts_ns: u64) {
+    ex.content_chunks += 1;
+    if ex.content_chunk_ns.len() < CHUNK_TIMES_MAX {
+        ex.content_chunk_ns.push(ts_ns);
+    } else if let Some(last) = ex.last_chunk_ns {
+        ex.later_gaps
+            .get_or_insert_with(Box::default)
+            .add(ts_ns.saturating_sub(last));
+    }
+    ex.last_chunk_ns = Some(ts_ns);
+}
+
 fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
     if data.len() >= RESPONSE_TAIL {
         tail.clear();
@@ -451,3 +523,6 @@ fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
     tail.drain(..excess.min(tail.len()));
     tail.extend_from_slice(data);
 }
+
+#[cfg(test)]
+mod tests;

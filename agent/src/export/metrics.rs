@@ -35,6 +35,10 @@
 //!
 //! Only SERVER spans are recorded (the traced process served the request).
 //!
+//! Model labels (`gen_ai.request.model`, `gen_ai.response.model`, the EPP instruments' model) take
+//! only names a server serves, learned from its `/v1/models` answers and its own responses, else
+//! `other` ([`served`]). Series not recorded into for [`DEFAULT_IDLE_AFTER`] are removed.
+//!
 //! Must never: label a series with anything unbounded by design (request ids, paths, client
 //! addresses or ports) — labels come only from the fixed key lists below; hold more than
 //! `series_limit` series per instrument (past it, records go to one series labelled
@@ -42,11 +46,13 @@
 //! series; hold its lock for more than a few histogram updates.
 
 pub mod otlp;
+pub mod served;
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use opentelemetry::KeyValue;
 
@@ -93,6 +99,13 @@ pub const DECISION_DURATION_BUCKETS: &[f64] = &[
 
 /// Series per instrument before records go to the overflow series (OTel SDKs' default).
 pub const DEFAULT_SERIES_LIMIT: usize = 2000;
+
+/// A series not recorded into for this long is removed from `/metrics` (its counters restart
+/// from zero if it comes back, which Prometheus' `rate()` and `increase()` take as a reset).
+pub const DEFAULT_IDLE_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// How often a family looks for idle series (on a record or a scrape).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Label values are cut to this many bytes (at a character boundary).
 pub const MAX_LABEL_VALUE_LEN: usize = 256;
@@ -279,6 +292,16 @@ enum OwnedVal {
     Int(i64),
 }
 
+impl OwnedVal {
+    fn borrowed(&self) -> Val<'_> {
+        match self {
+            OwnedVal::Absent => Val::Absent,
+            OwnedVal::Str(s) => Val::Str(s),
+            OwnedVal::Int(i) => Val::Int(*i),
+        }
+    }
+}
+
 impl Val<'_> {
     fn hash_into(&self, h: &mut impl Hasher) {
         match self {
@@ -337,6 +360,8 @@ struct Series {
     /// The same, as OTel attributes (absent ones left out), made once.
     attributes: Box<[KeyValue]>,
     data: Data,
+    /// Last recorded into.
+    touched: Instant,
 }
 
 impl Series {
@@ -349,10 +374,12 @@ impl Series {
             values,
             attributes,
             data,
+            touched: Instant::now(),
         }
     }
 
-    fn add(&mut self, value: f64) {
+    fn add(&mut self, value: f64, now: Instant) {
+        self.touched = now;
         match &mut self.data {
             Data::Histogram(h) => h.observe(value),
             Data::Counter(c) => *c += value as u64,
@@ -390,6 +417,8 @@ struct Family {
     /// Records routed to `overflow`.
     overflowed: u64,
     limit: usize,
+    /// When idle series were last looked for.
+    swept: Instant,
 }
 
 impl Family {
@@ -402,17 +431,48 @@ impl Family {
             overflow: None,
             overflowed: 0,
             limit,
+            swept: Instant::now(),
+        }
+    }
+
+    fn hash<'a>(&self, values: impl Iterator<Item = Val<'a>>) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for v in values {
+            v.hash_into(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Removes the labelled series not recorded into since `now - idle`; how many.
+    fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
+        self.swept = now;
+        let before = self.series.len();
+        self.series
+            .retain(|s| now.saturating_duration_since(s.touched) < idle);
+        if self.series.len() != before {
+            let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+            for (i, s) in self.series.iter().enumerate() {
+                index
+                    .entry(self.hash(s.values.iter().map(OwnedVal::borrowed)))
+                    .or_default()
+                    .push(i);
+            }
+            self.index = index;
+        }
+        before - self.series.len()
+    }
+
+    /// [`Self::evict_idle`] at most once per [`SWEEP_EVERY`].
+    fn sweep(&mut self, now: Instant, idle: Duration) {
+        if now.saturating_duration_since(self.swept) >= SWEEP_EVERY {
+            self.evict_idle(now, idle);
         }
     }
 
     /// The series of `values` (one per key), created if there is room, else the overflow series.
     fn series(&mut self, values: &[Val<'_>]) -> &mut Series {
         debug_assert_eq!(values.len(), self.spec.keys.len());
-        let mut h = self.hasher.build_hasher();
-        for v in values {
-            v.hash_into(&mut h);
-        }
-        let hash = h.finish();
+        let hash = self.hash(values.iter().copied());
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|&i| {
                 let s = &self.series[i].values;
@@ -592,6 +652,17 @@ impl<'a> Observed<'a> {
     }
 }
 
+/// A model as a label value: itself when `r`'s server serves it, else `other` (`served`).
+fn model_label<'a>(
+    served: &served::ServedModels,
+    r: &Summary,
+    model: &'a Option<String>,
+) -> Val<'a> {
+    model
+        .as_deref()
+        .map_or(Val::Absent, |m| Val::Str(served.label(r, m)))
+}
+
 /// An optional string as a label value (bounded).
 fn str_val(v: &Option<String>) -> Val<'_> {
     v.as_deref().map_or(Val::Absent, |s| Val::Str(bounded(s)))
@@ -607,7 +678,11 @@ pub fn time_per_output_token(duration_s: f64, ttft_s: f64, output_tokens: i64) -
 #[derive(Debug)]
 pub struct RequestMetrics {
     families: Mutex<Vec<Family>>,
+    /// The model label policy's memory (`served`); locked before, never with, `families`.
+    served: Mutex<served::ServedModels>,
     otel: OnceLock<Vec<OtelInstrument>>,
+    /// Series idle this long are removed ([`DEFAULT_IDLE_AFTER`]).
+    idle_after: Duration,
 }
 
 impl Default for RequestMetrics {
@@ -626,7 +701,9 @@ impl RequestMetrics {
     pub fn with_series_limit(limit: usize) -> Self {
         Self {
             families: Mutex::new(INSTRUMENTS.iter().map(|s| Family::new(s, limit)).collect()),
+            served: Mutex::new(served::ServedModels::default()),
             otel: OnceLock::new(),
+            idle_after: DEFAULT_IDLE_AFTER,
         }
     }
 
@@ -638,10 +715,20 @@ impl RequestMetrics {
     /// Records one finished request and, as `gen_ai.server.inter_token_latency`, the gaps between
     /// consecutive content chunk times (any monotonic clock, nanoseconds; an exchange's
     /// `content_chunk_ns`).
+    /// A stream longer than its kept chunk times adds its later gaps from the summary's sketch
+    /// (`Summary::later_gaps`), each at its bucket's value (within `gaps::RELATIVE_ERROR`): every
+    /// gap is observed once.
     pub fn record_with_chunk_times(&self, r: &Summary, chunk_times_ns: &[u64]) {
+        let later = r.later_gaps.iter().flat_map(|g| {
+            g.buckets()
+                .flat_map(|(ns, n)| std::iter::repeat_n(ns as u64, n as usize))
+        });
         self.record_gaps(
             r,
-            chunk_times_ns.windows(2).map(|w| w[1].saturating_sub(w[0])),
+            chunk_times_ns
+                .windows(2)
+                .map(|w| w[1].saturating_sub(w[0]))
+                .chain(later),
         );
     }
 
@@ -660,7 +747,13 @@ impl RequestMetrics {
             // gRPC calls: no instruments yet.
             SummaryKind::GrpcCall => return,
         }
-        let o = Observed::from_summary(r);
+        let mut o = Observed::from_summary(r);
+        {
+            let mut served = self.served_models();
+            served.learn(r);
+            o.request_model = model_label(&served, r, &r.request_model);
+            o.response_model = model_label(&served, r, &r.response_model);
+        }
         let duration_s = r.duration_s;
         let mut put = self.recorder();
 
@@ -709,9 +802,13 @@ impl RequestMetrics {
     fn recorder(&self) -> impl FnMut(usize, &[Val<'_>], f64) + '_ {
         let otel = self.otel.get();
         let mut families = self.lock();
+        let now = Instant::now();
+        let idle = self.idle_after;
         move |instrument, values, value| {
-            let series = families[instrument].series(values);
-            series.add(value);
+            let family = &mut families[instrument];
+            family.sweep(now, idle);
+            let series = family.series(values);
+            series.add(value, now);
             if let Some(otel) = otel {
                 otel[instrument].add(value, &series.attributes);
             }
@@ -724,7 +821,9 @@ impl RequestMetrics {
             return;
         };
         let decision = Val::Str(decision);
-        let model = str_val(&r.request_model);
+        let model = r.request_model.as_deref().map_or(Val::Absent, |m| {
+            Val::Str(self.served_models().label_routed(m))
+        });
         let mut put = self.recorder();
         put(EPP_DECISION_DURATION, &[decision, model], r.duration_s);
         let endpoint = str_val(&r.endpoint);
@@ -742,7 +841,11 @@ impl RequestMetrics {
 
     /// Every instrument's family, then the overflow counter, as `/metrics` shows them.
     pub fn families(&self) -> Vec<MetricFamily> {
-        let families = self.lock();
+        let mut families = self.lock();
+        let now = Instant::now();
+        for f in families.iter_mut() {
+            f.sweep(now, self.idle_after);
+        }
         let mut out: Vec<MetricFamily> = families.iter().map(Family::family).collect();
         out.push(MetricFamily {
             name: OVERFLOW_FAMILY.to_string(),
@@ -763,6 +866,17 @@ impl RequestMetrics {
         out
     }
 
+    /// Removes every labelled series not recorded into since `now` minus the idle time (done
+    /// by itself once a minute on records and scrapes); how many. OTLP metrics are not affected:
+    /// the SDK keeps its own streams (bounded by the same label policy and its own limit).
+    pub fn evict_idle_at(&self, now: Instant) -> usize {
+        let idle = self.idle_after;
+        self.lock()
+            .iter_mut()
+            .map(|f| f.evict_idle(now, idle))
+            .sum()
+    }
+
     /// Records routed to the overflow series, over all instruments.
     pub fn overflowed(&self) -> u64 {
         self.lock().iter().map(|f| f.overflowed).sum()
@@ -778,6 +892,10 @@ impl RequestMetrics {
     pub(crate) fn attach_otel(&self, instruments: Vec<OtelInstrument>) {
         debug_assert_eq!(instruments.len(), INSTRUMENTS.len());
         let _ = self.otel.set(instruments);
+    }
+
+    fn served_models(&self) -> MutexGuard<'_, served::ServedModels> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Family>> {

@@ -122,6 +122,9 @@ pub struct HttpStatus {
     /// Requests whose head was lost before it reached the agent: no span, only counted.
     #[serde(default)]
     pub requests_lost: u64,
+    /// HTTP/1 requests pipelined beyond the bound of open exchanges per connection: no span.
+    #[serde(default)]
+    pub requests_shed: u64,
 }
 
 /// HTTP/2, gRPC and ext_proc decoding.
@@ -313,6 +316,7 @@ impl StatusSource {
                 requests_server_aborted: get(&s.requests_server_aborted),
                 requests_incomplete: get(&s.requests_incomplete),
                 requests_lost: get(&s.requests_lost),
+                requests_shed: get(&s.http_requests_shed),
             },
             http2: Http2Status {
                 connections: get(&s.http2_connections),
@@ -453,7 +457,7 @@ mod tests {
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,
                          "requests_completed": 0, "requests_cancelled": 0, "requests_server_aborted": 0,
-                         "requests_incomplete": 0, "requests_lost": 0},
+                         "requests_incomplete": 0, "requests_lost": 0, "requests_shed": 0},
                 "http2": {"connections": 0, "frame_errors": 0, "streams_shed": 0,
                           "header_lists_too_large": 0, "continuation_floods": 0, "settings_floods": 0,
                           "ping_floods": 0, "rapid_reset_floods": 0, "stream_floods": 0, "dropped": 0,

@@ -388,10 +388,13 @@ impl RequestGpu {
 
 fn activity(f: &Finished) -> Activity {
     let (start_ns, end_ns, chunks) = f.work.times();
+    let (later_chunks, later_until_ns) = f.work.later_chunks();
     Activity {
         start_ns,
         end_ns: end_ns.max(start_ns),
         chunk_ns: chunks.to_vec(),
+        later_chunks,
+        later_until_ns,
     }
 }
 
@@ -469,6 +472,9 @@ impl SpanEnricher for GpuEnricher {
                     start_ns: start,
                     end_ns: u64::MAX,
                     chunk_ns: chunks,
+                    // In flight, only the kept chunk times are visible (the first 4,096).
+                    later_chunks: 0,
+                    later_until_ns: 0,
                 });
             }
         }

@@ -29,6 +29,10 @@ pub struct Activity {
     pub start_ns: u64,
     pub end_ns: u64,
     pub chunk_ns: Vec<u64>,
+    /// Chunks after the ones in `chunk_ns` (a stream longer than an exchange keeps times of),
+    /// taken as spread evenly from the last time in `chunk_ns` to `later_until_ns`.
+    pub later_chunks: u64,
+    pub later_until_ns: u64,
 }
 
 impl Activity {
@@ -36,10 +40,23 @@ impl Activity {
         self.start_ns <= s && e <= self.end_ns
     }
 
-    fn chunks_in(&self, s: u64, e: u64) -> usize {
+    fn chunks_in(&self, s: u64, e: u64) -> f64 {
         let lo = self.chunk_ns.partition_point(|&t| t < s);
         let hi = self.chunk_ns.partition_point(|&t| t < e);
-        hi - lo
+        let mut n = (hi - lo) as f64;
+        if self.later_chunks > 0 {
+            let a = self.chunk_ns.last().copied().unwrap_or(self.start_ns);
+            let b = self.later_until_ns.max(a);
+            let overlap = e.min(b).saturating_sub(s.max(a));
+            n += if b > a {
+                self.later_chunks as f64 * overlap as f64 / (b - a) as f64
+            } else if (s..e).contains(&a) {
+                self.later_chunks as f64
+            } else {
+                0.0
+            };
+        }
+        n
     }
 }
 
@@ -88,11 +105,11 @@ pub fn fair_share(
         cuts.dedup();
         for piece in cuts.windows(2) {
             let (ps, pe) = (piece[0], piece[1]);
-            let mine = 1.0 + target.chunks_in(ps, pe) as f64;
+            let mine = 1.0 + target.chunks_in(ps, pe);
             let mut total = mine;
             let mut concurrent = 1;
             for o in others.iter().filter(|o| o.covers(ps, pe)) {
-                total += 1.0 + o.chunks_in(ps, pe) as f64;
+                total += 1.0 + o.chunks_in(ps, pe);
                 concurrent += 1;
             }
             out.max_concurrent = out.max_concurrent.max(concurrent);
@@ -119,7 +136,28 @@ mod tests {
             start_ns: start_ms * MS,
             end_ns: end_ms * MS,
             chunk_ns: chunks_ms.iter().map(|c| c * MS).collect(),
+            later_chunks: 0,
+            later_until_ns: 0,
         }
+    }
+
+    #[test]
+    fn chunks_past_the_kept_times_count_as_spread_evenly() {
+        // R wrote 20 chunks at 5, 15, …, 195 ms, but only the first 10 times were kept; O wrote
+        // 4 chunks in [100,200). Over [100,200) at 100%, the spread-out 10 later chunks stand for
+        // the 10 real ones: R gets (1+10)/(1+10+1+4) as if all times were kept.
+        let all: Vec<u64> = (0..20).map(|i| 5 + 10 * i).collect();
+        let exact = act(0, 200, &all);
+        let mut kept = act(0, 200, &all[..10]);
+        kept.later_chunks = 10;
+        kept.later_until_ns = 195 * MS;
+        let o = act(100, 200, &[120, 140, 160, 180]);
+        let u = util(&[(0, 100, 1.0), (100, 200, 1.0)]);
+        let want = fair_share(&exact, std::slice::from_ref(&o), &u, None).busy_s;
+        let got = fair_share(&kept, std::slice::from_ref(&o), &u, None).busy_s;
+        assert!((got - want).abs() < 0.002, "{got} vs {want}");
+        let without = fair_share(&act(0, 200, &all[..10]), std::slice::from_ref(&o), &u, None);
+        assert!(without.busy_s < want - 0.02, "the later chunks matter");
     }
 
     fn util(spec: &[(u64, u64, f64)]) -> Vec<Interval> {

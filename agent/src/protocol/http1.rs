@@ -24,6 +24,16 @@
 //!   exchange, every unfinished exchange is aborted (oldest first), because matching after the
 //!   loss would be a guess; later events of those messages are not emitted.
 //!
+//! # Pipelining bound
+//! At most [`MAX_PIPELINED`] exchanges are open at once. A request beyond them is *shed*: it is
+//! framed (its body skipped) but not reported, and the response it gets is framed but not
+//! reported either (matched, first in first out, as a shed request's). Once one request of a
+//! connection is shed, later ones are shed too until every shed request has had its response
+//! (so reported exchanges always precede shed ones in the queue). A shed HEAD or CONNECT is not
+//! remembered: its response is framed as a GET's (a wrong guess ends in a parse error and a
+//! resynchronisation, as any other framing error). [`Http1Conn::take_shed`] counts them. Each
+//! event finds its exchange in constant time (sequence numbers are consecutive in the queue).
+//!
 //! After `NotHttp`, a 101 response or a 2xx response to CONNECT the parser emits nothing more,
 //! not even `Aborted` at close: the caller drops what it holds for the connection.
 
@@ -47,6 +57,9 @@ const KNOWN_METHODS: [&[u8]; 9] = [
     b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE",
 ];
 const MAX_METHOD_BYTES: usize = 32;
+/// Exchanges open at once on one connection (pipelined requests waiting for their responses);
+/// more are shed (see the module's "Pipelining bound").
+pub const MAX_PIPELINED: usize = 64;
 
 /// One exchange the caller has been told about and that has not finished.
 #[derive(Clone, Copy, Debug)]
@@ -290,8 +303,15 @@ enum Parsed {
 pub struct Http1Conn {
     req: Side,
     resp: Side,
+    /// Open exchanges, oldest first, with consecutive `seq`s; at most [`MAX_PIPELINED`].
     inflight: VecDeque<Exchange>,
     next_seq: u64,
+    /// The `seq` of the oldest open exchange without a response head (`next_seq` when none).
+    next_response_seq: u64,
+    /// Shed requests whose response has not begun: they follow every open exchange.
+    shed_pending: u64,
+    /// Requests shed since the last [`Http1Conn::take_shed`].
+    shed: u64,
     mid_stream: bool,
     /// Nothing parsed and nothing failed yet: a bad start line means "not HTTP".
     fresh: bool,
@@ -314,6 +334,9 @@ impl Http1Conn {
             resp: Side::new(phase),
             inflight: VecDeque::new(),
             next_seq: 0,
+            next_response_seq: 0,
+            shed_pending: 0,
+            shed: 0,
             mid_stream,
             fresh: !mid_stream,
             done: false,
@@ -418,6 +441,16 @@ impl Http1Conn {
         self.resp = Side::new(Phase::Resync);
     }
 
+    /// Requests shed (beyond [`MAX_PIPELINED`] in flight) since the last call.
+    pub fn take_shed(&mut self) -> u64 {
+        std::mem::take(&mut self.shed)
+    }
+
+    /// Open exchanges (at most [`MAX_PIPELINED`]).
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
     fn side(&mut self, dir: Direction) -> &mut Side {
         match dir {
             Direction::Request => &mut self.req,
@@ -425,9 +458,17 @@ impl Http1Conn {
         }
     }
 
+    /// Where the open exchange `seq` is in the queue: constant time, as the queue's sequence
+    /// numbers are consecutive.
+    fn index(&self, seq: u64) -> Option<usize> {
+        let front = self.inflight.front()?.seq;
+        let i = usize::try_from(seq.wrapping_sub(front)).ok()?;
+        (self.inflight.get(i)?.seq == seq).then_some(i)
+    }
+
     fn exchange(&mut self, seq: Option<u64>) -> Option<&mut Exchange> {
-        let seq = seq?;
-        self.inflight.iter_mut().find(|e| e.seq == seq)
+        let i = self.index(seq?)?;
+        self.inflight.get_mut(i)
     }
 
     /// The current message of `dir` is reported (its exchange is still open).
@@ -436,7 +477,7 @@ impl Http1Conn {
             Direction::Request => self.req.msg,
             Direction::Response => self.resp.msg,
         };
-        msg.is_some_and(|seq| self.inflight.iter().any(|e| e.seq == seq))
+        msg.is_some_and(|seq| self.index(seq).is_some())
     }
 
     fn resync(&mut self, dir: Direction) {
@@ -475,6 +516,8 @@ impl Http1Conn {
                 response_started: ex.response_started,
             });
         }
+        self.next_response_seq = self.next_seq;
+        self.shed_pending = 0;
     }
 
     fn emit_gap(&mut self, dir: Direction, len: u64, out: &mut impl FnMut(HttpEvent<'_>)) {
@@ -712,6 +755,17 @@ impl Http1Conn {
                 } else {
                     framing.content_length
                 };
+                if self.shed_pending > 0 || self.inflight.len() >= MAX_PIPELINED {
+                    // Framed, not reported: its body is skipped with no exchange to feed.
+                    self.shed_pending += 1;
+                    self.shed += 1;
+                    self.req.msg = None;
+                    match body {
+                        Some(body) => self.req.phase = Phase::Body(body),
+                        None => self.end_message(dir, ts_ns, out),
+                    }
+                    return;
+                }
                 let seq = self.next_seq;
                 self.next_seq = self.next_seq.wrapping_add(1);
                 self.inflight.push_back(Exchange {
@@ -743,7 +797,14 @@ impl Http1Conn {
                     self.resp.phase = Phase::Head(HeadState::default());
                     return;
                 }
-                let matched = self.inflight.iter_mut().find(|e| !e.response_started);
+                let matched = match self.index(self.next_response_seq) {
+                    Some(i) => self.inflight.get_mut(i),
+                    None => {
+                        // A shed request's response (framed as a GET's), or one nobody asked.
+                        self.shed_pending = self.shed_pending.saturating_sub(1);
+                        None
+                    }
+                };
                 let (head_request, connect) = matched
                     .as_ref()
                     .map_or((false, false), |e| (e.head_request, e.connect));
@@ -776,6 +837,9 @@ impl Http1Conn {
                     e.response_started = true;
                     e.seq
                 });
+                if self.resp.msg.is_some() {
+                    self.next_response_seq = self.next_response_seq.wrapping_add(1);
+                }
                 if self.resp.msg.is_some() {
                     out(HttpEvent::ResponseHead {
                         ts_ns: head_ts,

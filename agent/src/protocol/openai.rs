@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub mod fields;
+pub mod models;
 #[cfg(test)]
 mod oracle;
 mod scan;

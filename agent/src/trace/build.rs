@@ -13,6 +13,7 @@ use super::summary::{Summary, SummaryKind};
 use super::Built;
 use crate::capture::clock::WallClock;
 use crate::conn::ConnMeta;
+use crate::exchange::gaps::GapSketch;
 use crate::exchange::{Exchange, Outcome};
 use crate::protocol::openai::fields::Body;
 use crate::schema::attr;
@@ -188,6 +189,27 @@ pub struct GapStats {
     pub max_s: f64,
 }
 
+/// Gap statistics of a stream: the gaps between its kept chunk times (`times`) and, for a stream
+/// that outgrew them, the later gaps' sketch. Exact (as [`gap_stats`]) without a sketch; with
+/// one, mean and max stay exact and p50/p95 are within `gaps::RELATIVE_ERROR`.
+pub fn stream_gap_stats(times: &[u64], later: Option<&GapSketch>) -> Option<GapStats> {
+    let Some(later) = later.filter(|l| l.count() > 0) else {
+        return gap_stats(times);
+    };
+    let mut all = later.clone();
+    for w in times.windows(2) {
+        all.add(w[1].saturating_sub(w[0]));
+    }
+    let n = all.count();
+    Some(GapStats {
+        mean_s: secs(all.sum_ns()) / n as f64,
+        p50_s: all.quantile_ns(0.50).unwrap_or_default() / 1e9,
+        p95_s: all.quantile_ns(0.95).unwrap_or_default() / 1e9,
+        max_s: secs(all.max_ns()),
+    })
+}
+
+/// Gap statistics over content chunk times, exact.
 pub fn gap_stats(times: &[u64]) -> Option<GapStats> {
     if times.len() < 2 {
         return None;
@@ -292,6 +314,8 @@ pub fn build_span(
         ttft_s: genai.ttft_s,
         input_tokens: genai.input_tokens,
         output_tokens: genai.output_tokens,
+        later_gaps: ex.later_gaps.clone(),
+        served_models: ex.served_models.clone(),
         ..Summary::new(SummaryKind::Http, &span)
     };
     Built { span, summary }
@@ -367,7 +391,7 @@ fn put_genai(
         && ex.streaming
         && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
     {
-        let estimate = ex.content_chunk_ns.len() as i64;
+        let estimate = ex.content_chunks as i64;
         g.output_tokens = Some(estimate);
         put(attr::GEN_AI_USAGE_OUTPUT_TOKENS, AttrValue::I64(estimate));
         put(
@@ -394,10 +418,10 @@ fn put_genai(
     if ex.streaming {
         put(
             attr::INFERTAP_CONTENT_CHUNKS,
-            AttrValue::I64(ex.content_chunk_ns.len() as i64),
+            AttrValue::I64(ex.content_chunks as i64),
         );
     }
-    if let Some(gaps) = gap_stats(&ex.content_chunk_ns) {
+    if let Some(gaps) = stream_gap_stats(&ex.content_chunk_ns, ex.later_gaps.as_deref()) {
         put(
             attr::INFERTAP_INTER_TOKEN_LATENCY_MEAN,
             AttrValue::F64(gaps.mean_s),

@@ -45,6 +45,12 @@ pub struct Summary {
     /// Routing decisions: `routed`, `rejected` or `none`, and the first chosen endpoint.
     pub decision: Option<&'static str>,
     pub endpoint: Option<String>,
+    /// A stream with more content chunks than its exchange kept times of: the gaps after those
+    /// (the chunk times themselves reach the metrics beside the summary). Fixed size.
+    pub later_gaps: Option<Box<crate::exchange::gaps::GapSketch>>,
+    /// A `GET /v1/models` answer: the models the server listed (bounded by the exchange), the
+    /// only request model names the metrics label on their own (`export::metrics`).
+    pub served_models: Vec<String>,
 }
 
 impl Summary {

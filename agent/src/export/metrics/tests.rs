@@ -5,6 +5,7 @@ use crate::conn::{ConnId, ConnTable, Origin};
 use crate::export::prometheus::encode;
 use crate::stats::Stats;
 use crate::trace::build::{build_span, BuildOptions, RandomIds};
+use std::time::Instant;
 
 const MS: u64 = 1_000_000;
 
@@ -505,4 +506,276 @@ fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
     let plain = RequestMetrics::new();
     plain.record(&chat("m", 500, Some(0.05), None));
     assert!(!text(&plain).contains("k8s_"));
+}
+
+/// Exchanges on one server connection, taken from the wire (request and response bytes in
+/// turn), through the connection table and `span_of`: their summaries.
+fn from_the_wire(exchanges: &[(String, String)]) -> Vec<Summary> {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(4, u64::MAX);
+    let id = ConnId {
+        tgid: 4242,
+        conn_id: 1,
+    };
+    table.open(
+        id,
+        5,
+        Role::Server,
+        Some("10.0.0.1:8000".parse().unwrap()),
+        Some("10.0.0.9:51234".parse().unwrap()),
+        Origin::Start,
+        0,
+        &stats,
+    );
+    let mut out = Vec::new();
+    let mut pos = [0u64; 2];
+    let mut ts = MS;
+    for (request, response) in exchanges {
+        for (d, dir, bytes) in [
+            (0, SocketDir::Ingress, request.as_bytes()),
+            (1, SocketDir::Egress, response.as_bytes()),
+        ] {
+            ts += MS;
+            let chunk = DataChunk {
+                tgid: 4242,
+                tid: 4242,
+                ts_ns: ts,
+                conn_id: 1,
+                fd: 5,
+                dir,
+                last: true,
+                eof: false,
+                after_loss: false,
+                syscall: 0,
+                stream_pos: pos[d],
+                syscall_pos: pos[d],
+                syscall_len: bytes.len() as u64,
+                payload: bytes,
+            };
+            pos[d] += bytes.len() as u64;
+            table.data(&chunk, &stats, &mut out);
+        }
+    }
+    let clock = WallClock::measure();
+    out.iter()
+        .map(|f| {
+            crate::trace::span_of(
+                &f.work,
+                &f.meta,
+                &clock,
+                &BuildOptions::default(),
+                &mut RandomIds,
+            )
+            .summary
+        })
+        .collect()
+}
+
+fn json_response(status: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn chat_request(model: &str) -> String {
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#);
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+const MODELS_LIST: &str = r#"{"object":"list","data":[{"id":"llama","object":"model"},{"id":"lora-a","object":"model","parent":"llama"}]}"#;
+
+/// Every value a label takes in the text exposition.
+fn label_values(m: &RequestMetrics, label: &str) -> std::collections::BTreeSet<String> {
+    let key = format!("{label}=\"");
+    text(m)
+        .lines()
+        .filter_map(|l| {
+            l.split_once(&key)
+                .map(|(_, r)| r.split('"').next().unwrap().to_string())
+        })
+        .collect()
+}
+
+fn models_summary(models: &[&str]) -> Summary {
+    Summary {
+        kind: SummaryKind::Http,
+        server: true,
+        method: Some("GET".into()),
+        status_code: Some(200),
+        server_address: Some("10.0.0.1".into()),
+        server_port: Some(8000),
+        served_models: models.iter().map(|m| m.to_string()).collect(),
+        ..Summary::default()
+    }
+}
+
+#[test]
+fn ten_thousand_client_model_names_label_only_served_models_and_other() {
+    let m = RequestMetrics::new();
+    m.record(&models_summary(&["llama", "lora-a"]));
+    let mut flat = None;
+    for i in 0..10_000 {
+        let mut s = chat(&format!("junk-{i}"), 10, Some(0.01), Some((3, 4)));
+        if i % 2 == 0 {
+            // A hostile server echoing the name: still not served.
+            s.response_model = Some(format!("junk-{i}"));
+        } else {
+            // vLLM: 404, no response model.
+            s.status_code = Some(404);
+            s.response_model = None;
+            s.error_type = Some("NotFoundError".into());
+        }
+        m.record(&s);
+        m.record(&chat(
+            if i % 3 == 0 { "llama" } else { "lora-a" },
+            10,
+            Some(0.01),
+            None,
+        ));
+        if i == 99 {
+            flat = Some(m.series_count());
+        }
+    }
+    assert_eq!(m.series_count(), flat.unwrap(), "series stay flat");
+    assert_eq!(m.overflowed(), 0);
+    let want: std::collections::BTreeSet<String> =
+        ["llama", "lora-a", "other"].map(String::from).into();
+    assert_eq!(label_values(&m, "gen_ai_request_model"), want);
+    assert_eq!(label_values(&m, "gen_ai_response_model"), want);
+}
+
+#[test]
+fn before_a_model_list_the_servers_own_answers_bound_the_labels() {
+    let m = RequestMetrics::new();
+    // The usual server answers with the model it served: labelled as sent.
+    m.record(&chat("m", 10, Some(0.01), None));
+    // An echoing server: only the first PROVISIONAL_MAX names, then `other`.
+    for i in 0..1_000 {
+        m.record(&chat(&format!("echo-{i}"), 10, Some(0.01), None));
+    }
+    let values = label_values(&m, "gen_ai_request_model");
+    assert_eq!(values.len(), served::PROVISIONAL_MAX + 1, "{values:?}");
+    assert!(values.contains("m") && values.contains("other"));
+    // A request model the server never answered with is `other`.
+    let mut unanswered = chat("never-served", 10, Some(0.01), None);
+    unanswered.status_code = Some(404);
+    unanswered.response_model = None;
+    m.record(&unanswered);
+    assert!(!label_values(&m, "gen_ai_request_model").contains("never-served"));
+    // Once the list is seen it replaces the provisional names.
+    m.record(&models_summary(&["m"]));
+    m.record(&chat("echo-1", 10, Some(0.01), None));
+    let t = family(&m, "infertap_requests_total");
+    assert!(
+        t.contains("gen_ai_request_model=\"other\",gen_ai_response_model=\"other\""),
+        "{t}"
+    );
+}
+
+#[test]
+fn model_lists_are_learned_per_server() {
+    let m = RequestMetrics::new();
+    m.record(&models_summary(&["llama"]));
+    let mut elsewhere = chat("llama", 10, Some(0.01), None);
+    elsewhere.server_port = Some(9000);
+    elsewhere.response_model = None;
+    m.record(&elsewhere);
+    let t = family(&m, "infertap_requests_total");
+    assert!(
+        t.contains(
+            "gen_ai_request_model=\"other\",server_address=\"10.0.0.1\",server_port=\"9000\""
+        ),
+        "{t}"
+    );
+}
+
+#[test]
+fn served_models_flow_from_a_models_answer_on_the_wire() {
+    let mut exchanges = vec![(
+        "GET /v1/models HTTP/1.1\r\nhost: x\r\n\r\n".to_string(),
+        json_response("200 OK", MODELS_LIST),
+    )];
+    for i in 0..300 {
+        let model = if i % 3 == 0 {
+            "llama".to_string()
+        } else {
+            format!("junk-{i}")
+        };
+        let answer = format!(
+            r#"{{"id":"c{i}","model":"{model}","choices":[{{"index":0,"message":{{"role":"assistant","content":"yo"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":5,"completion_tokens":9}}}}"#
+        );
+        exchanges.push((chat_request(&model), json_response("200 OK", &answer)));
+    }
+    let summaries = from_the_wire(&exchanges);
+    assert_eq!(summaries.len(), 301);
+    assert_eq!(summaries[0].served_models, ["llama", "lora-a"]);
+    assert!(summaries[1..].iter().all(|s| s.served_models.is_empty()));
+    let m = RequestMetrics::new();
+    for s in &summaries {
+        m.record(s);
+    }
+    let want: std::collections::BTreeSet<String> = ["llama", "other"].map(String::from).into();
+    assert_eq!(label_values(&m, "gen_ai_request_model"), want);
+    // The span keeps what was sent.
+    assert_eq!(summaries[2].request_model.as_deref(), Some("junk-1"));
+}
+
+#[test]
+fn a_stream_longer_than_its_kept_times_still_feeds_every_gap() {
+    use crate::exchange::gaps::GapSketch;
+    let m = RequestMetrics::new();
+    let mut s = chat("m", 2_000, Some(0.1), None);
+    let mut later = GapSketch::new();
+    for _ in 0..1_000 {
+        later.add(20 * MS);
+    }
+    s.later_gaps = Some(Box::new(later));
+    m.record_with_chunk_times(&s, &[0, 10 * MS, 20 * MS]);
+    let t = family(&m, "gen_ai_server_inter_token_latency_seconds");
+    assert!(
+        t.contains(&format!(
+            "gen_ai_server_inter_token_latency_seconds_count{{{LABELS}}} 1002\n"
+        )),
+        "{t}"
+    );
+    // 20 ms gaps (within 2%) all fall in the 0.025 s bucket.
+    assert!(
+        t.contains(&format!(
+            "gen_ai_server_inter_token_latency_seconds_bucket{{{LABELS},le=\"0.01\"}} 2\n"
+        )),
+        "{t}"
+    );
+    assert!(t.contains(&format!(
+        "gen_ai_server_inter_token_latency_seconds_bucket{{{LABELS},le=\"0.025\"}} 1002\n"
+    )));
+}
+
+#[test]
+fn idle_series_are_evicted_and_come_back_from_zero() {
+    let m = RequestMetrics::new();
+    m.record(&chat("a", 10, Some(0.01), None));
+    let n = m.series_count();
+    assert!(n > 0);
+    // Not idle yet: nothing goes.
+    assert_eq!(m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER / 2), 0);
+    assert_eq!(m.series_count(), n);
+    // Idle: every labelled series goes, and with it its lines on /metrics.
+    assert_eq!(m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER), n);
+    assert_eq!(m.series_count(), 0);
+    assert!(!family(&m, "infertap_requests_total").contains("gen_ai_request_model"));
+    // Recorded again: a new series from zero (a counter reset for Prometheus), found again by
+    // the rebuilt index.
+    m.record(&chat("b", 10, Some(0.01), None));
+    m.record(&chat("a", 10, Some(0.01), None));
+    m.record(&chat("a", 10, Some(0.01), None));
+    m.evict_idle_at(Instant::now() + DEFAULT_IDLE_AFTER / 2);
+    m.record(&chat("a", 10, Some(0.01), None));
+    let t = family(&m, "infertap_requests_total");
+    assert!(t.contains("gen_ai_request_model=\"a\",gen_ai_response_model=\"a\",server_address=\"10.0.0.1\",server_port=\"8000\",outcome=\"completed\"} 3\n"), "{t}");
+    // Both models; the HTTP duration series (no model label) is shared.
+    assert_eq!(m.series_count(), 2 * n - 1);
 }

@@ -35,6 +35,8 @@ fn act(start_ms: u64, end_ms: u64, chunks: &[u64]) -> Activity {
         start_ns: start_ms * MS,
         end_ns: end_ms * MS,
         chunk_ns: chunks.iter().map(|c| c * MS).collect(),
+        later_chunks: 0,
+        later_until_ns: 0,
     }
 }
 
@@ -133,6 +135,8 @@ fn overlapping_requests_share_by_chunks_and_presence() {
         start_ns: 0,
         end_ns: u64::MAX,
         chunk_ns: vec![10 * MS, 20 * MS, 30 * MS],
+        later_chunks: 0,
+        later_until_ns: 0,
     };
     let r = figures(&s, &[0], &BTreeSet::new(), &r_act, &[o_act]);
     // Interval 1: R 2/(2+4); interval 2: R 2/(2+1).

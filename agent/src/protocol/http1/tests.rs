@@ -903,3 +903,122 @@ fn blank_lines_between_messages_are_tolerated() {
          aborted@99 request_complete=true response_started=false\naborted@99 request_complete=true response_started=false\n"
     );
 }
+
+/// Counts of what `n` pipelined requests, then their `n` responses, report.
+#[derive(Debug, Default, PartialEq)]
+struct Counted {
+    request_heads: usize,
+    request_bodies: usize,
+    response_heads: usize,
+    response_bodies: usize,
+    response_ends: usize,
+    aborted: usize,
+    errors: usize,
+}
+
+fn count(c: &mut Counted, ev: HttpEvent<'_>) {
+    match ev {
+        HttpEvent::RequestHead { .. } => c.request_heads += 1,
+        HttpEvent::RequestBody { .. } => c.request_bodies += 1,
+        HttpEvent::ResponseHead { .. } => c.response_heads += 1,
+        HttpEvent::ResponseBody { .. } => c.response_bodies += 1,
+        HttpEvent::ResponseEnd { .. } => c.response_ends += 1,
+        HttpEvent::Aborted { .. } => c.aborted += 1,
+        HttpEvent::ParseError { .. } => c.errors += 1,
+        _ => {}
+    }
+}
+
+fn feed_all(conn: &mut Http1Conn, c: &mut Counted, dir: Direction, data: &[u8]) {
+    let seg = Segment {
+        ts_ns: 1,
+        data,
+        syscall_start: true,
+    };
+    conn.feed(dir, seg, &mut |ev| count(c, ev));
+}
+
+const BODY_REQ: &[u8] = b"POST /v1/completions HTTP/1.1\r\ncontent-length: 2\r\n\r\n{}";
+const BODY_RESP: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+#[test]
+fn pipelined_requests_past_the_bound_are_shed_and_their_responses_skipped() {
+    let n = MAX_PIPELINED + 36;
+    let mut conn = Http1Conn::new(false);
+    let mut c = Counted::default();
+    feed_all(&mut conn, &mut c, REQ, &BODY_REQ.repeat(n));
+    assert_eq!(conn.in_flight(), MAX_PIPELINED);
+    assert_eq!(conn.take_shed(), 36);
+    assert_eq!(conn.take_shed(), 0, "taken");
+    assert_eq!(c.request_heads, MAX_PIPELINED);
+    assert_eq!(
+        c.request_bodies, MAX_PIPELINED,
+        "shed bodies are not reported"
+    );
+    // Half the responses: the reported exchanges are answered first, in order; room frees up,
+    // but a new request still waits behind the shed ones.
+    feed_all(
+        &mut conn,
+        &mut c,
+        RESP,
+        &BODY_RESP.repeat(MAX_PIPELINED + 10),
+    );
+    assert_eq!(conn.in_flight(), 0);
+    feed_all(&mut conn, &mut c, REQ, BODY_REQ);
+    assert_eq!(conn.take_shed(), 1);
+    // The rest (26 shed + this one): then requests are reported again.
+    feed_all(&mut conn, &mut c, RESP, &BODY_RESP.repeat(27));
+    feed_all(&mut conn, &mut c, REQ, BODY_REQ);
+    feed_all(&mut conn, &mut c, RESP, BODY_RESP);
+    conn.close(99, &mut |ev| count(&mut c, ev));
+    assert_eq!(
+        c,
+        Counted {
+            request_heads: MAX_PIPELINED + 1,
+            request_bodies: MAX_PIPELINED + 1,
+            response_heads: MAX_PIPELINED + 1,
+            response_bodies: MAX_PIPELINED + 1,
+            response_ends: MAX_PIPELINED + 1,
+            aborted: 0,
+            errors: 0,
+        }
+    );
+    assert_eq!(conn.take_shed(), 0);
+}
+
+#[test]
+fn a_flood_of_pipelined_requests_costs_linear_time_and_bounded_state() {
+    let n = 200_000;
+    let mut conn = Http1Conn::new(false);
+    let mut c = Counted::default();
+    let reqs = b"GET /v1/models HTTP/1.1\r\n\r\n".repeat(n);
+    let start = std::time::Instant::now();
+    feed_all(&mut conn, &mut c, REQ, &reqs);
+    feed_all(&mut conn, &mut c, RESP, &BODY_RESP.repeat(n));
+    assert_eq!(conn.take_shed(), (n - MAX_PIPELINED) as u64);
+    assert_eq!(c.response_ends, MAX_PIPELINED);
+    assert_eq!(conn.in_flight(), 0);
+    assert_eq!(conn.shed_pending, 0);
+    // A quadratic scan over a queue of this length would take minutes.
+    assert!(start.elapsed().as_secs() < 30, "{:?}", start.elapsed());
+}
+
+#[test]
+fn an_abort_forgets_the_shed_requests() {
+    let mut conn = Http1Conn::new(false);
+    let mut c = Counted::default();
+    feed_all(&mut conn, &mut c, REQ, &BODY_REQ.repeat(MAX_PIPELINED + 5));
+    // A broken response breaks FIFO matching: everything open is aborted, shed ones forgotten.
+    feed_all(
+        &mut conn,
+        &mut c,
+        RESP,
+        b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+    );
+    assert_eq!(c.aborted, MAX_PIPELINED);
+    assert_eq!(conn.shed_pending, 0);
+    feed_all(&mut conn, &mut c, REQ, BODY_REQ);
+    feed_all(&mut conn, &mut c, RESP, BODY_RESP);
+    assert_eq!(c.request_heads, MAX_PIPELINED + 1);
+    assert_eq!(c.response_ends, 1);
+}
