@@ -117,8 +117,15 @@ impl Driver {
             Control::Tls { pid, plans } => self.attach_tls(pid, plans),
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);
-                for path in self.probes.release_tls(pid) {
-                    tracing::info!(pid, %path, "TLS uprobes detached: no target maps the file any more.");
+                let released = self.probes.release_tls(pid);
+                if !released.is_empty() {
+                    // Detaching blocks for up to a second per file: never on the pipeline task.
+                    tokio::task::spawn_blocking(move || {
+                        for r in released {
+                            drop(r.links);
+                            tracing::info!(pid, path = %r.path, "TLS uprobes detached: no target maps the file any more.");
+                        }
+                    });
                 }
                 self.pipeline.gone(pid);
             }

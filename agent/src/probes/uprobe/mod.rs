@@ -196,6 +196,14 @@ fn ssl_enter_program(function: &str) -> &'static str {
     }
 }
 
+/// The uprobes of a file no target maps any more, taken from their programs: dropping them
+/// detaches them, which takes the kernel up to a second (`uprobe_unregister` waits for RCU), so
+/// the caller drops them off the pipeline task.
+pub struct Released {
+    pub path: String,
+    pub links: Vec<aya::programs::uprobe::UProbeLink>,
+}
+
 /// One attached file: its links and the targets using it.
 struct AttachedFile {
     path: String,
@@ -327,7 +335,7 @@ impl Probes {
 
     /// Process `pid` is no longer a target: it stops using its files, and the uprobes of a file
     /// no target uses any more are detached. Returns the files detached (paths).
-    pub fn release_tls(&mut self, pid: u32) -> Vec<String> {
+    pub fn release_tls(&mut self, pid: u32) -> Vec<Released> {
         let unused: Vec<(u64, u64)> = self
             .tls
             .files
@@ -337,8 +345,22 @@ impl Probes {
         let mut out = Vec::new();
         for key in unused {
             if let Some(f) = self.tls.files.remove(&key) {
-                self.detach_links(f.links, &f.path);
-                out.push(f.path);
+                let mut links = Vec::with_capacity(f.links.len());
+                for (name, id) in f.links {
+                    match self
+                        .uprobe(name)
+                        .and_then(|p| p.take_link(id).map_err(|e| e.to_string()))
+                    {
+                        Ok(link) => links.push(link),
+                        Err(e) => {
+                            tracing::warn!(program = name, path = %f.path, error = %e, "Cannot detach TLS uprobe.")
+                        }
+                    }
+                }
+                out.push(Released {
+                    path: f.path,
+                    links,
+                });
             }
         }
         out
