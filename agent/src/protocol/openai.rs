@@ -22,7 +22,7 @@ pub mod models;
 mod oracle;
 mod scan;
 
-pub use scan::{RequestScan, ResponseScan, Rows, Value, Values, CHOICES_MAX};
+pub use scan::{RequestScan, ResponseScan, Rows, Slots, Value, Values, CHOICES_MAX};
 
 /// Longest identifier kept (model names, ids, error types).
 const ID_MAX: usize = 256;

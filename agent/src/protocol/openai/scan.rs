@@ -147,9 +147,63 @@ impl Layout {
 }
 
 /// The rows of one array element marker.
+/// One body's values, indexed by field id: the body's fields are one contiguous run of the table
+/// (request fields, then response fields), so only that run is held. An id of the other body
+/// reads as absent (and a write to one is dropped).
+#[derive(Clone, Debug, Default)]
+pub struct Slots {
+    base: FieldId,
+    values: Vec<Value>,
+    /// Where a write to an id of the other body goes (never read).
+    spare: Value,
+}
+
+impl Slots {
+    fn new(body: Body) -> Slots {
+        let ids = &Layout::of(body).ids;
+        let base = ids.first().copied().unwrap_or(0);
+        let len = ids.last().map_or(0, |l| l + 1 - base);
+        Slots {
+            base,
+            values: vec![Value::Absent; len],
+            spare: Value::Absent,
+        }
+    }
+
+    pub fn contains(&self, v: &Value) -> bool {
+        self.values.contains(v)
+    }
+}
+
+impl PartialEq for Slots {
+    fn eq(&self, other: &Slots) -> bool {
+        self.base == other.base && self.values == other.values
+    }
+}
+
+static ABSENT: Value = Value::Absent;
+
+impl std::ops::Index<FieldId> for Slots {
+    type Output = Value;
+    fn index(&self, id: FieldId) -> &Value {
+        self.values
+            .get(id.wrapping_sub(self.base))
+            .unwrap_or(&ABSENT)
+    }
+}
+
+impl std::ops::IndexMut<FieldId> for Slots {
+    fn index_mut(&mut self, id: FieldId) -> &mut Value {
+        match self.values.get_mut(id.wrapping_sub(self.base)) {
+            Some(v) => v,
+            None => &mut self.spare,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Rows {
-    pub rows: Vec<Vec<Value>>,
+    pub rows: Vec<Slots>,
     /// Elements past [`CHOICES_MAX`], not kept.
     pub dropped: usize,
 }
@@ -159,7 +213,7 @@ pub struct Rows {
 #[derive(Clone, Debug)]
 pub struct Values {
     body: Body,
-    top: Vec<Value>,
+    top: Slots,
     /// Per field id: the rows of a row marker (empty for other fields); allocated at the first
     /// row (most bodies have none).
     rows: Vec<Rows>,
@@ -184,7 +238,7 @@ impl Values {
     pub fn new(body: Body) -> Values {
         Values {
             body,
-            top: vec![Value::Absent; FIELDS.len()],
+            top: Slots::new(body),
             rows: Vec::new(),
         }
     }
@@ -237,7 +291,7 @@ impl Values {
         marker: FieldId,
         values: impl IntoIterator<Item = (FieldId, Value)>,
     ) {
-        let mut row = vec![Value::Absent; FIELDS.len()];
+        let mut row = Slots::new(self.body);
         for (id, v) in values {
             row[id] = v;
         }
@@ -251,7 +305,7 @@ impl Values {
 
     /// The slots a field of the current row (or outside rows) lives in; `None` when its row was
     /// dropped or has not begun.
-    fn scope(&mut self, layout: &Layout, id: FieldId) -> Option<&mut Vec<Value>> {
+    fn scope(&mut self, layout: &Layout, id: FieldId) -> Option<&mut Slots> {
         match layout.row[id] {
             None => Some(&mut self.top),
             Some(m) => {
@@ -271,7 +325,7 @@ impl Values {
                 if fields::is_row(&FIELDS[id]) {
                     let rows = self.rows_mut(id);
                     if rows.rows.len() < CHOICES_MAX {
-                        rows.rows.push(vec![Value::Absent; FIELDS.len()]);
+                        rows.rows.push(Slots::new(FIELDS[id].body));
                     } else {
                         rows.dropped += 1;
                     }

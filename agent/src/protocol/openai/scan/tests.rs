@@ -836,3 +836,15 @@ proptest! {
         prop_assert_eq!(got, expect_response(&v));
     }
 }
+
+/// `Slots` holds one body's run of the table: the run must be contiguous.
+#[test]
+fn each_body_s_fields_are_one_contiguous_run_of_the_table() {
+    for body in [Body::Request, Body::Response] {
+        let ids: Vec<usize> = (0..FIELDS.len())
+            .filter(|&i| FIELDS[i].body == body)
+            .collect();
+        assert!(!ids.is_empty());
+        assert_eq!(ids.last().unwrap() + 1 - ids[0], ids.len(), "{body:?}");
+    }
+}
