@@ -201,7 +201,7 @@ impl OtlpSpanExporter {
             return Ok(Self::spawn_with(None::<NoExporter>, config, stats));
         };
         let build_error = |source| ExportError::Build {
-            endpoint: endpoint.clone(),
+            endpoint: config::redacted(&endpoint),
             protocol: config.protocol.as_str(),
             source,
         };
@@ -241,7 +241,7 @@ impl OtlpSpanExporter {
         exporter.set_resource(&config.resource());
         let state = ExporterStateHandle::new(ExporterState {
             health: ExporterHealth::Ok,
-            endpoint: config.endpoint.clone(),
+            endpoint: config.endpoint.as_deref().map(config::redacted),
             protocol: Some(config.protocol.as_str()),
             last_error: None,
             last_error_unix_nano: None,

@@ -155,7 +155,7 @@ impl OtlpMetricsExporter {
             return Ok(Self::disabled());
         };
         let build_error = |source| MetricsExportError::Build {
-            endpoint: endpoint.clone(),
+            endpoint: crate::export::otlp::config::redacted(&endpoint),
             protocol: config.protocol.as_str(),
             source,
         };
@@ -192,10 +192,11 @@ impl OtlpMetricsExporter {
             .build();
         metrics.attach_otel(instruments(&provider));
         agent_counters(&provider, stats_for_counters);
-        info!(%endpoint, protocol = config.protocol.as_str(), interval = ?config.interval, "OTLP metric export on.");
+        let shown = crate::export::otlp::config::redacted(&endpoint);
+        info!(endpoint = %shown, protocol = config.protocol.as_str(), interval = ?config.interval, "OTLP metric export on.");
         Ok(Self {
             provider: Some(provider),
-            endpoint: Some(endpoint),
+            endpoint: Some(shown),
             last_error,
         })
     }

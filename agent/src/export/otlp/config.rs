@@ -243,6 +243,27 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// This node's host name (`uname -n`), as the OTel host detector reports it.
+/// An endpoint as the agent shows it (`/status`, logs, errors): credentials in the URL's user
+/// part and its query string (where some collectors take tokens) are replaced by `***`.
+pub fn redacted(endpoint: &str) -> String {
+    let (scheme, rest) = match endpoint.find("://") {
+        Some(i) => endpoint.split_at(i + 3),
+        None => ("", endpoint),
+    };
+    let (rest, query) = match rest.find(['?', '#']) {
+        Some(i) => (&rest[..i], true),
+        None => (rest, false),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let query = if query { "?***" } else { "" };
+    format!("{scheme}{authority}{path}{query}")
+}
+
 fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
     let name = name.trim();
@@ -251,6 +272,27 @@ fn host_name() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_in_an_endpoint_are_never_shown() {
+        for (raw, shown) in [
+            ("http://collector:4317", "http://collector:4317"),
+            (
+                "https://user:s3cret@otlp.example:443/v1/traces",
+                "https://***@otlp.example:443/v1/traces",
+            ),
+            ("https://token@host", "https://***@host"),
+            (
+                "http://host:4318/v1/traces?api_key=s3cret",
+                "http://host:4318/v1/traces?***",
+            ),
+            ("host:4317", "host:4317"),
+            ("http://a@b@host/p#frag", "http://***@host/p?***"),
+        ] {
+            assert_eq!(super::redacted(raw), shown, "{raw}");
+            assert!(!super::redacted(raw).contains("s3cret"));
+        }
+    }
+
     use super::*;
     use crate::export::otlp::sampler::SamplerConfig;
     use opentelemetry::Key;
