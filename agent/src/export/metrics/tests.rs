@@ -4,7 +4,7 @@ use crate::capture::decode::{DataChunk, Role, SocketDir};
 use crate::conn::{ConnId, ConnTable, Origin};
 use crate::export::prometheus::encode;
 use crate::stats::Stats;
-use crate::trace::build::{build_span, BuildOptions, RandomIds};
+use crate::trace::build::{BuildOptions, RandomIds};
 use std::time::Instant;
 
 const MS: u64 = 1_000_000;
@@ -34,68 +34,18 @@ fn chat(model: &str, duration_ms: u64, ttft_s: Option<f64>, tokens: Option<(i64,
 /// every identifier a metric label must never carry: request id, response id, client address and
 /// port, pid, `max_tokens`, the path.
 fn chat_from_the_wire() -> Summary {
-    let stats = Stats::default();
-    let mut table = ConnTable::new(4, u64::MAX);
-    let id = ConnId {
-        tgid: 4242,
-        conn_id: 1,
-    };
-    table.open(
-        id,
-        5,
-        Role::Server,
-        Some("10.0.0.1:8000".parse().unwrap()),
-        Some("10.0.0.9:51234".parse().unwrap()),
-        Origin::Start,
-        0,
-        &stats,
-    );
     let body = r#"{"model":"m","max_tokens":77,"messages":[{"role":"user","content":"hi"}]}"#;
     let request = format!(
         "POST /v1/chat/completions HTTP/1.1\r\nx-request-id: req-8c1f\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     );
     let answer = r#"{"id":"chatcmpl-77","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":9}}"#;
-    let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
-        answer.len()
-    );
-    let mut out = Vec::new();
-    for (dir, ts, bytes) in [
-        (SocketDir::Ingress, MS, request.as_bytes()),
-        (SocketDir::Egress, 500 * MS, response.as_bytes()),
-    ] {
-        let chunk = DataChunk {
-            tgid: 4242,
-            tid: 4242,
-            ts_ns: ts,
-            conn_id: 1,
-            fd: 5,
-            dir,
-            last: true,
-            eof: false,
-            after_loss: false,
-            syscall: 0,
-            stream_pos: 0,
-            syscall_pos: 0,
-            syscall_len: bytes.len() as u64,
-            payload: bytes,
-        };
-        table.data(&chunk, &stats, &mut out);
-    }
-    assert_eq!(out.len(), 1, "one exchange");
-    let f = &out[0];
-    let built = crate::trace::span_of(
-        &f.work,
-        &f.meta,
-        &WallClock::measure(),
-        &BuildOptions::default(),
-        &mut RandomIds,
-    );
+    let mut built = built_from_the_wire(&[(request, json_response("200 OK", answer))]);
+    assert_eq!(built.len(), 1, "one exchange");
+    let built = built.remove(0);
     // The span does carry them (they are span attributes, not labels).
     let span = format!("{:?}", built.span);
     assert!(span.contains("req-8c1f") && span.contains("51234") && span.contains("4242"));
-    let _ = build_span; // the same builder `span_of` picks for an exchange
     built.summary
 }
 
@@ -511,6 +461,14 @@ fn pods_label_genai_metrics_by_namespace_and_name_never_by_uid() {
 /// Exchanges on one server connection, taken from the wire (request and response bytes in
 /// turn), through the connection table and `span_of`: their summaries.
 fn from_the_wire(exchanges: &[(String, String)]) -> Vec<Summary> {
+    built_from_the_wire(exchanges)
+        .into_iter()
+        .map(|b| b.summary)
+        .collect()
+}
+
+/// [`from_the_wire`]'s spans and summaries.
+fn built_from_the_wire(exchanges: &[(String, String)]) -> Vec<crate::trace::Built> {
     let stats = Stats::default();
     let mut table = ConnTable::new(4, u64::MAX);
     let id = ConnId {
@@ -566,7 +524,6 @@ fn from_the_wire(exchanges: &[(String, String)]) -> Vec<Summary> {
                 &BuildOptions::default(),
                 &mut RandomIds,
             )
-            .summary
         })
         .collect()
 }
