@@ -106,14 +106,7 @@ impl Driver {
                 listeners,
                 provider,
             } => self.pipeline.target(pid, listeners, provider),
-            Control::Existing {
-                pid,
-                fd,
-                conn_id,
-                role,
-                local,
-                peer,
-            } => self.pipeline.existing(pid, fd, conn_id, role, local, peer),
+            Control::Existing(socket) => self.pipeline.existing(socket),
             Control::Tls { pid, plans } => self.attach_tls(pid, plans),
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);

@@ -55,6 +55,18 @@ impl Output for SpanSink {
     }
 }
 
+/// A socket that was open before tracing began (found in /proc by the targeting thread, which
+/// gave it a connection id of its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExistingSocket {
+    pub pid: u32,
+    pub fd: u32,
+    pub conn_id: u64,
+    pub role: Role,
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
 /// The pipeline's settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -243,22 +255,17 @@ impl<N: Node, O: Output> Pipeline<N, O> {
     }
 
     /// A socket that was open before tracing began: its first bytes may be mid-message.
-    pub fn existing(
-        &mut self,
-        pid: u32,
-        fd: u32,
-        conn_id: u64,
-        role: Role,
-        local: SocketAddr,
-        peer: SocketAddr,
-    ) {
+    pub fn existing(&mut self, s: ExistingSocket) {
         let now = self.node.now_ns();
         self.table.open(
-            ConnId { tgid: pid, conn_id },
-            fd,
-            role,
-            Some(local),
-            Some(peer),
+            ConnId {
+                tgid: s.pid,
+                conn_id: s.conn_id,
+            },
+            s.fd,
+            s.role,
+            Some(s.local),
+            Some(s.peer),
             Origin::MidStream,
             now,
             &self.stats,
@@ -306,7 +313,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
     /// What finished goes out: exchanges through the enrichers (and their wait), gRPC calls and
     /// routing decisions straight away.
     pub fn emit(&mut self) {
-        for f in std::mem::take(&mut self.done) {
+        // Taken and put back, so that the vector keeps its capacity across records.
+        let mut done = std::mem::take(&mut self.done);
+        for f in done.drain(..) {
             match f.work {
                 Work::Exchange(_) => {
                     self.enrichers.observe(&f);
@@ -324,6 +333,7 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                 }
             }
         }
+        self.done = done;
         self.emit_waiting(false);
     }
 

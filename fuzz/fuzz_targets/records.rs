@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use infertap::capture::decode::{decode, Record, Role};
 use infertap::enrich::Enrichers;
-use infertap::pipeline::{Detached, Pipeline, Settings};
+use infertap::pipeline::{Detached, ExistingSocket, Pipeline, Settings};
 use infertap::stats::Stats;
 use infertap::trace::build::BuildOptions;
 use infertap::trace::span::FinishedSpan;
@@ -124,7 +124,14 @@ fuzz_target!(|data: &[u8]| {
                 let role = if op & 4 == 0 { Role::Server } else { Role::Client };
                 let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40000));
                 let local = std::net::SocketAddr::from(([127, 0, 0, 1], 8000));
-                pipeline.existing(tgid, 5, conn_id, role, local, peer);
+                pipeline.existing(ExistingSocket {
+                    pid: tgid,
+                    fd: 5,
+                    conn_id,
+                    role,
+                    local,
+                    peer,
+                });
                 continue;
             }
             _ => bytes_of(&ProcExitRecord {

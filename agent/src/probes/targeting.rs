@@ -21,7 +21,7 @@ use super::uprobe::{self, TlsPlan};
 use crate::capture::clock::WallClock;
 use crate::capture::decode::Role;
 use crate::export::status::{StatusSource, TargetStatus};
-use crate::pipeline::Node;
+use crate::pipeline::{ExistingSocket, Node};
 
 /// Userspace-assigned connection ids (sockets found already open) have the top bit set, so they
 /// never collide with the kernel's (timestamps).
@@ -37,14 +37,7 @@ pub enum Control {
         provider: &'static str,
     },
     /// A socket that was open before tracing began.
-    Existing {
-        pid: u32,
-        fd: u32,
-        conn_id: u64,
-        role: Role,
-        local: SocketAddr,
-        peer: SocketAddr,
-    },
+    Existing(ExistingSocket),
     /// A process is no longer a target.
     Gone { pid: u32 },
     /// Files of a new target whose TLS can be probed (or why not), for the pipeline to attach.
@@ -248,14 +241,14 @@ pub fn targeting_loop(
                     .insert(key, info, 1 /* BPF_NOEXIST */)
                     .is_ok();
                 if inserted {
-                    let _ = ctl.blocking_send(Control::Existing {
+                    let _ = ctl.blocking_send(Control::Existing(ExistingSocket {
                         pid: *pid,
                         fd: s.fd,
                         conn_id,
                         role,
                         local: s.local,
                         peer: s.remote,
-                    });
+                    }));
                 }
             }
             // TLS: find the uprobe sites here (reading and parsing binaries blocks); the pipeline,
