@@ -421,23 +421,15 @@ fn put_genai(
             AttrValue::I64(ex.content_chunks as i64),
         );
     }
-    if let Some(gaps) = stream_gap_stats(&ex.content_chunk_ns, ex.later_gaps.as_deref()) {
-        put(
-            attr::INFERTAP_INTER_TOKEN_LATENCY_MEAN,
-            AttrValue::F64(gaps.mean_s),
-        );
-        put(
-            attr::INFERTAP_INTER_TOKEN_LATENCY_P50,
-            AttrValue::F64(gaps.p50_s),
-        );
-        put(
-            attr::INFERTAP_INTER_TOKEN_LATENCY_P95,
-            AttrValue::F64(gaps.p95_s),
-        );
-        put(
-            attr::INFERTAP_INTER_TOKEN_LATENCY_MAX,
-            AttrValue::F64(gaps.max_s),
-        );
+    if let Some(g) = stream_gap_stats(&ex.content_chunk_ns, ex.later_gaps.as_deref()) {
+        for (key, seconds) in [
+            (attr::INFERTAP_INTER_TOKEN_LATENCY_MEAN, g.mean_s),
+            (attr::INFERTAP_INTER_TOKEN_LATENCY_P50, g.p50_s),
+            (attr::INFERTAP_INTER_TOKEN_LATENCY_P95, g.p95_s),
+            (attr::INFERTAP_INTER_TOKEN_LATENCY_MAX, g.max_s),
+        ] {
+            put(key, AttrValue::F64(seconds));
+        }
     }
     g
 }
