@@ -153,6 +153,8 @@ impl Layout {
 #[derive(Clone, Debug, Default)]
 pub struct Slots {
     base: FieldId,
+    len: usize,
+    /// Empty until the first write (most bodies of most routes set nothing).
     values: Vec<Value>,
     /// Where a write to an id of the other body goes (never read).
     spare: Value,
@@ -165,7 +167,8 @@ impl Slots {
         let len = ids.last().map_or(0, |l| l + 1 - base);
         Slots {
             base,
-            values: vec![Value::Absent; len],
+            len,
+            values: Vec::new(),
             spare: Value::Absent,
         }
     }
@@ -177,7 +180,9 @@ impl Slots {
 
 impl PartialEq for Slots {
     fn eq(&self, other: &Slots) -> bool {
-        self.base == other.base && self.values == other.values
+        self.base == other.base
+            && self.len == other.len
+            && (self.base..self.base + self.len).all(|id| self[id] == other[id])
     }
 }
 
@@ -194,7 +199,11 @@ impl std::ops::Index<FieldId> for Slots {
 
 impl std::ops::IndexMut<FieldId> for Slots {
     fn index_mut(&mut self, id: FieldId) -> &mut Value {
-        match self.values.get_mut(id.wrapping_sub(self.base)) {
+        let i = id.wrapping_sub(self.base);
+        if self.values.is_empty() && i < self.len {
+            self.values = vec![Value::Absent; self.len];
+        }
+        match self.values.get_mut(i) {
             Some(v) => v,
             None => &mut self.spare,
         }
