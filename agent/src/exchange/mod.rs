@@ -222,6 +222,16 @@ impl InFlight {
                 SseEvent::Comment => {}
             });
         }
+        if self.ex.streaming {
+            // What the chunks said, into the response's values once (not per chunk).
+            let ex = &mut self.ex;
+            ex.response_values.apply_stream(
+                ex.response_id.as_deref(),
+                ex.response_model.as_deref(),
+                &ex.finish_reasons,
+                ex.usage.as_ref(),
+            );
+        }
         if let Some(mut scan) = self.response_scan.take() {
             if let Err(e) = scan.finish() {
                 if !self.response_gapped {
@@ -478,7 +488,6 @@ fn apply_chunk(ex: &mut Exchange, ts_ns: u64, mut c: StreamChunk<'_>) {
         ex.finish_reasons_dropped += (c.finish_reasons.len() - room) as u64;
         c.finish_reasons.truncate(room);
     }
-    ex.response_values.apply_chunk(&c);
     if c.has_content {
         if ex.first_token_ns.is_none() {
             ex.first_token_ns = Some(ts_ns);

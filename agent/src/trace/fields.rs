@@ -42,16 +42,29 @@ fn alternative(id: FieldId) -> Option<FieldId> {
     ALT.get(id).copied().flatten()
 }
 
+/// The fields of `body` that name an attribute, in table order (worked out once, not per span).
+fn plan(body: Body) -> &'static [(FieldId, fields::Attribute)] {
+    static PLAN: std::sync::LazyLock<[Vec<(FieldId, fields::Attribute)>; 2]> =
+        std::sync::LazyLock::new(|| {
+            [Body::Request, Body::Response].map(|body| {
+                FIELDS
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, f)| f.body == body)
+                    .filter_map(|(id, f)| Some((id, f.attribute?)))
+                    .collect()
+            })
+        });
+    &PLAN[body as usize]
+}
+
 /// Set the attributes of `body`'s fields (`values` absent: the body was not scanned).
 pub fn put_field_attributes(
     body: Body,
     values: Option<&Values>,
     put: &mut dyn FnMut(&'static str, AttrValue),
 ) {
-    for (id, f) in FIELDS.iter().enumerate() {
-        let Some(a) = f.attribute.filter(|_| f.body == body) else {
-            continue;
-        };
+    for &(id, a) in plan(body) {
         let v = values.and_then(|v| value(v, id));
         let v = match a.when {
             When::Present => v,

@@ -11,7 +11,7 @@
 use std::sync::LazyLock;
 
 use super::fields::{self, Body, FieldId, Type, FIELDS};
-use super::{RequestFields, ResponseFields, StreamChunk, Usage};
+use super::{RequestFields, ResponseFields, Usage};
 use crate::protocol::json_scan::{Event, Kind, Patterns, Scalar, ScanError, ScanState, Scanner};
 
 /// Rows (choices) kept per response; more are counted in [`Values::rows_dropped`].
@@ -446,22 +446,29 @@ impl Values {
         self.top[id::CACHED_TOKENS] = n(u.cached_tokens);
     }
 
-    /// What one stream chunk (read by `parse_stream_chunk`) says, into a response's values: the
-    /// first id and model, every finish reason (one row each), the last usage.
-    pub fn apply_chunk(&mut self, c: &StreamChunk<'_>) {
+    /// What a stream's chunks (read by `parse_stream_chunk`) said, into a response's values,
+    /// once when the stream ends: the first id and model, every finish reason (one row each),
+    /// the last usage.
+    pub fn apply_stream(
+        &mut self,
+        id: Option<&str>,
+        model: Option<&str>,
+        finish_reasons: &[String],
+        usage: Option<&Usage>,
+    ) {
         let text = |s: &str| Value::Str {
             text: s.to_string(),
             truncated: false,
         };
-        for (field, v) in [(id::ID, &c.id), (id::RESPONSE_MODEL, &c.model)] {
+        for (field, v) in [(id::ID, id), (id::RESPONSE_MODEL, model)] {
             if let (Value::Absent, Some(v)) = (&self.top[field], v) {
                 self.top[field] = text(v);
             }
         }
-        for r in &c.finish_reasons {
+        for r in finish_reasons {
             self.push_row(id::CHOICE, [(id::FINISH_REASON, text(r))]);
         }
-        if let Some(u) = &c.usage {
+        if let Some(u) = usage {
             self.set_usage(u);
         }
     }
