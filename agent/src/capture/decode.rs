@@ -55,6 +55,7 @@ pub struct DataChunk<'a> {
 
 impl DataChunk<'_> {
     /// TLS plaintext captured by a uprobe (Go `crypto/tls`, OpenSSL), not bytes of a syscall.
+    #[inline]
     pub fn is_tls(&self) -> bool {
         (SYS_GO_TLS_READ..=SYS_SSL_WRITE).contains(&self.syscall)
     }
@@ -113,6 +114,7 @@ fn read<T: Copy>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 
+#[inline]
 pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let header: RecordHeader = read(bytes)?;
     match header.kind {

@@ -258,35 +258,38 @@ impl ConnTable {
             tgid: chunk.tgid,
             conn_id: chunk.conn_id,
         };
-        if !self.conns.contains_key(&id) {
-            if chunk.eof {
-                return; // the end of a connection we never saw
-            }
-            // Its open record was lost, or it was evicted while idle: pick it up here.
-            let role = match chunk.dir {
-                SocketDir::Ingress => Role::Server,
-                SocketDir::Egress => Role::Client,
-            };
-            // Flagged after a kernel loss, the kernel traced it from its first byte: its
-            // streams start at 0, and what came before this record is a loss (bytes, and a
-            // request where a request head was due). Otherwise it predates tracing (or was
-            // evicted while idle) and positions before this record are not a loss.
-            let origin = if chunk.after_loss {
-                stats.connections_after_loss.fetch_add(1, Ordering::Relaxed);
-                Origin::Start
-            } else {
-                Origin::MidStream
-            };
-            self.open(id, chunk.fd, role, None, None, origin, chunk.ts_ns, stats);
-            if let Some(c) = self.conns.get_mut(&id) {
+        // One lookup for the records of a known connection (nearly all).
+        let c = match self.conns.get_mut(&id) {
+            Some(c) => c,
+            None => {
+                if chunk.eof {
+                    return; // the end of a connection we never saw
+                }
+                // Its open record was lost, or it was evicted while idle: pick it up here.
+                let role = match chunk.dir {
+                    SocketDir::Ingress => Role::Server,
+                    SocketDir::Egress => Role::Client,
+                };
+                // Flagged after a kernel loss, the kernel traced it from its first byte: its
+                // streams start at 0, and what came before this record is a loss (bytes, and a
+                // request where a request head was due). Otherwise it predates tracing (or was
+                // evicted while idle) and positions before this record are not a loss.
+                let origin = if chunk.after_loss {
+                    stats.connections_after_loss.fetch_add(1, Ordering::Relaxed);
+                    Origin::Start
+                } else {
+                    Origin::MidStream
+                };
+                self.open(id, chunk.fd, role, None, None, origin, chunk.ts_ns, stats);
+                let Some(c) = self.conns.get_mut(&id) else {
+                    return; // not opened: the table is full (counted as shed)
+                };
                 c.from_start = false;
                 if !chunk.after_loss {
                     c.next_pos = [None, None];
                 }
+                c
             }
-        }
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
         };
         c.last_seen_ns = chunk.ts_ns;
         if chunk.eof {

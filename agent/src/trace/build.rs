@@ -145,7 +145,7 @@ pub fn put_addresses(
     let mut server_address = None;
     if let Some(a) = server_addr(conn) {
         if !a.ip().is_unspecified() {
-            let ip = a.ip().to_string();
+            let ip = ip_text(a.ip());
             server_address = Some(ip.clone());
             put(attr::SERVER_ADDRESS, AttrValue::Str(ip));
         }
@@ -153,10 +153,33 @@ pub fn put_addresses(
     }
     let client = if conn.server { conn.peer } else { conn.local };
     if let Some(a) = client {
-        put(attr::CLIENT_ADDRESS, AttrValue::Str(a.ip().to_string()));
+        put(attr::CLIENT_ADDRESS, AttrValue::Str(ip_text(a.ip())));
         put(attr::CLIENT_PORT, AttrValue::I64(a.port() as i64));
     }
     server_address
+}
+
+/// An address as text, as `IpAddr`'s `Display` writes it. IPv4 (nearly every span has two) is
+/// written directly: `to_string` goes through the formatting machinery, a tenth of a span's
+/// build time.
+fn ip_text(ip: std::net::IpAddr) -> String {
+    let std::net::IpAddr::V4(v4) = ip else {
+        return ip.to_string();
+    };
+    let mut s = String::with_capacity(15);
+    for (i, o) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        if o >= 100 {
+            s.push(char::from(b'0' + o / 100));
+        }
+        if o >= 10 {
+            s.push(char::from(b'0' + o / 10 % 10));
+        }
+        s.push(char::from(b'0' + o % 10));
+    }
+    s
 }
 
 /// The server's side of the connection: the local address when the traced process served it.
@@ -493,5 +516,21 @@ mod tests {
         assert!((g.p95_s - 0.030).abs() < 1e-9);
         assert!((g.max_s - 0.030).abs() < 1e-9);
         assert_eq!(gap_stats(&[5]), None);
+    }
+
+    /// Addresses on spans read as `IpAddr` writes them, every octet value included.
+    #[test]
+    fn address_text_is_display() {
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        for o in 0..=255u8 {
+            for ip in [
+                Ipv4Addr::new(o, 0, o / 3, 255 - o),
+                Ipv4Addr::new(10, o, 7, o),
+            ] {
+                assert_eq!(ip_text(IpAddr::V4(ip)), ip.to_string());
+            }
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::LOCALHOST);
+        assert_eq!(ip_text(v6), "::1");
     }
 }
