@@ -59,7 +59,8 @@ async fn run(config: Config) -> Result<()> {
     let stats = Arc::new(Stats::default());
 
     // Export first, so the debug endpoint can answer while probes load.
-    let otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
+    let mut otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
+    otlp_config.slow = config.slow_thresholds()?;
     let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone())
         .context("starting the OTLP exporter")?;
     let request_metrics = Arc::new(RequestMetrics::new());

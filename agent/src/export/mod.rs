@@ -61,12 +61,13 @@ impl SpanSink {
     /// Takes one finished span, the typed summary the metrics record, and the times of its
     /// content chunks (the exchange's `content_chunk_ns`), whose gaps feed the inter-token
     /// latency histogram. Never waits.
-    pub fn submit(&self, span: FinishedSpan, summary: &Summary, chunk_times_ns: &[u64]) {
+    pub fn submit(&self, mut span: FinishedSpan, summary: &Summary, chunk_times_ns: &[u64]) {
         Stats::add(&self.stats.spans_finished, 1);
+        // Metrics from every request, whatever the sampler decides.
         if let Some(metrics) = &self.metrics {
             metrics.record_with_chunk_times(summary, chunk_times_ns);
         }
-        self.otlp.send(&span);
+        self.otlp.send(&mut span, summary);
         self.store.push(span);
     }
 }
