@@ -405,6 +405,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_page_and_its_endpoints() {
+        let f = fixture(10);
+        let (code, content_type, body) = f.get("/").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
+        assert!(body.contains("<script src=\"page.js\">"), "{body}");
+        for (path, kind) in [("/page.js", "text/javascript"), ("/page.css", "text/css")] {
+            let (code, content_type, body) = f.get(path).await;
+            assert_eq!(code, StatusCode::OK, "{path}");
+            assert!(content_type.unwrap().starts_with(kind) && !body.is_empty());
+        }
+
+        let ticks = Arc::new(crate::export::ticks::TickStore::new(4));
+        ticks.record([7; 8], Some(0.05), &[1_000_000, 21_000_000]);
+        let router = router(f.state().with_ticks(ticks));
+        let (code, _, body) = get_from(router.clone(), "/ticks?span_id=0707070707070707").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"span_id": "0707070707070707", "offsets_us": [50_000, 70_000], "chunks": 2})
+        );
+        let (code, _, _) = get_from(router.clone(), "/ticks?span_id=0807070707070707").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let (code, _, _) = get_from(router.clone(), "/ticks?span_id=xyz").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+
+        // No GPU: no devices; a window that is backwards or too long is refused.
+        let (code, _, body) = get_from(router.clone(), "/gpu/series?from=1&to=2").await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, r#"{"devices":[]}"#));
+        for bad in [
+            "/gpu/series?from=2&to=1",
+            "/gpu/series?from=0&to=1000000000000",
+            "/gpu/series",
+        ] {
+            let (code, _, _) = get_from(router.clone(), bad).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[tokio::test]
     async fn healthz_is_503_until_ready() {
         let f = fixture(10);
         let (code, _, body) = f.get("/healthz").await;

@@ -190,6 +190,38 @@ mod tests {
     }
 
     #[test]
+    fn series_are_the_samples_overlapping_the_window_in_unix_time() {
+        use crate::gpu::{Device, Figure, Origin};
+        let hub = Hub::default();
+        let s = 1_000_000_000u64;
+        hub.write(|h| {
+            let mut d = Device {
+                uuid: "GPU-0".into(),
+                ..Device::default()
+            };
+            for k in 0..10u64 {
+                d.push(
+                    Figure::GpuUtilization,
+                    Origin::Nvml,
+                    k * s,
+                    (k + 1) * s,
+                    k as f64 / 10.0,
+                );
+            }
+            d.push(Figure::Power, Origin::Nvml, 0, 10 * s, 250.0);
+            h.devices.push(d);
+        });
+        // Unix = monotonic + 100 s.
+        let clock = WallClock::with_offset(100 * s as i128);
+        let v = series_json(&hub, &clock, 102 * s + s / 2, 104 * s + s / 2);
+        let util = &v["devices"][0]["figures"]["gpu_utilization"];
+        assert_eq!(util.as_array().unwrap().len(), 3, "{v:#}");
+        assert_eq!(util[0], json!([102 * s, 103 * s, 0.2]));
+        assert_eq!(v["devices"][0]["figures"]["power"][0][2], 250.0);
+        assert_eq!(v["devices"][0]["uuid"], "GPU-0");
+    }
+
+    #[test]
     fn the_page_reads_only_relative_urls() {
         // Behind `kubectl port-forward` or a path prefix, an absolute path or another host
         // would miss the agent.
