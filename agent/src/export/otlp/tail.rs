@@ -165,8 +165,7 @@ impl SlowThresholds {
                 let value = match value {
                     "off" => None,
                     v => match v.parse::<f64>() {
-                        Ok(s) if s.is_finite() && s > 0.0 => Some(s),
-                        Ok(s) if s == 0.0 => None,
+                        Ok(s) if s.is_finite() && s >= 0.0 => (s > 0.0).then_some(s),
                         _ => return Err(err(format!("{value:?} is not a number of seconds"))),
                     },
                 };
@@ -283,7 +282,8 @@ mod tests {
     fn failed_and_slow_requests_are_kept_at_ratio_zero() {
         let p = TailPolicy::new(0.0, SlowThresholds::default());
         assert_eq!(p.decide(id(0), &ordinary()), None);
-        let cases: [(fn(&mut Summary), KeepReason); 7] = [
+        type Case = (fn(&mut Summary), KeepReason);
+        let cases: [Case; 7] = [
             (|s| s.failed = true, KeepReason::Error),
             (|s| s.server_aborted = true, KeepReason::ServerAborted),
             (|s| s.cancelled = true, KeepReason::Cancelled),
