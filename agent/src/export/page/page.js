@@ -222,6 +222,7 @@ async function openRequest(id) {
   const span = state.byId.get(id);
   if (!span) return;
   state.selected = id;
+  if (location.hash !== "#span=" + id) history.replaceState(null, "", "#span=" + id);
   for (const tr of $("requests").tBodies[0].rows) tr.classList.toggle("selected", tr.dataset.spanId === id);
   const start = span.start_time_unix_nano, end = span.end_time_unix_nano;
   const pad = Math.max(0.1 * (end - start), 200e6);
@@ -312,6 +313,7 @@ function drawTimeline(span, ticks, series, t0, t1) {
       const yv = (v) => y + H - 2 - (Math.min(1, Math.max(0, v / scale)) * (H - 4));
       let dpath = "";
       for (const [s, e, v] of points) {
+        if (e <= t0 || s >= t1) continue;
         const a = x(Math.max(s, t0)), b = x(Math.min(e, t1));
         dpath += (dpath ? " L" : "M") + a.toFixed(1) + " " + yv(v).toFixed(1) + " L" + b.toFixed(1) + " " + yv(v).toFixed(1);
       }
@@ -380,6 +382,9 @@ async function refresh() {
     renderHealth(status);
     renderTable();
     $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    // A link to a request (`#span=ID`) opens its view once its span is here.
+    const m = /^#span=([0-9a-f]{16})$/.exec(location.hash);
+    if (m && state.selected === null && state.byId.has(m[1])) openRequest(m[1]);
   } catch (e) {
     $("updated").textContent = "cannot reach the agent: " + e.message;
   }
@@ -414,6 +419,7 @@ $("filters").addEventListener("input", renderTable);
 $("filters").addEventListener("change", renderTable);
 $("rv-close").addEventListener("click", () => {
   state.selected = null;
+  history.replaceState(null, "", location.pathname + location.search);
   $("request-view").hidden = true;
   renderTable();
 });
