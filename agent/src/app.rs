@@ -59,7 +59,8 @@ async fn run(config: Config) -> Result<()> {
     let stats = Arc::new(Stats::default());
 
     // Export first, so the debug endpoint can answer while probes load.
-    let otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
+    let mut otlp_config = OtlpConfig::from_env().context("reading the OTEL_* configuration")?;
+    otlp_config.slow = config.slow_thresholds()?;
     let exporter = OtlpSpanExporter::spawn(&otlp_config, stats.clone())
         .context("starting the OTLP exporter")?;
     let request_metrics = Arc::new(RequestMetrics::new());
@@ -69,7 +70,9 @@ async fn run(config: Config) -> Result<()> {
         OtlpMetricsExporter::spawn(&metrics_config, &request_metrics, stats.clone())
             .context("starting the OTLP metrics exporter")?;
     let store = Arc::new(SpanStore::new(config.span_buffer));
+    let ticks = Arc::new(crate::export::ticks::TickStore::default());
     let sink = SpanSink::new(store.clone(), exporter.sender(), stats.clone())
+        .with_ticks(ticks.clone())
         .with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
@@ -106,7 +109,8 @@ async fn run(config: Config) -> Result<()> {
         .with_metric_source(Arc::new(crate::export::gpu::GpuMetrics {
             hub: gpu.hub.clone(),
         }))
-        .with_gpu(gpu.hub.clone());
+        .with_gpu(gpu.hub.clone())
+        .with_ticks(ticks);
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let mut debug_shutdown = shutdown_rx.clone();

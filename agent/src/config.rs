@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use regex::Regex;
 
+use crate::export::otlp::tail::{SlowThresholds, Thresholds};
 use crate::probes::targets::{Selector, DEFAULT_CMDLINE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +93,39 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// `OTEL_TRACES_SAMPLER=infertap_tail`: a request whose time to first token is over this
+    /// many seconds is slow (always exported); 0 disables.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        env = "INFERTAP_SLOW_TTFT"
+    )]
+    pub slow_ttft: f64,
+
+    /// `infertap_tail`: slow when the inter-token p95 is over this many seconds; 0 disables.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 0.25,
+        env = "INFERTAP_SLOW_ITL"
+    )]
+    pub slow_itl: f64,
+
+    /// `infertap_tail`: slow when the request took longer than this many seconds; 0 disables.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        env = "INFERTAP_SLOW_DURATION"
+    )]
+    pub slow_duration: f64,
+
+    /// `infertap_tail`: per-model slow thresholds, one model per line
+    /// (`MODEL ttft=S itl=S duration=S`; `*` for the default; docs/spans.md).
+    #[arg(long, value_name = "FILE", env = "INFERTAP_SLOW_THRESHOLDS")]
+    pub slow_thresholds: Option<std::path::PathBuf>,
+
     /// How often /proc is scanned for new and exited targets, in milliseconds.
     #[arg(long, default_value_t = 250, hide = true)]
     pub scan_interval_ms: u64,
@@ -120,6 +154,18 @@ pub enum ConfigError {
          deploy/kubernetes sets it from spec.nodeName) or pass --node-name"
     )]
     MissingNodeName,
+    #[error("cannot read the slow thresholds file {path}")]
+    SlowThresholdsFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("slow thresholds file {path}: {source}")]
+    SlowThresholds {
+        path: std::path::PathBuf,
+        #[source]
+        source: crate::export::otlp::tail::ThresholdsError,
+    },
 }
 
 impl Config {
@@ -174,6 +220,33 @@ impl Config {
         Ok((re, node))
     }
 
+    /// What `infertap_tail` counts as slow: the --slow-* flags, then --slow-thresholds' lines.
+    pub fn slow_thresholds(&self) -> Result<SlowThresholds, ConfigError> {
+        let secs = |s: f64| (s.is_finite() && s > 0.0).then_some(s);
+        let flags = SlowThresholds {
+            default: Thresholds {
+                ttft_s: secs(self.slow_ttft),
+                itl_p95_s: secs(self.slow_itl),
+                duration_s: secs(self.slow_duration),
+            },
+            per_model: Default::default(),
+        };
+        let Some(path) = &self.slow_thresholds else {
+            return Ok(flags);
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::SlowThresholdsFile {
+                path: path.clone(),
+                source,
+            })?;
+        flags
+            .with_file(&text)
+            .map_err(|source| ConfigError::SlowThresholds {
+                path: path.clone(),
+                source,
+            })
+    }
+
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_secs(self.idle_timeout_secs)
     }
@@ -207,6 +280,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("power of two"), "{e}");
+    }
+
+    #[test]
+    fn slow_thresholds_from_flags_then_the_file() {
+        let c = Config::parse_from(["infertap", "--slow-ttft", "0.5", "--slow-duration", "0"]);
+        let t = c.slow_thresholds().unwrap();
+        assert_eq!(t.default.ttft_s, Some(0.5));
+        assert_eq!(t.default.itl_p95_s, Some(0.25));
+        assert_eq!(t.default.duration_s, None);
+        let dir = std::env::temp_dir().join(format!("infertap-slow-{}", std::process::id()));
+        std::fs::write(&dir, "big ttft=9\n").unwrap();
+        let c = Config::parse_from([
+            "infertap",
+            "--slow-ttft",
+            "0.5",
+            "--slow-thresholds",
+            dir.to_str().unwrap(),
+        ]);
+        let t = c.slow_thresholds().unwrap();
+        assert_eq!(t.of(Some("big")).ttft_s, Some(9.0));
+        assert_eq!(t.of(Some("other")).ttft_s, Some(0.5));
+        std::fs::write(&dir, "big ttft=x\n").unwrap();
+        let e = c.slow_thresholds().unwrap_err().to_string();
+        assert!(e.contains("slow thresholds file"), "{e}");
+        std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]

@@ -35,7 +35,8 @@ pub mod attr {
         ERROR_TYPE = "error.type",
         INFERTAP_CANCELLED = "infertap.cancelled",
         INFERTAP_SERVER_ABORTED = "infertap.server_aborted",
-        INFERTAP_INCOMPLETE = "infertap.incomplete";
+        INFERTAP_INCOMPLETE = "infertap.incomplete",
+        INFERTAP_SAMPLING_REASON = "infertap.sampling.reason";
         /// GenAI request (OpenAI routes; request fields found by the streaming JSON scan)
         GEN_AI_OPERATION_NAME = "gen_ai.operation.name",
         GEN_AI_PROVIDER_NAME = "gen_ai.provider.name",

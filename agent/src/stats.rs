@@ -96,6 +96,23 @@ counters! {
     spans_export_dropped,
     /// Spans the trace sampler (`OTEL_TRACES_SAMPLER`) kept from OTLP export (still on `/spans`).
     spans_not_sampled,
+    /// Spans the tail policy (`OTEL_TRACES_SAMPLER=infertap_tail`) exported for an error status
+    /// (`infertap.sampling.reason` `error`); the seven below count the other reasons.
+    spans_kept_error,
+    /// Exported by the tail policy: the server aborted the response.
+    spans_kept_server_aborted,
+    /// Exported by the tail policy: the client cancelled.
+    spans_kept_cancelled,
+    /// Exported by the tail policy: bytes were lost (incomplete).
+    spans_kept_incomplete,
+    /// Exported by the tail policy: time to first token over the model's threshold.
+    spans_kept_slow_ttft,
+    /// Exported by the tail policy: inter-token p95 over the model's threshold.
+    spans_kept_slow_itl,
+    /// Exported by the tail policy: duration over the model's threshold.
+    spans_kept_slow_duration,
+    /// Exported by the tail policy: an ordinary request in the kept ratio (by trace id).
+    spans_kept_ratio,
     /// Metric export requests accepted by the OTLP endpoint.
     metrics_exported,
     /// Metric export requests that failed (the values are sent again at the next interval).

@@ -167,7 +167,7 @@ async fn a_refusing_receiver_counts_failures_and_blocks_nothing() {
 
     let started = Instant::now();
     for n in 0..5 {
-        sender.send(&span(n, None));
+        sender.send(&mut span(n, None), &Summary::default());
     }
     assert!(
         started.elapsed() < Duration::from_secs(1),
@@ -189,7 +189,7 @@ async fn a_refusing_receiver_counts_failures_and_blocks_nothing() {
 
     // The collector comes back: the next spans go through and the state recovers.
     receiver.accept();
-    sender.send(&span(9, None));
+    sender.send(&mut span(9, None), &Summary::default());
     exporter.flush().await;
     assert_eq!(
         receiver.wait_for(1, WAIT).await.unwrap()[0].span_id,
@@ -215,7 +215,7 @@ async fn a_stalled_receiver_fills_the_queue_which_sheds_and_times_out() {
     let sender = exporter.sender();
 
     // The first span's export is held by the receiver.
-    sender.send(&span(0, None));
+    sender.send(&mut span(0, None), &Summary::default());
     let deadline = Instant::now() + WAIT;
     while receiver.requests() == 0 {
         assert!(
@@ -227,7 +227,7 @@ async fn a_stalled_receiver_fills_the_queue_which_sheds_and_times_out() {
     // With the task stuck on it, four spans fit in the queue and the rest are shed at once.
     let started = Instant::now();
     for n in 1..=10 {
-        sender.send(&span(n, None));
+        sender.send(&mut span(n, None), &Summary::default());
     }
     assert!(
         started.elapsed() < Duration::from_secs(1),

@@ -126,7 +126,12 @@ fn print_row(span: &Value) {
 pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
     let peers = root().join("tests/peers");
     let port = free_port()?;
-    let debug_port = free_port()?;
+    // The agent's default debug port when it is free, so that the page's address is the usual one.
+    let debug_port = if TcpListener::bind("127.0.0.1:9464").is_ok() {
+        9464
+    } else {
+        free_port()?
+    };
     eprintln!("demo: starting the stand-in vLLM server on 127.0.0.1:{port}");
     let _server = start_standin(python, port, &[])?;
 
@@ -150,6 +155,8 @@ pub fn run(python: &Path, duration: Option<u64>) -> Result<()> {
 
     println!();
     println!("infertap is tracing the stand-in server. Debug endpoint: http://{debug}/status, /spans, /metrics");
+    println!();
+    println!("Flight-recorder page: http://{debug}/  (open it in a browser; it is up while the demo runs)");
     println!();
     println!(
         "{:<34} {:>6} {:>9} {:>9} {:>10} {:>7} {:<10} trace_id",

@@ -95,6 +95,14 @@ fn ensure_apt(probe: &str, packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Where the page test (tests/tests/page.rs) looks for the browser.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Debian's headless-capable Chromium (and a font for legible screenshots), unless present.
+pub fn ensure_browser() -> Result<()> {
+    ensure_apt(CHROMIUM, &["chromium", "fonts-liberation"])
+}
+
 /// Go (to build the TLS test peer) and the openssl CLI (test certificates), unless present.
 pub fn ensure_tls_test_tools() -> Result<()> {
     ensure_apt(GO, &["golang-go"])?;

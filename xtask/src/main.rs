@@ -219,6 +219,7 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
     if is_root() {
         deps::ensure_prometheus()?;
         deps::ensure_tls_test_tools()?;
+        deps::ensure_browser()?;
     }
     if !is_root() {
         if require_root {
@@ -343,6 +344,7 @@ fn main() -> Result<()> {
             if is_root() {
                 deps::ensure_prometheus()?;
                 deps::ensure_tls_test_tools()?;
+                deps::ensure_browser()?;
             }
             Ok(())
         }

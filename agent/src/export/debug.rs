@@ -7,6 +7,7 @@
 //! | `GET /spans?limit=N` | the N (default 100, at most the store's size) newest spans, JSON |
 //! | `GET /metrics` | Prometheus text of every registered [`MetricSource`] |
 //! | `GET /gpu` | the GPU source's state, JSON |
+//! | `GET /` (`/page.css`, `/page.js`), `GET /ticks`, `GET /gpu/series` | the flight-recorder page and its two JSON endpoints ([`super::page`]) |
 //! | anything else | 404 with a JSON error listing the paths |
 //!
 //! Owns the HTTP surface and the `/spans` JSON shape, which is a user contract:
@@ -44,7 +45,16 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
 /// `/spans` without `limit`.
 pub const DEFAULT_SPANS_LIMIT: usize = 100;
 
-const PATHS: [&str; 5] = ["/healthz", "/status", "/spans", "/metrics", "/gpu"];
+const PATHS: [&str; 8] = [
+    "/",
+    "/healthz",
+    "/status",
+    "/spans",
+    "/metrics",
+    "/gpu",
+    "/gpu/series",
+    "/ticks",
+];
 
 /// Errors of the debug server.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +103,8 @@ pub struct DebugState {
     metric_sources: Vec<Arc<dyn MetricSource>>,
     /// The GPU hub, once GPU telemetry is wired; `/gpu` shows the status alone without it.
     gpu: Option<crate::gpu::Hub>,
+    /// Chunk times of recent streamed requests, for `/ticks`.
+    ticks: Option<Arc<super::ticks::TickStore>>,
 }
 
 impl DebugState {
@@ -106,6 +118,7 @@ impl DebugState {
             readiness,
             metric_sources,
             gpu: None,
+            ticks: None,
         }
     }
 
@@ -113,6 +126,20 @@ impl DebugState {
     pub fn with_gpu(mut self, hub: crate::gpu::Hub) -> Self {
         self.gpu = Some(hub);
         self
+    }
+
+    /// `/ticks` answers from this store.
+    pub fn with_ticks(mut self, ticks: Arc<super::ticks::TickStore>) -> Self {
+        self.ticks = Some(ticks);
+        self
+    }
+
+    pub(super) fn ticks(&self) -> Option<&super::ticks::TickStore> {
+        self.ticks.as_deref()
+    }
+
+    pub(super) fn gpu_hub(&self) -> Option<&crate::gpu::Hub> {
+        self.gpu.as_ref()
     }
 
     /// Adds families to `/metrics`, after those already registered.
@@ -130,6 +157,11 @@ pub fn router(state: DebugState) -> Router {
         .route("/spans", get(spans))
         .route("/metrics", get(metrics))
         .route("/gpu", get(gpu))
+        .route("/", get(super::page::index))
+        .route("/page.css", get(super::page::css))
+        .route("/page.js", get(super::page::js))
+        .route("/ticks", get(super::page::ticks))
+        .route("/gpu/series", get(super::page::gpu_series))
         .fallback(not_found)
         .with_state(state)
 }
@@ -373,6 +405,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_page_and_its_endpoints() {
+        let f = fixture(10);
+        let (code, content_type, body) = f.get("/").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("text/html; charset=utf-8"));
+        assert!(body.contains("<script src=\"page.js\">"), "{body}");
+        for (path, kind) in [("/page.js", "text/javascript"), ("/page.css", "text/css")] {
+            let (code, content_type, body) = f.get(path).await;
+            assert_eq!(code, StatusCode::OK, "{path}");
+            assert!(content_type.unwrap().starts_with(kind) && !body.is_empty());
+        }
+
+        let ticks = Arc::new(crate::export::ticks::TickStore::new(4));
+        ticks.record([7; 8], Some(0.05), &[1_000_000, 21_000_000]);
+        let router = router(f.state().with_ticks(ticks));
+        let (code, _, body) = get_from(router.clone(), "/ticks?span_id=0707070707070707").await;
+        assert_eq!(code, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({"span_id": "0707070707070707", "offsets_us": [50_000, 70_000], "chunks": 2})
+        );
+        let (code, _, _) = get_from(router.clone(), "/ticks?span_id=0807070707070707").await;
+        assert_eq!(code, StatusCode::NOT_FOUND);
+        let (code, _, _) = get_from(router.clone(), "/ticks?span_id=xyz").await;
+        assert_eq!(code, StatusCode::BAD_REQUEST);
+
+        // No GPU: no devices; a window that is backwards or too long is refused.
+        let (code, _, body) = get_from(router.clone(), "/gpu/series?from=1&to=2").await;
+        assert_eq!((code, body.as_str()), (StatusCode::OK, r#"{"devices":[]}"#));
+        for bad in [
+            "/gpu/series?from=2&to=1",
+            "/gpu/series?from=0&to=1000000000000",
+            "/gpu/series",
+        ] {
+            let (code, _, _) = get_from(router.clone(), bad).await;
+            assert_eq!(code, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[tokio::test]
     async fn healthz_is_503_until_ready() {
         let f = fixture(10);
         let (code, _, body) = f.get("/healthz").await;
@@ -566,7 +638,7 @@ mod tests {
         assert_eq!(
             serde_json::from_str::<Value>(&body).unwrap(),
             json!({"error": "no such path: /nope",
-                   "paths": ["/healthz", "/status", "/spans", "/metrics", "/gpu"]})
+                   "paths": ["/", "/healthz", "/status", "/spans", "/metrics", "/gpu", "/gpu/series", "/ticks"]})
         );
     }
 

@@ -9,6 +9,9 @@
 //!   each finished request's typed summary, for `/metrics` and OTLP metric export.
 //! - [`prometheus`] — Prometheus text exposition and the [`prometheus::MetricSource`] hook.
 //! - [`gpu`] — the GPU hub as `/gpu` shows it, the `hw.gpu.*` gauges and the `/status` part.
+//! - [`ticks`] — content-chunk times of recent streamed requests (`/ticks`, the page's waterfall).
+//! - [`page`] — the flight-recorder page at `GET /` (embedded HTML/CSS/JS) and its two JSON
+//!   endpoints, `/ticks` and `/gpu/series`.
 //! - [`debug`] — the HTTP debug endpoint over all of the above.
 //!
 //! [`SpanSink`] is the one entry point for finished spans: every span goes to the store, and the
@@ -22,9 +25,11 @@ pub mod debug;
 pub mod gpu;
 pub mod metrics;
 pub mod otlp;
+pub mod page;
 pub mod prometheus;
 pub mod status;
 pub mod store;
+pub mod ticks;
 
 use std::sync::Arc;
 
@@ -40,6 +45,7 @@ pub struct SpanSink {
     otlp: otlp::SpanSender,
     stats: Arc<Stats>,
     metrics: Option<Arc<metrics::RequestMetrics>>,
+    ticks: Option<Arc<ticks::TickStore>>,
 }
 
 impl SpanSink {
@@ -49,6 +55,7 @@ impl SpanSink {
             otlp,
             stats,
             metrics: None,
+            ticks: None,
         }
     }
 
@@ -58,15 +65,25 @@ impl SpanSink {
         self
     }
 
+    /// Also keeps the content-chunk times of streamed spans in `ticks` (for `/ticks`).
+    pub fn with_ticks(mut self, ticks: Arc<ticks::TickStore>) -> Self {
+        self.ticks = Some(ticks);
+        self
+    }
+
     /// Takes one finished span, the typed summary the metrics record, and the times of its
     /// content chunks (the exchange's `content_chunk_ns`), whose gaps feed the inter-token
     /// latency histogram. Never waits.
-    pub fn submit(&self, span: FinishedSpan, summary: &Summary, chunk_times_ns: &[u64]) {
+    pub fn submit(&self, mut span: FinishedSpan, summary: &Summary, chunk_times_ns: &[u64]) {
         Stats::add(&self.stats.spans_finished, 1);
+        // Metrics from every request, whatever the sampler decides.
         if let Some(metrics) = &self.metrics {
             metrics.record_with_chunk_times(summary, chunk_times_ns);
         }
-        self.otlp.send(&span);
+        if let Some(ticks) = &self.ticks {
+            ticks.record(span.span_id, summary.ttft_s, chunk_times_ns);
+        }
+        self.otlp.send(&mut span, summary);
         self.store.push(span);
     }
 }

@@ -13,6 +13,7 @@
 pub mod config;
 pub mod convert;
 pub mod sampler;
+pub mod tail;
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -27,10 +28,12 @@ use tracing::{info, warn};
 
 pub use config::{parse_resource_attributes, ConfigError, OtlpConfig, OtlpProtocol};
 pub use convert::{scope, to_span_data, SCOPE_NAME};
-pub use sampler::{SamplerConfig, SpanSampler};
+pub use sampler::{SamplerConfig, SpanSampler, Verdict};
+pub use tail::{KeepReason, SlowThresholds};
 
 use crate::stats::Stats;
 use crate::trace::span::FinishedSpan;
+use crate::trace::summary::Summary;
 
 /// Errors starting the exporter.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +69,7 @@ impl fmt::Display for ExporterHealth {
 }
 
 /// The exporter's state at one moment.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ExporterState {
     /// `disabled`, `ok` or `failing: <error>`.
     #[serde(serialize_with = "display")]
@@ -74,6 +77,9 @@ pub struct ExporterState {
     pub endpoint: Option<String>,
     /// `grpc` or `http/protobuf`; `None` when disabled.
     pub protocol: Option<&'static str>,
+    /// `OTEL_TRACES_SAMPLER`'s name and ratio (`None` when disabled).
+    pub sampler: Option<&'static str>,
+    pub sampler_ratio: Option<f64>,
     /// The most recent export error, kept after the exporter recovers.
     pub last_error: Option<String>,
     pub last_error_unix_nano: Option<u64>,
@@ -98,6 +104,8 @@ impl ExporterStateHandle {
             health: ExporterHealth::Disabled,
             endpoint: None,
             protocol: None,
+            sampler: None,
+            sampler_ratio: None,
             last_error: None,
             last_error_unix_nano: None,
         })
@@ -165,11 +173,23 @@ impl SpanSender {
     /// Queues a copy of `span` for export if the sampler keeps it. Never waits: when the queue is
     /// full (or the exporter has shut down) the span is shed and counted in
     /// `spans_export_dropped`; a span the sampler rejects is counted in `spans_not_sampled`.
-    pub fn send(&self, span: &FinishedSpan) {
+    /// With the tail policy (`infertap_tail`), a kept span gets `infertap.sampling.reason` (on
+    /// `/spans` too) and is counted per reason (`spans_kept_*`).
+    pub fn send(&self, span: &mut FinishedSpan, summary: &Summary) {
         let Some(inner) = &self.inner else { return };
-        if !inner.sampler.should_export(span) {
-            Stats::add(&inner.stats.spans_not_sampled, 1);
-            return;
+        match inner.sampler.decide(span, summary) {
+            Verdict::Drop => {
+                Stats::add(&inner.stats.spans_not_sampled, 1);
+                return;
+            }
+            Verdict::Export(None) => {}
+            Verdict::Export(Some(reason)) => {
+                Stats::add(reason.counter(&inner.stats), 1);
+                span.attributes.push((
+                    crate::schema::attr::INFERTAP_SAMPLING_REASON.into(),
+                    crate::trace::span::AttrValue::Str(reason.as_str().to_string()),
+                ));
+            }
         }
         if inner.tx.try_send(span.clone()).is_err() {
             Stats::add(&inner.stats.spans_export_dropped, 1);
@@ -243,6 +263,8 @@ impl OtlpSpanExporter {
             health: ExporterHealth::Ok,
             endpoint: config.endpoint.as_deref().map(config::redacted),
             protocol: Some(config.protocol.as_str()),
+            sampler: Some(config.sampler.name()),
+            sampler_ratio: config.sampler.ratio(),
             last_error: None,
             last_error_unix_nano: None,
         });
@@ -262,7 +284,7 @@ impl OtlpSpanExporter {
             sender: SpanSender {
                 inner: Some(SenderInner {
                     tx,
-                    sampler: SpanSampler::new(&config.sampler),
+                    sampler: SpanSampler::with_thresholds(&config.sampler, config.slow.clone()),
                     stats,
                 }),
             },
@@ -492,7 +514,7 @@ mod tests {
         let (exporter, stats) = start(&scripted, &cfg);
         let sender = exporter.sender();
         for n in 0..10 {
-            sender.send(&span(n));
+            sender.send(&mut span(n), &Summary::default());
         }
         exporter.flush().await;
         assert_eq!(scripted.batch_sizes(), [4, 4, 2]);
@@ -511,7 +533,7 @@ mod tests {
     async fn a_partial_batch_goes_out_after_the_interval() {
         let scripted = Scripted::new(Behaviour::Accept);
         let (exporter, stats) = start(&scripted, &config());
-        exporter.sender().send(&span(1));
+        exporter.sender().send(&mut span(1), &Summary::default());
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(scripted.batch_sizes().is_empty());
         tokio::time::sleep(Duration::from_millis(600)).await;
@@ -524,7 +546,7 @@ mod tests {
         let scripted = Scripted::new(Behaviour::Fail);
         let (exporter, stats) = start(&scripted, &config());
         for n in 0..3 {
-            exporter.sender().send(&span(n));
+            exporter.sender().send(&mut span(n), &Summary::default());
         }
         exporter.flush().await;
         assert_eq!(stats.spans_export_failed.load(Relaxed), 3);
@@ -536,7 +558,7 @@ mod tests {
         assert!(state.last_error_unix_nano.unwrap() > 0);
 
         *scripted.behaviour.lock().unwrap() = Behaviour::Accept;
-        exporter.sender().send(&span(9));
+        exporter.sender().send(&mut span(9), &Summary::default());
         exporter.flush().await;
         let state = exporter.state().get();
         assert_eq!(state.health, ExporterHealth::Ok);
@@ -559,7 +581,7 @@ mod tests {
         let sender = exporter.sender();
         // The task has not run yet: two spans fit in the queue, eight are shed at once.
         for n in 0..10 {
-            sender.send(&span(n));
+            sender.send(&mut span(n), &Summary::default());
         }
         assert_eq!(stats.spans_export_dropped.load(Relaxed), 8);
         // Each of the two queued spans waits out its own export timeout, then fails.
@@ -581,10 +603,58 @@ mod tests {
             ..config()
         };
         let (exporter, stats) = start(&scripted, &cfg);
-        exporter.sender().send(&span(1));
+        exporter.sender().send(&mut span(1), &Summary::default());
         exporter.flush().await;
         assert!(scripted.batch_sizes().is_empty());
         assert_eq!(stats.spans_not_sampled.load(Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn the_tail_policy_exports_failed_and_slow_spans_with_their_reason() {
+        let scripted = Scripted::new(Behaviour::Accept);
+        let cfg = OtlpConfig {
+            sampler: SamplerConfig::InfertapTail(0.0),
+            ..config()
+        };
+        let (exporter, stats) = start(&scripted, &cfg);
+        let ordinary = Summary {
+            ttft_s: Some(0.1),
+            ..Summary::default()
+        };
+        let slow = Summary {
+            ttft_s: Some(5.0),
+            ..Summary::default()
+        };
+        let failed = Summary {
+            failed: true,
+            ..Summary::default()
+        };
+        let sender = exporter.sender();
+        let mut spans = [span(1), span(2), span(3)];
+        sender.send(&mut spans[0], &ordinary);
+        sender.send(&mut spans[1], &slow);
+        sender.send(&mut spans[2], &failed);
+        exporter.flush().await;
+        let reasons: Vec<_> = scripted.batches.lock().unwrap()[0]
+            .iter()
+            .map(|s| {
+                s.attributes
+                    .iter()
+                    .find(|kv| kv.key.as_str() == "infertap.sampling.reason")
+                    .map(|kv| kv.value.to_string())
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [Some("slow_ttft".to_string()), Some("error".to_string())]
+        );
+        // The caller's span carries the reason too (it goes on to `/spans`).
+        assert!(spans[0].attr("infertap.sampling.reason").is_none());
+        assert!(spans[1].attr("infertap.sampling.reason").is_some());
+        assert_eq!(stats.spans_not_sampled.load(Relaxed), 1);
+        assert_eq!(stats.spans_kept_slow_ttft.load(Relaxed), 1);
+        assert_eq!(stats.spans_kept_error.load(Relaxed), 1);
+        assert_eq!(stats.spans_kept_ratio.load(Relaxed), 0);
     }
 
     #[tokio::test]
@@ -592,11 +662,11 @@ mod tests {
         let scripted = Scripted::new(Behaviour::Accept);
         let (exporter, stats) = start(&scripted, &config());
         let sender = exporter.sender();
-        sender.send(&span(1));
-        sender.send(&span(2));
+        sender.send(&mut span(1), &Summary::default());
+        sender.send(&mut span(2), &Summary::default());
         exporter.shutdown().await;
         assert_eq!(scripted.batch_sizes(), [2]);
-        sender.send(&span(3));
+        sender.send(&mut span(3), &Summary::default());
         assert_eq!(stats.spans_export_dropped.load(Relaxed), 1);
     }
 
@@ -606,7 +676,7 @@ mod tests {
         let exporter = OtlpSpanExporter::spawn(&OtlpConfig::default(), stats.clone()).unwrap();
         let sender = exporter.sender();
         assert!(!sender.is_enabled());
-        sender.send(&span(1));
+        sender.send(&mut span(1), &Summary::default());
         exporter.flush().await;
         let state = exporter.state().get();
         assert_eq!(state.health, ExporterHealth::Disabled);
@@ -656,7 +726,7 @@ mod tests {
         .unwrap();
         let stats = Arc::new(Stats::default());
         let exporter = OtlpSpanExporter::spawn(&cfg, stats.clone()).unwrap();
-        exporter.sender().send(&span(1));
+        exporter.sender().send(&mut span(1), &Summary::default());
         exporter.flush().await;
         assert_eq!(
             stats.spans_exported.load(Relaxed),

@@ -154,7 +154,7 @@ pub struct Http2Status {
     pub ext_proc_decode_failures: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExporterStatus {
     /// `disabled`, `ok` or `failing: <error>`.
     pub state: String,
@@ -166,8 +166,21 @@ pub struct ExporterStatus {
     pub spans_dropped: u64,
     /// Kept from export by `OTEL_TRACES_SAMPLER` (still on `/spans`).
     pub spans_not_sampled: u64,
+    /// The trace sampler, and what the tail policy kept per reason.
+    #[serde(default)]
+    pub sampling: SamplingStatus,
     pub last_error: Option<String>,
     pub last_error_unix_nano: Option<u64>,
+}
+
+/// `OTEL_TRACES_SAMPLER` as the exporter applies it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SamplingStatus {
+    /// The sampler's name (`None` when export is disabled).
+    pub sampler: Option<String>,
+    pub ratio: Option<f64>,
+    /// `infertap_tail`: spans exported per `infertap.sampling.reason`.
+    pub kept: BTreeMap<String, u64>,
 }
 
 /// TLS plaintext capture: what was probed in each targeted process, and the counters.
@@ -341,6 +354,14 @@ impl StatusSource {
                 spans_failed: get(&s.spans_export_failed),
                 spans_dropped: get(&s.spans_export_dropped),
                 spans_not_sampled: get(&s.spans_not_sampled),
+                sampling: SamplingStatus {
+                    sampler: exporter.sampler.map(str::to_string),
+                    ratio: exporter.sampler_ratio,
+                    kept: crate::export::otlp::KeepReason::ALL
+                        .iter()
+                        .map(|r| (r.as_str().to_string(), get(r.counter(s))))
+                        .collect(),
+                },
                 last_error: exporter.last_error,
                 last_error_unix_nano: exporter.last_error_unix_nano,
             },
@@ -466,6 +487,9 @@ mod tests {
                 "exporter": {"state": "disabled", "endpoint": null, "protocol": null,
                              "spans_exported": 0, "spans_failed": 0, "spans_dropped": 2,
                              "spans_not_sampled": 0, "last_error": null,
+                             "sampling": {"sampler": null, "ratio": null, "kept": {
+                                 "error": 0, "server_aborted": 0, "cancelled": 0, "incomplete": 0,
+                                 "slow_ttft": 0, "slow_itl": 0, "slow_duration": 0, "ratio": 0}},
                              "last_error_unix_nano": null},
                 "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"},
                 "tls": {"attachments": [], "records": 0, "bytes": 0, "streams": 0,

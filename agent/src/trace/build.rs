@@ -330,11 +330,14 @@ pub fn build_span(
         server_port: server.map(|a| i64::from(a.port())),
         error_type: end.error_type,
         cancelled: matches!(ex.outcome, Outcome::Cancelled { .. }),
+        server_aborted: matches!(ex.outcome, Outcome::ServerAborted { .. }),
+        incomplete: ex.incomplete,
         operation: ex.operation.map(|op| op.as_str()),
         provider: ex.operation.map(|_| conn.provider),
         request_model: model.map(str::to_string),
         response_model: ex.response_values.response_model().map(str::to_string),
         ttft_s: genai.ttft_s,
+        itl_p95_s: genai.itl_p95_s,
         input_tokens: genai.input_tokens,
         output_tokens: genai.output_tokens,
         later_gaps: ex.later_gaps.clone(),
@@ -382,6 +385,7 @@ struct GenAi {
     ttft_s: Option<f64>,
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
+    itl_p95_s: Option<f64>,
 }
 
 /// The GenAI attributes of a request on an OpenAI route: operation, provider, the field table's
@@ -444,7 +448,9 @@ fn put_genai(
             AttrValue::I64(ex.content_chunks as i64),
         );
     }
-    if let Some(g) = stream_gap_stats(&ex.content_chunk_ns, ex.later_gaps.as_deref()) {
+    if let Some(gaps) = stream_gap_stats(&ex.content_chunk_ns, ex.later_gaps.as_deref()) {
+        g.itl_p95_s = Some(gaps.p95_s);
+        let g = gaps;
         for (key, seconds) in [
             (attr::INFERTAP_INTER_TOKEN_LATENCY_MEAN, g.mean_s),
             (attr::INFERTAP_INTER_TOKEN_LATENCY_P50, g.p50_s),

@@ -106,6 +106,7 @@ pub fn build_decision_span(
         request_model: model.map(str::to_string),
         endpoint: d.endpoints.first().cloned(),
         status_code: rejected,
+        incomplete: d.incomplete,
         ..Summary::new(SummaryKind::Decision, &span)
     };
     Built { span, summary }

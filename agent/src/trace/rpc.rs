@@ -80,6 +80,9 @@ pub fn build_grpc_span(
     let status = error.map_or(SpanStatus::Unset, SpanStatus::Error);
     let name = format!("{}/{}", c.service, c.method);
     let span = tp.span(name, conn, clock, c.start_ns, c.end_ns, status, attrs, ids);
-    let summary = Summary::new(SummaryKind::GrpcCall, &span);
+    let summary = Summary {
+        incomplete: c.incomplete,
+        ..Summary::new(SummaryKind::GrpcCall, &span)
+    };
     Built { span, summary }
 }

@@ -31,6 +31,10 @@ pub struct Summary {
     pub server_port: Option<i64>,
     pub error_type: Option<String>,
     pub cancelled: bool,
+    /// The server closed the connection before the response ended.
+    pub server_aborted: bool,
+    /// Bytes of the request or response were lost (the span is marked incomplete).
+    pub incomplete: bool,
     /// `gen_ai.operation.name`: set for GenAI requests only.
     pub operation: Option<&'static str>,
     pub provider: Option<&'static str>,
@@ -40,6 +44,8 @@ pub struct Summary {
     pub namespace: Option<String>,
     pub pod: Option<String>,
     pub ttft_s: Option<f64>,
+    /// `infertap.inter_token_latency.p95`, seconds.
+    pub itl_p95_s: Option<f64>,
     pub input_tokens: Option<i64>,
     pub output_tokens: Option<i64>,
     /// Routing decisions: `routed`, `rejected` or `none`, and the first chosen endpoint.

@@ -55,6 +55,8 @@ pub struct OtlpConfig {
     /// `OTEL_RESOURCE_ATTRIBUTES`, decoded, in order.
     pub resource_attributes: Vec<(String, String)>,
     pub sampler: SamplerConfig,
+    /// What `infertap_tail` counts as slow (flags and `--slow-thresholds`, set by the app).
+    pub slow: super::tail::SlowThresholds,
     /// Spans waiting for export; past this the sender sheds (and counts) them.
     pub queue_capacity: usize,
     /// Most spans in one export request.
@@ -73,6 +75,7 @@ impl Default for OtlpConfig {
             service_name: DEFAULT_SERVICE_NAME.to_string(),
             resource_attributes: Vec::new(),
             sampler: SamplerConfig::default(),
+            slow: Default::default(),
             queue_capacity: 2048,
             max_batch: 512,
             batch_interval: Duration::from_secs(1),
@@ -170,6 +173,7 @@ impl OtlpConfig {
             service_name,
             resource_attributes,
             sampler,
+            slow: Default::default(),
             queue_capacity,
             max_batch,
             batch_interval,

@@ -13,7 +13,18 @@ use opentelemetry::Context;
 use opentelemetry_sdk::trace::{Sampler, ShouldSample};
 
 use super::convert::sdk_span_kind;
+use super::tail::{KeepReason, SlowThresholds, TailPolicy};
 use crate::trace::span::FinishedSpan;
+use crate::trace::summary::Summary;
+
+/// What a sampler says of one finished span.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Exported; with the tail policy, the reason it was kept.
+    Export(Option<KeepReason>),
+    /// Not exported (still on `/spans`).
+    Drop,
+}
 
 /// A sampler named by `OTEL_TRACES_SAMPLER` (with its `_ARG`).
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
@@ -31,25 +42,33 @@ pub enum SamplerConfig {
     ParentBasedAlwaysOff,
     /// `parentbased_traceidratio`
     ParentBasedTraceIdRatio(f64),
+    /// `infertap_tail`: decided when the request ends — every errored, server-aborted,
+    /// cancelled, incomplete or slow request, and this fraction of the rest by trace id
+    /// (`tail::TailPolicy`). A missing `OTEL_TRACES_SAMPLER_ARG` means 0.1.
+    InfertapTail(f64),
 }
+
+/// The ratio of ordinary requests `infertap_tail` keeps when `OTEL_TRACES_SAMPLER_ARG` is unset.
+pub const TAIL_DEFAULT_RATIO: f64 = 0.1;
 
 impl SamplerConfig {
     /// Reads `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`. A missing ratio means 1.0.
     /// Returns the sampler to use and, when the settings were not understood, what was wrong
     /// (then the sampler is the OTel fallback: the default sampler, or a ratio of 1.0).
     pub fn parse(name: Option<&str>, arg: Option<&str>) -> (Self, Option<String>) {
-        let ratio = || -> (f64, Option<String>) {
+        let ratio_or = |missing: f64| -> (f64, Option<String>) {
             match arg.map(|a| (a, a.trim().parse::<f64>())) {
-                None => (1.0, None),
+                None => (missing, None),
                 Some((_, Ok(r))) if (0.0..=1.0).contains(&r) => (r, None),
                 Some((a, _)) => (
                     1.0,
                     Some(format!(
-                        "OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio from 0 to 1; using 1.0"
+                        "OTEL_TRACES_SAMPLER_ARG={a:?} is not a ratio from 0 to 1; using {missing}"
                     )),
                 ),
             }
         };
+        let ratio = || ratio_or(1.0);
         match name.map(str::trim) {
             None => (Self::default(), None),
             Some("always_on") => (Self::AlwaysOn, None),
@@ -64,12 +83,16 @@ impl SamplerConfig {
                 let (r, problem) = ratio();
                 (Self::ParentBasedTraceIdRatio(r), problem)
             }
+            Some("infertap_tail") => {
+                let (r, problem) = ratio_or(TAIL_DEFAULT_RATIO);
+                (Self::InfertapTail(r), problem)
+            }
             Some(other) => (
                 Self::default(),
                 Some(format!(
                     "OTEL_TRACES_SAMPLER={other:?} is not supported (use always_on, always_off, \
-                     traceidratio, parentbased_always_on, parentbased_always_off or \
-                     parentbased_traceidratio); using parentbased_always_on"
+                     traceidratio, parentbased_always_on, parentbased_always_off, \
+                     parentbased_traceidratio or infertap_tail); using parentbased_always_on"
                 )),
             ),
         }
@@ -84,6 +107,17 @@ impl SamplerConfig {
             Self::ParentBasedAlwaysOn => "parentbased_always_on",
             Self::ParentBasedAlwaysOff => "parentbased_always_off",
             Self::ParentBasedTraceIdRatio(_) => "parentbased_traceidratio",
+            Self::InfertapTail(_) => "infertap_tail",
+        }
+    }
+
+    /// The ratio of the ratio-based samplers.
+    pub fn ratio(&self) -> Option<f64> {
+        match *self {
+            Self::TraceIdRatio(r) | Self::ParentBasedTraceIdRatio(r) | Self::InfertapTail(r) => {
+                Some(r)
+            }
+            _ => None,
         }
     }
 
@@ -97,26 +131,59 @@ impl SamplerConfig {
             Self::ParentBasedTraceIdRatio(r) => {
                 Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
             }
+            // Decided by the tail policy; never asked.
+            Self::InfertapTail(r) => Sampler::TraceIdRatioBased(r),
         }
     }
 }
 
-/// Decides, per finished span, whether OTLP export gets it.
+/// Decides, per finished span, whether OTLP export gets it: one of the SDK's head samplers, or
+/// infertap's tail policy.
 #[derive(Clone, Debug)]
-pub struct SpanSampler {
-    sampler: Sampler,
+pub enum SpanSampler {
+    Head(Sampler),
+    Tail(TailPolicy),
 }
 
 impl SpanSampler {
+    /// A head sampler (for `infertap_tail`, a tail policy with the default slow thresholds).
     pub fn new(config: &SamplerConfig) -> Self {
-        Self {
-            sampler: config.sdk_sampler(),
+        Self::with_thresholds(config, SlowThresholds::default())
+    }
+
+    /// The sampler `config` names; `infertap_tail` judges slowness by `slow`.
+    pub fn with_thresholds(config: &SamplerConfig, slow: SlowThresholds) -> Self {
+        match *config {
+            SamplerConfig::InfertapTail(ratio) => Self::Tail(TailPolicy::new(ratio, slow)),
+            _ => Self::Head(config.sdk_sampler()),
         }
     }
 
-    /// Whether `span` is exported. A span with a parent is judged with that parent as a remote
-    /// span context carrying the incoming `traceparent`'s sampled flag.
+    /// Whether `span`, which ended as `summary` says, is exported, and (tail policy) why.
+    pub fn decide(&self, span: &FinishedSpan, summary: &Summary) -> Verdict {
+        match self {
+            Self::Head(_) => {
+                if self.should_export(span) {
+                    Verdict::Export(None)
+                } else {
+                    Verdict::Drop
+                }
+            }
+            Self::Tail(policy) => match policy.decide(span.trace_id, summary) {
+                Some(reason) => Verdict::Export(Some(reason)),
+                None => Verdict::Drop,
+            },
+        }
+    }
+
+    /// Whether a head sampler exports `span` (the tail policy: its trace-id ratio alone). A
+    /// span with a parent is judged with that parent as a remote span context carrying the
+    /// incoming `traceparent`'s sampled flag.
     pub fn should_export(&self, span: &FinishedSpan) -> bool {
+        let sampler = match self {
+            Self::Head(sampler) => sampler,
+            Self::Tail(policy) => return policy.rest_kept(span.trace_id),
+        };
         let trace_id = TraceId::from_bytes(span.trace_id);
         let parent = span.parent_span_id.map(|parent| {
             let flags = if span.sampled {
@@ -132,7 +199,7 @@ impl SpanSampler {
                 TraceState::default(),
             ))
         });
-        let result = self.sampler.should_sample(
+        let result = sampler.should_sample(
             parent.as_ref(),
             trace_id,
             &span.name,
@@ -196,6 +263,14 @@ mod tests {
         let (bad_ratio, problem) = SamplerConfig::parse(Some("traceidratio"), Some("2"));
         assert_eq!(bad_ratio, TraceIdRatio(1.0));
         assert!(problem.unwrap().contains("OTEL_TRACES_SAMPLER_ARG=\"2\""));
+        assert_eq!(
+            SamplerConfig::parse(Some("infertap_tail"), None),
+            (InfertapTail(0.1), None)
+        );
+        assert_eq!(
+            SamplerConfig::parse(Some("infertap_tail"), Some("0")),
+            (InfertapTail(0.0), None)
+        );
         let (unknown, problem) = SamplerConfig::parse(Some("xray"), None);
         assert_eq!(unknown, ParentBasedAlwaysOn);
         assert!(problem.unwrap().contains("\"xray\" is not supported"));
