@@ -387,10 +387,7 @@ fn put_genai(
         g.input_tokens = u.prompt_tokens;
         g.output_tokens = u.completion_tokens;
     }
-    if ex.usage.is_none()
-        && ex.streaming
-        && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
-    {
+    if ex.usage.is_none() && ex.streaming && ex.operation.is_some_and(|op| op.generates()) {
         let estimate = ex.content_chunks as i64;
         g.output_tokens = Some(estimate);
         put(attr::GEN_AI_USAGE_OUTPUT_TOKENS, AttrValue::I64(estimate));

@@ -126,6 +126,15 @@ pub const FIELDS: &[Field] = &[
     attr(Req, "temperature", F64, key::GEN_AI_REQUEST_TEMPERATURE, Present),
     attr(Req, "top_p", F64, key::GEN_AI_REQUEST_TOP_P, Present),
     attr(Req, "n", I64, key::GEN_AI_REQUEST_CHOICE_COUNT, Not(1)),
+    // Other APIs' words for the request fields above (`Values::normalise` maps them there):
+    // the Responses API's, TGI's `parameters` and SGLang's `sampling_params`.
+    field(Req, "max_output_tokens", I64),
+    field(Req, "parameters.max_new_tokens", I64),
+    field(Req, "parameters.temperature", F64),
+    field(Req, "parameters.top_p", F64),
+    field(Req, "sampling_params.max_new_tokens", I64),
+    field(Req, "sampling_params.temperature", F64),
+    field(Req, "sampling_params.top_p", F64),
 
     attr(Resp, "id", Str, key::GEN_AI_RESPONSE_ID, Present),
     attr(Resp, "model", Str, key::GEN_AI_RESPONSE_MODEL, Present),
@@ -151,6 +160,32 @@ pub const FIELDS: &[Field] = &[
     field(Resp, "error", Marker),
     field(Resp, "error.type", Str),
     field(Resp, "error.code", Text),
+    // Other APIs' words for the response fields above (`Values::normalise` maps them there, in
+    // the order `openai::parse_stream_chunk` reads stream events): the Responses API's status,
+    // Anthropic's stop reason, usage as both name it, TGI's `details` and string errors,
+    // SGLang's `meta_info`; the output outside `choices` each of them (and transcriptions) has.
+    field(Resp, "status", Str),
+    field(Resp, "incomplete_details.reason", Str),
+    field(Resp, "stop_reason", Str),
+    field(Resp, "output", Output),
+    field(Resp, "content", Output),
+    field(Resp, "generated_text", Output),
+    field(Resp, "text", Output),
+    field(Resp, "usage.input_tokens", I64),
+    field(Resp, "usage.output_tokens", I64),
+    field(Resp, "usage.total_tokens", I64),
+    field(Resp, "usage.input_tokens_details.cached_tokens", I64),
+    field(Resp, "usage.cache_read_input_tokens", I64),
+    field(Resp, "usage.cache_creation_input_tokens", I64),
+    field(Resp, "error_type", Str),
+    field(Resp, "details.finish_reason", Str),
+    field(Resp, "details.generated_tokens", I64),
+    field(Resp, "details.input_length", I64),
+    field(Resp, "meta_info.id", Str),
+    field(Resp, "meta_info.finish_reason.type", Str),
+    field(Resp, "meta_info.prompt_tokens", I64),
+    field(Resp, "meta_info.completion_tokens", I64),
+    field(Resp, "meta_info.cached_tokens", I64),
 ];
 
 const fn same(a: &str, b: &str) -> bool {
