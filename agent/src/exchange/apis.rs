@@ -259,6 +259,8 @@ macro_rules! fixtures {
 }
 
 fixtures! {
+    chat_vllm_metrics_stream,
+    chat_llama_cpp_timings,
     responses_stream,
     responses_nonstream,
     messages_stream,

@@ -443,6 +443,109 @@ struct RawChunk<'a> {
     generated_text: Option<&'a RawValue>,
     #[serde(borrow)]
     text: Option<&'a RawValue>,
+    /// vLLM (`--enable-per-request-metrics`): `metrics` beside `usage`.
+    #[serde(borrow)]
+    metrics: Option<&'a RawValue>,
+    /// llama.cpp server: `timings`.
+    #[serde(borrow)]
+    timings: Option<&'a RawValue>,
+}
+
+/// The phases of a request as its server reported them, in the server's own units (ms): vLLM's
+/// per-request `metrics`, llama.cpp's `timings`. Numbers only.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ServerPhases {
+    /// vLLM: `queue_time_ms`.
+    pub queue_ms: Option<f64>,
+    /// vLLM: `time_to_first_token_ms` (from scheduling: the prefill); llama.cpp: `prompt_ms`.
+    pub prefill_ms: Option<f64>,
+    /// vLLM: `generation_time_ms` (first to last output token); llama.cpp: `predicted_ms`.
+    pub decode_ms: Option<f64>,
+    /// vLLM: `mean_itl_ms`.
+    pub mean_itl_ms: Option<f64>,
+    /// vLLM: `tokens_per_second`; llama.cpp: `predicted_per_second`.
+    pub tokens_per_second: Option<f64>,
+    /// vLLM: `output_token_metrics.reasoning.token_count`.
+    pub reasoning_tokens: Option<i64>,
+    /// llama.cpp: `cache_n` (prompt tokens taken from its cache), `prompt_n` (evaluated).
+    pub cached_prompt_tokens: Option<i64>,
+    pub prompt_tokens_evaluated: Option<i64>,
+    /// Which server's words these are.
+    pub source: PhaseSource,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PhaseSource {
+    #[default]
+    Vllm,
+    LlamaCpp,
+}
+
+impl PhaseSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseSource::Vllm => "vllm",
+            PhaseSource::LlamaCpp => "llama.cpp",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawMetrics {
+    queue_time_ms: Option<f64>,
+    time_to_first_token_ms: Option<f64>,
+    generation_time_ms: Option<f64>,
+    mean_itl_ms: Option<f64>,
+    tokens_per_second: Option<f64>,
+    output_token_metrics: Option<RawOutputTokenMetrics>,
+}
+
+#[derive(Deserialize)]
+struct RawOutputTokenMetrics {
+    reasoning: Option<RawTokenCount>,
+}
+
+#[derive(Deserialize)]
+struct RawTokenCount {
+    token_count: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct RawTimings {
+    prompt_n: Option<i64>,
+    prompt_ms: Option<f64>,
+    predicted_ms: Option<f64>,
+    predicted_per_second: Option<f64>,
+    cache_n: Option<i64>,
+}
+
+/// The phases a chunk or body reports: vLLM's `metrics`, else llama.cpp's `timings`.
+fn phases(metrics: Option<&RawValue>, timings: Option<&RawValue>) -> Option<ServerPhases> {
+    if let Some(m) = part::<RawMetrics>(metrics) {
+        return Some(ServerPhases {
+            queue_ms: m.queue_time_ms,
+            prefill_ms: m.time_to_first_token_ms,
+            decode_ms: m.generation_time_ms,
+            mean_itl_ms: m.mean_itl_ms,
+            tokens_per_second: m.tokens_per_second,
+            reasoning_tokens: m
+                .output_token_metrics
+                .and_then(|o| o.reasoning)
+                .and_then(|r| r.token_count),
+            source: PhaseSource::Vllm,
+            ..ServerPhases::default()
+        });
+    }
+    let t = part::<RawTimings>(timings)?;
+    Some(ServerPhases {
+        prefill_ms: t.prompt_ms,
+        decode_ms: t.predicted_ms,
+        tokens_per_second: t.predicted_per_second,
+        cached_prompt_tokens: t.cache_n,
+        prompt_tokens_evaluated: t.prompt_n,
+        source: PhaseSource::LlamaCpp,
+        ..ServerPhases::default()
+    })
 }
 
 /// A raw part read as `T`; `None` when absent or of another shape.
@@ -555,6 +658,8 @@ pub struct StreamChunk<'a> {
     pub usage: Option<Usage>,
     /// `error.type` of an in-stream error event.
     pub error_type: Option<String>,
+    /// What the server reported of the request's phases (the final chunk of a stream).
+    pub phases: Option<Box<ServerPhases>>,
 }
 
 /// Parse one SSE `data:` payload. `[DONE]` and non-JSON payloads yield `None`.
@@ -695,6 +800,7 @@ impl<'a> RawChunk<'a> {
                 finish_reasons,
                 usage,
                 error_type,
+                phases: phases(self.metrics, self.timings).map(Box::new),
             },
         }
     }

@@ -408,6 +408,9 @@ fn put_genai(
             AttrValue::F64(ttft),
         );
     }
+    if let Some(p) = ex.response_values.server_phases() {
+        super::phases::put_server_phases(&p, g.ttft_s, put);
+    }
     put(
         attr::GEN_AI_LATENCY_E2E,
         AttrValue::F64(secs(ex.end_ns.saturating_sub(ex.start_ns))),

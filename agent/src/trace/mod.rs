@@ -5,6 +5,7 @@
 //! - [`rpc`] — a gRPC call → its span;
 //! - [`decision`] — a routing decision of an endpoint picker → its span;
 //! - [`fields`] — the OpenAI field table's attributes on an exchange's span;
+//! - [`phases`] — the phases the server reported (queue, prefill, decode) and what the wire adds;
 //! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
 //! - [`span`] — the span model every exporter consumes.
 //!
@@ -17,6 +18,7 @@ pub mod build;
 pub mod context;
 pub mod decision;
 pub mod fields;
+pub mod phases;
 pub mod rpc;
 pub mod span;
 pub mod summary;

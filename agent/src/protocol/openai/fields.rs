@@ -186,6 +186,21 @@ pub const FIELDS: &[Field] = &[
     field(Resp, "meta_info.prompt_tokens", I64),
     field(Resp, "meta_info.completion_tokens", I64),
     field(Resp, "meta_info.cached_tokens", I64),
+    // The phases the server reports (`openai::ServerPhases`; span attributes in `trace::phases`):
+    // vLLM's per-request `metrics`, llama.cpp's `timings`.
+    field(Resp, "metrics", Marker),
+    field(Resp, "metrics.queue_time_ms", F64),
+    field(Resp, "metrics.time_to_first_token_ms", F64),
+    field(Resp, "metrics.generation_time_ms", F64),
+    field(Resp, "metrics.mean_itl_ms", F64),
+    field(Resp, "metrics.tokens_per_second", F64),
+    field(Resp, "metrics.output_token_metrics.reasoning.token_count", I64),
+    field(Resp, "timings", Marker),
+    field(Resp, "timings.prompt_n", I64),
+    field(Resp, "timings.prompt_ms", F64),
+    field(Resp, "timings.predicted_ms", F64),
+    field(Resp, "timings.predicted_per_second", F64),
+    field(Resp, "timings.cache_n", I64),
 ];
 
 const fn same(a: &str, b: &str) -> bool {

@@ -11,7 +11,7 @@
 use std::sync::LazyLock;
 
 use super::fields::{self, Body, FieldId, Type, FIELDS};
-use super::{RequestFields, ResponseFields, StreamChunk, Usage};
+use super::{PhaseSource, RequestFields, ResponseFields, ServerPhases, StreamChunk, Usage};
 use crate::protocol::json_scan::{Event, Kind, Patterns, Scalar, ScanError, ScanState, Scanner};
 
 /// Rows (choices) kept per response; more are counted in [`Values::rows_dropped`].
@@ -454,6 +454,21 @@ pub(crate) mod id {
     pub const SGL_PROMPT_TOKENS: FieldId = id(Resp, "meta_info.prompt_tokens");
     pub const SGL_COMPLETION_TOKENS: FieldId = id(Resp, "meta_info.completion_tokens");
     pub const SGL_CACHED_TOKENS: FieldId = id(Resp, "meta_info.cached_tokens");
+
+    pub const METRICS: FieldId = id(Resp, "metrics");
+    pub const QUEUE_MS: FieldId = id(Resp, "metrics.queue_time_ms");
+    pub const PREFILL_MS: FieldId = id(Resp, "metrics.time_to_first_token_ms");
+    pub const DECODE_MS: FieldId = id(Resp, "metrics.generation_time_ms");
+    pub const MEAN_ITL_MS: FieldId = id(Resp, "metrics.mean_itl_ms");
+    pub const TOKENS_PER_SECOND: FieldId = id(Resp, "metrics.tokens_per_second");
+    pub const REASONING_TOKENS: FieldId =
+        id(Resp, "metrics.output_token_metrics.reasoning.token_count");
+    pub const TIMINGS: FieldId = id(Resp, "timings");
+    pub const PROMPT_N: FieldId = id(Resp, "timings.prompt_n");
+    pub const PROMPT_MS: FieldId = id(Resp, "timings.prompt_ms");
+    pub const PREDICTED_MS: FieldId = id(Resp, "timings.predicted_ms");
+    pub const PREDICTED_PER_SECOND: FieldId = id(Resp, "timings.predicted_per_second");
+    pub const CACHE_N: FieldId = id(Resp, "timings.cache_n");
 }
 
 impl Values {
@@ -612,6 +627,61 @@ impl Values {
             .any(|&i| self.top[i] == Value::Output(true))
     }
 
+    /// The phases the server reported: vLLM's `metrics` object, else llama.cpp's `timings`.
+    pub fn server_phases(&self) -> Option<ServerPhases> {
+        let f = |i: FieldId| self.top[i].as_f64();
+        let n = |i: FieldId| self.top[i].as_i64();
+        if self.top[id::METRICS].kind() == Some(Kind::Object) {
+            return Some(ServerPhases {
+                queue_ms: f(id::QUEUE_MS),
+                prefill_ms: f(id::PREFILL_MS),
+                decode_ms: f(id::DECODE_MS),
+                mean_itl_ms: f(id::MEAN_ITL_MS),
+                tokens_per_second: f(id::TOKENS_PER_SECOND),
+                reasoning_tokens: n(id::REASONING_TOKENS),
+                source: PhaseSource::Vllm,
+                ..ServerPhases::default()
+            });
+        }
+        (self.top[id::TIMINGS].kind() == Some(Kind::Object)).then(|| ServerPhases {
+            prefill_ms: f(id::PROMPT_MS),
+            decode_ms: f(id::PREDICTED_MS),
+            tokens_per_second: f(id::PREDICTED_PER_SECOND),
+            cached_prompt_tokens: n(id::CACHE_N),
+            prompt_tokens_evaluated: n(id::PROMPT_N),
+            source: PhaseSource::LlamaCpp,
+            ..ServerPhases::default()
+        })
+    }
+
+    /// Store the phases a stream's chunk reported (the last one wins).
+    pub fn set_server_phases(&mut self, p: &ServerPhases) {
+        let f = |v: Option<f64>| v.map_or(Value::Absent, Value::F64);
+        let n = |v: Option<i64>| v.map_or(Value::Absent, Value::I64);
+        for i in [id::METRICS, id::TIMINGS] {
+            self.top[i] = Value::Absent;
+        }
+        match p.source {
+            PhaseSource::Vllm => {
+                self.top[id::METRICS] = Value::Present(Kind::Object);
+                self.top[id::QUEUE_MS] = f(p.queue_ms);
+                self.top[id::PREFILL_MS] = f(p.prefill_ms);
+                self.top[id::DECODE_MS] = f(p.decode_ms);
+                self.top[id::MEAN_ITL_MS] = f(p.mean_itl_ms);
+                self.top[id::TOKENS_PER_SECOND] = f(p.tokens_per_second);
+                self.top[id::REASONING_TOKENS] = n(p.reasoning_tokens);
+            }
+            PhaseSource::LlamaCpp => {
+                self.top[id::TIMINGS] = Value::Present(Kind::Object);
+                self.top[id::PROMPT_MS] = f(p.prefill_ms);
+                self.top[id::PREDICTED_MS] = f(p.decode_ms);
+                self.top[id::PREDICTED_PER_SECOND] = f(p.tokens_per_second);
+                self.top[id::CACHE_N] = n(p.cached_prompt_tokens);
+                self.top[id::PROMPT_N] = n(p.prompt_tokens_evaluated);
+            }
+        }
+    }
+
     /// Store a usage read by other means (a stream chunk, a body's tail): the last one wins.
     pub fn set_usage(&mut self, u: &Usage) {
         let n = |v: Option<i64>| v.map_or(Value::Absent, Value::I64);
@@ -635,6 +705,9 @@ impl Values {
         }
         for r in &c.finish_reasons {
             self.push_row(id::CHOICE, [(id::FINISH_REASON, text(r))]);
+        }
+        if let Some(p) = &c.phases {
+            self.set_server_phases(p);
         }
         if let Some(u) = &c.usage {
             let mut merged = self.usage().unwrap_or_default();

@@ -242,13 +242,18 @@ const SGLANG_RESPONSE: &str = r#"{"text":" Paris. It is the largest city","outpu
 const RERANK_RESPONSE: &str = r#"{"id":"rerank-5d2b","model":"BAAI/bge-reranker-base","usage":{"total_tokens":56},"results":[{"index":1,"document":{"text":"The capital of France is Paris."},"relevance_score":0.999}]}"#;
 const TRANSCRIPTION_RESPONSE: &str =
     r#"{"text":"The quick brown fox.","usage":{"type":"duration","seconds":3}}"#;
+// Server-reported phases: vLLM's per-request `metrics`, llama.cpp's `timings`.
+const VLLM_METRICS_RESPONSE: &str = r#"{"id":"chatcmpl-9","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7},"metrics":{"time_to_first_token_ms":31.5,"generation_time_ms":12.25,"queue_time_ms":4,"mean_itl_ms":12.25,"tokens_per_second":163.3,"output_token_metrics":{"reasoning":{"token_count":1,"time_to_first_token_ms":31.5},"content":{"token_count":1,"time_to_first_token_ms":43.7},"unclassified_token_count":0}}}"#;
+const LLAMA_CPP_RESPONSE: &str = r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"role":"assistant","content":"Hello"}}],"created":1733000000,"model":"gpt-3.5-turbo","system_fingerprint":"b4600","object":"chat.completion","usage":{"completion_tokens":35,"prompt_tokens":237,"total_tokens":272},"id":"chatcmpl-zQ6","timings":{"cache_n":236,"prompt_n":1,"prompt_ms":30.958,"prompt_per_token_ms":30.958,"prompt_per_second":32.3,"predicted_n":35,"predicted_ms":661.064,"predicted_per_token_ms":18.887,"predicted_per_second":52.945}}"#;
 const OTHER_REQUESTS: [&str; 4] = [
     RESPONSES_REQUEST,
     MESSAGES_REQUEST,
     TGI_REQUEST,
     SGLANG_REQUEST,
 ];
-const OTHER_RESPONSES: [&str; 10] = [
+const OTHER_RESPONSES: [&str; 12] = [
+    VLLM_METRICS_RESPONSE,
+    LLAMA_CPP_RESPONSE,
     RESPONSES_RESPONSE,
     RESPONSES_FAILED,
     MESSAGES_RESPONSE,
@@ -359,6 +364,28 @@ fn response_fixtures_match_serde_at_every_split() {
             .as_deref(),
         Some("400")
     );
+}
+
+#[test]
+fn server_phases_read_alike_from_bodies_and_stream_chunks() {
+    for body in [VLLM_METRICS_RESPONSE, LLAMA_CPP_RESPONSE] {
+        let (got, _) = replay(body.as_bytes(), scan_response);
+        let scanned = got.values.server_phases().expect("phases");
+        let chunk = openai::parse_stream_chunk(body.as_bytes()).unwrap();
+        assert_eq!(Some(&scanned), chunk.phases.as_deref(), "{body}");
+        // Stored from a chunk, read back the same.
+        let mut v = super::Values::new(Body::Response);
+        v.apply_chunk(&chunk);
+        assert_eq!(v.server_phases(), Some(scanned));
+    }
+    let (vllm, _) = scan_response(&[VLLM_METRICS_RESPONSE.as_bytes()]);
+    let p = vllm.values.server_phases().unwrap();
+    assert_eq!(
+        (p.queue_ms, p.prefill_ms, p.decode_ms, p.reasoning_tokens),
+        (Some(4.0), Some(31.5), Some(12.25), Some(1))
+    );
+    let (none, _) = scan_response(&[CHAT_RESPONSE.as_bytes()]);
+    assert_eq!(none.values.server_phases(), None);
 }
 
 #[test]
