@@ -75,6 +75,9 @@ pub mod attr {
         INFERTAP_SERVER_PROMPT_TOKENS_EVALUATED = "infertap.server.prompt_tokens_evaluated",
         INFERTAP_USAGE_REASONING_TOKENS = "infertap.usage.reasoning_tokens",
         INFERTAP_LATENCY_API_SERVER = "infertap.latency.api_server";
+        /// Prefill/decode disaggregation (llm-d): which leg, and the KV-cache transfer gap
+        LLM_D_PD_ROLE = "llm_d.pd.role",
+        INFERTAP_PD_KV_TRANSFER_GAP = "infertap.pd.kv_transfer_gap";
         /// gRPC calls and the ext_proc stream of a routing decision
         RPC_SYSTEM = "rpc.system",
         RPC_SERVICE = "rpc.service",
@@ -143,6 +146,7 @@ pub mod metric {
     pub const INFERTAP_EPP_DECISION_DURATION: &str = "infertap.epp.decision.duration";
     pub const INFERTAP_EPP_DECISIONS: &str = "infertap.epp.decisions";
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
+    pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
 
     /// Label: `input` or `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

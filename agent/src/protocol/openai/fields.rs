@@ -135,6 +135,10 @@ pub const FIELDS: &[Field] = &[
     field(Req, "sampling_params.max_new_tokens", I64),
     field(Req, "sampling_params.temperature", F64),
     field(Req, "sampling_params.top_p", F64),
+    // llm-d prefill/decode disaggregation (vLLM's NixlConnector schema): the prefill leg asks for
+    // a remote decode, the decode leg for a remote prefill (`Values::pd_role`).
+    field(Req, "kv_transfer_params.do_remote_decode", Bool),
+    field(Req, "kv_transfer_params.do_remote_prefill", Bool),
 
     attr(Resp, "id", Str, key::GEN_AI_RESPONSE_ID, Present),
     attr(Resp, "model", Str, key::GEN_AI_RESPONSE_MODEL, Present),

@@ -431,6 +431,8 @@ pub(crate) mod id {
     pub const SGL_MAX_NEW_TOKENS: FieldId = id(Req, "sampling_params.max_new_tokens");
     pub const SGL_TEMPERATURE: FieldId = id(Req, "sampling_params.temperature");
     pub const SGL_TOP_P: FieldId = id(Req, "sampling_params.top_p");
+    pub const DO_REMOTE_DECODE: FieldId = id(Req, "kv_transfer_params.do_remote_decode");
+    pub const DO_REMOTE_PREFILL: FieldId = id(Req, "kv_transfer_params.do_remote_prefill");
 
     pub const STATUS: FieldId = id(Resp, "status");
     pub const INCOMPLETE_REASON: FieldId = id(Resp, "incomplete_details.reason");
@@ -625,6 +627,19 @@ impl Values {
         text || [id::OUTPUT, id::CONTENT, id::GENERATED_TEXT]
             .iter()
             .any(|&i| self.top[i] == Value::Output(true))
+    }
+
+    /// The leg of a disaggregated (prefill/decode) request a request body is: `prefill` when
+    /// it asks for a remote decode (`kv_transfer_params.do_remote_decode`), `decode` when it
+    /// asks for a remote prefill.
+    pub fn pd_role(&self) -> Option<&'static str> {
+        if self.top[id::DO_REMOTE_DECODE] == Value::Bool(true) {
+            Some("prefill")
+        } else if self.top[id::DO_REMOTE_PREFILL] == Value::Bool(true) {
+            Some("decode")
+        } else {
+            None
+        }
     }
 
     /// The phases the server reported: vLLM's `metrics` object, else llama.cpp's `timings`.

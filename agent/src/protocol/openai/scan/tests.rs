@@ -245,11 +245,16 @@ const TRANSCRIPTION_RESPONSE: &str =
 // Server-reported phases: vLLM's per-request `metrics`, llama.cpp's `timings`.
 const VLLM_METRICS_RESPONSE: &str = r#"{"id":"chatcmpl-9","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7},"metrics":{"time_to_first_token_ms":31.5,"generation_time_ms":12.25,"queue_time_ms":4,"mean_itl_ms":12.25,"tokens_per_second":163.3,"output_token_metrics":{"reasoning":{"token_count":1,"time_to_first_token_ms":31.5},"content":{"token_count":1,"time_to_first_token_ms":43.7},"unclassified_token_count":0}}}"#;
 const LLAMA_CPP_RESPONSE: &str = r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"role":"assistant","content":"Hello"}}],"created":1733000000,"model":"gpt-3.5-turbo","system_fingerprint":"b4600","object":"chat.completion","usage":{"completion_tokens":35,"prompt_tokens":237,"total_tokens":272},"id":"chatcmpl-zQ6","timings":{"cache_n":236,"prompt_n":1,"prompt_ms":30.958,"prompt_per_token_ms":30.958,"prompt_per_second":32.3,"predicted_n":35,"predicted_ms":661.064,"predicted_per_token_ms":18.887,"predicted_per_second":52.945}}"#;
-const OTHER_REQUESTS: [&str; 4] = [
+// llm-d's routing sidecar: the prefill leg, then the decode leg with the prefill's answer.
+const PD_PREFILL_REQUEST: &str = r#"{"model":"meta-llama/Llama-3.1-8B-Instruct","prompt":"Hello","max_tokens":1,"stream":false,"kv_transfer_params":{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}}"#;
+const PD_DECODE_REQUEST: &str = r#"{"model":"meta-llama/Llama-3.1-8B-Instruct","prompt":"Hello","max_tokens":64,"stream":true,"kv_transfer_params":{"do_remote_decode":false,"do_remote_prefill":true,"remote_engine_id":"3f0a","remote_block_ids":[1,2,3],"remote_host":"10.0.0.7","remote_port":5600,"tp_size":1}}"#;
+const OTHER_REQUESTS: [&str; 6] = [
     RESPONSES_REQUEST,
     MESSAGES_REQUEST,
     TGI_REQUEST,
     SGLANG_REQUEST,
+    PD_PREFILL_REQUEST,
+    PD_DECODE_REQUEST,
 ];
 const OTHER_RESPONSES: [&str; 12] = [
     VLLM_METRICS_RESPONSE,
