@@ -87,6 +87,8 @@ pub struct Pipeline<N: Node, O: Output> {
     done: Vec<Finished>,
     /// Finished exchanges waiting for an enricher's side input, in finishing order.
     waiting: VecDeque<Finished>,
+    /// Prefill legs of disaggregated requests, waiting for their decode legs.
+    pd_legs: crate::trace::pd::Legs,
     node: N,
     output: O,
 }
@@ -108,6 +110,7 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             enrichers,
             done: Vec::new(),
             waiting: VecDeque::new(),
+            pd_legs: crate::trace::pd::Legs::new(),
             node,
             output,
         }
@@ -350,6 +353,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             };
             let mut built =
                 crate::trace::span_of(&f.work, &f.meta, &self.clock, &self.opts, &mut RandomIds);
+            if let Some(ex) = f.exchange() {
+                self.pd_legs.apply(ex, &mut built);
+            }
             self.enrichers
                 .apply_in_context(&f, &self.clock, &self.table, &mut built);
             let chunks = f.exchange().map_or(&[][..], |ex| &ex.content_chunk_ns[..]);

@@ -64,6 +64,21 @@ pub mod attr {
         INFERTAP_INTER_TOKEN_LATENCY_P50 = "infertap.inter_token_latency.p50",
         INFERTAP_INTER_TOKEN_LATENCY_P95 = "infertap.inter_token_latency.p95",
         INFERTAP_INTER_TOKEN_LATENCY_MAX = "infertap.inter_token_latency.max";
+        /// Phases the server reported (vLLM's per-request `metrics`, llama.cpp's `timings`), in
+        /// seconds, vLLM's tracing names where it has them, and what the wire adds
+        GEN_AI_LATENCY_TIME_IN_QUEUE = "gen_ai.latency.time_in_queue",
+        GEN_AI_LATENCY_TIME_IN_MODEL_PREFILL = "gen_ai.latency.time_in_model_prefill",
+        GEN_AI_LATENCY_TIME_IN_MODEL_DECODE = "gen_ai.latency.time_in_model_decode",
+        INFERTAP_SERVER_PHASES_SOURCE = "infertap.server.phases_source",
+        INFERTAP_SERVER_INTER_TOKEN_LATENCY_MEAN = "infertap.server.inter_token_latency.mean",
+        INFERTAP_SERVER_TOKENS_PER_SECOND = "infertap.server.tokens_per_second",
+        INFERTAP_SERVER_PROMPT_TOKENS_CACHED = "infertap.server.prompt_tokens_cached",
+        INFERTAP_SERVER_PROMPT_TOKENS_EVALUATED = "infertap.server.prompt_tokens_evaluated",
+        INFERTAP_USAGE_REASONING_TOKENS = "infertap.usage.reasoning_tokens",
+        INFERTAP_LATENCY_API_SERVER = "infertap.latency.api_server";
+        /// Prefill/decode disaggregation (llm-d): which leg, and the KV-cache transfer gap
+        LLM_D_PD_ROLE = "llm_d.pd.role",
+        INFERTAP_PD_KV_TRANSFER_GAP = "infertap.pd.kv_transfer_gap";
         /// gRPC calls and the ext_proc stream of a routing decision
         RPC_SYSTEM = "rpc.system",
         RPC_SERVICE = "rpc.service",
@@ -132,6 +147,7 @@ pub mod metric {
     pub const INFERTAP_EPP_DECISION_DURATION: &str = "infertap.epp.decision.duration";
     pub const INFERTAP_EPP_DECISIONS: &str = "infertap.epp.decisions";
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
+    pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
 
     /// Label: `input` or `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

@@ -53,7 +53,7 @@ use crate::protocol::http::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead
 use crate::protocol::openai::fields::Body;
 use crate::protocol::openai::models::{self, ModelsScan};
 use crate::protocol::openai::{
-    self, Operation, RequestFields, ResponseFields, StreamChunk, Usage, Values,
+    self, Operation, RequestFields, ResponseFields, ServerPhases, StreamChunk, Usage, Values,
 };
 use crate::protocol::openai::{RequestScan, ResponseScan};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
@@ -61,6 +61,7 @@ use crate::protocol::Direction;
 use gaps::GapSketch;
 
 const RESPONSE_TAIL: usize = 64 << 10;
+const REQUEST_STREAM: openai::fields::FieldId = openai::fields::id(Body::Request, "stream");
 /// Content chunk timestamps kept per request (for inter-token statistics and the GPU share):
 /// the first ones, exactly; the gaps after them go to a fixed-size [`GapSketch`].
 pub const CHUNK_TIMES_MAX: usize = 4096;
@@ -116,6 +117,9 @@ pub struct Exchange {
     /// Finish reasons past [`FINISH_REASONS_MAX`], not kept (nor added to `response_values`).
     pub finish_reasons_dropped: u64,
     pub usage: Option<Usage>,
+    /// What the server reported of the request's phases in a stream's chunks (the last report):
+    /// put into `response_values` when the stream ends.
+    pub stream_phases: Option<Box<ServerPhases>>,
     /// Every response field of `openai::fields` (span attributes are set from these): a JSON
     /// body's scan, or what the stream chunks said.
     pub response_values: Values,
@@ -149,12 +153,18 @@ struct InFlight {
 impl InFlight {
     fn new(ts_ns: u64, head: RequestHead) -> InFlight {
         let operation = Operation::from_path(&head.path);
-        let json = head
+        let content_type = head
             .headers
             .iter()
-            .any(|(k, v)| *k == "content-type" && v.to_ascii_lowercase().contains("json"));
+            .find(|(k, _)| *k == "content-type")
+            .map(|(_, v)| v.to_ascii_lowercase());
+        let json = content_type.as_deref().is_some_and(|v| v.contains("json"));
+        // An upload (audio transcription's multipart form) is not JSON: not scanned.
+        let form = content_type.as_deref().is_some_and(|v| {
+            v.starts_with("multipart/") || v.starts_with("application/x-www-form")
+        });
         InFlight {
-            request_scan: (operation.is_some() || json).then(RequestScan::new),
+            request_scan: ((operation.is_some() && !form) || json).then(RequestScan::new),
             ex: Exchange {
                 request: head,
                 response: None,
@@ -178,6 +188,7 @@ impl InFlight {
                 finish_reasons: Vec::new(),
                 finish_reasons_dropped: 0,
                 usage: None,
+                stream_phases: None,
                 response_values: Values::new(Body::Response),
                 error_type: None,
                 outcome: Outcome::Completed,
@@ -230,6 +241,7 @@ impl InFlight {
                 ex.response_model.as_deref(),
                 &ex.finish_reasons,
                 ex.usage.as_ref(),
+                ex.stream_phases.as_deref(),
             );
         }
         if let Some(mut scan) = self.response_scan.take() {
@@ -249,6 +261,18 @@ impl InFlight {
         if let Some(scan) = self.models_scan.take() {
             self.ex.served_models = scan.finish();
         }
+        if self.ex.streaming {
+            // A stream asked for by the route (TGI's `/generate_stream`) or a form field (an
+            // audio upload), not by a JSON `stream`: the request streamed all the same.
+            let f = self
+                .ex
+                .request_fields
+                .get_or_insert_with(|| RequestScan::new().into_fields());
+            if f.stream.is_none() {
+                f.stream = Some(true);
+                f.values.set(REQUEST_STREAM, openai::Value::Bool(true));
+            }
+        }
         self.ex.end_ns = ts_ns;
         self.ex.outcome = outcome;
         self.ex
@@ -263,7 +287,7 @@ impl InFlight {
         if f.error_type.is_some() {
             self.ex.error_type = f.error_type;
         }
-        if self.ex.first_token_ns.is_none() && f.choices_with_output > 0 {
+        if self.ex.first_token_ns.is_none() && (f.choices_with_output > 0 || f.other_output) {
             // Non-streaming: the whole answer arrives with the response.
             self.ex.first_token_ns = self.ex.response_start_ns;
         }
@@ -501,11 +525,16 @@ fn apply_chunk(ex: &mut Exchange, ts_ns: u64, mut c: StreamChunk<'_>) {
         ex.response_model = c.model.map(Cow::into_owned);
     }
     ex.finish_reasons.extend(c.finish_reasons);
-    if c.usage.is_some() {
-        ex.usage = c.usage; // with continuous usage stats the last one wins
+    if let Some(u) = c.usage {
+        // With continuous usage stats the last one wins; Anthropic's events carry the input
+        // (`message_start`) and the output (`message_delta`) counts apart.
+        ex.usage.get_or_insert_with(Usage::default).merge(&u);
     }
     if c.error_type.is_some() {
         ex.error_type = c.error_type;
+    }
+    if c.phases.is_some() {
+        ex.stream_phases = c.phases; // the final chunk's
     }
 }
 
@@ -533,5 +562,7 @@ fn push_tail(tail: &mut Vec<u8>, data: &[u8]) {
     tail.extend_from_slice(data);
 }
 
+#[cfg(test)]
+mod apis;
 #[cfg(test)]
 mod tests;

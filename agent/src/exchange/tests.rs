@@ -39,7 +39,10 @@ fn retained(ex: &Exchange) -> usize {
         + ex.later_gaps.as_ref().map_or(0, |g| g.size_bytes())
         + ex.finish_reasons.capacity() * std::mem::size_of::<String>()
         + ex.response_values.rows(marker).rows.len()
-            * fields::FIELDS.len()
+            * fields::FIELDS
+                .iter()
+                .filter(|f| fields::holds("choices[*]", f.path))
+                .count()
             * std::mem::size_of::<crate::protocol::openai::Value>()
 }
 

@@ -176,6 +176,7 @@ const REQUESTS: usize = 7;
 const EPP_DECISION_DURATION: usize = 8;
 const EPP_DECISIONS: usize = 9;
 const EPP_REJECTIONS: usize = 10;
+const PD_KV_TRANSFER_GAP: usize = 11;
 
 const EPP_DURATION_KEYS: &[&str] = &[attr::INFERTAP_EPP_DECISION, attr::GEN_AI_REQUEST_MODEL];
 const EPP_ENDPOINT_KEYS: &[&str] = &[attr::INFERTAP_EPP_ENDPOINT, attr::GEN_AI_REQUEST_MODEL];
@@ -270,6 +271,14 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         prometheus_name: "infertap_epp_rejections_total",
         kind: InstrumentKind::Counter,
         keys: EPP_REJECTION_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_PD_KV_TRANSFER_GAP,
+        unit: "s",
+        description: "Disaggregated (prefill/decode) requests: the prefill leg's last response byte to the decode leg's first request byte (the KV-cache transfer and the sidecar's turn-around).",
+        prometheus_name: "infertap_pd_kv_transfer_gap_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: GENAI_KEYS,
     },
 ];
 
@@ -794,6 +803,9 @@ impl RequestMetrics {
         }
         for gap in gaps_ns {
             put(ITL, &genai, gap as f64 / 1e9);
+        }
+        if let Some(gap) = r.kv_transfer_gap_s {
+            put(PD_KV_TRANSFER_GAP, &genai, gap);
         }
     }
 

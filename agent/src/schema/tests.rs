@@ -18,6 +18,7 @@ const NAMESPACES: &[&str] = &[
     "infertap.",
     "k8s.",
     "rpc.",
+    "llm_d.",
 ];
 
 /// Names the page mentions that are not span attributes: the routing metrics' instruments.

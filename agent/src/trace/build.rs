@@ -414,10 +414,7 @@ fn put_genai(
         g.input_tokens = u.prompt_tokens;
         g.output_tokens = u.completion_tokens;
     }
-    if ex.usage.is_none()
-        && ex.streaming
-        && ex.operation != Some(crate::protocol::openai::Operation::Embeddings)
-    {
+    if ex.usage.is_none() && ex.streaming && ex.operation.is_some_and(|op| op.generates()) {
         let estimate = ex.content_chunks as i64;
         g.output_tokens = Some(estimate);
         put(attr::GEN_AI_USAGE_OUTPUT_TOKENS, AttrValue::I64(estimate));
@@ -437,6 +434,9 @@ fn put_genai(
             attr::GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK,
             AttrValue::F64(ttft),
         );
+    }
+    if let Some(p) = ex.response_values.server_phases() {
+        super::phases::put_server_phases(&p, g.ttft_s, put);
     }
     put(
         attr::GEN_AI_LATENCY_E2E,

@@ -5,6 +5,9 @@
 //! - [`rpc`] — a gRPC call → its span;
 //! - [`decision`] — a routing decision of an endpoint picker → its span;
 //! - [`fields`] — the OpenAI field table's attributes on an exchange's span;
+//! - [`pd`] — the legs of a prefill/decode-disaggregated request and the KV-transfer gap
+//!   between them (the one builder step that keeps state: bounded);
+//! - [`phases`] — the phases the server reported (queue, prefill, decode) and what the wire adds;
 //! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
 //! - [`span`] — the span model every exporter consumes.
 //!
@@ -17,6 +20,8 @@ pub mod build;
 pub mod context;
 pub mod decision;
 pub mod fields;
+pub mod pd;
+pub mod phases;
 pub mod rpc;
 pub mod span;
 pub mod summary;

@@ -57,6 +57,10 @@ pub struct Summary {
     /// A `GET /v1/models` answer: the models the server listed (bounded by the exchange), the
     /// only request model names the metrics label on their own (`export::metrics`).
     pub served_models: Vec<String>,
+    /// A leg of a disaggregated request: `prefill` or `decode`.
+    pub pd_role: Option<&'static str>,
+    /// A decode leg: the prefill leg's last response byte → this leg's first request byte.
+    pub kv_transfer_gap_s: Option<f64>,
 }
 
 impl Summary {

@@ -736,3 +736,19 @@ fn idle_series_are_evicted_and_come_back_from_zero() {
     // Both models; the HTTP duration series (no model label) is shared.
     assert_eq!(m.series_count(), 2 * n - 1);
 }
+
+#[test]
+fn decode_legs_record_the_kv_transfer_gap_by_model() {
+    let m = RequestMetrics::new();
+    let decode = Summary {
+        pd_role: Some("decode"),
+        kv_transfer_gap_s: Some(0.007),
+        ..chat("llama", 100, Some(0.02), Some((5, 9)))
+    };
+    m.record(&decode);
+    m.record(&chat("llama", 100, Some(0.02), Some((5, 9))));
+    let f = family(&m, "infertap_pd_kv_transfer_gap_seconds");
+    assert!(f.contains("_count{"), "{f}");
+    assert!(f.contains("gen_ai_request_model=\"llama\""), "{f}");
+    assert!(f.contains("} 1\n"), "one decode leg: {f}");
+}

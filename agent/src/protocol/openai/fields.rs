@@ -126,6 +126,19 @@ pub const FIELDS: &[Field] = &[
     attr(Req, "temperature", F64, key::GEN_AI_REQUEST_TEMPERATURE, Present),
     attr(Req, "top_p", F64, key::GEN_AI_REQUEST_TOP_P, Present),
     attr(Req, "n", I64, key::GEN_AI_REQUEST_CHOICE_COUNT, Not(1)),
+    // Other APIs' words for the request fields above (`Values::normalise` maps them there):
+    // the Responses API's, TGI's `parameters` and SGLang's `sampling_params`.
+    field(Req, "max_output_tokens", I64),
+    field(Req, "parameters.max_new_tokens", I64),
+    field(Req, "parameters.temperature", F64),
+    field(Req, "parameters.top_p", F64),
+    field(Req, "sampling_params.max_new_tokens", I64),
+    field(Req, "sampling_params.temperature", F64),
+    field(Req, "sampling_params.top_p", F64),
+    // llm-d prefill/decode disaggregation (vLLM's NixlConnector schema): the prefill leg asks for
+    // a remote decode, the decode leg for a remote prefill (`Values::pd_role`).
+    field(Req, "kv_transfer_params.do_remote_decode", Bool),
+    field(Req, "kv_transfer_params.do_remote_prefill", Bool),
 
     attr(Resp, "id", Str, key::GEN_AI_RESPONSE_ID, Present),
     attr(Resp, "model", Str, key::GEN_AI_RESPONSE_MODEL, Present),
@@ -151,6 +164,47 @@ pub const FIELDS: &[Field] = &[
     field(Resp, "error", Marker),
     field(Resp, "error.type", Str),
     field(Resp, "error.code", Text),
+    // Other APIs' words for the response fields above (`Values::normalise` maps them there, in
+    // the order `openai::parse_stream_chunk` reads stream events): the Responses API's status,
+    // Anthropic's stop reason, usage as both name it, TGI's `details` and string errors,
+    // SGLang's `meta_info`; the output outside `choices` each of them (and transcriptions) has.
+    field(Resp, "status", Str),
+    field(Resp, "incomplete_details.reason", Str),
+    field(Resp, "stop_reason", Str),
+    field(Resp, "output", Output),
+    field(Resp, "content", Output),
+    field(Resp, "generated_text", Output),
+    field(Resp, "text", Output),
+    field(Resp, "usage.input_tokens", I64),
+    field(Resp, "usage.output_tokens", I64),
+    field(Resp, "usage.total_tokens", I64),
+    field(Resp, "usage.input_tokens_details.cached_tokens", I64),
+    field(Resp, "usage.cache_read_input_tokens", I64),
+    field(Resp, "usage.cache_creation_input_tokens", I64),
+    field(Resp, "error_type", Str),
+    field(Resp, "details.finish_reason", Str),
+    field(Resp, "details.generated_tokens", I64),
+    field(Resp, "details.input_length", I64),
+    field(Resp, "meta_info.id", Str),
+    field(Resp, "meta_info.finish_reason.type", Str),
+    field(Resp, "meta_info.prompt_tokens", I64),
+    field(Resp, "meta_info.completion_tokens", I64),
+    field(Resp, "meta_info.cached_tokens", I64),
+    // The phases the server reports (`openai::ServerPhases`; span attributes in `trace::phases`):
+    // vLLM's per-request `metrics`, llama.cpp's `timings`.
+    field(Resp, "metrics", Marker),
+    field(Resp, "metrics.queue_time_ms", F64),
+    field(Resp, "metrics.time_to_first_token_ms", F64),
+    field(Resp, "metrics.generation_time_ms", F64),
+    field(Resp, "metrics.mean_itl_ms", F64),
+    field(Resp, "metrics.tokens_per_second", F64),
+    field(Resp, "metrics.output_token_metrics.reasoning.token_count", I64),
+    field(Resp, "timings", Marker),
+    field(Resp, "timings.prompt_n", I64),
+    field(Resp, "timings.prompt_ms", F64),
+    field(Resp, "timings.predicted_ms", F64),
+    field(Resp, "timings.predicted_per_second", F64),
+    field(Resp, "timings.cache_n", I64),
 ];
 
 const fn same(a: &str, b: &str) -> bool {

@@ -11,10 +11,7 @@ use serde_json::Value as Json;
 
 use super::fields::{self, Body, Type, FIELDS};
 use super::scan::CHOICES_MAX;
-use super::{
-    bounded, error_type, from_json, JsonStr, RawChunk, RequestFields, ResponseFields, Usage, Value,
-    Values,
-};
+use super::{bounded, from_json, JsonStr, RawChunk, RequestFields, ResponseFields, Value, Values};
 use crate::protocol::json_scan::{Kind, STRING_MAX};
 
 #[derive(Deserialize)]
@@ -28,6 +25,17 @@ struct RawRequest<'a> {
     temperature: Option<f64>,
     top_p: Option<f64>,
     n: Option<i64>,
+    max_output_tokens: Option<i64>,
+    parameters: Option<RawSampling>,
+    sampling_params: Option<RawSampling>,
+}
+
+/// TGI's `parameters`, SGLang's `sampling_params`.
+#[derive(Deserialize)]
+struct RawSampling {
+    max_new_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
 }
 
 #[derive(Deserialize)]
@@ -45,28 +53,46 @@ fn json(body: &[u8]) -> Option<Json> {
 /// being stored.
 pub fn parse_request(body: &[u8]) -> Option<RequestFields> {
     let r: RawRequest<'_> = from_json(body).ok()?;
+    let other = [&r.parameters, &r.sampling_params];
+    let other =
+        |f: fn(&RawSampling) -> Option<f64>| other.iter().flat_map(|o| o.as_ref()).find_map(f);
+    let mut values = values(Body::Request, &json(body)?);
+    values.normalise();
     Some(RequestFields {
         model: r.model.map(|m| bounded(&m.0)),
         stream: r.stream,
         include_usage: r.stream_options.and_then(|o| o.include_usage),
-        max_tokens: r.max_completion_tokens.or(r.max_tokens),
-        temperature: r.temperature,
-        top_p: r.top_p,
+        max_tokens: r
+            .max_completion_tokens
+            .or(r.max_tokens)
+            .or(r.max_output_tokens)
+            .or_else(|| {
+                [&r.parameters, &r.sampling_params]
+                    .iter()
+                    .flat_map(|o| o.as_ref())
+                    .find_map(|o| o.max_new_tokens)
+            }),
+        temperature: r.temperature.or_else(|| other(|o| o.temperature)),
+        top_p: r.top_p.or_else(|| other(|o| o.top_p)),
         n: r.n,
-        values: values(Body::Request, &json(body)?),
+        values,
     })
 }
 
 pub fn parse_response(body: &[u8]) -> Option<ResponseFields> {
     let c: RawChunk<'_> = from_json(body).ok()?;
+    let said = c.said();
+    let mut values = values(Body::Response, &json(body)?);
+    values.normalise();
     Some(ResponseFields {
-        id: c.id.map(|s| bounded(&s.0)),
-        model: c.model.map(|s| bounded(&s.0)),
-        finish_reasons: c.choices.finish_reasons,
-        choices_with_output: c.choices.with_output,
-        usage: c.usage.map(|u| Usage::from(*u)),
-        error_type: c.error.map(|e| error_type(e.kind, e.code)),
-        values: values(Body::Response, &json(body)?),
+        id: said.chunk.id.map(|s| s.into_owned()),
+        model: said.chunk.model.map(|s| s.into_owned()),
+        finish_reasons: said.chunk.finish_reasons,
+        choices_with_output: said.choices_with_output,
+        other_output: said.body_output,
+        usage: said.chunk.usage,
+        error_type: said.chunk.error_type,
+        values,
     })
 }
 

@@ -11,7 +11,7 @@
 use std::sync::LazyLock;
 
 use super::fields::{self, Body, FieldId, Type, FIELDS};
-use super::{RequestFields, ResponseFields, Usage};
+use super::{PhaseSource, RequestFields, ResponseFields, ServerPhases, Usage};
 use crate::protocol::json_scan::{Event, Kind, Patterns, Scalar, ScanError, ScanState, Scanner};
 
 /// Rows (choices) kept per response; more are counted in [`Values::rows_dropped`].
@@ -98,6 +98,8 @@ struct Layout {
     row: Vec<Option<FieldId>>,
     /// Per field id: itself and the fields it holds (in table order).
     subtree: Vec<Vec<FieldId>>,
+    /// Per row marker: the first field under it and the length of the run to the last one.
+    row_run: Vec<(FieldId, usize)>,
 }
 
 impl Layout {
@@ -111,7 +113,7 @@ impl Layout {
             .collect();
         #[allow(clippy::expect_used)]
         let patterns = Patterns::new(&list).expect("openai::fields paths are valid patterns");
-        let row = (0..FIELDS.len())
+        let row: Vec<Option<FieldId>> = (0..FIELDS.len())
             .map(|i| {
                 ids.iter().copied().find(|&m| {
                     m != i
@@ -128,11 +130,19 @@ impl Layout {
                     .collect()
             })
             .collect();
+        let row_run = (0..FIELDS.len())
+            .map(|m| {
+                let mut under = (0..FIELDS.len()).filter(|&i| row[i] == Some(m));
+                let base = under.next().unwrap_or(m);
+                (base, under.next_back().map_or(1, |l| l + 1 - base))
+            })
+            .collect();
         Layout {
             patterns,
             ids,
             row,
             subtree,
+            row_run,
         }
     }
 
@@ -165,6 +175,18 @@ impl Slots {
         let ids = &Layout::of(body).ids;
         let base = ids.first().copied().unwrap_or(0);
         let len = ids.last().map_or(0, |l| l + 1 - base);
+        Slots {
+            base,
+            len,
+            values: Vec::new(),
+            spare: Value::Absent,
+        }
+    }
+
+    /// The slots of one row of `marker`: only the run of the fields under it (a response's
+    /// rows hold a few fields of a long table; a hostile stream has many rows).
+    fn row(marker: FieldId) -> Slots {
+        let (base, len) = Layout::of(FIELDS[marker].body).row_run[marker];
         Slots {
             base,
             len,
@@ -300,7 +322,7 @@ impl Values {
         marker: FieldId,
         values: impl IntoIterator<Item = (FieldId, Value)>,
     ) {
-        let mut row = Slots::new(self.body);
+        let mut row = Slots::row(marker);
         for (id, v) in values {
             row[id] = v;
         }
@@ -334,7 +356,7 @@ impl Values {
                 if fields::is_row(&FIELDS[id]) {
                     let rows = self.rows_mut(id);
                     if rows.rows.len() < CHOICES_MAX {
-                        rows.rows.push(Slots::new(FIELDS[id].body));
+                        rows.rows.push(Slots::row(id));
                     } else {
                         rows.dropped += 1;
                     }
@@ -400,6 +422,55 @@ pub(crate) mod id {
     pub const ERROR: FieldId = id(Resp, "error");
     pub const ERROR_TYPE: FieldId = id(Resp, "error.type");
     pub const ERROR_CODE: FieldId = id(Resp, "error.code");
+
+    // Other APIs' words (`Values::normalise`).
+    pub const MAX_OUTPUT_TOKENS: FieldId = id(Req, "max_output_tokens");
+    pub const TGI_MAX_NEW_TOKENS: FieldId = id(Req, "parameters.max_new_tokens");
+    pub const TGI_TEMPERATURE: FieldId = id(Req, "parameters.temperature");
+    pub const TGI_TOP_P: FieldId = id(Req, "parameters.top_p");
+    pub const SGL_MAX_NEW_TOKENS: FieldId = id(Req, "sampling_params.max_new_tokens");
+    pub const SGL_TEMPERATURE: FieldId = id(Req, "sampling_params.temperature");
+    pub const SGL_TOP_P: FieldId = id(Req, "sampling_params.top_p");
+    pub const DO_REMOTE_DECODE: FieldId = id(Req, "kv_transfer_params.do_remote_decode");
+    pub const DO_REMOTE_PREFILL: FieldId = id(Req, "kv_transfer_params.do_remote_prefill");
+
+    pub const STATUS: FieldId = id(Resp, "status");
+    pub const INCOMPLETE_REASON: FieldId = id(Resp, "incomplete_details.reason");
+    pub const STOP_REASON: FieldId = id(Resp, "stop_reason");
+    pub const OUTPUT: FieldId = id(Resp, "output");
+    pub const CONTENT: FieldId = id(Resp, "content");
+    pub const GENERATED_TEXT: FieldId = id(Resp, "generated_text");
+    pub const TEXT: FieldId = id(Resp, "text");
+    pub const INPUT_TOKENS: FieldId = id(Resp, "usage.input_tokens");
+    pub const OUTPUT_TOKENS: FieldId = id(Resp, "usage.output_tokens");
+    pub const TOTAL_TOKENS: FieldId = id(Resp, "usage.total_tokens");
+    pub const INPUT_CACHED_TOKENS: FieldId = id(Resp, "usage.input_tokens_details.cached_tokens");
+    pub const CACHE_READ_INPUT_TOKENS: FieldId = id(Resp, "usage.cache_read_input_tokens");
+    pub const CACHE_CREATION_INPUT_TOKENS: FieldId = id(Resp, "usage.cache_creation_input_tokens");
+    pub const TGI_ERROR_TYPE: FieldId = id(Resp, "error_type");
+    pub const TGI_FINISH_REASON: FieldId = id(Resp, "details.finish_reason");
+    pub const TGI_GENERATED_TOKENS: FieldId = id(Resp, "details.generated_tokens");
+    pub const TGI_INPUT_LENGTH: FieldId = id(Resp, "details.input_length");
+    pub const SGL_ID: FieldId = id(Resp, "meta_info.id");
+    pub const SGL_FINISH_REASON: FieldId = id(Resp, "meta_info.finish_reason.type");
+    pub const SGL_PROMPT_TOKENS: FieldId = id(Resp, "meta_info.prompt_tokens");
+    pub const SGL_COMPLETION_TOKENS: FieldId = id(Resp, "meta_info.completion_tokens");
+    pub const SGL_CACHED_TOKENS: FieldId = id(Resp, "meta_info.cached_tokens");
+
+    pub const METRICS: FieldId = id(Resp, "metrics");
+    pub const QUEUE_MS: FieldId = id(Resp, "metrics.queue_time_ms");
+    pub const PREFILL_MS: FieldId = id(Resp, "metrics.time_to_first_token_ms");
+    pub const DECODE_MS: FieldId = id(Resp, "metrics.generation_time_ms");
+    pub const MEAN_ITL_MS: FieldId = id(Resp, "metrics.mean_itl_ms");
+    pub const TOKENS_PER_SECOND: FieldId = id(Resp, "metrics.tokens_per_second");
+    pub const REASONING_TOKENS: FieldId =
+        id(Resp, "metrics.output_token_metrics.reasoning.token_count");
+    pub const TIMINGS: FieldId = id(Resp, "timings");
+    pub const PROMPT_N: FieldId = id(Resp, "timings.prompt_n");
+    pub const PROMPT_MS: FieldId = id(Resp, "timings.prompt_ms");
+    pub const PREDICTED_MS: FieldId = id(Resp, "timings.predicted_ms");
+    pub const PREDICTED_PER_SECOND: FieldId = id(Resp, "timings.predicted_per_second");
+    pub const CACHE_N: FieldId = id(Resp, "timings.cache_n");
 }
 
 impl Values {
@@ -437,6 +508,195 @@ impl Values {
         })
     }
 
+    /// The first of `ids` with a value, cloned.
+    fn first_of(&self, ids: &[FieldId]) -> Value {
+        ids.iter()
+            .map(|&i| &self.top[i])
+            .find(|v| **v != Value::Absent)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Another API's words for the fields the code reads by name, written where OpenAI's go
+    /// (so that their span attributes and typed views need nothing of their own): the first
+    /// alternative with a value fills a field that has none. Whole bodies only; stream events
+    /// are read by `parse_stream_chunk` in the same order.
+    pub fn normalise(&mut self) {
+        let fill = |v: &mut Values, to: FieldId, from: &[FieldId]| {
+            if v.top[to] == Value::Absent {
+                let alt = v.first_of(from);
+                if alt != Value::Absent {
+                    v.top[to] = alt;
+                }
+            }
+        };
+        match self.body {
+            Body::Request => {
+                if self.top[id::MAX_COMPLETION_TOKENS] == Value::Absent {
+                    let from = [
+                        id::MAX_OUTPUT_TOKENS,
+                        id::TGI_MAX_NEW_TOKENS,
+                        id::SGL_MAX_NEW_TOKENS,
+                    ];
+                    fill(self, id::MAX_TOKENS, &from);
+                }
+                fill(
+                    self,
+                    id::TEMPERATURE,
+                    &[id::TGI_TEMPERATURE, id::SGL_TEMPERATURE],
+                );
+                fill(self, id::TOP_P, &[id::TGI_TOP_P, id::SGL_TOP_P]);
+            }
+            Body::Response => {
+                fill(self, id::ID, &[id::SGL_ID]);
+                if self.finish_reasons().is_empty() {
+                    if let Some(r) = self.other_finish_reason() {
+                        let text = Value::Str {
+                            text: r,
+                            truncated: false,
+                        };
+                        self.push_row(id::CHOICE, [(id::FINISH_REASON, text)]);
+                    }
+                }
+                if let Some(u) = self.other_usage() {
+                    self.set_usage(&u);
+                }
+            }
+        }
+    }
+
+    /// The finish reason outside `choices`: the Responses API's (incomplete reason, else a final
+    /// status), Anthropic's stop reason, TGI's, SGLang's.
+    fn other_finish_reason(&self) -> Option<String> {
+        let s = |i: FieldId| self.top[i].as_str();
+        s(id::STATUS)
+            .filter(|st| super::terminal_status(st))
+            .map(|st| s(id::INCOMPLETE_REASON).unwrap_or(st))
+            .or_else(|| s(id::STOP_REASON))
+            .or_else(|| s(id::TGI_FINISH_REASON))
+            .or_else(|| s(id::SGL_FINISH_REASON))
+            .map(str::to_string)
+    }
+
+    /// The usage in another API's words: a `usage` object's input/output names (the Responses
+    /// API, Anthropic, rerank), else TGI's `details`, else SGLang's `meta_info`.
+    fn other_usage(&self) -> Option<Usage> {
+        let n = |i: FieldId| self.top[i].as_i64();
+        if self.top[id::USAGE].kind() == Some(Kind::Object) {
+            let output_named = n(id::COMPLETION_TOKENS).is_some() || n(id::OUTPUT_TOKENS).is_some();
+            return Some(Usage {
+                prompt_tokens: super::input_tokens(
+                    n(id::PROMPT_TOKENS),
+                    n(id::INPUT_TOKENS),
+                    n(id::CACHE_READ_INPUT_TOKENS),
+                    n(id::CACHE_CREATION_INPUT_TOKENS),
+                    n(id::TOTAL_TOKENS),
+                    output_named,
+                ),
+                completion_tokens: n(id::COMPLETION_TOKENS).or(n(id::OUTPUT_TOKENS)),
+                cached_tokens: n(id::CACHED_TOKENS)
+                    .or(n(id::INPUT_CACHED_TOKENS))
+                    .or(n(id::CACHE_READ_INPUT_TOKENS)),
+            });
+        }
+        let (input, generated) = (n(id::TGI_INPUT_LENGTH), n(id::TGI_GENERATED_TOKENS));
+        if input.is_some() || generated.is_some() {
+            return Some(Usage {
+                prompt_tokens: input,
+                completion_tokens: generated,
+                cached_tokens: None,
+            });
+        }
+        let sgl = [
+            n(id::SGL_PROMPT_TOKENS),
+            n(id::SGL_COMPLETION_TOKENS),
+            n(id::SGL_CACHED_TOKENS),
+        ];
+        sgl.iter().any(Option::is_some).then(|| Usage {
+            prompt_tokens: sgl[0],
+            completion_tokens: sgl[1],
+            cached_tokens: sgl[2],
+        })
+    }
+
+    /// The body carried generated output outside `choices`. (A Responses API body's `text` is
+    /// its format settings: a body with a `status` is not read for `text`.)
+    pub fn other_output(&self) -> bool {
+        let text =
+            self.top[id::STATUS] == Value::Absent && self.top[id::TEXT] == Value::Output(true);
+        text || [id::OUTPUT, id::CONTENT, id::GENERATED_TEXT]
+            .iter()
+            .any(|&i| self.top[i] == Value::Output(true))
+    }
+
+    /// The leg of a disaggregated (prefill/decode) request a request body is: `prefill` when
+    /// it asks for a remote decode (`kv_transfer_params.do_remote_decode`), `decode` when it
+    /// asks for a remote prefill.
+    pub fn pd_role(&self) -> Option<&'static str> {
+        if self.top[id::DO_REMOTE_DECODE] == Value::Bool(true) {
+            Some("prefill")
+        } else if self.top[id::DO_REMOTE_PREFILL] == Value::Bool(true) {
+            Some("decode")
+        } else {
+            None
+        }
+    }
+
+    /// The phases the server reported: vLLM's `metrics` object, else llama.cpp's `timings`.
+    pub fn server_phases(&self) -> Option<ServerPhases> {
+        let f = |i: FieldId| self.top[i].as_f64();
+        let n = |i: FieldId| self.top[i].as_i64();
+        if self.top[id::METRICS].kind() == Some(Kind::Object) {
+            return Some(ServerPhases {
+                queue_ms: f(id::QUEUE_MS),
+                prefill_ms: f(id::PREFILL_MS),
+                decode_ms: f(id::DECODE_MS),
+                mean_itl_ms: f(id::MEAN_ITL_MS),
+                tokens_per_second: f(id::TOKENS_PER_SECOND),
+                reasoning_tokens: n(id::REASONING_TOKENS),
+                source: PhaseSource::Vllm,
+                ..ServerPhases::default()
+            });
+        }
+        (self.top[id::TIMINGS].kind() == Some(Kind::Object)).then(|| ServerPhases {
+            prefill_ms: f(id::PROMPT_MS),
+            decode_ms: f(id::PREDICTED_MS),
+            tokens_per_second: f(id::PREDICTED_PER_SECOND),
+            cached_prompt_tokens: n(id::CACHE_N),
+            prompt_tokens_evaluated: n(id::PROMPT_N),
+            source: PhaseSource::LlamaCpp,
+            ..ServerPhases::default()
+        })
+    }
+
+    /// Store the phases a stream's chunk reported (the last one wins).
+    pub fn set_server_phases(&mut self, p: &ServerPhases) {
+        let f = |v: Option<f64>| v.map_or(Value::Absent, Value::F64);
+        let n = |v: Option<i64>| v.map_or(Value::Absent, Value::I64);
+        for i in [id::METRICS, id::TIMINGS] {
+            self.top[i] = Value::Absent;
+        }
+        match p.source {
+            PhaseSource::Vllm => {
+                self.top[id::METRICS] = Value::Present(Kind::Object);
+                self.top[id::QUEUE_MS] = f(p.queue_ms);
+                self.top[id::PREFILL_MS] = f(p.prefill_ms);
+                self.top[id::DECODE_MS] = f(p.decode_ms);
+                self.top[id::MEAN_ITL_MS] = f(p.mean_itl_ms);
+                self.top[id::TOKENS_PER_SECOND] = f(p.tokens_per_second);
+                self.top[id::REASONING_TOKENS] = n(p.reasoning_tokens);
+            }
+            PhaseSource::LlamaCpp => {
+                self.top[id::TIMINGS] = Value::Present(Kind::Object);
+                self.top[id::PROMPT_MS] = f(p.prefill_ms);
+                self.top[id::PREDICTED_MS] = f(p.decode_ms);
+                self.top[id::PREDICTED_PER_SECOND] = f(p.tokens_per_second);
+                self.top[id::CACHE_N] = n(p.cached_prompt_tokens);
+                self.top[id::PROMPT_N] = n(p.prompt_tokens_evaluated);
+            }
+        }
+    }
+
     /// Store a usage read by other means (a stream chunk, a body's tail): the last one wins.
     pub fn set_usage(&mut self, u: &Usage) {
         let n = |v: Option<i64>| v.map_or(Value::Absent, Value::I64);
@@ -448,13 +708,14 @@ impl Values {
 
     /// What a stream's chunks (read by `parse_stream_chunk`) said, into a response's values,
     /// once when the stream ends: the first id and model, every finish reason (one row each),
-    /// the last usage.
+    /// the usage (merged across events) and the last server-reported phases.
     pub fn apply_stream(
         &mut self,
         id: Option<&str>,
         model: Option<&str>,
         finish_reasons: &[String],
         usage: Option<&Usage>,
+        phases: Option<&ServerPhases>,
     ) {
         let text = |s: &str| Value::Str {
             text: s.to_string(),
@@ -468,8 +729,13 @@ impl Values {
         for r in finish_reasons {
             self.push_row(id::CHOICE, [(id::FINISH_REASON, text(r))]);
         }
+        if let Some(p) = phases {
+            self.set_server_phases(p);
+        }
         if let Some(u) = usage {
-            self.set_usage(u);
+            let mut merged = self.usage().unwrap_or_default();
+            merged.merge(u);
+            self.set_usage(&merged);
         }
     }
 
@@ -479,6 +745,13 @@ impl Values {
         match self.top[id::ERROR].kind() {
             None | Some(Kind::Null) => return None,
             Some(_) => {}
+        }
+        if self.top[id::ERROR].kind() == Some(Kind::String) {
+            // TGI: the message, its kind beside it.
+            let kind = self.top[id::TGI_ERROR_TYPE]
+                .as_str()
+                .filter(|k| !k.is_empty());
+            return Some(kind.unwrap_or("error").to_string());
         }
         Some(
             match (
@@ -492,7 +765,8 @@ impl Values {
         )
     }
 
-    pub fn request_fields(self) -> RequestFields {
+    pub fn request_fields(mut self) -> RequestFields {
+        self.normalise();
         let v = &self.top;
         RequestFields {
             model: self.string(id::MODEL),
@@ -508,8 +782,10 @@ impl Values {
         }
     }
 
-    pub fn response_fields(self) -> ResponseFields {
+    pub fn response_fields(mut self) -> ResponseFields {
+        self.normalise();
         ResponseFields {
+            other_output: self.other_output(),
             id: self.string(id::ID),
             model: self.string(id::RESPONSE_MODEL),
             finish_reasons: self.finish_reasons(),

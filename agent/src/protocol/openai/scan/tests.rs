@@ -60,8 +60,16 @@ fn bounded(s: &str) -> (String, bool) {
 /// The request fields serde_json reads: the named ones by hand, and every value of the table.
 fn expect_request(v: &Value) -> RequestFields {
     let model = v.get("model").and_then(Value::as_str).map(bounded);
-    let max_tokens = v.get("max_tokens").and_then(Value::as_i64);
-    let max_completion_tokens = v.get("max_completion_tokens").and_then(Value::as_i64);
+    let int = |p: &str| v.pointer(p).and_then(Value::as_i64);
+    let float = |p: &str| v.pointer(p).and_then(Value::as_f64);
+    // Other APIs' names: the Responses API's, TGI's `parameters`, SGLang's `sampling_params`.
+    let max_tokens = int("/max_tokens")
+        .or(int("/max_output_tokens"))
+        .or(int("/parameters/max_new_tokens"))
+        .or(int("/sampling_params/max_new_tokens"));
+    let max_completion_tokens = int("/max_completion_tokens");
+    let mut values = oracle::values(Body::Request, v);
+    values.normalise();
     RequestFields {
         model: model.map(|m| m.0),
         stream: v.get("stream").and_then(Value::as_bool),
@@ -70,10 +78,14 @@ fn expect_request(v: &Value) -> RequestFields {
             .and_then(|o| o.get("include_usage"))
             .and_then(Value::as_bool),
         max_tokens: max_completion_tokens.or(max_tokens),
-        temperature: v.get("temperature").and_then(Value::as_f64),
-        top_p: v.get("top_p").and_then(Value::as_f64),
+        temperature: float("/temperature")
+            .or(float("/parameters/temperature"))
+            .or(float("/sampling_params/temperature")),
+        top_p: float("/top_p")
+            .or(float("/parameters/top_p"))
+            .or(float("/sampling_params/top_p")),
         n: v.get("n").and_then(Value::as_i64),
-        values: oracle::values(Body::Request, v),
+        values,
     }
 }
 
@@ -105,25 +117,81 @@ fn expect_response(v: &Value) -> ResponseFields {
         .map(Vec::as_slice)
         .unwrap_or(&[]);
     let text = |v: Option<&Value>| v.and_then(Value::as_str).map(|s| bounded(s).0);
+    let int = |p: &str| v.pointer(p).and_then(Value::as_i64);
+    let mut finish_reasons: Vec<String> = choices
+        .iter()
+        .filter_map(|c| text(c.get("finish_reason")))
+        .collect();
+    if finish_reasons.is_empty() {
+        // Other APIs' finish reason: the Responses API's (incomplete reason, else a final
+        // status), Anthropic's, TGI's, SGLang's.
+        let status = text(v.get("status"))
+            .filter(|s| ["completed", "incomplete", "failed", "cancelled"].contains(&s.as_str()));
+        finish_reasons.extend(
+            status
+                .map(|s| text(v.pointer("/incomplete_details/reason")).unwrap_or(s))
+                .or(text(v.get("stop_reason")))
+                .or(text(v.pointer("/details/finish_reason")))
+                .or(text(v.pointer("/meta_info/finish_reason/type"))),
+        );
+    }
+    let usage = if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
+        let n = |k: &str| u.pointer(k).and_then(Value::as_i64);
+        let output = n("/completion_tokens").or(n("/output_tokens"));
+        let cache = [
+            n("/cache_read_input_tokens"),
+            n("/cache_creation_input_tokens"),
+        ];
+        let input =
+            n("/input_tokens").map(|i| cache.iter().flatten().fold(i, |a, c| a.saturating_add(*c)));
+        let total = n("/total_tokens")
+            .filter(|_| n("/completion_tokens").is_none() && n("/output_tokens").is_none());
+        Some(Usage {
+            prompt_tokens: n("/prompt_tokens").or(input).or(total),
+            completion_tokens: output,
+            cached_tokens: n("/prompt_tokens_details/cached_tokens")
+                .or(n("/input_tokens_details/cached_tokens"))
+                .or(n("/cache_read_input_tokens")),
+        })
+    } else if int("/details/input_length").is_some() || int("/details/generated_tokens").is_some() {
+        Some(Usage {
+            prompt_tokens: int("/details/input_length"),
+            completion_tokens: int("/details/generated_tokens"),
+            cached_tokens: None,
+        })
+    } else {
+        let sgl = [
+            int("/meta_info/prompt_tokens"),
+            int("/meta_info/completion_tokens"),
+            int("/meta_info/cached_tokens"),
+        ];
+        sgl.iter().any(Option::is_some).then(|| Usage {
+            prompt_tokens: sgl[0],
+            completion_tokens: sgl[1],
+            cached_tokens: sgl[2],
+        })
+    };
+    let mut values = oracle::values(Body::Response, v);
+    values.normalise();
     ResponseFields {
-        id: text(v.get("id")),
+        id: text(v.get("id")).or(text(v.pointer("/meta_info/id"))),
         model: text(v.get("model")),
-        finish_reasons: choices
-            .iter()
-            .filter_map(|c| text(c.get("finish_reason")))
-            .collect(),
+        finish_reasons,
         choices_with_output: choices
             .iter()
             .filter(|c| OUTPUT_POINTERS.iter().any(|p| non_empty(c.pointer(p))))
             .count(),
-        usage: v.get("usage").filter(|u| u.is_object()).map(|u| Usage {
-            prompt_tokens: u.get("prompt_tokens").and_then(Value::as_i64),
-            completion_tokens: u.get("completion_tokens").and_then(Value::as_i64),
-            cached_tokens: u
-                .pointer("/prompt_tokens_details/cached_tokens")
-                .and_then(Value::as_i64),
-        }),
+        other_output: ["output", "content", "generated_text"]
+            .iter()
+            .any(|k| non_empty(v.get(*k)))
+            || (v.get("status").is_none() && non_empty(v.get("text"))),
+        usage,
         error_type: v.get("error").filter(|e| !e.is_null()).map(|e| {
+            if e.is_string() {
+                return text(v.get("error_type"))
+                    .filter(|k| !k.is_empty())
+                    .unwrap_or_else(|| "error".to_string());
+            }
             match (e.get("type").and_then(Value::as_str), e.get("code")) {
                 (Some(t), _) if !t.is_empty() => bounded(t).0,
                 (_, Some(Value::String(s))) => bounded(s).0,
@@ -131,7 +199,7 @@ fn expect_response(v: &Value) -> ResponseFields {
                 _ => "error".to_string(),
             }
         }),
-        values: oracle::values(Body::Response, v),
+        values,
     }
 }
 
@@ -157,6 +225,51 @@ const CHAT_RESPONSE: &str = r#"{"id":"chatcmpl-8f2c5d3e0b9a4c1e","object":"chat.
 const COMPLETIONS_RESPONSE: &str = r#"{"id":"cmpl-3b1f","object":"text_completion","created":1733000001,"model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,"text":" Paris. It is","logprobs":null,"finish_reason":"length","stop_reason":null,"prompt_logprobs":null},{"index":1,"text":"","logprobs":null,"finish_reason":"stop","stop_reason":null}],"service_tier":null,"system_fingerprint":null,"usage":{"prompt_tokens":6,"total_tokens":22,"completion_tokens":16,"prompt_tokens_details":null},"kv_transfer_params":null}"#;
 const ERROR_RESPONSE: &str = r#"{"error":{"message":"The model `gpt-x` does not exist.","type":"NotFoundError","param":"model","code":404}}"#;
 const ERROR_NO_TYPE: &str = r#"{"error":{"message":"bad","type":"","param":null,"code":400}}"#;
+// Other APIs (the same bodies as `agent/tests/fixtures/apis`, from each server's documentation).
+const RESPONSES_REQUEST: &str = r#"{"model":"Qwen/Qwen3-0.6B","input":[{"role":"user","content":"tell me a story"}],"instructions":"Be brief.","max_output_tokens":128,"temperature":0.6,"top_p":0.95,"stream":true,"reasoning":{"effort":"low"}}"#;
+const MESSAGES_REQUEST: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"system":"You are terse.","messages":[{"role":"user","content":[{"type":"text","text":"Hello, Claude"}]}],"stream":true,"temperature":1.0}"#;
+const TGI_REQUEST: &str = r#"{"inputs":"What is Deep Learning?","parameters":{"max_new_tokens":20,"temperature":0.5,"top_p":0.9,"do_sample":true}}"#;
+const SGLANG_REQUEST: &str = r#"{"text":"The capital of France is","sampling_params":{"temperature":0,"max_new_tokens":32,"top_p":1.0},"stream":true}"#;
+const RESPONSES_RESPONSE: &str = r#"{"id":"resp_67ccd2bed1ec8190","object":"response","created_at":1741476542,"status":"incomplete","error":null,"incomplete_details":{"reason":"max_output_tokens"},"instructions":null,"max_output_tokens":16,"model":"Qwen/Qwen3-0.6B","output":[{"type":"message","id":"msg_67cc","status":"incomplete","role":"assistant","content":[{"type":"output_text","text":"In a peaceful grove","annotations":[]}]}],"reasoning":{"effort":null,"summary":null},"temperature":1.0,"text":{"format":{"type":"text"}},"top_p":1.0,"usage":{"input_tokens":36,"input_tokens_details":{"cached_tokens":0},"output_tokens":16,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":52},"user":null,"metadata":{}}"#;
+const RESPONSES_FAILED: &str = r#"{"id":"resp_2","object":"response","status":"failed","error":{"code":"server_error","message":"boom"},"incomplete_details":null,"model":"m","output":[],"text":{"format":{"type":"text"}},"usage":null}"#;
+const MESSAGES_RESPONSE: &str = r#"{"id":"msg_013Zva2CMHLNnXjNJJKqJ2EF","type":"message","role":"assistant","model":"claude-sonnet-4-5","content":[{"type":"text","text":"Hi! My name is Claude."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":2095,"output_tokens":503,"cache_creation_input_tokens":7,"cache_read_input_tokens":1024}}"#;
+const MESSAGES_ERROR: &str =
+    r#"{"type":"error","error":{"type":"not_found_error","message":"model: claude-x"}}"#;
+const TGI_RESPONSE: &str = r#"{"generated_text":"Deep learning is a","details":{"finish_reason":"length","generated_tokens":4,"seed":null,"prefill":[],"tokens":[{"id":1939,"text":"Deep","logprob":-0.59,"special":false}]}}"#;
+const TGI_LAST_EVENT: &str = r#"{"index":3,"token":{"id":2,"text":"</s>","logprob":-0.01,"special":true},"generated_text":"Deep learning","details":{"finish_reason":"eos_token","generated_tokens":3,"seed":null,"input_length":7}}"#;
+const TGI_ERROR: &str = r#"{"error":"Input validation error: too long","error_type":"validation"}"#;
+const SGLANG_RESPONSE: &str = r#"{"text":" Paris. It is the largest city","output_ids":[12095,13,1084],"meta_info":{"id":"0c4a1f5e9d","finish_reason":{"type":"stop","matched":2},"prompt_tokens":6,"weight_version":"default","completion_tokens":8,"cached_tokens":1,"e2e_latency":0.21}}"#;
+const RERANK_RESPONSE: &str = r#"{"id":"rerank-5d2b","model":"BAAI/bge-reranker-base","usage":{"total_tokens":56},"results":[{"index":1,"document":{"text":"The capital of France is Paris."},"relevance_score":0.999}]}"#;
+const TRANSCRIPTION_RESPONSE: &str =
+    r#"{"text":"The quick brown fox.","usage":{"type":"duration","seconds":3}}"#;
+// Server-reported phases: vLLM's per-request `metrics`, llama.cpp's `timings`.
+const VLLM_METRICS_RESPONSE: &str = r#"{"id":"chatcmpl-9","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7},"metrics":{"time_to_first_token_ms":31.5,"generation_time_ms":12.25,"queue_time_ms":4,"mean_itl_ms":12.25,"tokens_per_second":163.3,"output_token_metrics":{"reasoning":{"token_count":1,"time_to_first_token_ms":31.5},"content":{"token_count":1,"time_to_first_token_ms":43.7},"unclassified_token_count":0}}}"#;
+const LLAMA_CPP_RESPONSE: &str = r#"{"choices":[{"finish_reason":"stop","index":0,"message":{"role":"assistant","content":"Hello"}}],"created":1733000000,"model":"gpt-3.5-turbo","system_fingerprint":"b4600","object":"chat.completion","usage":{"completion_tokens":35,"prompt_tokens":237,"total_tokens":272},"id":"chatcmpl-zQ6","timings":{"cache_n":236,"prompt_n":1,"prompt_ms":30.958,"prompt_per_token_ms":30.958,"prompt_per_second":32.3,"predicted_n":35,"predicted_ms":661.064,"predicted_per_token_ms":18.887,"predicted_per_second":52.945}}"#;
+// llm-d's routing sidecar: the prefill leg, then the decode leg with the prefill's answer.
+const PD_PREFILL_REQUEST: &str = r#"{"model":"meta-llama/Llama-3.1-8B-Instruct","prompt":"Hello","max_tokens":1,"stream":false,"kv_transfer_params":{"do_remote_decode":true,"do_remote_prefill":false,"remote_engine_id":null,"remote_block_ids":null,"remote_host":null,"remote_port":null}}"#;
+const PD_DECODE_REQUEST: &str = r#"{"model":"meta-llama/Llama-3.1-8B-Instruct","prompt":"Hello","max_tokens":64,"stream":true,"kv_transfer_params":{"do_remote_decode":false,"do_remote_prefill":true,"remote_engine_id":"3f0a","remote_block_ids":[1,2,3],"remote_host":"10.0.0.7","remote_port":5600,"tp_size":1}}"#;
+const OTHER_REQUESTS: [&str; 6] = [
+    RESPONSES_REQUEST,
+    MESSAGES_REQUEST,
+    TGI_REQUEST,
+    SGLANG_REQUEST,
+    PD_PREFILL_REQUEST,
+    PD_DECODE_REQUEST,
+];
+const OTHER_RESPONSES: [&str; 12] = [
+    VLLM_METRICS_RESPONSE,
+    LLAMA_CPP_RESPONSE,
+    RESPONSES_RESPONSE,
+    RESPONSES_FAILED,
+    MESSAGES_RESPONSE,
+    MESSAGES_ERROR,
+    TGI_RESPONSE,
+    TGI_LAST_EVENT,
+    TGI_ERROR,
+    SGLANG_RESPONSE,
+    RERANK_RESPONSE,
+    TRANSCRIPTION_RESPONSE,
+];
 const CHUNKS: [&str; 6] = [
     r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
     r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":"stop"}]}"#,
@@ -200,7 +313,10 @@ fn request_fixtures_match_serde_at_every_split() {
         COMPLETIONS_REQUEST,
         EMBEDDINGS_REQUEST,
         EMBEDDINGS_TOKENS_REQUEST,
-    ] {
+    ]
+    .into_iter()
+    .chain(OTHER_REQUESTS)
+    {
         let (got, r) = replay(body.as_bytes(), scan_request);
         assert_eq!(r, Ok(()), "{body}");
         assert_eq!(got, expect_request(&value(body.as_bytes())), "{body}");
@@ -218,7 +334,10 @@ fn response_fixtures_match_serde_at_every_split() {
         COMPLETIONS_RESPONSE,
         ERROR_RESPONSE,
         ERROR_NO_TYPE,
-    ] {
+    ]
+    .into_iter()
+    .chain(OTHER_RESPONSES)
+    {
         let (got, r) = replay(body.as_bytes(), scan_response);
         assert_eq!(r, Ok(()), "{body}");
         let fields = got;
@@ -250,6 +369,34 @@ fn response_fixtures_match_serde_at_every_split() {
             .as_deref(),
         Some("400")
     );
+}
+
+#[test]
+fn server_phases_read_alike_from_bodies_and_stream_chunks() {
+    for body in [VLLM_METRICS_RESPONSE, LLAMA_CPP_RESPONSE] {
+        let (got, _) = replay(body.as_bytes(), scan_response);
+        let scanned = got.values.server_phases().expect("phases");
+        let chunk = openai::parse_stream_chunk(body.as_bytes()).unwrap();
+        assert_eq!(Some(&scanned), chunk.phases.as_deref(), "{body}");
+        // Stored from a chunk, read back the same.
+        let mut v = super::Values::new(Body::Response);
+        v.apply_stream(
+            chunk.id.as_deref(),
+            chunk.model.as_deref(),
+            &chunk.finish_reasons,
+            chunk.usage.as_ref(),
+            chunk.phases.as_deref(),
+        );
+        assert_eq!(v.server_phases(), Some(scanned));
+    }
+    let (vllm, _) = scan_response(&[VLLM_METRICS_RESPONSE.as_bytes()]);
+    let p = vllm.values.server_phases().unwrap();
+    assert_eq!(
+        (p.queue_ms, p.prefill_ms, p.decode_ms, p.reasoning_tokens),
+        (Some(4.0), Some(31.5), Some(12.25), Some(1))
+    );
+    let (none, _) = scan_response(&[CHAT_RESPONSE.as_bytes()]);
+    assert_eq!(none.values.server_phases(), None);
 }
 
 #[test]
@@ -620,8 +767,20 @@ fn every_field_is_in_a_fixture() {
         CHUNKS[4],
         CHUNKS[5],
     ];
-    let request_values = requests.map(|b| scan_request(&[b.as_bytes()]).0.values);
-    let response_values = responses.map(|b| scan_response(&[b.as_bytes()]).0.values);
+    let raw = |body: Body, b: &str| {
+        // Before `normalise`: each API's own paths must be seen where they are.
+        oracle::values(body, &value(b.as_bytes()))
+    };
+    let request_values: Vec<_> = requests
+        .iter()
+        .chain(&OTHER_REQUESTS)
+        .map(|b| raw(Body::Request, b))
+        .collect();
+    let response_values: Vec<_> = responses
+        .iter()
+        .chain(&OTHER_RESPONSES)
+        .map(|b| raw(Body::Response, b))
+        .collect();
     for v in request_values.iter().chain(&response_values) {
         for (id, f) in FIELDS.iter().enumerate() {
             let found = if fields::is_row(f) {
