@@ -194,6 +194,10 @@ async fn run(config: Config) -> Result<()> {
     let settings = Settings {
         max_connections: config.max_connections,
         idle_timeout_ns: config.idle_timeout().as_nanos() as u64,
+        buffer_budget: crate::conn::BufferBudget {
+            per_conn: config.conn_buffer_bytes,
+            total: config.buffer_budget_bytes,
+        },
         build: BuildOptions {
             derive_trace_from_request_id: !config.no_request_id_trace,
         },

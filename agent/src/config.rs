@@ -54,6 +54,17 @@ pub struct Config {
     #[arg(long, default_value_t = 65536)]
     pub max_connections: usize,
 
+    /// Most bytes one connection may hold of what it has not parsed yet (heads, SSE events in
+    /// progress, JSON tails, HTTP/2 frames, ext_proc messages); over it, its parse state is shed
+    /// (counted in `buffer_sheds_connection`) and parsing resynchronises.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub conn_buffer_bytes: usize,
+
+    /// Most bytes all connections together may hold of what they have not parsed yet; over it,
+    /// the connections holding the most are shed (counted in `buffer_sheds_global`).
+    #[arg(long, default_value_t = 128 << 20)]
+    pub buffer_budget_bytes: usize,
+
     /// Forget a connection after this many seconds without traffic.
     #[arg(long, default_value_t = 300)]
     pub idle_timeout_secs: u64,
