@@ -73,6 +73,8 @@ async fn run(config: Config) -> Result<()> {
         .with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
+    let liveness = crate::liveness::Liveness::new();
+    let stall = Duration::from_secs(config.stall_secs);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // GPU telemetry: never fails the agent; what cannot start is off, with the reason.
     let gpu = crate::gpu::start(
@@ -106,7 +108,8 @@ async fn run(config: Config) -> Result<()> {
         .with_metric_source(Arc::new(crate::export::gpu::GpuMetrics {
             hub: gpu.hub.clone(),
         }))
-        .with_gpu(gpu.hub.clone());
+        .with_gpu(gpu.hub.clone())
+        .with_liveness(liveness.clone());
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let mut debug_shutdown = shutdown_rx.clone();
@@ -181,9 +184,12 @@ async fn run(config: Config) -> Result<()> {
         let status = status.clone();
         let stop = shutdown_rx.clone();
         let interval = Duration::from_millis(config.scan_interval_ms);
+        let heartbeat = liveness.register("targeting thread", stall);
         std::thread::Builder::new()
             .name("infertap-targets".into())
-            .spawn(move || targeting_loop(source, kmaps, ctl_tx, status, interval, stop))?
+            .spawn(move || {
+                targeting_loop(source, kmaps, ctl_tx, status, interval, stop, heartbeat)
+            })?
     };
 
     if gpu.is_on() {
@@ -211,6 +217,7 @@ async fn run(config: Config) -> Result<()> {
         maps: kmaps,
         stats: stats.clone(),
         tls_status: Vec::new(),
+        heartbeat: liveness.register("pipeline task", stall),
     };
     let pipeline_task = tokio::spawn(driver.run(
         maps.events,

@@ -103,6 +103,11 @@ pub struct Config {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
 
+    /// `/healthz` fails (503, naming the loop) when the pipeline task or the targeting thread has
+    /// made no progress for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub stall_secs: u64,
+
     /// How often /proc is scanned for new and exited targets, in milliseconds.
     #[arg(long, default_value_t = 250, hide = true)]
     pub scan_interval_ms: u64,

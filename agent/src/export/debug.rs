@@ -2,7 +2,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 `ok` once [`Readiness::set_ready`] was called; 503 saying what it waits for |
+//! | `GET /healthz` | 200 `ok` once [`Readiness::set_ready`] was called and no loop has stalled; 503 saying what it waits for, or which loop stopped making progress ([`Liveness`]) and while doing what |
 //! | `GET /status` | [`StatusSnapshot`](super::status::StatusSnapshot) as JSON |
 //! | `GET /spans?limit=N` | the N (default 100, at most the store's size) newest spans, JSON |
 //! | `GET /metrics` | Prometheus text of every registered [`MetricSource`] |
@@ -36,6 +36,7 @@ use serde_json::{json, Map, Value};
 use super::prometheus::{self, MetricSource};
 use super::status::StatusSource;
 use super::store::SpanStore;
+use crate::liveness::Liveness;
 use crate::trace::span::{hex, AttrValue, FinishedSpan, SpanStatus};
 
 /// Where the debug endpoint listens unless `--debug-addr` says otherwise.
@@ -93,6 +94,8 @@ pub struct DebugState {
     metric_sources: Vec<Arc<dyn MetricSource>>,
     /// The GPU hub, once GPU telemetry is wired; `/gpu` shows the status alone without it.
     gpu: Option<crate::gpu::Hub>,
+    /// The heartbeats `/healthz` checks once ready.
+    liveness: Option<Liveness>,
 }
 
 impl DebugState {
@@ -106,7 +109,14 @@ impl DebugState {
             readiness,
             metric_sources,
             gpu: None,
+            liveness: None,
         }
+    }
+
+    /// `/healthz` fails while a loop of `liveness` has stalled.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// `/gpu` shows this hub (devices, latest samples, the sampler's cost).
@@ -172,7 +182,17 @@ impl DebugServer {
 
 async fn healthz(State(state): State<DebugState>) -> Response {
     if state.readiness.is_ready() {
-        (StatusCode::OK, "ok").into_response()
+        let stalled = state
+            .liveness
+            .as_ref()
+            .map(Liveness::stalled)
+            .unwrap_or_default();
+        if stalled.is_empty() {
+            (StatusCode::OK, "ok").into_response()
+        } else {
+            let body = format!("stalled: {}", stalled.join("; "));
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
     } else {
         let body = format!("not ready: waiting for {}", state.readiness.waiting_for);
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -382,6 +402,37 @@ mod tests {
         let (code, _, body) = f.get("/healthz").await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_naming_the_loop_that_stopped_making_progress() {
+        use std::sync::atomic::AtomicU64;
+        use std::time::Duration;
+        let f = fixture(10);
+        f.readiness.set_ready();
+        let now = Arc::new(AtomicU64::new(0));
+        let clock = now.clone();
+        let liveness = Liveness::with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        let pipeline = liveness.register("pipeline", Duration::from_secs(30));
+        let targeting = liveness.register("targeting", Duration::from_secs(30));
+        let app = || router(f.state().with_liveness(liveness.clone()));
+        pipeline.beat("draining the ring buffer");
+        assert_eq!(get_from(app(), "/healthz").await.0, StatusCode::OK);
+        // The targeting thread goes on; the pipeline task's last beat was before an attach
+        // that never returned.
+        pipeline.beat("attaching TLS uprobes");
+        for t in [10_000, 20_000, 31_000] {
+            now.store(t, Ordering::Relaxed);
+            targeting.beat("scanning /proc");
+        }
+        let (code, _, body) = get_from(app(), "/healthz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "stalled: pipeline: no progress for 31.0 s (limit 30 s) while attaching TLS uprobes"
+        );
+        pipeline.beat("draining the ring buffer");
+        assert_eq!(get_from(app(), "/healthz").await.0, StatusCode::OK);
     }
 
     /// The reply streamed in chunks is byte for byte the JSON array of the spans' trees.
