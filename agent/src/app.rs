@@ -110,6 +110,17 @@ async fn run(config: Config) -> Result<()> {
         }))
         .with_gpu(gpu.hub.clone())
         .with_liveness(liveness.clone());
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let server = DebugServer::bind_metrics(addr, debug_state.clone()).await?;
+            tracing::info!(addr = %server.local_addr(), "Metrics listener listening (/metrics only).");
+            let mut stop = shutdown_rx.clone();
+            Some(tokio::spawn(server.serve(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let mut debug_shutdown = shutdown_rx.clone();
@@ -236,6 +247,9 @@ async fn run(config: Config) -> Result<()> {
     exporter.shutdown().await;
     metrics_exporter.shutdown().await;
     let _ = debug_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 

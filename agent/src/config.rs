@@ -46,6 +46,12 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:9464", env = "INFERTAP_DEBUG_ADDR")]
     pub debug_addr: SocketAddr,
 
+    /// A second listener serving `/metrics` only, for Prometheus to scrape from off the node (the
+    /// debug endpoint, which shows client addresses and request ids, stays on `--debug-addr`).
+    /// Off unless set.
+    #[arg(long, value_name = "ADDR", env = "INFERTAP_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 16 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,

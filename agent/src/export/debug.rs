@@ -144,6 +144,23 @@ pub fn router(state: DebugState) -> Router {
         .with_state(state)
 }
 
+/// The metrics listener's routes (`--metrics-addr`): `/metrics` alone, for scraping from off the
+/// node; the debug pages (client addresses, request ids, pod names) stay on the debug endpoint.
+pub fn metrics_router(state: DebugState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(metrics_not_found)
+        .with_state(state)
+}
+
+async fn metrics_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not found", "paths": ["/metrics"]})),
+    )
+        .into_response()
+}
+
 /// A bound, not yet serving, debug endpoint: binding first lets the app fail early on a busy
 /// address and learn the port when it asked for port 0.
 pub struct DebugServer {
@@ -159,6 +176,17 @@ impl DebugServer {
         Ok(Self {
             listener,
             router: router(state),
+        })
+    }
+
+    /// The metrics listener: [`metrics_router`] on `addr`.
+    pub async fn bind_metrics(addr: SocketAddr, state: DebugState) -> Result<Self, DebugError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DebugError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router: metrics_router(state),
         })
     }
 
@@ -402,6 +430,19 @@ mod tests {
         let (code, _, body) = f.get("/healthz").await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn the_metrics_listener_serves_metrics_and_nothing_of_the_debug_pages() {
+        let f = fixture(10);
+        let app = || metrics_router(f.state());
+        let (code, _, body) = get_from(app(), "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("infertap_records_read_total"), "{body}");
+        for path in ["/status", "/spans", "/healthz", "/gpu"] {
+            let (code, _, body) = get_from(app(), path).await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "{path}: {body}");
+        }
     }
 
     #[tokio::test]
