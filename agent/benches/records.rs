@@ -152,6 +152,7 @@ fn pipeline(records: &[Vec<u8>]) -> usize {
     let settings = Settings {
         max_connections: 65536,
         idle_timeout_ns: u64::MAX,
+        buffer_budget: infertap::conn::BufferBudget::DEFAULT,
         build: BuildOptions::default(),
     };
     let mut p = Pipeline::new(

@@ -76,6 +76,8 @@ async fn run(config: Config) -> Result<()> {
         .with_metrics(request_metrics.clone());
     let status = StatusSource::new(stats.clone(), exporter.state());
     let readiness = Readiness::new("the eBPF probes to attach");
+    let liveness = crate::liveness::Liveness::new();
+    let stall = Duration::from_secs(config.stall_secs);
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     // GPU telemetry: never fails the agent; what cannot start is off, with the reason.
     let gpu = crate::gpu::start(
@@ -110,7 +112,19 @@ async fn run(config: Config) -> Result<()> {
             hub: gpu.hub.clone(),
         }))
         .with_gpu(gpu.hub.clone())
-        .with_ticks(ticks);
+        .with_ticks(ticks)
+        .with_liveness(liveness.clone());
+    let metrics_task = match config.metrics_addr {
+        Some(addr) => {
+            let server = DebugServer::bind_metrics(addr, debug_state.clone()).await?;
+            tracing::info!(addr = %server.local_addr(), "Metrics listener listening (/metrics only).");
+            let mut stop = shutdown_rx.clone();
+            Some(tokio::spawn(server.serve(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })))
+        }
+        None => None,
+    };
     let server = DebugServer::bind(config.debug_addr, debug_state).await?;
     tracing::info!(addr = %server.local_addr(), "Debug endpoint listening.");
     let mut debug_shutdown = shutdown_rx.clone();
@@ -185,9 +199,12 @@ async fn run(config: Config) -> Result<()> {
         let status = status.clone();
         let stop = shutdown_rx.clone();
         let interval = Duration::from_millis(config.scan_interval_ms);
+        let heartbeat = liveness.register("targeting thread", stall);
         std::thread::Builder::new()
             .name("infertap-targets".into())
-            .spawn(move || targeting_loop(source, kmaps, ctl_tx, status, interval, stop))?
+            .spawn(move || {
+                targeting_loop(source, kmaps, ctl_tx, status, interval, stop, heartbeat)
+            })?
     };
 
     if gpu.is_on() {
@@ -198,6 +215,10 @@ async fn run(config: Config) -> Result<()> {
     let settings = Settings {
         max_connections: config.max_connections,
         idle_timeout_ns: config.idle_timeout().as_nanos() as u64,
+        buffer_budget: crate::conn::BufferBudget {
+            per_conn: config.conn_buffer_bytes,
+            total: config.buffer_budget_bytes,
+        },
         build: BuildOptions {
             derive_trace_from_request_id: !config.no_request_id_trace,
         },
@@ -211,6 +232,7 @@ async fn run(config: Config) -> Result<()> {
         maps: kmaps,
         stats: stats.clone(),
         tls_status: Vec::new(),
+        heartbeat: liveness.register("pipeline task", stall),
     };
     let pipeline_task = tokio::spawn(driver.run(
         maps.events,
@@ -229,6 +251,9 @@ async fn run(config: Config) -> Result<()> {
     exporter.shutdown().await;
     metrics_exporter.shutdown().await;
     let _ = debug_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 

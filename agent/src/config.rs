@@ -47,6 +47,12 @@ pub struct Config {
     #[arg(long, default_value = "127.0.0.1:9464", env = "INFERTAP_DEBUG_ADDR")]
     pub debug_addr: SocketAddr,
 
+    /// A second listener serving `/metrics` only, for Prometheus to scrape from off the node (the
+    /// debug endpoint, which shows client addresses and request ids, stays on `--debug-addr`).
+    /// Off unless set.
+    #[arg(long, value_name = "ADDR", env = "INFERTAP_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096).
     #[arg(long, default_value_t = 16 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
@@ -54,6 +60,17 @@ pub struct Config {
     /// Most connections tracked at once; more are counted and not traced.
     #[arg(long, default_value_t = 65536)]
     pub max_connections: usize,
+
+    /// Most bytes one connection may hold of what it has not parsed yet (heads, SSE events in
+    /// progress, JSON tails, HTTP/2 frames, ext_proc messages); over it, its parse state is shed
+    /// (counted in `buffer_sheds_connection`) and parsing resynchronises.
+    #[arg(long, default_value_t = 8 << 20)]
+    pub conn_buffer_bytes: usize,
+
+    /// Most bytes all connections together may hold of what they have not parsed yet; over it,
+    /// the connections holding the most are shed (counted in `buffer_sheds_global`).
+    #[arg(long, default_value_t = 128 << 20)]
+    pub buffer_budget_bytes: usize,
 
     /// Forget a connection after this many seconds without traffic.
     #[arg(long, default_value_t = 300)]
@@ -125,6 +142,11 @@ pub struct Config {
     /// (`MODEL ttft=S itl=S duration=S`; `*` for the default; docs/spans.md).
     #[arg(long, value_name = "FILE", env = "INFERTAP_SLOW_THRESHOLDS")]
     pub slow_thresholds: Option<std::path::PathBuf>,
+
+    /// `/healthz` fails (503, naming the loop) when the pipeline task or the targeting thread has
+    /// made no progress for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub stall_secs: u64,
 
     /// How often /proc is scanned for new and exited targets, in milliseconds.
     #[arg(long, default_value_t = 250, hide = true)]

@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::export::status::{ProbeStatus, StatusSource, TlsAttachStatus};
 use crate::export::SpanSink;
+use crate::liveness::Heartbeat;
 use crate::pipeline::Pipeline;
 use crate::probes::targeting::{lock, Control, KernelMaps, KernelNode};
 use crate::probes::uprobe::{AttachOutcome, TlsPlan};
@@ -35,6 +36,8 @@ pub struct Driver {
     pub stats: Arc<Stats>,
     /// TLS uprobe attachments per targeted process, for `/status`.
     pub tls_status: Vec<TlsAttachStatus>,
+    /// Beaten at every turn of the loop (`/healthz`).
+    pub heartbeat: Heartbeat,
 }
 
 impl Driver {
@@ -62,6 +65,7 @@ impl Driver {
         let mut poll = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
+            self.heartbeat.beat("waiting for records");
             tokio::select! {
                 guard = ring.readable_mut() => {
                     let Ok(mut guard) = guard else { break };
@@ -81,6 +85,7 @@ impl Driver {
                 }
                 _ = tick.tick() => {
                     self.drain(ring.get_mut());
+                    self.heartbeat.beat("housekeeping");
                     self.housekeeping(&drops, &status);
                 }
                 _ = stop.wait_for(|s| *s) => break,
@@ -92,6 +97,7 @@ impl Driver {
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        self.heartbeat.beat("draining the ring buffer");
         for _ in 0..DRAIN_BATCH {
             let Some(item) = ring.next() else { break };
             self.pipeline.feed(&item);
@@ -107,7 +113,12 @@ impl Driver {
                 provider,
             } => self.pipeline.target(pid, listeners, provider),
             Control::Existing(socket) => self.pipeline.existing(socket),
-            Control::Tls { pid, plans } => self.attach_tls(pid, plans),
+            Control::Tls { pid, plans } => {
+                // Attaching blocks (~8 ms a file, in the kernel): other tasks leave this
+                // worker meanwhile; the records wait in the ring buffer.
+                self.heartbeat.beat("attaching TLS uprobes");
+                tokio::task::block_in_place(|| self.attach_tls(pid, plans));
+            }
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);
                 let released = self.probes.release_tls(pid);

@@ -10,6 +10,7 @@ pub mod epp;
 pub mod exchange;
 pub mod export;
 pub mod gpu;
+pub mod liveness;
 pub mod pipeline;
 pub mod probes;
 pub mod protocol;

@@ -72,6 +72,8 @@ pub struct ExistingSocket {
 pub struct Settings {
     pub max_connections: usize,
     pub idle_timeout_ns: u64,
+    /// Bounds on bytes held of what connections have not parsed yet.
+    pub buffer_budget: crate::conn::BufferBudget,
     pub build: BuildOptions,
 }
 
@@ -102,7 +104,11 @@ impl<N: Node, O: Output> Pipeline<N, O> {
         output: O,
     ) -> Self {
         Pipeline {
-            table: ConnTable::new(settings.max_connections, settings.idle_timeout_ns),
+            table: {
+                let mut t = ConnTable::new(settings.max_connections, settings.idle_timeout_ns);
+                t.set_budget(settings.buffer_budget);
+                t
+            },
             listeners: HashMap::new(),
             stats,
             clock: WallClock::measure(),

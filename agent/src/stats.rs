@@ -63,6 +63,14 @@ counters! {
     /// too: nothing of their loss reached the agent, so the kernel counted them (each lost at
     /// least its unseen requests).
     connections_lost_in_kernel,
+    /// Connections whose bytes held but not parsed yet (heads, SSE events, JSON tails, HTTP/2
+    /// frames, ext_proc messages) went over the per-connection budget (`--conn-buffer-bytes`):
+    /// their parse state was shed, their requests in flight marked incomplete, and parsing
+    /// resynchronised.
+    buffer_sheds_connection,
+    /// Connections shed because all connections together held more than `--buffer-budget-bytes`
+    /// (the ones holding the most, until a quarter of it was free).
+    buffer_sheds_global,
     /// Streams found not to be HTTP/1.1 (given up on).
     streams_not_http,
     /// HTTP messages that could not be parsed (the parser resynchronised).

@@ -20,14 +20,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// Added to an otherwise empty set; each one's reason is in docs/kubernetes.md.
-const CAPABILITIES: [&str; 5] = [
-    "BPF",
-    "DAC_READ_SEARCH",
-    "PERFMON",
-    "SYS_PTRACE",
-    "SYS_RESOURCE",
-];
+/// Added to an otherwise empty set; each one's reason is in docs/kubernetes.md. Not
+/// `SYS_RESOURCE`: on the kernels the agent needs (≥ 5.12) BPF memory is charged to the cgroup,
+/// not to `RLIMIT_MEMLOCK`.
+const CAPABILITIES: [&str; 4] = ["BPF", "DAC_READ_SEARCH", "PERFMON", "SYS_PTRACE"];
+/// The metrics listener's port (`/metrics` only), the one port the pod declares.
+const METRICS_PORT: u16 = 9465;
 const KINDS: [&str; 6] = [
     "ClusterRole",
     "ClusterRoleBinding",
@@ -250,11 +248,15 @@ fn check_pod(pod: &PodSpec, o: &Objects, privileged: bool) -> Result<()> {
     let sa = one(&o.service_accounts, "ServiceAccount")?;
     ensure!(pod.host_pid == Some(true), "hostPID must be true");
     ensure!(pod.host_ipc != Some(true), "hostIPC");
-    // The debug endpoint is on the node's loopback: hostNetwork, and cluster DNS for the collector.
-    ensure!(pod.host_network == Some(true), "hostNetwork must be true");
+    // The pod's own network namespace: the debug endpoint on its loopback is reachable only
+    // through `kubectl port-forward`.
     ensure!(
-        pod.dns_policy.as_deref() == Some("ClusterFirstWithHostNet"),
-        "dnsPolicy"
+        pod.host_network != Some(true),
+        "hostNetwork must not be set"
+    );
+    ensure!(
+        pod.dns_policy.as_deref() != Some("ClusterFirstWithHostNet"),
+        "dnsPolicy for hostNetwork"
     );
     ensure!(
         pod.service_account_name == sa.metadata.name,
@@ -457,9 +459,19 @@ fn check_pod(pod: &PodSpec, o: &Objects, privileged: bool) -> Result<()> {
             "{what} probe does not ask /healthz at INFERTAP_DEBUG_ADDR: {cmd}"
         );
     }
+    // One port: the metrics listener, on every address of the pod, never the debug endpoint's.
+    let ports = c.ports.as_deref().unwrap_or_default();
     ensure!(
-        c.ports.as_deref().unwrap_or_default().is_empty(),
-        "no port is published (the debug endpoint is loopback-only)"
+        ports.len() == 1
+            && ports[0].name.as_deref() == Some("metrics")
+            && ports[0].container_port == i32::from(METRICS_PORT)
+            && ports[0].host_port.is_none(),
+        "the only port must be `metrics` ({METRICS_PORT}), not on the host: {ports:?}"
+    );
+    let metrics: SocketAddr = env_value(c, "INFERTAP_METRICS_ADDR")?.parse()?;
+    ensure!(
+        metrics.port() == METRICS_PORT && metrics.port() != debug.port(),
+        "INFERTAP_METRICS_ADDR {metrics}"
     );
 
     // Resources.
@@ -587,7 +599,20 @@ fn the_checker_rejects_widened_or_misspelled_manifests() -> Result<()> {
     let docs = render("deploy/kubernetes")?;
     checked(&docs, false)?;
     type Mutation = (&'static str, &'static str, fn(&mut Value));
-    let mutations: [Mutation; 11] = [
+    let mutations: [Mutation; 14] = [
+        ("DaemonSet", "hostNetwork", |d| {
+            d["spec"]["template"]["spec"]["hostNetwork"] = true.into()
+        }),
+        ("DaemonSet", "SYS_RESOURCE added back", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+                .as_array_mut()
+                .unwrap()
+                .push("SYS_RESOURCE".into())
+        }),
+        ("DaemonSet", "metrics served on the debug port", |d| {
+            d["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] =
+                9464.into()
+        }),
         ("ClusterRole", "a verb added", |d| {
             d["rules"][0]["verbs"]
                 .as_array_mut()
@@ -662,5 +687,38 @@ fn the_checker_rejects_widened_or_misspelled_manifests() -> Result<()> {
             Err(e) => println!("rejected, {what}: {e:#}"),
         }
     }
+    Ok(())
+}
+
+/// The PodMonitor example scrapes the port the agent's pods declare, at /metrics, and selects
+/// those pods by the labels the DaemonSet gives them.
+#[test]
+fn the_pod_monitor_scrapes_the_metrics_port_of_the_agents_pods() -> Result<()> {
+    need_kubectl!();
+    let base = render("deploy/kubernetes")?;
+    let ds = base.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let monitoring = render("deploy/kubernetes/monitoring")?;
+    ensure!(monitoring.len() == 1, "one object: {monitoring:?}");
+    let pm = &monitoring[0];
+    ensure!(pm["kind"] == "PodMonitor" && pm["apiVersion"] == "monitoring.coreos.com/v1");
+    ensure!(pm["metadata"]["namespace"] == ds["metadata"]["namespace"]);
+    let labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let selects = pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .context("matchLabels")?;
+    ensure!(
+        !selects.is_empty() && selects.iter().all(|(k, v)| &labels[k] == v),
+        "{selects:?} does not select {labels}"
+    );
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .context("endpoints")?;
+    let declared = &ds["spec"]["template"]["spec"]["containers"][0]["ports"][0];
+    ensure!(
+        endpoints.len() == 1
+            && endpoints[0]["port"] == declared["name"]
+            && endpoints[0]["path"] == "/metrics",
+        "{endpoints:?} vs {declared}"
+    );
     Ok(())
 }

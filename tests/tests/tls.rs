@@ -56,7 +56,7 @@ fn build_tlspeer(dir: &Path, stripped: bool) -> PathBuf {
 
 fn analyze(path: &Path) -> GoTlsSites {
     let data = fs::read(path).unwrap();
-    golang::analyze(&data)
+    golang::analyze(&data[..])
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .unwrap_or_else(|| panic!("{}: no crypto/tls found", path.display()))
 }
@@ -129,7 +129,7 @@ fn go_tls_sites_from_symtab_and_gopclntab_agree_with_go_objdump() {
     // What the agent reports for binaries it cannot probe: a non-Go binary is simply not Go; a Go
     // binary too old for the function-table layout says so with its version.
     let me = fs::read("/proc/self/exe").unwrap();
-    assert_eq!(golang::analyze(&me), Ok(None));
+    assert_eq!(golang::analyze(&me[..]), Ok(None));
     let mut old = fs::read(&stripped).unwrap();
     let v = a.version.as_bytes();
     let at: Vec<usize> = old
@@ -142,7 +142,7 @@ fn go_tls_sites_from_symtab_and_gopclntab_agree_with_go_objdump() {
     for i in at {
         old[i..i + 6].copy_from_slice(b"go1.17");
     }
-    let err = golang::analyze(&old).unwrap_err().to_string();
+    let err = golang::analyze(&old[..]).unwrap_err().to_string();
     assert!(
         err.contains("go1.17") && err.contains("not supported") && err.contains("go1.18"),
         "{err}"
@@ -155,7 +155,7 @@ fn go_tls_sites_from_symtab_and_gopclntab_agree_with_go_objdump() {
         .position(|w| &w[..name.len()] == name && w[name.len()] == 0)
         .expect("the function name in .gopclntab");
     renamed[at] = b'X';
-    assert_eq!(golang::analyze(&renamed), Ok(None));
+    assert_eq!(golang::analyze(&renamed[..]), Ok(None));
     let _ = fs::remove_dir_all(&dir);
 }
 

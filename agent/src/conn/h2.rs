@@ -94,6 +94,18 @@ impl H2State {
         }
     }
 
+    /// Bytes held, not parsed yet: frames and header blocks being assembled, and what the
+    /// streams hold.
+    pub(super) fn buffered(&self) -> usize {
+        self.parser.buffered() + self.streams.buffered()
+    }
+
+    /// Over the buffer budget: the streams drop what they hold (the framing and HPACK tables,
+    /// bounded, are kept).
+    pub(super) fn shed_buffers(&mut self) {
+        self.streams.shed_buffers();
+    }
+
     pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<Work>) {
         self.streams.close(ts_ns, self.peer_closed, done);
     }

@@ -10,6 +10,15 @@
 //! connection finishes leaves by one route, the `out` vector of each call, as one [`Finished`]
 //! value ([`Work`]: an HTTP exchange, a gRPC call or a routing decision) with the connection's
 //! metadata.
+//!
+//! Bounded memory: what a connection holds of bytes it has not parsed yet (heads spanning
+//! segments, SSE events in progress, JSON tails after a loss, HTTP/2 frames and header blocks,
+//! ext_proc messages being reassembled) is measured after each record and charged to a
+//! [`BufferBudget`]: over its per-connection bound, that connection's parse state is shed (its
+//! requests in flight end incomplete; HTTP/1 resynchronises at the next head, HTTP/2 streams at
+//! their next DATA frame); over the bound for all connections together, the connections holding
+//! the most are shed until a quarter of it is free. Other connections lose nothing. Each shed is
+//! counted by cause (`buffer_sheds_connection`, `buffer_sheds_global`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -57,6 +66,37 @@ impl Http1 {
             exchanges: ExchangeTracker::new(),
         }
     }
+}
+
+/// Bytes held of what connections have not parsed yet: per connection, and for all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BufferBudget {
+    pub per_conn: usize,
+    pub total: usize,
+}
+
+impl BufferBudget {
+    /// 8 MiB per connection (one ext_proc message of gRPC's 4 MiB maximum, with room for the
+    /// rest), 128 MiB in all (a quarter of the DaemonSet's 512 MiB memory limit).
+    pub const DEFAULT: BufferBudget = BufferBudget {
+        per_conn: 8 << 20,
+        total: 128 << 20,
+    };
+}
+
+impl Default for BufferBudget {
+    fn default() -> BufferBudget {
+        BufferBudget::DEFAULT
+    }
+}
+
+/// Why a connection's parse state was shed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ShedCause {
+    /// It held more than [`BufferBudget::per_conn`].
+    Connection,
+    /// All connections together held more than [`BufferBudget::total`]; it held the most.
+    Global,
 }
 
 /// What a connection's bytes are parsed as.
@@ -122,9 +162,40 @@ struct Conn {
     tls: TlsMode,
     /// Seen from its first byte (not picked up mid-stream).
     from_start: bool,
+    /// Bytes it held, not parsed yet, after its last record (charged to the budget).
+    held: usize,
 }
 
 impl Conn {
+    /// Bytes its protocol's state holds, not parsed yet.
+    fn buffered(&self) -> usize {
+        match &self.proto {
+            Protocol::Detecting(h) | Protocol::Http1(h) => {
+                h.parser.buffered() + h.exchanges.buffered()
+            }
+            Protocol::Http2(h) => h.buffered(),
+            Protocol::Opaque => 0,
+        }
+    }
+
+    /// Drops what its parse state holds: requests in flight end incomplete (into `done`); HTTP/1
+    /// starts again as if picked up mid-stream (at the next syscall that begins a head), HTTP/2
+    /// streams drop their buffers and pick messages up at their next DATA frame.
+    fn shed(&mut self, ts_ns: u64, stats: &Stats, done: &mut Vec<Work>) {
+        match &mut self.proto {
+            Protocol::Detecting(h) | Protocol::Http1(h) => {
+                let mut ended = Vec::new();
+                h.exchanges.shed(ts_ns, &mut ended);
+                count_shed(&mut h.parser, stats);
+                done.extend(ended.into_iter().map(|e| Work::Exchange(Box::new(e))));
+                self.proto = Protocol::Detecting(Http1::new(true));
+                self.from_start = false;
+            }
+            Protocol::Http2(h) => h.shed_buffers(),
+            Protocol::Opaque => {}
+        }
+    }
+
     fn meta(&self, tgid: u32) -> ConnMeta {
         ConnMeta {
             pid: tgid,
@@ -178,6 +249,9 @@ pub struct ConnTable {
     providers: HashMap<u32, &'static str>,
     max_conns: usize,
     idle_timeout_ns: u64,
+    budget: BufferBudget,
+    /// The sum of every connection's `held`.
+    held: usize,
 }
 
 /// How a connection became known.
@@ -196,7 +270,67 @@ impl ConnTable {
             providers: HashMap::new(),
             max_conns,
             idle_timeout_ns,
+            budget: BufferBudget::DEFAULT,
+            held: 0,
         }
+    }
+
+    /// Sets the bounds on bytes held of what connections have not parsed yet.
+    pub fn set_budget(&mut self, budget: BufferBudget) {
+        self.budget = budget;
+    }
+
+    /// Bytes all connections hold, not parsed yet.
+    pub fn buffered(&self) -> usize {
+        self.held
+    }
+
+    /// Charges what connection `id` holds now to the budget, shedding it (its finished work into
+    /// `done`) when over the per-connection bound; then, when all together are over theirs, the
+    /// connections holding the most.
+    fn charge(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let mut held = c.buffered();
+        if held > self.budget.per_conn {
+            held = shed(id, c, ShedCause::Connection, ts_ns, stats, out);
+        }
+        self.held = (self.held + held).saturating_sub(c.held);
+        c.held = held;
+        if self.held > self.budget.total {
+            self.shed_most(ts_ns, stats, out);
+        }
+    }
+
+    /// Sheds the connections holding the most until a quarter of the total budget is free (one
+    /// pass, so that refilling it takes that many bytes).
+    fn shed_most(&mut self, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
+        let goal = self.budget.total - self.budget.total / 4;
+        let mut by_size: Vec<(usize, ConnId)> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.held > 0)
+            .map(|(id, c)| (c.held, *id))
+            .collect();
+        by_size.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        for (_, id) in by_size {
+            if self.held <= goal {
+                break;
+            }
+            if let Some(c) = self.conns.get_mut(&id) {
+                let held = shed(id, c, ShedCause::Global, ts_ns, stats, out);
+                self.held = (self.held + held).saturating_sub(c.held);
+                c.held = held;
+            }
+        }
+    }
+
+    /// Takes a connection out of the table, its bytes off the budget.
+    fn remove(&mut self, id: &ConnId) -> Option<Conn> {
+        let c = self.conns.remove(id)?;
+        self.held = self.held.saturating_sub(c.held);
+        Some(c)
     }
 
     pub fn len(&self) -> usize {
@@ -248,6 +382,7 @@ impl ConnTable {
                     .unwrap_or("openai_compatible"),
                 tls: TlsMode::Unknown,
                 from_start: origin == Origin::Start,
+                held: 0,
             },
         );
     }
@@ -373,11 +508,12 @@ impl ConnTable {
             // Only when something finished: most records finish nothing.
             finish(id, &c.meta(chunk.tgid), done, stats, out);
         }
+        self.charge(id, chunk.ts_ns, stats, out);
     }
 
     /// The socket was closed: in-flight exchanges end here.
     pub fn close(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
-        if let Some(c) = self.conns.remove(&id) {
+        if let Some(c) = self.remove(&id) {
             stats.connections_closed.fetch_add(1, Ordering::Relaxed);
             flush(id, c, ts_ns, stats, out);
         }
@@ -469,7 +605,7 @@ impl ConnTable {
             .map(|(k, _)| *k)
             .collect();
         for id in ids {
-            if let Some(c) = self.conns.remove(&id) {
+            if let Some(c) = self.remove(&id) {
                 stats.connections_evicted.fetch_add(1, Ordering::Relaxed);
                 flush(id, c, now_ns, stats, out);
             }
@@ -508,6 +644,28 @@ impl ConnTable {
             .map(|(k, c)| (*k, c.fd, c.local))
             .collect()
     }
+}
+
+/// Sheds connection `c`'s parse state (counted by cause); returns what it holds after.
+fn shed(
+    id: ConnId,
+    c: &mut Conn,
+    cause: ShedCause,
+    ts_ns: u64,
+    stats: &Stats,
+    out: &mut Vec<Finished>,
+) -> usize {
+    let counter = match cause {
+        ShedCause::Connection => &stats.buffer_sheds_connection,
+        ShedCause::Global => &stats.buffer_sheds_global,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
+    let mut done = Vec::new();
+    c.shed(ts_ns, stats, &mut done);
+    if !done.is_empty() {
+        finish(id, &c.meta(id.tgid), done, stats, out);
+    }
+    c.buffered()
 }
 
 /// A connection ends: what is in flight finishes here.

@@ -608,3 +608,130 @@ fn pipelined_requests_past_the_parsers_bound_are_counted_as_shed() {
     assert_eq!(w.out.len(), MAX_PIPELINED, "one span per request kept");
     assert_eq!(w.stats.http_parse_failures.load(Relaxed), 0);
 }
+
+/// An SSE event that never ends: one chunk of `len` bytes of a `data:` line with no newline.
+fn endless_event(len: usize) -> Vec<u8> {
+    let data = format!("data: {}", "x".repeat(len));
+    format!("{:x}\r\n{data}\r\n", data.len()).into_bytes()
+}
+
+#[test]
+fn a_connection_over_its_buffer_budget_is_shed_counted_and_resynchronised() {
+    let mut w = Wire::new(Origin::Start);
+    w.table.set_budget(BufferBudget {
+        per_conn: 64 << 10,
+        total: 1 << 30,
+    });
+    w.syscall(SocketDir::Ingress, 1, &chat_request("m"));
+    w.syscall(SocketDir::Egress, 2, HEAD);
+    // The event in progress grows past the bound over several writes.
+    for i in 0..4 {
+        w.syscall(SocketDir::Egress, 3 + i, &endless_event(30 << 10));
+    }
+    assert_eq!(w.stats.buffer_sheds_connection.load(Relaxed), 1);
+    assert!(w.table.buffered() < 64 << 10, "{}", w.table.buffered());
+    assert_eq!(w.out.len(), 1, "the request in flight ends at the shed");
+    let ex = w.out[0].ex();
+    assert!(ex.incomplete);
+    assert_eq!(ex.outcome, Outcome::Abandoned);
+    // The rest of the endless response is skipped; the next request on the same connection is
+    // followed from its head.
+    w.syscall(SocketDir::Egress, 10, &endless_event(10 << 10));
+    w.syscall(SocketDir::Ingress, 20, &chat_request("next"));
+    stream_response(&mut w, 21, 3);
+    assert_eq!(w.out.len(), 2, "{:#?}", w.out);
+    let ex = w.out[1].ex();
+    assert_eq!(ex.outcome, Outcome::Completed);
+    assert!(!ex.incomplete);
+    assert_eq!(ex.content_chunks, 3);
+    assert_eq!(w.stats.buffer_sheds_connection.load(Relaxed), 1);
+}
+
+#[test]
+fn over_the_global_budget_the_connection_holding_most_is_shed_and_others_lose_nothing() {
+    let stats = Stats::default();
+    let mut table = ConnTable::new(16, 60_000 * MS);
+    table.set_budget(BufferBudget {
+        per_conn: 1 << 20,
+        total: 128 << 10,
+    });
+    let mut out = Vec::new();
+    let on = |conn_id: u64, c: DataChunk<'static>| DataChunk { conn_id, ..c };
+    // Connection 2: a request head arriving slowly (40 KiB of it so far).
+    let head: &'static [u8] = Box::leak(
+        format!(
+            "GET /v1/models HTTP/1.1\r\nhost: x\r\nx-pad: {}\r\n",
+            "p".repeat(40 << 10)
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let len = head.len() as u64;
+    table.data(
+        &on(2, record(SocketDir::Ingress, 1, 0, (0, len), true, head)),
+        &stats,
+        &mut out,
+    );
+    // Connection 1: a streamed response whose event in progress outgrows the total.
+    let req: &'static [u8] = Box::leak(chat_request("m").into_boxed_slice());
+    let mut pos = [req.len() as u64, 0];
+    table.data(
+        &on(1, record(SocketDir::Ingress, 2, 0, (0, pos[0]), true, req)),
+        &stats,
+        &mut out,
+    );
+    let mut egress = |ts: u64, bytes: Vec<u8>, table: &mut ConnTable, out: &mut Vec<_>| {
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        let at = pos[1];
+        pos[1] += bytes.len() as u64;
+        let n = bytes.len() as u64;
+        table.data(
+            &on(1, record(SocketDir::Egress, ts, at, (at, n), true, bytes)),
+            &stats,
+            out,
+        );
+    };
+    egress(3, HEAD.to_vec(), &mut table, &mut out);
+    for i in 0..4 {
+        egress(4 + i, endless_event(30 << 10), &mut table, &mut out);
+    }
+    assert_eq!(stats.buffer_sheds_global.load(Relaxed), 1);
+    assert_eq!(stats.buffer_sheds_connection.load(Relaxed), 0);
+    assert_eq!(out.len(), 1, "connection 1's request ended incomplete");
+    assert_eq!(out[0].conn.conn_id, 1);
+    assert!(out[0].ex().incomplete);
+    // Connection 2 kept its partial head: the request completes normally.
+    let rest: &'static [u8] = b"\r\n";
+    table.data(
+        &on(2, record(SocketDir::Ingress, 20, len, (len, 2), true, rest)),
+        &stats,
+        &mut out,
+    );
+    let resp: &'static [u8] =
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+    table.data(
+        &on(
+            2,
+            record(SocketDir::Egress, 21, 0, (0, resp.len() as u64), true, resp),
+        ),
+        &stats,
+        &mut out,
+    );
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert_eq!(out[1].conn.conn_id, 2);
+    assert_eq!(out[1].ex().outcome, Outcome::Completed);
+    assert!(!out[1].ex().incomplete);
+    // Closing gives the bytes back.
+    for id in [1, 2] {
+        table.close(
+            ConnId {
+                tgid: 7,
+                conn_id: id,
+            },
+            30 * MS,
+            &stats,
+            &mut out,
+        );
+    }
+    assert_eq!(table.buffered(), 0);
+}

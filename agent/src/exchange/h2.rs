@@ -9,8 +9,12 @@
 //! an ext_proc stream (its payloads are protobuf in DATA, readable without HPACK); other such
 //! streams are followed for framing only and produce nothing.
 //!
-//! Bounded: at most [`MAX_STREAMS`] streams per connection (more are counted and ignored); one
-//! gRPC message per direction per stream (≤ `grpc::MAX_MESSAGE`); each event touches one stream
+//! Bounded: at most [`MAX_STREAMS`] streams per connection (more are counted and ignored); gRPC
+//! messages are held whole only where they are decoded — ext_proc streams (one per direction,
+//! ≤ `grpc::MAX_MESSAGE`) and the first request message of a stream whose headers are unknown
+//! (≤ [`PROBE_MESSAGE`], to recognise ext_proc) —; other gRPC streams are followed by their
+//! framing only and hold no message bytes. What the streams hold is kept as a running sum
+//! ([`H2Streams::buffered`]) for the connection's buffer budget; each event touches one stream
 //! (or all of them once, on a loss). Hostile traffic over a limit — client resets before the
 //! response over [`RESET_BURST`]/[`RESETS_PER_SECOND`] (a rapid-reset flood), more than
 //! [`MAX_STREAMS`] streams shed or opened with a stream id that does not increase (stream
@@ -30,6 +34,9 @@ use crate::protocol::Direction;
 
 /// Streams followed per connection at once.
 pub const MAX_STREAMS: usize = 256;
+/// The largest first request message held of a stream whose headers are unknown, to recognise
+/// an ext_proc stream by it (an ext_proc `ProcessingRequest` with request headers is small).
+pub const PROBE_MESSAGE: usize = 64 << 10;
 /// Streams the client may reset before their response: a burst, then this many per second
 /// (nghttp2's stream reset rate limit); more is a rapid-reset flood.
 pub const RESET_BURST: u64 = 1000;
@@ -156,6 +163,9 @@ pub struct H2Streams {
     dropped: bool,
     /// Streams looked at (a measure of work that does not depend on a clock).
     visits: u64,
+    /// Bytes the streams hold (gRPC messages being reassembled, SSE events in progress, JSON
+    /// tails): the sum of [`Stream::buffered`], kept up to date by each event.
+    buffered: usize,
 }
 
 impl Default for H2Streams {
@@ -167,6 +177,7 @@ impl Default for H2Streams {
             resets: Budget::new(RESET_BURST),
             dropped: false,
             visits: 0,
+            buffered: 0,
         }
     }
 }
@@ -179,6 +190,28 @@ impl H2Streams {
     /// Streams looked at so far.
     pub fn visits(&self) -> u64 {
         self.visits
+    }
+
+    /// Bytes the streams hold, not parsed yet.
+    pub fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// The connection is over its buffer budget: every stream drops what it holds (as after a
+    /// loss of both directions: its request is marked incomplete, a gRPC stream picks messages
+    /// up again at the next DATA frame). The streams stay followed, the framing and the HPACK
+    /// tables are kept.
+    pub fn shed_buffers(&mut self) {
+        self.visits += self.streams.len() as u64;
+        for s in self.streams.values_mut() {
+            s.gap(Direction::Request, 0);
+            s.gap(Direction::Response, 0);
+        }
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.buffered = self.streams.values().map(Stream::buffered).sum();
     }
 
     /// Whether the connection's streams were dropped (hostile traffic over a limit).
@@ -194,6 +227,7 @@ impl H2Streams {
         self.dropped = true;
         fx.streams_shed += self.streams.len() as u64;
         self.streams.clear();
+        self.buffered = 0;
         fx.abuse(kind);
     }
 
@@ -212,6 +246,20 @@ impl H2Streams {
             return fx;
         }
         self.visits += 1;
+        // What the stream this event is about holds, before and after (the running sum).
+        let id = ev_stream(&ev);
+        let held_before = id
+            .and_then(|id| self.streams.get(&id))
+            .map_or(0, Stream::buffered);
+        self.event(dir, ev, &mut fx, done);
+        let held_after = id
+            .and_then(|id| self.streams.get(&id))
+            .map_or(0, Stream::buffered);
+        self.buffered = (self.buffered + held_after).saturating_sub(held_before);
+        fx
+    }
+
+    fn event(&mut self, dir: Direction, ev: H2Event<'_>, fx: &mut H2Effects, done: &mut Vec<Work>) {
         // The stream this event touched (checked for its end below).
         let mut touched = None;
         match ev {
@@ -229,15 +277,15 @@ impl H2Streams {
                         fx.streams_shed += 1;
                         self.shed += 1;
                         if self.shed > MAX_STREAMS as u64 {
-                            self.drop_all(H2Abuse::StreamFlood, &mut fx);
+                            self.drop_all(H2Abuse::StreamFlood, fx);
                         }
-                        return fx;
+                        return;
                     }
                     self.last_opened = stream;
                     self.streams.insert(stream, Stream::open(ts_ns, &fields));
                 } else if !self.streams.contains_key(&stream) {
                     // A response for a stream whose request we did not see: its request is lost.
-                    return fx;
+                    return;
                 }
                 if let Some(s) = self.streams.get_mut(&stream) {
                     s.headers(dir, ts_ns, fields, end_stream, done);
@@ -255,7 +303,7 @@ impl H2Streams {
                         // gRPC writers start a message at a frame: pick messages up again there.
                         s.deframers[idx(dir)].resume();
                     }
-                    s.data(dir, ts_ns, data, &mut fx, done);
+                    s.data(dir, ts_ns, data, fx, done);
                 }
             }
             H2Event::DataGap { stream, len } => {
@@ -278,7 +326,7 @@ impl H2Streams {
                     let early = dir == Direction::Request && !s.responded;
                     s.reset(dir, ts_ns, code, done);
                     if early && !self.resets.take(ts_ns, RESET_BURST, RESETS_PER_SECOND) {
-                        self.drop_all(H2Abuse::RapidReset, &mut fx);
+                        self.drop_all(H2Abuse::RapidReset, fx);
                     }
                 }
             }
@@ -289,16 +337,16 @@ impl H2Streams {
                 for s in self.streams.values_mut() {
                     s.gap(dir, 0);
                 }
+                self.recount();
             }
             H2Event::Error(_) => fx.parse_errors += 1,
-            H2Event::Abuse(kind) => self.drop_all(kind, &mut fx),
+            H2Event::Abuse(kind) => self.drop_all(kind, fx),
         }
         if let Some(id) = touched {
             if self.streams.get(&id).is_some_and(Stream::finished) {
                 self.streams.remove(&id);
             }
         }
-        fx
     }
 
     /// The connection ended: every stream still open ends here. `peer_closed`: the peer closed
@@ -307,6 +355,18 @@ impl H2Streams {
         for (_, s) in self.streams.drain() {
             s.close(ts_ns, peer_closed, done);
         }
+    }
+}
+
+/// The stream an event is about.
+fn ev_stream(ev: &H2Event<'_>) -> Option<u32> {
+    match ev {
+        H2Event::Headers { stream, .. }
+        | H2Event::Data { stream, .. }
+        | H2Event::DataGap { stream, .. }
+        | H2Event::EndStream { stream, .. }
+        | H2Event::Reset { stream, .. } => Some(*stream),
+        _ => None,
     }
 }
 
@@ -363,12 +423,40 @@ impl Stream {
         } else {
             Kind::Http(ExchangeTracker::new())
         };
-        Stream {
+        let mut s = Stream {
             kind,
-            deframers: [GrpcDeframer::new(), GrpcDeframer::new()],
+            deframers: [GrpcDeframer::with_limit(0), GrpcDeframer::with_limit(0)],
             ended: [false, false],
             responded: false,
+        };
+        s.set_limits();
+        s
+    }
+
+    /// Messages are held whole only where they are decoded: an ext_proc stream's, and the first
+    /// request message of a stream whose headers are unknown (up to [`PROBE_MESSAGE`]).
+    fn set_limits(&mut self) {
+        let limits = match self.kind {
+            Kind::ExtProc(_) => [grpc::MAX_MESSAGE, grpc::MAX_MESSAGE],
+            Kind::Unknown => [PROBE_MESSAGE, 0],
+            Kind::Http(_) | Kind::Grpc(_) | Kind::Ignored => [0, 0],
+        };
+        for (d, limit) in self.deframers.iter_mut().zip(limits) {
+            d.set_limit(limit);
         }
+    }
+
+    /// Bytes this stream holds, not parsed yet.
+    fn buffered(&self) -> usize {
+        let held = match &self.kind {
+            Kind::Http(t) => t.buffered(),
+            _ => 0,
+        };
+        held + self
+            .deframers
+            .iter()
+            .map(GrpcDeframer::buffered)
+            .sum::<usize>()
     }
 
     fn finished(&self) -> bool {
@@ -454,6 +542,7 @@ impl Stream {
         if matches!(self.kind, Kind::Ignored) {
             return;
         }
+        let was_unknown = matches!(self.kind, Kind::Unknown);
         let Stream {
             kind, deframers, ..
         } = self;
@@ -461,6 +550,19 @@ impl Stream {
             GrpcMessage::Message(bytes) => {
                 fx.grpc_messages += 1;
                 on_message(kind, dir, ts_ns, bytes, fx, done);
+            }
+            GrpcMessage::Framed(_) => {
+                // Followed by its framing only (a gRPC stream's), or an unknown stream's first
+                // request message too large to be ext_proc's request headers.
+                fx.grpc_messages += 1;
+                match kind {
+                    Kind::Grpc(c) => match dir {
+                        Direction::Request => c.request_messages += 1,
+                        Direction::Response => c.response_messages += 1,
+                    },
+                    Kind::Unknown => *kind = Kind::Ignored,
+                    _ => {}
+                }
             }
             GrpcMessage::Compressed(_) | GrpcMessage::TooLarge(_) => {
                 fx.grpc_messages += 1;
@@ -475,6 +577,9 @@ impl Stream {
                 }
             }
         });
+        if was_unknown {
+            self.set_limits();
+        }
     }
 
     fn gap(&mut self, dir: Direction, len: u64) {

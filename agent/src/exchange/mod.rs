@@ -333,6 +333,27 @@ impl ExchangeTracker {
             .map(|f| (f.ex.start_ns, f.ex.content_chunk_ns.as_slice()))
     }
 
+    /// Bytes held for the requests in flight that are not parsed yet: SSE events in progress and
+    /// the tails of JSON bodies after a loss (the connection's buffer budget counts them).
+    pub fn buffered(&self) -> usize {
+        self.in_flight
+            .iter()
+            .map(|f| f.response_tail.len() + f.sse.as_ref().map_or(0, SseFramer::buffered))
+            .sum()
+    }
+
+    /// The connection's parse state is shed (over its buffer budget): every request in flight
+    /// ends here, incomplete and abandoned, into `done`.
+    pub fn shed(&mut self, ts_ns: u64, done: &mut Vec<Exchange>) {
+        while let Some(mut f) = self.in_flight.pop_front() {
+            f.ex.incomplete = true;
+            // What is held is dropped, not read: the figures it carried are missing.
+            f.sse = None;
+            f.response_tail = Vec::new();
+            done.push(f.finish(ts_ns, Outcome::Abandoned));
+        }
+    }
+
     /// The peer closed its side of the connection.
     pub fn peer_closed(&mut self) {
         self.peer_closed = true;

@@ -2,7 +2,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `GET /healthz` | 200 `ok` once [`Readiness::set_ready`] was called; 503 saying what it waits for |
+//! | `GET /healthz` | 200 `ok` once [`Readiness::set_ready`] was called and no loop has stalled; 503 saying what it waits for, or which loop stopped making progress ([`Liveness`]) and while doing what |
 //! | `GET /status` | [`StatusSnapshot`](super::status::StatusSnapshot) as JSON |
 //! | `GET /spans?limit=N` | the N (default 100, at most the store's size) newest spans, JSON |
 //! | `GET /metrics` | Prometheus text of every registered [`MetricSource`] |
@@ -37,6 +37,7 @@ use serde_json::{json, Map, Value};
 use super::prometheus::{self, MetricSource};
 use super::status::StatusSource;
 use super::store::SpanStore;
+use crate::liveness::Liveness;
 use crate::trace::span::{hex, AttrValue, FinishedSpan, SpanStatus};
 
 /// Where the debug endpoint listens unless `--debug-addr` says otherwise.
@@ -105,6 +106,8 @@ pub struct DebugState {
     gpu: Option<crate::gpu::Hub>,
     /// Chunk times of recent streamed requests, for `/ticks`.
     ticks: Option<Arc<super::ticks::TickStore>>,
+    /// The heartbeats `/healthz` checks once ready.
+    liveness: Option<Liveness>,
 }
 
 impl DebugState {
@@ -119,7 +122,14 @@ impl DebugState {
             metric_sources,
             gpu: None,
             ticks: None,
+            liveness: None,
         }
+    }
+
+    /// `/healthz` fails while a loop of `liveness` has stalled.
+    pub fn with_liveness(mut self, liveness: Liveness) -> Self {
+        self.liveness = Some(liveness);
+        self
     }
 
     /// `/gpu` shows this hub (devices, latest samples, the sampler's cost).
@@ -166,6 +176,23 @@ pub fn router(state: DebugState) -> Router {
         .with_state(state)
 }
 
+/// The metrics listener's routes (`--metrics-addr`): `/metrics` alone, for scraping from off the
+/// node; the debug pages (client addresses, request ids, pod names) stay on the debug endpoint.
+pub fn metrics_router(state: DebugState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(metrics_not_found)
+        .with_state(state)
+}
+
+async fn metrics_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"error": "not found", "paths": ["/metrics"]})),
+    )
+        .into_response()
+}
+
 /// A bound, not yet serving, debug endpoint: binding first lets the app fail early on a busy
 /// address and learn the port when it asked for port 0.
 pub struct DebugServer {
@@ -181,6 +208,17 @@ impl DebugServer {
         Ok(Self {
             listener,
             router: router(state),
+        })
+    }
+
+    /// The metrics listener: [`metrics_router`] on `addr`.
+    pub async fn bind_metrics(addr: SocketAddr, state: DebugState) -> Result<Self, DebugError> {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| DebugError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            router: metrics_router(state),
         })
     }
 
@@ -204,7 +242,17 @@ impl DebugServer {
 
 async fn healthz(State(state): State<DebugState>) -> Response {
     if state.readiness.is_ready() {
-        (StatusCode::OK, "ok").into_response()
+        let stalled = state
+            .liveness
+            .as_ref()
+            .map(Liveness::stalled)
+            .unwrap_or_default();
+        if stalled.is_empty() {
+            (StatusCode::OK, "ok").into_response()
+        } else {
+            let body = format!("stalled: {}", stalled.join("; "));
+            (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+        }
     } else {
         let body = format!("not ready: waiting for {}", state.readiness.waiting_for);
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -454,6 +502,50 @@ mod tests {
         let (code, _, body) = f.get("/healthz").await;
         assert_eq!(code, StatusCode::OK);
         assert_eq!(body, "ok");
+    }
+
+    #[tokio::test]
+    async fn the_metrics_listener_serves_metrics_and_nothing_of_the_debug_pages() {
+        let f = fixture(10);
+        let app = || metrics_router(f.state());
+        let (code, _, body) = get_from(app(), "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("infertap_records_read_total"), "{body}");
+        for path in ["/status", "/spans", "/healthz", "/gpu"] {
+            let (code, _, body) = get_from(app(), path).await;
+            assert_eq!(code, StatusCode::NOT_FOUND, "{path}: {body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_naming_the_loop_that_stopped_making_progress() {
+        use std::sync::atomic::AtomicU64;
+        use std::time::Duration;
+        let f = fixture(10);
+        f.readiness.set_ready();
+        let now = Arc::new(AtomicU64::new(0));
+        let clock = now.clone();
+        let liveness = Liveness::with_clock(Arc::new(move || clock.load(Ordering::Relaxed)));
+        let pipeline = liveness.register("pipeline", Duration::from_secs(30));
+        let targeting = liveness.register("targeting", Duration::from_secs(30));
+        let app = || router(f.state().with_liveness(liveness.clone()));
+        pipeline.beat("draining the ring buffer");
+        assert_eq!(get_from(app(), "/healthz").await.0, StatusCode::OK);
+        // The targeting thread goes on; the pipeline task's last beat was before an attach
+        // that never returned.
+        pipeline.beat("attaching TLS uprobes");
+        for t in [10_000, 20_000, 31_000] {
+            now.store(t, Ordering::Relaxed);
+            targeting.beat("scanning /proc");
+        }
+        let (code, _, body) = get_from(app(), "/healthz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "stalled: pipeline: no progress for 31.0 s (limit 30 s) while attaching TLS uprobes"
+        );
+        pipeline.beat("draining the ring buffer");
+        assert_eq!(get_from(app(), "/healthz").await.0, StatusCode::OK);
     }
 
     /// The reply streamed in chunks is byte for byte the JSON array of the spans' trees.

@@ -97,6 +97,18 @@ pub struct ConnectionsStatus {
     /// Connections closed with records lost and their close record refused: counted by the
     /// kernel, the only trace of their unseen requests.
     pub lost_in_kernel_total: u64,
+    /// Connections whose parse state was shed for holding too many unparsed bytes, by cause:
+    /// `connection` (over `--conn-buffer-bytes`), `global` (all together over
+    /// `--buffer-budget-bytes`).
+    #[serde(default)]
+    pub buffer_shed: BufferShedStatus,
+}
+
+/// Parse states shed over the buffer budget, by cause.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BufferShedStatus {
+    pub connection: u64,
+    pub global: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -311,6 +323,10 @@ impl StatusSource {
                 shed_total: get(&s.connections_shed),
                 after_loss_total: get(&s.connections_after_loss),
                 lost_in_kernel_total: get(&s.connections_lost_in_kernel),
+                buffer_shed: BufferShedStatus {
+                    connection: get(&s.buffer_sheds_connection),
+                    global: get(&s.buffer_sheds_global),
+                },
             },
             records: RecordsStatus {
                 read: get(&s.records_read),
@@ -473,7 +489,8 @@ mod tests {
                 "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
                 "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
                                 "evicted_total": 0, "shed_total": 0, "after_loss_total": 0,
-                                "lost_in_kernel_total": 0},
+                                "lost_in_kernel_total": 0,
+                                "buffer_shed": {"connection": 0, "global": 0}},
                 "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,

@@ -89,6 +89,7 @@ fn pipeline(node: Scripted) -> Pipeline<Scripted, Vec<FinishedSpan>> {
     let settings = Settings {
         max_connections: 16,
         idle_timeout_ns: 60_000 * MS,
+        buffer_budget: crate::conn::BufferBudget::DEFAULT,
         build: BuildOptions::default(),
     };
     Pipeline::new(

@@ -164,12 +164,14 @@ pub fn targeting_loop(
     status: StatusSource,
     interval: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
+    heartbeat: crate::liveness::Heartbeat,
 ) {
     let mut current: BTreeMap<u32, Target> = BTreeMap::new();
     // Start time of each current target: a pid whose process changed is a new target.
     let mut started: HashMap<u32, Option<u64>> = HashMap::new();
     let mut next_conn_id: u64 = 0;
     while !*stop.borrow() {
+        heartbeat.beat("scanning for targets");
         let found = scanner.scan();
         let wanted: BTreeMap<u32, Target> = found.into_iter().map(|t| (t.pid, t)).collect();
         for pid in current.keys().copied().collect::<Vec<_>>() {
@@ -253,6 +255,7 @@ pub fn targeting_loop(
             }
             // TLS: find the uprobe sites here (reading and parsing binaries blocks); the pipeline,
             // which owns the programs, attaches them.
+            heartbeat.beat("planning TLS uprobes");
             let plans = uprobe::plan(*pid);
             if !plans.is_empty() {
                 let _ = ctl.blocking_send(Control::Tls { pid: *pid, plans });
@@ -271,6 +274,7 @@ pub fn targeting_loop(
                 })
                 .collect()
         });
+        heartbeat.beat("waiting for the next scan");
         std::thread::sleep(interval);
     }
 }

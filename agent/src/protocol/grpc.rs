@@ -2,11 +2,13 @@
 //! and status codes.
 //!
 //! Owns: the 5-byte message prefix (compressed flag, big-endian length), reassembly of a message
-//! split over DATA frames, bounded by [`MAX_MESSAGE`] (gRPC's default maximum receive size).
-//! Compressed messages are counted and skipped: decompressing is not worth a codec here.
+//! split over DATA frames, bounded by the deframer's limit (at most [`MAX_MESSAGE`], gRPC's
+//! default maximum receive size; 0 for streams followed for framing only, whose messages are
+//! counted and never copied). Compressed messages are counted and skipped: decompressing is not
+//! worth a codec here.
 //!
-//! Must never: do I/O or panic; hold more than one message (≤ [`MAX_MESSAGE`]) per deframer;
-//! keep a message after handing it out.
+//! Must never: do I/O or panic; hold more than one message (≤ its limit) per deframer; keep a
+//! message after handing it out.
 
 /// gRPC's default maximum message size (grpc-go, grpc-core): larger messages are skipped.
 pub const MAX_MESSAGE: usize = 4 << 20;
@@ -20,6 +22,9 @@ pub enum GrpcMessage<'a> {
     Compressed(u32),
     /// A message over [`MAX_MESSAGE`] (skipped), its length.
     TooLarge(u32),
+    /// A message over the deframer's limit but within [`MAX_MESSAGE`]: framed (counted), not
+    /// kept. Every message of a framing-only deframer (limit 0) that is not empty.
+    Framed(u32),
 }
 
 /// Splits one direction of a stream's DATA into messages.
@@ -31,6 +36,8 @@ pub struct GrpcDeframer {
     want: Option<(u32, bool)>,
     got: usize,
     buf: Vec<u8>,
+    /// The largest message kept whole (at most [`MAX_MESSAGE`]); larger ones are [`GrpcMessage::Framed`].
+    limit: usize,
     /// Bytes were lost: message boundaries are unknown for the rest of the stream.
     lost: bool,
     /// Messages seen (of any kind).
@@ -38,8 +45,27 @@ pub struct GrpcDeframer {
 }
 
 impl GrpcDeframer {
+    /// Keeps messages up to [`MAX_MESSAGE`] (for streams whose messages are decoded).
     pub fn new() -> GrpcDeframer {
-        GrpcDeframer::default()
+        GrpcDeframer::with_limit(MAX_MESSAGE)
+    }
+
+    /// Keeps messages up to `limit` bytes (capped at [`MAX_MESSAGE`]); 0: framing only.
+    pub fn with_limit(limit: usize) -> GrpcDeframer {
+        GrpcDeframer {
+            limit: limit.min(MAX_MESSAGE),
+            ..GrpcDeframer::default()
+        }
+    }
+
+    /// Changes the limit for messages that start from now on.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_MESSAGE);
+    }
+
+    /// Bytes held of a message being reassembled.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
     }
 
     pub fn is_lost(&self) -> bool {
@@ -120,6 +146,9 @@ impl GrpcDeframer {
         } else if len as usize > MAX_MESSAGE {
             out(GrpcMessage::TooLarge(len));
             false
+        } else if len as usize > self.limit {
+            out(GrpcMessage::Framed(len));
+            false
         } else {
             true
         };
@@ -184,6 +213,7 @@ mod tests {
                     GrpcMessage::Message(b) => String::from_utf8_lossy(b).into_owned(),
                     GrpcMessage::Compressed(n) => format!("compressed {n}"),
                     GrpcMessage::TooLarge(n) => format!("too large {n}"),
+                    GrpcMessage::Framed(n) => format!("framed {n}"),
                 })
             });
         }
@@ -219,6 +249,29 @@ mod tests {
         d.gap();
         assert!(collect(&mut d, &[&frame(false, b"x")]).is_empty());
         assert!(d.is_lost());
+    }
+
+    #[test]
+    fn a_framing_only_deframer_counts_messages_and_holds_no_bytes() {
+        let body = vec![7u8; 3 << 20];
+        let stream = frame(false, &body);
+        let mut d = GrpcDeframer::with_limit(0);
+        let mut out = Vec::new();
+        let mut held = 0;
+        for piece in stream.chunks(16 << 10) {
+            out.extend(collect(&mut d, &[piece]));
+            held = held.max(d.buffered());
+        }
+        assert_eq!(out, vec![format!("framed {}", 3 << 20)]);
+        assert_eq!(held, 0);
+        assert_eq!(d.messages, 1);
+        // A limit keeps messages up to it, whole.
+        let mut d = GrpcDeframer::with_limit(8);
+        let s = [frame(false, b"small"), frame(false, b"over the limit")].concat();
+        assert_eq!(
+            collect(&mut d, &[&s[..3], &s[3..]]),
+            vec!["small", "framed 14"]
+        );
     }
 
     #[test]

@@ -343,6 +343,12 @@ impl Http1Conn {
         }
     }
 
+    /// Bytes held of heads that span segments (both directions; each at most
+    /// [`MAX_HEAD_BYTES`]).
+    pub fn buffered(&self) -> usize {
+        self.req.buf.len() + self.resp.buf.len()
+    }
+
     /// Feed the next bytes of one direction.
     pub fn feed(&mut self, dir: Direction, seg: Segment<'_>, out: &mut impl FnMut(HttpEvent<'_>)) {
         let mut data = seg.data;

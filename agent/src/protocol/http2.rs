@@ -413,6 +413,19 @@ impl Http2Conn {
         self.dropped
     }
 
+    /// Bytes held of frames and header blocks being assembled (both directions; bounded by
+    /// [`MAX_HEADER_BLOCK`] and [`MAX_CONTROL_PAYLOAD`]). The HPACK tables (each at most
+    /// [`MAX_HPACK_TABLE`]) are parsed state, not counted.
+    pub fn buffered(&self) -> usize {
+        self.dirs
+            .iter()
+            .map(|d| {
+                d.frame.as_ref().map_or(0, |f| f.buf.len())
+                    + d.block.as_ref().map_or(0, |b| b.buf.len())
+            })
+            .sum()
+    }
+
     /// Stops parsing this connection for good (the caller found hostile traffic over a limit):
     /// later bytes cost nothing.
     pub fn drop_state(&mut self) {

@@ -83,6 +83,11 @@ impl SseFramer {
         Self::default()
     }
 
+    /// Bytes held of the event being framed (its line and data so far).
+    pub fn buffered(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     /// Feed response body bytes (already de-chunked). Emits one [`SseEvent`] per dispatched
     /// event, comment line or failure.
     pub fn feed(&mut self, data: &[u8], out: &mut impl FnMut(SseEvent<'_>)) {

@@ -359,3 +359,69 @@ fn a_loss_in_the_servers_writes_costs_only_what_was_lost() {
     assert!(ds[0].incomplete, "the lost answer is reported");
     assert!(!ds[1].incomplete);
 }
+
+#[test]
+fn grpc_messages_are_held_whole_only_for_ext_proc() {
+    let mut enc = loona_hpack::Encoder::new();
+    let mut p = Http2Conn::new(true);
+    let mut streams = H2Streams::new();
+    let mut done = Vec::new();
+    let mut feed = |p: &mut Http2Conn, streams: &mut H2Streams, dir, bytes: &[u8]| {
+        let mut fx = H2Effects::default();
+        p.feed(
+            dir,
+            Segment {
+                ts_ns: 1_000_000,
+                data: bytes,
+                syscall_start: true,
+            },
+            &mut |ev| fx.add(&streams.on_event(dir, ev, &mut done)),
+        );
+        fx
+    };
+    let mut c = PREFACE.to_vec();
+    c.extend(frame(4, 0, 0, &[]));
+    for (id, path) in [
+        (1u32, &b"/pkg.Svc/Upload"[..]),
+        (3, ext_proc::PROCESS_PATH.as_bytes()),
+    ] {
+        c.extend(frame(
+            1,
+            4,
+            id,
+            &enc.encode([
+                (&b":method"[..], &b"POST"[..]),
+                (b":path", path),
+                (b"content-type", b"application/grpc"),
+            ]),
+        ));
+    }
+    feed(&mut p, &mut streams, Direction::Request, &c);
+    // A 3 MiB message on each stream, its first 1 MiB so far.
+    let len = 3u32 << 20;
+    let mut most = 0;
+    for id in [1u32, 3] {
+        let mut first = vec![0u8];
+        first.extend_from_slice(&len.to_be_bytes());
+        first.resize(5 + (1 << 20), 9);
+        for piece in first.chunks(16_000) {
+            feed(
+                &mut p,
+                &mut streams,
+                Direction::Request,
+                &frame(0, 0, id, piece),
+            );
+            if id == 1 {
+                most = most.max(streams.buffered());
+            }
+        }
+    }
+    assert_eq!(
+        most, 0,
+        "a plain gRPC stream is followed by its framing only"
+    );
+    assert_eq!(streams.buffered(), 1 << 20, "the ext_proc message is held");
+    streams.shed_buffers();
+    assert_eq!(streams.buffered(), 0);
+    assert_eq!(streams.len(), 2, "the streams are still followed");
+}

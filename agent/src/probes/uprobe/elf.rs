@@ -1,22 +1,25 @@
 //! What the TLS uprobes need from an ELF file: symbols (static then dynamic table), sections, the
 //! bytes at a virtual address, and virtual address → file offset (uprobes attach at file offsets).
 //! Parsing is the `object` crate's; this module only asks it questions. Pure: bytes in, answers out.
+//! The bytes are any `object::ReadRef`: a slice, or a `ReadCache` over the opened file, which reads
+//! only the ranges asked for (headers, symbol and string tables, the sections and function bytes
+//! looked at), so a tenant's 500 MB binary is never held whole.
 //!
 //! The file is a tenant's: every lookup is linear in the file. Names are never read up to their
 //! NUL (a string table without one would make each read scan the rest of the table, quadratic over
 //! the symbols); a name is compared in place, reading at most its own length plus one byte.
 
 use object::read::elf::{ElfFile64, FileHeader, SectionHeader, SectionTable, Sym, SymbolTable};
-use object::{Endianness, Object, ObjectSegment, SectionIndex};
+use object::{Endianness, Object, ObjectSegment, ReadRef, SectionIndex};
 
 use super::UprobeError;
 
 type Elf64 = object::elf::FileHeader64<Endianness>;
 
 /// A parsed ELF image over its file's bytes.
-pub struct Image<'a> {
-    obj: ElfFile64<'a, Endianness>,
-    data: &'a [u8],
+pub struct Image<'a, R: ReadRef<'a> = &'a [u8]> {
+    obj: ElfFile64<'a, Endianness, R>,
+    data: R,
     /// The file's length: offsets past it are never reported.
     len: u64,
 }
@@ -29,18 +32,17 @@ fn name_is(strtab: &[u8], off: u32, name: &[u8]) -> bool {
         .is_some_and(|s| s[..name.len()] == *name && s[name.len()] == 0)
 }
 
-impl<'a> Image<'a> {
-    pub fn parse(data: &'a [u8]) -> Result<Image<'a>, UprobeError> {
-        let obj =
-            ElfFile64::<Endianness>::parse(data).map_err(|e| UprobeError::NotElf(e.to_string()))?;
-        Ok(Image {
-            obj,
-            data,
-            len: data.len() as u64,
-        })
+impl<'a, R: ReadRef<'a>> Image<'a, R> {
+    pub fn parse(data: R) -> Result<Image<'a, R>, UprobeError> {
+        let obj = ElfFile64::<Endianness, R>::parse(data)
+            .map_err(|e| UprobeError::NotElf(e.to_string()))?;
+        let len = data
+            .len()
+            .map_err(|()| UprobeError::NotElf("the file's length is unknown".into()))?;
+        Ok(Image { obj, data, len })
     }
 
-    fn sections(&self) -> &SectionTable<'a, Elf64> {
+    fn sections(&self) -> &SectionTable<'a, Elf64, R> {
         self.obj.elf_section_table()
     }
 
@@ -64,7 +66,7 @@ impl<'a> Image<'a> {
         !self.obj.elf_symbol_table().is_empty()
     }
 
-    fn find_in(&self, table: &SymbolTable<'a, Elf64>, name: &str) -> Option<(u64, u64)> {
+    fn find_in(&self, table: &SymbolTable<'a, Elf64, R>, name: &str) -> Option<(u64, u64)> {
         let endian = self.obj.endian();
         let strtab = self.section_data(table.string_section())?;
         table
@@ -109,17 +111,18 @@ impl<'a> Image<'a> {
         })
     }
 
-    /// `len` bytes of the file at a virtual address (clipped to its segment's file bytes).
+    /// `len` bytes of the file at a virtual address (clipped to its segment's file bytes); only
+    /// those bytes are read.
     pub fn bytes_at(&self, vaddr: u64, len: u64) -> Option<&'a [u8]> {
         self.obj.segments().find_map(|seg| {
             let start = seg.address();
-            let data = seg.data().ok()?;
-            if vaddr < start || vaddr - start >= data.len() as u64 {
+            let (off, size) = seg.file_range();
+            if vaddr < start || vaddr - start >= size {
                 return None;
             }
-            let from = (vaddr - start) as usize;
-            let to = from.saturating_add(len as usize).min(data.len());
-            Some(&data[from..to])
+            let from = vaddr - start;
+            let n = len.min(size - from);
+            self.data.read_bytes_at(off.checked_add(from)?, n).ok()
         })
     }
 }

@@ -14,7 +14,9 @@
 //! the agent, a device is never opened), must be a regular file, not on FUSE (its server could
 //! stall the agent), and must be the mapped device and inode. Only then is it reopened for reading,
 //! through the agent's own descriptor (`/proc/self/fd/<n>`, `O_NONBLOCK`), and read from that
-//! descriptor with a size cap ([`MAX_FILE_BYTES`]). Uprobes are attached through the same
+//! descriptor with a size cap ([`MAX_FILE_BYTES`]) by positioned reads of only the ranges the
+//! analysis needs ([`OpenedFile::reader`]: headers, symbol and string tables, the sections and
+//! function bytes looked at), so the agent's memory never grows by the file's size. Uprobes are attached through the same
 //! descriptor ([`OpenedFile::proc_path`]), so the inode probed is the inode read.
 //!
 //! Overlayfs (on older kernels) shows the underlying file's device and inode in `/proc/<pid>/maps`
@@ -23,11 +25,11 @@
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Seek, SeekFrom};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-/// Largest file read for TLS analysis. Go servers are tens to a few hundred MiB; libssl about one.
+/// Largest file analysed for TLS. Go servers are tens to a few hundred MiB; libssl about one.
 pub const MAX_FILE_BYTES: u64 = 512 << 20;
 
 /// `statfs.f_type` of FUSE filesystems.
@@ -119,29 +121,18 @@ pub struct OpenedFile {
 }
 
 impl OpenedFile {
-    /// The whole file, from this descriptor, at most `limit` bytes ([`OpenError::TooLarge`]
-    /// beyond, also when the file grew since it was opened).
-    pub fn read_all(&self, limit: u64) -> Result<Vec<u8>, OpenError> {
-        if self.size > limit {
-            return Err(OpenError::TooLarge {
-                size: self.size,
-                limit,
-            });
-        }
-        let mut f = &self.file;
-        f.seek(SeekFrom::Start(0))
+    /// Positioned reads of this descriptor for the ELF parser (`object::ReadCache`): only the
+    /// ranges the analysis asks for are read and held, never the whole file. At most `limit`
+    /// bytes ([`OpenError::TooLarge`] beyond, also when the file grew since it was opened).
+    pub fn reader(&self, limit: u64) -> Result<object::ReadCache<&File>, OpenError> {
+        let size = (&self.file)
+            .seek(SeekFrom::End(0))
             .map_err(|e| OpenError::Read(e.to_string()))?;
-        let mut data = Vec::with_capacity(self.size as usize);
-        f.take(limit.saturating_add(1))
-            .read_to_end(&mut data)
-            .map_err(|e| OpenError::Read(e.to_string()))?;
-        if data.len() as u64 > limit {
-            return Err(OpenError::TooLarge {
-                size: data.len() as u64,
-                limit,
-            });
+        let size = size.max(self.size);
+        if size > limit {
+            return Err(OpenError::TooLarge { size, limit });
         }
-        Ok(data)
+        Ok(object::ReadCache::new(&self.file))
     }
 
     /// A path naming this very descriptor's file for as long as it is held (for attaching).

@@ -9,6 +9,8 @@
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
+use object::ReadRef;
+
 use super::elf::Image;
 use super::gopclntab::Pclntab;
 use super::UprobeError;
@@ -49,7 +51,9 @@ pub struct GoTlsSites {
 
 /// The Go version recorded in `.go.buildinfo` (Go 1.18+ layout: the version string inline after a
 /// 32-byte header, varint length-prefixed). `Ok(None)`: not a Go binary.
-pub fn build_version(img: &Image<'_>) -> Result<Option<String>, UprobeError> {
+pub fn build_version<'a, R: ReadRef<'a>>(
+    img: &Image<'a, R>,
+) -> Result<Option<String>, UprobeError> {
     let Some((_, data)) = img.section(".go.buildinfo") else {
         return Ok(None);
     };
@@ -120,8 +124,8 @@ pub fn capped_rets(name: &'static str, code: &[u8], ip: u64) -> Result<Vec<u64>,
 }
 
 /// A function's [entry, end) virtual addresses, from the symbol table or the function table.
-fn locate(
-    img: &Image<'_>,
+fn locate<'a, R: ReadRef<'a>>(
+    img: &Image<'a, R>,
     tab: Option<&Pclntab<'_>>,
     name: &'static str,
 ) -> Result<(u64, u64), UprobeError> {
@@ -136,8 +140,8 @@ fn locate(
         .ok_or(UprobeError::SymbolNotFound(name))
 }
 
-fn sites(
-    img: &Image<'_>,
+fn sites<'a, R: ReadRef<'a>>(
+    img: &Image<'a, R>,
     tab: Option<&Pclntab<'_>>,
     name: &'static str,
 ) -> Result<FuncSites, UprobeError> {
@@ -163,9 +167,12 @@ fn sites(
 
 /// The TLS uprobe sites of a Go binary. `Ok(None)`: not a Go binary, or one that does not link
 /// `crypto/tls`.
-pub fn analyze(data: &[u8]) -> Result<Option<GoTlsSites>, UprobeError> {
+pub fn analyze<'a, R: ReadRef<'a>>(data: R) -> Result<Option<GoTlsSites>, UprobeError> {
     // A 32-bit executable (ELFCLASS32) is not probed and not reported: `Image` reads 64-bit ELF.
-    if data.starts_with(b"\x7fELF") && data.get(4) == Some(&1) {
+    if data
+        .read_bytes_at(0, 5)
+        .is_ok_and(|h| h.starts_with(b"\x7fELF") && h[4] == 1)
+    {
         return Ok(None);
     }
     let img = Image::parse(data)?;

@@ -113,24 +113,23 @@ impl TlsPlan {
     }
 }
 
-/// Open and read a mapped file of `pid` (see `file`), then analyse it.
+/// Open a mapped file of `pid` (see `file`), then analyse it through positioned reads of that
+/// descriptor (only what the analysis looks at is read).
 fn read_mapping<T>(
     pid: u32,
     m: &file::Mapping,
-    analyze: impl FnOnce(&[u8]) -> Result<T, UprobeError>,
+    analyze: impl FnOnce(&object::ReadCache<&std::fs::File>) -> Result<T, UprobeError>,
 ) -> (Option<Arc<file::OpenedFile>>, Result<T, UprobeError>) {
     let opened = match file::open_mapping(pid, m) {
         Ok(f) => f,
         Err(e) => return (None, Err(UprobeError::File(e))),
     };
-    match opened.read_all(file::MAX_FILE_BYTES) {
-        Ok(data) => {
-            let result = analyze(&data);
-            let keep = result.is_ok().then(|| Arc::new(opened));
-            (keep, result)
-        }
-        Err(e) => (None, Err(UprobeError::File(e))),
-    }
+    let result = match opened.reader(file::MAX_FILE_BYTES) {
+        Ok(cache) => analyze(&cache),
+        Err(e) => return (None, Err(UprobeError::File(e))),
+    };
+    let keep = result.is_ok().then(|| Arc::new(opened));
+    (keep, result)
 }
 
 /// The files of process `pid` that carry TLS: its executable when it is a Go program linking
@@ -148,7 +147,7 @@ pub fn plan(pid: u32) -> Vec<TlsPlan> {
         .iter()
         .find(|m| !exe_name.is_empty() && m.path == exe_name)
     {
-        let (opened, result) = read_mapping(pid, m, golang::analyze);
+        let (opened, result) = read_mapping(pid, m, |c| golang::analyze(c));
         match result {
             Ok(None) => {}
             // As before the safe open: an executable the agent cannot open at all (no such
@@ -167,7 +166,7 @@ pub fn plan(pid: u32) -> Vec<TlsPlan> {
         }
     }
     if let Some(m) = openssl::mapped_libssl(&maps) {
-        let (opened, sites) = read_mapping(pid, m, openssl::analyze);
+        let (opened, sites) = read_mapping(pid, m, |c| openssl::analyze(c));
         out.push(TlsPlan {
             pid,
             library: "openssl",

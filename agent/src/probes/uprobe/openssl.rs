@@ -19,7 +19,7 @@ pub struct SslSites {
     pub functions: Vec<(&'static str, u64)>,
 }
 
-pub fn analyze(data: &[u8]) -> Result<SslSites, UprobeError> {
+pub fn analyze<'a, R: object::ReadRef<'a>>(data: R) -> Result<SslSites, UprobeError> {
     let img = Image::parse(data)?;
     let mut functions = Vec::new();
     for (name, _) in FUNCTIONS {

@@ -283,8 +283,9 @@ fn a_file_swapped_after_its_mapping_was_read_is_refused() {
     std::fs::write(&lib, b"\x7fELF the mapped one").unwrap();
     let mapped = identity(&lib);
     let ok = open_in_root(&root, "/usr/lib/libssl.so.3", mapped).unwrap();
+    let cache = ok.reader(MAX_FILE_BYTES).unwrap();
     assert_eq!(
-        ok.read_all(MAX_FILE_BYTES).unwrap(),
+        object::ReadRef::read_bytes_at(&cache, 0, 19).unwrap(),
         b"\x7fELF the mapped one"
     );
     // The tenant renames another file over the path between planning and opening.
@@ -308,7 +309,7 @@ fn a_file_over_the_size_cap_is_reported_and_not_read() {
     let f = std::fs::File::create(&lib).unwrap();
     f.set_len(MAX_FILE_BYTES + 1).unwrap(); // sparse
     let opened = open_in_root(&root, "/usr/lib/libssl.so.3", identity(&lib)).unwrap();
-    let err = opened.read_all(MAX_FILE_BYTES).unwrap_err();
+    let err = opened.reader(MAX_FILE_BYTES).map(|_| ()).unwrap_err();
     assert_eq!(
         err,
         OpenError::TooLarge {
@@ -320,7 +321,7 @@ fn a_file_over_the_size_cap_is_reported_and_not_read() {
         err.to_string().contains("over the 536870912-byte limit"),
         "{err}"
     );
-    // A file that grows past the cap after it was opened is caught while reading.
+    // A file that grows past the cap after it was opened is caught before it is read.
     let grows = root.join("usr/lib/grows");
     std::fs::write(&grows, b"small").unwrap();
     let opened = open_in_root(&root, "/usr/lib/grows", identity(&grows)).unwrap();
@@ -331,9 +332,9 @@ fn a_file_over_the_size_cap_is_reported_and_not_read() {
         .set_len(4096)
         .unwrap();
     assert_eq!(
-        opened.read_all(1024).unwrap_err(),
+        opened.reader(1024).map(|_| ()).unwrap_err(),
         OpenError::TooLarge {
-            size: 1025,
+            size: 4096,
             limit: 1024
         }
     );
@@ -360,9 +361,10 @@ fn map_files_opens_the_mapped_inode_of_a_process() {
         identity(&std::fs::canonicalize(&attach_path).unwrap()),
         identity(&exe)
     );
-    let data = opened.read_all(MAX_FILE_BYTES).unwrap();
-    assert_eq!(data.len() as u64, std::fs::metadata(&exe).unwrap().len());
-    assert!(data.starts_with(b"\x7fELF"));
+    let cache = opened.reader(MAX_FILE_BYTES).unwrap();
+    let len = object::ReadRef::len(&cache).unwrap();
+    assert_eq!(len, std::fs::metadata(&exe).unwrap().len());
+    assert!(object::ReadRef::read_bytes_at(&cache, 0, 4).unwrap() == b"\x7fELF");
     // A mapping whose recorded inode is not the file's is refused.
     let wrong = super::file::Mapping {
         ino: m.ino + 1,
@@ -382,14 +384,14 @@ fn elf_lookups_agree_with_the_object_crate() {
     let mut files = vec![std::fs::read("/proc/self/exe").unwrap()];
     if let Ok(ssl) = std::fs::read("/usr/lib/x86_64-linux-gnu/libssl.so.3") {
         files.push(ssl);
-        let sites = super::openssl::analyze(files.last().unwrap()).unwrap();
+        let sites = super::openssl::analyze(&files.last().unwrap()[..]).unwrap();
         assert!(
             sites.functions.iter().any(|(n, _)| *n == "SSL_read"),
             "{sites:?}"
         );
     }
     for data in &files {
-        let img = super::elf::Image::parse(data).unwrap();
+        let img = super::elf::Image::parse(&data[..]).unwrap();
         let obj = object::File::parse(&data[..]).unwrap();
         for s in obj.sections().take(50) {
             let name = s.name().unwrap();
@@ -417,4 +419,49 @@ fn elf_lookups_agree_with_the_object_crate() {
         }
         assert!(checked > 0);
     }
+}
+
+/// A file whose reads are counted.
+struct Counted {
+    file: std::fs::File,
+    read: std::rc::Rc<std::cell::Cell<u64>>,
+}
+
+impl std::io::Read for Counted {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read(buf)?;
+        self.read.set(self.read.get() + n as u64);
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Counted {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+/// The analysis reads a tenant's file through positioned reads: looking up symbols, sections and
+/// a function's bytes in this (large, unstripped) test binary reads a small part of it, never the
+/// whole file.
+#[test]
+fn symbol_lookups_read_a_small_part_of_the_file() {
+    let path = std::fs::read_link("/proc/self/exe").unwrap();
+    let size = std::fs::metadata(&path).unwrap().len();
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let cache = object::ReadCache::new(Counted {
+        file: std::fs::File::open(&path).unwrap(),
+        read: read.clone(),
+    });
+    let img = super::elf::Image::parse(&cache).unwrap();
+    assert!(img.section(".text").is_some());
+    let (addr, len) = img
+        .symbol("rust_begin_unwind")
+        .or_else(|| img.symbol("main"))
+        .expect("a symbol of the test binary");
+    assert!(img.bytes_at(addr, len.max(1)).is_some());
+    assert!(super::golang::analyze(&cache).unwrap().is_none(), "not Go");
+    let read = read.get();
+    println!("read {read} of {size} bytes");
+    assert!(read < size / 2, "read {read} of {size} bytes");
 }
