@@ -66,6 +66,12 @@ enum Cmd {
     BenchRss {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Another agent binary (an earlier build) measured after this one, same steps.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Extra agent flags, e.g. `--agent-arg=--ring-buffer-size=8388608` (repeatable).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Run the agent's NVML sampler against the machine's NVML (or `--nvml-lib`, or a fake with
     /// `--fake-gpus N`) and print per-call latency, sample spacing, GPM figures, the timestamp
@@ -393,13 +399,22 @@ fn main() -> Result<()> {
             replay,
         } => fuzz::fuzz(seconds, &targets, replay),
         Cmd::Lint => lint(),
-        Cmd::BenchRss { connections } => {
+        Cmd::BenchRss {
+            connections,
+            baseline,
+            agent_args,
+        } => {
             build()?;
             let python = setup::python_env()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and must run as root");
             }
-            rss::run_rss(&python, connections)
+            rss::run_rss(&python, connections, &agent_binary(), &agent_args)?;
+            if let Some(b) = baseline {
+                println!("\n-- baseline binary {}", b.display());
+                rss::run_rss(&python, connections, &b, &agent_args)?;
+            }
+            Ok(())
         }
         Cmd::BenchOverhead {
             rounds,
