@@ -265,8 +265,21 @@ impl Drop for Proc {
 }
 
 fn python(script: &str) -> Command {
+    python_in(&[], script)
+}
+
+/// A peer script run through `wrapper` (a command that ends by exec'ing its arguments, e.g.
+/// `ip netns exec NAME`), or directly when it is empty.
+fn python_in(wrapper: &[String], script: &str) -> Command {
     let p = paths();
-    let mut cmd = Command::new(&p.python);
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(&p.python);
+            c
+        }
+        None => Command::new(&p.python),
+    };
     cmd.arg("-u").arg(p.peers.join(script));
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
     // The client's own OTel SDK must not export anywhere.
@@ -292,6 +305,9 @@ pub struct StandInOpts {
     pub env: Vec<(String, String)>,
     /// Serve HTTPS with this (key, certificate) PEM pair (uvicorn's `--ssl-keyfile/--ssl-certfile`).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Run the server, and the clients started against it, through this command (one that ends
+    /// by exec'ing its arguments, e.g. `ip netns exec NAME`): empty, run directly.
+    pub wrapper: Vec<String>,
 }
 
 impl Default for StandInOpts {
@@ -303,6 +319,7 @@ impl Default for StandInOpts {
             model: "standin-model".into(),
             env: Vec::new(),
             tls: None,
+            wrapper: Vec::new(),
         }
     }
 }
@@ -330,7 +347,7 @@ impl StandIn {
     ) -> Option<StandIn> {
         let ready = ctx.file("standin.ready");
         let _ = fs::remove_file(&ready);
-        let mut cmd = python("vllm_standin.py");
+        let mut cmd = python_in(&opts.wrapper, "vllm_standin.py");
         cmd.args([
             "--host",
             "127.0.0.1",
@@ -738,7 +755,7 @@ pub struct ClientRun {
 pub fn client_run(ctx: &TestCtx, server: &StandIn, args: &[&str], timeout: Duration) -> ClientRun {
     let n = CLIENT_RUNS.fetch_add(1, Ordering::Relaxed);
     let out = ctx.file(&format!("client-{n}.jsonl"));
-    let mut cmd = python("client.py");
+    let mut cmd = python_in(&server.opts.wrapper, "client.py");
     cmd.args(["--base-url", &server.base_url(), "--out"])
         .arg(&out)
         .args(args);

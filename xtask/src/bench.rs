@@ -5,7 +5,10 @@
 //! infertap replaces: the same server traced in-process by the OpenTelemetry Python SDK (FastAPI
 //! instrumentation, spans batched and discarded), without the agent. With `--baseline BIN`, a fifth
 //! arm targets the server with another agent binary (an earlier build), interleaved with the
-//! others, so a change is measured before/after in one run.
+//! others, so a change is measured before/after in one run. The nginx arm (`run_nginx`): Debian's
+//! nginx serving a 500-byte file to `wrk -c16`, untraced vs traced (and the baseline binary),
+//! interleaved; every request must be a span, and the agent's CPU per request is read from
+//! `/proc/<pid>/stat`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -45,12 +48,32 @@ fn ensure_wrk() -> Result<()> {
 
 /// One wrk run: requests/s and the p50 and p99 latency in ms.
 fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<(f64, f64, f64)> {
+    let run = wrk_run(
+        &format!("http://127.0.0.1:{port}/health"),
+        8,
+        seconds,
+        script,
+    )?;
+    Ok((run.rps, run.p50_ms, run.p99_ms))
+}
+
+/// What one wrk run measured.
+struct WrkRun {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// Responses received (`N requests in …`).
+    requests: u64,
+}
+
+/// One wrk run (one thread, `connections` connections) against `url`.
+fn wrk_run(url: &str, connections: u32, seconds: u64, script: Option<&Path>) -> Result<WrkRun> {
     let mut cmd = Command::new("wrk");
     cmd.args([
         "-t",
         "1",
         "-c",
-        "8",
+        &connections.to_string(),
         "--latency",
         "-d",
         &format!("{seconds}s"),
@@ -58,10 +81,7 @@ fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<(f64, f64, f64)
     if let Some(s) = script {
         cmd.arg("-s").arg(s);
     }
-    let out = cmd
-        .arg(format!("http://127.0.0.1:{port}/health"))
-        .output()
-        .context("running wrk")?;
+    let out = cmd.arg(url).output().context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps = text
         .lines()
@@ -74,7 +94,17 @@ fn wrk(port: u16, seconds: u64, script: Option<&Path>) -> Result<(f64, f64, f64)
             .and_then(|v| wrk_ms(v.trim()))
             .with_context(|| format!("no {p} latency in wrk output:\n{text}"))
     };
-    Ok((rps, pct("50%")?, pct("99%")?))
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .with_context(|| format!("no request count in wrk output:\n{text}"))?;
+    Ok(WrkRun {
+        rps,
+        p50_ms: pct("50%")?,
+        p99_ms: pct("99%")?,
+        requests,
+    })
 }
 
 /// wrk's latency figures (`850.00us`, `1.23ms`, `1.02s`, `2.00m`) in ms.
@@ -304,4 +334,237 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
         bail!("--rounds must be at least 1");
     }
     Ok(())
+}
+
+/// nginx (Debian's package) serving one static file of `NGINX_FILE_BYTES`, from its own
+/// configuration in a temporary directory, on 127.0.0.1: a fast C server, where the agent's cost
+/// per request is not hidden behind the server's own.
+struct Nginx {
+    master: std::process::Child,
+    dir: PathBuf,
+}
+
+const NGINX_FILE_BYTES: usize = 500;
+
+impl Nginx {
+    fn start(port: u16) -> Result<Nginx> {
+        let dir = std::env::temp_dir().join(format!("infertap-bench-nginx-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        std::fs::write(dir.join("www/file.html"), vec![b'x'; NGINX_FILE_BYTES])?;
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\n\
+             daemon off;\n\
+             pid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n\
+               access_log off;\n\
+               client_body_temp_path {d}/tmp/body;\n\
+               proxy_temp_path {d}/tmp/proxy;\n\
+               fastcgi_temp_path {d}/tmp/fastcgi;\n\
+               uwsgi_temp_path {d}/tmp/uwsgi;\n\
+               scgi_temp_path {d}/tmp/scgi;\n\
+               keepalive_requests 1000000;\n\
+               server {{ listen 127.0.0.1:{port}; root {d}/www; }}\n\
+             }}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let master = Command::new("nginx")
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting nginx")?;
+        let n = Nginx { master, dir };
+        crate::demo::wait_until("nginx", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })?;
+        Ok(n)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGTERM: the master stops its worker (SIGKILL would leave the worker listening).
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.master.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.master.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ensure_nginx() -> Result<()> {
+    if Command::new("nginx")
+        .arg("-v")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+    {
+        return Ok(());
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "nginx"]))
+}
+
+/// User and system CPU time a process has used, in seconds (`/proc/<pid>/stat`).
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    match f[..] {
+        [user, sys] => (user as f64 / hz, sys as f64 / hz),
+        _ => (0.0, 0.0),
+    }
+}
+
+/// What one nginx arm of one round measured.
+struct NginxRun {
+    arm: Arm,
+    rps: f64,
+    requests: u64,
+    /// Spans the agent finished (its `requests_completed`), for the targeting arms.
+    spans: u64,
+    /// Agent CPU over the run, user and system.
+    agent_user_s: f64,
+    agent_sys_s: f64,
+}
+
+/// The nginx arm: untraced vs traced (and the `--baseline` binary), interleaved in rounds.
+pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result<()> {
+    ensure_wrk()?;
+    ensure_nginx()?;
+    let port = free_port()?;
+    let _nginx = Nginx::start(port)?;
+    let url = format!("http://127.0.0.1:{port}/file.html");
+    wrk_run(&url, 16, 1, None)?; // warm up
+    let mut results: Vec<NginxRun> = Vec::new();
+    for round in 0..rounds {
+        for arm in [Arm::Off, Arm::Targeted, Arm::Baseline] {
+            let bin = match arm {
+                Arm::Off => None,
+                Arm::Baseline => match baseline {
+                    Some(b) => Some(b.to_path_buf()),
+                    None => continue,
+                },
+                _ => Some(agent_binary()),
+            };
+            let debug = format!("127.0.0.1:{}", free_port()?);
+            let agent = match &bin {
+                None => None,
+                Some(bin) => {
+                    let a = Kill(
+                        agent_command_of(bin, &debug)
+                            .args(["--target-port", &port.to_string()])
+                            .env("RUST_LOG", "warn")
+                            .spawn()?,
+                    );
+                    wait_targeted(&debug)?;
+                    // Master and worker both hold the listener: wait for the owner scan.
+                    std::thread::sleep(Duration::from_millis(1500));
+                    Some(a)
+                }
+            };
+            let before = agent
+                .as_ref()
+                .map(|a| (cpu_seconds(a.0.id()), completed(&debug)));
+            let w = wrk_run(&url, 16, seconds, None)?;
+            let (mut spans, mut agent_user_s, mut agent_sys_s) = (0, 0.0, 0.0);
+            if let (Some(a), Some(((user0, sys0), done0))) = (&agent, before) {
+                std::thread::sleep(Duration::from_millis(1200)); // one housekeeping tick
+                let (user, sys) = cpu_seconds(a.0.id());
+                (agent_user_s, agent_sys_s) = (user - user0, sys - sys0);
+                spans = completed(&debug).saturating_sub(done0);
+                let st = get_json(&format!("http://{debug}/status"))?;
+                eprintln!(
+                    "round {round}: {arm:?}: kernel dropped {}, lost bytes {}",
+                    st["records"]["kernel_dropped"], st["records"]["lost_bytes"]
+                );
+            }
+            drop(agent);
+            eprintln!(
+                "round {round}: nginx {arm:?}: {:.0} req/s, {} responses, {} spans, agent CPU user {:.2} s sys {:.2} s",
+                w.rps, w.requests, spans, agent_user_s, agent_sys_s
+            );
+            results.push(NginxRun {
+                arm,
+                rps: w.rps,
+                requests: w.requests,
+                spans,
+                agent_user_s,
+                agent_sys_s,
+            });
+        }
+    }
+    let med = |arm: Arm, f: fn(&NginxRun) -> f64| {
+        median(
+            &mut results
+                .iter()
+                .filter(|r| r.arm == arm)
+                .map(f)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let off = med(Arm::Off, |r| r.rps);
+    println!(
+        "\n== nginx, {NGINX_FILE_BYTES}-byte static file: {rounds} rounds of {seconds}s, wrk -t1 -c16, medians (arms interleaved)"
+    );
+    println!(
+        "                          req/s   ratio   spans/responses   agent µs/request: user    sys"
+    );
+    for (label, arm) in [
+        ("agent off", Arm::Off),
+        ("agent targeting nginx", Arm::Targeted),
+        ("baseline binary", Arm::Baseline),
+    ] {
+        if !results.iter().any(|r| r.arm == arm) {
+            continue;
+        }
+        let rps = med(arm, |r| r.rps);
+        if arm == Arm::Off {
+            println!("{label:<22} {rps:>10.0}   1.000");
+            continue;
+        }
+        let coverage = med(arm, |r| r.spans as f64 / r.requests.max(1) as f64);
+        let user = med(arm, |r| r.agent_user_s * 1e6 / r.spans.max(1) as f64);
+        let sys = med(arm, |r| r.agent_sys_s * 1e6 / r.spans.max(1) as f64);
+        println!(
+            "{label:<22} {rps:>10.0}   {:.3}   {coverage:>15.4}   {user:>22.2} {sys:>6.2}",
+            rps / off
+        );
+    }
+    Ok(())
+}
+
+/// Requests the agent has finished (`/status` `http.requests_*` that end in a span).
+fn completed(debug: &str) -> u64 {
+    get_json(&format!("http://{debug}/status"))
+        .map(|st| {
+            [
+                "requests_completed",
+                "requests_cancelled",
+                "requests_server_aborted",
+                "requests_incomplete",
+            ]
+            .iter()
+            .filter_map(|k| st["http"][k].as_u64())
+            .sum()
+        })
+        .unwrap_or(0)
 }

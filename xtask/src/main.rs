@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod deps;
+mod dist;
 mod fuzz;
 mod gpu_check;
 mod kernel;
@@ -32,6 +33,9 @@ enum Cmd {
     Setup,
     /// Build the eBPF programs and the agent (target/release/infertap with the object embedded).
     Build,
+    /// Build, then split the shipped binary: target/dist/infertap (stripped) and
+    /// target/dist/infertap.debug (its symbols and debug info, for symbolising).
+    Dist,
     /// Run every test, root-only integration tests included.
     Test {
         /// Fail (instead of skipping) when root-only tests cannot run. Set automatically when CI=true.
@@ -44,7 +48,8 @@ enum Cmd {
     /// Formatting, clippy (host and eBPF crates) and lock-file checks.
     Lint,
     /// Requests/s of a loopback inference server with the agent off, idle and tracing it
-    /// (interleaved rounds, medians as ratios), and the kernel cost per program run.
+    /// (interleaved rounds, medians as ratios), and the kernel cost per program run; then nginx
+    /// serving a static file, untraced vs traced, with the agent's CPU per request.
     BenchOverhead {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
@@ -53,11 +58,20 @@ enum Cmd {
         /// Another agent binary (an earlier build) to measure in the same rounds, targeting.
         #[arg(long)]
         baseline: Option<PathBuf>,
+        /// Which servers: `all`, `standin` (the uvicorn stand-in) or `nginx`.
+        #[arg(long, default_value = "all", value_parser = ["all", "standin", "nginx"])]
+        workload: String,
     },
     /// The agent's RSS at start and with many open keep-alive connections to a traced server.
     BenchRss {
         #[arg(long, default_value_t = 1000)]
         connections: usize,
+        /// Another agent binary (an earlier build) measured after this one, same steps.
+        #[arg(long)]
+        baseline: Option<PathBuf>,
+        /// Extra agent flags, e.g. `--agent-arg=--ring-buffer-size=8388608` (repeatable).
+        #[arg(long = "agent-arg", allow_hyphen_values = true)]
+        agent_args: Vec<String>,
     },
     /// Run the agent's NVML sampler against the machine's NVML (or `--nvml-lib`, or a fake with
     /// `--fake-gpus N`) and print per-call latency, sample spacing, GPM figures, the timestamp
@@ -349,6 +363,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Build => build(),
+        Cmd::Dist => {
+            build()?;
+            dist::dist()
+        }
         Cmd::Test { require_root, args } => test(require_root, &args),
         Cmd::BenchStream {
             streams,
@@ -383,25 +401,41 @@ fn main() -> Result<()> {
             replay,
         } => fuzz::fuzz(seconds, &targets, replay),
         Cmd::Lint => lint(),
-        Cmd::BenchRss { connections } => {
-            build()?;
-            let python = setup::python_env()?;
-            if !is_root() {
-                bail!("the benchmark loads eBPF programs and must run as root");
-            }
-            rss::run_rss(&python, connections)
-        }
-        Cmd::BenchOverhead {
-            rounds,
-            seconds,
+        Cmd::BenchRss {
+            connections,
             baseline,
+            agent_args,
         } => {
             build()?;
             let python = setup::python_env()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and must run as root");
             }
-            bench::run_bench(&python, rounds, seconds, baseline)
+            rss::run_rss(&python, connections, &agent_binary(), &agent_args)?;
+            if let Some(b) = baseline {
+                println!("\n-- baseline binary {}", b.display());
+                rss::run_rss(&python, connections, &b, &agent_args)?;
+            }
+            Ok(())
+        }
+        Cmd::BenchOverhead {
+            rounds,
+            seconds,
+            baseline,
+            workload,
+        } => {
+            build()?;
+            let python = setup::python_env()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and must run as root");
+            }
+            if workload != "nginx" {
+                bench::run_bench(&python, rounds, seconds, baseline.clone())?;
+            }
+            if workload != "standin" {
+                bench::run_nginx(rounds, seconds, baseline.as_deref())?;
+            }
+            Ok(())
         }
         Cmd::GpuCheck {
             nvml_lib,

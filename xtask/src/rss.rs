@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::demo::{agent_command, free_port, get_json, start_standin, wait_targeted, Kill};
+use crate::agent_command_of;
+use crate::demo::{free_port, get_json, start_standin, wait_targeted, Kill};
 
 /// Python that opens N connections, makes one request on each, and keeps them open.
 const HOLDER: &str = r#"
@@ -39,12 +40,51 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-pub fn run_rss(python: &Path, connections: usize) -> Result<()> {
+/// Resident KiB of a process's mappings of the kernel's BPF maps (the ring buffer: its data
+/// pages are mapped twice, back to back, so `VmRSS` counts each one twice).
+fn bpf_map_rss_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let is_header = |line: &str| {
+        line.split_whitespace()
+            .next()
+            .and_then(|range| range.split_once('-'))
+            .is_some_and(|(a, b)| {
+                u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+            })
+    };
+    let mut in_map = false;
+    let mut total = 0;
+    for line in smaps.lines() {
+        if is_header(line) {
+            in_map = line.ends_with("anon_inode:bpf-map");
+        } else if let Some(v) = line.strip_prefix("Rss:").filter(|_| in_map) {
+            total += v
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
+}
+
+/// `RssAnon` of a process, KiB.
+fn rss_anon_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn run_rss(python: &Path, connections: usize, bin: &Path, extra: &[String]) -> Result<()> {
     let port = free_port()?;
     let _server = start_standin(python, port, &["--timeout-keep-alive", "300"])?;
     let debug = format!("127.0.0.1:{}", free_port()?);
     let agent = Kill(
-        agent_command(&debug)
+        agent_command_of(bin, &debug)
+            .args(extra)
             .args(["--target-port", &port.to_string()])
             .env("RUST_LOG", "warn")
             .spawn()?,
@@ -88,6 +128,11 @@ pub fn run_rss(python: &Path, connections: usize) -> Result<()> {
         samples.last().copied().unwrap_or(0),
         samples,
         peak
+    );
+    println!(
+        "of which: anonymous (heap) {} KiB; BPF map mappings (the ring buffer, data pages mapped twice) {} KiB",
+        rss_anon_kib(pid),
+        bpf_map_rss_kib(pid)
     );
     println!(
         "connections open in the agent's table: {}; requests completed: {}",

@@ -36,7 +36,7 @@ use serde_json::{json, Map, Value};
 
 use super::prometheus::{self, MetricSource};
 use super::status::StatusSource;
-use super::store::SpanStore;
+use super::store::{SpanStore, StoredSpan};
 use crate::liveness::Liveness;
 use crate::trace::span::{hex, AttrValue, FinishedSpan, SpanStatus};
 
@@ -300,9 +300,9 @@ const SPANS_PER_CHUNK: usize = 64;
 /// The `/spans` array, streamed in chunks of [`SPANS_PER_CHUNK`] spans written as the client
 /// reads: only one span's JSON tree and one chunk exist at a time, so a read of the whole store
 /// allocates tens of KiB, not a copy of the store and a tree of thousands of spans (which the
-/// allocator kept after the reply; docs/PERFORMANCE.md). The reply holds its spans (shared, not
-/// copied) until it is sent, even those the store forgets meanwhile.
-fn spans_body(spans: Vec<Arc<FinishedSpan>>) -> Response {
+/// allocator kept after the reply; docs/PERFORMANCE.md). Each span is decoded from its stored form
+/// as its chunk is written. The reply holds its spans (shared, not copied) until it is sent, even those the store forgets meanwhile.
+fn spans_body(spans: Vec<StoredSpan>) -> Response {
     let total = spans.len();
     let chunks = (0..total.div_ceil(SPANS_PER_CHUNK).max(1)).map(move |chunk| {
         let (from, to) = (
@@ -317,7 +317,7 @@ fn spans_body(spans: Vec<Arc<FinishedSpan>>) -> Response {
             if n > 0 {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, &span_json(span))?;
+            serde_json::to_writer(&mut out, &span_json(&span.span()))?;
         }
         if to == total {
             out.push(b']');
@@ -562,7 +562,12 @@ mod tests {
             ];
             f.store.push(s);
         }
-        let trees: Vec<Value> = f.store.recent(200).iter().map(|s| span_json(s)).collect();
+        let trees: Vec<Value> = f
+            .store
+            .recent(200)
+            .iter()
+            .map(|s| span_json(&s.span()))
+            .collect();
         // One span; a chunk less one, exactly a chunk, a chunk and one; two chunks; three.
         for limit in [1, 63, 64, 65, 128, 150] {
             let (_, _, body) = f.get(&format!("/spans?limit={limit}")).await;

@@ -27,6 +27,9 @@ pub struct StatusSnapshot {
     pub started_at_unix_nano: u64,
     pub probes: Vec<ProbeStatus>,
     pub targets: Vec<TargetStatus>,
+    /// Port-publishing proxies listening on a target port, not traced.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_proxies: Vec<PortProxyStatus>,
     pub connections: ConnectionsStatus,
     pub records: RecordsStatus,
     pub http: HttpStatus,
@@ -81,6 +84,20 @@ pub struct TargetStatus {
     pub pid: u32,
     pub comm: String,
     pub reason: String,
+    /// The process's network namespace (its inode, as `lsns -t net` and `/proc/<pid>/ns/net`
+    /// show it): a port target may listen in any namespace of the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<u64>,
+}
+
+/// A host-side port-publishing proxy (`docker-proxy`, `rootlessport`, `slirp4netns`, `pasta`)
+/// listening on a target port: recognised and deliberately not traced (the server behind it is).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortProxyStatus {
+    pub pid: u32,
+    pub comm: String,
+    pub port: u16,
+    pub netns: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -256,6 +273,7 @@ impl Default for GpuStatus {
 pub struct AppStatus {
     pub probes: Vec<ProbeStatus>,
     pub targets: Vec<TargetStatus>,
+    pub port_proxies: Vec<PortProxyStatus>,
     /// Connections in the connection table now.
     pub connections_open: u64,
     /// Kernel drop counters per reason, as last read from the per-CPU map.
@@ -315,6 +333,7 @@ impl StatusSource {
             started_at_unix_nano: self.started_at_unix_nano,
             probes: app.probes,
             targets: app.targets,
+            port_proxies: app.port_proxies,
             connections: ConnectionsStatus {
                 open: app.connections_open,
                 opened_total: get(&s.connections_opened),
@@ -469,6 +488,7 @@ mod tests {
                 pid: 42,
                 comm: "vllm".into(),
                 reason: "port 8000".into(),
+                netns: None,
             });
             s.connections_open = 3;
             s.kernel_dropped.insert("ringbuf_full".into(), 5);

@@ -6,6 +6,7 @@
 //! CAP_SYS_ADMIN to mount tracefs when it is missing.
 
 pub mod pod_targets;
+pub mod sock_diag;
 pub mod targeting;
 pub mod targets;
 pub mod tracefs;

@@ -16,11 +16,13 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use infertap_common::{target_bit, ConnInfo, ConnKey, ROLE_CLIENT, ROLE_SERVER};
 use tokio::sync::mpsc;
 
-use super::targets::{classify_fd, start_time, tcp_sockets, FdKind, Target, TargetSource};
+use super::targets::{
+    classify_fd, netns_of, start_time, tcp_sockets, FdKind, Target, TargetSource,
+};
 use super::uprobe::{self, TlsPlan};
 use crate::capture::clock::WallClock;
 use crate::capture::decode::Role;
-use crate::export::status::{StatusSource, TargetStatus};
+use crate::export::status::{PortProxyStatus, StatusSource, TargetStatus};
 use crate::pipeline::{ExistingSocket, Node};
 
 /// Userspace-assigned connection ids (sockets found already open) have the top bit set, so they
@@ -169,6 +171,9 @@ pub fn targeting_loop(
     let mut current: BTreeMap<u32, Target> = BTreeMap::new();
     // Start time of each current target: a pid whose process changed is a new target.
     let mut started: HashMap<u32, Option<u64>> = HashMap::new();
+    // Network namespace of each current target (for /status).
+    let mut netns: HashMap<u32, Option<u64>> = HashMap::new();
+    let mut known_proxies: Vec<super::targets::PortProxy> = Vec::new();
     let mut next_conn_id: u64 = 0;
     while !*stop.borrow() {
         heartbeat.beat("scanning for targets");
@@ -180,6 +185,7 @@ pub fn targeting_loop(
             if !wanted.contains_key(&pid) || reused {
                 current.remove(&pid);
                 started.remove(&pid);
+                netns.remove(&pid);
                 lock(&kmaps).forget_process(pid);
                 let _ = ctl.blocking_send(Control::Gone { pid });
                 if reused {
@@ -260,9 +266,15 @@ pub fn targeting_loop(
             if !plans.is_empty() {
                 let _ = ctl.blocking_send(Control::Tls { pid: *pid, plans });
             }
-            tracing::info!(pid, comm = %t.comm, reason = %t.reason, "Tracing process.");
+            let ns = netns_of(*pid);
+            tracing::info!(pid, comm = %t.comm, reason = %t.reason, netns = ?ns, "Tracing process.");
             current.insert(*pid, t.clone());
             started.insert(*pid, start_time(*pid));
+            netns.insert(*pid, ns);
+        }
+        let proxies = scanner.port_proxies();
+        for p in proxies.iter().filter(|p| !known_proxies.contains(p)) {
+            tracing::info!(pid = p.pid, comm = %p.comm, port = p.port, netns = ?p.netns, "Port-publishing proxy on a target port; not traced (the server behind it is).");
         }
         status.update(|s| {
             s.targets = current
@@ -271,9 +283,20 @@ pub fn targeting_loop(
                     pid: t.pid,
                     comm: t.comm.clone(),
                     reason: t.reason.clone(),
+                    netns: netns.get(&t.pid).copied().flatten(),
                 })
-                .collect()
+                .collect();
+            s.port_proxies = proxies
+                .iter()
+                .map(|p| PortProxyStatus {
+                    pid: p.pid,
+                    comm: p.comm.clone(),
+                    port: p.port,
+                    netns: p.netns,
+                })
+                .collect();
         });
+        known_proxies = proxies;
         heartbeat.beat("waiting for the next scan");
         std::thread::sleep(interval);
     }

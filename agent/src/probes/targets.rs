@@ -1,5 +1,6 @@
 //! Which processes are traced (standalone mode), found by scanning /proc: by pid, by a listening
-//! port, or by command line (by default: processes that look like OpenAI-compatible inference
+//! port (in any network namespace; host-side port-publishing proxies such as `docker-proxy` are
+//! recognised and left out), or by command line (by default: processes that look like OpenAI-compatible inference
 //! servers or EPPs). Also the TCP sockets a process already has open when it becomes a target, so
 //! that connections opened before the agent are traced from their next request on.
 //!
@@ -245,16 +246,99 @@ fn classify_by_proc(pid: u32, fd: u32) -> FdKind {
 pub trait TargetSource: Send {
     /// The processes that should be traced now.
     fn scan(&mut self) -> Vec<Target>;
+
+    /// Port-publishing proxies recognised on a selected port and left untraced.
+    fn port_proxies(&self) -> Vec<PortProxy> {
+        Vec::new()
+    }
 }
 
 impl TargetSource for Scanner {
     fn scan(&mut self) -> Vec<Target> {
         Scanner::scan(self)
     }
+
+    fn port_proxies(&self) -> Vec<PortProxy> {
+        Scanner::port_proxies(self)
+    }
 }
 
 const LISTEN_SCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(900);
 const OWNER_SCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The network namespace of a process: the inode of `/proc/<pid>/ns/net` (`net:[N]`).
+pub fn netns_of(pid: u32) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    link.to_str()?
+        .strip_prefix("net:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Executable names of host-side port-publishing proxies: they listen on a container's published
+/// port in the host's namespace and forward to the server in the container's, so the server,
+/// not the proxy, is the target (tracing both would count every request twice).
+const PORT_PROXIES: &[&str] = &[
+    "docker-proxy",
+    "rootlessport",
+    "rootlessport-child",
+    "slirp4netns",
+    "pasta",
+    "pasta.avx2",
+];
+
+/// Whether a process is a port-publishing proxy, by its command name (`comm`, the name it was
+/// executed as, at most 15 bytes) or its executable's file name.
+pub fn is_port_proxy(pid: u32) -> Option<String> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_string())
+        .unwrap_or_default();
+    let is_proxy = |name: &str| {
+        PORT_PROXIES
+            .iter()
+            .any(|p| name == *p || (name.len() == 15 && p.starts_with(name)))
+    };
+    if is_proxy(&comm) {
+        return Some(comm);
+    }
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let name = exe.file_name()?.to_str()?;
+    is_proxy(name).then(|| name.to_string())
+}
+
+/// A port-publishing proxy listening on a selected port, not targeted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortProxy {
+    pub pid: u32,
+    pub comm: String,
+    pub port: u16,
+    pub netns: Option<u64>,
+}
+
+/// A listening socket on a selected port: its port and network namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Listener {
+    port: u16,
+    netns: u64,
+}
+
+/// Listening TCP sockets of `pid`'s network namespace, from its TCP tables in /proc.
+fn proc_listeners(pid: u32) -> Vec<super::sock_diag::ListenSocket> {
+    let Ok(p) = Process::new(pid as i32) else {
+        return Vec::new();
+    };
+    [p.tcp(), p.tcp6()]
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.state == TcpState::Listen)
+        .map(|e| super::sock_diag::ListenSocket {
+            inode: e.inode,
+            port: e.local_address.port(),
+        })
+        .collect()
+}
 
 /// Scans /proc for targets. Keeps a cache of listening-socket owners so that port selection
 /// does not read every process's fds on every scan.
@@ -264,10 +348,14 @@ pub struct Scanner {
     /// Listening socket inode → the processes holding it (forked workers share one), for port
     /// selection.
     listen_owner: HashMap<u64, Vec<u32>>,
-    /// Listening socket inode → its port, as of the last read of the TCP tables.
-    listen_ports: HashMap<u64, u16>,
+    /// Listening socket inode → its port and namespace, as of the last read of the TCP tables.
+    listeners: HashMap<u64, Listener>,
+    /// Proxies found holding a selected port's listener, as of the last owner scan.
+    proxies: Vec<PortProxy>,
     last_listen_scan: Option<std::time::Instant>,
     last_owner_scan: Option<std::time::Instant>,
+    /// `sock_diag` failed once (and said so): /proc is read instead.
+    sock_diag_failed: bool,
 }
 
 impl Scanner {
@@ -276,10 +364,17 @@ impl Scanner {
             selector,
             self_pid: std::process::id(),
             listen_owner: HashMap::new(),
-            listen_ports: HashMap::new(),
+            listeners: HashMap::new(),
+            proxies: Vec::new(),
             last_listen_scan: None,
             last_owner_scan: None,
+            sock_diag_failed: false,
         }
+    }
+
+    /// Port-publishing proxies on a selected port, which are not targeted.
+    pub fn port_proxies(&self) -> Vec<PortProxy> {
+        self.proxies.clone()
     }
 
     /// The processes that should be traced now.
@@ -322,7 +417,61 @@ impl Scanner {
         v
     }
 
-    /// Pids listening on a selected port (in the agent's network namespace).
+    /// Listening sockets on a selected port in every network namespace of the node: each
+    /// distinct namespace is asked once, through one of its processes — by `sock_diag` (the
+    /// kernel's listening hash only), or where that fails by its TCP tables in /proc.
+    fn selected_listeners(&mut self) -> HashMap<u64, Listener> {
+        let mut namespaces: HashMap<u64, u32> = HashMap::new();
+        if let Ok(dir) = std::fs::read_dir("/proc") {
+            for e in dir.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some(ns) = netns_of(pid) {
+                    namespaces.entry(ns).or_insert(pid);
+                }
+            }
+        }
+        let own_ns = netns_of(self.self_pid);
+        let own = std::fs::File::open("/proc/self/ns/net").ok();
+        let mut wanted: HashMap<u64, Listener> = HashMap::new();
+        for (netns, pid) in namespaces {
+            let by_diag = own.as_ref().and_then(|own| {
+                let ns = if Some(netns) == own_ns {
+                    None
+                } else {
+                    Some(std::fs::File::open(format!("/proc/{pid}/ns/net")).ok()?)
+                };
+                let found = super::sock_diag::open_in(ns.as_ref(), own)
+                    .and_then(|sock| super::sock_diag::listening(&sock));
+                match found {
+                    Ok(found) => Some(found),
+                    Err(e) => {
+                        if !self.sock_diag_failed {
+                            self.sock_diag_failed = true;
+                            tracing::info!(error = %e, "Listening sockets cannot be asked of the kernel (sock_diag); reading /proc/<pid>/net/tcp instead.");
+                        }
+                        None
+                    }
+                }
+            });
+            let found = by_diag.unwrap_or_else(|| proc_listeners(pid));
+            for l in found {
+                if self.selector.ports.contains(&l.port) {
+                    wanted.insert(
+                        l.inode,
+                        Listener {
+                            port: l.port,
+                            netns,
+                        },
+                    );
+                }
+            }
+        }
+        wanted
+    }
+
+    /// Pids listening on a selected port (in any network namespace), proxies left out.
     fn port_owners(&mut self) -> Vec<(u32, u16)> {
         // Reading the TCP tables walks every socket of the machine: at most once a second (new
         // servers are still found within the second the issue asks for).
@@ -332,19 +481,7 @@ impl Scanner {
             .is_none_or(|t| now.duration_since(t) >= LISTEN_SCAN_EVERY);
         if due {
             self.last_listen_scan = Some(now);
-            let mut wanted: HashMap<u64, u16> = HashMap::new();
-            for entries in [procfs::net::tcp(), procfs::net::tcp6()]
-                .into_iter()
-                .flatten()
-            {
-                for e in entries {
-                    if e.state == TcpState::Listen
-                        && self.selector.ports.contains(&e.local_address.port())
-                    {
-                        wanted.insert(e.inode, e.local_address.port());
-                    }
-                }
-            }
+            let wanted = self.selected_listeners();
             self.listen_owner
                 .retain(|inode, _| wanted.contains_key(inode));
             let unknown = wanted.keys().any(|i| !self.listen_owner.contains_key(i));
@@ -353,29 +490,51 @@ impl Scanner {
             let stale = self
                 .last_owner_scan
                 .is_none_or(|t| now.duration_since(t) >= OWNER_SCAN_EVERY);
-            if !wanted.is_empty() && (unknown || stale) {
+            if wanted.is_empty() {
+                self.proxies.clear();
+            } else if unknown || stale {
                 self.last_owner_scan = Some(now);
                 let mut owners: HashMap<u64, Vec<u32>> = HashMap::new();
+                let mut proxies = Vec::new();
                 if let Ok(all) = procfs::process::all_processes() {
                     for p in all.flatten() {
                         let Ok(fds) = p.fd() else { continue };
+                        let pid = p.pid as u32;
+                        let mut proxy: Option<Option<String>> = None;
                         for fd in fds.flatten() {
-                            if let FDTarget::Socket(inode) = fd.target {
-                                if wanted.contains_key(&inode) {
-                                    owners.entry(inode).or_default().push(p.pid as u32);
-                                }
+                            let FDTarget::Socket(inode) = fd.target else {
+                                continue;
+                            };
+                            let Some(l) = wanted.get(&inode) else {
+                                continue;
+                            };
+                            match proxy.get_or_insert_with(|| is_port_proxy(pid)) {
+                                Some(comm) => proxies.push(PortProxy {
+                                    pid,
+                                    comm: comm.clone(),
+                                    port: l.port,
+                                    netns: Some(l.netns),
+                                }),
+                                None => owners.entry(inode).or_default().push(pid),
                             }
                         }
                     }
                 }
+                proxies.sort_by_key(|p| (p.pid, p.port));
+                proxies.dedup();
+                self.proxies = proxies;
+                // A listener held only by proxies is known too (not looked for again).
+                for inode in wanted.keys() {
+                    owners.entry(*inode).or_default();
+                }
                 self.listen_owner = owners;
             }
-            self.listen_ports = wanted;
+            self.listeners = wanted;
         }
         let mut out: Vec<(u32, u16)> = self
             .listen_owner
             .iter()
-            .filter_map(|(inode, pids)| self.listen_ports.get(inode).map(|port| (pids, *port)))
+            .filter_map(|(inode, pids)| self.listeners.get(inode).map(|l| (pids, l.port)))
             .flat_map(|(pids, port)| pids.iter().map(move |pid| (*pid, port)))
             .collect();
         out.sort_unstable();
