@@ -136,7 +136,7 @@ async fn run(config: Config) -> Result<()> {
         None => Box::new(Scanner::new(selector)),
     };
 
-    let (mut probes, maps) = Probes::load(config.ring_buffer_size)?;
+    let (mut probes, maps) = Probes::load(config.ring_buffer_size, config.bpf_stats)?;
     if let Some(logger) = probes.logger.take() {
         // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
         match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
@@ -172,7 +172,9 @@ async fn run(config: Config) -> Result<()> {
         maps.targets,
         maps.tls_targets,
         maps.sockets,
+        maps.forgotten,
     )));
+    let (exec_tx, exec_rx) = std::sync::mpsc::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
 
     // Targeting: a plain thread, since /proc reads block.
@@ -183,7 +185,7 @@ async fn run(config: Config) -> Result<()> {
         let interval = Duration::from_millis(config.scan_interval_ms);
         std::thread::Builder::new()
             .name("infertap-targets".into())
-            .spawn(move || targeting_loop(source, kmaps, ctl_tx, status, interval, stop))?
+            .spawn(move || targeting_loop(source, kmaps, ctl_tx, status, exec_rx, interval, stop))?
     };
 
     if gpu.is_on() {
@@ -200,6 +202,7 @@ async fn run(config: Config) -> Result<()> {
     };
     let node = KernelNode {
         maps: kmaps.clone(),
+        execs: exec_tx,
     };
     let driver = Driver {
         pipeline: Pipeline::new(settings, stats.clone(), enrichers, node, sink),

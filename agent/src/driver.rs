@@ -108,6 +108,10 @@ impl Driver {
             } => self.pipeline.target(pid, listeners, provider),
             Control::Existing(socket) => self.pipeline.existing(socket),
             Control::Tls { pid, plans } => self.attach_tls(pid, plans),
+            Control::Forgotten { pid, sockets } => {
+                self.pipeline
+                    .forgotten(pid, &sockets, infertap_common::FORGET_RECONCILE)
+            }
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);
                 let released = self.probes.release_tls(pid);

@@ -97,6 +97,21 @@ pub struct ConnectionsStatus {
     /// Connections closed with records lost and their close record refused: counted by the
     /// kernel, the only trace of their unseen requests.
     pub lost_in_kernel_total: u64,
+    /// Entries of the kernel's socket map (traced sockets) found live at the last check against
+    /// /proc (every 2 s).
+    pub kernel_sockets: u64,
+    /// Traced sockets forgotten because their descriptor number stopped naming them, by cause.
+    pub forgotten: ForgottenStatus,
+}
+
+/// `connections.forgotten`: why traced sockets' kernel entries went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenStatus {
+    pub close: u64,
+    pub close_range: u64,
+    pub dup: u64,
+    pub exec: u64,
+    pub reconcile: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,6 +248,8 @@ pub struct AppStatus {
     pub targets: Vec<TargetStatus>,
     /// Connections in the connection table now.
     pub connections_open: u64,
+    /// Entries of the kernel's socket map found live at the last reconciliation.
+    pub kernel_sockets: u64,
     /// Kernel drop counters per reason, as last read from the per-CPU map.
     pub kernel_dropped: BTreeMap<String, u64>,
     pub gpu: GpuStatus,
@@ -298,6 +315,14 @@ impl StatusSource {
                 shed_total: get(&s.connections_shed),
                 after_loss_total: get(&s.connections_after_loss),
                 lost_in_kernel_total: get(&s.connections_lost_in_kernel),
+                kernel_sockets: app.kernel_sockets,
+                forgotten: ForgottenStatus {
+                    close: get(&s.sockets_forgotten_close),
+                    close_range: get(&s.sockets_forgotten_close_range),
+                    dup: get(&s.sockets_forgotten_dup),
+                    exec: get(&s.sockets_forgotten_exec),
+                    reconcile: get(&s.sockets_forgotten_reconcile),
+                },
             },
             records: RecordsStatus {
                 read: get(&s.records_read),
@@ -452,7 +477,9 @@ mod tests {
                 "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
                 "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
                                 "evicted_total": 0, "shed_total": 0, "after_loss_total": 0,
-                                "lost_in_kernel_total": 0},
+                                "lost_in_kernel_total": 0, "kernel_sockets": 0,
+                                "forgotten": {"close": 0, "close_range": 0, "dup": 0,
+                                              "exec": 0, "reconcile": 0}},
                 "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,

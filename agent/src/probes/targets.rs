@@ -245,11 +245,56 @@ fn classify_by_proc(pid: u32, fd: u32) -> FdKind {
 pub trait TargetSource: Send {
     /// The processes that should be traced now.
     fn scan(&mut self) -> Vec<Target>;
+
+    /// Which of `pids` (processes that just exec'd) should be traced now. By default one full
+    /// scan; a source that can judge one process cheaply does so.
+    fn check(&mut self, pids: &[u32]) -> Vec<Target> {
+        self.scan()
+            .into_iter()
+            .filter(|t| pids.binary_search(&t.pid).is_ok())
+            .collect()
+    }
 }
 
 impl TargetSource for Scanner {
     fn scan(&mut self) -> Vec<Target> {
         Scanner::scan(self)
+    }
+
+    /// By pid, command line or listening port, one process at a time (its own TCP tables: the
+    /// process just exec'd or listened).
+    fn check(&mut self, pids: &[u32]) -> Vec<Target> {
+        let mut out = Vec::new();
+        for &pid in pids {
+            if pid == self.self_pid {
+                continue;
+            }
+            let Ok(p) = Process::new(pid as i32) else {
+                continue;
+            };
+            if self.selector.pids.contains(&pid) {
+                out.push(target(&p, "pid".into()));
+                continue;
+            }
+            if !self.selector.ports.is_empty() {
+                let port = tcp_sockets(pid)
+                    .into_iter()
+                    .filter(|s| s.listening)
+                    .map(|s| s.local.port())
+                    .find(|port| self.selector.ports.contains(port));
+                if let Some(port) = port {
+                    out.push(target(&p, format!("port {port}")));
+                    continue;
+                }
+            }
+            if let Some(re) = &self.selector.cmdline {
+                let Ok(args) = p.cmdline() else { continue };
+                if !args.is_empty() && re.is_match(&args.join(" ")) {
+                    out.push(target(&p, "cmdline".into()));
+                }
+            }
+        }
+        out
     }
 }
 
