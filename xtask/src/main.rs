@@ -114,7 +114,8 @@ enum Cmd {
     BenchTax {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
-        /// Iterations per loop, arm and round (dd copies twice as many bytes).
+        /// Iterations per loop, arm and round (dd copies twice as many bytes; the pipe ping-pong
+        /// makes a tenth as many round trips).
         #[arg(long, default_value_t = 1_000_000)]
         iterations: u64,
         /// Another build of the agent (a binary) as a third arm, for before/after in one run.

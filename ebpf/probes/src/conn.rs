@@ -250,7 +250,10 @@ pub fn process_exec(_ctx: &TracePointContext) -> u32 {
         was_target: was_target as u32,
         _pad: 0,
     };
-    if EVENTS.output::<ProcEventRecord>(&rec, BPF_RB_FORCE_WAKEUP).is_err() {
+    if EVENTS
+        .output::<ProcEventRecord>(&rec, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0
@@ -273,7 +276,10 @@ pub fn exit_listen(ctx: &TracePointContext) -> u32 {
         was_target: targeted(pid_tgid) as u32,
         _pad: 0,
     };
-    if EVENTS.output::<ProcEventRecord>(&rec, BPF_RB_FORCE_WAKEUP).is_err() {
+    if EVENTS
+        .output::<ProcEventRecord>(&rec, BPF_RB_FORCE_WAKEUP)
+        .is_err()
+    {
         count_drop(DROP_RINGBUF_CONTROL);
     }
     0
@@ -287,13 +293,13 @@ fn mark_forgotten(tgid: u32, lo: u32, hi: u32, cause: u32) {
     let now = unsafe { bpf_ktime_get_ns() };
     let mut f = Forgotten { ts_ns: now, lo, hi };
     // SAFETY: read-only copy of a map value.
-    if let Some(prev) = unsafe { FORGOTTEN.get(&tgid) } {
+    if let Some(prev) = unsafe { FORGOTTEN.get(tgid) } {
         // Not swept yet: the hull of both ranges (a socket opened in between in the hull but in
         // neither range is forgotten too: untraced, never a file traced).
         f.lo = if prev.lo < lo { prev.lo } else { lo };
         f.hi = if prev.hi > hi { prev.hi } else { hi };
     }
-    if FORGOTTEN.insert(&tgid, &f, 0).is_err() {
+    if FORGOTTEN.insert(tgid, f, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
     }
     let (word, bit) = target_bit(tgid);
@@ -333,7 +339,7 @@ pub fn stale_cause(key: ConnKey, info: &ConnInfo) -> Option<u32> {
         return None;
     }
     // SAFETY: read-only copy of a map value.
-    let f = match unsafe { FORGOTTEN.get(&key.tgid) } {
+    let f = match unsafe { FORGOTTEN.get(key.tgid) } {
         Some(f) => *f,
         None => {
             // Swept by userspace: the process is clean again.
@@ -355,7 +361,7 @@ pub fn stale_cause(key: ConnKey, info: &ConnInfo) -> Option<u32> {
 /// Remove a socket's entry and tell userspace the connection ended (`cause`: `FORGET_*`).
 #[inline(always)]
 pub fn forget(key: ConnKey, info: &ConnInfo, cause: u32) {
-    let _ = SOCKETS.remove(&key);
+    let _ = SOCKETS.remove(key);
     if info.flags & CONN_FLAG_TLS != 0 {
         crate::tls::forget(key, info);
     }
