@@ -30,7 +30,10 @@ pub(crate) struct Call {
 
 /// `n` bytes moved by a syscall on the traced socket whose `SOCKETS` value is `info`.
 #[inline(always)]
-pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64, info: *mut ConnInfo) {
+///
+/// `SHAPE` is the program's (`SHAPE_BUF`, `SHAPE_IOV`, `SHAPE_MSG`), a constant: each program
+/// carries, and the verifier explores, only its own path.
+pub fn emit<const SHAPE: u32>(pid_tgid: u64, call: &ActiveCall, n: u64, info: *mut ConnInfo) {
     let egress = call.kind >= SYS_WRITE;
     // SAFETY: a map value pointer valid for this program's run. Two threads moving bytes on one
     // socket at once is a race in the application too; the position then only drifts.
@@ -73,7 +76,7 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64, info: *mut ConnInfo) {
     // nest). Read around the emission rather than carried through its loops, which would
     // double the states the verifier explores at every chunk.
     let refused_before = drops_of(DROP_RINGBUF_DATA);
-    match call.shape {
+    match SHAPE {
         SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
         SHAPE_MSG => {
@@ -128,24 +131,35 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall, info: &ConnInfo) {
 #[inline(always)]
 pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
     const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
+    // Full chunks take the largest size class and nothing else, so that the verifier explores
+    // one reservation per iteration; the one partial chunk picks its class after the loop.
     for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
         let off = i * MAX;
-        if off >= total {
-            return;
+        if off + MAX > total {
+            break;
         }
-        let rest = total - off;
-        let len = if rest > MAX { MAX } else { rest };
-        emit_chunk(c, src + off, len, base + off, rest <= MAX);
+        emit_full(c, src + off, base + off, off + MAX == total);
     }
     let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
-    if total > head {
-        let len = if total - head > MAX {
-            MAX
-        } else {
-            total - head
-        };
-        let at = total - len;
-        emit_chunk(c, src + at, len, base + at, true);
+    if total <= head {
+        let whole = total - total % MAX;
+        if whole < total {
+            emit_chunk(c, src + whole, total - whole, base + whole, true);
+        }
+    } else if total - head >= MAX {
+        // Past the head: the tail (a gap between them unless the buffer is whole with it).
+        let at = total - MAX;
+        emit_full(c, src + at, base + at, true);
+    } else {
+        emit_chunk(c, src + head, total - head, base + head, true);
+    }
+}
+
+/// A chunk of exactly `CHUNK_PAYLOAD_MAX` bytes.
+#[inline(never)]
+fn emit_full(c: &Call, src: u64, offset: u64, last: bool) {
+    if !emit_in::<CHUNK_MAX>(c, src, CHUNK_PAYLOAD_MAX as u64, offset, last) {
+        count_drop(DROP_RINGBUF_DATA);
     }
 }
 
@@ -168,7 +182,7 @@ fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
         let take = min(v.len, total - off);
         let len = min(take, CHUNK_PAYLOAD_MAX as u64);
         if len > 0 {
-            emit_chunk(c, v.base, len, off, off + take >= total);
+            emit_iovec_chunk(c, v.base, len, off, off + take >= total);
         }
         off += take;
     }
@@ -200,6 +214,21 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
         emit_in::<4096>(c, src, len, offset, last)
     } else if len < 16384 {
         emit_in::<16384>(c, src, len, offset, last)
+    } else {
+        emit_in::<CHUNK_MAX>(c, src, len, offset, last)
+    };
+    if !delivered {
+        count_drop(DROP_RINGBUF_DATA);
+    }
+}
+
+/// One iovec's chunk: two size classes only (the verifier explores them for each of the
+/// `IOVECS_TRACED` iovecs).
+#[inline(never)]
+fn emit_iovec_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
+    let len = len & (CHUNK_MAX as u64 - 1);
+    let delivered = if len < 4096 {
+        emit_in::<4096>(c, src, len, offset, last)
     } else {
         emit_in::<CHUNK_MAX>(c, src, len, offset, last)
     };

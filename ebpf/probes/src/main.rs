@@ -102,7 +102,7 @@ fn enter_data(
 }
 
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext) -> u32 {
+fn exit_data<const SHAPE: u32>(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !targeted(pid_tgid) {
         return 0;
@@ -144,7 +144,7 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
     if n <= 0 {
         return 0;
     }
-    data::emit(pid_tgid, &call, n as u64, info);
+    data::emit::<SHAPE>(pid_tgid, &call, n as u64, info);
     0
 }
 
@@ -156,7 +156,7 @@ macro_rules! data_syscall {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx)
+            exit_data::<{ $shape }>(&ctx)
         }
     };
 }
