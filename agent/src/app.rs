@@ -154,7 +154,7 @@ async fn run(config: Config) -> Result<()> {
         None => Box::new(Scanner::new(selector)),
     };
 
-    let (mut probes, maps) = Probes::load(config.ring_buffer_size)?;
+    let (mut probes, maps) = Probes::load(config.ring_buffer_size, config.bpf_stats)?;
     if let Some(logger) = probes.logger.take() {
         // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd holds it.
         match unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) } {
@@ -190,7 +190,9 @@ async fn run(config: Config) -> Result<()> {
         maps.targets,
         maps.tls_targets,
         maps.sockets,
+        maps.forgotten,
     )));
+    let (exec_tx, exec_rx) = std::sync::mpsc::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
 
     // Targeting: a plain thread, since /proc reads block.
@@ -203,7 +205,9 @@ async fn run(config: Config) -> Result<()> {
         std::thread::Builder::new()
             .name("infertap-targets".into())
             .spawn(move || {
-                targeting_loop(source, kmaps, ctl_tx, status, interval, stop, heartbeat)
+                targeting_loop(
+                    source, kmaps, ctl_tx, status, exec_rx, interval, stop, heartbeat,
+                )
             })?
     };
 
@@ -225,6 +229,7 @@ async fn run(config: Config) -> Result<()> {
     };
     let node = KernelNode {
         maps: kmaps.clone(),
+        execs: exec_tx,
     };
     let driver = Driver {
         pipeline: Pipeline::new(settings, stats.clone(), enrichers, node, sink),

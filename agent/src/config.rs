@@ -148,8 +148,15 @@ pub struct Config {
     #[arg(long, default_value_t = 30)]
     pub stall_secs: u64,
 
-    /// How often /proc is scanned for new and exited targets, in milliseconds.
-    #[arg(long, default_value_t = 250, hide = true)]
+    /// Switch the kernel's BPF statistics on (`kernel.bpf_stats_enabled`) while the agent runs:
+    /// run count and run time per program in `/status` `probes`. Off by default: with them on,
+    /// every BPF program on the node pays two clock reads per run.
+    #[arg(long, env = "INFERTAP_BPF_STATS")]
+    pub bpf_stats: bool,
+
+    /// How often /proc is scanned for new and exited targets, in milliseconds: the safety net
+    /// behind the kernel's exec, listen and exit reports, which find targets as they happen.
+    #[arg(long, default_value_t = 5000, hide = true)]
     pub scan_interval_ms: u64,
 }
 

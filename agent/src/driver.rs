@@ -119,6 +119,10 @@ impl Driver {
                 self.heartbeat.beat("attaching TLS uprobes");
                 tokio::task::block_in_place(|| self.attach_tls(pid, plans));
             }
+            Control::Forgotten { pid, sockets } => {
+                self.pipeline
+                    .forgotten(pid, &sockets, infertap_common::FORGET_RECONCILE)
+            }
             Control::Gone { pid } => {
                 self.tls_status.retain(|t| t.pid != pid);
                 let released = self.probes.release_tls(pid);

@@ -37,6 +37,13 @@ pub trait Node {
     fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64);
     /// A traced process exited at kernel monotonic `exit_ns`.
     fn process_exited(&mut self, tgid: u32, exit_ns: u64);
+    /// Descriptors `lo..=hi` of `tgid` stopped naming what they named at `at_ns`
+    /// (`close_range`, exec): forget the sockets there whose connection began before, and say
+    /// which (fd, connection id, final stream positions when records of it were lost).
+    fn forget_fds(&mut self, tgid: u32, lo: u32, hi: u32, at_ns: u64) -> Vec<ForgottenSocket>;
+    /// A process exec'd (`was_target`: it was traced until then) or, with `listen`, started
+    /// listening: targeting looks at it now.
+    fn exec(&mut self, tgid: u32, was_target: bool, listen: bool);
     /// The kernel monotonic clock, in nanoseconds.
     fn now_ns(&self) -> u64;
 }
@@ -65,6 +72,16 @@ pub struct ExistingSocket {
     pub role: Role,
     pub local: SocketAddr,
     pub peer: SocketAddr,
+}
+
+/// A socket userspace removed from the kernel's map because its descriptor went stale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ForgottenSocket {
+    pub fd: u32,
+    pub conn_id: u64,
+    /// Final stream positions (ingress, egress) when records of the connection were lost since
+    /// its last delivered data record.
+    pub after_loss: Option<[u64; 2]>,
 }
 
 /// The pipeline's settings.
@@ -232,7 +249,11 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                 fd,
                 after_loss,
                 final_pos,
+                cause,
             } => {
+                stats
+                    .socket_forgotten(cause)
+                    .fetch_add(1, Ordering::Relaxed);
                 self.table.closed(
                     ConnId { tgid, conn_id },
                     fd,
@@ -242,6 +263,34 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                     &mut self.done,
                 );
             }
+            Record::FdsForgotten {
+                tgid,
+                ts_ns,
+                lo,
+                hi,
+                cause,
+            } => {
+                for f in self.node.forget_fds(tgid, lo, hi, ts_ns) {
+                    stats
+                        .socket_forgotten(cause)
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.table.closed(
+                        ConnId {
+                            tgid,
+                            conn_id: f.conn_id,
+                        },
+                        f.fd,
+                        ts_ns,
+                        f.after_loss,
+                        stats,
+                        &mut self.done,
+                    );
+                }
+            }
+            Record::ProcExec {
+                tgid, was_target, ..
+            } => self.node.exec(tgid, was_target, false),
+            Record::ProcListen { tgid, .. } => self.node.exec(tgid, false, true),
             Record::ProcExit { tgid, ts_ns } => {
                 self.table.process_exit(tgid, ts_ns, stats, &mut self.done);
                 self.listeners.retain(|(pid, _), _| *pid != tgid);
@@ -279,6 +328,29 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             now,
             &self.stats,
         );
+    }
+
+    /// Userspace found that descriptors of a target no longer name the sockets the kernel map
+    /// had for them (`probes::targeting` reconciliation): their connections end now.
+    pub fn forgotten(&mut self, tgid: u32, sockets: &[ForgottenSocket], cause: u32) {
+        let now = self.node.now_ns();
+        for f in sockets {
+            self.stats
+                .socket_forgotten(cause)
+                .fetch_add(1, Ordering::Relaxed);
+            self.table.closed(
+                ConnId {
+                    tgid,
+                    conn_id: f.conn_id,
+                },
+                f.fd,
+                now,
+                f.after_loss,
+                &self.stats,
+                &mut self.done,
+            );
+        }
+        self.emit();
     }
 
     /// A process is no longer a target: every connection of it ends now.
@@ -383,6 +455,10 @@ impl Node for Detached {
     }
     fn untrace(&mut self, _tgid: u32, _fd: u32, _conn_id: u64) {}
     fn process_exited(&mut self, _tgid: u32, _exit_ns: u64) {}
+    fn forget_fds(&mut self, _: u32, _: u32, _: u32, _: u64) -> Vec<ForgottenSocket> {
+        Vec::new()
+    }
+    fn exec(&mut self, _tgid: u32, _was_target: bool, _listen: bool) {}
     fn now_ns(&self) -> u64 {
         self.now_ns
     }

@@ -71,6 +71,18 @@ counters! {
     /// Connections shed because all connections together held more than `--buffer-budget-bytes`
     /// (the ones holding the most, until a quarter of it was free).
     buffer_sheds_global,
+    /// Traced sockets forgotten because their descriptor was closed.
+    sockets_forgotten_close,
+    /// Traced sockets forgotten because `close_range` (or `closefrom`) covered their descriptor.
+    sockets_forgotten_close_range,
+    /// Traced sockets forgotten because `dup2`/`dup3` put another file on their descriptor.
+    sockets_forgotten_dup,
+    /// Traced sockets forgotten because their process exec'd (sockets that survive exec are
+    /// rediscovered).
+    sockets_forgotten_exec,
+    /// Traced sockets forgotten because `/proc/<pid>/fd` showed their descriptor no longer names
+    /// them (closed where the kernel programs cannot see, e.g. through io_uring).
+    sockets_forgotten_reconcile,
     /// Streams found not to be HTTP/1.1 (given up on).
     streams_not_http,
     /// HTTP messages that could not be parsed (the parser resynchronised).
@@ -178,6 +190,18 @@ counters! {
 }
 
 impl Stats {
+    /// The counter of sockets forgotten for `cause` (`infertap_common::FORGET_*`); unknown
+    /// causes count as closes.
+    pub fn socket_forgotten(&self, cause: u32) -> &AtomicU64 {
+        match cause {
+            infertap_common::FORGET_CLOSE_RANGE => &self.sockets_forgotten_close_range,
+            infertap_common::FORGET_DUP => &self.sockets_forgotten_dup,
+            infertap_common::FORGET_EXEC => &self.sockets_forgotten_exec,
+            infertap_common::FORGET_RECONCILE => &self.sockets_forgotten_reconcile,
+            _ => &self.sockets_forgotten_close,
+        }
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

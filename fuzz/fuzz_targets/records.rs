@@ -146,7 +146,11 @@ fuzz_target!(|data: &[u8]| {
                 assert!(chunk.payload.len() + std::mem::size_of::<DataRecord>() <= raw.len());
             }
             Record::Open { ts_ns, .. } => assert_eq!(ts_ns, ts),
-            Record::Close { .. } | Record::ProcExit { .. } => {}
+            Record::Close { .. }
+            | Record::ProcExit { .. }
+            | Record::FdsForgotten { .. }
+            | Record::ProcExec { .. }
+            | Record::ProcListen { .. } => {}
         }
         // As the agent applies it.
         pipeline.node_mut().now_ns = ts;

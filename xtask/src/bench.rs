@@ -244,12 +244,12 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                         } else {
                             vec!["--target-pid".to_string(), sleeper.0.id().to_string()]
                         };
-                        let a = Kill(
-                            agent_command_of(&bin, &debug)
-                                .args(&target)
-                                .env("RUST_LOG", "warn")
-                                .spawn()?,
-                        );
+                        let mut cmd = agent_command_of(&bin, &debug);
+                        if arm != Arm::Baseline {
+                            // Statistics are off by default; the per-program figures need them.
+                            cmd.arg("--bpf-stats");
+                        }
+                        let a = Kill(cmd.args(&target).env("RUST_LOG", "warn").spawn()?);
                         wait_targeted(&debug)?;
                         Some(a)
                     }

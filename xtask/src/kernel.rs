@@ -146,6 +146,9 @@ pub fn run(rounds: usize, round_trips: u64, size: usize, baseline: Option<&Path>
                         let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
                         cmd = Command::new(b);
                         cmd.args(args);
+                    } else {
+                        // Statistics are off by default; the per-program figures need them.
+                        cmd.arg("--bpf-stats");
                     }
                     let a = Kill(cmd.args(&target).env("RUST_LOG", "warn").spawn()?);
                     wait_targeted(&debug)?;

@@ -13,6 +13,7 @@ mod kernel;
 mod rss;
 mod setup;
 mod stream;
+mod tax;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -118,6 +119,20 @@ enum Cmd {
         size: usize,
         /// Another build of the agent (a binary) to run as a fourth arm, for before/after figures
         /// from one run.
+        #[arg(long)]
+        baseline_agent: Option<PathBuf>,
+    },
+    /// What the agent costs processes it does not trace: wall-clock ns per syscall of a `dd bs=1`
+    /// loop, a `getppid` loop and a pipe ping-pong, agent off vs attached targeting nothing
+    /// (interleaved rounds, medians).
+    BenchTax {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Iterations per loop, arm and round (dd copies twice as many bytes; the pipe ping-pong
+        /// makes a tenth as many round trips).
+        #[arg(long, default_value_t = 1_000_000)]
+        iterations: u64,
+        /// Another build of the agent (a binary) as a third arm, for before/after in one run.
         #[arg(long)]
         baseline_agent: Option<PathBuf>,
     },
@@ -376,6 +391,17 @@ fn main() -> Result<()> {
         } => {
             build()?;
             stream::run_stream(streams, chunks, interval_us, seconds)
+        }
+        Cmd::BenchTax {
+            rounds,
+            iterations,
+            baseline_agent,
+        } => {
+            build()?;
+            if !is_root() {
+                bail!("the benchmark loads eBPF programs and must run as root");
+            }
+            tax::run(rounds, iterations, baseline_agent.as_deref())
         }
         Cmd::BenchKernel {
             rounds,

@@ -85,6 +85,28 @@ pub enum Record<'a> {
         after_loss: bool,
         /// Final stream positions (ingress, egress).
         final_pos: [u64; 2],
+        /// Why the kernel forgot the socket (`FORGET_*`: close, dup2 onto its number, …).
+        cause: u32,
+    },
+    /// Descriptors `lo..=hi` of a targeted process stopped naming what they named at `ts_ns`
+    /// (`close_range`, or every descriptor at exec): its sockets there are stale.
+    FdsForgotten {
+        tgid: u32,
+        ts_ns: u64,
+        lo: u32,
+        hi: u32,
+        cause: u32,
+    },
+    /// A process exec'd (any process on the node).
+    ProcExec {
+        tgid: u32,
+        ts_ns: u64,
+        was_target: bool,
+    },
+    /// A process started listening on a socket (any process on the node).
+    ProcListen {
+        tgid: u32,
+        ts_ns: u64,
     },
     ProcExit {
         tgid: u32,
@@ -173,6 +195,32 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
                 fd: r.fd,
                 after_loss: r.flags & CONN_FLAG_LOST != 0,
                 final_pos: [r.rx_pos, r.tx_pos],
+                cause: (r.flags >> CLOSE_CAUSE_SHIFT) & 0xff,
+            })
+        }
+        RECORD_FDS_FORGOTTEN => {
+            let r: FdsForgottenRecord = read(bytes)?;
+            Ok(Record::FdsForgotten {
+                tgid: r.header.tgid,
+                ts_ns: r.header.ts_ns,
+                lo: r.lo,
+                hi: r.hi,
+                cause: r.cause,
+            })
+        }
+        RECORD_PROC_LISTEN => {
+            let r: ProcEventRecord = read(bytes)?;
+            Ok(Record::ProcListen {
+                tgid: r.header.tgid,
+                ts_ns: r.header.ts_ns,
+            })
+        }
+        RECORD_PROC_EXEC => {
+            let r: ProcEventRecord = read(bytes)?;
+            Ok(Record::ProcExec {
+                tgid: r.header.tgid,
+                ts_ns: r.header.ts_ns,
+                was_target: r.was_target != 0,
             })
         }
         RECORD_PROC_EXIT => Ok(Record::ProcExit {

@@ -119,6 +119,11 @@ pub struct ConnectionsStatus {
     /// `--buffer-budget-bytes`).
     #[serde(default)]
     pub buffer_shed: BufferShedStatus,
+    /// Entries of the kernel's socket map (traced sockets) found live at the last check against
+    /// /proc (every 2 s).
+    pub kernel_sockets: u64,
+    /// Traced sockets forgotten because their descriptor number stopped naming them, by cause.
+    pub forgotten: ForgottenStatus,
 }
 
 /// Parse states shed over the buffer budget, by cause.
@@ -126,6 +131,16 @@ pub struct ConnectionsStatus {
 pub struct BufferShedStatus {
     pub connection: u64,
     pub global: u64,
+}
+
+/// `connections.forgotten`: why traced sockets' kernel entries went.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgottenStatus {
+    pub close: u64,
+    pub close_range: u64,
+    pub dup: u64,
+    pub exec: u64,
+    pub reconcile: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +291,8 @@ pub struct AppStatus {
     pub port_proxies: Vec<PortProxyStatus>,
     /// Connections in the connection table now.
     pub connections_open: u64,
+    /// Entries of the kernel's socket map found live at the last reconciliation.
+    pub kernel_sockets: u64,
     /// Kernel drop counters per reason, as last read from the per-CPU map.
     pub kernel_dropped: BTreeMap<String, u64>,
     pub gpu: GpuStatus,
@@ -345,6 +362,14 @@ impl StatusSource {
                 buffer_shed: BufferShedStatus {
                     connection: get(&s.buffer_sheds_connection),
                     global: get(&s.buffer_sheds_global),
+                },
+                kernel_sockets: app.kernel_sockets,
+                forgotten: ForgottenStatus {
+                    close: get(&s.sockets_forgotten_close),
+                    close_range: get(&s.sockets_forgotten_close_range),
+                    dup: get(&s.sockets_forgotten_dup),
+                    exec: get(&s.sockets_forgotten_exec),
+                    reconcile: get(&s.sockets_forgotten_reconcile),
                 },
             },
             records: RecordsStatus {
@@ -509,8 +534,10 @@ mod tests {
                 "targets": [{"pid": 42, "comm": "vllm", "reason": "port 8000"}],
                 "connections": {"open": 3, "opened_total": 0, "closed_total": 0,
                                 "evicted_total": 0, "shed_total": 0, "after_loss_total": 0,
-                                "lost_in_kernel_total": 0,
-                                "buffer_shed": {"connection": 0, "global": 0}},
+                                "lost_in_kernel_total": 0, "kernel_sockets": 0,
+                                "buffer_shed": {"connection": 0, "global": 0},
+                                "forgotten": {"close": 0, "close_range": 0, "dup": 0,
+                                              "exec": 0, "reconcile": 0}},
                 "records": {"read": 10, "bytes": 0, "malformed": 0, "lost_bytes": 0,
                             "kernel_dropped": {"ringbuf_full": 5}},
                 "http": {"parse_failures": 0, "not_http_streams": 1, "sse_parse_failures": 0, "json_parse_failures": 0,

@@ -67,6 +67,8 @@ struct Scripted {
     fds: HashMap<(u32, u32), FdKind>,
     untraced: Vec<(u32, u32, u64)>,
     exited: Vec<(u32, u64)>,
+    /// The kernel socket map: (tgid, fd, conn_id).
+    sockets: Vec<(u32, u32, u64)>,
     now_ns: u64,
 }
 
@@ -80,6 +82,22 @@ impl Node for Scripted {
     fn process_exited(&mut self, tgid: u32, exit_ns: u64) {
         self.exited.push((tgid, exit_ns));
     }
+    fn forget_fds(&mut self, tgid: u32, lo: u32, hi: u32, at_ns: u64) -> Vec<ForgottenSocket> {
+        let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.sockets)
+            .into_iter()
+            .partition(|&(t, fd, conn_id)| {
+                t == tgid && (lo..=hi).contains(&fd) && conn_id <= at_ns
+            });
+        self.sockets = kept;
+        gone.into_iter()
+            .map(|(_, fd, conn_id)| ForgottenSocket {
+                fd,
+                conn_id,
+                after_loss: None,
+            })
+            .collect()
+    }
+    fn exec(&mut self, _tgid: u32, _was_target: bool, _listen: bool) {}
     fn now_ns(&self) -> u64 {
         self.now_ns
     }
@@ -198,4 +216,60 @@ fn malformed_records_are_counted_and_change_nothing() {
     assert_eq!(p.stats.records_malformed.load(Ordering::Relaxed), 1);
     assert_eq!(p.connections(), 0);
     assert!(p.output().is_empty());
+}
+
+#[test]
+fn a_close_range_ends_the_connections_in_its_range_that_began_before_it_and_counts_them() {
+    let mut node = Scripted::default();
+    node.sockets = vec![
+        (TGID, 7, MS),
+        (TGID, 8, MS + 1),
+        (TGID, 20, MS + 2),
+        (TGID, 9, 10 * MS),
+    ];
+    let mut p = pipeline(node);
+    for (conn_id, fd) in [(MS, 7), (MS + 1, 8), (MS + 2, 20)] {
+        p.record(&open(conn_id, fd, u32::MAX, 0, MS));
+    }
+    p.record(&data(MS, 7, false, 0, 2 * MS, REQUEST));
+    p.record(&bytes_of(&FdsForgottenRecord {
+        header: RecordHeader {
+            kind: RECORD_FDS_FORGOTTEN,
+            tgid: TGID,
+            ts_ns: 5 * MS,
+        },
+        lo: 3,
+        hi: 10,
+        cause: FORGET_CLOSE_RANGE,
+        _pad: 0,
+    }));
+    // fds 7 and 8 went; 20 is outside the range, 9 began after the close_range.
+    assert_eq!(p.node.sockets, vec![(TGID, 20, MS + 2), (TGID, 9, 10 * MS)]);
+    assert_eq!(
+        p.stats
+            .sockets_forgotten_close_range
+            .load(Ordering::Relaxed),
+        2
+    );
+    assert_eq!(p.connections(), 1);
+    assert_eq!(
+        p.output().len(),
+        1,
+        "the request in flight on fd 7 ends as a span"
+    );
+    // A close the kernel made for a dup2 onto a traced number is counted by its cause.
+    p.record(&bytes_of(&ConnCloseRecord {
+        header: RecordHeader {
+            kind: RECORD_CONN_CLOSE,
+            tgid: TGID,
+            ts_ns: 6 * MS,
+        },
+        conn_id: MS + 2,
+        fd: 20,
+        flags: FORGET_DUP << CLOSE_CAUSE_SHIFT,
+        rx_pos: 0,
+        tx_pos: 0,
+    }));
+    assert_eq!(p.stats.sockets_forgotten_dup.load(Ordering::Relaxed), 1);
+    assert_eq!(p.connections(), 0);
 }

@@ -18,7 +18,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use infertap_common::{
-    ConnInfo, ConnKey, DROP_COUNTERS, DROP_NAMES, LOST_CONNS_SLOT, TARGET_BITS_PER_WORD,
+    ConnInfo, ConnKey, Forgotten, DROP_COUNTERS, DROP_NAMES, LOST_CONNS_SLOT, TARGET_BITS_PER_WORD,
 };
 
 /// The object built by `cargo xtask build` (empty when the agent was built without it).
@@ -49,6 +49,11 @@ pub const PROGRAMS: &[(&str, &str)] = &[
     ("sys_enter_connect", "syscalls"),
     ("sys_exit_connect", "syscalls"),
     ("sys_enter_close", "syscalls"),
+    ("sys_enter_dup2", "syscalls"),
+    ("sys_enter_dup3", "syscalls"),
+    ("sys_enter_close_range", "syscalls"),
+    ("sys_exit_listen", "syscalls"),
+    ("sched_process_exec", "sched"),
     ("sched_process_exit", "sched"),
 ];
 
@@ -102,7 +107,8 @@ pub struct Probes {
     /// Log records of the kernel programs (aya-log), forwarded to the agent's log.
     pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     pub states: Vec<ProbeState>,
-    /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program).
+    /// Keeps `kernel.bpf_stats_enabled` on while held (run time and count per program), with
+    /// `--bpf-stats`.
     _stats: Option<OwnedFd>,
     /// TLS uprobes: files attached, programs loaded (`uprobe`).
     tls: uprobe::TlsAttachments,
@@ -115,6 +121,8 @@ pub struct Maps {
     /// Bitmap of targeted tgids with TLS uprobes attached.
     pub tls_targets: Array<MapData, u64>,
     pub sockets: HashMap<MapData, ConnKey, ConnInfo>,
+    /// Stale descriptor ranges per target (`close_range`, exec), until swept.
+    pub forgotten: HashMap<MapData, u32, Forgotten>,
     pub drops: PerCpuArray<MapData, u64>,
     pub events: RingBuf<MapData>,
 }
@@ -169,8 +177,9 @@ fn check_privileges() -> Result<(), ProbeError> {
 }
 
 impl Probes {
-    /// Load and attach. `ring_bytes` sets the ring buffer size (a power of two multiple of the page size).
-    pub fn load(ring_bytes: u32) -> Result<(Probes, Maps), ProbeError> {
+    /// Load and attach. `ring_bytes` sets the ring buffer size (a power of two multiple of the page size);
+    /// `bpf_stats` switches the kernel's per-program statistics on while the probes live.
+    pub fn load(ring_bytes: u32, bpf_stats: bool) -> Result<(Probes, Maps), ProbeError> {
         if OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
         }
@@ -184,6 +193,7 @@ impl Probes {
             .map_max_entries("EVENTS", ring_bytes)
             .map_max_entries("TARGETS", target_words())
             .map_max_entries("TLS_TARGETS", target_words())
+            .map_max_entries("STALE", target_words())
             // `CALLS` is task-local storage, which aya creates but has no userspace type for
             // (the agent never reads it).
             .allow_unsupported_maps()
@@ -201,7 +211,11 @@ impl Probes {
                 None
             }
         };
-        let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).ok();
+        let stats = if bpf_stats {
+            aya::sys::enable_stats(aya::sys::Stats::RunTime).ok()
+        } else {
+            None
+        };
         let mut states = Vec::new();
         for (name, category) in PROGRAMS {
             let result = (|| -> Result<(), String> {
@@ -239,6 +253,7 @@ impl Probes {
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let tls_targets = take_map(&mut ebpf, "TLS_TARGETS")?;
         let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        let forgotten = take_map(&mut ebpf, "FORGOTTEN")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
         Ok((
@@ -253,6 +268,7 @@ impl Probes {
                 targets,
                 tls_targets,
                 sockets,
+                forgotten,
                 drops,
                 events,
             },

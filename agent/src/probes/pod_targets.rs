@@ -133,6 +133,17 @@ impl TargetSource for PodScanner {
     fn scan(&mut self) -> Vec<Target> {
         PodScanner::scan(self)
     }
+
+    /// Processes that exec'd are judged afresh (their cached decision was about the program
+    /// they ran before), in one scan.
+    fn check(&mut self, pids: &[u32]) -> Vec<Target> {
+        for pid in pids {
+            self.seen.remove(pid);
+        }
+        let mut all = PodScanner::scan(self);
+        all.retain(|t| pids.binary_search(&t.pid).is_ok());
+        all
+    }
 }
 
 /// Every process id in /proc, sorted.

@@ -251,6 +251,15 @@ pub trait TargetSource: Send {
     fn port_proxies(&self) -> Vec<PortProxy> {
         Vec::new()
     }
+
+    /// Which of `pids` (processes that just exec'd) should be traced now. By default one full
+    /// scan; a source that can judge one process cheaply does so.
+    fn check(&mut self, pids: &[u32]) -> Vec<Target> {
+        self.scan()
+            .into_iter()
+            .filter(|t| pids.binary_search(&t.pid).is_ok())
+            .collect()
+    }
 }
 
 impl TargetSource for Scanner {
@@ -260,6 +269,43 @@ impl TargetSource for Scanner {
 
     fn port_proxies(&self) -> Vec<PortProxy> {
         Scanner::port_proxies(self)
+    }
+
+    /// By pid, command line or listening port, one process at a time (its own TCP tables: the
+    /// process just exec'd or listened).
+    fn check(&mut self, pids: &[u32]) -> Vec<Target> {
+        let mut out = Vec::new();
+        for &pid in pids {
+            if pid == self.self_pid {
+                continue;
+            }
+            let Ok(p) = Process::new(pid as i32) else {
+                continue;
+            };
+            if self.selector.pids.contains(&pid) {
+                out.push(target(&p, "pid".into()));
+                continue;
+            }
+            if !self.selector.ports.is_empty() {
+                let port = tcp_sockets(pid)
+                    .into_iter()
+                    .filter(|s| s.listening)
+                    .map(|s| s.local.port())
+                    .find(|port| self.selector.ports.contains(port));
+                // A port-publishing proxy (docker-proxy, …) is not the server behind it.
+                if let Some(port) = port.filter(|_| is_port_proxy(pid).is_none()) {
+                    out.push(target(&p, format!("port {port}")));
+                    continue;
+                }
+            }
+            if let Some(re) = &self.selector.cmdline {
+                let Ok(args) = p.cmdline() else { continue };
+                if !args.is_empty() && re.is_match(&args.join(" ")) {
+                    out.push(target(&p, "cmdline".into()));
+                }
+            }
+        }
+        out
     }
 }
 

@@ -10,12 +10,13 @@
 /// Largest payload a single data record carries, plus one. Payload lengths are masked with
 /// `CHUNK_MAX - 1` so that the verifier sees a provable bound: a record carries at most
 /// `CHUNK_MAX - 1` bytes.
-pub const CHUNK_MAX: usize = 16384;
+pub const CHUNK_MAX: usize = 65536;
 /// The most payload bytes one record carries.
 pub const CHUNK_PAYLOAD_MAX: usize = CHUNK_MAX - 1;
 /// Records emitted for the head of one contiguous buffer; past this, only the tail chunk is sent
-/// (so a large non-streaming response still shows its last bytes, where `usage` sits).
-pub const HEAD_CHUNKS_PER_BUFFER: u32 = 15;
+/// (so a large non-streaming response still shows its last bytes, where `usage` sits). With the
+/// tail chunk, a buffer of up to 17 × 65,535 bytes (just over 1 MiB) is copied whole.
+pub const HEAD_CHUNKS_PER_BUFFER: u32 = 16;
 /// iovecs followed per `readv`/`writev`/`recvmsg`/`sendmsg`; the rest are reported as a gap.
 pub const IOVECS_TRACED: u32 = 32;
 
@@ -24,6 +25,33 @@ pub const RECORD_DATA: u32 = 1;
 pub const RECORD_CONN_OPEN: u32 = 2;
 pub const RECORD_CONN_CLOSE: u32 = 3;
 pub const RECORD_PROC_EXIT: u32 = 4;
+/// Descriptor numbers of a targeted process stopped naming what they named (`FdsForgottenRecord`):
+/// `close_range(2)` or `exec`. Userspace forgets the process's sockets in the range.
+pub const RECORD_FDS_FORGOTTEN: u32 = 5;
+/// A process exec'd (`ProcEventRecord`): userspace decides whether it is (still) a target.
+pub const RECORD_PROC_EXEC: u32 = 6;
+/// A process called `listen(2)` (`ProcEventRecord`, any process on the node): userspace checks
+/// at once whether it now listens on a selected port.
+pub const RECORD_PROC_LISTEN: u32 = 7;
+
+/// Why a socket's `SOCKETS` entry went (`ConnCloseRecord::flags` bits 8..16 and
+/// `FdsForgottenRecord::cause`): its descriptor number stopped naming it.
+pub const FORGET_CLOSE: u32 = 0;
+/// `close_range(2)` (or `closefrom`) over its number.
+pub const FORGET_CLOSE_RANGE: u32 = 1;
+/// `dup2`/`dup3` onto its number.
+pub const FORGET_DUP: u32 = 2;
+/// The process exec'd: its close-on-exec descriptors are gone, and the rest are rediscovered.
+pub const FORGET_EXEC: u32 = 3;
+/// Userspace's periodic check against `/proc/<pid>/fd` found the number no longer names the
+/// socket (closed where the kernel programs cannot see, e.g. through io_uring).
+pub const FORGET_RECONCILE: u32 = 4;
+pub const FORGET_CAUSES: usize = 5;
+/// Names of the causes, index-aligned with `FORGET_*`.
+pub const FORGET_NAMES: [&str; FORGET_CAUSES] =
+    ["close", "close_range", "dup", "exec", "reconcile"];
+/// `ConnCloseRecord::flags`: the cause (`FORGET_*`) sits in bits 8..16.
+pub const CLOSE_CAUSE_SHIFT: u32 = 8;
 
 /// `DataRecord::flags` bits.
 pub const DATA_FLAG_EGRESS: u32 = 1;
@@ -175,6 +203,48 @@ pub struct ProcExitRecord {
     pub header: RecordHeader,
 }
 
+/// Descriptors `lo..=hi` of a targeted process stopped naming what they named at `header.ts_ns`
+/// (`close_range`, or `0..=u32::MAX` at exec). Userspace forgets the process's sockets in that
+/// range whose connection began before then, and deletes the process's `FORGOTTEN` entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FdsForgottenRecord {
+    pub header: RecordHeader,
+    pub lo: u32,
+    pub hi: u32,
+    /// `FORGET_*`.
+    pub cause: u32,
+    pub _pad: u32,
+}
+
+/// A process exec'd (`RECORD_PROC_EXEC`) or listened (`RECORD_PROC_LISTEN`): any process on the
+/// node, so that userspace targets a new server as soon as it starts (or starts listening)
+/// rather than at its next /proc scan.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEventRecord {
+    pub header: RecordHeader,
+    /// Whether the process was a target at the event (1) or not (0).
+    pub was_target: u32,
+    pub _pad: u32,
+}
+
+/// Value of the `FORGOTTEN` map (key: tgid): sockets of the process with a descriptor in
+/// `lo..=hi` whose connection id (its open time, `CONN_ID_TIME_MASK`) is not after `ts_ns` are
+/// stale. Kept until userspace has swept them; a program that meets such an entry first drops it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    pub ts_ns: u64,
+    pub lo: u32,
+    pub hi: u32,
+}
+
+/// Connection ids are the kernel monotonic time of the connection's start; userspace-assigned
+/// ids (sockets found already open) set the top bit on top of their time. Masked with this,
+/// every id compares with a kernel timestamp.
+pub const CONN_ID_TIME_MASK: u64 = !(1u64 << 63);
+
 /// Key of the `SOCKETS` map: one traced socket of one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -245,6 +315,9 @@ const _: () = assert!(core::mem::size_of::<DataRecord>() == 64);
 const _: () = assert!(core::mem::size_of::<ConnOpenRecord>() == 72);
 const _: () = assert!(core::mem::size_of::<ConnCloseRecord>() == 48);
 const _: () = assert!(core::mem::size_of::<ProcExitRecord>() == 16);
+const _: () = assert!(core::mem::size_of::<FdsForgottenRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<ProcEventRecord>() == 24);
+const _: () = assert!(core::mem::size_of::<Forgotten>() == 16);
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 40);
 const _: () = assert!(core::mem::size_of::<TlsKey>() == 16);
@@ -259,4 +332,6 @@ mod pod {
     unsafe impl aya::Pod for ConnKey {}
     // SAFETY: as for ConnKey.
     unsafe impl aya::Pod for ConnInfo {}
+    // SAFETY: as for ConnKey.
+    unsafe impl aya::Pod for Forgotten {}
 }

@@ -28,16 +28,12 @@ pub(crate) struct Call {
     pub(crate) ts_ns: u64,
 }
 
+/// `n` bytes moved by a syscall on the traced socket whose `SOCKETS` value is `info`.
 #[inline(always)]
-pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: call.fd,
-    };
-    let info = match SOCKETS.get_ptr_mut(key) {
-        Some(p) => p,
-        None => return, // closed meanwhile
-    };
+///
+/// `SHAPE` is the program's (`SHAPE_BUF`, `SHAPE_IOV`, `SHAPE_MSG`), a constant: each program
+/// carries, and the verifier explores, only its own path.
+pub fn emit<const SHAPE: u32>(pid_tgid: u64, call: &ActiveCall, n: u64, info: *mut ConnInfo) {
     let egress = call.kind >= SYS_WRITE;
     // SAFETY: a map value pointer valid for this program's run. Two threads moving bytes on one
     // socket at once is a race in the application too; the position then only drifts.
@@ -80,7 +76,7 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
     // nest). Read around the emission rather than carried through its loops, which would
     // double the states the verifier explores at every chunk.
     let refused_before = drops_of(DROP_RINGBUF_DATA);
-    match call.shape {
+    match SHAPE {
         SHAPE_BUF => emit_buffer(&c, call.ptr, n, 0),
         SHAPE_IOV => emit_iovecs(&c, call.ptr, call.len, n),
         SHAPE_MSG => {
@@ -106,20 +102,11 @@ pub fn emit(pid_tgid: u64, call: &ActiveCall, n: u64) {
 
 /// The peer closed its side: a payload-less record at the current ingress position.
 #[inline(always)]
-pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd: call.fd,
-    };
-    // SAFETY: read-only copy of a map value.
-    let info = match unsafe { SOCKETS.get(key) } {
-        Some(i) => *i,
-        None => return,
-    };
+pub fn emit_eof(pid_tgid: u64, call: &ActiveCall, info: &ConnInfo) {
     let rec = DataRecord {
         header: RecordHeader {
             kind: RECORD_DATA,
-            tgid: key.tgid,
+            tgid: (pid_tgid >> 32) as u32,
             // SAFETY: bpf_ktime_get_ns has no preconditions.
             ts_ns: unsafe { bpf_ktime_get_ns() },
         },
@@ -144,24 +131,35 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall) {
 #[inline(always)]
 pub(crate) fn emit_buffer(c: &Call, src: u64, total: u64, base: u64) {
     const MAX: u64 = CHUNK_PAYLOAD_MAX as u64;
+    // Full chunks take the largest size class and nothing else, so that the verifier explores
+    // one reservation per iteration; the one partial chunk picks its class after the loop.
     for i in 0..HEAD_CHUNKS_PER_BUFFER as u64 {
         let off = i * MAX;
-        if off >= total {
-            return;
+        if off + MAX > total {
+            break;
         }
-        let rest = total - off;
-        let len = if rest > MAX { MAX } else { rest };
-        emit_chunk(c, src + off, len, base + off, rest <= MAX);
+        emit_full(c, src + off, base + off, off + MAX == total);
     }
     let head = HEAD_CHUNKS_PER_BUFFER as u64 * MAX;
-    if total > head {
-        let len = if total - head > MAX {
-            MAX
-        } else {
-            total - head
-        };
-        let at = total - len;
-        emit_chunk(c, src + at, len, base + at, true);
+    if total <= head {
+        let whole = total - total % MAX;
+        if whole < total {
+            emit_chunk(c, src + whole, total - whole, base + whole, true);
+        }
+    } else if total - head >= MAX {
+        // Past the head: the tail (a gap between them unless the buffer is whole with it).
+        let at = total - MAX;
+        emit_full(c, src + at, base + at, true);
+    } else {
+        emit_chunk(c, src + head, total - head, base + head, true);
+    }
+}
+
+/// A chunk of exactly `CHUNK_PAYLOAD_MAX` bytes.
+#[inline(never)]
+fn emit_full(c: &Call, src: u64, offset: u64, last: bool) {
+    if !emit_in::<CHUNK_MAX>(c, src, CHUNK_PAYLOAD_MAX as u64, offset, last) {
+        count_drop(DROP_RINGBUF_DATA);
     }
 }
 
@@ -184,7 +182,7 @@ fn emit_iovecs(c: &Call, iov: u64, count: u64, total: u64) {
         let take = min(v.len, total - off);
         let len = min(take, CHUNK_PAYLOAD_MAX as u64);
         if len > 0 {
-            emit_chunk(c, v.base, len, off, off + take >= total);
+            emit_iovec_chunk(c, v.base, len, off, off + take >= total);
         }
         off += take;
     }
@@ -200,14 +198,62 @@ fn min(a: u64, b: u64) -> u64 {
 }
 
 /// One record: `len` bytes from `src`, at `offset` within the syscall's bytes.
+///
+/// Built in place in a ring buffer reservation: no scratch buffer (which a program preempted on
+/// its CPU by another could share), no second copy. A reservation's size must be a constant, so
+/// the record takes the smallest of a few size classes that holds its payload; the ring buffer
+/// carries the slack, which userspace skips (a data record says its payload length).
 #[inline(never)]
 fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
-    let ev = match SCRATCH.get_ptr_mut(0) {
-        Some(p) => p,
-        None => return,
+    let len = len & (CHUNK_MAX as u64 - 1);
+    let delivered = if len < 256 {
+        emit_in::<256>(c, src, len, offset, last)
+    } else if len < 1024 {
+        emit_in::<1024>(c, src, len, offset, last)
+    } else if len < 4096 {
+        emit_in::<4096>(c, src, len, offset, last)
+    } else if len < 16384 {
+        emit_in::<16384>(c, src, len, offset, last)
+    } else {
+        emit_in::<CHUNK_MAX>(c, src, len, offset, last)
     };
-    let len = (len as usize) & (CHUNK_MAX - 1);
-    // SAFETY: the per-CPU scratch slot belongs to this program run; `len` < CHUNK_MAX.
+    if !delivered {
+        count_drop(DROP_RINGBUF_DATA);
+    }
+}
+
+/// One iovec's chunk: two size classes only (the verifier explores them for each of the
+/// `IOVECS_TRACED` iovecs).
+#[inline(never)]
+fn emit_iovec_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
+    let len = len & (CHUNK_MAX as u64 - 1);
+    let delivered = if len < 4096 {
+        emit_in::<4096>(c, src, len, offset, last)
+    } else {
+        emit_in::<CHUNK_MAX>(c, src, len, offset, last)
+    };
+    if !delivered {
+        count_drop(DROP_RINGBUF_DATA);
+    }
+}
+
+/// A data record with room for fewer than `N` payload bytes (`N` a power of two).
+#[repr(C)]
+struct DataEvent<const N: usize> {
+    record: DataRecord,
+    payload: [u8; N],
+}
+
+/// `emit_chunk` in the size class `N` (`len < N`); whether the ring buffer took the record.
+#[inline(always)]
+fn emit_in<const N: usize>(c: &Call, src: u64, len: u64, offset: u64, last: bool) -> bool {
+    let Some(mut entry) = EVENTS.reserve::<DataEvent<N>>(0) else {
+        return false;
+    };
+    let ev = entry.as_mut_ptr();
+    let len = (len as usize) & (N - 1);
+    // SAFETY: `ev` is this program's reservation, `size_of::<DataEvent<N>>()` bytes, submitted
+    // below; `len` < N.
     unsafe {
         let r = &mut (*ev).record;
         r.header = RecordHeader {
@@ -228,10 +274,14 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
             count_drop(DROP_READ_USER);
             r.len = 0;
         }
-        let size = core::mem::size_of::<DataRecord>() + (r.len as usize & (CHUNK_MAX - 1));
-        let bytes = core::slice::from_raw_parts(ev as *const u8, size);
-        if EVENTS.output::<[u8]>(bytes, wakeup_flags()).is_err() {
-            count_drop(DROP_RINGBUF_DATA);
-        }
     }
+    // Large records ask whether enough waits to wake the reader; small ones never do (the
+    // reader drains on a short timer), so no ring-fill query per record.
+    let flags = if N >= 16384 {
+        wakeup_flags()
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+    true
 }

@@ -4,12 +4,18 @@
 //! targeted processes, and `sched/sched_process_exit`. They read only syscall arguments, return
 //! values, user memory the syscall itself moved, and maps: no kernel struct, no CO-RE, no kprobe.
 //!
-//! Flow: an enter program checks `TARGETS` (every other process leaves here), then `SOCKETS`
-//! (only traced TCP sockets go on; files, pipes and Unix sockets never do), and saves the
-//! arguments in the thread's `CALLS` slot. The exit program takes them back, and for a positive return value copies
-//! the bytes moved into `EVENTS` as bounded data records (head chunks then the tail of large
-//! buffers), each stamped with its position in the connection's byte stream so that userspace
-//! sees every loss exactly.
+//! Flow: an enter program checks `TARGETS` (every other process leaves here) and saves the
+//! arguments in the thread's `CALLS` slot. The exit program takes them back, looks the
+//! descriptor up in `SOCKETS` once (only traced TCP sockets go on; files, pipes and Unix sockets
+//! never do), and for a positive return value copies the bytes moved into `EVENTS` as data
+//! records built in ring-buffer reservations (buffers up to 1 MiB whole, then head and tail),
+//! each stamped with its position in the connection's byte stream so that userspace sees every
+//! loss exactly.
+//!
+//! Descriptor numbers that stop naming a traced socket drop its `SOCKETS` entry: `close`,
+//! `dup2`/`dup3` onto it at once; `close_range` and exec mark a range of the process's numbers
+//! stale (`FORGOTTEN`, flagged in `STALE`), which the next syscall on such an entry and
+//! userspace's sweep both honour (`conn.rs`).
 //!
 //! `tls.rs`: uprobes on Go's `crypto/tls` and OpenSSL that copy TLS plaintext into the same data
 //! records, matched to their socket through the syscalls the TLS library makes.
@@ -18,6 +24,9 @@
 //! 5.8, bounded loops 5.3.
 #![no_std]
 #![no_main]
+// Atomic or/and on the `STALE` bitmap (the BPF target has no `AtomicU64::fetch_or`).
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
 
 mod conn;
 mod data;
@@ -62,7 +71,8 @@ const MSG_PEEK: u64 = 2;
 const ECONNRESET: i64 = 104;
 const EPIPE: i64 = 32;
 
-/// Save a data syscall's arguments if the process is targeted and the fd is a traced socket.
+/// Save a data syscall's arguments if the process is targeted. Whether the descriptor is a
+/// traced socket is decided once, at exit: one `SOCKETS` lookup per syscall.
 #[inline(always)]
 fn enter_data(
     ctx: &TracePointContext,
@@ -74,18 +84,6 @@ fn enter_data(
     if !targeted(pid_tgid) {
         return 0;
     }
-    let fd = arg(ctx, 0) as u32;
-    let key = ConnKey {
-        tgid: (pid_tgid >> 32) as u32,
-        fd,
-    };
-    // SAFETY: read-only lookup.
-    if unsafe { SOCKETS.get(key).is_none() } {
-        return 0;
-    }
-    if tls::probed(pid_tgid) {
-        tls::match_socket(pid_tgid, key);
-    }
     if let Some(n) = peek_flags_arg {
         if arg(ctx, n) & MSG_PEEK != 0 {
             return 0; // peeked bytes are read again later: copying them would duplicate them
@@ -94,7 +92,7 @@ fn enter_data(
     let call = ActiveCall {
         ptr: arg(ctx, 1),
         len: arg(ctx, 2),
-        fd,
+        fd: arg(ctx, 0) as u32,
         kind,
         shape,
         family: 0,
@@ -104,7 +102,7 @@ fn enter_data(
 }
 
 #[inline(always)]
-fn exit_data(ctx: &TracePointContext) -> u32 {
+fn exit_data<const SHAPE: u32>(ctx: &TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if !targeted(pid_tgid) {
         return 0;
@@ -113,18 +111,40 @@ fn exit_data(ctx: &TracePointContext) -> u32 {
         Some(c) => c,
         None => return 0,
     };
+    let key = ConnKey {
+        tgid: (pid_tgid >> 32) as u32,
+        fd: call.fd,
+    };
+    // Files, pipes and untraced sockets leave here.
+    let info = match SOCKETS.get_ptr_mut(key) {
+        Some(p) => p,
+        None => return 0,
+    };
+    // SAFETY: a map value pointer valid for this program run.
+    if let Some(cause) = conn::stale_cause(key, unsafe { &*info }) {
+        // The number was reused after a close_range or an exec: whatever it names now is not
+        // the socket.
+        // SAFETY: as above; copied before the entry is removed.
+        let copy = unsafe { *info };
+        conn::forget(key, &copy, cause);
+        return 0;
+    }
+    if tls::probed(pid_tgid) {
+        tls::match_socket(pid_tgid, key);
+    }
     let n = ret(ctx);
     // The peer went away: an orderly close (a read of 0 bytes), a reset, or a write to a
     // connection it closed.
     let eof = n == 0 && call.kind < SYS_WRITE && (call.shape != SHAPE_BUF || call.len > 0);
     if eof || n == -ECONNRESET || n == -EPIPE {
-        data::emit_eof(pid_tgid, &call);
+        // SAFETY: as above.
+        data::emit_eof(pid_tgid, &call, unsafe { &*info });
         return 0;
     }
     if n <= 0 {
         return 0;
     }
-    data::emit(pid_tgid, &call, n as u64);
+    data::emit::<SHAPE>(pid_tgid, &call, n as u64, info);
     0
 }
 
@@ -136,7 +156,7 @@ macro_rules! data_syscall {
         }
         #[tracepoint]
         pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit_data(&ctx)
+            exit_data::<{ $shape }>(&ctx)
         }
     };
 }
@@ -207,6 +227,26 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     conn::enter_close(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    conn::enter_dup(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    conn::enter_dup(&ctx)
+}
+#[tracepoint]
+pub fn sys_enter_close_range(ctx: TracePointContext) -> u32 {
+    conn::enter_close_range(&ctx)
+}
+#[tracepoint]
+pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
+    conn::exit_listen(&ctx)
+}
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    conn::process_exec(&ctx)
 }
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {

@@ -11,7 +11,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use infertap_common::{
-    ConnInfo, ConnKey, DataRecord, TlsConn, TlsKey, CHUNK_MAX, DROPS_ENTRIES, DROP_ACTIVE_FULL,
+    ConnInfo, ConnKey, Forgotten, TlsConn, TlsKey, DROPS_ENTRIES, DROP_ACTIVE_FULL,
 };
 
 /// Processes to trace: a bitmap over tgids (`infertap_common::target_bit`), written by userspace
@@ -31,6 +31,18 @@ pub static TLS_TARGETS: Array<u64> = Array::with_max_entries(65536, 0);
 /// never copied.
 #[map]
 pub static SOCKETS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
+
+/// Targeted processes with a `FORGOTTEN` entry (same layout as `TARGETS`; written by the kernel
+/// programs only, with atomic bit operations): only their socket syscalls look there, so a
+/// process that never used `close_range` or exec pays one array load.
+#[map]
+pub static STALE: Array<u64> = Array::with_max_entries(65536, 0);
+
+/// Per targeted process, descriptor numbers that stopped naming what they named
+/// (`infertap_common::Forgotten`): `close_range` and exec. Deleted by userspace once it has
+/// swept the process's stale `SOCKETS` entries.
+#[map]
+pub static FORGOTTEN: HashMap<u32, Forgotten> = HashMap::with_max_entries(16384, 0);
 
 /// Arguments of the syscall in flight on each thread, from enter to exit: task-local storage
 /// (5.12+ for tracing programs), a slot that lives and dies with the thread. It replaced a hash
@@ -126,16 +138,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(16 * 1024 * 1024, 0);
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROPS_ENTRIES, 0);
 
-/// Per-CPU scratch space where a data record is assembled before it is copied to `EVENTS`.
-#[map]
-pub static SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
-
-#[repr(C)]
-pub struct DataEvent {
-    pub record: DataRecord,
-    pub payload: [u8; CHUNK_MAX],
-}
-
 /// What a syscall's enter program saves for its exit program.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -182,8 +184,8 @@ pub fn count_drop(reason: u32) {
 /// are written without one until this much data waits, and userspace also drains on a short
 /// timer, so a quiet ring is still read within milliseconds.
 const WAKEUP_BYTES: u64 = 256 * 1024;
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+pub const BPF_RB_NO_WAKEUP: u64 = 1;
+pub const BPF_RB_FORCE_WAKEUP: u64 = 2;
 const BPF_RB_AVAIL_DATA: u64 = 0;
 
 #[inline(always)]

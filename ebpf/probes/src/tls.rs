@@ -51,7 +51,7 @@ pub fn probed(pid_tgid: u64) -> bool {
 }
 
 /// A traced socket syscall on this thread: if a TLS call on this thread is waiting to learn its
-/// socket, this is it. Called by the data syscalls' enter programs.
+/// socket, this is it. Called by the data syscalls' exit programs.
 #[inline(always)]
 pub fn match_socket(pid_tgid: u64, key: ConnKey) {
     // SAFETY: plain value copied out before removal.

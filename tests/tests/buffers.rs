@@ -1,0 +1,111 @@
+//! Whole buffers (issue 14): reads and writes of 256 KiB and 1 MiB on HTTP/1.1 and HTTP/2
+//! connections are copied whole — no byte counted lost, and on HTTP/2 the HPACK state survives
+//! them (a later exchange whose headers are all dynamic-table references is still decoded). As
+//! root; the peer is `tests/peers/bigbuf.py`.
+//!
+//! Run: `CI=true cargo xtask test -- whole_buffers` (as root).
+
+use std::process::Command;
+use std::time::Duration;
+
+use infertap_tests::harness::{self, attr, free_port, poll, random_hex, Agent, Proc};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn wait_log(p: &Proc, text: &str) {
+    poll(WAIT, || p.log_text().contains(text).then_some(()))
+        .unwrap_or_else(|| panic!("{} never printed {text:?}:\n{}", p.name, p.log_text()));
+}
+
+fn whole(proto: &str, size: usize) {
+    let Some(ctx) = harness::begin(&format!("whole_buffers_{proto}_{size}")) else {
+        return;
+    };
+    let marker = format!("bigbuf-{}", random_hex(4));
+    let agent = Agent::start_with(&ctx, &["--target-cmdline", &marker], &[], None);
+    let p = harness::paths();
+    let port = free_port().to_string();
+    let size_s = size.to_string();
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join("bigbuf.py"))
+        .args(["server", &marker, proto, &size_s, &port]);
+    let server = Proc::spawn("bigbuf server", cmd, ctx.file("server.log"));
+    wait_log(&server, "listening");
+    poll(WAIT, || {
+        agent.status()["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["pid"].as_u64() == Some(u64::from(server.pid())))
+            .then_some(())
+    })
+    .expect("the server is targeted");
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join("bigbuf.py"))
+        .args(["client", proto, &size_s, &port]);
+    let client = Proc::spawn("bigbuf client", cmd, ctx.file("client.log"));
+    wait_log(&client, "done");
+    wait_log(&server, "served");
+
+    let spans = poll(WAIT, || {
+        let spans: Vec<Value> = agent
+            .spans()
+            .into_iter()
+            .filter(|s| attr(s, "gen_ai.request.model") == "big-model")
+            .collect();
+        (spans.len() >= 3).then_some(spans)
+    });
+    let status = agent.status();
+    let spans = spans.unwrap_or_else(|| {
+        panic!(
+            "{proto} {size}: fewer than 3 spans: {:#}\nstatus: {status:#}",
+            Value::Array(agent.spans())
+        )
+    });
+    let mut ids: Vec<&str> = spans
+        .iter()
+        .filter_map(|s| attr(s, "gen_ai.response.id").as_str())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(
+        ids,
+        ["big-1", "big-2", "big-3"],
+        "{proto} {size}: every response decoded, the one after the large ones too: {spans:#?}"
+    );
+    for s in &spans {
+        assert_eq!(attr(s, "gen_ai.response.model"), "resp-model", "{s:#}");
+        assert!(attr(s, "infertap.incomplete").is_null(), "{s:#}");
+    }
+    assert_eq!(
+        status["records"]["lost_bytes"], 0,
+        "{proto} {size}: bytes lost: {status:#}"
+    );
+    let dropped: u64 = status["records"]["kernel_dropped"]
+        .as_object()
+        .map(|m| m.values().filter_map(Value::as_u64).sum())
+        .unwrap_or(0);
+    assert_eq!(dropped, 0, "{status:#}");
+    if proto == "h2" {
+        assert_eq!(status["http2"]["frame_errors"], 0, "{status:#}");
+    }
+}
+
+#[test]
+fn whole_buffers_http1_256k() {
+    whole("h1", 256 * 1024);
+}
+
+#[test]
+fn whole_buffers_http1_1m() {
+    whole("h1", 1024 * 1024);
+}
+
+#[test]
+fn whole_buffers_http2_256k() {
+    whole("h2", 256 * 1024);
+}
+
+#[test]
+fn whole_buffers_http2_1m() {
+    whole("h2", 1024 * 1024);
+}
