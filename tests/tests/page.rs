@@ -12,7 +12,7 @@
 //! Run: `cargo xtask build && cargo test --release -p infertap-tests --test page` (as root).
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use infertap_tests::fake_nvml::{Device, FakeNvml, Process, Series, Timeline};
 use infertap_tests::harness::{
-    attr, begin, client, http_get, one_span_for, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
+    attr, begin, client, one_span_for, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
 };
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
@@ -77,6 +77,8 @@ struct Browser {
     proc: Proc,
     ws: WebSocket<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    /// The page's session: commands carry it once attached.
+    session: Option<String>,
 }
 
 impl Browser {
@@ -104,27 +106,31 @@ impl Browser {
         ))
         .arg("about:blank");
         let proc = Proc::spawn("chromium", cmd, ctx.file("chromium.log"));
-        let port: u16 = poll(Duration::from_secs(30), || {
+        // The browser's own endpoint; a page target is created and attached to as a flat session.
+        let url = poll(Duration::from_secs(30), || {
             let log = proc.log_text();
-            let rest = log.split("DevTools listening on ws://127.0.0.1:").nth(1)?;
-            rest.split('/').next()?.parse().ok()
+            let rest = log.split("DevTools listening on ").nth(1)?;
+            Some(rest.lines().next()?.trim().to_string())
         })
         .unwrap_or_else(|| panic!("chromium did not listen for CDP:\n{}", proc.log_text()));
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let url = poll(Duration::from_secs(10), || {
-            let (_, body) = http_get(addr, "/json/list").ok()?;
-            let targets: Value = serde_json::from_str(&body).ok()?;
-            targets.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
-                .as_str()
-                .map(str::to_string)
-        })
-        .expect("a page target");
         let (ws, _) = tungstenite::connect(url.as_str()).expect("CDP WebSocket");
         let mut b = Browser {
             proc,
             ws,
             next_id: 1,
+            session: None,
         };
+        let target = b.call("Target.createTarget", json!({"url": "about:blank"}));
+        let session = b.call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+        );
+        b.session = Some(
+            session["sessionId"]
+                .as_str()
+                .expect("a session")
+                .to_string(),
+        );
         b.call(
             "Emulation.setDeviceMetricsOverride",
             json!({"width": 1400, "height": 1000, "deviceScaleFactor": 1, "mobile": false}),
@@ -136,7 +142,11 @@ impl Browser {
     fn call(&mut self, method: &str, params: Value) -> Value {
         let id = self.next_id;
         self.next_id += 1;
-        let msg = json!({"id": id, "method": method, "params": params}).to_string();
+        let mut msg = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = &self.session {
+            msg["sessionId"] = json!(session);
+        }
+        let msg = msg.to_string();
         self.ws.send(Message::text(msg)).expect("CDP send");
         loop {
             let m = self.ws.read().expect("CDP read");
