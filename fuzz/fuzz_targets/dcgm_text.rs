@@ -1,21 +1,5 @@
-//! `gpu::dcgm::parse_text` (Prometheus text from dcgm-exporter) on any input. Line-oriented:
-//! the text parsed whole must give the samples of its lines parsed one by one; no panic.
+//! cargo-fuzz target `dcgm_text`: the body is `infertap_fuzz::dcgm_text::run` (fuzz/src/dcgm_text.rs), which
+//! `cargo test` also replays on every input under fuzz/regressions/dcgm_text/.
 #![no_main]
 
-use infertap::gpu::dcgm::{gpus_from, parse_text};
-use libfuzzer_sys::fuzz_target;
-
-fuzz_target!(|data: &[u8]| {
-    let text = String::from_utf8_lossy(data);
-    let whole = parse_text(&text);
-    let mut samples = 0;
-    let mut bad = 0;
-    for line in text.lines() {
-        let p = parse_text(line);
-        samples += p.samples.len();
-        bad += p.bad_lines;
-    }
-    assert_eq!(whole.samples.len(), samples);
-    assert_eq!(whole.bad_lines, bad);
-    let _ = gpus_from(&whole);
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| infertap_fuzz::dcgm_text::run(data));
