@@ -128,7 +128,16 @@ pub mod attr {
         INFERTAP_GPU_MEMORY_LIMIT = "infertap.gpu.memory.limit",
         INFERTAP_GPU_SHARE_BUSY_TIME = "infertap.gpu.share.busy_time",
         INFERTAP_GPU_SHARE_ENERGY = "infertap.gpu.share.energy",
-        INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS = "infertap.gpu.share.concurrent_requests";
+        INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS = "infertap.gpu.share.concurrent_requests",
+        INFERTAP_GPU_SHARE_BUSY_TIME_PREFILL = "infertap.gpu.share.busy_time.prefill",
+        INFERTAP_GPU_SHARE_BUSY_TIME_DECODE = "infertap.gpu.share.busy_time.decode",
+        INFERTAP_GPU_SHARE_ENERGY_PREFILL = "infertap.gpu.share.energy.prefill",
+        INFERTAP_GPU_SHARE_ENERGY_DECODE = "infertap.gpu.share.energy.decode",
+        INFERTAP_GPU_SHARE_GPU_TIME = "infertap.gpu.share.gpu_time",
+        INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN = "infertap.gpu.energy_per_output_token",
+        INFERTAP_GPU_SHARE_COST = "infertap.gpu.share.cost",
+        INFERTAP_COST_PER_MILLION_OUTPUT_TOKENS = "infertap.cost.per_million_output_tokens",
+        INFERTAP_GPU_SHARE_ESTIMATED = "infertap.gpu.share.estimated";
     }
 }
 
@@ -147,6 +156,7 @@ pub mod metric {
     pub const INFERTAP_EPP_DECISIONS: &str = "infertap.epp.decisions";
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
     pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
+    pub const INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN: &str = "infertap.gpu.energy_per_output_token";
 
     /// Label: `input` or `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

@@ -55,6 +55,8 @@ pub struct Summary {
     pub pd_role: Option<&'static str>,
     /// A decode leg: the prefill leg's last response byte → this leg's first request byte.
     pub kv_transfer_gap_s: Option<f64>,
+    /// The request's fair share of GPU energy per output token, in joules (GPU enricher).
+    pub energy_per_output_token_j: Option<f64>,
 }
 
 impl Summary {
