@@ -117,6 +117,7 @@ pub mod attr {
         INFERTAP_GPU_RESOLUTION_LIMITED = "infertap.gpu.resolution_limited",
         INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION = "infertap.gpu.memory_bandwidth.utilization",
         INFERTAP_GPU_MEMORY_BANDWIDTH_SOURCE = "infertap.gpu.memory_bandwidth.source",
+        INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION_MAX = "infertap.gpu.memory_bandwidth.utilization_max",
         INFERTAP_GPU_SM_ACTIVE = "infertap.gpu.sm_active",
         INFERTAP_GPU_SM_OCCUPANCY = "infertap.gpu.sm_occupancy",
         INFERTAP_GPU_TENSOR_ACTIVE = "infertap.gpu.tensor_active",

@@ -159,6 +159,7 @@ pub struct RequestGpu {
     pub resolution_limited: bool,
     pub bandwidth_mean: Option<f64>,
     pub bandwidth_source: Option<&'static str>,
+    pub bandwidth_max: Option<f64>,
     pub sm_active_mean: Option<f64>,
     pub sm_occupancy_mean: Option<f64>,
     pub tensor_active_mean: Option<f64>,
@@ -248,11 +249,30 @@ pub fn figures(
             out.share_gpu_s = Some(out.share_gpu_s.unwrap_or(0.0) + occupied.busy_s);
             out.concurrent = out.concurrent.max(sh.max_concurrent);
         }
-        if let Some(t) = d.track(Figure::DramBandwidth) {
-            if let Some(m) = t.series.window(a, b).mean {
-                bw.push(m);
-                out.bandwidth_source.get_or_insert(t.origin.as_str());
-            }
+        // Memory bandwidth: DRAM bandwidth over peak where the GPU has it (GPM, DCGM's
+        // profiling field); else the memory-busy samples every NVML GPU has (A100, L4, T4…):
+        // the share of time memory was read or written, the bandwidth signal those GPUs give.
+        let dram = d
+            .track(Figure::DramBandwidth)
+            .map(|t| (t, t.series.window(a, b), t.origin.as_str()))
+            .filter(|(_, w, _)| w.mean.is_some());
+        let busy = || {
+            let t = d.track(Figure::MemoryBusy)?;
+            let w = t.series.window(a, b);
+            w.mean?;
+            let source = match t.origin {
+                super::Origin::Dcgm => "dcgm_mem_copy_util",
+                _ => "nvml_memory_busy",
+            };
+            Some((t, w, source))
+        };
+        if let Some((_, w, source)) = dram.or_else(busy) {
+            bw.extend(w.mean);
+            out.bandwidth_max = match (out.bandwidth_max, w.max) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            out.bandwidth_source.get_or_insert(source);
         }
         for (f, acc) in [
             (Figure::SmActive, &mut sm),
@@ -354,6 +374,11 @@ impl RequestGpu {
             &mut a,
             attr::INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION,
             self.bandwidth_mean,
+        );
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION_MAX,
+            self.bandwidth_max,
         );
         if let Some(s) = self.bandwidth_source {
             a.push((

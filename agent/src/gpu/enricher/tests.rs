@@ -241,3 +241,30 @@ fn energy_and_busy_time_split_at_the_first_token_and_priced_per_token() {
     assert!(per_token(&partial, Some(1), None)
         .contains(&("infertap.gpu.share.estimated", AttrValue::Bool(true))));
 }
+
+#[test]
+fn without_dram_bandwidth_the_memory_busy_samples_are_the_bandwidth_figure() {
+    // An A100-like GPU: no GPM, NVML memory-utilisation samples .3 then .9.
+    let mut d = device("GPU-a", 0, &[0.5, 0.5]);
+    for (k, v) in [0.3, 0.9].iter().enumerate() {
+        let k = k as u64;
+        d.push(
+            Figure::MemoryBusy,
+            Origin::Nvml,
+            k * 100 * MS,
+            (k + 1) * 100 * MS,
+            *v,
+        );
+    }
+    let s = state(vec![d.clone()]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(0, 200, &[]), &[]);
+    assert!((r.bandwidth_mean.unwrap() - 0.6).abs() < 1e-12, "{r:?}");
+    assert_eq!(r.bandwidth_max, Some(0.9));
+    assert_eq!(r.bandwidth_source, Some("nvml_memory_busy"));
+    // With DRAM bandwidth (GPM) that one wins.
+    d.push(Figure::DramBandwidth, Origin::NvmlGpm, 0, 200 * MS, 0.25);
+    let s = state(vec![d]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(0, 200, &[]), &[]);
+    assert_eq!(r.bandwidth_mean, Some(0.25));
+    assert_eq!(r.bandwidth_source, Some("nvml_gpm"));
+}
