@@ -75,6 +75,16 @@ pub mod attr {
         INFERTAP_SERVER_PROMPT_TOKENS_EVALUATED = "infertap.server.prompt_tokens_evaluated",
         INFERTAP_USAGE_REASONING_TOKENS = "infertap.usage.reasoning_tokens",
         INFERTAP_LATENCY_API_SERVER = "infertap.latency.api_server";
+        /// Runtime saturation: the serving process's own `/metrics` (scraped by others) at the
+        /// request's arrival and over its window
+        INFERTAP_RUNTIME_SOURCE = "infertap.runtime.source",
+        INFERTAP_RUNTIME_REQUESTS_WAITING = "infertap.runtime.requests_waiting",
+        INFERTAP_RUNTIME_REQUESTS_RUNNING = "infertap.runtime.requests_running",
+        INFERTAP_RUNTIME_KV_CACHE_USAGE = "infertap.runtime.kv_cache_usage",
+        INFERTAP_RUNTIME_SAMPLE_AGE = "infertap.runtime.sample_age",
+        INFERTAP_RUNTIME_KV_CACHE_USAGE_MAX = "infertap.runtime.kv_cache_usage.max",
+        INFERTAP_RUNTIME_PREEMPTIONS = "infertap.runtime.preemptions",
+        INFERTAP_RUNTIME_PREFIX_CACHE_HIT_RATIO = "infertap.runtime.prefix_cache_hit_ratio";
         /// Prefill/decode disaggregation (llm-d): which leg, and the KV-cache transfer gap
         LLM_D_PD_ROLE = "llm_d.pd.role",
         INFERTAP_PD_KV_TRANSFER_GAP = "infertap.pd.kv_transfer_gap";
