@@ -168,6 +168,8 @@ pub mod metric {
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
     pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
     pub const INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN: &str = "infertap.gpu.energy_per_output_token";
+    pub const INFERTAP_SERVER_TIME_IN_QUEUE: &str = "infertap.server.time_in_queue";
+    pub const INFERTAP_LATENCY_API_SERVER: &str = "infertap.latency.api_server";
 
     /// Label: `input` or `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

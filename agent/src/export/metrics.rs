@@ -178,6 +178,8 @@ const EPP_DECISIONS: usize = 9;
 const EPP_REJECTIONS: usize = 10;
 const PD_KV_TRANSFER_GAP: usize = 11;
 const ENERGY_PER_OUTPUT_TOKEN: usize = 12;
+const SERVER_TIME_IN_QUEUE: usize = 13;
+const API_SERVER: usize = 14;
 
 /// Joules per output token: from a fraction of a joule (a large batch on a small model) to
 /// tens of joules.
@@ -293,6 +295,22 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         description: "A request's fair share of GPU energy divided by its output tokens.",
         prometheus_name: "infertap_gpu_energy_per_output_token",
         kind: InstrumentKind::Histogram(ENERGY_PER_TOKEN_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_SERVER_TIME_IN_QUEUE,
+        unit: "s",
+        description: "Time the request waited in the engine's queue, as the server reported it (vLLM --enable-per-request-metrics).",
+        prometheus_name: "infertap_server_time_in_queue_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_LATENCY_API_SERVER,
+        unit: "s",
+        description: "Time to first token outside the engine's queue and prefill (network, HTTP, templating, tokenisation), where the server reports its phases.",
+        prometheus_name: "infertap_latency_api_server_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
         keys: GENAI_KEYS,
     },
 ];
@@ -824,6 +842,12 @@ impl RequestMetrics {
         }
         if let Some(j) = r.energy_per_output_token_j {
             put(ENERGY_PER_OUTPUT_TOKEN, &genai, j);
+        }
+        if let Some(q) = r.queue_s {
+            put(SERVER_TIME_IN_QUEUE, &genai, q);
+        }
+        if let Some(a) = r.api_server_s.filter(|a| *a >= 0.0) {
+            put(API_SERVER, &genai, a);
         }
     }
 
