@@ -212,9 +212,10 @@ async fn run(config: Config) -> Result<()> {
     };
 
     if gpu.is_on() {
-        enrichers.push(Box::new(crate::gpu::enricher::GpuEnricher::new(
-            gpu.hub.clone(),
-        )));
+        enrichers.push(Box::new(
+            crate::gpu::enricher::GpuEnricher::new(gpu.hub.clone())
+                .with_gpu_hour_cost(config.gpu_hour_cost),
+        ));
     }
     let settings = Settings {
         max_connections: config.max_connections,

@@ -98,6 +98,11 @@ pub struct Config {
     #[arg(long, value_name = "URL", env = "INFERTAP_DCGM_EXPORTER_URL")]
     pub dcgm_exporter_url: Option<String>,
 
+    /// The price of one GPU-hour (any currency): spans then carry the cost of their fair share
+    /// of GPU time and the cost per million output tokens.
+    #[arg(long, value_name = "PRICE", env = "INFERTAP_GPU_HOUR_COST")]
+    pub gpu_hour_cost: Option<f64>,
+
     /// Kubernetes mode: the label selector of the namespaces whose pods are traced.
     #[arg(
         long,

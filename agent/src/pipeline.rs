@@ -108,6 +108,8 @@ pub struct Pipeline<N: Node, O: Output> {
     waiting: VecDeque<Finished>,
     /// Prefill legs of disaggregated requests, waiting for their decode legs.
     pd_legs: crate::trace::pd::Legs,
+    /// Serving processes' load figures from the scrapes of their `/metrics`.
+    runtime: crate::trace::saturation::Runtime,
     node: N,
     output: O,
 }
@@ -134,6 +136,7 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             done: Vec::new(),
             waiting: VecDeque::new(),
             pd_legs: crate::trace::pd::Legs::new(),
+            runtime: crate::trace::saturation::Runtime::new(),
             node,
             output,
         }
@@ -433,6 +436,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                 crate::trace::span_of(&f.work, &f.meta, &self.clock, &self.opts, &mut RandomIds);
             if let Some(ex) = f.exchange() {
                 self.pd_legs.apply(ex, &mut built);
+                if f.meta.server {
+                    self.runtime.apply(f.meta.pid, ex, &mut built);
+                }
             }
             self.enrichers
                 .apply_in_context(&f, &self.clock, &self.table, &mut built);

@@ -76,6 +76,16 @@ pub mod attr {
         INFERTAP_SERVER_PROMPT_TOKENS_EVALUATED = "infertap.server.prompt_tokens_evaluated",
         INFERTAP_USAGE_REASONING_TOKENS = "infertap.usage.reasoning_tokens",
         INFERTAP_LATENCY_API_SERVER = "infertap.latency.api_server";
+        /// Runtime saturation: the serving process's own `/metrics` (scraped by others) at the
+        /// request's arrival and over its window
+        INFERTAP_RUNTIME_SOURCE = "infertap.runtime.source",
+        INFERTAP_RUNTIME_REQUESTS_WAITING = "infertap.runtime.requests_waiting",
+        INFERTAP_RUNTIME_REQUESTS_RUNNING = "infertap.runtime.requests_running",
+        INFERTAP_RUNTIME_KV_CACHE_USAGE = "infertap.runtime.kv_cache_usage",
+        INFERTAP_RUNTIME_SAMPLE_AGE = "infertap.runtime.sample_age",
+        INFERTAP_RUNTIME_KV_CACHE_USAGE_MAX = "infertap.runtime.kv_cache_usage.max",
+        INFERTAP_RUNTIME_PREEMPTIONS = "infertap.runtime.preemptions",
+        INFERTAP_RUNTIME_PREFIX_CACHE_HIT_RATIO = "infertap.runtime.prefix_cache_hit_ratio";
         /// Prefill/decode disaggregation (llm-d): which leg, and the KV-cache transfer gap
         LLM_D_PD_ROLE = "llm_d.pd.role",
         INFERTAP_PD_KV_TRANSFER_GAP = "infertap.pd.kv_transfer_gap";
@@ -118,6 +128,7 @@ pub mod attr {
         INFERTAP_GPU_RESOLUTION_LIMITED = "infertap.gpu.resolution_limited",
         INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION = "infertap.gpu.memory_bandwidth.utilization",
         INFERTAP_GPU_MEMORY_BANDWIDTH_SOURCE = "infertap.gpu.memory_bandwidth.source",
+        INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION_MAX = "infertap.gpu.memory_bandwidth.utilization_max",
         INFERTAP_GPU_SM_ACTIVE = "infertap.gpu.sm_active",
         INFERTAP_GPU_SM_OCCUPANCY = "infertap.gpu.sm_occupancy",
         INFERTAP_GPU_TENSOR_ACTIVE = "infertap.gpu.tensor_active",
@@ -129,7 +140,16 @@ pub mod attr {
         INFERTAP_GPU_MEMORY_LIMIT = "infertap.gpu.memory.limit",
         INFERTAP_GPU_SHARE_BUSY_TIME = "infertap.gpu.share.busy_time",
         INFERTAP_GPU_SHARE_ENERGY = "infertap.gpu.share.energy",
-        INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS = "infertap.gpu.share.concurrent_requests";
+        INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS = "infertap.gpu.share.concurrent_requests",
+        INFERTAP_GPU_SHARE_BUSY_TIME_PREFILL = "infertap.gpu.share.busy_time.prefill",
+        INFERTAP_GPU_SHARE_BUSY_TIME_DECODE = "infertap.gpu.share.busy_time.decode",
+        INFERTAP_GPU_SHARE_ENERGY_PREFILL = "infertap.gpu.share.energy.prefill",
+        INFERTAP_GPU_SHARE_ENERGY_DECODE = "infertap.gpu.share.energy.decode",
+        INFERTAP_GPU_SHARE_GPU_TIME = "infertap.gpu.share.gpu_time",
+        INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN = "infertap.gpu.energy_per_output_token",
+        INFERTAP_GPU_SHARE_COST = "infertap.gpu.share.cost",
+        INFERTAP_COST_PER_MILLION_OUTPUT_TOKENS = "infertap.cost.per_million_output_tokens",
+        INFERTAP_GPU_SHARE_ESTIMATED = "infertap.gpu.share.estimated";
     }
 }
 
@@ -148,6 +168,9 @@ pub mod metric {
     pub const INFERTAP_EPP_DECISIONS: &str = "infertap.epp.decisions";
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
     pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
+    pub const INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN: &str = "infertap.gpu.energy_per_output_token";
+    pub const INFERTAP_SERVER_TIME_IN_QUEUE: &str = "infertap.server.time_in_queue";
+    pub const INFERTAP_LATENCY_API_SERVER: &str = "infertap.latency.api_server";
 
     /// Label: `input` or `output`.
     pub const GEN_AI_TOKEN_TYPE: &str = "gen_ai.token.type";

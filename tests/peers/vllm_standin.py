@@ -440,6 +440,123 @@ async def chat_full(plan: GenPlan, request_id: str, created: int, model: str) ->
     return JSONResponse(body)
 
 
+# ---- Responses API and Anthropic Messages API ------------------------------------------------------
+
+
+def sse_event(name: str, obj: dict[str, Any]) -> str:
+    """A typed SSE event, as vLLM writes them for /v1/responses and /v1/messages."""
+    return f"event: {name}\ndata: {dumps(obj)}\n\n"
+
+
+def plan_of(raw: Request, body: dict[str, Any], max_key: str, messages: Any) -> GenPlan:
+    """A generation plan from another API's body: its max-tokens name, its messages."""
+    text = messages if isinstance(messages, str) else ""
+    if isinstance(messages, list):
+        for m in messages:
+            if isinstance(m, dict):
+                text = content_text(m.get("content")) or text
+    words = words_of(text)
+    b = {"max_tokens": body.get(max_key), "stream": body.get("stream")}
+    return GenPlan(b, words, len(words), cached_hook(raw))
+
+
+@app.post("/v1/responses")
+async def responses(raw: Request):
+    STATS["requests"] += 1
+    body = await read_json(raw)
+    if (err := check_model(body)) is not None:
+        return err
+    try:
+        plan = plan_of(raw, body, "max_output_tokens", body.get("input"))
+    except BadRequest as e:
+        return JSONResponse(error_body(e.message, e.err_type, 400, e.param), status_code=400)
+    rid = f"resp_{base_request_id(raw, body)}"
+    status = "incomplete" if plan.finish_reason == "length" else "completed"
+
+    def response(state: str, output: list[Any], usage: Any) -> dict[str, Any]:
+        return {
+            "id": rid, "object": "response", "created_at": int(time.time()), "status": state,
+            "error": None,
+            "incomplete_details": {"reason": "max_output_tokens"} if state == "incomplete" else None,
+            "model": SETTINGS.model, "output": output, "text": {"format": {"type": "text"}}, "usage": usage,
+        }
+
+    def usage() -> dict[str, Any]:
+        return {
+            "input_tokens": plan.prompt_tokens, "input_tokens_details": {"cached_tokens": plan.cached or 0},
+            "output_tokens": plan.tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": plan.prompt_tokens + plan.tokens,
+        }
+
+    def message(text: str) -> dict[str, Any]:
+        return {"id": "msg_1", "type": "message", "status": status, "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}]}
+
+    if not body.get("stream"):
+        await full_wait(plan)
+        return JSONResponse(response(status, [message(plan.full_text(0))], usage()))
+
+    async def gen():
+        seq = 0
+        yield sse_event("response.created", {"type": "response.created", "sequence_number": seq, "response": response("in_progress", [], None)})
+        await sleep_s(SETTINGS.ttft_s)
+        for k in range(plan.tokens):
+            if k > 0:
+                await sleep_s(SETTINGS.token_interval_s)
+            seq += 1
+            STATS["tokens_streamed"] += 1
+            yield sse_event("response.output_text.delta", {"type": "response.output_text.delta", "sequence_number": seq, "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": plan.token(0, k), "logprobs": []})
+        seq += 1
+        done = response(status, [message(plan.full_text(0))], usage())
+        yield sse_event(f"response.{status}", {"type": f"response.{status}", "sequence_number": seq, "response": done})
+
+    return stream_response(tracked(gen()))
+
+
+@app.post("/v1/messages")
+async def messages(raw: Request):
+    STATS["requests"] += 1
+    body = await read_json(raw)
+    if "messages" not in body:
+        raise missing("messages", body)
+    if (err := check_model(body)) is not None:
+        return err
+    try:
+        plan = plan_of(raw, body, "max_tokens", body["messages"])
+    except BadRequest as e:
+        return JSONResponse(error_body(e.message, e.err_type, 400, e.param), status_code=400)
+    mid = f"msg_{base_request_id(raw, body)}"
+    stop = "max_tokens" if plan.finish_reason == "length" else "end_turn"
+    cached = plan.cached or 0
+    if not body.get("stream"):
+        await full_wait(plan)
+        return JSONResponse({
+            "id": mid, "type": "message", "role": "assistant", "model": SETTINGS.model,
+            "content": [{"type": "text", "text": plan.full_text(0)}], "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": plan.prompt_tokens - cached, "output_tokens": plan.tokens,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached},
+        })
+
+    async def gen():
+        start = {"id": mid, "type": "message", "role": "assistant", "content": [], "model": SETTINGS.model,
+                 "stop_reason": None, "stop_sequence": None,
+                 "usage": {"input_tokens": plan.prompt_tokens - cached, "output_tokens": 1,
+                           "cache_creation_input_tokens": 0, "cache_read_input_tokens": cached}}
+        yield sse_event("message_start", {"type": "message_start", "message": start})
+        yield sse_event("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})
+        await sleep_s(SETTINGS.ttft_s)
+        for k in range(plan.tokens):
+            if k > 0:
+                await sleep_s(SETTINGS.token_interval_s)
+            STATS["tokens_streamed"] += 1
+            yield sse_event("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": plan.token(0, k)}})
+        yield sse_event("content_block_stop", {"type": "content_block_stop", "index": 0})
+        yield sse_event("message_delta", {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None}, "usage": {"output_tokens": plan.tokens}})
+        yield sse_event("message_stop", {"type": "message_stop"})
+
+    return stream_response(tracked(gen()))
+
+
 # ---- completions -----------------------------------------------------------------------------------
 
 
@@ -613,6 +730,26 @@ async def embeddings(raw: Request):
 @app.get("/health")
 async def health() -> Response:
     return Response(status_code=200)
+
+
+@app.get("/metrics")
+async def metrics() -> Response:
+    """vLLM-shaped load figures (names as vLLM ≥ 0.10 exposes them): running = the streams in
+    flight, KV-cache usage = a tenth per stream; waiting and preemptions stay 0."""
+    labels = f'{{engine="0",model_name="{SETTINGS.model}"}}'
+    running = STATS["active_streams"]
+    lines = [
+        "# HELP vllm:num_requests_running Number of requests in model execution batches.",
+        "# TYPE vllm:num_requests_running gauge",
+        f"vllm:num_requests_running{labels} {float(running)}",
+        "# TYPE vllm:num_requests_waiting gauge",
+        f"vllm:num_requests_waiting{labels} {float(STATS.get('waiting', 0))}",
+        "# TYPE vllm:kv_cache_usage_perc gauge",
+        f"vllm:kv_cache_usage_perc{labels} {min(1.0, running / 10)}",
+        "# TYPE vllm:num_preemptions_total counter",
+        f"vllm:num_preemptions_total{labels} {float(STATS.get('preemptions', 0))}",
+    ]
+    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 @app.get("/v1/models")

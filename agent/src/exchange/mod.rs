@@ -56,6 +56,7 @@ use crate::protocol::openai::{
     self, Operation, RequestFields, ResponseFields, ServerPhases, StreamChunk, Usage, Values,
 };
 use crate::protocol::openai::{RequestScan, ResponseScan};
+use crate::protocol::runtime_metrics::{RuntimeSample, RuntimeScan};
 use crate::protocol::sse::{SseEvent, SseFailure, SseFramer};
 use crate::protocol::Direction;
 use gaps::GapSketch;
@@ -134,6 +135,8 @@ pub struct Exchange {
     /// A successful `GET /v1/models` answer: the model ids the server listed (at most
     /// `models::SERVED_MODELS_MAX`); empty otherwise.
     pub served_models: Vec<String>,
+    /// A scrape of a model server's `/metrics`: the load figures it said (its time is `end_ns`).
+    pub runtime: Option<Box<RuntimeSample>>,
 }
 
 struct InFlight {
@@ -148,6 +151,8 @@ struct InFlight {
     sse: Option<SseFramer>,
     /// A `GET /v1/models` answer's model list being read.
     models_scan: Option<ModelsScan>,
+    /// A `GET /metrics` answer's load figures being read.
+    runtime_scan: Option<RuntimeScan>,
 }
 
 impl InFlight {
@@ -196,6 +201,7 @@ impl InFlight {
                 sse_failures: 0,
                 json_error: None,
                 served_models: Vec::new(),
+                runtime: None,
             },
             request_done: false,
             response_scan: None,
@@ -203,6 +209,7 @@ impl InFlight {
             response_gapped: false,
             sse: None,
             models_scan: None,
+            runtime_scan: None,
         }
     }
 
@@ -260,6 +267,9 @@ impl InFlight {
         }
         if let Some(scan) = self.models_scan.take() {
             self.ex.served_models = scan.finish();
+        }
+        if let Some(scan) = self.runtime_scan.take() {
+            self.ex.runtime = scan.finish().map(Box::new);
         }
         if self.ex.streaming {
             // A stream asked for by the route (TGI's `/generate_stream`) or a form field (an
@@ -419,6 +429,15 @@ impl ExchangeTracker {
                         && (200..300).contains(&head.status)
                         && models::is_models_request(&f.ex.request.method, &f.ex.request.path))
                     .then(ModelsScan::new);
+                    f.runtime_scan = (!sse
+                        && (200..300).contains(&head.status)
+                        && f.ex.request.method == "GET"
+                        && f.ex
+                            .request
+                            .path
+                            .trim_end_matches('/')
+                            .ends_with("/metrics"))
+                    .then(RuntimeScan::new);
                     f.ex.response_start_ns = Some(ts_ns);
                     f.ex.response = Some(head);
                 }
@@ -426,6 +445,9 @@ impl ExchangeTracker {
             HttpEvent::ResponseBody { ts_ns, data } => {
                 if let Some(f) = self.responding() {
                     f.ex.response_body_len += data.len() as u64;
+                    if let Some(scan) = f.runtime_scan.as_mut() {
+                        scan.feed(data);
+                    }
                     if let Some(sse) = f.sse.as_mut() {
                         // Each event's fields are applied as it is framed: its identifiers are
                         // borrowed from this feed, and only the ones kept are copied.
@@ -471,6 +493,8 @@ impl ExchangeTracker {
                     if let Some(models) = f.models_scan.as_mut() {
                         models.gap();
                     }
+                    // A scrape with a hole is not read: its figures could be any series' part.
+                    f.runtime_scan = None;
                 }
             }
             HttpEvent::ResponseEnd { ts_ns } => {

@@ -177,6 +177,15 @@ const EPP_DECISION_DURATION: usize = 8;
 const EPP_DECISIONS: usize = 9;
 const EPP_REJECTIONS: usize = 10;
 const PD_KV_TRANSFER_GAP: usize = 11;
+const ENERGY_PER_OUTPUT_TOKEN: usize = 12;
+const SERVER_TIME_IN_QUEUE: usize = 13;
+const API_SERVER: usize = 14;
+
+/// Joules per output token: from a fraction of a joule (a large batch on a small model) to
+/// tens of joules.
+const ENERGY_PER_TOKEN_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+];
 
 const EPP_DURATION_KEYS: &[&str] = &[attr::INFERTAP_EPP_DECISION, attr::GEN_AI_REQUEST_MODEL];
 const EPP_ENDPOINT_KEYS: &[&str] = &[attr::INFERTAP_EPP_ENDPOINT, attr::GEN_AI_REQUEST_MODEL];
@@ -277,6 +286,30 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         unit: "s",
         description: "Disaggregated (prefill/decode) requests: the prefill leg's last response byte to the decode leg's first request byte (the KV-cache transfer and the sidecar's turn-around).",
         prometheus_name: "infertap_pd_kv_transfer_gap_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN,
+        unit: "J/{token}",
+        description: "A request's fair share of GPU energy divided by its output tokens.",
+        prometheus_name: "infertap_gpu_energy_per_output_token",
+        kind: InstrumentKind::Histogram(ENERGY_PER_TOKEN_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_SERVER_TIME_IN_QUEUE,
+        unit: "s",
+        description: "Time the request waited in the engine's queue, as the server reported it (vLLM --enable-per-request-metrics).",
+        prometheus_name: "infertap_server_time_in_queue_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_LATENCY_API_SERVER,
+        unit: "s",
+        description: "Time to first token outside the engine's queue and prefill (network, HTTP, templating, tokenisation), where the server reports its phases.",
+        prometheus_name: "infertap_latency_api_server_seconds",
         kind: InstrumentKind::Histogram(TTFT_BUCKETS),
         keys: GENAI_KEYS,
     },
@@ -806,6 +839,15 @@ impl RequestMetrics {
         }
         if let Some(gap) = r.kv_transfer_gap_s {
             put(PD_KV_TRANSFER_GAP, &genai, gap);
+        }
+        if let Some(j) = r.energy_per_output_token_j {
+            put(ENERGY_PER_OUTPUT_TOKEN, &genai, j);
+        }
+        if let Some(q) = r.queue_s {
+            put(SERVER_TIME_IN_QUEUE, &genai, q);
+        }
+        if let Some(a) = r.api_server_s.filter(|a| *a >= 0.0) {
+            put(API_SERVER, &genai, a);
         }
     }
 

@@ -62,6 +62,8 @@ struct Placement {
 /// The pipeline's GPU enricher.
 pub struct GpuEnricher {
     hub: Hub,
+    /// `--gpu-hour-cost`: the price of one GPU-hour, for the cost attributes.
+    gpu_hour_cost: Option<f64>,
     history: HashMap<u32, VecDeque<(ConnId, Activity)>>,
     placements: HashMap<u32, Placement>,
 }
@@ -70,9 +72,16 @@ impl GpuEnricher {
     pub fn new(hub: Hub) -> Self {
         Self {
             hub,
+            gpu_hour_cost: None,
             history: HashMap::new(),
             placements: HashMap::new(),
         }
+    }
+
+    /// Price GPU time at `cost` per GPU-hour (the cost attributes).
+    pub fn with_gpu_hour_cost(mut self, cost: Option<f64>) -> Self {
+        self.gpu_hour_cost = cost.filter(|c| c.is_finite() && *c >= 0.0);
+        self
     }
 
     fn placement(&mut self, pid: u32, now_ns: u64) -> Placement {
@@ -150,6 +159,7 @@ pub struct RequestGpu {
     pub resolution_limited: bool,
     pub bandwidth_mean: Option<f64>,
     pub bandwidth_source: Option<&'static str>,
+    pub bandwidth_max: Option<f64>,
     pub sm_active_mean: Option<f64>,
     pub sm_occupancy_mean: Option<f64>,
     pub tensor_active_mean: Option<f64>,
@@ -163,6 +173,12 @@ pub struct RequestGpu {
     pub share_busy_s: Option<f64>,
     pub share_energy_j: Option<f64>,
     pub concurrent: usize,
+    /// The part of the shares before the first content chunk (the prefill; a stream only).
+    pub prefill_busy_s: Option<f64>,
+    pub prefill_energy_j: Option<f64>,
+    /// The request's fair share of GPU wall time (the share rule with every interval busy):
+    /// what a GPU-hour price is paid for.
+    pub share_gpu_s: Option<f64>,
 }
 
 fn mean_of(v: &[f64]) -> Option<f64> {
@@ -213,13 +229,50 @@ pub fn figures(
             if let Some(e) = sh.energy {
                 share_e = Some(share_e.unwrap_or(0.0) + e / 1000.0);
             }
+            // The same rule over the window cut at the first content chunk: the prefill.
+            if let Some(&first) = target.chunk_ns.first().filter(|&&t| t >= a && t <= b) {
+                let prefill = Activity {
+                    end_ns: first,
+                    ..target.clone()
+                };
+                let pre = fair_share(&prefill, others, &util, energy_counter);
+                out.prefill_busy_s = Some(out.prefill_busy_s.unwrap_or(0.0) + pre.busy_s);
+                if let Some(e) = pre.energy {
+                    out.prefill_energy_j = Some(out.prefill_energy_j.unwrap_or(0.0) + e / 1000.0);
+                }
+            }
+            let wall: Vec<_> = util
+                .iter()
+                .map(|i| super::series::Interval { value: 1.0, ..*i })
+                .collect();
+            let occupied = fair_share(target, others, &wall, None);
+            out.share_gpu_s = Some(out.share_gpu_s.unwrap_or(0.0) + occupied.busy_s);
             out.concurrent = out.concurrent.max(sh.max_concurrent);
         }
-        if let Some(t) = d.track(Figure::DramBandwidth) {
-            if let Some(m) = t.series.window(a, b).mean {
-                bw.push(m);
-                out.bandwidth_source.get_or_insert(t.origin.as_str());
-            }
+        // Memory bandwidth: DRAM bandwidth over peak where the GPU has it (GPM, DCGM's
+        // profiling field); else the memory-busy samples every NVML GPU has (A100, L4, T4…):
+        // the share of time memory was read or written, the bandwidth signal those GPUs give.
+        let dram = d
+            .track(Figure::DramBandwidth)
+            .map(|t| (t, t.series.window(a, b), t.origin.as_str()))
+            .filter(|(_, w, _)| w.mean.is_some());
+        let busy = || {
+            let t = d.track(Figure::MemoryBusy)?;
+            let w = t.series.window(a, b);
+            w.mean?;
+            let source = match t.origin {
+                super::Origin::Dcgm => "dcgm_mem_copy_util",
+                _ => "nvml_memory_busy",
+            };
+            Some((t, w, source))
+        };
+        if let Some((_, w, source)) = dram.or_else(busy) {
+            bw.extend(w.mean);
+            out.bandwidth_max = match (out.bandwidth_max, w.max) {
+                (Some(x), Some(y)) => Some(x.max(y)),
+                (x, y) => x.or(y),
+            };
+            out.bandwidth_source.get_or_insert(source);
         }
         for (f, acc) in [
             (Figure::SmActive, &mut sm),
@@ -322,6 +375,11 @@ impl RequestGpu {
             attr::INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION,
             self.bandwidth_mean,
         );
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION_MAX,
+            self.bandwidth_max,
+        );
         if let Some(s) = self.bandwidth_source {
             a.push((
                 attr::INFERTAP_GPU_MEMORY_BANDWIDTH_SOURCE,
@@ -376,6 +434,28 @@ impl RequestGpu {
             self.share_busy_s,
         );
         f(&mut a, attr::INFERTAP_GPU_SHARE_ENERGY, self.share_energy_j);
+        let decode = |total: Option<f64>, pre: Option<f64>| Some((total? - pre?).max(0.0));
+        for (key, v) in [
+            (
+                attr::INFERTAP_GPU_SHARE_BUSY_TIME_PREFILL,
+                self.prefill_busy_s,
+            ),
+            (
+                attr::INFERTAP_GPU_SHARE_BUSY_TIME_DECODE,
+                decode(self.share_busy_s, self.prefill_busy_s),
+            ),
+            (
+                attr::INFERTAP_GPU_SHARE_ENERGY_PREFILL,
+                self.prefill_energy_j,
+            ),
+            (
+                attr::INFERTAP_GPU_SHARE_ENERGY_DECODE,
+                decode(self.share_energy_j, self.prefill_energy_j),
+            ),
+            (attr::INFERTAP_GPU_SHARE_GPU_TIME, self.share_gpu_s),
+        ] {
+            f(&mut a, key, v);
+        }
         if self.concurrent > 0 {
             a.push((
                 attr::INFERTAP_GPU_SHARE_CONCURRENT_REQUESTS,
@@ -485,7 +565,54 @@ impl SpanEnricher for GpuEnricher {
         for (k, v) in r.attributes() {
             out.span.attributes.push((k.into(), v));
         }
+        for (k, v) in per_token(&r, out.summary.output_tokens, self.gpu_hour_cost) {
+            if k == attr::INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN {
+                if let AttrValue::F64(j) = v {
+                    out.summary.energy_per_output_token_j = Some(j);
+                }
+            }
+            out.span.attributes.push((k.into(), v));
+        }
     }
+}
+
+/// What a request's GPU share costs per output token: joules per token, and with a GPU-hour
+/// price the cost of its GPU time and per million output tokens; whether the figures are
+/// estimates (the samples did not cover the window, were coarser than it, or the energy
+/// counter did not cover it).
+pub fn per_token(
+    r: &RequestGpu,
+    output_tokens: Option<i64>,
+    gpu_hour_cost: Option<f64>,
+) -> Vec<(&'static str, AttrValue)> {
+    let mut a = Vec::new();
+    if r.share_busy_s.is_none() {
+        return a;
+    }
+    let tokens = output_tokens.filter(|n| *n > 0).map(|n| n as f64);
+    if let (Some(e), Some(n)) = (r.share_energy_j, tokens) {
+        a.push((
+            attr::INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN,
+            AttrValue::F64(e / n),
+        ));
+    }
+    if let (Some(price), Some(gpu_s)) = (gpu_hour_cost, r.share_gpu_s) {
+        let cost = gpu_s / 3600.0 * price;
+        a.push((attr::INFERTAP_GPU_SHARE_COST, AttrValue::F64(cost)));
+        if let Some(n) = tokens {
+            a.push((
+                attr::INFERTAP_COST_PER_MILLION_OUTPUT_TOKENS,
+                AttrValue::F64(cost / n * 1e6),
+            ));
+        }
+    }
+    let estimated =
+        r.coverage < 1.0 || r.resolution_limited || r.energy_coverage.is_some_and(|c| c < 1.0);
+    a.push((
+        attr::INFERTAP_GPU_SHARE_ESTIMATED,
+        AttrValue::Bool(estimated),
+    ));
+    a
 }
 
 /// Whether the utilisation and energy samples of `gpus` (all devices when `None`), and the

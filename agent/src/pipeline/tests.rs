@@ -273,3 +273,77 @@ fn a_close_range_ends_the_connections_in_its_range_that_began_before_it_and_coun
     assert_eq!(p.stats.sockets_forgotten_dup.load(Ordering::Relaxed), 1);
     assert_eq!(p.connections(), 0);
 }
+
+/// Body bytes under a `content-length` head.
+fn http(head: &str, body: &str) -> Vec<u8> {
+    format!("{head}content-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+#[test]
+fn a_scrape_of_the_server_s_metrics_gives_later_requests_its_load() {
+    let listener: SocketAddr = "10.0.0.1:8000".parse().unwrap();
+    let mut p = pipeline(Scripted::default());
+    p.target(TGID, [(3, listener)], "vllm");
+    // Prometheus scrapes /metrics on one connection at 2 ms...
+    p.record(&open(1, 7, 3, 0, MS));
+    let scrape = b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n";
+    p.record(&data(1, 7, false, 0, 2 * MS, scrape));
+    let exposition = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 6.0\nvllm:num_requests_running{engine=\"0\",model_name=\"m\"} 3.0\nvllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.875\n";
+    let answer = http(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4; charset=utf-8\r\n",
+        exposition,
+    );
+    p.record(&data(1, 7, true, 0, 2 * MS, &answer));
+    // ...and a completion arrives on another at 5 ms.
+    p.record(&open(2, 8, 3, 0, 4 * MS));
+    p.record(&data(2, 8, false, 0, 5 * MS, REQUEST));
+    p.record(&data(2, 8, true, 0, 6 * MS, RESPONSE));
+    let spans = p.output();
+    assert_eq!(spans.len(), 2);
+    let s = &spans[1];
+    let f = |k: &str| match attr(s, k) {
+        Some(AttrValue::F64(x)) => *x,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(f("infertap.runtime.requests_waiting"), 6.0);
+    assert_eq!(f("infertap.runtime.requests_running"), 3.0);
+    assert_eq!(f("infertap.runtime.kv_cache_usage"), 0.875);
+    assert!((f("infertap.runtime.sample_age") - 0.003).abs() < 1e-12);
+    assert_eq!(
+        attr(s, "infertap.runtime.source"),
+        Some(&AttrValue::Str("vllm".into()))
+    );
+    // The scrape's own span carries none of it.
+    assert!(attr(&spans[0], "infertap.runtime.source").is_none());
+}
+
+#[test]
+fn the_legs_of_a_disaggregated_request_meet_and_the_decode_leg_gets_the_transfer_gap() {
+    let listener: SocketAddr = "10.0.0.1:8000".parse().unwrap();
+    let mut p = pipeline(Scripted::default());
+    p.target(TGID, [(3, listener)], "vllm");
+    let prefill = r#"{"model":"m","prompt":"secret","max_tokens":1,"kv_transfer_params":{"do_remote_decode":true}}"#;
+    let decode = r#"{"model":"m","prompt":"secret","max_tokens":9,"kv_transfer_params":{"do_remote_prefill":true,"remote_block_ids":[1]}}"#;
+    let head =
+        "POST /v1/completions HTTP/1.1\r\nx-request-id: pd-1\r\ncontent-type: application/json\r\n";
+    let answer = http(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n",
+        r#"{"id":"cmpl-1","choices":[{"text":"x","finish_reason":"length"}],"kv_transfer_params":{"remote_engine_id":"e"}}"#,
+    );
+    p.record(&open(1, 7, 3, 0, MS));
+    p.record(&data(1, 7, false, 0, 2 * MS, &http(head, prefill)));
+    p.record(&data(1, 7, true, 0, 10 * MS, &answer));
+    p.record(&open(2, 8, 3, 0, 11 * MS));
+    p.record(&data(2, 8, false, 0, 13 * MS, &http(head, decode)));
+    p.record(&data(2, 8, true, 0, 40 * MS, &answer));
+    let spans = p.output();
+    assert_eq!(spans.len(), 2);
+    let role = |s: &FinishedSpan| attr(s, "llm_d.pd.role").cloned();
+    assert_eq!(role(&spans[0]), Some(AttrValue::Str("prefill".into())));
+    assert_eq!(role(&spans[1]), Some(AttrValue::Str("decode".into())));
+    assert_eq!(spans[0].trace_id, spans[1].trace_id, "one trace");
+    match attr(&spans[1], "infertap.pd.kv_transfer_gap") {
+        Some(AttrValue::F64(g)) => assert!((g - 0.003).abs() < 1e-12, "{g}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -11,6 +11,8 @@
 //! - `json_scan`: a streaming JSON scanner picking selected paths out of bodies fed in pieces.
 //! - `openai`: the OpenAI field table, its body scans (`RequestScan`, `ResponseScan`), stream
 //!   chunks, the operation of a path.
+//! - `runtime_metrics`: a model server's own Prometheus gauges and counters (load, KV cache,
+//!   preemptions, prefix cache) from the scrapes of its `/metrics` that cross a traced socket.
 //! - `http2`: HTTP/2 framing and HPACK (`loona-hpack`); `grpc`: length-prefixed messages;
 //!   `ext_proc`: Envoy's external-processing messages (prost, proto subset in `agent/proto`).
 
@@ -21,6 +23,7 @@ pub mod http1;
 pub mod http2;
 pub mod json_scan;
 pub mod openai;
+pub mod runtime_metrics;
 pub mod sse;
 
 /// `s` cut to at most `max` bytes at a character boundary: the one bound every kept header value,

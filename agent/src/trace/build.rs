@@ -340,6 +340,8 @@ pub fn build_span(
         itl_p95_s: genai.itl_p95_s,
         input_tokens: genai.input_tokens,
         output_tokens: genai.output_tokens,
+        queue_s: genai.queue_s,
+        api_server_s: genai.api_server_s,
         later_gaps: ex.later_gaps.clone(),
         served_models: ex.served_models.clone(),
         ..Summary::new(SummaryKind::Http, &span)
@@ -386,6 +388,9 @@ struct GenAi {
     input_tokens: Option<i64>,
     output_tokens: Option<i64>,
     itl_p95_s: Option<f64>,
+    /// The server's reported queue time, and the wire's share of TTFT (`trace::phases`).
+    queue_s: Option<f64>,
+    api_server_s: Option<f64>,
 }
 
 /// The GenAI attributes of a request on an OpenAI route: operation, provider, the field table's
@@ -436,7 +441,8 @@ fn put_genai(
         );
     }
     if let Some(p) = ex.response_values.server_phases() {
-        super::phases::put_server_phases(&p, g.ttft_s, put);
+        g.api_server_s = super::phases::put_server_phases(&p, g.ttft_s, put);
+        g.queue_s = p.queue_ms.map(|ms| ms / 1e3);
     }
     put(
         attr::GEN_AI_LATENCY_E2E,

@@ -7,6 +7,8 @@
 //! - [`fields`] — the OpenAI field table's attributes on an exchange's span;
 //! - [`pd`] — the legs of a prefill/decode-disaggregated request and the KV-transfer gap
 //!   between them (the one builder step that keeps state: bounded);
+//! - [`saturation`] — the serving process's load (its own `/metrics`, scraped by others) at a
+//!   request's arrival and over its window (bounded state, like `pd`);
 //! - [`phases`] — the phases the server reported (queue, prefill, decode) and what the wire adds;
 //! - [`context`] — W3C `traceparent`, the trace id derived from `x-request-id`;
 //! - [`span`] — the span model every exporter consumes.
@@ -23,6 +25,7 @@ pub mod fields;
 pub mod pd;
 pub mod phases;
 pub mod rpc;
+pub mod saturation;
 pub mod span;
 pub mod summary;
 

@@ -61,6 +61,12 @@ pub struct Summary {
     pub pd_role: Option<&'static str>,
     /// A decode leg: the prefill leg's last response byte → this leg's first request byte.
     pub kv_transfer_gap_s: Option<f64>,
+    /// The server's reported queue time (vLLM's per-request metrics), in seconds.
+    pub queue_s: Option<f64>,
+    /// The wire's TTFT less the server's queue and prefill (`trace::phases`), in seconds.
+    pub api_server_s: Option<f64>,
+    /// The request's fair share of GPU energy per output token, in joules (GPU enricher).
+    pub energy_per_output_token_j: Option<f64>,
 }
 
 impl Summary {

@@ -752,3 +752,21 @@ fn decode_legs_record_the_kv_transfer_gap_by_model() {
     assert!(f.contains("gen_ai_request_model=\"llama\""), "{f}");
     assert!(f.contains("} 1\n"), "one decode leg: {f}");
 }
+
+#[test]
+fn reported_queue_time_and_the_wire_s_share_are_histograms_by_model() {
+    let m = RequestMetrics::new();
+    m.record(&Summary {
+        queue_s: Some(0.12),
+        api_server_s: Some(0.004),
+        ..chat("llama", 100, Some(0.2), Some((5, 9)))
+    });
+    for name in [
+        "infertap_server_time_in_queue_seconds",
+        "infertap_latency_api_server_seconds",
+    ] {
+        let f = family(&m, name);
+        assert!(f.contains("gen_ai_request_model=\"llama\""), "{f}");
+        assert!(f.contains("_count{"), "{f}");
+    }
+}

@@ -176,3 +176,95 @@ fn placement_prefers_nvml_process_lists_then_visible_devices() {
     assert_eq!(place(&s, &other, Some(&Visible::All)).0, vec![0, 1]);
     assert_eq!(place(&s, &other, None), (vec![], None));
 }
+
+#[test]
+fn energy_and_busy_time_split_at_the_first_token_and_priced_per_token() {
+    // 100 W throughout (10 J per 100 ms); utilisation .5 then 1.0. The request runs [0, 200) ms,
+    // its first content chunk at 50 ms (prefill 0–50 ms), then chunks at 100 and 150 ms.
+    let s = state(vec![device("GPU-a", 0, &[0.5, 1.0])]);
+    let r = figures(
+        &s,
+        &[0],
+        &BTreeSet::new(),
+        &act(0, 200, &[50, 100, 150]),
+        &[],
+    );
+    // Alone: prefill 50 ms at .5 = .025 s busy and 5 J; decode the rest.
+    assert!((r.prefill_busy_s.unwrap() - 0.025).abs() < 1e-12, "{r:?}");
+    assert!((r.prefill_energy_j.unwrap() - 5.0).abs() < 1e-9);
+    assert!((r.share_energy_j.unwrap() - 20.0).abs() < 1e-9);
+    assert!((r.share_gpu_s.unwrap() - 0.2).abs() < 1e-12);
+    let attrs: Vec<_> = r.attributes();
+    let get = |k: &str| {
+        attrs
+            .iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.clone())
+    };
+    let f = |k: &str| match get(k) {
+        Some(AttrValue::F64(x)) => x,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert!((f("infertap.gpu.share.busy_time.decode") - (0.05 * 0.5 + 0.1)).abs() < 1e-12);
+    assert!((f("infertap.gpu.share.energy.decode") - 15.0).abs() < 1e-9);
+    assert!((f("infertap.gpu.share.energy.prefill") - 5.0).abs() < 1e-9);
+
+    // 4 output tokens: 5 J per token; at 3.60 per GPU-hour, 0.2 s of GPU time costs 0.0002,
+    // 50 per million tokens.
+    let cost = per_token(&r, Some(4), Some(3.6));
+    let c = |k: &str| {
+        cost.iter()
+            .find(|(key, _)| *key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        c("infertap.gpu.energy_per_output_token"),
+        Some(AttrValue::F64(5.0))
+    );
+    match c("infertap.gpu.share.cost") {
+        Some(AttrValue::F64(x)) => assert!((x - 0.0002).abs() < 1e-12),
+        other => panic!("{other:?}"),
+    }
+    match c("infertap.cost.per_million_output_tokens") {
+        Some(AttrValue::F64(x)) => assert!((x - 50.0).abs() < 1e-6),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        c("infertap.gpu.share.estimated"),
+        Some(AttrValue::Bool(false))
+    );
+    // No price: no cost; a window the samples do not cover: an estimate.
+    assert!(per_token(&r, Some(4), None)
+        .iter()
+        .all(|(k, _)| *k != "infertap.gpu.share.cost"));
+    let partial = figures(&s, &[0], &BTreeSet::new(), &act(150, 300, &[200]), &[]);
+    assert!(per_token(&partial, Some(1), None)
+        .contains(&("infertap.gpu.share.estimated", AttrValue::Bool(true))));
+}
+
+#[test]
+fn without_dram_bandwidth_the_memory_busy_samples_are_the_bandwidth_figure() {
+    // An A100-like GPU: no GPM, NVML memory-utilisation samples .3 then .9.
+    let mut d = device("GPU-a", 0, &[0.5, 0.5]);
+    for (k, v) in [0.3, 0.9].iter().enumerate() {
+        let k = k as u64;
+        d.push(
+            Figure::MemoryBusy,
+            Origin::Nvml,
+            k * 100 * MS,
+            (k + 1) * 100 * MS,
+            *v,
+        );
+    }
+    let s = state(vec![d.clone()]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(0, 200, &[]), &[]);
+    assert!((r.bandwidth_mean.unwrap() - 0.6).abs() < 1e-12, "{r:?}");
+    assert_eq!(r.bandwidth_max, Some(0.9));
+    assert_eq!(r.bandwidth_source, Some("nvml_memory_busy"));
+    // With DRAM bandwidth (GPM) that one wins.
+    d.push(Figure::DramBandwidth, Origin::NvmlGpm, 0, 200 * MS, 0.25);
+    let s = state(vec![d]);
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(0, 200, &[]), &[]);
+    assert_eq!(r.bandwidth_mean, Some(0.25));
+    assert_eq!(r.bandwidth_source, Some("nvml_gpm"));
+}
