@@ -285,25 +285,7 @@ impl ConnTable {
         self.held
     }
 
-    /// Charges what connection `id` holds now to the budget, shedding it (its finished work into
-    /// `done`) when over the per-connection bound; then, when all together are over theirs, the
-    /// connections holding the most.
-    fn charge(&mut self, id: ConnId, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
-        let Some(c) = self.conns.get_mut(&id) else {
-            return;
-        };
-        let mut held = c.buffered();
-        if held > self.budget.per_conn {
-            held = shed(id, c, ShedCause::Connection, ts_ns, stats, out);
-        }
-        self.held = (self.held + held).saturating_sub(c.held);
-        c.held = held;
-        if self.held > self.budget.total {
-            self.shed_most(ts_ns, stats, out);
-        }
-    }
-
-    /// Sheds the connections holding the most until a quarter of the total budget is free (one
+    /// Sheds the connections holding the most (all together over the total budget) until a quarter of the total budget is free (one
     /// pass, so that refilling it takes that many bytes).
     fn shed_most(&mut self, ts_ns: u64, stats: &Stats, out: &mut Vec<Finished>) {
         let goal = self.budget.total - self.budget.total / 4;
@@ -508,7 +490,16 @@ impl ConnTable {
             // Only when something finished: most records finish nothing.
             finish(id, &c.meta(chunk.tgid), done, stats, out);
         }
-        self.charge(id, chunk.ts_ns, stats, out);
+        // What it holds now, charged to the budget (with the lookup above: this runs per record).
+        let mut held = c.buffered();
+        if held > self.budget.per_conn {
+            held = shed(id, c, ShedCause::Connection, chunk.ts_ns, stats, out);
+        }
+        self.held = (self.held + held).saturating_sub(c.held);
+        c.held = held;
+        if self.held > self.budget.total {
+            self.shed_most(chunk.ts_ns, stats, out);
+        }
     }
 
     /// The socket was closed: in-flight exchanges end here.

@@ -145,3 +145,44 @@ fn usage_is_found_in_a_tail() {
     assert_eq!(usage_from_tail(tail).unwrap().completion_tokens, Some(5));
     assert_eq!(usage_from_tail(b"no usage here"), None);
 }
+
+/// The OpenAI fast path says of every chunk it takes exactly what the every-API reader says, and
+/// takes the OpenAI-compatible ones (vLLM's, llama.cpp's); other APIs' events go past it.
+#[test]
+fn the_openai_chunk_fast_path_agrees_with_the_every_api_reader() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/apis");
+    let mut events: Vec<String> = vec![
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":null,"finish_reason":"stop"}]}"#.into(),
+        r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}"#.into(),
+        r#"{"id":"c","choices":[{"index":0,"text":"x","finish_reason":null}],"error":{"type":"BadRequestError","message":"m"}}"#.into(),
+        r#"{"error":{"type":"X","code":400}}"#.into(),
+        r#"{"id":"c","choices":[],"meta_info":{"id":"z"}}"#.into(),
+    ];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        events.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|d| d.trim().to_string()),
+        );
+    }
+    let mut fast = 0;
+    for e in &events {
+        let every_api = from_json::<RawChunk<'_>>(e.as_bytes())
+            .ok()
+            .map(|c| c.said().chunk);
+        assert_eq!(parse_stream_chunk(e.as_bytes()), every_api, "{e}");
+        if from_json::<OpenAiChunk<'_>>(e.as_bytes())
+            .ok()
+            .and_then(OpenAiChunk::chunk)
+            .is_some()
+        {
+            fast += 1;
+        }
+    }
+    assert!(fast >= 4, "the OpenAI chunks take the fast path ({fast})");
+    assert!(
+        from_json::<OpenAiChunk<'_>>(events[4].as_bytes()).is_err(),
+        "a field it does not know sends a chunk to the every-API reader"
+    );
+}
