@@ -212,8 +212,6 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
         emit_in::<1024>(c, src, len, offset, last)
     } else if len < 4096 {
         emit_in::<4096>(c, src, len, offset, last)
-    } else if len < 16384 {
-        emit_in::<16384>(c, src, len, offset, last)
     } else {
         emit_in::<CHUNK_MAX>(c, src, len, offset, last)
     };
@@ -277,7 +275,7 @@ fn emit_in<const N: usize>(c: &Call, src: u64, len: u64, offset: u64, last: bool
     }
     // Large records ask whether enough waits to wake the reader; small ones never do (the
     // reader drains on a short timer), so no ring-fill query per record.
-    let flags = if N >= 16384 {
+    let flags = if N >= CHUNK_MAX {
         wakeup_flags()
     } else {
         BPF_RB_NO_WAKEUP
