@@ -400,8 +400,10 @@ impl Targeting {
         for pid in pids {
             // A new process with a target's pid (the old one exited and its exit record made the
             // kernel forget it): it is judged as a new process.
+            let now_started = start_time(pid);
             if self.current.contains_key(&pid)
-                && self.started.get(&pid).copied().flatten() != start_time(pid)
+                && now_started.is_some()
+                && self.started.get(&pid).copied().flatten() != now_started
             {
                 self.drop_target(pid);
                 tracing::info!(

@@ -249,7 +249,10 @@ fn emit_in<const N: usize>(c: &Call, src: u64, len: u64, offset: u64, last: bool
         return false;
     };
     let ev = entry.as_mut_ptr();
-    let len = (len as usize) & (N - 1);
+    // Read back through a volatile load, so that the compiler cannot drop the mask as redundant
+    // with its own knowledge of `len`: the verifier needs to see the bound here.
+    // SAFETY: a read of a local.
+    let len = (unsafe { core::ptr::read_volatile(&len) } as usize) & (N - 1);
     // SAFETY: `ev` is this program's reservation, `size_of::<DataEvent<N>>()` bytes, submitted
     // below; `len` < N.
     unsafe {
