@@ -290,9 +290,11 @@ fn go_https_spans(name: &str, stripped: bool) {
     let bin = build_tlspeer(ctx.dir(), stripped);
     let server = GoServer::start(&ctx, &bin);
     let port = server.port.to_string();
+    // `--bpf-stats`: the uprobe programs' run counts are checked below (statistics are off by
+    // default).
     let agent = Agent::start_with(
         &ctx,
-        &["--target-port", &port],
+        &["--target-port", &port, "--bpf-stats"],
         &[],
         Some(server.proc.pid()),
     );

@@ -142,12 +142,9 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()
                     Some(a)
                 }
             };
-            for i in 0..LOOPS.len() {
+            for (i, name) in LOOPS.iter().enumerate() {
                 let ns = measure(i, per_loop(i))?;
-                eprintln!(
-                    "round {round}: {arm:?}: {}: {ns:.1} ns per syscall",
-                    LOOPS[i]
-                );
+                eprintln!("round {round}: {arm:?}: {name}: {ns:.1} ns per syscall");
                 times.push((arm, i, ns));
             }
             drop(agent);

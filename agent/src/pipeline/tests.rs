@@ -220,13 +220,15 @@ fn malformed_records_are_counted_and_change_nothing() {
 
 #[test]
 fn a_close_range_ends_the_connections_in_its_range_that_began_before_it_and_counts_them() {
-    let mut node = Scripted::default();
-    node.sockets = vec![
-        (TGID, 7, MS),
-        (TGID, 8, MS + 1),
-        (TGID, 20, MS + 2),
-        (TGID, 9, 10 * MS),
-    ];
+    let node = Scripted {
+        sockets: vec![
+            (TGID, 7, MS),
+            (TGID, 8, MS + 1),
+            (TGID, 20, MS + 2),
+            (TGID, 9, 10 * MS),
+        ],
+        ..Scripted::default()
+    };
     let mut p = pipeline(node);
     for (conn_id, fd) in [(MS, 7), (MS + 1, 8), (MS + 2, 20)] {
         p.record(&open(conn_id, fd, u32::MAX, 0, MS));

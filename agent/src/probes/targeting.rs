@@ -417,6 +417,19 @@ impl Targeting {
                 .any(|e| e.pid == pid && e.kind == ProcEvent::Exec)
         };
         for pid in pids {
+            // A new process with a target's pid (the old one exited and its exit record made the
+            // kernel forget it): it is judged as a new process.
+            let now_started = start_time(pid);
+            if self.current.contains_key(&pid)
+                && now_started.is_some()
+                && self.started.get(&pid).copied().flatten() != now_started
+            {
+                self.drop_target(pid);
+                tracing::info!(
+                    pid,
+                    "Target exited and its pid was reused by a new process."
+                );
+            }
             let exited = execs
                 .iter()
                 .any(|e| e.pid == pid && e.kind == ProcEvent::Exit);

@@ -10,13 +10,14 @@
 /// Largest payload a single data record carries, plus one. Payload lengths are masked with
 /// `CHUNK_MAX - 1` so that the verifier sees a provable bound: a record carries at most
 /// `CHUNK_MAX - 1` bytes.
-pub const CHUNK_MAX: usize = 65536;
+pub const CHUNK_MAX: usize = 16384;
 /// The most payload bytes one record carries.
 pub const CHUNK_PAYLOAD_MAX: usize = CHUNK_MAX - 1;
 /// Records emitted for the head of one contiguous buffer; past this, only the tail chunk is sent
 /// (so a large non-streaming response still shows its last bytes, where `usage` sits). With the
-/// tail chunk, a buffer of up to 17 × 65,535 bytes (just over 1 MiB) is copied whole.
-pub const HEAD_CHUNKS_PER_BUFFER: u32 = 16;
+/// tail chunk, a buffer of up to 65 × 16,383 bytes (1,064,895: just over 1 MiB) is copied whole.
+/// Chunks stay at 16 KiB so that a record always fits a small ring (`--ring-buffer-size 65536`).
+pub const HEAD_CHUNKS_PER_BUFFER: u32 = 64;
 /// iovecs followed per `readv`/`writev`/`recvmsg`/`sendmsg`; the rest are reported as a gap.
 pub const IOVECS_TRACED: u32 = 32;
 

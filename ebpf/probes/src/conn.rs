@@ -143,6 +143,14 @@ fn open(ctx: &TracePointContext, pid_tgid: u64, fd: u32, listen_fd: u32, role: u
         tx_pos: 0,
         tls_ptr: 0,
     };
+    // The number already has an entry: the socket it named is gone (a close_range or exec not
+    // swept yet, or a close the programs did not see). It ends here, with its close record,
+    // rather than being overwritten silently.
+    // SAFETY: plain value copied out before removal.
+    if let Some(old) = unsafe { SOCKETS.get(key) }.copied() {
+        let cause = stale_cause(key, &old).unwrap_or(FORGET_CLOSE);
+        forget(key, &old, cause);
+    }
     if SOCKETS.insert(key, info, 0).is_err() {
         count_drop(DROP_SOCKETS_FULL);
         warn!(

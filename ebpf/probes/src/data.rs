@@ -212,8 +212,6 @@ fn emit_chunk(c: &Call, src: u64, len: u64, offset: u64, last: bool) {
         emit_in::<1024>(c, src, len, offset, last)
     } else if len < 4096 {
         emit_in::<4096>(c, src, len, offset, last)
-    } else if len < 16384 {
-        emit_in::<16384>(c, src, len, offset, last)
     } else {
         emit_in::<CHUNK_MAX>(c, src, len, offset, last)
     };
@@ -251,7 +249,10 @@ fn emit_in<const N: usize>(c: &Call, src: u64, len: u64, offset: u64, last: bool
         return false;
     };
     let ev = entry.as_mut_ptr();
-    let len = (len as usize) & (N - 1);
+    // Read back through a volatile load, so that the compiler cannot drop the mask as redundant
+    // with its own knowledge of `len`: the verifier needs to see the bound here.
+    // SAFETY: a read of a local.
+    let len = (unsafe { core::ptr::read_volatile(&len) } as usize) & (N - 1);
     // SAFETY: `ev` is this program's reservation, `size_of::<DataEvent<N>>()` bytes, submitted
     // below; `len` < N.
     unsafe {
@@ -277,7 +278,7 @@ fn emit_in<const N: usize>(c: &Call, src: u64, len: u64, offset: u64, last: bool
     }
     // Large records ask whether enough waits to wake the reader; small ones never do (the
     // reader drains on a short timer), so no ring-fill query per record.
-    let flags = if N >= 16384 {
+    let flags = if N >= CHUNK_MAX {
         wakeup_flags()
     } else {
         BPF_RB_NO_WAKEUP
