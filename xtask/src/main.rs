@@ -263,7 +263,13 @@ fn test(require_root: bool, args: &[String]) -> Result<()> {
         .env("INFERTAP_PYTHON", &python)
         .env("INFERTAP_PEERS", root().join("tests/peers"))
         // Every test binary runs even after one fails: one CI run shows every failure.
-        .args(["test", "--locked", "--release", "--workspace", "--no-fail-fast"]);
+        .args([
+            "test",
+            "--locked",
+            "--release",
+            "--workspace",
+            "--no-fail-fast",
+        ]);
     if require_root {
         cmd.env("INFERTAP_REQUIRE_ROOT", "1");
     }

@@ -377,7 +377,19 @@ impl ConnTable {
         };
         // One lookup for the records of a known connection (nearly all).
         let c = match self.conns.get_mut(&id) {
-            Some(c) => c,
+            Some(c) => {
+                if chunk.after_loss {
+                    // The kernel refused records of this connection since its last delivered
+                    // one: where a direction's syscall lost its last records, no position shows
+                    // it until that direction carries bytes again, so what is in flight now is
+                    // marked here (HTTP/2 streams see the gap in their own direction's
+                    // positions: its reads and writes are continuous).
+                    if let Protocol::Detecting(h) | Protocol::Http1(h) = &mut c.proto {
+                        h.exchanges.lost_somewhere();
+                    }
+                }
+                c
+            }
             None => {
                 if chunk.eof {
                     return; // the end of a connection we never saw

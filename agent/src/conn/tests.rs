@@ -735,3 +735,35 @@ fn over_the_global_budget_the_connection_holding_most_is_shed_and_others_lose_no
     }
     assert_eq!(table.buffered(), 0);
 }
+
+/// The kernel refused the last records of the request's read (no later request position shows
+/// the gap yet): the response's first record carries the connection's after-loss flag, and the
+/// exchange it ends is incomplete, not a complete span with half a body.
+#[test]
+fn an_after_loss_flag_in_the_other_direction_marks_the_exchange_in_flight_incomplete() {
+    for flagged in [false, true] {
+        let mut w = Wire::new(Origin::Start);
+        let req = chat_request("m");
+        let len = req.len() as u64;
+        // The read's first record got through; its last one (the body's end) did not.
+        let first = record(
+            SocketDir::Ingress,
+            1,
+            0,
+            (0, len),
+            false,
+            &req[..req.len() - 8],
+        );
+        w.table.data(&first, &w.stats, &mut w.out);
+        let head =
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+        let n = head.len() as u64;
+        let response = DataChunk {
+            after_loss: flagged,
+            ..record(SocketDir::Egress, 2, 0, (0, n), true, head)
+        };
+        w.table.data(&response, &w.stats, &mut w.out);
+        assert_eq!(w.out.len(), 1);
+        assert_eq!(w.out[0].ex().incomplete, flagged, "flagged: {flagged}");
+    }
+}

@@ -364,6 +364,15 @@ impl ExchangeTracker {
         }
     }
 
+    /// Records of the connection were lost in the kernel somewhere since its last delivered one
+    /// (perhaps the end of the other direction's last syscall, which no later position shows
+    /// until that direction carries bytes again): every request in flight is incomplete.
+    pub fn lost_somewhere(&mut self) {
+        for f in &mut self.in_flight {
+            f.ex.incomplete = true;
+        }
+    }
+
     /// The peer closed its side of the connection.
     pub fn peer_closed(&mut self) {
         self.peer_closed = true;
