@@ -40,6 +40,8 @@ pub struct PodScanner {
     cmdline: Regex,
     self_pid: u32,
     seen: HashMap<u32, Seen>,
+    /// The cache's change count at the last `changed` call.
+    changes_seen: u64,
 }
 
 impl PodScanner {
@@ -52,6 +54,7 @@ impl PodScanner {
             cmdline,
             self_pid: std::process::id(),
             seen: HashMap::new(),
+            changes_seen: 0,
         }
     }
 
@@ -132,6 +135,18 @@ fn decide_process(pattern: &Regex, pid: u32, pod: &Arc<PodInfo>, pref: &PodRef) 
 impl TargetSource for PodScanner {
     fn scan(&mut self) -> Vec<Target> {
         PodScanner::scan(self)
+    }
+
+    /// A process that is not in a pod is looked at again after [`RECHECK`]: so often, so that
+    /// one moved into a pod's cgroup (no exec, no kernel event) is found that soon.
+    fn interval(&self) -> Option<Duration> {
+        Some(RECHECK)
+    }
+
+    /// A namespace opted in or out, a pod came or went or changed its annotations.
+    fn changed(&mut self) -> bool {
+        let now = self.cache.changes();
+        std::mem::replace(&mut self.changes_seen, now) != now
     }
 
     /// Processes that exec'd are judged afresh (their cached decision was about the program
@@ -261,9 +276,14 @@ mod tests {
             "namespace not opted in"
         );
 
+        // The targeting thread rescans on a watch event, not at its next (slow) interval.
+        let _ = TargetSource::changed(&mut scanner);
+        assert!(!TargetSource::changed(&mut scanner), "nothing happened");
         let ns: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "llm"}})).unwrap();
         cache.apply_namespace(Event::Apply(ns));
+        assert!(TargetSource::changed(&mut scanner), "a namespace opted in");
+        assert!(!TargetSource::changed(&mut scanner), "told once");
         let found = scanner.scan();
         let t = found.iter().find(|t| t.pid == pid).expect("targeted");
         assert_eq!(t.reason, "pod llm/p container c: cmdline");

@@ -306,11 +306,12 @@ pub fn targeting_loop(
         proxies: Vec::new(),
         heartbeat,
     };
+    let interval = t.scanner.interval().map_or(interval, |i| i.min(interval));
     let mut next_scan = Instant::now();
     let mut next_reconcile = Instant::now() + RECONCILE_EVERY;
     while !*stop.borrow() {
         let now = Instant::now();
-        if now >= next_scan {
+        if now >= next_scan || t.scanner.changed() {
             t.heartbeat.beat("scanning for targets");
             let found = t.scanner.scan();
             t.apply_scan(found);
@@ -322,7 +323,8 @@ pub fn targeting_loop(
             next_reconcile = now + RECONCILE_EVERY;
         }
         t.heartbeat.beat("waiting for the next scan or exec");
-        // Wake for the next deadline, an exec, or (at the latest every 250 ms) to see `stop`.
+        // Wake for the next deadline, an exec, or (at the latest every 250 ms) to see `stop` and
+        // whether what selects targets changed (`TargetSource::changed`).
         let wait = next_scan
             .min(next_reconcile)
             .saturating_duration_since(Instant::now())

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use procfs::net::TcpState;
 use procfs::process::{FDTarget, Process};
@@ -250,6 +251,19 @@ pub trait TargetSource: Send {
     /// Port-publishing proxies recognised on a selected port and left untraced.
     fn port_proxies(&self) -> Vec<PortProxy> {
         Vec::new()
+    }
+
+    /// How often this source wants a full scan, where it must be more often than the agent's
+    /// interval (Kubernetes: a process that joins a pod's cgroup without an exec is seen only
+    /// by a scan).
+    fn interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether what selects targets changed since the last call (Kubernetes: a namespace or pod
+    /// event), so a scan should run now rather than at the next interval.
+    fn changed(&mut self) -> bool {
+        false
     }
 
     /// Which of `pids` (processes that just exec'd) should be traced now. By default one full

@@ -122,6 +122,9 @@ pub struct KubeCache {
     node: Arc<str>,
     namespace_selector: Arc<str>,
     state: Arc<RwLock<State>>,
+    /// Watch events applied so far: the targeting thread rescans when it moves (a namespace
+    /// opting in execs nothing, so no kernel event would tell it).
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl KubeCache {
@@ -130,7 +133,18 @@ impl KubeCache {
             node: node.into(),
             namespace_selector: namespace_selector.into(),
             state: Arc::default(),
+            changes: Arc::default(),
         }
+    }
+
+    /// How many watch events have been applied (it only grows).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 
     pub fn node(&self) -> &str {
@@ -153,6 +167,8 @@ impl KubeCache {
         s.namespaces.apply(event, |ns| {
             (ns.metadata.name.clone().unwrap_or_default(), Some(()))
         });
+        drop(s);
+        self.changed();
     }
 
     /// An event of the watch on this node's pods. Pods of other nodes (which the field selector
@@ -175,6 +191,8 @@ impl KubeCache {
             }
             (uid, info.map(Arc::new))
         });
+        drop(s);
+        self.changed();
     }
 
     /// A watch failed (the API server is away, refused the request, or sent something unreadable).
