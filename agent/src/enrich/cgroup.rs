@@ -108,7 +108,11 @@ fn classify_line(line: &str) -> Option<(u8, &str)> {
     Some((rank, path))
 }
 
-/// A cgroup path → the innermost pod cgroup in it and the container cgroup right below.
+/// A cgroup path → the outermost pod cgroup in it and the container cgroup right below. The
+/// outermost: the kubelet makes it, while a tenant with a delegated cgroup subtree can make
+/// pod-like names below its own container's cgroup and so pass its processes off as another
+/// pod's. (Kubernetes nested in a pod, kind for one, is seen from the inner cluster's own cgroup
+/// namespace, where the outer pod is not visible.)
 fn parse_path(path: &str) -> Option<PodRef> {
     // The kernel marks a removed cgroup this way.
     let path = path.strip_suffix(" (deleted)").unwrap_or(path);
@@ -116,7 +120,7 @@ fn parse_path(path: &str) -> Option<PodRef> {
         return None;
     }
     let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
-    let (index, uid, qos) = components.iter().enumerate().rev().find_map(|(i, name)| {
+    let (index, uid, qos) = components.iter().enumerate().find_map(|(i, name)| {
         let (uid, qos) = systemd_pod(name).or_else(|| cgroupfs_pod(name, &components[..i]))?;
         Some((i, uid, qos))
     })?;

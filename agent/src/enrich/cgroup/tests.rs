@@ -173,9 +173,12 @@ fn kind_and_prefixed_cgroup_roots() {
          "$UID $ID containerd besteffort"),
         ("/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod$UID_.slice/cri-containerd-$ID.scope",
          "$UID $ID containerd guaranteed"),
-        // kind inside a pod: the innermost pod is the process's.
-        ("/kubepods/burstable/pod1111aaaa-2222-3333-4444-555566667777/$ID/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod$UID_.slice/cri-containerd-$ID.scope",
-         "$UID $ID containerd burstable"),
+        // Pod-like cgroups below a pod's container (a tenant's delegated subtree, or Kubernetes
+        // nested in a pod seen from the host): the outermost pod, the kubelet's, is the process's.
+        ("/kubepods/burstable/pod$UID/$ID/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod1111aaaa_2222_3333_4444_555566667777.slice/cri-containerd-$ID.scope",
+         "$UID $ID - burstable"),
+        ("/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod$UID_.slice/cri-containerd-$ID.scope/kubepods/pod1111aaaa-2222-3333-4444-555566667777/0123",
+         "$UID $ID containerd besteffort"),
     ];
     for (path, expect) in cases {
         check(&fill(&format!("0::{path}\n")), Some(expect));
