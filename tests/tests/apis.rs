@@ -111,16 +111,28 @@ fn responses_and_messages_streams_become_spans_with_usage_and_first_token() {
         .filter(|(_, e)| e["type"] == "response.output_text.delta")
         .collect();
     let done = &seen.events.last().expect("events").1;
-    assert_eq!(done["type"], "response.incomplete", "6 tokens asked, 6 given");
+    assert_eq!(
+        done["type"], "response.incomplete",
+        "6 tokens asked, 6 given"
+    );
     let usage = &done["response"]["usage"];
     let span = span_of(&agent, &seen.trace);
     assert_eq!(attr(&span, "gen_ai.operation.name"), "chat", "{span:#}");
     assert_eq!(attr(&span, "gen_ai.request.model"), "standin-model");
-    assert_eq!(attr(&span, "gen_ai.response.model"), &done["response"]["model"]);
+    assert_eq!(
+        attr(&span, "gen_ai.response.model"),
+        &done["response"]["model"]
+    );
     assert_eq!(attr(&span, "gen_ai.response.id"), &done["response"]["id"]);
     assert_eq!(attr(&span, "gen_ai.request.stream"), true);
-    assert_eq!(attr(&span, "gen_ai.usage.input_tokens"), &usage["input_tokens"]);
-    assert_eq!(attr(&span, "gen_ai.usage.output_tokens"), &usage["output_tokens"]);
+    assert_eq!(
+        attr(&span, "gen_ai.usage.input_tokens"),
+        &usage["input_tokens"]
+    );
+    assert_eq!(
+        attr(&span, "gen_ai.usage.output_tokens"),
+        &usage["output_tokens"]
+    );
     assert_eq!(
         attr(&span, "gen_ai.response.finish_reasons"),
         &serde_json::json!(["max_output_tokens"])
