@@ -57,6 +57,9 @@ class Settings:
     token_interval_s = 0.020
     ttft_s = 0.050
     max_model_len = 4096
+    # `--enable-per-request-metrics` (or STANDIN_PER_REQUEST_METRICS=1): a `metrics` object in
+    # the final usage chunk of a stream, as vLLM's flag of that name.
+    per_request_metrics = False
 
 
 SETTINGS = Settings()
@@ -340,6 +343,20 @@ async def chat_completions(raw: Request):
     return await chat_full(plan, request_id, created, model)
 
 
+def per_request_metrics(plan: GenPlan) -> dict[str, Any]:
+    """vLLM's per-request `metrics` object (`--enable-per-request-metrics`): the stand-in's
+    first-token wait split as a fifth queued, the rest prefill; decode is the token intervals."""
+    ttft_ms = SETTINGS.ttft_s * 1000
+    gen_ms = max(0, plan.tokens - 1) * SETTINGS.token_interval_s * 1000
+    return {
+        "queue_time_ms": round(ttft_ms * 0.2, 3),
+        "time_to_first_token_ms": round(ttft_ms * 0.8, 3),
+        "generation_time_ms": round(gen_ms, 3),
+        "mean_itl_ms": round(SETTINGS.token_interval_s * 1000, 3),
+        "tokens_per_second": round(plan.tokens / max(1e-9, (ttft_ms + gen_ms) / 1000), 3),
+    }
+
+
 async def chat_stream(plan: GenPlan, request_id: str, created: int, model: str):
     head = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
     generated = [0] * plan.n
@@ -382,6 +399,8 @@ async def chat_stream(plan: GenPlan, request_id: str, created: int, model: str):
             c = dict(head)
             c["choices"] = []
             c["usage"] = usage_obj(plan.prompt_tokens, sum(generated), plan.cached, with_details_null=False)
+            if SETTINGS.per_request_metrics:
+                c["metrics"] = per_request_metrics(plan)
             yield f"data: {dumps(c)}\n\n"
     yield "data: [DONE]\n\n"
 
@@ -854,6 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ready-file", help="written (with the port) once the server listens")
     ap.add_argument("--timeout-keep-alive", type=int, default=5, help="idle keep-alive timeout (vLLM: 5 s)")
     ap.add_argument("--enable-request-id-headers", action="store_true", help="as vLLM's flag: X-Request-Id on responses")
+    ap.add_argument("--enable-per-request-metrics", action="store_true", help="as vLLM's flag: a `metrics` object in a stream's final usage chunk")
     ap.add_argument("--ssl-keyfile", help="as vLLM's flag: serve HTTPS with this private key (PEM)")
     ap.add_argument("--ssl-certfile", help="as vLLM's flag: serve HTTPS with this certificate (PEM)")
     ap.add_argument(
@@ -867,6 +887,7 @@ def main(argv: list[str] | None = None) -> int:
     SETTINGS.model = args.model
     SETTINGS.token_interval_s = args.token_interval_ms / 1000.0
     SETTINGS.ttft_s = args.ttft_ms / 1000.0
+    SETTINGS.per_request_metrics = args.enable_per_request_metrics or os.environ.get("STANDIN_PER_REQUEST_METRICS") == "1"
     if args.enable_request_id_headers:
         app.add_middleware(XRequestIdMiddleware)
     if args.otel_instrument:

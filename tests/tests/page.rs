@@ -251,6 +251,8 @@ fn the_page_shows_requests_over_the_gpu_timeline_and_warns_of_loss() {
         StandInOpts {
             ttft_ms: 150,
             token_interval_ms: 30,
+            // vLLM's per-request metrics in each stream's final chunk: the server's phases.
+            env: vec![("STANDIN_PER_REQUEST_METRICS".into(), "1".into())],
             ..StandInOpts::default()
         },
     );
@@ -381,7 +383,9 @@ fn the_page_shows_requests_over_the_gpu_timeline_and_warns_of_loss() {
                   const ticks = [...document.querySelectorAll('.wf-tick')].map(t => { const b = r(t); return b.left + b.width / 2; });
                   const series = [...document.querySelectorAll('path.gpu-series')].map(p => ({
                       figure: p.dataset.figure, points: Number(p.dataset.points), d: p.getAttribute('d').length }));
-                  return { barLeft: bar.left, barWidth: bar.width, ft: ft.left + ft.width / 2, ticks, series }; })()",
+                  const phase = (n) => { const e = document.getElementById('wf-phase-' + n); if (!e) return null; const b = r(e); return { left: b.left, right: b.right }; };
+                  return { barLeft: bar.left, barWidth: bar.width, ft: ft.left + ft.width / 2, ticks, series,
+                           prefill: phase('prefill'), queue: phase('queue'), decode: phase('decode') }; })()",
     );
     let f = |k: &str| geometry[k].as_f64().unwrap();
     let duration = (end - start) as f64 / 1e9;
@@ -402,6 +406,31 @@ fn the_page_shows_requests_over_the_gpu_timeline_and_warns_of_loss() {
     let xs: Vec<f64> = ticks.iter().map(|t| t.as_f64().unwrap()).collect();
     assert!(xs.windows(2).all(|w| w[0] <= w[1] + 0.01), "{xs:?}");
     assert!(*xs.last().unwrap() <= f("barLeft") + f("barWidth") + PIXEL_TOLERANCE);
+
+    // The server's phases: prefill ends at the first token, the queue before it, decode after.
+    let secs = |k: &str| {
+        attr(span, k)
+            .as_f64()
+            .unwrap_or_else(|| panic!("{k}: {span:#}"))
+    };
+    let px_per_s = f("barWidth") / duration;
+    let phase = |n: &str, edge: &str| {
+        geometry[n][edge]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {n} phase drawn: {geometry:#}"))
+    };
+    assert!(
+        (phase("prefill", "right") - expected).abs() <= PIXEL_TOLERANCE,
+        "prefill ends at the first token: {geometry:#}"
+    );
+    let prefill_px = secs("gen_ai.latency.time_in_model_prefill") * px_per_s;
+    assert!(
+        (phase("prefill", "right") - phase("prefill", "left") - prefill_px).abs()
+            <= PIXEL_TOLERANCE,
+        "prefill {prefill_px} px wide: {geometry:#}"
+    );
+    assert!((phase("queue", "right") - phase("prefill", "left")).abs() <= PIXEL_TOLERANCE);
+    assert!((phase("decode", "left") - expected).abs() <= PIXEL_TOLERANCE);
 
     // The GPU series are drawn over the same window.
     let series = geometry["series"].as_array().unwrap();

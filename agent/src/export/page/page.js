@@ -268,6 +268,25 @@ function drawTimeline(span, ticks, series, t0, t1) {
       root.append(svg("line", { class: "wf-tick", x1: px, x2: px, y1: y + 3, y2: y + 15, stroke: "#1d2330", "stroke-width": 1 }));
     }
   }
+  // The server's own phases (vLLM's per-request metrics, llama.cpp's timings), laid back from the
+  // first token: prefill ends there, the queue before it, decode after it.
+  const queue = num(attr(span, "gen_ai.latency.time_in_queue"));
+  const prefill = num(attr(span, "gen_ai.latency.time_in_model_prefill"));
+  const decode = num(attr(span, "gen_ai.latency.time_in_model_decode"));
+  if (ttft !== null && (queue !== null || prefill !== null || decode !== null)) {
+    const first = start + ttft * 1e9;
+    const phases = [
+      ["queue", first - ((prefill || 0) + (queue || 0)) * 1e9, queue, "#f2c14e"],
+      ["prefill", first - (prefill || 0) * 1e9, prefill, "#e4572e"],
+      ["decode", first, decode, "#4caf50"],
+    ];
+    for (const [name, from, secs, color] of phases) {
+      if (secs === null || secs <= 0) continue;
+      const r = svg("rect", { id: "wf-phase-" + name, class: "wf-phase", x: x(from), y: y + 20, width: Math.max(1, x(from + secs * 1e9) - x(from)), height: 4, fill: color });
+      r.append(svg("title", {}, name + " " + (secs * 1000).toFixed(1) + " ms (reported by the server)"));
+      root.append(r);
+    }
+  }
   if (ttft !== null) {
     const px = x(start + ttft * 1e9);
     root.append(svg("line", { id: "wf-first-token", x1: px, x2: px, y1: y - 4, y2: y + 22, stroke: "#d32f2f", "stroke-width": 2 }));
