@@ -273,22 +273,16 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                 hi,
                 cause,
             } => {
-                for f in self.node.forget_fds(tgid, lo, hi, ts_ns) {
-                    stats
-                        .socket_forgotten(cause)
-                        .fetch_add(1, Ordering::Relaxed);
-                    self.table.closed(
-                        ConnId {
-                            tgid,
-                            conn_id: f.conn_id,
-                        },
-                        f.fd,
-                        ts_ns,
-                        f.after_loss,
-                        stats,
-                        &mut self.done,
-                    );
-                }
+                let sockets = self.node.forget_fds(tgid, lo, hi, ts_ns);
+                end_forgotten(
+                    &mut self.table,
+                    stats,
+                    &mut self.done,
+                    tgid,
+                    &sockets,
+                    ts_ns,
+                    cause,
+                );
             }
             Record::ProcExec {
                 tgid, was_target, ..
@@ -337,22 +331,15 @@ impl<N: Node, O: Output> Pipeline<N, O> {
     /// had for them (`probes::targeting` reconciliation): their connections end now.
     pub fn forgotten(&mut self, tgid: u32, sockets: &[ForgottenSocket], cause: u32) {
         let now = self.node.now_ns();
-        for f in sockets {
-            self.stats
-                .socket_forgotten(cause)
-                .fetch_add(1, Ordering::Relaxed);
-            self.table.closed(
-                ConnId {
-                    tgid,
-                    conn_id: f.conn_id,
-                },
-                f.fd,
-                now,
-                f.after_loss,
-                &self.stats,
-                &mut self.done,
-            );
-        }
+        end_forgotten(
+            &mut self.table,
+            &self.stats,
+            &mut self.done,
+            tgid,
+            sockets,
+            now,
+            cause,
+        );
         self.emit();
     }
 
@@ -473,6 +460,29 @@ impl Node for Detached {
 impl Output for Vec<FinishedSpan> {
     fn submit(&mut self, built: Built, _chunk_times_ns: &[u64]) {
         self.push(built.span);
+    }
+}
+
+/// Sockets whose descriptor numbers stopped naming them (`cause`: how the kernel or the
+/// reconciliation found out): each counted, its connection ended as closed at `at_ns`.
+fn end_forgotten(
+    table: &mut ConnTable,
+    stats: &Stats,
+    done: &mut Vec<Finished>,
+    tgid: u32,
+    sockets: &[ForgottenSocket],
+    at_ns: u64,
+    cause: u32,
+) {
+    for f in sockets {
+        stats
+            .socket_forgotten(cause)
+            .fetch_add(1, Ordering::Relaxed);
+        let id = ConnId {
+            tgid,
+            conn_id: f.conn_id,
+        };
+        table.closed(id, f.fd, at_ns, f.after_loss, stats, done);
     }
 }
 
