@@ -733,9 +733,7 @@ impl Values {
             self.set_server_phases(p);
         }
         if let Some(u) = usage {
-            let mut merged = self.usage().unwrap_or_default();
-            merged.merge(u);
-            self.set_usage(&merged);
+            self.set_usage(u); // already merged across the stream's events by the exchange
         }
     }
 
