@@ -49,6 +49,7 @@ impl Work {
 use std::borrow::Cow;
 use std::collections::VecDeque;
 
+use crate::protocol::form::{self, FormScan};
 use crate::protocol::http::{HttpEvent, ParseErrorKind, RequestHead, ResponseHead};
 use crate::protocol::openai::fields::Body;
 use crate::protocol::openai::models::{self, ModelsScan};
@@ -144,6 +145,8 @@ struct InFlight {
     request_done: bool,
     /// Streaming scans of JSON bodies: fields are picked up as bytes pass, nothing is kept.
     request_scan: Option<RequestScan>,
+    /// A model operation's `multipart/form-data` upload (audio transcription): its text fields.
+    request_form: Option<Box<FormScan>>,
     response_scan: Option<ResponseScan>,
     /// After a loss in a non-streaming body: its last bytes, where `usage` sits.
     response_tail: Vec<u8>,
@@ -158,13 +161,19 @@ struct InFlight {
 impl InFlight {
     fn new(ts_ns: u64, head: RequestHead) -> InFlight {
         let operation = Operation::from_path(&head.path);
-        let content_type = head
+        let content_type_sent = head
             .headers
             .iter()
             .find(|(k, _)| *k == "content-type")
-            .map(|(_, v)| v.to_ascii_lowercase());
+            .map(|(_, v)| v);
+        let request_form = operation
+            .and(content_type_sent)
+            .and_then(|v| form::boundary(v))
+            .map(|b| Box::new(FormScan::new(b)));
+        let content_type = content_type_sent.map(|v| v.to_ascii_lowercase());
         let json = content_type.as_deref().is_some_and(|v| v.contains("json"));
-        // An upload (audio transcription's multipart form) is not JSON: not scanned.
+        // An upload (audio transcription's multipart form) is not JSON: its text fields are
+        // read by `request_form` instead.
         let form = content_type.as_deref().is_some_and(|v| {
             v.starts_with("multipart/") || v.starts_with("application/x-www-form")
         });
@@ -203,6 +212,7 @@ impl InFlight {
                 served_models: Vec::new(),
                 runtime: None,
             },
+            request_form,
             request_done: false,
             response_scan: None,
             response_tail: Vec::new(),
@@ -221,6 +231,9 @@ impl InFlight {
                 self.ex.json_error.get_or_insert(e.as_str());
             }
             self.ex.request_fields = Some(scan.into_fields());
+        }
+        if let Some(form) = self.request_form.take() {
+            self.ex.request_fields = Some(form.into_values().request_fields());
         }
     }
 
@@ -406,6 +419,9 @@ impl ExchangeTracker {
                     if let Some(scan) = f.request_scan.as_mut() {
                         scan.feed(data);
                     }
+                    if let Some(form) = f.request_form.as_mut() {
+                        form.feed(data);
+                    }
                 }
             }
             HttpEvent::RequestBodyGap { len } => {
@@ -414,6 +430,9 @@ impl ExchangeTracker {
                     f.ex.incomplete = true;
                     if let Some(scan) = f.request_scan.as_mut() {
                         scan.gap();
+                    }
+                    if let Some(form) = f.request_form.as_mut() {
+                        form.gap();
                     }
                 }
             }

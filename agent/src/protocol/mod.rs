@@ -17,6 +17,7 @@
 //!   `ext_proc`: Envoy's external-processing messages (prost, proto subset in `agent/proto`).
 
 pub mod ext_proc;
+pub mod form;
 pub mod grpc;
 pub mod http;
 pub mod http1;

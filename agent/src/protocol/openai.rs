@@ -22,6 +22,8 @@ pub mod models;
 mod oracle;
 mod scan;
 
+#[cfg(test)]
+pub(crate) use scan::id;
 pub use scan::{RequestScan, ResponseScan, Rows, Slots, Value, Values, CHOICES_MAX};
 
 /// Longest identifier kept (model names, ids, error types).
