@@ -1000,10 +1000,14 @@ fn step_chunk_framing(mut chunk: Chunk, data: &[u8]) -> (usize, Result<ChunkStep
 }
 
 /// Whether `buf` holds the blank line that ends a head (`\n\n` or `\n\r\n`).
+/// Only the line ends are looked at (`memchr`): a byte-by-byte window over every head was a tenth
+/// of the agent's CPU per plain request (docs/PERFORMANCE.md).
 fn has_head_end(buf: &[u8]) -> bool {
-    buf.windows(2)
-        .enumerate()
-        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && buf.get(i + 2) == Some(&b'\n')))
+    memchr::memchr_iter(b'\n', buf).any(|i| match buf.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => buf.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
 }
 
 /// A TLS record header (handshake, alert, change-cipher-spec, application data; TLS 1.0–1.3).
