@@ -1103,19 +1103,29 @@ fn allowed_headers(fields: &[httparse::Header<'_>]) -> Vec<(&'static str, String
     fields
         .iter()
         .filter_map(|field| {
-            let name = ALLOWED_HEADERS
-                .iter()
-                .find(|a| a.eq_ignore_ascii_case(field.name))?;
+            let name = allowed_name(field.name)?;
             let raw = field
                 .value
                 .get(..MAX_HEADER_VALUE_BYTES)
                 .unwrap_or(field.value);
             Some((
-                *name,
+                name,
                 cut(&String::from_utf8_lossy(raw), MAX_HEADER_VALUE_BYTES),
             ))
         })
         .collect()
+}
+
+/// The allow-listed name `name` is (ASCII case-insensitively), if any. Length and first byte are
+/// compared before the whole name: most fields of a head are on no list, and comparing each
+/// against every allowed name was a tenth of the agent's CPU per plain request.
+fn allowed_name(name: &str) -> Option<&'static str> {
+    let first = name.as_bytes().first()?.to_ascii_lowercase();
+    ALLOWED_HEADERS.iter().copied().find(|a| {
+        a.len() == name.len()
+            && a.as_bytes().first() == Some(&first)
+            && a.eq_ignore_ascii_case(name)
+    })
 }
 
 /// The path of a request target: no scheme/authority, query or fragment.
