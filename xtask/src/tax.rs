@@ -14,12 +14,13 @@
 //! sleeping process); with `--baseline`, another build of the agent the same way. Reported: the
 //! median time per syscall of each loop and arm, and what each agent adds per syscall.
 //!
-//! With `--floor`, three more arms load the bench-only object `infertap-floor`
+//! With `--floor`, more arms load the bench-only object `infertap-floor`
 //! (`ebpf/probes/src/floor.rs`; the agent never loads it) instead of the agent: programs that do
 //! only what every untargeted run does (one `TARGETS` bitmap load) on (a) the `read`/`write`
 //! syscall tracepoints — the floor of the agent's design; (b) the `raw_syscalls` raw tracepoints;
-//! (c) BPF trampolines (fentry/fexit) on `sock_recvmsg`/`sock_sendmsg`, which file and pipe I/O
-//! never reach.
+//! (c) the same as BTF-typed raw tracepoints (`tp_btf`); (d) BPF trampolines (fentry/fexit) on
+//! `sock_recvmsg`/`sock_sendmsg`, which file and pipe I/O never reach; (e) BPF-LSM
+//! `socket_recvmsg`/`socket_sendmsg`. A design the kernel refuses is reported and left out.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -40,6 +41,8 @@ enum Arm {
     FloorTracepoint,
     /// `infertap-floor`: the same on `raw_syscalls/sys_enter`/`sys_exit`.
     FloorRawTracepoint,
+    /// `infertap-floor`: the same as BTF-typed raw tracepoints (`tp_btf`) on `sys_enter`/`sys_exit`.
+    FloorBtfTracepoint,
     /// `infertap-floor`: the same as fentry/fexit on `sock_recvmsg`/`sock_sendmsg`.
     FloorFentry,
     /// `infertap-floor`: the same as BPF-LSM `socket_recvmsg`/`socket_sendmsg`.
@@ -54,6 +57,7 @@ impl Arm {
             Arm::Baseline => "baseline",
             Arm::FloorTracepoint => "floor: tp",
             Arm::FloorRawTracepoint => "floor: raw tp",
+            Arm::FloorBtfTracepoint => "floor: tp_btf",
             Arm::FloorFentry => "floor: fentry",
             Arm::FloorLsm => "floor: lsm",
         }
@@ -74,7 +78,7 @@ struct Floor {
 
 impl Floor {
     fn attach(arm: Arm) -> Result<Floor> {
-        use aya::programs::{FEntry, FExit, Lsm, RawTracePoint, TracePoint};
+        use aya::programs::{BtfTracePoint, FEntry, FExit, Lsm, RawTracePoint, TracePoint};
         let path =
             crate::root().join("ebpf/probes/target/bpfel-unknown-none/release/infertap-floor");
         let mut ebpf =
@@ -97,6 +101,14 @@ impl Floor {
                     let p: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
                     p.load()?;
                     p.attach(tp)?;
+                }
+            }
+            Arm::FloorBtfTracepoint => {
+                let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+                for (name, tp) in [("btf_enter", "sys_enter"), ("btf_exit", "sys_exit")] {
+                    let p: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
+                    p.load(tp, &btf)?;
+                    p.attach()?;
                 }
             }
             Arm::FloorFentry => {
@@ -237,6 +249,7 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>, floor: bool)
         for arm in [
             Arm::FloorTracepoint,
             Arm::FloorRawTracepoint,
+            Arm::FloorBtfTracepoint,
             Arm::FloorFentry,
             Arm::FloorLsm,
         ] {
@@ -269,6 +282,7 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>, floor: bool)
                 Arm::Off
                 | Arm::FloorTracepoint
                 | Arm::FloorRawTracepoint
+                | Arm::FloorBtfTracepoint
                 | Arm::FloorFentry
                 | Arm::FloorLsm => None,
                 Arm::Attached | Arm::Baseline => {

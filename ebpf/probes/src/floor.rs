@@ -8,6 +8,8 @@
 //! - `tp_*`: syscall tracepoints on `read`/`write` enter and exit (the design the agent uses, with
 //!   nothing past the bitmap: its floor).
 //! - `raw_*`: `raw_syscalls/sys_enter`/`sys_exit` raw tracepoints (one program for every syscall).
+//! - `btf_*`: the same two as BTF-typed raw tracepoints (`tp_btf`): the program type of fentry
+//!   without a trampoline, to tell which of the two a kernel refuses.
 //! - `fentry_*`/`fexit_*`: BPF trampolines on `sock_recvmsg`/`sock_sendmsg`, which only socket
 //!   I/O reaches (file and pipe `read`/`write` never do).
 //! - `lsm_*`: BPF-LSM hooks `socket_recvmsg`/`socket_sendmsg` (called from the same functions,
@@ -17,9 +19,12 @@
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
-    macros::{fentry, fexit, lsm, map, raw_tracepoint, tracepoint},
+    macros::{btf_tracepoint, fentry, fexit, lsm, map, raw_tracepoint, tracepoint},
     maps::Array,
-    programs::{FEntryContext, FExitContext, LsmContext, RawTracePointContext, TracePointContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, LsmContext, RawTracePointContext,
+        TracePointContext,
+    },
 };
 use infertap_common::target_bit;
 
@@ -63,6 +68,16 @@ pub fn raw_enter(_ctx: RawTracePointContext) -> i32 {
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn raw_exit(_ctx: RawTracePointContext) -> i32 {
+    untargeted() as i32
+}
+
+#[btf_tracepoint(function = "sys_enter")]
+pub fn btf_enter(_ctx: BtfTracePointContext) -> i32 {
+    untargeted() as i32
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn btf_exit(_ctx: BtfTracePointContext) -> i32 {
     untargeted() as i32
 }
 
