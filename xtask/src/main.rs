@@ -135,6 +135,10 @@ enum Cmd {
         /// Another build of the agent (a binary) as a third arm, for before/after in one run.
         #[arg(long)]
         baseline_agent: Option<PathBuf>,
+        /// Also the floor of each capture design: the bench-only `infertap-floor` programs on
+        /// syscall tracepoints, raw syscall tracepoints and fentry/fexit on the socket functions.
+        #[arg(long)]
+        floor: bool,
     },
     /// The loop process of bench-kernel (its own process, so that only it is traced).
     #[command(hide = true)]
@@ -403,12 +407,13 @@ fn main() -> Result<()> {
             rounds,
             iterations,
             baseline_agent,
+            floor,
         } => {
             build()?;
             if !is_root() {
                 bail!("the benchmark loads eBPF programs and must run as root");
             }
-            tax::run(rounds, iterations, baseline_agent.as_deref())
+            tax::run(rounds, iterations, baseline_agent.as_deref(), floor)
         }
         Cmd::BenchKernel {
             rounds,

@@ -7,9 +7,20 @@
 //! - a pipe ping-pong between two threads: one byte each way, two `write`s and two `read`s per
 //!   round trip.
 //!
+//! - a loopback TCP ping-pong between two threads (`write`/`read` on sockets): the I/O the agent
+//!   captures when the process is targeted, here untargeted.
+//!
 //! Arms, interleaved in rounds: the agent off; the agent attached and targeting nothing (a
 //! sleeping process); with `--baseline`, another build of the agent the same way. Reported: the
 //! median time per syscall of each loop and arm, and what each agent adds per syscall.
+//!
+//! With `--floor`, more arms load the bench-only object `infertap-floor`
+//! (`ebpf/probes/src/floor.rs`; the agent never loads it) instead of the agent: programs that do
+//! only what every untargeted run does (one `TARGETS` bitmap load) on (a) the `read`/`write`
+//! syscall tracepoints — the floor of the agent's design; (b) the `raw_syscalls` raw tracepoints;
+//! (c) the same as BTF-typed raw tracepoints (`tp_btf`); (d) BPF trampolines (fentry/fexit) on
+//! `sock_recvmsg`/`sock_sendmsg`, which file and pipe I/O never reach; (e) BPF-LSM
+//! `socket_recvmsg`/`socket_sendmsg`. A design the kernel refuses is reported and left out.
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -26,9 +37,109 @@ enum Arm {
     Off,
     Attached,
     Baseline,
+    /// `infertap-floor`: empty-bitmap programs on the `read`/`write` syscall tracepoints.
+    FloorTracepoint,
+    /// `infertap-floor`: the same on `raw_syscalls/sys_enter`/`sys_exit`.
+    FloorRawTracepoint,
+    /// `infertap-floor`: the same as BTF-typed raw tracepoints (`tp_btf`) on `sys_enter`/`sys_exit`.
+    FloorBtfTracepoint,
+    /// `infertap-floor`: the same as fentry/fexit on `sock_recvmsg`/`sock_sendmsg`.
+    FloorFentry,
+    /// `infertap-floor`: the same as BPF-LSM `socket_recvmsg`/`socket_sendmsg`.
+    FloorLsm,
 }
 
-const LOOPS: [&str; 3] = ["dd bs=1 (read+write)", "getppid", "pipe ping-pong"];
+impl Arm {
+    fn label(self) -> &'static str {
+        match self {
+            Arm::Off => "agent off",
+            Arm::Attached => "attached",
+            Arm::Baseline => "baseline",
+            Arm::FloorTracepoint => "floor: tp",
+            Arm::FloorRawTracepoint => "floor: raw tp",
+            Arm::FloorBtfTracepoint => "floor: tp_btf",
+            Arm::FloorFentry => "floor: fentry",
+            Arm::FloorLsm => "floor: lsm",
+        }
+    }
+}
+
+const LOOPS: [&str; 4] = [
+    "dd bs=1 (read+write)",
+    "getppid",
+    "pipe ping-pong",
+    "TCP ping-pong",
+];
+
+/// The bench-only floor programs of one design, loaded and attached (detached on drop).
+struct Floor {
+    _ebpf: aya::Ebpf,
+}
+
+impl Floor {
+    fn attach(arm: Arm) -> Result<Floor> {
+        use aya::programs::{BtfTracePoint, FEntry, FExit, Lsm, RawTracePoint, TracePoint};
+        let path =
+            crate::root().join("ebpf/probes/target/bpfel-unknown-none/release/infertap-floor");
+        let mut ebpf =
+            aya::Ebpf::load_file(&path).with_context(|| format!("loading {}", path.display()))?;
+        match arm {
+            Arm::FloorTracepoint => {
+                for (name, tp) in [
+                    ("tp_enter_read", "sys_enter_read"),
+                    ("tp_exit_read", "sys_exit_read"),
+                    ("tp_enter_write", "sys_enter_write"),
+                    ("tp_exit_write", "sys_exit_write"),
+                ] {
+                    let p: &mut TracePoint = program(&mut ebpf, name)?.try_into()?;
+                    p.load()?;
+                    p.attach("syscalls", tp)?;
+                }
+            }
+            Arm::FloorRawTracepoint => {
+                for (name, tp) in [("raw_enter", "sys_enter"), ("raw_exit", "sys_exit")] {
+                    let p: &mut RawTracePoint = program(&mut ebpf, name)?.try_into()?;
+                    p.load()?;
+                    p.attach(tp)?;
+                }
+            }
+            Arm::FloorBtfTracepoint => {
+                let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+                for (name, tp) in [("btf_enter", "sys_enter"), ("btf_exit", "sys_exit")] {
+                    let p: &mut BtfTracePoint = program(&mut ebpf, name)?.try_into()?;
+                    p.load(tp, &btf)?;
+                    p.attach()?;
+                }
+            }
+            Arm::FloorFentry => {
+                let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+                for f in ["recvmsg", "sendmsg"] {
+                    let p: &mut FEntry = program(&mut ebpf, &format!("fentry_{f}"))?.try_into()?;
+                    p.load(&format!("sock_{f}"), &btf)?;
+                    p.attach()?;
+                    let p: &mut FExit = program(&mut ebpf, &format!("fexit_{f}"))?.try_into()?;
+                    p.load(&format!("sock_{f}"), &btf)?;
+                    p.attach()?;
+                }
+            }
+            Arm::FloorLsm => {
+                let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF")?;
+                for f in ["recvmsg", "sendmsg"] {
+                    let p: &mut Lsm = program(&mut ebpf, &format!("lsm_{f}"))?.try_into()?;
+                    p.load(&format!("socket_{f}"), &btf)?;
+                    p.attach()?;
+                }
+            }
+            _ => bail!("{arm:?} is not a floor arm"),
+        }
+        Ok(Floor { _ebpf: ebpf })
+    }
+}
+
+fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("no program {name} in infertap-floor"))
+}
 
 /// ns per syscall of loop `i`, `n` iterations.
 fn measure(i: usize, n: u64) -> Result<f64> {
@@ -57,6 +168,30 @@ fn measure(i: usize, n: u64) -> Result<f64> {
                 unsafe { libc::syscall(libc::SYS_getppid) };
             }
             Ok(start.elapsed().as_nanos() as f64 / n as f64)
+        }
+        3 => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let echo = std::thread::spawn(move || -> std::io::Result<()> {
+                let (mut s, _) = listener.accept()?;
+                let mut byte = [0u8; 1];
+                for _ in 0..n {
+                    s.read_exact(&mut byte)?;
+                    s.write_all(&byte)?;
+                }
+                Ok(())
+            });
+            let mut c = std::net::TcpStream::connect(addr)?;
+            c.set_nodelay(true)?;
+            let start = Instant::now();
+            let mut byte = [7u8; 1];
+            for _ in 0..n {
+                c.write_all(&byte)?;
+                c.read_exact(&mut byte)?;
+            }
+            let ns = start.elapsed().as_nanos() as f64 / (4 * n) as f64;
+            echo.join().map_err(|_| anyhow::anyhow!("echo thread"))??;
+            Ok(ns)
         }
         _ => {
             let (mut a_r, mut b_w) = pipe()?;
@@ -99,7 +234,7 @@ fn pipe() -> Result<(std::fs::File, std::fs::File)> {
     })
 }
 
-pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()> {
+pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>, floor: bool) -> Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
@@ -108,12 +243,28 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()
     if baseline.is_some() {
         arms.push(Arm::Baseline);
     }
+    if floor {
+        // A design this kernel refuses (a program type it will not load or attach) is said so
+        // and left out, not a failure of the benchmark.
+        for arm in [
+            Arm::FloorTracepoint,
+            Arm::FloorRawTracepoint,
+            Arm::FloorBtfTracepoint,
+            Arm::FloorFentry,
+            Arm::FloorLsm,
+        ] {
+            match Floor::attach(arm) {
+                Ok(_) => arms.push(arm),
+                Err(e) => println!("{}: this kernel refused it: {e:#}", arm.label()),
+            }
+        }
+    }
     // dd: two syscalls per byte; the ping-pong blocks on every byte (a thread wake-up each way),
     // so it runs a tenth as many round trips.
     let per_loop = |i: usize| match i {
         0 => iterations * 2,
         1 => iterations,
-        _ => (iterations / 10).max(1),
+        _ => (iterations / 10).max(1), // the ping-pongs
     };
     // Warm up (page cache for dd, CPU frequency).
     for i in 0..LOOPS.len() {
@@ -123,8 +274,17 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()
     for round in 0..rounds {
         for &arm in &arms {
             let debug = format!("127.0.0.1:{}", free_port()?);
+            let floor = match arm {
+                Arm::Off | Arm::Attached | Arm::Baseline => None,
+                _ => Some(Floor::attach(arm)?),
+            };
             let agent = match arm {
-                Arm::Off => None,
+                Arm::Off
+                | Arm::FloorTracepoint
+                | Arm::FloorRawTracepoint
+                | Arm::FloorBtfTracepoint
+                | Arm::FloorFentry
+                | Arm::FloorLsm => None,
                 Arm::Attached | Arm::Baseline => {
                     let mut cmd = agent_command(&debug);
                     if let (Arm::Baseline, Some(b)) = (arm, baseline) {
@@ -148,6 +308,7 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()
                 times.push((arm, i, ns));
             }
             drop(agent);
+            drop(floor);
         }
     }
     let med = |arm: Arm, i: usize| {
@@ -160,21 +321,24 @@ pub fn run(rounds: usize, iterations: u64, baseline: Option<&Path>) -> Result<()
         )
     };
     println!("\n== {rounds} interleaved rounds, medians, ns per untargeted syscall");
-    print!("{:<24}{:>12}{:>14}", "loop", "agent off", "attached");
-    if baseline.is_some() {
-        print!("{:>14}", "baseline");
+    print!("{:<24}", "loop");
+    for arm in &arms {
+        print!("{:>15}", arm.label());
     }
-    println!("{:>16}", "added (attached)");
+    println!();
+    for (i, name) in LOOPS.iter().enumerate() {
+        print!("{name:<24}");
+        for &arm in &arms {
+            print!("{:>15.1}", med(arm, i));
+        }
+        println!();
+    }
+    println!("\nadded per syscall (arm minus agent off):");
     for (i, name) in LOOPS.iter().enumerate() {
         let off = med(Arm::Off, i);
-        let on = med(Arm::Attached, i);
-        print!("{name:<24}{off:>12.1}{on:>14.1}");
-        if baseline.is_some() {
-            print!("{:>14.1}", med(Arm::Baseline, i));
-        }
-        print!("{:>16.1}", on - off);
-        if baseline.is_some() {
-            print!("   (baseline adds {:.1})", med(Arm::Baseline, i) - off);
+        print!("{name:<24}{:>15}", "");
+        for &arm in arms.iter().skip(1) {
+            print!("{:>+15.1}", med(arm, i) - off);
         }
         println!();
     }

@@ -48,7 +48,6 @@
 pub mod otlp;
 pub mod served;
 
-use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -451,9 +450,11 @@ impl Series {
 #[derive(Debug)]
 struct Family {
     spec: &'static InstrumentSpec,
-    hasher: RandomState,
+    /// foldhash (as the connection table): SipHash was most of a series lookup, one per
+    /// instrument per request.
+    hasher: foldhash::fast::RandomState,
     /// Hash of the label values → indices into `series` (more than one only on collisions).
-    index: HashMap<u64, Vec<usize>>,
+    index: HashMap<u64, Vec<usize>, foldhash::fast::RandomState>,
     series: Vec<Series>,
     overflow: Option<Series>,
     /// Records routed to `overflow`.
@@ -467,8 +468,8 @@ impl Family {
     fn new(spec: &'static InstrumentSpec, limit: usize) -> Self {
         Self {
             spec,
-            hasher: RandomState::new(),
-            index: HashMap::new(),
+            hasher: foldhash::fast::RandomState::default(),
+            index: HashMap::default(),
             series: Vec::new(),
             overflow: None,
             overflowed: 0,
@@ -492,7 +493,8 @@ impl Family {
         self.series
             .retain(|s| now.saturating_duration_since(s.touched) < idle);
         if self.series.len() != before {
-            let mut index: HashMap<u64, Vec<usize>> = HashMap::new();
+            let mut index: HashMap<u64, Vec<usize>, foldhash::fast::RandomState> =
+                HashMap::default();
             for (i, s) in self.series.iter().enumerate() {
                 index
                     .entry(self.hash(s.values.iter().map(OwnedVal::borrowed)))

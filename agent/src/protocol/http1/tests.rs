@@ -1022,3 +1022,31 @@ fn an_abort_forgets_the_shed_requests() {
     assert_eq!(c.request_heads, MAX_PIPELINED + 1);
     assert_eq!(c.response_ends, 1);
 }
+
+proptest! {
+    /// The `memchr` head-end search says what the byte-window search it replaced said, on bytes
+    /// made mostly of line ends; and allow-listed names are found whatever their case.
+    #[test]
+    fn head_end_and_allowed_names_as_before(
+        data in proptest::collection::vec(
+            prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'a'), any::<u8>()],
+            0..64,
+        ),
+        pick in 0..ALLOWED_HEADERS.len(),
+        upper in proptest::collection::vec(any::<bool>(), 40),
+    ) {
+        let windows = data
+            .windows(2)
+            .enumerate()
+            .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && data.get(i + 2) == Some(&b'\n')));
+        prop_assert_eq!(has_head_end(&data), windows);
+        let name: String = ALLOWED_HEADERS[pick]
+            .chars()
+            .zip(upper.iter().cycle())
+            .map(|(c, &u)| if u { c.to_ascii_uppercase() } else { c })
+            .collect();
+        prop_assert_eq!(allowed_name(&name), Some(ALLOWED_HEADERS[pick]));
+        prop_assert_eq!(allowed_name(&format!("{name}x")), None);
+        prop_assert_eq!(allowed_name(""), None);
+    }
+}
