@@ -269,23 +269,32 @@ fn routing_decisions_meet_the_model_servers_spans() {
         for (outcome, server_attr) in [
             ("input_tokens", "gen_ai.usage.input_tokens"),
             ("output_tokens", "gen_ai.usage.output_tokens"),
-            ("cached_input_tokens", "gen_ai.usage.cache_read.input_tokens"),
+            (
+                "cached_input_tokens",
+                "gen_ai.usage.cache_read.input_tokens",
+            ),
         ] {
             let got = attr(d, &format!("infertap.epp.outcome.{outcome}"));
             assert!(got.is_i64(), "{outcome}: {d:#}");
             assert_eq!(got, attr(m, server_attr), "{outcome}: {d:#}\n{m:#}");
         }
-        assert_eq!(attr(d, "infertap.epp.outcome.cached_input_tokens"), CACHED_TOKENS);
+        assert_eq!(
+            attr(d, "infertap.epp.outcome.cached_input_tokens"),
+            CACHED_TOKENS
+        );
         let prompt = attr(m, "gen_ai.usage.input_tokens").as_f64().unwrap();
         let ratio = attr(d, "infertap.epp.outcome.prefix_cache_hit_ratio")
             .as_f64()
             .unwrap();
-        assert!((ratio - CACHED_TOKENS as f64 / prompt).abs() < 1e-9, "{d:#}");
+        assert!(
+            (ratio - CACHED_TOKENS as f64 / prompt).abs() < 1e-9,
+            "{d:#}"
+        );
         // ...and timing: the first token reached the EPP after the server wrote it (one clock:
         // both spans are the same agent's), within the gateway's hop.
         let secs = |v: &Value| v.as_f64().unwrap();
-        let server_first_token =
-            u(&m["start_time_unix_nano"]) as f64 / 1e9 + secs(&attr(m, "gen_ai.latency.time_to_first_token"));
+        let server_first_token = u(&m["start_time_unix_nano"]) as f64 / 1e9
+            + secs(&attr(m, "gen_ai.latency.time_to_first_token"));
         let epp_first_token =
             ds as f64 / 1e9 + secs(&attr(d, "infertap.epp.outcome.time_to_first_token"));
         let hop = epp_first_token - server_first_token;
@@ -299,9 +308,11 @@ fn routing_decisions_meet_the_model_servers_spans() {
         );
         // The response headers: after the decision and the server's first request byte, before
         // the first token reached the EPP.
-        let first_byte = de as f64 / 1e9 + secs(&attr(d, "infertap.epp.outcome.time_to_first_byte"));
+        let first_byte =
+            de as f64 / 1e9 + secs(&attr(d, "infertap.epp.outcome.time_to_first_byte"));
         assert!(
-            first_byte >= u(&m["start_time_unix_nano"]) as f64 / 1e9 && first_byte <= epp_first_token,
+            first_byte >= u(&m["start_time_unix_nano"]) as f64 / 1e9
+                && first_byte <= epp_first_token,
             "first byte at {first_byte:.6}: {d:#}\n{m:#}"
         );
         outcome_hops_ms.push(hop * 1e3);
@@ -346,9 +357,8 @@ fn routing_decisions_meet_the_model_servers_spans() {
     ));
     // Did the choice pay off: the routed requests' TTFT and prefix-cache tokens per endpoint (the
     // two with the response phase).
-    let labels = format!(
-        "infertap_epp_endpoint=\"{endpoint}\",gen_ai_request_model=\"standin-model\""
-    );
+    let labels =
+        format!("infertap_epp_endpoint=\"{endpoint}\",gen_ai_request_model=\"standin-model\"");
     let prompt: i64 = traced
         .iter()
         .map(|r| {

@@ -400,7 +400,11 @@ fn documented_promql_gives_the_workloads_numbers() {
             .any(|t| t["pid"].as_u64() == Some(u64::from(epp.pid())))
             .then_some(())
     });
-    assert!(epp_targeted.is_some(), "EPP never targeted: {}", agent.status());
+    assert!(
+        epp_targeted.is_some(),
+        "EPP never targeted: {}",
+        agent.status()
+    );
     let prom = Prometheus::start(&ctx, agent.debug_addr);
     let max_tokens = MAX_TOKENS.to_string();
     let run = |scenario: &str, count: usize| {

@@ -188,7 +188,11 @@ fn dynamic_metadata_alone_names_the_endpoint_and_subset_hints_are_read() {
     };
     assert!(s.on_response(2 * MS, &resp).is_none());
     let d = s.finish(3 * MS).unwrap();
-    assert_eq!(d.end_ns, 2 * MS, "the decision's time, not the stream's end");
+    assert_eq!(
+        d.end_ns,
+        2 * MS,
+        "the decision's time, not the stream's end"
+    );
     assert_eq!(d.endpoints, vec!["10.0.0.5:8000"]);
     assert_eq!(d.subset, vec!["10.0.0.5:8000"]);
     assert_eq!(d.model, None);
@@ -396,7 +400,9 @@ fn routed_stream() -> ExtProcStream {
     let mut s = ExtProcStream::new();
     s.on_request(10 * MS, &headers_msg(&inner_headers(), false));
     assert!(s.on_response(11 * MS, &empty_headers_response()).is_none());
-    assert!(s.on_request(12 * MS, &body_msg(&chat_body(), true)).is_none());
+    assert!(s
+        .on_request(12 * MS, &body_msg(&chat_body(), true))
+        .is_none());
     assert!(s
         .on_response(40 * MS, &body_response("10.0.0.5:8000"))
         .is_none());
@@ -471,7 +477,10 @@ fn a_streamed_response_phase_gives_the_decision_its_outcome() {
     let clock = WallClock::with_offset(0);
     let b = build_decision_span(&d, &meta(), &clock, &BuildOptions::default(), &mut Ids);
     let a = |k: &str| b.span.attr(k).cloned();
-    assert_eq!(a("infertap.epp.outcome.status_code"), Some(AttrValue::I64(200)));
+    assert_eq!(
+        a("infertap.epp.outcome.status_code"),
+        Some(AttrValue::I64(200))
+    );
     assert_eq!(
         a("infertap.epp.outcome.time_to_first_byte"),
         Some(AttrValue::F64(0.015))
@@ -480,8 +489,14 @@ fn a_streamed_response_phase_gives_the_decision_its_outcome() {
         a("infertap.epp.outcome.time_to_first_token"),
         Some(AttrValue::F64(0.08))
     );
-    assert_eq!(a("infertap.epp.outcome.input_tokens"), Some(AttrValue::I64(120)));
-    assert_eq!(a("infertap.epp.outcome.output_tokens"), Some(AttrValue::I64(2)));
+    assert_eq!(
+        a("infertap.epp.outcome.input_tokens"),
+        Some(AttrValue::I64(120))
+    );
+    assert_eq!(
+        a("infertap.epp.outcome.output_tokens"),
+        Some(AttrValue::I64(2))
+    );
     assert_eq!(
         a("infertap.epp.outcome.cached_input_tokens"),
         Some(AttrValue::I64(96))
@@ -490,7 +505,10 @@ fn a_streamed_response_phase_gives_the_decision_its_outcome() {
         a("infertap.epp.outcome.prefix_cache_hit_ratio"),
         Some(AttrValue::F64(0.8))
     );
-    assert_eq!(a("infertap.epp.outcome.complete"), Some(AttrValue::Bool(true)));
+    assert_eq!(
+        a("infertap.epp.outcome.complete"),
+        Some(AttrValue::Bool(true))
+    );
     // The span stays the decision's: it ends when the destination was chosen.
     assert_eq!(b.span.end_unix_nano - b.span.start_unix_nano, 30 * MS);
     assert_eq!(b.span.status, SpanStatus::Unset);
@@ -513,9 +531,14 @@ fn a_whole_json_body_in_pieces_gives_status_and_usage() {
         let mut s = routed_stream();
         s.on_request(
             50 * MS,
-            &response_headers_msg(&[(":status", "200"), ("content-type", "application/json")], false),
+            &response_headers_msg(
+                &[(":status", "200"), ("content-type", "application/json")],
+                false,
+            ),
         );
-        assert!(s.on_request(60 * MS, &response_body_msg(&b[..k], false)).is_none());
+        assert!(s
+            .on_request(60 * MS, &response_body_msg(&b[..k], false))
+            .is_none());
         let d = s
             .on_request(61 * MS, &response_body_msg(&b[k..], true))
             .unwrap_or_else(|| panic!("cut at {k}: no decision"));
@@ -544,17 +567,25 @@ fn an_error_status_and_headers_only_responses_end_the_phase() {
         )
         .expect("end of stream on the headers ends the phase");
     let o = d.served.unwrap();
-    assert_eq!((o.status, o.first_token_ns, o.usage), (Some(503), None, None));
+    assert_eq!(
+        (o.status, o.first_token_ns, o.usage),
+        (Some(503), None, None)
+    );
     assert!(o.complete);
     // Trailers end it too.
     let mut s = routed_stream();
     s.on_request(45 * MS, &response_headers_msg(&sse_headers(), false));
-    s.on_request(46 * MS, &response_body_msg(sse_events()[1].as_bytes(), false));
+    s.on_request(
+        46 * MS,
+        &response_body_msg(sse_events()[1].as_bytes(), false),
+    );
     let trailers = ProcessingRequest {
         request: Some(Req::ResponseTrailers(HttpTrailers { trailers: None })),
         ..headers_msg(&[], false)
     };
-    let d = s.on_request(47 * MS, &trailers).expect("the trailers end it");
+    let d = s
+        .on_request(47 * MS, &trailers)
+        .expect("the trailers end it");
     assert_eq!(d.served.unwrap().first_token_ns, Some(46 * MS));
 }
 
@@ -562,9 +593,14 @@ fn an_error_status_and_headers_only_responses_end_the_phase() {
 fn a_response_phase_cut_short_leaves_with_the_stream_marked_not_complete() {
     let mut s = routed_stream();
     s.on_request(45 * MS, &response_headers_msg(&sse_headers(), false));
-    s.on_request(46 * MS, &response_body_msg(sse_events()[1].as_bytes(), false));
+    s.on_request(
+        46 * MS,
+        &response_body_msg(sse_events()[1].as_bytes(), false),
+    );
     // The client went away: the stream ends before the body's end.
-    let d = s.finish(80 * MS).expect("held decisions leave at the stream's end");
+    let d = s
+        .finish(80 * MS)
+        .expect("held decisions leave at the stream's end");
     let o = d.served.unwrap();
     assert_eq!(o.first_token_ns, Some(46 * MS));
     assert!(!o.complete);
@@ -612,7 +648,9 @@ fn the_epp_skipping_the_response_phase_releases_the_decision_at_once() {
     });
     s.on_response(11 * MS, &send);
     s.on_request(12 * MS, &body_msg(&chat_body(), true));
-    assert!(s.on_response(40 * MS, &body_response("10.0.0.5:8000")).is_none());
+    assert!(s
+        .on_response(40 * MS, &body_response("10.0.0.5:8000"))
+        .is_none());
 }
 
 #[test]
@@ -620,7 +658,9 @@ fn a_body_without_response_headers_is_read_by_its_first_bytes() {
     let mut s = routed_stream();
     let all = sse_events().concat();
     s.on_request(60 * MS, &response_body_msg(all.as_bytes(), false));
-    let d = s.on_request(61 * MS, &response_body_msg(b"", true)).unwrap();
+    let d = s
+        .on_request(61 * MS, &response_body_msg(b"", true))
+        .unwrap();
     let o = d.served.unwrap();
     assert_eq!((o.status, o.headers_ns), (None, None));
     assert_eq!(o.usage.unwrap().cached_tokens, Some(96));
@@ -648,7 +688,9 @@ fn routed_outcomes_feed_the_per_endpoint_payoff_metrics() {
             streaming: true,
             complete: true,
         }));
-        m.record(&build_decision_span(&d, &meta(), &clock, &BuildOptions::default(), &mut Ids).summary);
+        m.record(
+            &build_decision_span(&d, &meta(), &clock, &BuildOptions::default(), &mut Ids).summary,
+        );
     }
     // Without cached tokens reported: TTFT counts, the hit ratio's counters do not.
     let mut d = decision(&[("x-request-id", "b")], Outcome::Routed);
@@ -684,7 +726,9 @@ fn endpoint_labels_are_capped_with_other() {
     for i in 0..ENDPOINTS_MAX + 5 {
         let mut d = decision(&[("x-request-id", "a")], Outcome::Routed);
         d.endpoints = vec![format!("10.1.{}.{}:8000", i / 256, i % 256)];
-        m.record(&build_decision_span(&d, &meta(), &clock, &BuildOptions::default(), &mut Ids).summary);
+        m.record(
+            &build_decision_span(&d, &meta(), &clock, &BuildOptions::default(), &mut Ids).summary,
+        );
     }
     let text = encode(&m.families());
     let series = text

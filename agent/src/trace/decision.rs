@@ -154,12 +154,18 @@ fn put_outcome(
     }
     let ttft_s = o.first_token_ns.and_then(|t| secs(d.start_ns, t));
     if let Some(t) = ttft_s {
-        put(attr::INFERTAP_EPP_OUTCOME_TIME_TO_FIRST_TOKEN, AttrValue::F64(t));
+        put(
+            attr::INFERTAP_EPP_OUTCOME_TIME_TO_FIRST_TOKEN,
+            AttrValue::F64(t),
+        );
     }
     let usage = o.usage.clone().unwrap_or_default();
     for (key, v) in [
         (attr::INFERTAP_EPP_OUTCOME_INPUT_TOKENS, usage.prompt_tokens),
-        (attr::INFERTAP_EPP_OUTCOME_OUTPUT_TOKENS, usage.completion_tokens),
+        (
+            attr::INFERTAP_EPP_OUTCOME_OUTPUT_TOKENS,
+            usage.completion_tokens,
+        ),
         (
             attr::INFERTAP_EPP_OUTCOME_CACHED_INPUT_TOKENS,
             usage.cached_tokens,
@@ -170,9 +176,15 @@ fn put_outcome(
         }
     }
     if let Some(r) = o.prefix_cache_hit_ratio() {
-        put(attr::INFERTAP_EPP_OUTCOME_PREFIX_CACHE_HIT_RATIO, AttrValue::F64(r));
+        put(
+            attr::INFERTAP_EPP_OUTCOME_PREFIX_CACHE_HIT_RATIO,
+            AttrValue::F64(r),
+        );
     }
-    put(attr::INFERTAP_EPP_OUTCOME_COMPLETE, AttrValue::Bool(o.complete));
+    put(
+        attr::INFERTAP_EPP_OUTCOME_COMPLETE,
+        AttrValue::Bool(o.complete),
+    );
     OutcomeFigures {
         status,
         ttft_s,

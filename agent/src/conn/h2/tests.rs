@@ -235,13 +235,19 @@ fn recorded_response_phases_give_each_decision_its_outcome() {
         let (h, t) = (o.headers_ns.unwrap(), o.first_token_ns.unwrap());
         assert!(d.end_ns < h && h < t && t <= o.end_ns, "{d:?}");
         let dump = format!("{d:?}");
-        assert!(!dump.contains("canary") && !dump.contains("secret"), "{dump}");
+        assert!(
+            !dump.contains("canary") && !dump.contains("secret"),
+            "{dump}"
+        );
     }
     // A whole JSON body.
     let ds = outcome_decisions("ext_proc_outcome_json.bin");
     assert_eq!(ds.len(), 1);
     let o = ds[0].served.as_deref().unwrap();
-    assert_eq!((o.status, o.streaming, o.complete), (Some(200), false, true));
+    assert_eq!(
+        (o.status, o.streaming, o.complete),
+        (Some(200), false, true)
+    );
     assert_eq!(o.usage.as_ref().unwrap().completion_tokens, Some(4));
 }
 

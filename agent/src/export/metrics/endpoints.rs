@@ -91,6 +91,9 @@ mod tests {
     fn long_values_are_cut() {
         let mut l = EndpointLabels::new(4, Duration::from_secs(1));
         let long = "x".repeat(1000);
-        assert_eq!(l.label(&long, Instant::now()).len(), super::super::MAX_LABEL_VALUE_LEN);
+        assert_eq!(
+            l.label(&long, Instant::now()).len(),
+            super::super::MAX_LABEL_VALUE_LEN
+        );
     }
 }
