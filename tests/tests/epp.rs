@@ -294,22 +294,21 @@ fn routing_decisions_meet_the_model_servers_spans() {
         // both spans are the same agent's), within the gateway's hop.
         let secs = |v: &Value| v.as_f64().unwrap();
         let server_first_token = u(&m["start_time_unix_nano"]) as f64 / 1e9
-            + secs(&attr(m, "gen_ai.latency.time_to_first_token"));
+            + secs(attr(m, "gen_ai.latency.time_to_first_token"));
         let epp_first_token =
-            ds as f64 / 1e9 + secs(&attr(d, "infertap.epp.outcome.time_to_first_token"));
+            ds as f64 / 1e9 + secs(attr(d, "infertap.epp.outcome.time_to_first_token"));
         let hop = epp_first_token - server_first_token;
         assert!(
             (0.0..0.25).contains(&hop),
             "first token at the server {server_first_token:.6}, at the EPP {epp_first_token:.6}: {d:#}\n{m:#}"
         );
         assert!(
-            secs(&attr(d, "infertap.epp.outcome.time_to_first_token")) >= TTFT_MS as f64 / 1e3,
+            secs(attr(d, "infertap.epp.outcome.time_to_first_token")) >= TTFT_MS as f64 / 1e3,
             "{d:#}"
         );
         // The response headers: after the decision and the server's first request byte, before
         // the first token reached the EPP.
-        let first_byte =
-            de as f64 / 1e9 + secs(&attr(d, "infertap.epp.outcome.time_to_first_byte"));
+        let first_byte = de as f64 / 1e9 + secs(attr(d, "infertap.epp.outcome.time_to_first_byte"));
         assert!(
             first_byte >= u(&m["start_time_unix_nano"]) as f64 / 1e9
                 && first_byte <= epp_first_token,
