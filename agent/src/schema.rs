@@ -106,6 +106,16 @@ pub mod attr {
         INFERTAP_EPP_SLO_TTFT_MS = "infertap.epp.slo_ttft_ms",
         INFERTAP_EPP_SLO_TPOT_MS = "infertap.epp.slo_tpot_ms",
         INFERTAP_EPP_SUBSET = "infertap.epp.subset";
+        /// The routing outcome: what the chosen endpoint answered, from the response phase Envoy
+        /// sent the endpoint picker
+        INFERTAP_EPP_OUTCOME_STATUS_CODE = "infertap.epp.outcome.status_code",
+        INFERTAP_EPP_OUTCOME_TIME_TO_FIRST_BYTE = "infertap.epp.outcome.time_to_first_byte",
+        INFERTAP_EPP_OUTCOME_TIME_TO_FIRST_TOKEN = "infertap.epp.outcome.time_to_first_token",
+        INFERTAP_EPP_OUTCOME_INPUT_TOKENS = "infertap.epp.outcome.input_tokens",
+        INFERTAP_EPP_OUTCOME_OUTPUT_TOKENS = "infertap.epp.outcome.output_tokens",
+        INFERTAP_EPP_OUTCOME_CACHED_INPUT_TOKENS = "infertap.epp.outcome.cached_input_tokens",
+        INFERTAP_EPP_OUTCOME_PREFIX_CACHE_HIT_RATIO = "infertap.epp.outcome.prefix_cache_hit_ratio",
+        INFERTAP_EPP_OUTCOME_COMPLETE = "infertap.epp.outcome.complete";
         /// Kubernetes (the pod whose cgroup holds the traced process)
         K8S_NAMESPACE_NAME = "k8s.namespace.name",
         K8S_POD_NAME = "k8s.pod.name",
@@ -167,6 +177,11 @@ pub mod metric {
     pub const INFERTAP_EPP_DECISION_DURATION: &str = "infertap.epp.decision.duration";
     pub const INFERTAP_EPP_DECISIONS: &str = "infertap.epp.decisions";
     pub const INFERTAP_EPP_REJECTIONS: &str = "infertap.epp.rejections";
+    pub const INFERTAP_EPP_ROUTED_TIME_TO_FIRST_TOKEN: &str =
+        "infertap.epp.routed.time_to_first_token";
+    pub const INFERTAP_EPP_ROUTED_INPUT_TOKENS: &str = "infertap.epp.routed.input_tokens";
+    pub const INFERTAP_EPP_ROUTED_CACHED_INPUT_TOKENS: &str =
+        "infertap.epp.routed.cached_input_tokens";
     pub const INFERTAP_PD_KV_TRANSFER_GAP: &str = "infertap.pd.kv_transfer_gap";
     pub const INFERTAP_GPU_ENERGY_PER_OUTPUT_TOKEN: &str = "infertap.gpu.energy_per_output_token";
     pub const INFERTAP_SERVER_TIME_IN_QUEUE: &str = "infertap.server.time_in_queue";

@@ -1,7 +1,8 @@
 //! gRPC message framing (`protocol::grpc`) and ext_proc decoding (`protocol::ext_proc`, `epp`) on
 //! any bytes: the stream is cut into pieces, deframed, every message decoded as a
 //! `ProcessingRequest` and a `ProcessingResponse` and applied to an ext_proc stream. Checks beyond
-//! "no panic": a decision's endpoints and headers stay bounded and allow-listed.
+//! "no panic": a decision's endpoints and headers stay bounded and allow-listed, and one stream
+//! makes at most one decision (held for its outcome or not).
 
 use infertap::epp::{ExtProcStream, MAX_ENDPOINTS};
 use infertap::protocol::ext_proc::{decode_request, decode_response};
@@ -20,7 +21,7 @@ pub fn run(data: &[u8]) {
         deframer.feed(piece, &mut |m| {
             if let GrpcMessage::Message(bytes) = m {
                 if let Ok(req) = decode_request(bytes) {
-                    stream.on_request(i as u64, &req);
+                    decisions.extend(stream.on_request(i as u64, &req));
                 }
                 if let Ok(resp) = decode_response(bytes) {
                     decisions.extend(stream.on_response(i as u64, &resp));
@@ -30,12 +31,13 @@ pub fn run(data: &[u8]) {
     }
     // Raw bytes as one message, too (no prefix needed to reach prost).
     if let Ok(req) = decode_request(rest) {
-        stream.on_request(0, &req);
+        decisions.extend(stream.on_request(0, &req));
     }
     if let Ok(resp) = decode_response(rest) {
         decisions.extend(stream.on_response(1, &resp));
     }
     decisions.extend(stream.finish(2));
+    assert!(decisions.len() <= 1, "{} decisions", decisions.len());
     for d in &decisions {
         assert!(d.endpoints.len() <= MAX_ENDPOINTS && d.subset.len() <= MAX_ENDPOINTS);
         assert!(d.endpoints.iter().all(|e| e.len() <= 256));

@@ -10,8 +10,18 @@ for the decision: the `x-gateway-destination-endpoint` header mutation, or an im
 Routed requests are then sent as HTTP/1.1 to the chosen endpoint (the vLLM stand-in) with the same
 `x-request-id` (and `traceparent`), as Envoy forwards them.
 
+The response phase: when the EPP's answer to the request headers carries a `mode_override` asking
+for the response headers (`response_header_mode: SEND`, and `response_body_mode` other than NONE for
+the body), the stream stays open while the request goes upstream, and — as Envoy's ext_proc filter
+with `allow_mode_override` does — the upstream's response headers (`:status`, `content-type`, and a
+`set-cookie` secret the agent must never copy) are sent as `response_headers`, then every body chunk
+as it arrives as `response_body` (STREAMED: each answered before the next), the last one empty with
+`end_of_stream`. `--deny-mode-override` ignores the override (the phase is not sent, the stream ends
+after the decision). `--stream` asks for a streamed chat (`stream_options.include_usage`);
+`--cached-tokens K` asks the vLLM stand-in to report K cached prompt tokens.
+
 Prints one JSON line per request: request_id, traceparent, endpoint, immediate_status,
-upstream_status, and monotonic times.
+upstream_status, response_phase, and monotonic times.
 
 `--record FILE` relays the gRPC connection through a local TCP relay that saves both directions'
 bytes, chunk by chunk (`C`/`S`, u32 big-endian length, bytes), for the agent's fixture tests.
@@ -33,7 +43,7 @@ import time
 
 import grpc
 
-from extproc_pb import core, pb, pb_grpc
+from extproc_pb import core, mode_pb, pb, pb_grpc
 
 
 def relay(target: tuple[str, int], record_path: str) -> int:
@@ -82,13 +92,14 @@ def one_request(stub, args, n: int) -> dict:
     if args.traceparent:
         tp = f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
         rec["traceparent"] = tp
-    body = json.dumps(
-        {
-            "messages": [{"role": "user", "content": f"Please repeat: {args.canary} alpha beta"}],
-            "model": args.model,
-            "max_tokens": 4,
-        }
-    ).encode()
+    req = {
+        "messages": [{"role": "user", "content": f"Please repeat: {args.canary} alpha beta"}],
+        "model": args.model,
+        "max_tokens": 4,
+    }
+    if args.stream:
+        req.update(stream=True, stream_options={"include_usage": True})
+    body = json.dumps(req).encode()
     hs = [
         header(":method", "POST"),
         header(":path", "/v1/chat/completions"),
@@ -117,11 +128,17 @@ def one_request(stub, args, n: int) -> dict:
     rec["t_headers"] = time.monotonic()
     responses = stub.Process(requests())
     endpoint = None
+    response_phase = False
     try:
         first = next(responses)
         kind = first.WhichOneof("response")
+        if first.HasField("mode_override") and not args.deny_mode_override:
+            mo = first.mode_override
+            response_phase = mo.response_header_mode == mode_pb.ProcessingMode.SEND
+            rec["response_body_mode"] = mo.response_body_mode
         if kind == "immediate_response":
             rec["immediate_status"] = first.immediate_response.status.code
+            response_phase = False
         else:
             # Envoy streams the body in chunks: two here, so a message boundary falls mid-JSON.
             half = len(body) // 2
@@ -133,22 +150,56 @@ def one_request(stub, args, n: int) -> dict:
                 if opt.header.key == "x-gateway-destination-endpoint":
                     endpoint = opt.header.raw_value.decode() or opt.header.value
             rec["endpoint"] = endpoint
+        if endpoint and response_phase:
+            rec["response_phase"] = True
+            upstream(args, rec, endpoint, body, rid, tp, sendq, responses, rec.get("response_body_mode", 0))
     finally:
         sendq.put(None)
         for _ in responses:  # the server's end of the stream (trailers)
             pass
-    if endpoint:
-        host, port = endpoint.rsplit(":", 1)
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
-        h = {"Content-Type": "application/json", "X-Request-Id": rid, "Authorization": f"Bearer {args.secret}"}
-        if tp:
-            h["traceparent"] = tp
-        conn.request("POST", "/v1/chat/completions", body=body, headers=h)
-        resp = conn.getresponse()
-        resp.read()
-        rec["upstream_status"] = resp.status
-        conn.close()
+    if endpoint and not response_phase:
+        upstream(args, rec, endpoint, body, rid, tp, None, None, 0)
     return rec
+
+
+def upstream(args, rec: dict, endpoint: str, body: bytes, rid: str, tp, sendq, responses, body_mode: int) -> None:
+    """The routed request to the chosen endpoint; with `sendq`, its response phase to the EPP."""
+    host, port = endpoint.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    h = {"Content-Type": "application/json", "X-Request-Id": rid, "Authorization": f"Bearer {args.secret}"}
+    if tp:
+        h["traceparent"] = tp
+    if args.cached_tokens:
+        h["x-standin-cached-tokens"] = str(args.cached_tokens)
+    conn.request("POST", "/v1/chat/completions", body=body, headers=h)
+    resp = conn.getresponse()
+    rec["upstream_status"] = resp.status
+
+    def exchange(msg) -> None:
+        sendq.put(msg)
+        next(responses)  # the EPP's answer (the filter waits for it)
+
+    if sendq is not None:
+        hs = [header(":status", str(resp.status)), header("set-cookie", f"session={args.secret}")]
+        ct = resp.getheader("content-type")
+        if ct:
+            hs.append(header("content-type", ct))
+        rec["t_response_headers"] = time.monotonic()
+        exchange(pb.ProcessingRequest(response_headers=pb.HttpHeaders(headers=core.HeaderMap(headers=hs), end_of_stream=False)))
+    chunks = 0
+    while True:
+        data = resp.read1(65536)
+        if not data:
+            break
+        chunks += 1
+        if sendq is not None and body_mode != mode_pb.ProcessingMode.NONE:
+            rec.setdefault("t_first_body", time.monotonic())
+            exchange(pb.ProcessingRequest(response_body=pb.HttpBody(body=data, end_of_stream=False)))
+    if sendq is not None and body_mode != mode_pb.ProcessingMode.NONE:
+        exchange(pb.ProcessingRequest(response_body=pb.HttpBody(body=b"", end_of_stream=True)))
+    rec["t_response_end"] = time.monotonic()
+    rec["response_chunks"] = chunks
+    conn.close()
 
 
 def main() -> None:
@@ -165,6 +216,13 @@ def main() -> None:
     ap.add_argument("--secret", default="secret-token")
     ap.add_argument("--id-prefix", default="req")
     ap.add_argument("--record", help="save the gRPC connection's bytes to this file")
+    ap.add_argument("--stream", action="store_true", help="a streamed chat request (with include_usage)")
+    ap.add_argument("--cached-tokens", type=int, default=0, help="cached prompt tokens the vLLM stand-in reports")
+    ap.add_argument(
+        "--deny-mode-override",
+        action="store_true",
+        help="ignore the EPP's mode_override (Envoy's allow_mode_override: false): no response phase",
+    )
     ap.add_argument(
         "--echo",
         help="instead: one call of the plain streaming method /infertap.test.Echo/Chat with these comma-separated messages",

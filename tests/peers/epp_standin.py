@@ -6,8 +6,10 @@ Per stream (one HTTP request through the gateway), as the EPP does: it reads the
 (answering them with an empty HeadersResponse when a body follows), reads the request body, then
 "schedules" (sleeps --decision-delay-ms) and answers the body with a header mutation
 `x-gateway-destination-endpoint: <endpoint>` plus the same in dynamic metadata `envoy.lb`.
-Endpoints are taken round-robin from --endpoint. Later phases (response headers/body) are answered
-with empty responses.
+Endpoints are taken round-robin from --endpoint. Like llm-d's EPP, which counts the tokens of the
+response, its answer to the request headers asks Envoy for the response phase through
+`mode_override` (response headers SEND, response body STREAMED; `--no-response-phase`: SKIP/NONE);
+response headers and body chunks are answered with empty responses.
 
 Test hook (not part of the EPP): request header `x-standin-reject: 429|503` -> an ImmediateResponse
 with that status (429: shed, 503: no endpoint), as the EPP sends when it sheds or has no endpoint.
@@ -30,14 +32,20 @@ from concurrent import futures
 
 import grpc
 
-from extproc_pb import core, http_status, pb, pb_grpc, struct_pb2
+from extproc_pb import core, http_status, mode_pb, pb, pb_grpc, struct_pb2
 
 
 class Processor(pb_grpc.ExternalProcessorServicer):
-    def __init__(self, endpoints: list[str], delay_s: float):
+    def __init__(self, endpoints: list[str], delay_s: float, response_phase: bool):
         self.endpoints = itertools.cycle(endpoints)
         self.lock = threading.Lock()
         self.delay_s = delay_s
+        M = mode_pb.ProcessingMode
+        self.mode = (
+            M(response_header_mode=M.SEND, response_body_mode=M.STREAMED)
+            if response_phase
+            else M(response_header_mode=M.SKIP, response_body_mode=M.NONE)
+        )
 
     def decide(self) -> "pb.ProcessingResponse":
         time.sleep(self.delay_s)
@@ -77,9 +85,10 @@ class Processor(pb_grpc.ExternalProcessorServicer):
                     yield pb.ProcessingResponse(
                         request_headers=pb.HeadersResponse(response=resp.request_body.response),
                         dynamic_metadata=resp.dynamic_metadata,
+                        mode_override=self.mode,
                     )
                 else:
-                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=self.mode)
             elif kind == "request_body":
                 if req.request_body.end_of_stream:
                     yield self.decide()
@@ -115,13 +124,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9002, help="the EPP's ext_proc port (0: any free port)")
     ap.add_argument("--endpoint", action="append", required=True, help="ip:port of a model server (repeatable)")
     ap.add_argument("--decision-delay-ms", type=float, default=20.0, help="simulated scheduling time")
+    ap.add_argument("--no-response-phase", action="store_true", help="mode_override skips the response phase")
     ap.add_argument("--ready-file", help="written (with the port) once the server listens")
     ap.add_argument("--echo-replies", type=int, default=3)
     ap.add_argument("--echo-interval-ms", type=float, default=50.0)
     args = ap.parse_args()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
-    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(args.endpoint, args.decision_delay_ms / 1000), server)
+    pb_grpc.add_ExternalProcessorServicer_to_server(Processor(args.endpoint, args.decision_delay_ms / 1000, not args.no_response_phase), server)
     server.add_generic_rpc_handlers((echo_handler(args.echo_replies, args.echo_interval_ms / 1000),))
     port = server.add_insecure_port(f"{args.host}:{args.port}")
     server.start()

@@ -19,6 +19,7 @@ FILES = [
     "envoy/service/ext_proc/v3/external_processor.proto",
     "envoy/config/core/v3/base.proto",
     "envoy/type/v3/http_status.proto",
+    "envoy/extensions/filters/http/ext_proc/v3/processing_mode.proto",
 ]
 
 
@@ -55,6 +56,7 @@ pb = importlib.import_module("envoy.service.ext_proc.v3.external_processor_pb2")
 pb_grpc = importlib.import_module("envoy.service.ext_proc.v3.external_processor_pb2_grpc")
 core = importlib.import_module("envoy.config.core.v3.base_pb2")
 http_status = importlib.import_module("envoy.type.v3.http_status_pb2")
+mode_pb = importlib.import_module("envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2")
 from google.protobuf import struct_pb2  # noqa: E402
 
 PROCESS_PATH = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"

@@ -3,7 +3,10 @@
 //! (`epp_standin.py`, grpcio, plaintext), then sends each routed request to the vLLM stand-in with
 //! the same `x-request-id`. The agent traces the EPP and the model server; the test reads the
 //! routing-decision spans, the model server's spans, `/metrics`, `/status`, the agent's log and a
-//! real OTLP receiver.
+//! real OTLP receiver. The EPP stand-in asks for the response phase (`mode_override`, as llm-d's EPP
+//! counts tokens from it); the traced requests' Envoy honours it and streams the upstream's
+//! response through the EPP, the plain ones' does not: the decision spans of the former carry the
+//! routing outcome, which must equal what the model server's own spans say.
 //!
 //! Run: `cargo test --release -p infertap-tests --test epp -- --test-threads=1` (as root).
 
@@ -19,6 +22,11 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(20);
 /// The EPP stand-in's scheduling time: the decision spans must be at least this long.
 const DECISION_DELAY_MS: u64 = 40;
+/// The model server's prefill time (the stand-in's first token after this): the routed requests'
+/// time to first token, as the EPP sees it, covers it.
+const TTFT_MS: u64 = 150;
+/// Prompt tokens the vLLM stand-in reports cached for the response-phase requests.
+const CACHED_TOKENS: i64 = 3;
 const SECRET: &str = "epp-secret-8d1f0c";
 const CANARY: &str = "epp-canary-prompt-5a77";
 
@@ -107,7 +115,13 @@ fn routing_decisions_meet_the_model_servers_spans() {
     let Some(ctx) = harness::begin("epp_routing") else {
         return;
     };
-    let server = StandIn::start(&ctx, StandInOpts::default());
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            ttft_ms: TTFT_MS,
+            ..StandInOpts::default()
+        },
+    );
     let endpoint = format!("127.0.0.1:{}", server.port);
     let (epp, epp_port) = start_epp(&ctx, &endpoint);
     let receiver = Receiver::start();
@@ -137,8 +151,30 @@ fn routing_decisions_meet_the_model_servers_spans() {
     // Three requests without traceparent, two with, then a 429 and a 503, each the first answer
     // on its connection: grpc-core writes that answer as one sendmsg of 10-11 iovecs, which the
     // kernel side copies whole (IOVECS_TRACED = 32; with 8 these rejections were lost).
-    let plain = envoy(&ctx, epp_port, "plain", &["--count", "3"]);
-    let traced = envoy(&ctx, epp_port, "traced", &["--count", "2", "--traceparent"]);
+    // Plain: Envoy not allowing the mode override, no response phase. Traced: the response phase
+    // of a streamed chat flows through the EPP.
+    let plain = envoy(
+        &ctx,
+        epp_port,
+        "plain",
+        &["--count", "3", "--deny-mode-override"],
+    );
+    let cached = CACHED_TOKENS.to_string();
+    let traced = envoy(
+        &ctx,
+        epp_port,
+        "traced",
+        &[
+            "--count",
+            "2",
+            "--traceparent",
+            "--stream",
+            "--cached-tokens",
+            &cached,
+        ],
+    );
+    assert!(plain.iter().all(|r| r["response_phase"].is_null()));
+    assert!(traced.iter().all(|r| r["response_phase"] == true));
     let reject = |name: &str, code: &str, extra: &[&str]| {
         let mut args = vec!["--count", "1", "--reject", code, "--reject-from", "0"];
         args.extend_from_slice(extra);
@@ -179,6 +215,7 @@ fn routing_decisions_meet_the_model_servers_spans() {
     let spans = agent.spans().into_iter().chain(spans).collect::<Vec<_>>();
 
     let mut decision_ms = Vec::new();
+    let mut outcome_hops_ms = Vec::new();
     for r in &routed {
         let rid = r["request_id"].as_str().unwrap();
         let d = decision_span(&spans, rid).unwrap();
@@ -216,8 +253,71 @@ fn routing_decisions_meet_the_model_servers_spans() {
             }
             None => assert!(d["parent_span_id"].is_null(), "{d:#}"),
         }
+        if r["response_phase"] != true {
+            assert!(
+                attr(d, "infertap.epp.outcome.complete").is_null(),
+                "no response phase, no outcome: {d:#}"
+            );
+            continue;
+        }
+        // The routing outcome equals the model server's own account: status, usage...
+        assert_eq!(attr(d, "infertap.epp.outcome.complete"), true, "{d:#}");
+        assert_eq!(
+            attr(d, "infertap.epp.outcome.status_code"),
+            attr(m, "http.response.status_code")
+        );
+        for (outcome, server_attr) in [
+            ("input_tokens", "gen_ai.usage.input_tokens"),
+            ("output_tokens", "gen_ai.usage.output_tokens"),
+            (
+                "cached_input_tokens",
+                "gen_ai.usage.cache_read.input_tokens",
+            ),
+        ] {
+            let got = attr(d, &format!("infertap.epp.outcome.{outcome}"));
+            assert!(got.is_i64(), "{outcome}: {d:#}");
+            assert_eq!(got, attr(m, server_attr), "{outcome}: {d:#}\n{m:#}");
+        }
+        assert_eq!(
+            attr(d, "infertap.epp.outcome.cached_input_tokens"),
+            CACHED_TOKENS
+        );
+        let prompt = attr(m, "gen_ai.usage.input_tokens").as_f64().unwrap();
+        let ratio = attr(d, "infertap.epp.outcome.prefix_cache_hit_ratio")
+            .as_f64()
+            .unwrap();
+        assert!(
+            (ratio - CACHED_TOKENS as f64 / prompt).abs() < 1e-9,
+            "{d:#}"
+        );
+        // ...and timing: the first token reached the EPP after the server wrote it (one clock:
+        // both spans are the same agent's), within the gateway's hop.
+        let secs = |v: &Value| v.as_f64().unwrap();
+        let server_first_token = u(&m["start_time_unix_nano"]) as f64 / 1e9
+            + secs(attr(m, "gen_ai.latency.time_to_first_token"));
+        let epp_first_token =
+            ds as f64 / 1e9 + secs(attr(d, "infertap.epp.outcome.time_to_first_token"));
+        let hop = epp_first_token - server_first_token;
+        assert!(
+            (0.0..0.25).contains(&hop),
+            "first token at the server {server_first_token:.6}, at the EPP {epp_first_token:.6}: {d:#}\n{m:#}"
+        );
+        assert!(
+            secs(attr(d, "infertap.epp.outcome.time_to_first_token")) >= TTFT_MS as f64 / 1e3,
+            "{d:#}"
+        );
+        // The response headers: after the decision and the server's first request byte, before
+        // the first token reached the EPP.
+        let first_byte = de as f64 / 1e9 + secs(attr(d, "infertap.epp.outcome.time_to_first_byte"));
+        assert!(
+            first_byte >= u(&m["start_time_unix_nano"]) as f64 / 1e9
+                && first_byte <= epp_first_token,
+            "first byte at {first_byte:.6}: {d:#}\n{m:#}"
+        );
+        outcome_hops_ms.push(hop * 1e3);
     }
     println!("decision spans (ms): {decision_ms:?}");
+    println!("first token, server → EPP (ms): {outcome_hops_ms:?}");
     for (records, code) in [(&shed, 429), (&none, 503)] {
         let rid = records[0]["request_id"].as_str().unwrap();
         let d = decision_span(&spans, rid).unwrap();
@@ -254,6 +354,31 @@ fn routing_decisions_meet_the_model_servers_spans() {
     assert!(has(
         "infertap_epp_decision_duration_seconds_count{infertap_epp_decision=\"routed\",gen_ai_request_model=\"standin-model\"} 5"
     ));
+    // Did the choice pay off: the routed requests' TTFT and prefix-cache tokens per endpoint (the
+    // two with the response phase).
+    let labels =
+        format!("infertap_epp_endpoint=\"{endpoint}\",gen_ai_request_model=\"standin-model\"");
+    let prompt: i64 = traced
+        .iter()
+        .map(|r| {
+            attr(
+                model_span(&spans, r["request_id"].as_str().unwrap()).unwrap(),
+                "gen_ai.usage.input_tokens",
+            )
+            .as_i64()
+            .unwrap()
+        })
+        .sum();
+    for line in [
+        format!("infertap_epp_routed_time_to_first_token_seconds_count{{{labels}}} 2"),
+        format!("infertap_epp_routed_input_tokens_total{{{labels}}} {prompt}"),
+        format!(
+            "infertap_epp_routed_cached_input_tokens_total{{{labels}}} {}",
+            2 * CACHED_TOKENS
+        ),
+    ] {
+        assert!(has(&line), "{line} not in {metrics}");
+    }
     let status = agent.status();
     assert!(u(&status["http2"]["connections"]) >= 4, "{status}");
     assert_eq!(status["http2"]["ext_proc_decode_failures"], 0, "{status}");
@@ -338,6 +463,7 @@ async fn routing_metrics_are_exported_over_otlp() {
         endpoints,
         subset: vec![],
         outcome,
+        served: None,
         incomplete: false,
     };
     let clock = WallClock::with_offset(0);

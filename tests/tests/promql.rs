@@ -30,6 +30,10 @@ const MISSING_MODEL: &str = "other";
 const TTFT_MS: u64 = 100;
 const INTERVAL_MS: u64 = 20;
 const MAX_TOKENS: u64 = 8;
+/// Routed requests (through the EPP stand-in, with the response phase): prompt tokens the model
+/// server reports cached, of the Envoy stand-in's 5-word prompt.
+const ROUTED_CACHED: u64 = 3;
+const ROUTED_PROMPT: u64 = 5;
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -307,6 +311,61 @@ fn dashboard_uses_only_documented_queries() {
     datasources(&dash["panels"]);
 }
 
+/// A peer script (tests/peers) run with the workspace's Python.
+fn peer(ctx: &TestCtx, script: &str, args: &[String], log: &str) -> Proc {
+    let mut cmd = Command::new(&harness::paths().python);
+    cmd.arg("-u")
+        .arg(harness::paths().peers.join(script))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("grpc_proxy");
+    Proc::spawn(script, cmd, ctx.file(log))
+}
+
+/// The EPP stand-in on a free port, routing to `endpoint` (and asking for the response phase).
+fn start_epp(ctx: &TestCtx, endpoint: &str) -> (Proc, u16) {
+    let ready = ctx.file("epp.ready");
+    let args: Vec<String> = [
+        "--port",
+        "0",
+        "--ready-file",
+        &ready.display().to_string(),
+        "--endpoint",
+        endpoint,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut proc = peer(ctx, "epp_standin.py", &args, "epp.log");
+    let port = poll(Duration::from_secs(60), || {
+        if let Some(s) = proc.exited() {
+            panic!("the EPP stand-in exited ({s}):\n{}", proc.log_text());
+        }
+        fs::read_to_string(&ready).ok()?.trim().parse::<u16>().ok()
+    })
+    .unwrap_or_else(|| panic!("the EPP stand-in never listened:\n{}", proc.log_text()));
+    (proc, port)
+}
+
+/// `count` streamed chats through the Envoy stand-in and the EPP, with their response phase.
+fn route(ctx: &TestCtx, epp_port: u16, count: usize, log: &str) {
+    let args: Vec<String> = [
+        "--epp".to_string(),
+        format!("127.0.0.1:{epp_port}"),
+        "--count".into(),
+        count.to_string(),
+        "--stream".into(),
+        "--cached-tokens".into(),
+        ROUTED_CACHED.to_string(),
+    ]
+    .to_vec();
+    let mut proc = peer(ctx, "envoy_standin.py", &args, log);
+    let status = proc.wait(Duration::from_secs(120));
+    assert!(status.success(), "envoy_standin: {}", proc.log_text());
+}
+
 #[test]
 fn documented_promql_gives_the_workloads_numbers() {
     let Some(ctx) = harness::begin("documented_promql_gives_the_workloads_numbers") else {
@@ -321,7 +380,31 @@ fn documented_promql_gives_the_workloads_numbers() {
             ..StandInOpts::default()
         },
     );
-    let agent = Agent::start(&ctx, &server, &[], &[]);
+    // Routing: an EPP stand-in (targeted) sends requests to a second model server (not
+    // targeted: the counts above stay the first server's).
+    let routed_to = StandIn::start(
+        &ctx,
+        StandInOpts {
+            ttft_ms: TTFT_MS,
+            token_interval_ms: INTERVAL_MS,
+            ..StandInOpts::default()
+        },
+    );
+    let endpoint = format!("127.0.0.1:{}", routed_to.port);
+    let (epp, epp_port) = start_epp(&ctx, &endpoint);
+    let epp_port_arg = epp_port.to_string();
+    let agent = Agent::start(&ctx, &server, &["--target-port", &epp_port_arg], &[]);
+    let epp_targeted = poll(Duration::from_secs(10), || {
+        let t = agent.status()["targets"].as_array()?.clone();
+        t.iter()
+            .any(|t| t["pid"].as_u64() == Some(u64::from(epp.pid())))
+            .then_some(())
+    });
+    assert!(
+        epp_targeted.is_some(),
+        "EPP never targeted: {}",
+        agent.status()
+    );
     let prom = Prometheus::start(&ctx, agent.debug_addr);
     let max_tokens = MAX_TOKENS.to_string();
     let run = |scenario: &str, count: usize| {
@@ -352,6 +435,7 @@ fn documented_promql_gives_the_workloads_numbers() {
     for (scenario, n) in warmup {
         run(scenario, n);
     }
+    route(&ctx, epp_port, 1, "envoy-warmup.log");
     let total = |results: &[Value]| results.iter().map(value).sum::<f64>();
     let counted = |n: f64| {
         poll(Duration::from_secs(20), || {
@@ -378,6 +462,7 @@ fn documented_promql_gives_the_workloads_numbers() {
     for (scenario, n) in workload {
         run(scenario, n);
     }
+    route(&ctx, epp_port, 4, "envoy-workload.log");
     let all = 4.0 + 33.0;
     assert!(
         counted(all),
@@ -578,7 +663,32 @@ fn documented_promql_gives_the_workloads_numbers() {
         1e-9,
     );
 
+    // Routing payoff: the one endpoint's realised prefix-cache hit ratio is what the server
+    // reported (3 of 5 prompt tokens), its routed TTFT covers the 100 ms prefill.
+    let e = [("infertap_epp_endpoint", endpoint.as_str())];
+    near(
+        "routing_prefix_cache_hit_ratio_by_endpoint",
+        pick(
+            "routing_prefix_cache_hit_ratio_by_endpoint",
+            q("routing_prefix_cache_hit_ratio_by_endpoint"),
+            &e,
+        ),
+        ROUTED_CACHED as f64 / ROUTED_PROMPT as f64,
+        0.02,
+    );
+    within(
+        "routing_ttft_p90_by_endpoint",
+        pick(
+            "routing_ttft_p90_by_endpoint",
+            q("routing_ttft_p90_by_endpoint"),
+            &e,
+        ),
+        0.1,
+        0.5,
+    );
+
     drop(prom);
     drop(agent);
+    drop(epp);
     thread::sleep(Duration::from_millis(10));
 }

@@ -450,6 +450,7 @@ impl Stream {
     fn buffered(&self) -> usize {
         let held = match &self.kind {
             Kind::Http(t) => t.buffered(),
+            Kind::ExtProc(e) => e.buffered(),
             _ => 0,
         };
         held + self
@@ -687,7 +688,7 @@ fn on_message(
         },
         Kind::ExtProc(e) => match dir {
             Direction::Request => match ext_proc::decode_request(bytes) {
-                Ok(m) => e.on_request(ts_ns, &m),
+                Ok(m) => done.extend(e.on_request(ts_ns, &m).map(Work::Decision)),
                 Err(_) => {
                     fx.ext_proc_failures += 1;
                     e.mark_incomplete();

@@ -31,13 +31,24 @@
 //!   series cap) and model.
 //! - `infertap.epp.rejections` ({request}, counter) → `infertap_epp_rejections_total`: immediate
 //!   responses (429 shed, 503 no endpoint) by `http.response.status_code` and model.
+//! - `infertap.epp.routed.time_to_first_token` (s) →
+//!   `infertap_epp_routed_time_to_first_token_seconds`: routed requests whose response phase
+//!   flowed through the endpoint picker, request at the EPP → first content token back through
+//!   it, by chosen endpoint and model.
+//! - `infertap.epp.routed.input_tokens`, `infertap.epp.routed.cached_input_tokens` ({token},
+//!   counters) → `infertap_epp_routed_input_tokens_total`,
+//!   `infertap_epp_routed_cached_input_tokens_total`: prompt tokens of those requests and the part
+//!   the server found in its prefix cache, by chosen endpoint and model (only requests whose usage
+//!   reported both), so that their `rate()` ratio is the realised prefix-cache hit ratio.
 //! - `infertap_metrics_series_overflow_total{metric}`: records that found their metric full.
 //!
 //! Only SERVER spans are recorded (the traced process served the request).
 //!
 //! Model labels (`gen_ai.request.model`, `gen_ai.response.model`, the EPP instruments' model) take
 //! only names a server serves, learned from its `/v1/models` answers and its own responses, else
-//! `other` ([`served`]). Series not recorded into for [`DEFAULT_IDLE_AFTER`] are removed.
+//! `other` ([`served`]). Endpoint labels take the destinations decisions named, at most
+//! `endpoints::ENDPOINTS_MAX` at a time, else `other` ([`endpoints`]). Series not recorded into
+//! for [`DEFAULT_IDLE_AFTER`] are removed.
 //!
 //! Must never: label a series with anything unbounded by design (request ids, paths, client
 //! addresses or ports) — labels come only from the fixed key lists below; hold more than
@@ -45,6 +56,7 @@
 //! `otel.metric.overflow="true"` and are counted); allocate when recording into an existing
 //! series; hold its lock for more than a few histogram updates.
 
+pub mod endpoints;
 pub mod otlp;
 pub mod served;
 
@@ -179,6 +191,9 @@ const PD_KV_TRANSFER_GAP: usize = 11;
 const ENERGY_PER_OUTPUT_TOKEN: usize = 12;
 const SERVER_TIME_IN_QUEUE: usize = 13;
 const API_SERVER: usize = 14;
+const EPP_ROUTED_TTFT: usize = 15;
+const EPP_ROUTED_INPUT_TOKENS: usize = 16;
+const EPP_ROUTED_CACHED_INPUT_TOKENS: usize = 17;
 
 /// Joules per output token: from a fraction of a joule (a large batch on a small model) to
 /// tens of joules.
@@ -311,6 +326,30 @@ pub const INSTRUMENTS: &[InstrumentSpec] = &[
         prometheus_name: "infertap_latency_api_server_seconds",
         kind: InstrumentKind::Histogram(TTFT_BUCKETS),
         keys: GENAI_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_EPP_ROUTED_TIME_TO_FIRST_TOKEN,
+        unit: "s",
+        description: "Routed requests whose response phase flowed through the endpoint picker: request at the EPP to the first content token back through it, by chosen endpoint.",
+        prometheus_name: "infertap_epp_routed_time_to_first_token_seconds",
+        kind: InstrumentKind::Histogram(TTFT_BUCKETS),
+        keys: EPP_ENDPOINT_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_EPP_ROUTED_INPUT_TOKENS,
+        unit: "{token}",
+        description: "Prompt tokens of routed requests whose usage reported cached tokens, by chosen endpoint.",
+        prometheus_name: "infertap_epp_routed_input_tokens_total",
+        kind: InstrumentKind::Counter,
+        keys: EPP_ENDPOINT_KEYS,
+    },
+    InstrumentSpec {
+        otel_name: metric::INFERTAP_EPP_ROUTED_CACHED_INPUT_TOKENS,
+        unit: "{token}",
+        description: "Prompt tokens of routed requests that the chosen endpoint found in its prefix cache.",
+        prometheus_name: "infertap_epp_routed_cached_input_tokens_total",
+        kind: InstrumentKind::Counter,
+        keys: EPP_ENDPOINT_KEYS,
     },
 ];
 
@@ -724,6 +763,8 @@ pub struct RequestMetrics {
     families: Mutex<Vec<Family>>,
     /// The model label policy's memory (`served`); locked before, never with, `families`.
     served: Mutex<served::ServedModels>,
+    /// The endpoint label policy's memory (`endpoints`); locked before, never with, `families`.
+    endpoints: Mutex<endpoints::EndpointLabels>,
     otel: OnceLock<Vec<OtelInstrument>>,
     /// Series idle this long are removed ([`DEFAULT_IDLE_AFTER`]).
     idle_after: Duration,
@@ -746,6 +787,10 @@ impl RequestMetrics {
         Self {
             families: Mutex::new(INSTRUMENTS.iter().map(|s| Family::new(s, limit)).collect()),
             served: Mutex::new(served::ServedModels::default()),
+            endpoints: Mutex::new(endpoints::EndpointLabels::new(
+                endpoints::ENDPOINTS_MAX,
+                DEFAULT_IDLE_AFTER,
+            )),
             otel: OnceLock::new(),
             idle_after: DEFAULT_IDLE_AFTER,
         }
@@ -871,7 +916,7 @@ impl RequestMetrics {
         }
     }
 
-    /// A routing decision: duration, endpoint, rejection.
+    /// A routing decision: duration, endpoint, rejection, and the outcome of a routed one.
     fn record_decision(&self, r: &Summary) {
         let Some(decision) = r.decision else {
             return;
@@ -880,11 +925,31 @@ impl RequestMetrics {
         let model = r.request_model.as_deref().map_or(Val::Absent, |m| {
             Val::Str(self.served_models().label_routed(m))
         });
+        let endpoint = r.endpoint.as_deref().map_or(Val::Absent, |e| {
+            Val::Str(
+                self.endpoints
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .label(e, Instant::now()),
+            )
+        });
         let mut put = self.recorder();
         put(EPP_DECISION_DURATION, &[decision, model], r.duration_s);
-        let endpoint = str_val(&r.endpoint);
         if decision == Val::Str("routed") && !matches!(endpoint, Val::Absent) {
             put(EPP_DECISIONS, &[endpoint, model], 1.0);
+            if let Some(t) = r.ttft_s {
+                put(EPP_ROUTED_TTFT, &[endpoint, model], t);
+            }
+            if let (Some(prompt), Some(cached)) = (r.input_tokens, r.cached_input_tokens) {
+                if prompt >= 0 && cached >= 0 {
+                    put(EPP_ROUTED_INPUT_TOKENS, &[endpoint, model], prompt as f64);
+                    put(
+                        EPP_ROUTED_CACHED_INPUT_TOKENS,
+                        &[endpoint, model],
+                        cached.min(prompt) as f64,
+                    );
+                }
+            }
         }
         if decision == Val::Str("rejected") {
             put(

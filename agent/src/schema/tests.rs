@@ -26,6 +26,9 @@ const NOT_ATTRIBUTES: &[&str] = &[
     metric::INFERTAP_EPP_DECISION_DURATION,
     metric::INFERTAP_EPP_DECISIONS,
     metric::INFERTAP_EPP_REJECTIONS,
+    metric::INFERTAP_EPP_ROUTED_TIME_TO_FIRST_TOKEN,
+    metric::INFERTAP_EPP_ROUTED_INPUT_TOKENS,
+    metric::INFERTAP_EPP_ROUTED_CACHED_INPUT_TOKENS,
 ];
 
 fn is_name(s: &str) -> bool {

@@ -51,6 +51,10 @@ pub struct Summary {
     /// Routing decisions: `routed`, `rejected` or `none`, and the first chosen endpoint.
     pub decision: Option<&'static str>,
     pub endpoint: Option<String>,
+    /// A routing decision's outcome (the response phase through the EPP): prompt tokens the
+    /// server found in its prefix cache. `input_tokens`, `output_tokens` and `ttft_s` (request
+    /// at the EPP → first content token back through it) are the routed request's.
+    pub cached_input_tokens: Option<i64>,
     /// A stream with more content chunks than its exchange kept times of: the gaps after those
     /// (the chunk times themselves reach the metrics beside the summary). Fixed size.
     pub later_gaps: Option<Box<crate::exchange::gaps::GapSketch>>,

@@ -204,3 +204,72 @@ fn picked_up_mid_stream_frames_go_the_http2_way() {
     assert_eq!(ds[0].model.as_deref(), Some("standin-model"));
     assert_eq!(mid.stats.http2_connections.load(Relaxed), 1);
 }
+
+/// A recorded connection (Envoy stand-in ↔ EPP stand-in, real grpcio) whose streams carry the
+/// response phase: the decisions, replayed whole.
+fn outcome_decisions(name: &str) -> Vec<crate::epp::Decision> {
+    let chunks = load(name);
+    let mut w = Wire::new(Origin::Start);
+    for (i, (dir, b)) in chunks.iter().enumerate() {
+        w.syscall(*dir, i as u64 + 1, b);
+    }
+    assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 0);
+    w.decisions()
+}
+
+#[test]
+fn recorded_response_phases_give_each_decision_its_outcome() {
+    // Two streamed chats (vLLM stand-in, include_usage, 3 cached prompt tokens asked for).
+    let ds = outcome_decisions("ext_proc_outcome_sse.bin");
+    assert_eq!(ds.len(), 2);
+    for d in &ds {
+        assert_eq!(d.outcome, Outcome::Routed);
+        let o = d.served.as_deref().expect("the response phase flowed");
+        assert_eq!(o.status, Some(200));
+        assert!(o.streaming && o.complete, "{o:?}");
+        let u = o.usage.as_ref().unwrap();
+        assert_eq!(u.cached_tokens, Some(3));
+        assert_eq!(u.completion_tokens, Some(4));
+        assert!(u.prompt_tokens.unwrap() > 3);
+        // Response headers after the decision, the first token after them.
+        let (h, t) = (o.headers_ns.unwrap(), o.first_token_ns.unwrap());
+        assert!(d.end_ns < h && h < t && t <= o.end_ns, "{d:?}");
+        let dump = format!("{d:?}");
+        assert!(
+            !dump.contains("canary") && !dump.contains("secret"),
+            "{dump}"
+        );
+    }
+    // A whole JSON body.
+    let ds = outcome_decisions("ext_proc_outcome_json.bin");
+    assert_eq!(ds.len(), 1);
+    let o = ds[0].served.as_deref().unwrap();
+    assert_eq!(
+        (o.status, o.streaming, o.complete),
+        (Some(200), false, true)
+    );
+    assert_eq!(o.usage.as_ref().unwrap().completion_tokens, Some(4));
+}
+
+#[test]
+fn cut_at_every_offset_the_outcomes_are_the_same() {
+    for name in ["ext_proc_outcome_sse.bin", "ext_proc_outcome_json.bin"] {
+        let want = outcome_decisions(name);
+        let chunks = load(name);
+        for (i, (_, bytes)) in chunks.iter().enumerate() {
+            let from = if i == 0 { 4 } else { 1 };
+            for k in from..bytes.len() {
+                let mut w = Wire::new(Origin::Start);
+                for (j, (dir, b)) in chunks.iter().enumerate() {
+                    if i == j {
+                        w.syscall(*dir, j as u64 + 1, &b[..k]);
+                        w.syscall(*dir, j as u64 + 1, &b[k..]);
+                    } else {
+                        w.syscall(*dir, j as u64 + 1, b);
+                    }
+                }
+                assert_eq!(w.decisions(), want, "{name}: chunk {i} cut at {k}");
+            }
+        }
+    }
+}

@@ -86,6 +86,36 @@ pub struct HttpStatus {
     pub code: i32,
 }
 
+// ---- envoy.extensions.filters.http.ext_proc.v3 (processing_mode.proto) ----
+
+/// Which parts of the request and response Envoy sends; as `mode_override`, the EPP's choice for
+/// one request. Enum fields are read as their integers ([`processing_mode`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ProcessingMode {
+    #[prost(int32, tag = "1")]
+    pub request_header_mode: i32,
+    #[prost(int32, tag = "2")]
+    pub response_header_mode: i32,
+    #[prost(int32, tag = "3")]
+    pub request_body_mode: i32,
+    #[prost(int32, tag = "4")]
+    pub response_body_mode: i32,
+    #[prost(int32, tag = "5")]
+    pub request_trailer_mode: i32,
+    #[prost(int32, tag = "6")]
+    pub response_trailer_mode: i32,
+}
+
+/// The values of `ProcessingMode`'s enums.
+pub mod processing_mode {
+    /// `HeaderSendMode`: no change from the filter's configuration.
+    pub const HEADER_DEFAULT: i32 = 0;
+    pub const HEADER_SEND: i32 = 1;
+    pub const HEADER_SKIP: i32 = 2;
+    /// `BodySendMode.NONE`: the body is not sent.
+    pub const BODY_NONE: i32 = 0;
+}
+
 // ---- envoy.service.ext_proc.v3 (external_processor.proto) ----
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -124,6 +154,8 @@ pub struct ProcessingResponse {
     pub response: Option<processing_response::Response>,
     #[prost(message, optional, tag = "8")]
     pub dynamic_metadata: Option<Struct>,
+    #[prost(message, optional, tag = "9")]
+    pub mode_override: Option<ProcessingMode>,
 }
 
 pub mod processing_response {

@@ -10,6 +10,9 @@ fn proto_fields() -> BTreeMap<String, BTreeMap<String, u32>> {
         include_str!("../../../proto/envoy/service/ext_proc/v3/external_processor.proto"),
         include_str!("../../../proto/envoy/config/core/v3/base.proto"),
         include_str!("../../../proto/envoy/type/v3/http_status.proto"),
+        include_str!(
+            "../../../proto/envoy/extensions/filters/http/ext_proc/v3/processing_mode.proto"
+        ),
         include_str!("../../../proto/google/protobuf/struct.proto"),
     ];
     let mut out: BTreeMap<String, BTreeMap<String, u32>> = BTreeMap::new();
@@ -135,6 +138,12 @@ fn struct_field_numbers_match_the_proto_files() {
     assert_eq!(proto["ProcessingRequest"]["request_body"], 4);
     assert_eq!(proto["ProcessingResponse"]["immediate_response"], 7);
     assert_eq!(proto["ProcessingResponse"]["dynamic_metadata"], 8);
+    assert_eq!(proto["ProcessingResponse"]["mode_override"], 9);
+    assert_eq!(proto["ProcessingRequest"]["response_headers"], 3);
+    assert_eq!(proto["ProcessingRequest"]["response_body"], 5);
+    assert_eq!(proto["ProcessingRequest"]["response_trailers"], 7);
+    assert_eq!(proto["ProcessingMode"]["response_header_mode"], 2);
+    assert_eq!(proto["ProcessingMode"]["response_body_mode"], 4);
     assert_eq!(proto["HeaderValue"]["raw_value"], 3);
 }
 
