@@ -185,7 +185,13 @@ impl Device {
                 .iter()
                 .map(|(&f, t)| {
                     let series = t.series.clip(a, b);
-                    (f, Track { origin: t.origin, series })
+                    (
+                        f,
+                        Track {
+                            origin: t.origin,
+                            series,
+                        },
+                    )
                 })
                 .collect(),
             energy: self.energy.clip(a, b),
@@ -493,19 +499,40 @@ mod tests {
     #[tokio::test]
     async fn sources_that_cannot_start_leave_gpu_off_and_say_why() {
         let (_tx, stop) = tokio::sync::watch::channel(false);
-        let rt = start(GpuMode::Off, None, None, dcgm::SCRAPE_EVERY, Arc::default(), stop.clone());
+        let rt = start(
+            GpuMode::Off,
+            None,
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop.clone(),
+        );
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(
             (st.state.as_str(), st.reason.as_deref()),
             ("off", Some("--gpu off"))
         );
-        let rt = start(GpuMode::Dcgm, None, None, dcgm::SCRAPE_EVERY, Arc::default(), stop.clone());
+        let rt = start(
+            GpuMode::Dcgm,
+            None,
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop.clone(),
+        );
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");
         assert!(st.reason.unwrap().contains("--dcgm-exporter-url"));
         let bad = std::path::PathBuf::from("/nonexistent/libnvidia-ml.so.1");
-        let rt = start(GpuMode::Auto, Some(bad), None, dcgm::SCRAPE_EVERY, Arc::default(), stop);
+        let rt = start(
+            GpuMode::Auto,
+            Some(bad),
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop,
+        );
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");

@@ -352,7 +352,10 @@ impl Counter {
     /// a lock.
     pub fn clip(&self, a: u64, b: u64) -> Counter {
         let b = b.max(a);
-        let first = self.points.partition_point(|&(t, _)| t < a).saturating_sub(1);
+        let first = self
+            .points
+            .partition_point(|&(t, _)| t < a)
+            .saturating_sub(1);
         let end = (self.points.partition_point(|&(t, _)| t <= b) + 1).min(self.points.len());
         let tail = self.points.len().saturating_sub(2);
         let mut points = VecDeque::new();
@@ -610,7 +613,12 @@ mod tests {
         );
         // A clip of a long series answers every window inside it as the series does.
         let long = ramp(3_000);
-        for (a, b) in [(1_000, 1_250), (100_000, 150_000), (299_000, 301_000), (5, 5)] {
+        for (a, b) in [
+            (1_000, 1_250),
+            (100_000, 150_000),
+            (299_000, 301_000),
+            (5, 5),
+        ] {
             let (a, b) = (a * MS, b * MS);
             let c = long.clip(a, b);
             assert!(c.len() <= 16 + 501, "{}", c.len());
@@ -624,7 +632,10 @@ mod tests {
         c.set_hold(1_000 * MS);
         let k = c.clip(20_050 * MS, 20_450 * MS);
         assert!(k.points.len() <= 8, "{}", k.points.len());
-        assert_eq!(k.window(20_050 * MS, 20_450 * MS), c.window(20_050 * MS, 20_450 * MS));
+        assert_eq!(
+            k.window(20_050 * MS, 20_450 * MS),
+            c.window(20_050 * MS, 20_450 * MS)
+        );
         let end = 99_900 * MS;
         assert_eq!(k.window(end, end + 500 * MS), c.window(end, end + 500 * MS));
     }

@@ -87,7 +87,13 @@ fn dcgm_fills_what_nvml_lacks_and_leaves_the_rest() {
         s.devices.push(d);
     });
     let gpus = gpus_from(&parse_text(FIXTURE));
-    apply(&hub, &gpus, 40_000_000_000, false, &mut Learner::new(SCRAPE_EVERY));
+    apply(
+        &hub,
+        &gpus,
+        40_000_000_000,
+        false,
+        &mut Learner::new(SCRAPE_EVERY),
+    );
     hub.read(|s| {
         // Only the NVML device; the second GPU is not created.
         assert_eq!(s.devices.len(), 1);

@@ -300,7 +300,13 @@ fn dcgm_only_short_requests_between_readings_get_the_reading_in_effect() {
         (127_300, 127_700, 0.2, 125_000),
     ] {
         let s = dcgm_only(end / 1000 + 1);
-        let r = figures(&s, &[0], &BTreeSet::new(), &act(start, end, &[start + 50]), &[]);
+        let r = figures(
+            &s,
+            &[0],
+            &BTreeSet::new(),
+            &act(start, end, &[start + 50]),
+            &[],
+        );
         assert_eq!(r.util_mean, Some(value), "{r:?}");
         assert_eq!(r.source, Some("dcgm"));
         assert_eq!(r.coverage, 0.0);
@@ -310,16 +316,16 @@ fn dcgm_only_short_requests_between_readings_get_the_reading_in_effect() {
         assert_eq!(age, (end - reading) * MS);
         // Alone: busy time and energy at the values in effect (and 300 W).
         let dur = (end - start) as f64 / 1e3;
-        assert!((r.share_busy_s.unwrap() - value * dur).abs() < 1e-9, "{r:?}");
+        assert!(
+            (r.share_busy_s.unwrap() - value * dur).abs() < 1e-9,
+            "{r:?}"
+        );
         assert!((r.energy_j.unwrap() - 300.0 * dur).abs() < 1e-6, "{r:?}");
         assert_eq!(r.energy_coverage, Some(0.0));
         assert!((r.share_energy_j.unwrap() - 300.0 * dur).abs() < 1e-6);
         assert!((r.prefill_energy_j.unwrap() - 300.0 * 0.05).abs() < 1e-6);
         let attrs = r.attributes();
-        assert!(attrs.contains(&(
-            "infertap.gpu.sample_age",
-            AttrValue::F64(age as f64 / 1e9)
-        )));
+        assert!(attrs.contains(&("infertap.gpu.sample_age", AttrValue::F64(age as f64 / 1e9))));
         assert!(per_token(&r, Some(5), None)
             .contains(&("infertap.gpu.share.estimated", AttrValue::Bool(true))));
     }
@@ -328,11 +334,17 @@ fn dcgm_only_short_requests_between_readings_get_the_reading_in_effect() {
     let a = act(120_000, 120_200, &[120_100]);
     let b = act(120_000, 120_200, &[120_100]);
     let ra = figures(&s, &[0], &BTreeSet::new(), &a, std::slice::from_ref(&b));
-    assert!((ra.share_busy_s.unwrap() - 0.2 * 0.2 / 2.0).abs() < 1e-9, "{ra:?}");
+    assert!(
+        (ra.share_busy_s.unwrap() - 0.2 * 0.2 / 2.0).abs() < 1e-9,
+        "{ra:?}"
+    );
     assert_eq!(ra.concurrent, 2);
     // A request the readings cover: measured, age 0.
     let r = figures(&s, &[0], &BTreeSet::new(), &act(70_000, 70_300, &[]), &[]);
-    assert_eq!((r.util_mean, r.coverage, r.sample_age_ns), (Some(0.8), 1.0, Some(0)));
+    assert_eq!(
+        (r.util_mean, r.coverage, r.sample_age_ns),
+        (Some(0.8), 1.0, Some(0))
+    );
     // Past the hold (two cadences and a scrape interval after the last reading), nothing.
     let r = figures(&s, &[0], &BTreeSet::new(), &act(191_000, 191_300, &[]), &[]);
     assert_eq!((r.util_mean, r.energy_j), (None, None));
