@@ -84,6 +84,7 @@ async fn run(config: Config) -> Result<()> {
         config.gpu,
         config.nvml_lib.clone(),
         config.dcgm_exporter_url.clone(),
+        Duration::from_secs_f64(config.dcgm_scrape_interval),
         stats.clone(),
         shutdown_rx.clone(),
     );

@@ -94,9 +94,21 @@ pub struct Config {
     pub nvml_lib: Option<std::path::PathBuf>,
 
     /// A dcgm-exporter metrics endpoint (e.g. http://127.0.0.1:9400/metrics): enrichment where
-    /// NVML lacks a figure, and the GPU source without NVML. Its figures have 30 s resolution.
+    /// NVML lacks a figure, and the GPU source without NVML. Its figures have the exporter's
+    /// update cadence (30 s by default), learned from how its values change.
     #[arg(long, value_name = "URL", env = "INFERTAP_DCGM_EXPORTER_URL")]
     pub dcgm_exporter_url: Option<String>,
+
+    /// Seconds between scrapes of --dcgm-exporter-url: how soon a new reading of the exporter
+    /// is seen (and the finest cadence that can be learned).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = crate::gpu::dcgm::SCRAPE_EVERY.as_secs_f64(),
+        value_parser = parse_scrape_interval,
+        env = "INFERTAP_DCGM_SCRAPE_INTERVAL"
+    )]
+    pub dcgm_scrape_interval: f64,
 
     /// The price of one GPU-hour (any currency): spans then carry the cost of their fair share
     /// of GPU time and the cost per million output tokens.
@@ -163,6 +175,14 @@ pub struct Config {
     /// behind the kernel's exec, listen and exit reports, which find targets as they happen.
     #[arg(long, default_value_t = 5000, hide = true)]
     pub scan_interval_ms: u64,
+}
+
+fn parse_scrape_interval(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(0.1..=3600.0).contains(&v) {
+        return Err(format!("{v} is not between 0.1 and 3600 seconds"));
+    }
+    Ok(v)
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {
@@ -314,6 +334,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("power of two"), "{e}");
+        let e = Config::try_parse_from(["infertap", "--dcgm-scrape-interval", "0"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("between 0.1 and 3600 seconds"), "{e}");
+        let c = Config::parse_from(["infertap", "--dcgm-scrape-interval", "0.5"]);
+        assert_eq!(c.dcgm_scrape_interval, 0.5);
+        assert_eq!(Config::parse_from(["infertap"]).dcgm_scrape_interval, 5.0);
     }
 
     #[test]

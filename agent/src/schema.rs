@@ -135,6 +135,7 @@ pub mod attr {
         INFERTAP_GPU_UTILIZATION_MAX = "infertap.gpu.utilization.max",
         INFERTAP_GPU_COVERAGE = "infertap.gpu.coverage",
         INFERTAP_GPU_SAMPLE_RESOLUTION = "infertap.gpu.sample_resolution",
+        INFERTAP_GPU_SAMPLE_AGE = "infertap.gpu.sample_age",
         INFERTAP_GPU_RESOLUTION_LIMITED = "infertap.gpu.resolution_limited",
         INFERTAP_GPU_MEMORY_BANDWIDTH_UTILIZATION = "infertap.gpu.memory_bandwidth.utilization",
         INFERTAP_GPU_MEMORY_BANDWIDTH_SOURCE = "infertap.gpu.memory_bandwidth.source",

@@ -523,7 +523,7 @@ fn without_nvml_a_dcgm_exporter_is_the_source_at_30_s_resolution() {
     assert_eq!(gpu["source"]["state"], "ok");
     let reason = gpu["source"]["reason"].as_str().unwrap();
     assert!(
-        reason.contains("30 s resolution") && reason.contains("cannot load"),
+        reason.contains("update cadence (30 s until learned)") && reason.contains("cannot load"),
         "{reason}"
     );
     let d0 = gpu["devices"]
@@ -543,6 +543,313 @@ fn without_nvml_a_dcgm_exporter_is_the_source_at_30_s_resolution() {
         "{metrics}"
     );
     assert_eq!(agent.status()["gpu"]["source"], "dcgm");
+}
+
+/// A stand-in for dcgm-exporter on one A100 that collects every `cadence` (as dcgm-exporter's
+/// `-c` does): between collections it serves the same values, whatever the scrape rate.
+/// Collection `k` reports utilisation `util_pct(k)` and an energy counter growing at 300 W.
+struct FakeExporter {
+    port: u16,
+    cadence: Duration,
+}
+
+const A100_UUID: &str = "GPU-a100a100-0000-4000-8000-000000000001";
+const EXPORTER_WATTS: f64 = 300.0;
+
+fn util_pct(k: u64) -> u64 {
+    10 + 10 * (k % 9)
+}
+
+impl FakeExporter {
+    fn start(cadence: Duration) -> FakeExporter {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let born = std::time::Instant::now();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().flatten() {
+                let mut buf = [0u8; 4096];
+                let _ = conn.read(&mut buf);
+                let k = (born.elapsed().as_nanos() / cadence.as_nanos()) as u64;
+                let energy_mj = 5_000_000_000
+                    + (k as f64 * cadence.as_secs_f64() * EXPORTER_WATTS * 1e3) as u64;
+                let labels = format!(
+                    "gpu=\"0\",UUID=\"{A100_UUID}\",pci_bus_id=\"00000000:07:00.0\",device=\"nvidia0\",modelName=\"NVIDIA A100-SXM4-40GB\",Hostname=\"node-1\""
+                );
+                let body = format!(
+                    "# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n\
+                     DCGM_FI_DEV_GPU_UTIL{{{labels}}} {}\n\
+                     # TYPE DCGM_FI_DEV_MEM_COPY_UTIL gauge\n\
+                     DCGM_FI_DEV_MEM_COPY_UTIL{{{labels}}} {}\n\
+                     # TYPE DCGM_FI_DEV_POWER_USAGE gauge\n\
+                     DCGM_FI_DEV_POWER_USAGE{{{labels}}} {EXPORTER_WATTS}\n\
+                     # TYPE DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION counter\n\
+                     DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION{{{labels}}} {energy_mj}\n\
+                     DCGM_FI_DEV_FB_USED{{{labels}}} 30000\n\
+                     DCGM_FI_DEV_FB_FREE{{{labels}}} 10000\n",
+                    util_pct(k),
+                    util_pct(k) / 2,
+                );
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FakeExporter { port, cadence }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.port)
+    }
+}
+
+/// dcgm-exporter as the only GPU source, collecting every 2 s and scraped every 0.5 s: the agent
+/// learns the cadence, and every ordinary short request between two collections gets the
+/// reading in effect, with its age and its measured coverage, instead of nothing.
+#[test]
+fn dcgm_only_short_requests_between_readings_all_get_figures_with_age_and_coverage() {
+    let Some(ctx) = harness::begin(
+        "dcgm_only_short_requests_between_readings_all_get_figures_with_age_and_coverage",
+    ) else {
+        return;
+    };
+    let exporter = FakeExporter::start(Duration::from_secs(2));
+    let scrape_s = 0.5;
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            ttft_ms: 40,
+            token_interval_ms: 10,
+            env: vec![("CUDA_VISIBLE_DEVICES".into(), "0".into())],
+            ..StandInOpts::default()
+        },
+    );
+    let url = exporter.url();
+    let agent = Agent::start(
+        &ctx,
+        &server,
+        &[
+            "--gpu",
+            "dcgm",
+            "--dcgm-exporter-url",
+            &url,
+            "--dcgm-scrape-interval",
+            &scrape_s.to_string(),
+        ],
+        &[],
+    );
+    // The cadence is learned from two changes of the values.
+    let gpu = harness::poll(Duration::from_secs(20), || {
+        let v: Value = serde_json::from_str(&agent.get("/gpu")).ok()?;
+        v["source"]["dcgm_update_cadence_seconds"]
+            .as_f64()
+            .is_some()
+            .then_some(v)
+    })
+    .expect("/gpu shows a learned dcgm-exporter cadence within 20 s");
+    let cadence_s = exporter.cadence.as_secs_f64();
+    let learned = gpu["source"]["dcgm_update_cadence_seconds"]
+        .as_f64()
+        .unwrap();
+    assert!(
+        (learned - cadence_s).abs() <= scrape_s,
+        "learned cadence {learned} s, the exporter's {cadence_s} s"
+    );
+    assert_eq!(gpu["source"]["source"], "dcgm");
+    assert_eq!(gpu["source"]["dcgm_scrape_interval_seconds"], scrape_s);
+    // Short requests (≈ 0.1 s) one after another, 0.3 s apart: most fall between two readings.
+    let records = client(
+        &ctx,
+        &server,
+        &[
+            "--scenario",
+            "chat-stream",
+            "--count",
+            "10",
+            "--max-tokens",
+            "5",
+            "--pause-ms",
+            "300",
+        ],
+    );
+    let spans: Vec<Value> = agent
+        .wait_spans_for(&records, SPANS_WAIT)
+        .into_iter()
+        .filter(|s| s["kind"] == "server")
+        .collect();
+    assert_eq!(spans.len(), 10);
+    let served: Vec<f64> = (0..9).map(|k| util_pct(k) as f64 / 100.0).collect();
+    let mut held = 0;
+    for span in &spans {
+        let attrs = span["attributes"].as_object().unwrap();
+        assert_eq!(attr(span, "infertap.gpu.source"), "dcgm", "{span:#}");
+        assert_eq!(attr(span, "infertap.gpu.attribution"), "visible_devices");
+        assert_eq!(
+            attr(span, "infertap.gpu.ids"),
+            &Value::from(vec![A100_UUID.to_string()])
+        );
+        // Figures, whatever the request's place between readings.
+        let mean = f(span, "infertap.gpu.utilization.mean");
+        let max = f(span, "infertap.gpu.utilization.max");
+        assert!(
+            served.iter().any(|v| (v - max).abs() < 1e-9),
+            "max {max} is a served value"
+        );
+        assert!((0.1..=0.9).contains(&mean), "{span:#}");
+        assert!(attrs.contains_key("infertap.gpu.memory_bandwidth.utilization"));
+        assert_eq!(
+            attr(span, "infertap.gpu.memory_bandwidth.source"),
+            "dcgm_mem_copy_util"
+        );
+        // With their age (at most one cadence and one scrape interval, plus scheduling slack)
+        // and their measured coverage.
+        let age = f(span, "infertap.gpu.sample_age");
+        assert!(
+            (0.0..=cadence_s + scrape_s + 1.0).contains(&age),
+            "age {age} s: {span:#}"
+        );
+        let coverage = f(span, "infertap.gpu.coverage");
+        assert!((0.0..=1.0).contains(&coverage));
+        if age > 0.0 {
+            held += 1;
+            assert!(coverage < 1.0, "a held reading is not measured coverage");
+        }
+        let res = f(span, "infertap.gpu.sample_resolution");
+        assert!(
+            (res - cadence_s).abs() <= scrape_s + 1e-9,
+            "resolution {res}"
+        );
+        assert_eq!(attr(span, "infertap.gpu.resolution_limited"), true);
+        // Energy at the power in effect: 300 W, the rate between two readings seen at scrapes
+        // (each up to one scrape interval late), so within a quarter or so.
+        let (a, b) = (
+            span["start_time_unix_nano"].as_u64().unwrap(),
+            span["end_time_unix_nano"].as_u64().unwrap(),
+        );
+        let watts = f(span, "infertap.gpu.energy") / ((b - a) as f64 / 1e9);
+        assert!(
+            (EXPORTER_WATTS * 0.6..=EXPORTER_WATTS * 1.5).contains(&watts),
+            "{watts} W"
+        );
+        assert!(attrs.contains_key("infertap.gpu.energy.coverage"));
+        assert_eq!(attr(span, "infertap.gpu.share.estimated"), true);
+        assert!(attrs.contains_key("infertap.gpu.energy_per_output_token"));
+    }
+    assert!(
+        held >= 5,
+        "only {held} of 10 requests fell after the last reading"
+    );
+}
+
+/// The cost attributes against the fake NVML's known energy: a constant 250 W, so each stream's
+/// energy, its split at the first token, joules per token and the GPU-hour price are known.
+#[test]
+fn cost_attributes_match_the_known_energy_split_at_the_first_token() {
+    let Some(ctx) =
+        harness::begin("cost_attributes_match_the_known_energy_split_at_the_first_token")
+    else {
+        return;
+    };
+    let server = StandIn::start(
+        &ctx,
+        StandInOpts {
+            ttft_ms: 300,
+            token_interval_ms: 40,
+            ..StandInOpts::default()
+        },
+    );
+    const WATTS: f64 = 250.0;
+    let mut t = timeline(server.pid());
+    t.devices[0].power_mw = Series::constant(WATTS * 1e3);
+    let fake = FakeNvml::install(&ctx.file("nvml"), t);
+    let mut a = nvml_args(&fake);
+    a.extend(["--gpu-hour-cost".to_string(), "3.6".to_string()]);
+    let agent = Agent::start(&ctx, &server, &args(&a), &[]);
+    let records = client(
+        &ctx,
+        &server,
+        &[
+            "--scenario",
+            "chat-stream",
+            "--count",
+            "4",
+            "--max-tokens",
+            "10",
+        ],
+    );
+    let spans: Vec<Value> = agent
+        .wait_spans_for(&records, SPANS_WAIT)
+        .into_iter()
+        .filter(|s| s["kind"] == "server")
+        .collect();
+    assert_eq!(spans.len(), 4);
+    // Constant power: the counter is linear, so interpolation is exact but for the clock
+    // conversion (µs) and the first-token instant (the chunk's write): 2 ms at 250 W.
+    let tolerance = |j: f64| 0.5 + 0.005 * j;
+    let mut sum_j_per_token = 0.0;
+    for span in &spans {
+        let (a, b) = window(&fake, span);
+        let ttft = f(span, "gen_ai.latency.time_to_first_token");
+        assert!(ttft >= 0.3, "{span:#}");
+        let first = a + (ttft * 1e6) as RelUs;
+        let want_total = expected_energy(&fake, 0, a, b);
+        let want_prefill = expected_energy(&fake, 0, a, first);
+        let want_decode = expected_energy(&fake, 0, first, b);
+        assert!((want_total - WATTS * (b - a) as f64 / 1e6).abs() < 0.01);
+        let check = |key: &str, want: f64| {
+            let got = f(span, key);
+            assert!(
+                (got - want).abs() < tolerance(want),
+                "{key}: {got} J vs {want} J"
+            );
+        };
+        check("infertap.gpu.energy", want_total);
+        // Alone on the GPU: the share is all of it, split at the first token.
+        check("infertap.gpu.share.energy", want_total);
+        check("infertap.gpu.share.energy.prefill", want_prefill);
+        check("infertap.gpu.share.energy.decode", want_decode);
+        let busy = f(span, "infertap.gpu.share.busy_time");
+        let split = f(span, "infertap.gpu.share.busy_time.prefill")
+            + f(span, "infertap.gpu.share.busy_time.decode");
+        assert!((busy - split).abs() < 1e-9, "{busy} vs {split}");
+        let tokens = attr(span, "gen_ai.usage.output_tokens").as_i64().unwrap();
+        assert_eq!(tokens, 10);
+        let per_token = f(span, "infertap.gpu.energy_per_output_token");
+        assert!(
+            (per_token - want_total / tokens as f64).abs() < tolerance(want_total) / tokens as f64,
+            "{per_token} J/token vs {want_total} J / {tokens}"
+        );
+        sum_j_per_token += per_token;
+        // 3.6 per GPU-hour: the request's GPU wall time (alone: its whole window) / 1000.
+        let gpu_s = f(span, "infertap.gpu.share.gpu_time");
+        assert!((gpu_s - (b - a) as f64 / 1e6).abs() < 0.002, "{gpu_s}");
+        let cost = f(span, "infertap.gpu.share.cost");
+        assert!((cost - gpu_s / 1000.0).abs() < 1e-12);
+        let per_million = f(span, "infertap.cost.per_million_output_tokens");
+        assert!((per_million - cost / tokens as f64 * 1e6).abs() < 1e-9);
+        assert_eq!(attr(span, "infertap.gpu.share.estimated"), false);
+    }
+    // The per-model histogram: one observation per stream, summing the spans' J/token.
+    let metrics = agent.metrics();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l.contains("gen_ai_request_model=\"standin-model\""))
+            .unwrap_or_else(|| panic!("no {name} for standin-model in /metrics:\n{metrics}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("infertap_gpu_energy_per_output_token_count{"), 4.0);
+    let sum = value("infertap_gpu_energy_per_output_token_sum{");
+    assert!(
+        (sum - sum_j_per_token).abs() < 1e-6 * sum_j_per_token.max(1.0),
+        "histogram sum {sum} vs spans {sum_j_per_token}"
+    );
 }
 
 /// The GPU check (`cargo xtask gpu-check`) against the fake: it must report the timeline's sample

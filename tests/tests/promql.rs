@@ -18,6 +18,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use infertap_tests::fake_nvml::{Device, FakeNvml, Process, Series, Timeline};
 use infertap_tests::harness::{
     self, client, free_port, http_get, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
 };
@@ -393,7 +394,15 @@ fn documented_promql_gives_the_workloads_numbers() {
     let endpoint = format!("127.0.0.1:{}", routed_to.port);
     let (epp, epp_port) = start_epp(&ctx, &endpoint);
     let epp_port_arg = epp_port.to_string();
-    let agent = Agent::start(&ctx, &server, &["--target-port", &epp_port_arg], &[]);
+    // A fake GPU at a steady 250 W running the server, for the energy-per-token queries.
+    let fake = fake_gpu(&ctx, server.pid());
+    let nvml = fake.lib.display().to_string();
+    let agent = Agent::start(
+        &ctx,
+        &server,
+        &["--target-port", &epp_port_arg, "--nvml-lib", &nvml],
+        &[],
+    );
     let epp_targeted = poll(Duration::from_secs(10), || {
         let t = agent.status()["targets"].as_array()?.clone();
         t.iter()
@@ -686,9 +695,52 @@ fn documented_promql_gives_the_workloads_numbers() {
         0.1,
         0.5,
     );
+    // Energy per token: 250 W over a stream of 0.1 s + 7 × 20 ms (and some slack) for 8
+    // tokens is 7.5–10 J per token; a cancelled stream's few tokens cost a little more each.
+    let j_mean = pick(
+        "joules_per_output_token_mean_by_model",
+        q("joules_per_output_token_mean_by_model"),
+        &m,
+    );
+    within("joules_per_output_token_mean_by_model", j_mean, 6.0, 16.0);
+    within(
+        "joules_per_output_token_p50_by_model",
+        pick(
+            "joules_per_output_token_p50_by_model",
+            q("joules_per_output_token_p50_by_model"),
+            &m,
+        ),
+        5.0,
+        20.0,
+    );
+    near(
+        "kwh_per_million_output_tokens_by_model",
+        pick(
+            "kwh_per_million_output_tokens_by_model",
+            q("kwh_per_million_output_tokens_by_model"),
+            &m,
+        ),
+        j_mean / 3.6,
+        1e-6 * j_mean,
+    );
 
     drop(prom);
     drop(agent);
     drop(epp);
     thread::sleep(Duration::from_millis(10));
+}
+
+/// The fake NVML library with one GPU at 250 W and 50 % running `pid`.
+fn fake_gpu(ctx: &TestCtx, pid: u32) -> FakeNvml {
+    let device = Device {
+        gpu_util: Series::constant(50.0),
+        power_mw: Series::constant(250_000.0),
+        processes: vec![Process {
+            pid,
+            used_memory_bytes: Series::constant((8u64 << 30) as f64),
+            ..Process::default()
+        }],
+        ..Device::default()
+    };
+    FakeNvml::install(&ctx.file("nvml"), Timeline::new(vec![device]))
 }

@@ -2,25 +2,33 @@
 //! GPU source: enrichment where NVML lacks a figure (DRAM activity without GPM) and the whole
 //! source when NVML is not there.
 //!
-//! dcgm-exporter collects every 30 s by default and its samples carry no timestamps, so its
-//! figures are pushed with a 30 s resolution floor: requests shorter than that are flagged
-//! resolution-limited. Devices are matched to NVML's by `UUID`.
+//! dcgm-exporter collects every 30 s by default (`-c`, its collection interval) and its samples
+//! carry no timestamps; between two collections it serves the same values however often it is
+//! scraped. So the scraper (every `--dcgm-scrape-interval`) takes a GPU's values as a new
+//! *reading* only when they changed, learns the exporter's cadence from the spacing of those
+//! changes ([`Cadence`]), and pushes each reading as an interval of one cadence ending when it was
+//! first seen, with that cadence as the resolution floor (shorter requests are flagged
+//! resolution-limited). The latest reading stays in effect until the next one (a hold of two
+//! cadences and a scrape interval): a request between two readings gets it, with its age, instead
+//! of nothing (docs/gpu.md says what that trades). Devices are matched to NVML's by `UUID`.
 //!
 //! The text parser is hand-written and pure (bytes in, samples out, never panics, bad lines
 //! counted): the exposition subset dcgm-exporter writes is small (sample lines with labels, `#`
 //! comments), and the Rust crates for it either pull a metrics registry along or are unmaintained.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use super::{Device, Figure, Hub, Memory, Origin};
 use crate::capture::clock::WallClock;
 use crate::stats::Stats;
 
-/// dcgm-exporter's default collection interval: the resolution of its figures.
+/// dcgm-exporter's default collection interval: the cadence assumed until one is learned.
 pub const RESOLUTION_NS: u64 = 30_000_000_000;
-/// Time between scrapes.
-pub const SCRAPE_EVERY: Duration = Duration::from_secs(10);
+/// Time between scrapes unless `--dcgm-scrape-interval` says otherwise.
+pub const SCRAPE_EVERY: Duration = Duration::from_secs(5);
+/// Changes remembered per GPU to learn the cadence from.
+const CHANGES_KEPT: usize = 9;
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest body read from the endpoint.
 const MAX_BODY: usize = 8 << 20;
@@ -163,6 +171,106 @@ pub struct DcgmGpu {
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+impl DcgmGpu {
+    /// The values of one collection: they all change together when the exporter collects.
+    fn fingerprint(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.figures.values().map(|f| f.to_bits()).collect();
+        v.extend([self.energy_mj, self.fb_used_bytes, self.fb_free_bytes].map(|x| x.unwrap_or(0)));
+        v
+    }
+}
+
+/// The update cadence of one GPU's values at an exporter, learned from the scrapes at which they
+/// changed. Pure.
+///
+/// Changes are seen only at scrapes, so each spacing is the true cadence rounded up or down to
+/// scrape intervals; the cadence is their total over the number of updates they span (a spacing
+/// near twice the typical one is an update whose values happened not to change), which averages
+/// the rounding out. A cadence shorter than the scrape interval reads as the scrape interval.
+#[derive(Clone, Debug, Default)]
+pub struct Cadence {
+    values: Option<Vec<u64>>,
+    last_reading_ns: Option<u64>,
+    /// Scrape times at which the values had changed.
+    changes: VecDeque<u64>,
+}
+
+impl Cadence {
+    /// Whether the scrape at `now_ns`, showing `values`, carries a new reading: they changed,
+    /// or stayed the same for two cadences (a GPU whose figures are steady).
+    pub fn observe(&mut self, now_ns: u64, values: Vec<u64>) -> bool {
+        let first = self.values.is_none();
+        let changed = self.values.as_ref() != Some(&values);
+        self.values = Some(values);
+        if changed && !first {
+            self.changes.push_back(now_ns);
+            while self.changes.len() > CHANGES_KEPT {
+                self.changes.pop_front();
+            }
+        }
+        let steady = self
+            .last_reading_ns
+            .is_some_and(|t| now_ns.saturating_sub(t) >= 2 * self.cadence_ns());
+        let fresh = changed || steady;
+        if fresh {
+            self.last_reading_ns = Some(now_ns);
+        }
+        fresh
+    }
+
+    /// The learned cadence, once two changes were seen.
+    pub fn learned_ns(&self) -> Option<u64> {
+        let gaps: Vec<u64> = self
+            .changes
+            .iter()
+            .zip(self.changes.iter().skip(1))
+            .map(|(a, b)| b.saturating_sub(*a))
+            .filter(|&g| g > 0)
+            .collect();
+        let mut sorted = gaps.clone();
+        sorted.sort_unstable();
+        let typical = *sorted.get(sorted.len() / 2)?;
+        let updates: u64 = gaps
+            .iter()
+            .map(|&g| ((g as f64 / typical as f64).round() as u64).max(1))
+            .sum();
+        Some(gaps.iter().sum::<u64>() / updates)
+    }
+
+    /// The learned cadence, else dcgm-exporter's default.
+    pub fn cadence_ns(&self) -> u64 {
+        self.learned_ns().unwrap_or(RESOLUTION_NS)
+    }
+}
+
+/// What the scraper learns across scrapes: each GPU's cadence, by UUID.
+#[derive(Clone, Debug)]
+pub struct Learner {
+    scrape_ns: u64,
+    gpus: BTreeMap<String, Cadence>,
+}
+
+impl Learner {
+    pub fn new(scrape_every: Duration) -> Self {
+        Self {
+            scrape_ns: scrape_every.as_nanos().min(u64::MAX as u128) as u64,
+            gpus: BTreeMap::new(),
+        }
+    }
+
+    /// The slowest learned cadence of the GPUs, if any was learned.
+    pub fn learned_ns(&self) -> Option<u64> {
+        self.gpus.values().filter_map(Cadence::learned_ns).max()
+    }
+
+    fn cadence(&mut self, uuid: &str) -> &mut Cadence {
+        if !self.gpus.contains_key(uuid) && self.gpus.len() >= 256 {
+            self.gpus.clear();
+        }
+        self.gpus.entry(uuid.to_string()).or_default()
+    }
+}
+
 /// The GPUs of a scrape, by UUID (samples without a `UUID` label are skipped).
 pub fn gpus_from(parsed: &Parsed) -> Vec<DcgmGpu> {
     let mut gpus: BTreeMap<String, DcgmGpu> = BTreeMap::new();
@@ -205,10 +313,22 @@ pub fn gpus_from(parsed: &Parsed) -> Vec<DcgmGpu> {
 }
 
 /// Writes a scrape taken at `now_ns` into the hub: figures NVML does not give, for devices
-/// matched by UUID; every device and figure when DCGM is the only source (`create`).
-pub fn apply(hub: &Hub, gpus: &[DcgmGpu], now_ns: u64, create: bool) {
+/// matched by UUID; every device and figure when DCGM is the only source (`create`). A GPU whose
+/// values did not change since the last scrape adds nothing (the exporter has not collected
+/// again: its reading stays in effect).
+pub fn apply(hub: &Hub, gpus: &[DcgmGpu], now_ns: u64, create: bool, learner: &mut Learner) {
+    let readings: Vec<(&DcgmGpu, u64)> = gpus
+        .iter()
+        .filter_map(|g| {
+            let c = learner.cadence(&g.uuid);
+            c.observe(now_ns, g.fingerprint())
+                .then(|| (g, c.cadence_ns()))
+        })
+        .collect();
+    let scrape_ns = learner.scrape_ns;
     hub.write(|s| {
-        for g in gpus {
+        for (g, cadence) in readings {
+            let hold = 2 * cadence + scrape_ns;
             if s.device_by_uuid_mut(&g.uuid).is_none() {
                 if !create {
                     continue;
@@ -225,16 +345,19 @@ pub fn apply(hub: &Hub, gpus: &[DcgmGpu], now_ns: u64, create: bool) {
                 continue;
             };
             for (&f, &v) in &g.figures {
+                let one_cadence = now_ns.saturating_sub(cadence);
                 let start = d
                     .track(f)
                     .and_then(|t| t.series.covered_until())
-                    .unwrap_or(now_ns.saturating_sub(RESOLUTION_NS));
+                    .map_or(one_cadence, |c| c.max(one_cadence));
                 d.push(f, Origin::Dcgm, start, now_ns, v);
-                d.set_min_resolution(f, Origin::Dcgm, RESOLUTION_NS);
+                d.set_min_resolution(f, Origin::Dcgm, cadence);
+                d.set_hold(f, Origin::Dcgm, hold);
             }
             if let Some(e) = g.energy_mj {
                 if d.energy_origin.is_none_or(|o| o == Origin::Dcgm) {
                     d.energy.push(now_ns, e);
+                    d.energy.set_hold(hold);
                     d.energy_origin = Some(Origin::Dcgm);
                 }
             }
@@ -276,6 +399,7 @@ pub async fn scrape_once(
     url: &str,
     hub: &Hub,
     create: bool,
+    learner: &mut Learner,
     stats: &Stats,
 ) -> Result<usize, ScrapeError> {
     let http = |source| ScrapeError::Http {
@@ -309,13 +433,14 @@ pub async fn scrape_once(
             url: url.to_string(),
         });
     }
-    apply(hub, &gpus, WallClock::monotonic_now(), create);
+    apply(hub, &gpus, WallClock::monotonic_now(), create, learner);
     Ok(gpus.len())
 }
 
-/// Scrapes `url` every [`SCRAPE_EVERY`] until `stop`; `create`: DCGM is the only source.
+/// Scrapes `url` every `every` until `stop`; `create`: DCGM is the only source.
 pub async fn run(
     url: String,
+    every: Duration,
     hub: Hub,
     create: bool,
     stats: std::sync::Arc<Stats>,
@@ -328,15 +453,20 @@ pub async fn run(
             return;
         }
     };
-    let mut tick = tokio::time::interval(SCRAPE_EVERY);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut learner = Learner::new(every);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let result = scrape_once(&client, &url, &hub, create, &stats).await;
+        let result = scrape_once(&client, &url, &hub, create, &mut learner, &stats).await;
+        let cadence = learner.learned_ns();
         hub.write(|s| {
             s.status.dcgm_scrapes += 1;
+            s.status.dcgm_scrape_interval_seconds = Some(every.as_secs_f64());
+            s.status.dcgm_update_cadence_seconds = cadence.map(|c| c as f64 / 1e9);
             match &result {
                 Ok(_) => s.status.dcgm_state = Some("ok".into()),
                 Err(e) => {

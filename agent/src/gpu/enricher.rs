@@ -2,7 +2,13 @@
 //! its process, as span attributes (`infertap.gpu.*`, documented in docs/spans.md).
 //!
 //! A span waits (bounded by [`MAX_WAIT_NS`]) until the samples of its GPUs cover its end: NVML
-//! hands out a utilisation sample some 100–300 ms after the time it describes.
+//! hands out a utilisation sample some 100–300 ms after the time it describes. A source whose
+//! readings are held (dcgm-exporter, every 30 s) is not waited for: the span takes the reading in
+//! effect, with its age (`infertap.gpu.sample_age`) and the measured coverage.
+//!
+//! The hub's lock is held only to copy out what the request's window reads ([`snapshot`]:
+//! bounded by the window's samples); the shares, which loop over the chunk times of every
+//! request in flight, are computed on the copy.
 //!
 //! Several GPUs (tensor parallelism): utilisation and bandwidth are the mean of the GPUs' means,
 //! the max is over all of them, coverage the lowest, resolution the coarsest; energy, memory,
@@ -157,6 +163,9 @@ pub struct RequestGpu {
     pub coverage: f64,
     pub resolution_ns: Option<u64>,
     pub resolution_limited: bool,
+    /// How far the newest utilisation reading used ends before the request's end (held
+    /// readings), the oldest over the GPUs.
+    pub sample_age_ns: Option<u64>,
     pub bandwidth_mean: Option<f64>,
     pub bandwidth_source: Option<&'static str>,
     pub bandwidth_max: Option<f64>,
@@ -179,6 +188,20 @@ pub struct RequestGpu {
     /// The request's fair share of GPU wall time (the share rule with every interval busy):
     /// what a GPU-hour price is paid for.
     pub share_gpu_s: Option<f64>,
+}
+
+/// A copy of the devices `gpus` as far as the figures over `[a, b]` read them (the process series
+/// of `tree` only), indexed `0..` in the order of `gpus` (devices that are gone left out): taken
+/// under the hub's lock, bounded by the samples in the window.
+pub fn snapshot(s: &HubState, gpus: &[usize], tree: &BTreeSet<u32>, a: u64, b: u64) -> HubState {
+    HubState {
+        devices: gpus
+            .iter()
+            .filter_map(|&g| s.devices.get(g))
+            .map(|d| d.clip(a, b, tree))
+            .collect(),
+        ..HubState::default()
+    }
 }
 
 fn mean_of(v: &[f64]) -> Option<f64> {
@@ -222,7 +245,8 @@ pub fn figures(
             out.coverage = out.coverage.min(w.coverage());
             out.resolution_ns = out.resolution_ns.max(w.resolution_ns);
             out.resolution_limited |= w.resolution_limited();
-            let util: Vec<_> = t.series.overlapping(a, b).copied().collect();
+            out.sample_age_ns = out.sample_age_ns.max(w.age_ns);
+            let util = t.series.in_effect(a, b);
             let energy_counter = d.energy_origin.map(|_| &d.energy);
             let sh = fair_share(target, others, &util, energy_counter);
             busy = Some(busy.unwrap_or(0.0) + sh.busy_s);
@@ -365,6 +389,11 @@ impl RequestGpu {
             &mut a,
             attr::INFERTAP_GPU_SAMPLE_RESOLUTION,
             self.resolution_ns.map(|r| r as f64 / 1e9),
+        );
+        f(
+            &mut a,
+            attr::INFERTAP_GPU_SAMPLE_AGE,
+            self.sample_age_ns.map(|r| r as f64 / 1e9),
         );
         a.push((
             attr::INFERTAP_GPU_RESOLUTION_LIMITED,
@@ -558,9 +587,12 @@ impl SpanEnricher for GpuEnricher {
                 });
             }
         }
-        let mut r = self
-            .hub
-            .read(|s| figures(s, &p.gpus, &p.tree, &target, &others));
+        // Copy out under the lock; compute (a loop over every overlapping request's chunks) on
+        // the copy.
+        let (a, b) = (target.start_ns, target.end_ns.max(target.start_ns));
+        let window = self.hub.read(|s| snapshot(s, &p.gpus, &p.tree, a, b));
+        let all: Vec<usize> = (0..window.devices.len()).collect();
+        let mut r = figures(&window, &all, &p.tree, &target, &others);
         r.attribution = p.how;
         for (k, v) in r.attributes() {
             out.span.attributes.push((k.into(), v));
@@ -618,12 +650,14 @@ pub fn per_token(
 /// Whether the utilisation and energy samples of `gpus` (all devices when `None`), and the
 /// per-process samples of `tree` that are still coming, reach `end`.
 fn all_cover(s: &HubState, gpus: Option<&[usize]>, tree: &BTreeSet<u32>, end: u64) -> bool {
+    // A held series (a source that reports seldom) is not waited for.
     let covers = |d: &super::Device| {
-        let util = d
-            .track(Figure::GpuUtilization)
-            .is_none_or(|t| t.series.covered_until().is_some_and(|c| c >= end));
-        let energy =
-            d.energy_origin.is_none() || d.energy.covered_until().is_some_and(|c| c >= end);
+        let util = d.track(Figure::GpuUtilization).is_none_or(|t| {
+            t.series.hold_ns() > 0 || t.series.covered_until().is_some_and(|c| c >= end)
+        });
+        let energy = d.energy_origin.is_none()
+            || d.energy.hold_ns() > 0
+            || d.energy.covered_until().is_some_and(|c| c >= end);
         let processes = d
             .process_sm
             .iter()

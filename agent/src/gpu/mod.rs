@@ -162,6 +162,52 @@ impl Device {
             }
         }
     }
+
+    /// Keeps a figure's latest value in effect for `ns` after it (a source that reports seldom).
+    pub fn set_hold(&mut self, figure: Figure, origin: Origin, ns: u64) {
+        if let Some(t) = self.tracks.get_mut(&figure) {
+            if t.origin == origin {
+                t.series.set_hold(ns);
+            }
+        }
+    }
+
+    /// A copy of what the figures over `[a, b]` read (the process series of `tree` only):
+    /// bounded, so that a request's figures are computed outside the hub's lock.
+    pub fn clip(&self, a: u64, b: u64, tree: &BTreeSet<u32>) -> Device {
+        Device {
+            index: self.index,
+            uuid: self.uuid.clone(),
+            name: self.name.clone(),
+            pci_bus_id: self.pci_bus_id.clone(),
+            tracks: self
+                .tracks
+                .iter()
+                .map(|(&f, t)| {
+                    let series = t.series.clip(a, b);
+                    (
+                        f,
+                        Track {
+                            origin: t.origin,
+                            series,
+                        },
+                    )
+                })
+                .collect(),
+            energy: self.energy.clip(a, b),
+            energy_origin: self.energy_origin,
+            memory: self.memory,
+            memory_origin: self.memory_origin,
+            processes: self.processes.clone(),
+            processes_at_ns: self.processes_at_ns,
+            process_sm: self
+                .process_sm
+                .iter()
+                .filter(|(pid, _)| tree.contains(pid))
+                .map(|(&pid, s)| (pid, s.clip(a, b)))
+                .collect(),
+        }
+    }
 }
 
 /// The cost of one kind of NVML call.
@@ -226,6 +272,11 @@ pub struct SourceStatus {
     pub dcgm_state: Option<String>,
     pub dcgm_scrapes: u64,
     pub dcgm_failures: u64,
+    /// `--dcgm-scrape-interval`, seconds.
+    pub dcgm_scrape_interval_seconds: Option<f64>,
+    /// How often the exporter's values change, learned from its scrapes (at least the scrape
+    /// interval; `None` until two changes were seen, and 30 s is assumed).
+    pub dcgm_update_cadence_seconds: Option<f64>,
 }
 
 /// Everything the sources wrote.
@@ -337,6 +388,7 @@ pub fn start(
     mode: GpuMode,
     nvml_lib: Option<std::path::PathBuf>,
     dcgm_url: Option<String>,
+    dcgm_every: std::time::Duration,
     stats: Arc<crate::stats::Stats>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> GpuRuntime {
@@ -345,6 +397,7 @@ pub fn start(
         s.status.source = "off".into();
         s.status.state = "starting".into();
         s.status.dcgm_url = dcgm_url.clone();
+        s.status.dcgm_scrape_interval_seconds = dcgm_url.as_ref().map(|_| dcgm_every.as_secs_f64());
     });
     let mut sampler = None;
     let mut nvml_error = None;
@@ -367,7 +420,9 @@ pub fn start(
         (Some(url), GpuMode::Auto | GpuMode::Nvml | GpuMode::Dcgm) => {
             let url = url.clone();
             let h = hub.clone();
-            Some(tokio::spawn(dcgm::run(url, h, dcgm_only, stats, stop)))
+            Some(tokio::spawn(dcgm::run(
+                url, dcgm_every, h, dcgm_only, stats, stop,
+            )))
         }
         _ => None,
     };
@@ -379,11 +434,11 @@ pub fn start(
         if dcgm_only && dcgm.is_some() {
             s.status.source = "dcgm".into();
             s.status.state = "starting".into();
+            let how = "figures from dcgm-exporter at its update cadence (30 s until learned), \
+                       each reading held until the next";
             s.status.reason = Some(match &nvml_error {
-                Some(e) => {
-                    format!("NVML unavailable ({e}); figures from dcgm-exporter, 30 s resolution")
-                }
-                None => "figures from dcgm-exporter, 30 s resolution".into(),
+                Some(e) => format!("NVML unavailable ({e}); {how}"),
+                None => how.into(),
             });
             tracing::warn!(reason = ?s.status.reason, "GPU telemetry from dcgm-exporter only.");
             return;
@@ -444,19 +499,40 @@ mod tests {
     #[tokio::test]
     async fn sources_that_cannot_start_leave_gpu_off_and_say_why() {
         let (_tx, stop) = tokio::sync::watch::channel(false);
-        let rt = start(GpuMode::Off, None, None, Arc::default(), stop.clone());
+        let rt = start(
+            GpuMode::Off,
+            None,
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop.clone(),
+        );
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(
             (st.state.as_str(), st.reason.as_deref()),
             ("off", Some("--gpu off"))
         );
-        let rt = start(GpuMode::Dcgm, None, None, Arc::default(), stop.clone());
+        let rt = start(
+            GpuMode::Dcgm,
+            None,
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop.clone(),
+        );
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");
         assert!(st.reason.unwrap().contains("--dcgm-exporter-url"));
         let bad = std::path::PathBuf::from("/nonexistent/libnvidia-ml.so.1");
-        let rt = start(GpuMode::Auto, Some(bad), None, Arc::default(), stop);
+        let rt = start(
+            GpuMode::Auto,
+            Some(bad),
+            None,
+            dcgm::SCRAPE_EVERY,
+            Arc::default(),
+            stop,
+        );
         assert!(!rt.is_on());
         let st = rt.hub.status();
         assert_eq!(st.state, "failed");

@@ -3,6 +3,12 @@
 //!
 //! Times are kernel `CLOCK_MONOTONIC` nanoseconds, the clock spans use; the sources convert their
 //! own timestamps before pushing. Pure: no I/O, no clocks, never panics.
+//!
+//! **Held readings.** A source that reports seldom (dcgm-exporter: every 30 s by default) sets a
+//! hold: its latest value stays in effect for that long after its interval ends, so a request
+//! between two readings gets the reading in effect (counters: extrapolated at the last rate)
+//! instead of nothing. The held part never counts as covered: [`WindowStat::coverage`] stays the
+//! measured share, and [`WindowStat::age_ns`] says how old the newest reading used was.
 
 use std::collections::VecDeque;
 
@@ -36,6 +42,8 @@ pub struct Series {
     /// A floor on the reported resolution, for sources whose values are older than their
     /// intervals suggest (dcgm-exporter collects every 30 s, whatever the scrape interval).
     min_resolution_ns: u64,
+    /// How long the latest value stays in effect after its interval (0: not held).
+    hold_ns: u64,
 }
 
 /// A figure over a window `[a, b]`.
@@ -50,13 +58,19 @@ pub struct WindowStat {
     pub window_ns: u64,
     /// The typical length of one sample around the window (median of the overlapping ones).
     pub resolution_ns: Option<u64>,
+    /// Nanoseconds of the window after the last sample that took the held latest value.
+    pub held_ns: u64,
+    /// How far the newest sample used ends before the window's end (0 when samples reach it);
+    /// `None` when no sample was used.
+    pub age_ns: Option<u64>,
 }
 
 impl WindowStat {
     /// Covered share of the window, 0–1 (1 for an empty window inside a sample).
     pub fn coverage(&self) -> f64 {
         if self.window_ns == 0 {
-            return if self.mean.is_some() { 1.0 } else { 0.0 };
+            let inside = self.mean.is_some() && self.age_ns == Some(0);
+            return if inside { 1.0 } else { 0.0 };
         }
         self.covered_ns as f64 / self.window_ns as f64
     }
@@ -97,6 +111,57 @@ impl Series {
 
     pub fn set_min_resolution(&mut self, ns: u64) {
         self.min_resolution_ns = ns;
+    }
+
+    /// Keeps the latest value in effect for `ns` after its interval ends (0: not held).
+    pub fn set_hold(&mut self, ns: u64) {
+        self.hold_ns = ns;
+    }
+
+    pub fn hold_ns(&self) -> u64 {
+        self.hold_ns
+    }
+
+    /// The held part of `[a, b]`: from the last interval's end (or `a`) to `b`, at most `hold_ns`
+    /// past that end; with the held value.
+    fn held(&self, a: u64, b: u64) -> Option<Interval> {
+        let last = self.intervals.back().filter(|_| self.hold_ns > 0)?;
+        let start_ns = a.max(last.end_ns);
+        let end_ns = b.min(last.end_ns.saturating_add(self.hold_ns));
+        (start_ns <= end_ns).then_some(Interval {
+            start_ns,
+            end_ns,
+            value: last.value,
+        })
+    }
+
+    /// The intervals in effect over `[a, b]`: the overlapping ones, then the held latest value
+    /// up to `b` (the input of the fair share).
+    pub fn in_effect(&self, a: u64, b: u64) -> Vec<Interval> {
+        let mut v: Vec<Interval> = self.overlapping(a, b).copied().collect();
+        v.extend(self.held(a, b).filter(|h| h.end_ns > h.start_ns));
+        v
+    }
+
+    /// A copy holding only what [`Series::window`] and [`Series::in_effect`] over `[a, b]` read
+    /// (the overlapping intervals and the last 16): bounded, to compute on outside a lock.
+    pub fn clip(&self, a: u64, b: u64) -> Series {
+        let b = b.max(a);
+        let first = self.intervals.partition_point(|i| i.end_ns <= a);
+        let end = first + self.overlapping(a, b).count();
+        let tail = self.intervals.len().saturating_sub(16);
+        let mut intervals: VecDeque<Interval> = VecDeque::new();
+        if end >= tail {
+            intervals.extend(self.intervals.range(first.min(tail)..).copied());
+        } else {
+            intervals.extend(self.intervals.range(first..end).copied());
+            intervals.extend(self.intervals.range(tail..).copied());
+        }
+        Series {
+            intervals,
+            min_resolution_ns: self.min_resolution_ns,
+            hold_ns: self.hold_ns,
+        }
     }
 
     /// Where the series' coverage ends.
@@ -144,18 +209,28 @@ impl Series {
         let mut max: Option<f64> = None;
         let mut lens = Vec::new();
         let mut containing: Option<f64> = None;
+        let mut newest_end: Option<u64> = None;
         for i in self.overlapping(a, b) {
             let o = i.overlap(a, b);
             weighted += i.value * o as f64;
             covered += o;
             max = Some(max.map_or(i.value, |m: f64| m.max(i.value)));
             lens.push(i.len());
+            newest_end = Some(i.end_ns);
             if o == 0 {
                 containing = Some(i.value);
             }
         }
-        let mean = if covered > 0 {
-            Some(weighted / covered as f64)
+        let mut held_ns = 0;
+        if let Some(h) = self.held(a, b) {
+            held_ns = h.end_ns - h.start_ns;
+            weighted += h.value * held_ns as f64;
+            max = Some(max.map_or(h.value, |m: f64| m.max(h.value)));
+            containing = containing.or(Some(h.value));
+            newest_end = newest_end.max(self.covered_until());
+        }
+        let mean = if covered + held_ns > 0 {
+            Some(weighted / (covered + held_ns) as f64)
         } else {
             containing
         };
@@ -168,6 +243,8 @@ impl Series {
             covered_ns: covered,
             window_ns: b - a,
             resolution_ns,
+            held_ns,
+            age_ns: newest_end.map(|e| b.saturating_sub(e)),
         }
     }
 }
@@ -192,6 +269,8 @@ pub struct Counter {
     last_raw: Option<u64>,
     total: f64,
     pub wraps: u64,
+    /// How long past the last reading the counter is extrapolated at its last rate (0: not).
+    hold_ns: u64,
 }
 
 /// The counter's increase over a window.
@@ -201,6 +280,8 @@ pub struct CounterWindow {
     pub increase: f64,
     pub covered_ns: u64,
     pub window_ns: u64,
+    /// Part of the window past the last reading, extrapolated at the last rate (held).
+    pub held_ns: u64,
 }
 
 impl Counter {
@@ -257,12 +338,56 @@ impl Counter {
         self.last_raw
     }
 
+    /// Extrapolates the counter at its last rate for `ns` past the last reading (0: never).
+    pub fn set_hold(&mut self, ns: u64) {
+        self.hold_ns = ns;
+    }
+
+    pub fn hold_ns(&self) -> u64 {
+        self.hold_ns
+    }
+
+    /// A copy holding only the readings [`Counter::window`] and [`Counter::at`] need within
+    /// `[a, b]` (one either side, and the last two for the rate): bounded, to compute on outside
+    /// a lock.
+    pub fn clip(&self, a: u64, b: u64) -> Counter {
+        let b = b.max(a);
+        let first = self
+            .points
+            .partition_point(|&(t, _)| t < a)
+            .saturating_sub(1);
+        let end = (self.points.partition_point(|&(t, _)| t <= b) + 1).min(self.points.len());
+        let tail = self.points.len().saturating_sub(2);
+        let mut points = VecDeque::new();
+        if end >= tail {
+            points.extend(self.points.range(first.min(tail)..).copied());
+        } else {
+            points.extend(self.points.range(first..end).copied());
+            points.extend(self.points.range(tail..).copied());
+        }
+        Counter {
+            points,
+            last_raw: self.last_raw,
+            total: self.total,
+            wraps: self.wraps,
+            hold_ns: self.hold_ns,
+        }
+    }
+
     pub fn covered_until(&self) -> Option<u64> {
         self.points.back().map(|&(t, _)| t)
     }
 
-    /// The unwrapped value at `t`, linearly interpolated; `None` outside the readings.
+    /// The unwrapped value at `t`, linearly interpolated; `None` outside the readings (past the
+    /// last one, extrapolated at the last rate within the hold).
     pub fn at(&self, t: u64) -> Option<f64> {
+        let &(tl, vl) = self.points.back()?;
+        if t > tl {
+            if t - tl > self.hold_ns {
+                return None;
+            }
+            return Some(vl + self.rate_per_ns()? * (t - tl) as f64);
+        }
         let i = self.points.partition_point(|&(pt, _)| pt < t);
         let &(t1, v1) = self.points.get(i)?;
         if t1 == t {
@@ -272,19 +397,27 @@ impl Counter {
         Some(v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64)
     }
 
-    /// The increase over `[a, b]`, clipped to the span of the readings.
+    /// The increase over `[a, b]`, clipped to the span of the readings (and the hold past the
+    /// last one, when the rate is known).
     pub fn window(&self, a: u64, b: u64) -> Option<CounterWindow> {
         let b = b.max(a);
         let first = self.points.front()?.0;
         let last = self.points.back()?.0;
-        let (ca, cb) = (a.max(first), b.min(last));
+        let reach = if self.hold_ns > 0 && self.rate_per_ns().is_some() {
+            last.saturating_add(self.hold_ns)
+        } else {
+            last
+        };
+        let (ca, cb) = (a.max(first), b.min(reach));
         if cb < ca {
             return None;
         }
+        let measured = cb.min(last).saturating_sub(ca);
         Some(CounterWindow {
             increase: self.at(cb)? - self.at(ca)?,
-            covered_ns: cb - ca,
+            covered_ns: measured,
             window_ns: b - a,
+            held_ns: cb - ca - measured,
         })
     }
 
@@ -423,6 +556,105 @@ mod tests {
         // Out-of-order readings are ignored.
         c.push(50 * MS, 0);
         assert_eq!(c.last_raw(), Some(50));
+    }
+
+    /// A dcgm-exporter-like series: one reading every 30 s, held for up to 70 s.
+    fn held_30s() -> Series {
+        let mut s = Series::default();
+        s.push(0, 30_000 * MS, 0.4);
+        s.push(30_000 * MS, 60_000 * MS, 0.8);
+        s.set_min_resolution(30_000 * MS);
+        s.set_hold(70_000 * MS);
+        s
+    }
+
+    #[test]
+    fn a_held_series_gives_a_window_after_its_last_reading_that_reading_with_its_age() {
+        let s = held_30s();
+        // A 200 ms request 5 s after the last reading: the reading in effect, 5.2 s old at the
+        // request's end, nothing measured over the window.
+        let w = s.window(65_000 * MS, 65_200 * MS);
+        assert_eq!(w.mean, Some(0.8));
+        assert_eq!(w.max, Some(0.8));
+        assert_eq!(w.covered_ns, 0);
+        assert_eq!(w.coverage(), 0.0);
+        assert_eq!(w.held_ns, 200 * MS);
+        assert_eq!(w.age_ns, Some(5_200 * MS));
+        assert_eq!(w.resolution_ns, Some(30_000 * MS));
+        assert!(w.resolution_limited());
+        // Straddling the last reading: measured part and held part, time-weighted.
+        let w = s.window(50_000 * MS, 70_000 * MS);
+        assert_eq!(w.mean, Some(0.8));
+        assert!((w.coverage() - 0.5).abs() < 1e-12);
+        let w = s.window(20_000 * MS, 40_000 * MS);
+        assert!((w.mean.unwrap() - 0.6).abs() < 1e-12);
+        assert_eq!((w.coverage(), w.age_ns), (1.0, Some(0)));
+        // Past the hold, nothing: the source has stopped.
+        let w = s.window(140_000 * MS, 141_000 * MS);
+        assert_eq!((w.mean, w.coverage()), (None, 0.0));
+        // An unheld series gives nothing after its last sample (NVML: the span waits instead).
+        let mut s = s;
+        s.set_hold(0);
+        assert_eq!(s.window(65_000 * MS, 65_200 * MS).mean, None);
+    }
+
+    #[test]
+    fn in_effect_and_clip_keep_what_a_window_reads() {
+        let s = held_30s();
+        let v = s.in_effect(50_000 * MS, 70_000 * MS);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            v[1],
+            Interval {
+                start_ns: 60_000 * MS,
+                end_ns: 70_000 * MS,
+                value: 0.8
+            }
+        );
+        // A clip of a long series answers every window inside it as the series does.
+        let long = ramp(3_000);
+        for (a, b) in [
+            (1_000, 1_250),
+            (100_000, 150_000),
+            (299_000, 301_000),
+            (5, 5),
+        ] {
+            let (a, b) = (a * MS, b * MS);
+            let c = long.clip(a, b);
+            assert!(c.len() <= 16 + 501, "{}", c.len());
+            assert_eq!(c.window(a, b), long.window(a, b));
+            assert_eq!(c.typical_len(), long.typical_len());
+        }
+        let mut c = Counter::default();
+        for k in 0..1_000u64 {
+            c.push(k * 100 * MS, k * 1_000);
+        }
+        c.set_hold(1_000 * MS);
+        let k = c.clip(20_050 * MS, 20_450 * MS);
+        assert!(k.points.len() <= 8, "{}", k.points.len());
+        assert_eq!(
+            k.window(20_050 * MS, 20_450 * MS),
+            c.window(20_050 * MS, 20_450 * MS)
+        );
+        let end = 99_900 * MS;
+        assert_eq!(k.window(end, end + 500 * MS), c.window(end, end + 500 * MS));
+    }
+
+    #[test]
+    fn a_held_counter_is_extrapolated_at_its_last_rate_and_says_so() {
+        // 300 W read every 30 s (mJ).
+        let mut c = Counter::default();
+        c.push(0, 0);
+        c.push(30_000 * MS, 9_000_000);
+        assert!(c.window(35_000 * MS, 36_000 * MS).is_none());
+        c.set_hold(60_000 * MS);
+        let w = c.window(35_000 * MS, 36_000 * MS).unwrap();
+        assert!((w.increase - 300_000.0).abs() < 1e-6, "{w:?}");
+        assert_eq!((w.covered_ns, w.held_ns), (0, 1_000 * MS));
+        let w = c.window(29_000 * MS, 31_000 * MS).unwrap();
+        assert!((w.increase - 600_000.0).abs() < 1e-6);
+        assert_eq!((w.covered_ns, w.held_ns), (1_000 * MS, 1_000 * MS));
+        assert!(c.at(95_000 * MS).is_none());
     }
 
     #[test]

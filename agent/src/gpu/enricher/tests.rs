@@ -268,3 +268,93 @@ fn without_dram_bandwidth_the_memory_busy_samples_are_the_bandwidth_figure() {
     assert_eq!(r.bandwidth_mean, Some(0.25));
     assert_eq!(r.bandwidth_source, Some("nvml_gpm"));
 }
+
+/// A DCGM-only device fed as the scraper feeds it: an exporter collecting every 30 s (at 2 s +
+/// 30 s·k), scraped every 5 s, utilisation 0.2, 0.4, 0.6, … per collection, 300 W.
+fn dcgm_only(until_s: u64) -> HubState {
+    use crate::gpu::dcgm::{apply, DcgmGpu, Learner};
+    let hub = crate::gpu::Hub::default();
+    let mut learner = Learner::new(std::time::Duration::from_secs(5));
+    for k in 1..=until_s / 5 {
+        let t = k * 5_000 * MS;
+        let epoch = (t - 2_000 * MS) / (30_000 * MS);
+        let g = DcgmGpu {
+            uuid: "GPU-d".into(),
+            figures: [(Figure::GpuUtilization, 0.2 * (1 + epoch % 4) as f64)].into(),
+            energy_mj: Some(epoch * 9_000_000),
+            ..DcgmGpu::default()
+        };
+        apply(&hub, &[g], t, true, &mut learner);
+    }
+    hub.read(|s| snapshot(s, &[0], &BTreeSet::new(), 0, u64::MAX / 2))
+}
+
+#[test]
+fn dcgm_only_short_requests_between_readings_get_the_reading_in_effect() {
+    // Readings seen at 5 s, 35, 65, 95, 125 s (epochs 0…4: 0.2, 0.4, 0.6, 0.8, 0.2). Requests of
+    // 150–400 ms between scrapes and readings, each enriched 1 s after its end with what the hub
+    // held then: the reading in effect, held, its age at the request's end, nothing measured.
+    for (start, end, value, reading) in [
+        (96_100, 96_400, 0.8, 95_000),
+        (110_000, 110_150, 0.8, 95_000),
+        (127_300, 127_700, 0.2, 125_000),
+    ] {
+        let s = dcgm_only(end / 1000 + 1);
+        let r = figures(
+            &s,
+            &[0],
+            &BTreeSet::new(),
+            &act(start, end, &[start + 50]),
+            &[],
+        );
+        assert_eq!(r.util_mean, Some(value), "{r:?}");
+        assert_eq!(r.source, Some("dcgm"));
+        assert_eq!(r.coverage, 0.0);
+        assert_eq!(r.resolution_ns, Some(30_000 * MS));
+        assert!(r.resolution_limited);
+        let age = r.sample_age_ns.unwrap();
+        assert_eq!(age, (end - reading) * MS);
+        // Alone: busy time and energy at the values in effect (and 300 W).
+        let dur = (end - start) as f64 / 1e3;
+        assert!(
+            (r.share_busy_s.unwrap() - value * dur).abs() < 1e-9,
+            "{r:?}"
+        );
+        assert!((r.energy_j.unwrap() - 300.0 * dur).abs() < 1e-6, "{r:?}");
+        assert_eq!(r.energy_coverage, Some(0.0));
+        assert!((r.share_energy_j.unwrap() - 300.0 * dur).abs() < 1e-6);
+        assert!((r.prefill_energy_j.unwrap() - 300.0 * 0.05).abs() < 1e-6);
+        let attrs = r.attributes();
+        assert!(attrs.contains(&("infertap.gpu.sample_age", AttrValue::F64(age as f64 / 1e9))));
+        assert!(per_token(&r, Some(5), None)
+            .contains(&("infertap.gpu.share.estimated", AttrValue::Bool(true))));
+    }
+    let s = dcgm_only(130);
+    // Two requests together split what was in effect.
+    let a = act(120_000, 120_200, &[120_100]);
+    let b = act(120_000, 120_200, &[120_100]);
+    let ra = figures(&s, &[0], &BTreeSet::new(), &a, std::slice::from_ref(&b));
+    assert!(
+        (ra.share_busy_s.unwrap() - 0.2 * 0.2 / 2.0).abs() < 1e-9,
+        "{ra:?}"
+    );
+    assert_eq!(ra.concurrent, 2);
+    // A request the readings cover: measured, age 0.
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(70_000, 70_300, &[]), &[]);
+    assert_eq!(
+        (r.util_mean, r.coverage, r.sample_age_ns),
+        (Some(0.8), 1.0, Some(0))
+    );
+    // Past the hold (two cadences and a scrape interval after the last reading), nothing.
+    let r = figures(&s, &[0], &BTreeSet::new(), &act(191_000, 191_300, &[]), &[]);
+    assert_eq!((r.util_mean, r.energy_j), (None, None));
+}
+
+#[test]
+fn a_span_waits_for_nvml_samples_but_not_for_held_dcgm_readings() {
+    let nvml = state(vec![device("GPU-a", 0, &[0.5, 0.5])]);
+    assert!(all_cover(&nvml, Some(&[0]), &BTreeSet::new(), 150 * MS));
+    assert!(!all_cover(&nvml, Some(&[0]), &BTreeSet::new(), 250 * MS));
+    let dcgm = dcgm_only(60);
+    assert!(all_cover(&dcgm, Some(&[0]), &BTreeSet::new(), 61_000 * MS));
+}
