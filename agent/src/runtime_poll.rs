@@ -1,0 +1,465 @@
+//! The optional bounded poll of each targeted model server's own `/metrics`
+//! (`--runtime-poll-interval`, default 1 s; 0 turns it off): the same load figures the passive path
+//! reads from scrapes crossing a traced socket (`protocol::runtime_metrics`), fetched by the agent
+//! itself where nobody else scrapes often enough, and fed to the same per-process store
+//! (`trace::saturation`) through a [`Control::Runtime`] message to the pipeline task.
+//!
+//! Where it connects: each target's listening socket (a wildcard address → the loopback of its
+//! family, same port), from inside the target's network namespace (a short-lived thread enters
+//! it to create the socket; the socket stays there), so a server in a container or a Kubernetes
+//! pod is reached on its own loopback — no pod IP, Service or network policy involved.
+//!
+//! Bounds: one request in flight per server (a server that answers slowly is polled less often),
+//! [`POLL_TIMEOUT`] for connect, write and each read, [`HEAD_MAX`] for the response head and
+//! [`BODY_MAX`] for the body (read through the passive path's line scanner: nothing is kept but
+//! the line in progress), at most [`SERVERS_MAX`] servers. A target whose `/metrics` fails or names
+//! none of the figures read is retried after [`BACKOFF`]. Failures are counted
+//! (`runtime_poll_failures`) with the last reason per server in `/status` `runtime_poll`.
+//!
+//! The agent's own poll crosses the traced server's socket too. It is not traced: the poll's
+//! socket is bound to its source address before connecting, and registered in [`OwnConnections`];
+//! the pipeline asks the node about every accepted connection's peer (`Node::is_own_connection`)
+//! and stops copying a match at its open record (counted in `runtime_poll_connections_untraced`),
+//! so the poll makes no span, no request metric and no second sample.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::capture::clock::WallClock;
+use crate::export::status::StatusSource;
+use crate::probes::targeting::Control;
+use crate::protocol::runtime_metrics::{RuntimeSample, RuntimeScan};
+use crate::stats::Stats;
+
+/// Connect, write and each read of one poll.
+pub const POLL_TIMEOUT: Duration = Duration::from_secs(1);
+/// Largest response head read.
+pub const HEAD_MAX: usize = 16 << 10;
+/// Largest `/metrics` body read (vLLM's is tens of KiB; histograms per model and LoRA adapter).
+pub const BODY_MAX: usize = 8 << 20;
+/// Servers polled at once (each with at most one request in flight).
+pub const SERVERS_MAX: usize = 256;
+/// Wait before polling again a server whose last poll failed.
+pub const BACKOFF: Duration = Duration::from_secs(30);
+/// How long an own connection's source address is remembered after its poll began: long after
+/// the pipeline has seen its open record; no other connection can have the same address pair
+/// meanwhile (TIME_WAIT holds it for 60 s after the close).
+const OWN_TTL: Duration = Duration::from_secs(30);
+/// Own connections remembered at once.
+const OWN_MAX: usize = 4096;
+
+/// Why one poll gave no sample.
+#[derive(Debug, thiserror::Error)]
+pub enum PollError {
+    #[error("the process has no listening TCP socket")]
+    NoListener,
+    #[error("cannot enter the process's network namespace: {0}")]
+    Netns(#[source] std::io::Error),
+    #[error("connect, write or read failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the response head is malformed or over {HEAD_MAX} bytes")]
+    BadHead,
+    #[error("/metrics answered HTTP {0}")]
+    Status(u16),
+    #[error("the body is over {BODY_MAX} bytes")]
+    BodyTooLarge,
+    #[error("the body names none of the load figures read (not a model server's /metrics?)")]
+    NoFigures,
+    #[error("the pipeline task's queue is full")]
+    QueueFull,
+}
+
+/// Source addresses of the agent's own poll connections, registered before they connect; the
+/// pipeline's node asks it about the peer of every accepted connection.
+#[derive(Debug, Default)]
+pub struct OwnConnections {
+    addrs: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl OwnConnections {
+    pub fn register(&self, addr: SocketAddr) {
+        let mut m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        m.retain(|_, t| now.duration_since(*t) < OWN_TTL);
+        if m.len() < OWN_MAX {
+            m.insert(addr, now);
+        }
+    }
+
+    /// Whether a connection whose peer is `peer` is one of the agent's own polls.
+    pub fn contains(&self, peer: SocketAddr) -> bool {
+        let m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        // An IPv4 client of a dual-stack listener shows as v4-mapped IPv6.
+        let plain = match peer {
+            SocketAddr::V6(v6) => v6
+                .ip()
+                .to_ipv4_mapped()
+                .map(|ip| SocketAddr::new(IpAddr::V4(ip), v6.port())),
+            SocketAddr::V4(_) => None,
+        };
+        !m.is_empty() && (m.contains_key(&peer) || plain.is_some_and(|p| m.contains_key(&p)))
+    }
+}
+
+/// One polled server, for `/status`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolledServer {
+    pub pid: u32,
+    /// Where its `/metrics` was asked for (in its own network namespace).
+    pub address: Option<String>,
+    pub polls: u64,
+    pub failures: u64,
+    /// Why the last poll failed (`None` after a success).
+    pub last_error: Option<String>,
+}
+
+/// `/status` `runtime_poll`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimePollStatus {
+    /// Seconds between polls of one server; `None`: the poll is off.
+    pub interval_s: Option<f64>,
+    pub servers: Vec<PolledServer>,
+}
+
+/// A target's listening address, re-read after a failure.
+#[derive(Clone, Debug)]
+struct Server {
+    listener: Option<SocketAddr>,
+    next: Instant,
+    status: PolledServer,
+}
+
+/// Polls every targeted model server every `interval` until `stop`.
+pub async fn run(
+    interval: Duration,
+    status: StatusSource,
+    ctl: mpsc::Sender<Control>,
+    own: Arc<OwnConnections>,
+    stats: Arc<Stats>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut servers: HashMap<u32, Server> = HashMap::new();
+    let mut in_flight: JoinSet<(u32, Option<SocketAddr>, Result<(), PollError>)> = JoinSet::new();
+    let mut busy: std::collections::HashSet<u32> = Default::default();
+    let mut tick = tokio::time::interval(interval.min(Duration::from_millis(250)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                let Ok((pid, listener, result)) = done else { continue };
+                busy.remove(&pid);
+                let Some(s) = servers.get_mut(&pid) else { continue };
+                s.status.polls += 1;
+                match result {
+                    Ok(()) => {
+                        s.listener = listener;
+                        s.status.last_error = None;
+                    }
+                    Err(e) => {
+                        stats.runtime_poll_failures.fetch_add(1, Ordering::Relaxed);
+                        s.status.failures += 1;
+                        tracing::debug!(pid, error = %e, "Runtime poll failed.");
+                        s.status.last_error = Some(e.to_string());
+                        // A queue full is the pipeline's load, not the server's: no back-off.
+                        if !matches!(e, PollError::QueueFull) {
+                            s.next = Instant::now() + BACKOFF;
+                            s.listener = None;
+                        }
+                    }
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let targets = status.app().targets;
+        servers.retain(|pid, _| targets.iter().any(|t| t.pid == *pid));
+        let now = Instant::now();
+        for t in &targets {
+            if servers.len() >= SERVERS_MAX && !servers.contains_key(&t.pid) {
+                continue;
+            }
+            let s = servers.entry(t.pid).or_insert_with(|| Server {
+                listener: None,
+                next: now,
+                status: PolledServer {
+                    pid: t.pid,
+                    ..Default::default()
+                },
+            });
+            if busy.contains(&t.pid) || s.next > now {
+                continue;
+            }
+            s.next = now + interval;
+            busy.insert(t.pid);
+            let (pid, known, ctl, own) = (t.pid, s.listener, ctl.clone(), own.clone());
+            in_flight.spawn_blocking(move || {
+                let listener = known.or_else(|| listener_of(pid));
+                let result = listener
+                    .ok_or(PollError::NoListener)
+                    .and_then(|addr| poll_once(pid, addr, &own))
+                    .and_then(|(at_ns, sample)| {
+                        ctl.try_send(Control::Runtime {
+                            pid,
+                            at_ns,
+                            sample: Box::new(sample),
+                        })
+                        .map_err(|_| PollError::QueueFull)
+                    });
+                (pid, listener, result)
+            });
+            s.status.address = s.listener.map(|a| connect_addr(a).to_string());
+        }
+        let mut list: Vec<PolledServer> = servers
+            .values()
+            .map(|s| {
+                let mut p = s.status.clone();
+                p.address = s.listener.map(|a| connect_addr(a).to_string()).or(p.address);
+                p
+            })
+            .collect();
+        list.sort_by_key(|p| p.pid);
+        status.update(|a| {
+            a.runtime_poll = RuntimePollStatus {
+                interval_s: Some(interval.as_secs_f64()),
+                servers: list,
+            }
+        });
+    }
+}
+
+/// A target's listening TCP socket (the lowest port: vLLM has one), skipping EPPs (their
+/// `/metrics` has no engine figures).
+fn listener_of(pid: u32) -> Option<SocketAddr> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    if crate::probes::targets::provider_of(&cmdline) == "llm-d" {
+        return None;
+    }
+    crate::probes::targets::tcp_sockets(pid)
+        .into_iter()
+        .filter(|s| s.listening)
+        .map(|s| s.local)
+        .min_by_key(|a| a.port())
+}
+
+/// Where to connect for a listener: its own address, or the loopback for a wildcard.
+pub fn connect_addr(listener: SocketAddr) -> SocketAddr {
+    let ip = match listener.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listener.port())
+}
+
+/// A TCP socket bound to `source` (port 0: the kernel picks), created in the network namespace
+/// of `pid` when it is not the agent's own.
+fn socket_in(pid: u32, source: SocketAddr) -> Result<socket2::Socket, PollError> {
+    let make = move || -> Result<socket2::Socket, PollError> {
+        let s = socket2::Socket::new(
+            socket2::Domain::for_address(source),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.bind(&source.into())?;
+        Ok(s)
+    };
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"));
+    let ours = std::fs::metadata("/proc/self/ns/net");
+    use std::os::unix::fs::MetadataExt;
+    let same = match (&theirs, &ours) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => true,
+    };
+    if same {
+        return make();
+    }
+    // setns(2) changes the calling thread's namespace: a thread of its own, which ends with it.
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+                    .map_err(PollError::Netns)?;
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns(2) on a namespace descriptor we own; it changes only this
+                // thread's network namespace, and the thread ends right after.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(PollError::Netns(std::io::Error::last_os_error()));
+                }
+                make()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(PollError::Netns(std::io::Error::other("thread panicked"))))
+    })
+}
+
+/// One `GET /metrics` of the server listening on `listener`: the sample, stamped with the kernel
+/// monotonic time its body ended.
+pub fn poll_once(
+    pid: u32,
+    listener: SocketAddr,
+    own: &OwnConnections,
+) -> Result<(u64, RuntimeSample), PollError> {
+    let addr = connect_addr(listener);
+    let sock = socket_in(pid, SocketAddr::new(addr.ip(), 0))?;
+    if let Some(local) = sock.local_addr()?.as_socket() {
+        own.register(local);
+    }
+    sock.connect_timeout(&addr.into(), POLL_TIMEOUT)?;
+    let mut stream: TcpStream = sock.into();
+    stream.set_read_timeout(Some(POLL_TIMEOUT))?;
+    stream.set_write_timeout(Some(POLL_TIMEOUT))?;
+    // HTTP/1.0: the body is delimited by Content-Length or the close, never chunked.
+    let req = format!(
+        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: infertap/{} (runtime poll)\r\nAccept: text/plain;version=0.0.4\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    stream.write_all(req.as_bytes())?;
+    read_response(&mut stream)
+}
+
+/// The status line, head and body of one `/metrics` response read from `r`.
+pub fn read_response(r: &mut impl Read) -> Result<(u64, RuntimeSample), PollError> {
+    let deadline = Instant::now() + POLL_TIMEOUT * 2;
+    let mut buf = vec![0u8; 16 << 10];
+    let mut head = Vec::new();
+    let (status, content_length, body_start) = loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Err(PollError::BadHead);
+        }
+        head.extend_from_slice(&buf[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&head) {
+            Ok(httparse::Status::Complete(len)) => {
+                let cl = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                break (resp.code.unwrap_or(0), cl, len);
+            }
+            Ok(httparse::Status::Partial) if head.len() < HEAD_MAX => {}
+            _ => return Err(PollError::BadHead),
+        }
+    };
+    if status != 200 {
+        return Err(PollError::Status(status));
+    }
+    if content_length.is_some_and(|n| n > BODY_MAX) {
+        return Err(PollError::BodyTooLarge);
+    }
+    let mut scan = RuntimeScan::new();
+    let first = &head[body_start..];
+    let first = &first[..content_length.map_or(first.len(), |n| n.min(first.len()))];
+    let mut read = first.len();
+    scan.feed(first);
+    while content_length.is_none_or(|n| read < n) {
+        if Instant::now() > deadline {
+            return Err(PollError::Io(std::io::ErrorKind::TimedOut.into()));
+        }
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            if content_length.is_some() {
+                return Err(PollError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            break;
+        }
+        let take = content_length.map_or(n, |c| n.min(c - read));
+        read += take;
+        if read > BODY_MAX {
+            return Err(PollError::BodyTooLarge);
+        }
+        scan.feed(&buf[..take]);
+    }
+    let at_ns = WallClock::monotonic_now();
+    scan.finish()
+        .map(|s| (at_ns, s))
+        .ok_or(PollError::NoFigures)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(body: &str, split: usize) -> Result<(u64, RuntimeSample), PollError> {
+        let whole = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        // A reader that hands the response out in two reads, split at `split`.
+        let (a, b) = whole.as_bytes().split_at(split.min(whole.len()));
+        let mut r = std::io::Cursor::new(a.to_vec()).chain(std::io::Cursor::new(b.to_vec()));
+        read_response(&mut r)
+    }
+
+    #[test]
+    fn a_vllm_metrics_response_gives_its_figures_at_every_split() {
+        let body = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 7\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.75\nvllm:num_preemptions_total{model_name=\"m\"} 3\n";
+        for split in 0..200 {
+            let (_, s) = response(body, split).unwrap_or_else(|e| panic!("split {split}: {e}"));
+            assert_eq!(s.requests_waiting, Some(7.0));
+            assert_eq!(s.kv_cache_usage, Some(0.75));
+            assert_eq!(s.preemptions_total, Some(3.0));
+        }
+    }
+
+    #[test]
+    fn failures_say_why() {
+        let mut r = std::io::Cursor::new(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        assert!(matches!(read_response(&mut r), Err(PollError::Status(404))));
+        assert!(matches!(
+            response("# nothing here\nprocess_cpu_seconds_total 3\n", 10),
+            Err(PollError::NoFigures)
+        ));
+        let mut r = std::io::Cursor::new(b"garbage\r\n\r\n".to_vec());
+        assert!(matches!(read_response(&mut r), Err(PollError::BadHead)));
+        let big = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", BODY_MAX + 1);
+        let mut r = std::io::Cursor::new(big.into_bytes());
+        assert!(matches!(read_response(&mut r), Err(PollError::BodyTooLarge)));
+        let endless = std::io::Cursor::new(b"HTTP/1.1 200 OK\r\nx: y\r\n".to_vec())
+            .chain(std::io::repeat(b'a'));
+        assert!(matches!(
+            read_response(&mut endless.take(1 << 20)),
+            Err(PollError::BadHead)
+        ));
+    }
+
+    #[test]
+    fn own_connections_match_v4_mapped_peers() {
+        let own = OwnConnections::default();
+        let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        assert!(!own.contains(a));
+        own.register(a);
+        assert!(own.contains(a));
+        assert!(own.contains("[::ffff:127.0.0.1]:40000".parse().unwrap()));
+        assert!(!own.contains("127.0.0.1:40001".parse().unwrap()));
+    }
+
+    #[test]
+    fn wildcard_listeners_are_reached_on_the_loopback() {
+        assert_eq!(
+            connect_addr("0.0.0.0:8000".parse().unwrap()),
+            "127.0.0.1:8000".parse().unwrap()
+        );
+        assert_eq!(
+            connect_addr("[::]:8000".parse().unwrap()),
+            "[::1]:8000".parse().unwrap()
+        );
+        assert_eq!(
+            connect_addr("10.1.2.3:8000".parse().unwrap()),
+            "10.1.2.3:8000".parse().unwrap()
+        );
+    }
+}
