@@ -196,8 +196,20 @@ async fn run(config: Config) -> Result<()> {
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
     let own_polls = Arc::new(crate::runtime_poll::OwnConnections::default());
     if let Some(interval) = config.runtime_poll() {
-        let (st, ctl, own, stats) = (status.clone(), ctl_tx.clone(), own_polls.clone(), stats.clone());
-        tokio::spawn(crate::runtime_poll::run(interval, st, ctl, own, stats, shutdown_rx.clone()));
+        let (st, ctl, own, stats) = (
+            status.clone(),
+            ctl_tx.clone(),
+            own_polls.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(crate::runtime_poll::run(
+            interval,
+            st,
+            ctl,
+            own,
+            stats,
+            shutdown_rx.clone(),
+        ));
     }
 
     // Targeting: a plain thread, since /proc reads block.

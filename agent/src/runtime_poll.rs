@@ -49,6 +49,8 @@ pub const BODY_MAX: usize = 8 << 20;
 pub const SERVERS_MAX: usize = 256;
 /// Wait before polling again a server whose last poll failed.
 pub const BACKOFF: Duration = Duration::from_secs(30);
+/// How often the targets are looked at for servers to poll.
+const TARGETS_EVERY: Duration = Duration::from_millis(250);
 /// How long an own connection's source address is remembered after its poll began: long after
 /// the pipeline has seen its open record; no other connection can have the same address pair
 /// meanwhile (TIME_WAIT holds it for 60 s after the close).
@@ -149,11 +151,18 @@ pub async fn run(
     let mut servers: HashMap<u32, Server> = HashMap::new();
     let mut in_flight: JoinSet<(u32, Option<SocketAddr>, Result<(), PollError>)> = JoinSet::new();
     let mut busy: std::collections::HashSet<u32> = Default::default();
-    let mut tick = tokio::time::interval(interval.min(Duration::from_millis(250)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
+        // Wake at the next poll due, and at least every TARGETS_EVERY for new targets.
+        let now = Instant::now();
+        let due = servers
+            .iter()
+            .filter(|(pid, _)| !busy.contains(pid))
+            .map(|(_, s)| s.next)
+            .min()
+            .unwrap_or(now + TARGETS_EVERY)
+            .clamp(now, now + TARGETS_EVERY);
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep_until(due.into()) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                 let Ok((pid, listener, result)) = done else { continue };
                 busy.remove(&pid);
@@ -222,7 +231,10 @@ pub async fn run(
             .values()
             .map(|s| {
                 let mut p = s.status.clone();
-                p.address = s.listener.map(|a| connect_addr(a).to_string()).or(p.address);
+                p.address = s
+                    .listener
+                    .map(|a| connect_addr(a).to_string())
+                    .or(p.address);
                 p
             })
             .collect();
@@ -287,8 +299,8 @@ fn socket_in(pid: u32, source: SocketAddr) -> Result<socket2::Socket, PollError>
     std::thread::scope(|scope| {
         scope
             .spawn(move || {
-                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-                    .map_err(PollError::Netns)?;
+                let ns =
+                    std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(PollError::Netns)?;
                 use std::os::fd::AsRawFd;
                 // SAFETY: setns(2) on a namespace descriptor we own; it changes only this
                 // thread's network namespace, and the thread ends right after.
@@ -425,9 +437,15 @@ mod tests {
         ));
         let mut r = std::io::Cursor::new(b"garbage\r\n\r\n".to_vec());
         assert!(matches!(read_response(&mut r), Err(PollError::BadHead)));
-        let big = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", BODY_MAX + 1);
+        let big = format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+            BODY_MAX + 1
+        );
         let mut r = std::io::Cursor::new(big.into_bytes());
-        assert!(matches!(read_response(&mut r), Err(PollError::BodyTooLarge)));
+        assert!(matches!(
+            read_response(&mut r),
+            Err(PollError::BodyTooLarge)
+        ));
         let endless = std::io::Cursor::new(b"HTTP/1.1 200 OK\r\nx: y\r\n".to_vec())
             .chain(std::io::repeat(b'a'));
         assert!(matches!(
