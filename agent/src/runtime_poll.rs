@@ -63,6 +63,8 @@ const OWN_MAX: usize = 4096;
 pub enum PollError {
     #[error("the process has no listening TCP socket")]
     NoListener,
+    #[error("an endpoint picker, not a model server: not polled")]
+    NotAModelServer,
     #[error("cannot enter the process's network namespace: {0}")]
     Netns(#[source] std::io::Error),
     #[error("connect, write or read failed: {0}")]
@@ -132,9 +134,11 @@ pub struct RuntimePollStatus {
 }
 
 /// A target's listening address, re-read after a failure.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 struct Server {
     listener: Option<SocketAddr>,
+    /// The connection kept from the last poll (none while a poll holds it).
+    conn: Option<TcpStream>,
     next: Instant,
     status: PolledServer,
 }
@@ -149,7 +153,13 @@ pub async fn run(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut servers: HashMap<u32, Server> = HashMap::new();
-    let mut in_flight: JoinSet<(u32, Option<SocketAddr>, Result<(), PollError>)> = JoinSet::new();
+    type Done = (
+        u32,
+        Option<SocketAddr>,
+        Result<(), PollError>,
+        Option<TcpStream>,
+    );
+    let mut in_flight: JoinSet<Done> = JoinSet::new();
     let mut busy: std::collections::HashSet<u32> = Default::default();
     loop {
         // Wake at the next poll due, and at least every TARGETS_EVERY for new targets.
@@ -164,14 +174,20 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep_until(due.into()) => {}
             Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
-                let Ok((pid, listener, result)) = done else { continue };
+                let Ok((pid, listener, result, conn)) = done else { continue };
                 busy.remove(&pid);
                 let Some(s) = servers.get_mut(&pid) else { continue };
                 s.status.polls += 1;
+                s.conn = conn;
                 match result {
                     Ok(()) => {
                         s.listener = listener;
                         s.status.last_error = None;
+                    }
+                    Err(PollError::NotAModelServer) => {
+                        s.status.polls -= 1;
+                        s.status.last_error = Some(PollError::NotAModelServer.to_string());
+                        s.next = Instant::now() + Duration::from_secs(3600);
                     }
                     Err(e) => {
                         stats.runtime_poll_failures.fetch_add(1, Ordering::Relaxed);
@@ -198,6 +214,7 @@ pub async fn run(
             }
             let s = servers.entry(t.pid).or_insert_with(|| Server {
                 listener: None,
+                conn: None,
                 next: now,
                 status: PolledServer {
                     pid: t.pid,
@@ -210,20 +227,25 @@ pub async fn run(
             s.next = now + interval;
             busy.insert(t.pid);
             let (pid, known, ctl, own) = (t.pid, s.listener, ctl.clone(), own.clone());
+            let conn = s.conn.take();
             in_flight.spawn_blocking(move || {
-                let listener = known.or_else(|| listener_of(pid));
-                let result = listener
-                    .ok_or(PollError::NoListener)
-                    .and_then(|addr| poll_once(pid, addr, &own))
-                    .and_then(|(at_ns, sample)| {
-                        ctl.try_send(Control::Runtime {
-                            pid,
-                            at_ns,
-                            sample: Box::new(sample),
-                        })
-                        .map_err(|_| PollError::QueueFull)
-                    });
-                (pid, listener, result)
+                let listener = known.map(Ok).unwrap_or_else(|| listener_of(pid));
+                let (result, conn, listener) = match listener {
+                    Ok(addr) => {
+                        let (r, c) = poll_once(pid, addr, &own, conn);
+                        (r, c, Some(addr))
+                    }
+                    Err(e) => (Err(e), None, None),
+                };
+                let result = result.and_then(|(at_ns, sample)| {
+                    ctl.try_send(Control::Runtime {
+                        pid,
+                        at_ns,
+                        sample: Box::new(sample),
+                    })
+                    .map_err(|_| PollError::QueueFull)
+                });
+                (pid, listener, result, conn)
             });
             s.status.address = s.listener.map(|a| connect_addr(a).to_string());
         }
@@ -248,19 +270,20 @@ pub async fn run(
     }
 }
 
-/// A target's listening TCP socket (the lowest port: vLLM has one), skipping EPPs (their
+/// A target's listening TCP socket (the lowest port: vLLM has one); EPPs are not polled (their
 /// `/metrics` has no engine figures).
-fn listener_of(pid: u32) -> Option<SocketAddr> {
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+fn listener_of(pid: u32) -> Result<SocketAddr, PollError> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
     if crate::probes::targets::provider_of(&cmdline) == "llm-d" {
-        return None;
+        return Err(PollError::NotAModelServer);
     }
     crate::probes::targets::tcp_sockets(pid)
         .into_iter()
         .filter(|s| s.listening)
         .map(|s| s.local)
         .min_by_key(|a| a.port())
+        .ok_or(PollError::NoListener)
 }
 
 /// Where to connect for a listener: its own address, or the loopback for a wildcard.
@@ -314,37 +337,73 @@ fn socket_in(pid: u32, source: SocketAddr) -> Result<socket2::Socket, PollError>
     })
 }
 
-/// One `GET /metrics` of the server listening on `listener`: the sample, stamped with the kernel
-/// monotonic time its body ended.
+/// One `GET /metrics` of the server listening on `listener`, on `conn` (the connection kept from
+/// the last poll) or a new one: the sample, stamped with the kernel monotonic time its body ended,
+/// and the connection to keep for the next poll.
+///
+/// The connection is kept open between polls (HTTP/1.1 keep-alive; a server closes it after its
+/// idle timeout, vLLM's is 5 s, and the next poll opens another): one accepted connection per
+/// server rather than one a poll, and the server still holds it when the pipeline looks at it.
 pub fn poll_once(
     pid: u32,
     listener: SocketAddr,
     own: &OwnConnections,
-) -> Result<(u64, RuntimeSample), PollError> {
+    conn: Option<TcpStream>,
+) -> (Result<(u64, RuntimeSample), PollError>, Option<TcpStream>) {
     let addr = connect_addr(listener);
-    let sock = socket_in(pid, SocketAddr::new(addr.ip(), 0))?;
-    if let Some(local) = sock.local_addr()?.as_socket() {
-        own.register(local);
+    if let Some(mut stream) = conn {
+        match exchange(&mut stream, addr) {
+            Ok((at, sample, keep)) => return (Ok((at, sample)), keep.then_some(stream)),
+            // The server closed the idle connection, or it broke: once more on a new one.
+            Err(PollError::Io(_) | PollError::BadHead) => {}
+            Err(e) => return (Err(e), None),
+        }
     }
-    sock.connect_timeout(&addr.into(), POLL_TIMEOUT)?;
-    let mut stream: TcpStream = sock.into();
-    stream.set_read_timeout(Some(POLL_TIMEOUT))?;
-    stream.set_write_timeout(Some(POLL_TIMEOUT))?;
-    // HTTP/1.0: the body is delimited by Content-Length or the close, never chunked.
+    let fresh = || -> Result<(TcpStream, (u64, RuntimeSample, bool)), PollError> {
+        let sock = socket_in(pid, SocketAddr::new(addr.ip(), 0))?;
+        if let Some(local) = sock.local_addr()?.as_socket() {
+            own.register(local);
+        }
+        sock.connect_timeout(&addr.into(), POLL_TIMEOUT)?;
+        let mut stream: TcpStream = sock.into();
+        stream.set_read_timeout(Some(POLL_TIMEOUT))?;
+        stream.set_write_timeout(Some(POLL_TIMEOUT))?;
+        let r = exchange(&mut stream, addr)?;
+        Ok((stream, r))
+    };
+    match fresh() {
+        Ok((stream, (at, sample, keep))) => (Ok((at, sample)), keep.then_some(stream)),
+        Err(e) => (Err(e), None),
+    }
+}
+
+/// One request and its response on `stream`.
+fn exchange(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+) -> Result<(u64, RuntimeSample, bool), PollError> {
     let req = format!(
-        "GET /metrics HTTP/1.0\r\nHost: {addr}\r\nUser-Agent: infertap/{} (runtime poll)\r\nAccept: text/plain;version=0.0.4\r\nConnection: close\r\n\r\n",
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: infertap/{} (runtime poll)\r\nAccept: text/plain;version=0.0.4\r\n\r\n",
         env!("CARGO_PKG_VERSION")
     );
     stream.write_all(req.as_bytes())?;
-    read_response(&mut stream)
+    read_response(stream)
 }
 
-/// The status line, head and body of one `/metrics` response read from `r`.
-pub fn read_response(r: &mut impl Read) -> Result<(u64, RuntimeSample), PollError> {
+/// How a response body is delimited.
+enum Framing {
+    Length(usize),
+    Chunked,
+    Close,
+}
+
+/// The status line, head and body of one `/metrics` response read from `r`: the sample, its
+/// time, and whether the connection may carry the next request.
+pub fn read_response(r: &mut impl Read) -> Result<(u64, RuntimeSample, bool), PollError> {
     let deadline = Instant::now() + POLL_TIMEOUT * 2;
     let mut buf = vec![0u8; 16 << 10];
     let mut head = Vec::new();
-    let (status, content_length, body_start) = loop {
+    let (status, framing, close, body_start) = loop {
         let n = r.read(&mut buf)?;
         if n == 0 {
             return Err(PollError::BadHead);
@@ -354,58 +413,128 @@ pub fn read_response(r: &mut impl Read) -> Result<(u64, RuntimeSample), PollErro
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&head) {
             Ok(httparse::Status::Complete(len)) => {
-                let cl = resp
-                    .headers
-                    .iter()
-                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                    .and_then(|h| std::str::from_utf8(h.value).ok())
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                break (resp.code.unwrap_or(0), cl, len);
+                let value = |name: &str| {
+                    resp.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .and_then(|h| std::str::from_utf8(h.value).ok())
+                        .map(|v| v.trim().to_ascii_lowercase())
+                };
+                let framing = if value("transfer-encoding").is_some_and(|v| v.ends_with("chunked"))
+                {
+                    Framing::Chunked
+                } else if let Some(n) = value("content-length").and_then(|v| v.parse().ok()) {
+                    Framing::Length(n)
+                } else {
+                    Framing::Close
+                };
+                let close = value("connection").is_some_and(|v| v.contains("close"))
+                    || resp.version == Some(0);
+                break (resp.code.unwrap_or(0), framing, close, len);
             }
             Ok(httparse::Status::Partial) if head.len() < HEAD_MAX => {}
             _ => return Err(PollError::BadHead),
         }
     };
+    let mut body = Body {
+        r,
+        pending: head[body_start..].to_vec(),
+        deadline,
+        read: 0,
+    };
+    let mut scan = RuntimeScan::new();
+    match framing {
+        Framing::Length(n) if n > BODY_MAX => return Err(PollError::BodyTooLarge),
+        Framing::Length(n) => body.copy(n, &mut scan, &mut buf)?,
+        Framing::Close => while body.copy(BODY_MAX + 1, &mut scan, &mut buf).is_ok() {},
+        Framing::Chunked => loop {
+            let line = body.line()?;
+            let size = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16).map_err(|_| PollError::BadHead)?;
+            if size == 0 {
+                // Trailers, up to the empty line.
+                while !body.line()?.is_empty() {}
+                break;
+            }
+            body.copy(size, &mut scan, &mut buf)?;
+            if !body.line()?.is_empty() {
+                return Err(PollError::BadHead);
+            }
+        },
+    }
+    if body.read > BODY_MAX {
+        return Err(PollError::BodyTooLarge);
+    }
     if status != 200 {
         return Err(PollError::Status(status));
     }
-    if content_length.is_some_and(|n| n > BODY_MAX) {
-        return Err(PollError::BodyTooLarge);
-    }
-    let mut scan = RuntimeScan::new();
-    let first = &head[body_start..];
-    let first = &first[..content_length.map_or(first.len(), |n| n.min(first.len()))];
-    let mut read = first.len();
-    scan.feed(first);
-    while content_length.is_none_or(|n| read < n) {
-        if Instant::now() > deadline {
+    let at_ns = WallClock::monotonic_now();
+    let keep = !close && !matches!(framing, Framing::Close);
+    scan.finish()
+        .map(|s| (at_ns, s, keep))
+        .ok_or(PollError::NoFigures)
+}
+
+/// A response body being read: bytes already read past the head first, then the reader.
+struct Body<'a, R: Read> {
+    r: &'a mut R,
+    pending: Vec<u8>,
+    deadline: Instant,
+    /// Body bytes (chunk data) read so far.
+    read: usize,
+}
+
+impl<R: Read> Body<'_, R> {
+    /// More bytes into `pending`; false at the end of the stream.
+    fn fill(&mut self, buf: &mut [u8]) -> Result<bool, PollError> {
+        if Instant::now() > self.deadline {
             return Err(PollError::Io(std::io::ErrorKind::TimedOut.into()));
         }
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            if content_length.is_some() {
+        let n = self.r.read(buf)?;
+        self.pending.extend_from_slice(&buf[..n]);
+        Ok(n > 0)
+    }
+
+    /// `n` body bytes through `scan`; an error at a premature end.
+    fn copy(&mut self, n: usize, scan: &mut RuntimeScan, buf: &mut [u8]) -> Result<(), PollError> {
+        let mut left = n;
+        while left > 0 {
+            if self.pending.is_empty() && !self.fill(buf)? {
                 return Err(PollError::Io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            break;
+            let take = left.min(self.pending.len());
+            scan.feed(&self.pending[..take]);
+            self.pending.drain(..take);
+            left -= take;
+            self.read += take;
+            if self.read > BODY_MAX {
+                return Err(PollError::BodyTooLarge);
+            }
         }
-        let take = content_length.map_or(n, |c| n.min(c - read));
-        read += take;
-        if read > BODY_MAX {
-            return Err(PollError::BodyTooLarge);
-        }
-        scan.feed(&buf[..take]);
+        Ok(())
     }
-    let at_ns = WallClock::monotonic_now();
-    scan.finish()
-        .map(|s| (at_ns, s))
-        .ok_or(PollError::NoFigures)
+
+    /// One CRLF-ended line of chunked framing (at most 1 KiB), without its end.
+    fn line(&mut self) -> Result<String, PollError> {
+        let mut scratch = [0u8; 1024];
+        loop {
+            if let Some(i) = self.pending.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.pending[..i]).into_owned();
+                self.pending.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.pending.len() > 1024 || !self.fill(&mut scratch)? {
+                return Err(PollError::BadHead);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn response(body: &str, split: usize) -> Result<(u64, RuntimeSample), PollError> {
+    fn response(body: &str, split: usize) -> Result<(u64, RuntimeSample, bool), PollError> {
         let whole = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
@@ -420,11 +549,36 @@ mod tests {
     fn a_vllm_metrics_response_gives_its_figures_at_every_split() {
         let body = "# TYPE vllm:num_requests_waiting gauge\nvllm:num_requests_waiting{model_name=\"m\"} 7\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.75\nvllm:num_preemptions_total{model_name=\"m\"} 3\n";
         for split in 0..200 {
-            let (_, s) = response(body, split).unwrap_or_else(|e| panic!("split {split}: {e}"));
+            let (_, s, keep) =
+                response(body, split).unwrap_or_else(|e| panic!("split {split}: {e}"));
+            assert!(keep);
             assert_eq!(s.requests_waiting, Some(7.0));
             assert_eq!(s.kv_cache_usage, Some(0.75));
             assert_eq!(s.preemptions_total, Some(3.0));
         }
+    }
+
+    #[test]
+    fn chunked_and_close_delimited_bodies_are_read() {
+        let body = "vllm:num_requests_waiting 7\nvllm:kv_cache_usage_perc 0.5\n";
+        let (a, b) = body.split_at(20);
+        let chunked = format!(
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x};ext=1\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        );
+        for split in 0..chunked.len() {
+            let (x, y) = chunked.as_bytes().split_at(split);
+            let mut r = std::io::Cursor::new(x.to_vec()).chain(std::io::Cursor::new(y.to_vec()));
+            let (_, s, keep) = read_response(&mut r).unwrap_or_else(|e| panic!("{split}: {e}"));
+            assert_eq!(
+                (s.requests_waiting, s.kv_cache_usage, keep),
+                (Some(7.0), Some(0.5), true)
+            );
+        }
+        let close = format!("HTTP/1.0 200 OK\r\n\r\n{body}");
+        let (_, s, keep) = read_response(&mut std::io::Cursor::new(close)).unwrap();
+        assert_eq!((s.requests_waiting, keep), (Some(7.0), false));
     }
 
     #[test]

@@ -180,11 +180,10 @@ fn the_poll_gives_each_span_the_load_served_at_its_arrival() {
     assert!(polls >= 5, "{rp:#}");
     assert_eq!(me["failures"], 0, "{rp:#}");
     assert_eq!(rp["failures_total"], 0, "{rp:#}");
-    // Every poll crossed the traced server's socket, and none of them became a span.
-    assert!(
-        rp["connections_untraced_total"].as_u64().unwrap() + 1 >= polls,
-        "{rp:#}"
-    );
+    // The polls crossed the traced server's socket (one kept-alive connection, reopened after
+    // an idle close), untraced: none of them became a span.
+    let untraced = rp["connections_untraced_total"].as_u64().unwrap();
+    assert!((1..=polls).contains(&untraced), "{rp:#}");
     let own: Vec<Value> = agent
         .spans()
         .into_iter()
