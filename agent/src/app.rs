@@ -195,6 +195,23 @@ async fn run(config: Config) -> Result<()> {
     )));
     let (exec_tx, exec_rx) = std::sync::mpsc::channel();
     let (ctl_tx, ctl_rx) = mpsc::channel::<Control>(4096);
+    let own_polls = Arc::new(crate::runtime_poll::OwnConnections::default());
+    if let Some(interval) = config.runtime_poll() {
+        let (st, ctl, own, stats) = (
+            status.clone(),
+            ctl_tx.clone(),
+            own_polls.clone(),
+            stats.clone(),
+        );
+        tokio::spawn(crate::runtime_poll::run(
+            interval,
+            st,
+            ctl,
+            own,
+            stats,
+            shutdown_rx.clone(),
+        ));
+    }
 
     // Targeting: a plain thread, since /proc reads block.
     let targeting = {
@@ -232,6 +249,7 @@ async fn run(config: Config) -> Result<()> {
     let node = KernelNode {
         maps: kmaps.clone(),
         execs: exec_tx,
+        own: own_polls,
     };
     let driver = Driver {
         pipeline: Pipeline::new(settings, stats.clone(), enrichers, node, sink),

@@ -115,6 +115,18 @@ pub struct Config {
     #[arg(long, value_name = "PRICE", env = "INFERTAP_GPU_HOUR_COST")]
     pub gpu_hour_cost: Option<f64>,
 
+    /// Seconds between polls of each targeted model server's own `/metrics` (its listening
+    /// socket, asked from inside its network namespace), whose load figures join the requests
+    /// (`infertap.runtime.*`) as the scrapes crossing a traced socket do; one request in flight
+    /// per server, 1 s timeout, bounded body. 0 turns the poll off (the passive path alone).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 1.0,
+        env = "INFERTAP_RUNTIME_POLL_INTERVAL"
+    )]
+    pub runtime_poll_interval: f64,
+
     /// Kubernetes mode: the label selector of the namespaces whose pods are traced.
     #[arg(
         long,
@@ -183,6 +195,14 @@ fn parse_scrape_interval(s: &str) -> Result<f64, String> {
         return Err(format!("{v} is not between 0.1 and 3600 seconds"));
     }
     Ok(v)
+}
+
+impl Config {
+    /// The `/metrics` poll's interval (at least 100 ms); `None` when it is off.
+    pub fn runtime_poll(&self) -> Option<Duration> {
+        (self.runtime_poll_interval.is_finite() && self.runtime_poll_interval > 0.0)
+            .then(|| Duration::from_secs_f64(self.runtime_poll_interval.max(0.1)))
+    }
 }
 
 fn parse_ring_size(s: &str) -> Result<u32, String> {

@@ -113,6 +113,9 @@ impl Driver {
                 provider,
             } => self.pipeline.target(pid, listeners, provider),
             Control::Existing(socket) => self.pipeline.existing(socket),
+            Control::Runtime { pid, at_ns, sample } => {
+                self.pipeline.runtime_sample(pid, at_ns, *sample)
+            }
             Control::Tls { pid, plans } => {
                 // Attaching blocks (~8 ms a file, in the kernel): other tasks leave this
                 // worker meanwhile; the records wait in the ring buffer.

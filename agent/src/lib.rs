@@ -14,6 +14,7 @@ pub mod liveness;
 pub mod pipeline;
 pub mod probes;
 pub mod protocol;
+pub mod runtime_poll;
 pub mod schema;
 pub mod stats;
 pub mod trace;

@@ -46,6 +46,11 @@ pub trait Node {
     fn exec(&mut self, tgid: u32, was_target: bool, listen: bool);
     /// The kernel monotonic clock, in nanoseconds.
     fn now_ns(&self) -> u64;
+    /// Whether an accepted connection from `peer` is the agent's own `/metrics` poll
+    /// (`runtime_poll`): such a connection is not traced.
+    fn is_own_connection(&self, _peer: SocketAddr) -> bool {
+        false
+    }
 }
 
 /// Where finished spans go.
@@ -110,6 +115,9 @@ pub struct Pipeline<N: Node, O: Output> {
     pd_legs: crate::trace::pd::Legs,
     /// Serving processes' load figures from the scrapes of their `/metrics`.
     runtime: crate::trace::saturation::Runtime,
+    /// The agent's own poll connections, untraced at their open: their records still in flight
+    /// are dropped (bounded; ended by their close).
+    own_conns: crate::trace::saturation::OwnConns,
     node: N,
     output: O,
 }
@@ -137,6 +145,7 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             waiting: VecDeque::new(),
             pd_legs: crate::trace::pd::Legs::new(),
             runtime: crate::trace::saturation::Runtime::new(),
+            own_conns: Default::default(),
             node,
             output,
         }
@@ -181,6 +190,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
         stats.records_read.fetch_add(1, Ordering::Relaxed);
         match rec {
             Record::Data(chunk) => {
+                if self.own_conns.holds(chunk.tgid, chunk.conn_id) {
+                    return;
+                }
                 stats
                     .bytes_read
                     .fetch_add(chunk.payload.len() as u64, Ordering::Relaxed);
@@ -241,6 +253,14 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                     }
                     local = local.or(listener);
                 }
+                if role == Role::Server && peer.is_some_and(|p| self.node.is_own_connection(p)) {
+                    self.node.untrace(tgid, fd, conn_id);
+                    self.own_conns.insert(tgid, conn_id);
+                    stats
+                        .runtime_poll_connections_untraced
+                        .fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 let id = ConnId { tgid, conn_id };
                 self.table
                     .open(id, fd, role, local, peer, Origin::Start, ts_ns, stats);
@@ -254,6 +274,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                 final_pos,
                 cause,
             } => {
+                if self.own_conns.remove(tgid, conn_id) {
+                    return;
+                }
                 stats
                     .socket_forgotten(cause)
                     .fetch_add(1, Ordering::Relaxed);
@@ -289,6 +312,7 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             } => self.node.exec(tgid, was_target, false),
             Record::ProcListen { tgid, .. } => self.node.exec(tgid, false, true),
             Record::ProcExit { tgid, ts_ns } => {
+                self.own_conns.process_exit(tgid);
                 self.table.process_exit(tgid, ts_ns, stats, &mut self.done);
                 self.listeners.retain(|(pid, _), _| *pid != tgid);
                 self.node.process_exited(tgid, ts_ns);
@@ -341,6 +365,16 @@ impl<N: Node, O: Output> Pipeline<N, O> {
             cause,
         );
         self.emit();
+    }
+
+    /// A sample of a process's `/metrics` fetched by the agent's own poll, taken at `at_ns`.
+    pub fn runtime_sample(
+        &mut self,
+        pid: u32,
+        at_ns: u64,
+        sample: crate::protocol::runtime_metrics::RuntimeSample,
+    ) {
+        self.runtime.remember(pid, at_ns, sample);
     }
 
     /// A process is no longer a target: every connection of it ends now.

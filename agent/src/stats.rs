@@ -187,6 +187,14 @@ counters! {
     gpu_nvml_call_errors,
     /// Lines of a dcgm-exporter scrape that could not be parsed (skipped).
     gpu_dcgm_lines_malformed,
+    /// Polls of a model server's own `/metrics` (`--runtime-poll-interval`) that gave no sample:
+    /// no listener, connect/read failure or timeout, non-200, body over the bound, no load
+    /// figure, or the pipeline's queue full (per server, with the reason, in `/status`
+    /// `runtime_poll`).
+    runtime_poll_failures,
+    /// Connections of the agent's own `/metrics` poll seen accepted by a traced server and not
+    /// traced (no span, no request metric).
+    runtime_poll_connections_untraced,
 }
 
 impl Stats {

@@ -166,6 +166,24 @@ def int_field(body: dict[str, Any], name: str) -> int | None:
     return v
 
 
+def kv_transfer_reply(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A prefill leg of a disaggregated request (`kv_transfer_params.do_remote_decode`, as llm-d's
+    routing sidecar sends it) is answered, as vLLM's NixlConnector does, with the parameters the
+    decode leg must carry: where to pull the KV blocks from."""
+    ktp = body.get("kv_transfer_params")
+    if not isinstance(ktp, dict) or not ktp.get("do_remote_decode"):
+        return None
+    return {
+        "do_remote_prefill": True,
+        "do_remote_decode": False,
+        "remote_engine_id": f"standin-{os.getpid()}",
+        "remote_block_ids": [1, 2, 3],
+        "remote_host": "127.0.0.1",
+        "remote_port": 5600,
+        "tp_size": 1,
+    }
+
+
 class GenPlan:
     """What one request will generate."""
 
@@ -187,6 +205,7 @@ class GenPlan:
         self.prompt_tokens = prompt_tokens
         self.cached = cached
         self.fail_after = int_field(body, "standin_fail_after")
+        self.kv_transfer_params = kv_transfer_reply(body)
         self.abort_after = int_field(body, "standin_abort_after")
         self.eos_chunk = bool(body.get("standin_eos_chunk")) and self.finish_reason == "stop"
         so = body.get("stream_options")
@@ -454,7 +473,7 @@ async def chat_full(plan: GenPlan, request_id: str, created: int, model: str) ->
         "usage": usage_obj(plan.prompt_tokens, plan.tokens * plan.n, plan.cached, with_details_null=True),
         "prompt_logprobs": None,
         "prompt_token_ids": None,
-        "kv_transfer_params": None,
+        "kv_transfer_params": plan.kv_transfer_params,
     }
     return JSONResponse(body)
 
@@ -685,7 +704,7 @@ async def completion_full(plan: GenPlan, request_id: str, created: int, model: s
         "service_tier": None,
         "system_fingerprint": None,
         "usage": usage_obj(plan.prompt_tokens, plan.tokens * plan.n, plan.cached, with_details_null=True),
-        "kv_transfer_params": None,
+        "kv_transfer_params": plan.kv_transfer_params,
     }
     return JSONResponse(body)
 
@@ -754,21 +773,47 @@ async def health() -> Response:
 @app.get("/metrics")
 async def metrics() -> Response:
     """vLLM-shaped load figures (names as vLLM ≥ 0.10 exposes them): running = the streams in
-    flight, KV-cache usage = a tenth per stream; waiting and preemptions stay 0."""
+    flight, KV-cache usage = a tenth per stream; waiting and preemptions stay 0 — unless a test
+    drives them (`POST /standin/gauges`), when the figures it set are served as they are."""
     labels = f'{{engine="0",model_name="{SETTINGS.model}"}}'
     running = STATS["active_streams"]
+    g = GAUGES
     lines = [
         "# HELP vllm:num_requests_running Number of requests in model execution batches.",
         "# TYPE vllm:num_requests_running gauge",
-        f"vllm:num_requests_running{labels} {float(running)}",
+        f"vllm:num_requests_running{labels} {float(g.get('running', running))}",
         "# TYPE vllm:num_requests_waiting gauge",
-        f"vllm:num_requests_waiting{labels} {float(STATS.get('waiting', 0))}",
+        f"vllm:num_requests_waiting{labels} {float(g.get('waiting', STATS.get('waiting', 0)))}",
         "# TYPE vllm:kv_cache_usage_perc gauge",
-        f"vllm:kv_cache_usage_perc{labels} {min(1.0, running / 10)}",
+        f"vllm:kv_cache_usage_perc{labels} {float(g.get('kv_cache_usage', min(1.0, running / 10)))}",
         "# TYPE vllm:num_preemptions_total counter",
-        f"vllm:num_preemptions_total{labels} {float(STATS.get('preemptions', 0))}",
+        f"vllm:num_preemptions_total{labels} {float(g.get('preemptions', STATS.get('preemptions', 0)))}",
     ]
+    if "prefix_cache_queries" in g:
+        lines += [
+            "# TYPE vllm:prefix_cache_queries_total counter",
+            f"vllm:prefix_cache_queries_total{labels} {float(g['prefix_cache_queries'])}",
+            "# TYPE vllm:prefix_cache_hits_total counter",
+            f"vllm:prefix_cache_hits_total{labels} {float(g.get('prefix_cache_hits', 0))}",
+        ]
     return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+# Load figures a test sets for /metrics (`running`, `waiting`, `kv_cache_usage`, `preemptions`,
+# `prefix_cache_hits`, `prefix_cache_queries`); unset ones follow the stand-in's own state.
+GAUGES: dict[str, float] = {}
+
+
+@app.post("/standin/gauges")
+async def set_gauges(raw: Request) -> JSONResponse:
+    """Test hook: merge the posted figures into what /metrics serves; answers all of them."""
+    body = await read_json(raw)
+    for k, v in body.items():
+        if v is None:
+            GAUGES.pop(k, None)
+        else:
+            GAUGES[k] = float(v)
+    return JSONResponse(GAUGES)
 
 
 @app.get("/v1/models")

@@ -41,6 +41,18 @@ pub struct StatusSnapshot {
     pub kubernetes: Option<KubernetesStatus>,
     #[serde(default)]
     pub tls: TlsStatus,
+    /// The agent's own poll of targeted model servers' `/metrics` (`--runtime-poll-interval`).
+    #[serde(default)]
+    pub runtime_poll: RuntimePollSnapshot,
+}
+
+/// `/status` `runtime_poll`: the poll's setting and servers, and its counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimePollSnapshot {
+    #[serde(flatten)]
+    pub poll: crate::runtime_poll::RuntimePollStatus,
+    pub failures_total: u64,
+    pub connections_untraced_total: u64,
 }
 
 /// The Kubernetes source: the API server connection, the opted-in namespaces, this node's pods.
@@ -299,6 +311,8 @@ pub struct AppStatus {
     pub kubernetes: Option<KubernetesStatus>,
     /// TLS uprobe attachments of targeted processes.
     pub tls: Vec<TlsAttachStatus>,
+    /// Written by the `/metrics` poll (`runtime_poll`) while it runs.
+    pub runtime_poll: crate::runtime_poll::RuntimePollStatus,
 }
 
 /// Everything `/status` reads; cheap to clone, shared by the app (writer) and the debug server.
@@ -436,6 +450,11 @@ impl StatusSource {
                 uprobes_attached: get(&s.tls_uprobes_attached),
                 attach_failures: get(&s.tls_attach_failures),
             },
+            runtime_poll: RuntimePollSnapshot {
+                poll: app.runtime_poll,
+                failures_total: get(&s.runtime_poll_failures),
+                connections_untraced_total: get(&s.runtime_poll_connections_untraced),
+            },
         }
     }
 }
@@ -557,7 +576,9 @@ mod tests {
                              "last_error_unix_nano": null},
                 "gpu": {"state": "off", "reason": "GPU telemetry is not built yet"},
                 "tls": {"attachments": [], "records": 0, "bytes": 0, "streams": 0,
-                        "ciphertext_streams": 0, "uprobes_attached": 0, "attach_failures": 0}
+                        "ciphertext_streams": 0, "uprobes_attached": 0, "attach_failures": 0},
+                "runtime_poll": {"interval_s": null, "servers": [], "failures_total": 0,
+                                 "connections_untraced_total": 0}
             })
         );
         // Counters are read at request time, not copied.

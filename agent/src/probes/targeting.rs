@@ -55,6 +55,13 @@ pub enum Control {
     },
     /// Files of a new target whose TLS can be probed (or why not), for the pipeline to attach.
     Tls { pid: u32, plans: Vec<TlsPlan> },
+    /// A sample of a target's `/metrics` fetched by the agent's own poll (`runtime_poll`), taken
+    /// at kernel monotonic `at_ns`.
+    Runtime {
+        pid: u32,
+        at_ns: u64,
+        sample: Box<crate::protocol::runtime_metrics::RuntimeSample>,
+    },
 }
 
 /// The maps both the targeting thread and the pipeline write.
@@ -206,6 +213,8 @@ pub struct KernelNode {
     pub maps: Arc<Mutex<KernelMaps>>,
     /// Exec events for the targeting thread (`targeting_loop`).
     pub execs: std::sync::mpsc::Sender<Exec>,
+    /// Source addresses of the agent's own `/metrics` polls (`runtime_poll`), never traced.
+    pub own: Arc<crate::runtime_poll::OwnConnections>,
 }
 
 /// What the kernel reported of a process, for the targeting thread.
@@ -270,6 +279,10 @@ impl Node for KernelNode {
 
     fn now_ns(&self) -> u64 {
         WallClock::monotonic_now()
+    }
+
+    fn is_own_connection(&self, peer: SocketAddr) -> bool {
+        self.own.contains(peer)
     }
 }
 

@@ -7,7 +7,7 @@
 //! State the pipeline keeps across exchanges, bounded: [`SAMPLES_MAX`] scrapes per process,
 //! [`PROCESSES_MAX`] processes (the least recently scraped forgotten first). Pure.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use super::span::AttrValue;
 use super::Built;
@@ -48,7 +48,9 @@ impl Runtime {
         }
     }
 
-    fn remember(&mut self, pid: u32, t: u64, s: RuntimeSample) {
+    /// Remember a sample of process `pid` taken at `t` (kernel monotonic ns): a passive scrape's
+    /// last byte, or the end of the agent's own poll.
+    pub fn remember(&mut self, pid: u32, t: u64, s: RuntimeSample) {
         if !self.samples.contains_key(&pid) && self.samples.len() >= PROCESSES_MAX {
             let stalest = self
                 .samples
@@ -66,6 +68,52 @@ impl Runtime {
         // Scrapes finish in order on one connection; across connections, keep the queue sorted.
         let at = q.partition_point(|(u, _)| *u <= t);
         q.insert(at, (t, s));
+    }
+}
+
+/// Connections of the agent's own `/metrics` poll (`runtime_poll`) that the pipeline stopped
+/// tracing at their open: records of them already in flight are dropped until their close.
+/// Bounded: past [`OWN_CONNS_MAX`] the oldest are forgotten (their stray records are then taken
+/// as a connection picked up mid-stream, as after any loss of an open record).
+#[derive(Debug, Default)]
+pub struct OwnConns {
+    ids: HashSet<(u32, u64)>,
+    /// In insertion order, for eviction (may name ids already removed).
+    order: VecDeque<(u32, u64)>,
+}
+
+/// Own poll connections remembered at once (one per polled server is usual).
+pub const OWN_CONNS_MAX: usize = 1024;
+
+impl OwnConns {
+    pub fn insert(&mut self, tgid: u32, conn_id: u64) {
+        while self.ids.len() >= OWN_CONNS_MAX || self.order.len() >= 2 * OWN_CONNS_MAX {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.ids.remove(&old);
+        }
+        self.ids.insert((tgid, conn_id));
+        self.order.push_back((tgid, conn_id));
+    }
+
+    /// Whether a record of `(tgid, conn_id)` belongs to an own connection (cheap when none is).
+    pub fn holds(&self, tgid: u32, conn_id: u64) -> bool {
+        !self.ids.is_empty() && self.ids.contains(&(tgid, conn_id))
+    }
+
+    /// The connection closed: forgotten; whether it was an own one.
+    pub fn remove(&mut self, tgid: u32, conn_id: u64) -> bool {
+        let was = self.ids.remove(&(tgid, conn_id));
+        if self.ids.is_empty() {
+            self.order.clear();
+        }
+        was
+    }
+
+    pub fn process_exit(&mut self, tgid: u32) {
+        self.ids.retain(|(t, _)| *t != tgid);
+        self.order.retain(|(t, _)| *t != tgid);
     }
 }
 
@@ -193,6 +241,23 @@ mod tests {
             Some(0.2)
         );
         assert!(figures(&q, 1, 2).is_empty());
+    }
+
+    #[test]
+    fn own_connections_are_held_until_their_close_and_bounded() {
+        let mut o = OwnConns::default();
+        assert!(!o.holds(1, 1));
+        o.insert(1, 1);
+        assert!(o.holds(1, 1) && !o.holds(1, 2) && !o.holds(2, 1));
+        assert!(o.remove(1, 1));
+        assert!(!o.holds(1, 1) && !o.remove(1, 1));
+        for i in 0..(OWN_CONNS_MAX as u64 + 10) {
+            o.insert(7, i);
+        }
+        assert!(!o.holds(7, 0), "the oldest are forgotten first");
+        assert!(o.holds(7, OWN_CONNS_MAX as u64 + 9));
+        o.process_exit(7);
+        assert!(!o.holds(7, OWN_CONNS_MAX as u64 + 9));
     }
 
     #[test]
