@@ -1,4 +1,4 @@
-//! Wiring: configuration → probes → targeting thread + pipeline task → export, with the debug
+//! Wiring: configuration → probes → targeting thread + pipeline thread → export, with the debug
 //! endpoint reading snapshots, and one shutdown signal. Nothing here parses or decides: the
 //! pipeline (`pipeline`), its task (`driver`), the targeting thread (`probes::targeting`) and the
 //! export stage (`export`) do.
@@ -41,13 +41,18 @@ pub fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = runtime().context("starting the async runtime")?;
+    runtime.block_on(run(config))
+}
+
+/// The async runtime of the debug endpoint, `/metrics`, the OTLP exporters and the Kubernetes
+/// watchers. The pipeline task is not on it (`driver::spawn`).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("infertap")
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(run(config))
 }
 
 async fn run(config: Config) -> Result<()> {
@@ -259,18 +264,16 @@ async fn run(config: Config) -> Result<()> {
         tls_status: Vec::new(),
         heartbeat: liveness.register("pipeline task", stall),
     };
-    let pipeline_task = tokio::spawn(driver.run(
-        maps.events,
-        maps.drops,
-        ctl_rx,
-        status.clone(),
-        shutdown_rx.clone(),
-    ));
+    let pipeline_task = {
+        let (status, stop) = (status.clone(), shutdown_rx.clone());
+        crate::driver::spawn(move || driver.run(maps.events, maps.drops, ctl_rx, status, stop))
+            .context("starting the pipeline thread")?
+    };
 
     shutdown_signal().await;
     tracing::info!("Shutting down.");
     let _ = shutdown_tx.send(true);
-    let _ = pipeline_task.await;
+    let _ = tokio::task::spawn_blocking(move || pipeline_task.join()).await;
     let _ = targeting.join();
     gpu.shutdown().await;
     exporter.shutdown().await;

@@ -62,8 +62,8 @@ pub struct Config {
     pub max_connections: usize,
 
     /// Most bytes one connection may hold of what it has not parsed yet (heads, SSE events in
-    /// progress, JSON tails, HTTP/2 frames, ext_proc messages); over it, its parse state is shed
-    /// (counted in `buffer_sheds_connection`) and parsing resynchronises.
+    /// progress, JSON tails, HTTP/2 frames and HPACK tables, ext_proc messages); over it, its
+    /// parse state is shed (counted in `buffer_sheds_connection`) and parsing resynchronises.
     #[arg(long, default_value_t = 8 << 20)]
     pub conn_buffer_bytes: usize,
 

@@ -1,12 +1,20 @@
-//! The pipeline task: the one tokio task that owns the [`Pipeline`] and the loaded probes. It
-//! drains the ring buffer into the pipeline (on the kernel's wake-up, and every
-//! [`DRAIN_INTERVAL_MS`] when the kernel has not woken it), applies the targeting thread's
-//! [`Control`] messages after the records that preceded them, attaches TLS uprobes (the probes
-//! own the programs), and once a second runs the pipeline's housekeeping and publishes the
-//! kernel's drop counters and per-program statistics to `/status`.
+//! The pipeline task: the one task that owns the [`Pipeline`] and the loaded probes. It drains
+//! the ring buffer into the pipeline (on the kernel's wake-up, and every [`DRAIN_INTERVAL_MS`]
+//! when the kernel has not woken it), applies the targeting thread's [`Control`] messages after
+//! the records that preceded them, attaches TLS uprobes (the probes own the programs), and once a
+//! second runs the pipeline's housekeeping and publishes the kernel's drop counters and
+//! per-program statistics to `/status`.
+//!
+//! The task runs on a thread of its own ([`spawn`]: an OS thread with a current-thread runtime),
+//! never on the async workers that serve the debug endpoint, `/metrics` and the OTLP exporters:
+//! what it does blocks — `pidfd_getfd` and /proc reads when it classifies a descriptor, the GPU
+//! enricher's placement reads, TLS uprobe attachment in the kernel — and only this thread waits
+//! for it (the records wait in the ring buffer). Its heartbeat still says when it stalls.
 
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -27,6 +35,22 @@ const DRAIN_INTERVAL_MS: u64 = 10;
 
 /// Records taken per wake-up before control messages and ticks get a turn.
 const DRAIN_BATCH: usize = 65536;
+
+/// Run the task `make` builds on a thread of its own (`infertap-pipeline`) with a
+/// current-thread runtime (timers and the ring buffer's readiness), so that its blocking work
+/// never holds one of the async workers. The thread ends when the task does.
+pub fn spawn<F, Fut>(make: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("infertap-pipeline".into())
+        .spawn(move || runtime.block_on(make()))
+}
 
 pub struct Driver {
     pub pipeline: Pipeline<KernelNode, SpanSink>,
@@ -117,10 +141,10 @@ impl Driver {
                 self.pipeline.runtime_sample(pid, at_ns, *sample)
             }
             Control::Tls { pid, plans } => {
-                // Attaching blocks (~8 ms a file, in the kernel): other tasks leave this
-                // worker meanwhile; the records wait in the ring buffer.
+                // Attaching blocks (~8 ms a file, in the kernel): this thread is the pipeline's
+                // own; the records wait in the ring buffer.
                 self.heartbeat.beat("attaching TLS uprobes");
-                tokio::task::block_in_place(|| self.attach_tls(pid, plans));
+                self.attach_tls(pid, plans);
             }
             Control::Forgotten { pid, sockets } => {
                 self.pipeline
@@ -218,5 +242,158 @@ impl Driver {
                 error,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::sync::mpsc as std_mpsc;
+
+    use infertap_common::{
+        ConnOpenRecord, RecordHeader, OPEN_FLAG_FAMILY_UNKNOWN, RECORD_CONN_OPEN,
+    };
+
+    use super::*;
+    use crate::enrich::Enrichers;
+    use crate::export::debug::{DebugServer, DebugState, Readiness};
+    use crate::export::otlp::ExporterStateHandle;
+    use crate::export::store::SpanStore;
+    use crate::liveness::Liveness;
+    use crate::pipeline::{ForgottenSocket, Node, Settings};
+    use crate::probes::targets::FdKind;
+    use crate::trace::span::FinishedSpan;
+
+    /// How long the node blocks in `classify_fd` (a `pidfd_getfd` or a /proc read stuck on a
+    /// hostile or frozen process).
+    const BLOCKED: Duration = Duration::from_secs(3);
+
+    /// A node whose `classify_fd` blocks, saying when it starts to.
+    struct Blocking {
+        started: std_mpsc::Sender<()>,
+    }
+
+    impl Node for Blocking {
+        fn classify_fd(&mut self, _tgid: u32, _fd: u32) -> FdKind {
+            let _ = self.started.send(());
+            std::thread::sleep(BLOCKED);
+            FdKind::Gone
+        }
+        fn untrace(&mut self, _: u32, _: u32, _: u64) {}
+        fn process_exited(&mut self, _: u32, _: u64) {}
+        fn forget_fds(&mut self, _: u32, _: u32, _: u32, _: u64) -> Vec<ForgottenSocket> {
+            Vec::new()
+        }
+        fn exec(&mut self, _: u32, _: bool, _: bool) {}
+        fn now_ns(&self) -> u64 {
+            0
+        }
+    }
+
+    /// An accept without an address buffer: the pipeline asks the node what the descriptor is.
+    fn accept_without_address() -> Vec<u8> {
+        let record = ConnOpenRecord {
+            header: RecordHeader {
+                kind: RECORD_CONN_OPEN,
+                tgid: 42,
+                ts_ns: 1,
+            },
+            conn_id: 1,
+            fd: 7,
+            listen_fd: 3,
+            role: infertap_common::ROLE_SERVER,
+            flags: OPEN_FLAG_FAMILY_UNKNOWN,
+            addr: [0; 32],
+        };
+        // SAFETY: a view of a repr(C), integer-only ABI struct (sizes asserted in
+        // infertap-common).
+        unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const ConnOpenRecord).cast::<u8>(),
+                std::mem::size_of::<ConnOpenRecord>(),
+            )
+        }
+        .to_vec()
+    }
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+        let mut conn = std::net::TcpStream::connect(addr)?;
+        conn.set_read_timeout(Some(Duration::from_secs(1)))?;
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        conn.read_to_string(&mut response)?;
+        Ok(response)
+    }
+
+    /// The pipeline blocked in `classify_fd` for seconds while another task on the app's runtime
+    /// is busy (an OTLP batch being encoded, say): the debug endpoint still answers at once, and
+    /// `/healthz` names the stalled pipeline. With the pipeline task on one of the app's two
+    /// workers, nothing would be left to answer until the node returned.
+    #[test]
+    fn a_pipeline_blocked_on_the_node_leaves_the_debug_endpoint_answering() {
+        let runtime = crate::app::runtime().unwrap();
+        let liveness = Liveness::new();
+        let heartbeat = liveness.register("pipeline task", Duration::from_millis(200));
+        let readiness = Readiness::new("nothing");
+        readiness.set_ready();
+        let state = DebugState::new(
+            Arc::new(SpanStore::new(4)),
+            StatusSource::new(Arc::new(Stats::default()), ExporterStateHandle::disabled()),
+            readiness,
+        )
+        .with_liveness(liveness);
+        let server = runtime
+            .block_on(DebugServer::bind("127.0.0.1:0".parse().unwrap(), state))
+            .unwrap();
+        let addr = server.local_addr();
+        runtime.spawn(server.serve(std::future::pending()));
+        assert!(get(addr, "/healthz").unwrap().ends_with("\r\n\r\nok"));
+
+        let (started, blocked) = std_mpsc::channel();
+        let mut pipeline: Pipeline<Blocking, Vec<FinishedSpan>> = Pipeline::new(
+            Settings {
+                max_connections: 16,
+                idle_timeout_ns: u64::MAX,
+                buffer_budget: crate::conn::BufferBudget::DEFAULT,
+                build: Default::default(),
+            },
+            Arc::new(Stats::default()),
+            Enrichers::default(),
+            Blocking { started },
+            Vec::new(),
+        );
+        pipeline.target(42, [], "vllm");
+        let thread = spawn(move || async move {
+            heartbeat.beat("draining the ring buffer");
+            pipeline.record(&accept_without_address());
+        })
+        .unwrap();
+        blocked.recv_timeout(Duration::from_secs(5)).unwrap();
+
+        let (busy_tx, busy) = std_mpsc::channel();
+        runtime.spawn(async move {
+            let _ = busy_tx.send(());
+            std::thread::sleep(BLOCKED);
+        });
+        busy.recv_timeout(Duration::from_secs(5)).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+
+        let asked = std::time::Instant::now();
+        let response = get(addr, "/healthz").expect("the debug endpoint answers");
+        assert!(
+            asked.elapsed() < Duration::from_millis(900),
+            "{:?}",
+            asked.elapsed()
+        );
+        assert!(response.starts_with("HTTP/1.1 503"), "{response}");
+        assert!(
+            response.contains("pipeline task: no progress for")
+                && response.ends_with("while draining the ring buffer"),
+            "{response}"
+        );
+        thread.join().unwrap();
     }
 }

@@ -94,16 +94,18 @@ impl H2State {
         }
     }
 
-    /// Bytes held, not parsed yet: frames and header blocks being assembled, and what the
-    /// streams hold.
+    /// Bytes held: frames and header blocks being assembled, the HPACK dynamic tables, and what
+    /// the streams hold.
     pub(super) fn buffered(&self) -> usize {
         self.parser.buffered() + self.streams.buffered()
     }
 
-    /// Over the buffer budget: the streams drop what they hold (the framing and HPACK tables,
-    /// bounded, are kept).
+    /// Over the buffer budget: the streams drop what they hold and the HPACK tables are
+    /// forgotten (later header blocks are unknown, as on a connection picked up mid-stream);
+    /// the framing is kept.
     pub(super) fn shed_buffers(&mut self) {
         self.streams.shed_buffers();
+        self.parser.drop_tables();
     }
 
     pub(super) fn close(&mut self, ts_ns: u64, done: &mut Vec<Work>) {

@@ -13,10 +13,11 @@
 //!
 //! Bounded memory: what a connection holds of bytes it has not parsed yet (heads spanning
 //! segments, SSE events in progress, JSON tails after a loss, HTTP/2 frames and header blocks,
-//! ext_proc messages being reassembled) is measured after each record and charged to a
-//! [`BufferBudget`]: over its per-connection bound, that connection's parse state is shed (its
-//! requests in flight end incomplete; HTTP/1 resynchronises at the next head, HTTP/2 streams at
-//! their next DATA frame); over the bound for all connections together, the connections holding
+//! ext_proc messages being reassembled) and the HPACK dynamic tables (RFC 7541's size) are
+//! measured after each record and charged to a [`BufferBudget`]: over its per-connection bound,
+//! that connection's parse state is shed (its requests in flight end incomplete; HTTP/1
+//! resynchronises at the next head, HTTP/2 streams at their next DATA frame, its header blocks
+//! unknown from then on); over the bound for all connections together, the connections holding
 //! the most are shed until a quarter of it is free. Other connections lose nothing. Each shed is
 //! counted by cause (`buffer_sheds_connection`, `buffer_sheds_global`).
 

@@ -798,7 +798,7 @@ impl RequestMetrics {
 
     /// Records one finished request (no inter-token gaps: use [`Self::record_with_chunk_times`]).
     pub fn record(&self, r: &Summary) {
-        self.record_gaps(r, std::iter::empty());
+        self.record_gaps(r, std::iter::empty);
     }
 
     /// Records one finished request and, as `gen_ai.server.inter_token_latency`, the gaps between
@@ -808,25 +808,28 @@ impl RequestMetrics {
     /// (`Summary::later_gaps`), each at its bucket's value (within `gaps::RELATIVE_ERROR`): every
     /// gap is observed once.
     pub fn record_with_chunk_times(&self, r: &Summary, chunk_times_ns: &[u64]) {
-        let later = r.later_gaps.iter().flat_map(|g| {
-            g.buckets()
-                .flat_map(|(ns, n)| std::iter::repeat_n(ns as u64, n as usize))
-        });
-        self.record_gaps(
-            r,
+        self.record_gaps(r, || {
+            let later = r
+                .later_gaps
+                .iter()
+                .flat_map(|g| g.buckets().map(|(ns, n)| (ns as u64, n)));
             chunk_times_ns
                 .windows(2)
-                .map(|w| w[1].saturating_sub(w[0]))
-                .chain(later),
-        );
+                .map(|w| (w[1].saturating_sub(w[0]), 1))
+                .chain(later)
+        });
     }
 
     /// Records one finished request and the given inter-token gaps (nanoseconds).
     pub fn record_with_gaps(&self, r: &Summary, gaps_ns: &[u64]) {
-        self.record_gaps(r, gaps_ns.iter().copied());
+        self.record_gaps(r, || gaps_ns.iter().map(|&g| (g, 1)));
     }
 
-    fn record_gaps(&self, r: &Summary, gaps_ns: impl Iterator<Item = u64>) {
+    /// `gaps_ns` gives each inter-token gap (nanoseconds) with how many times it was seen.
+    fn record_gaps<I>(&self, r: &Summary, gaps_ns: impl Fn() -> I)
+    where
+        I: Iterator<Item = (u64, u64)>,
+    {
         if !r.server {
             return;
         }
@@ -881,9 +884,6 @@ impl RequestMetrics {
                 put(TOKENS, &labels[..GENAI_LEN + 1], n as f64);
             }
         }
-        for gap in gaps_ns {
-            put(ITL, &genai, gap as f64 / 1e9);
-        }
         if let Some(gap) = r.kv_transfer_gap_s {
             put(PD_KV_TRANSFER_GAP, &genai, gap);
         }
@@ -895,6 +895,46 @@ impl RequestMetrics {
         }
         if let Some(a) = r.api_server_s.filter(|a| *a >= 0.0) {
             put(API_SERVER, &genai, a);
+        }
+        drop(put);
+        self.record_itl(&genai, gaps_ns);
+    }
+
+    /// A request's inter-token gaps: as many as its chunks, so they are counted into a histogram
+    /// of their own before the families' lock is taken, merged into the series at once, and
+    /// handed to the OTel instrument after the lock is released.
+    fn record_itl<I>(&self, genai: &[Val<'_>], gaps_ns: impl Fn() -> I)
+    where
+        I: Iterator<Item = (u64, u64)>,
+    {
+        let InstrumentKind::Histogram(bounds) = INSTRUMENTS[ITL].kind else {
+            return;
+        };
+        let mut gaps = Histogram::new(bounds.to_vec());
+        for (gap, n) in gaps_ns() {
+            gaps.observe_n(gap as f64 / 1e9, n);
+        }
+        if gaps.count() == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let attributes = {
+            let mut families = self.lock();
+            let family = &mut families[ITL];
+            family.sweep(now, self.idle_after);
+            let series = family.series(genai);
+            series.touched = now;
+            if let Data::Histogram(h) = &mut series.data {
+                h.merge(&gaps);
+            }
+            self.otel.get().map(|_| series.attributes.clone())
+        };
+        if let (Some(otel), Some(attributes)) = (self.otel.get(), attributes) {
+            for (gap, n) in gaps_ns() {
+                for _ in 0..n {
+                    otel[ITL].add(gap as f64 / 1e9, &attributes);
+                }
+            }
         }
     }
 

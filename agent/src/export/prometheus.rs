@@ -74,9 +74,23 @@ impl Histogram {
 
     /// Counts `value` into the first bucket whose bound is ≥ `value` (Prometheus' `le`).
     pub fn observe(&mut self, value: f64) {
+        self.observe_n(value, 1);
+    }
+
+    /// Counts `value` `n` times.
+    pub fn observe_n(&mut self, value: f64, n: u64) {
         let i = self.bounds.partition_point(|b| *b < value);
-        self.counts[i] += 1;
-        self.sum += value;
+        self.counts[i] += n;
+        self.sum += value * n as f64;
+    }
+
+    /// Adds `other`'s observations: a histogram over the same bounds.
+    pub fn merge(&mut self, other: &Histogram) {
+        debug_assert_eq!(self.bounds, other.bounds);
+        for (c, o) in self.counts.iter_mut().zip(&other.counts) {
+            *c += o;
+        }
+        self.sum += other.sum;
     }
 
     pub fn bounds(&self) -> &[f64] {

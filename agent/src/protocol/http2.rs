@@ -335,7 +335,7 @@ struct DirState {
     /// Frame boundaries are known.
     synced: bool,
     /// `None`: the dynamic table is unknown (header blocks are not decoded).
-    hpack: Option<loona_hpack::Decoder<'static>>,
+    hpack: Option<Hpack>,
     settings: Budget,
     pings: Budget,
 }
@@ -370,10 +370,113 @@ impl DirState {
     }
 }
 
-fn new_decoder() -> loona_hpack::Decoder<'static> {
-    let mut d = loona_hpack::Decoder::new();
-    d.set_max_allowed_table_size(MAX_HPACK_TABLE);
-    d
+fn new_decoder() -> Hpack {
+    let mut dec = loona_hpack::Decoder::new();
+    dec.set_max_allowed_table_size(MAX_HPACK_TABLE);
+    Hpack {
+        dec,
+        table: TableSize::default(),
+    }
+}
+
+/// One direction's HPACK decoder and the size of its dynamic table.
+struct Hpack {
+    dec: loona_hpack::Decoder<'static>,
+    table: TableSize,
+}
+
+/// The size of an HPACK dynamic table as RFC 7541 §4.1 measures it (name + value + 32 octets per
+/// entry), kept beside `loona-hpack`'s decoder (which does not say): each header block is
+/// walked as the decoder reports its fields, entries added by literals with incremental indexing
+/// and evicted oldest first by size updates and by the table's bound.
+#[derive(Debug)]
+struct TableSize {
+    /// The table's bound (4,096 until a size update changes it; at most [`MAX_HPACK_TABLE`]).
+    max: usize,
+    size: usize,
+    /// Each entry's size, oldest first.
+    entries: std::collections::VecDeque<usize>,
+}
+
+impl Default for TableSize {
+    fn default() -> TableSize {
+        TableSize {
+            max: 4096,
+            size: 0,
+            entries: Default::default(),
+        }
+    }
+}
+
+impl TableSize {
+    fn evict(&mut self) {
+        while self.size > self.max {
+            let Some(e) = self.entries.pop_front() else {
+                break;
+            };
+            self.size -= e;
+        }
+    }
+
+    /// The decoder reported the field at `*at` of `block` (name and value `entry` octets
+    /// decoded): applies the size updates before it and the field, and moves `*at` past it. The
+    /// decoder parsed the same bytes, so they are well formed.
+    fn field(&mut self, block: &[u8], at: &mut usize, entry: usize) {
+        while let Some(&b) = block.get(*at) {
+            if b & 0xe0 != 0x20 {
+                break;
+            }
+            let Some((max, n)) = hpack_integer(&block[*at..], 5) else {
+                return;
+            };
+            *at += n;
+            self.max = max;
+            self.evict();
+        }
+        let Some(&b) = block.get(*at) else {
+            return;
+        };
+        let (prefix, adds) = match b {
+            _ if b & 0x80 != 0 => (7, false),
+            _ if b & 0xc0 == 0x40 => (6, true),
+            _ => (4, false),
+        };
+        let Some((index, n)) = hpack_integer(&block[*at..], prefix) else {
+            return;
+        };
+        *at += n;
+        if prefix != 7 {
+            let strings = if index == 0 { 2 } else { 1 };
+            for _ in 0..strings {
+                let Some((len, n)) = block.get(*at..).and_then(|r| hpack_integer(r, 7)) else {
+                    return;
+                };
+                *at += n + len;
+            }
+        }
+        if adds {
+            self.entries.push_back(entry + 32);
+            self.size += entry + 32;
+            self.evict();
+        }
+    }
+}
+
+/// An HPACK integer with an `n`-bit prefix at the start of `b` (RFC 7541 §5.1): its value and
+/// the octets it took.
+fn hpack_integer(b: &[u8], n: u8) -> Option<(usize, usize)> {
+    let mask = (1usize << n) - 1;
+    let mut v = usize::from(*b.first()?) & mask;
+    if v < mask {
+        return Some((v, 1));
+    }
+    for (i, &c) in b.iter().enumerate().skip(1).take(5) {
+        v = v.checked_add(usize::from(c & 0x7f) << (7 * (i - 1)))?;
+        if c & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
 }
 
 fn dir_index(dir: Direction) -> usize {
@@ -414,16 +517,32 @@ impl Http2Conn {
     }
 
     /// Bytes held of frames and header blocks being assembled (both directions; bounded by
-    /// [`MAX_HEADER_BLOCK`] and [`MAX_CONTROL_PAYLOAD`]). The HPACK tables (each at most
-    /// [`MAX_HPACK_TABLE`]) are parsed state, not counted.
+    /// [`MAX_HEADER_BLOCK`] and [`MAX_CONTROL_PAYLOAD`]), and the HPACK dynamic tables' sizes
+    /// (each at most [`MAX_HPACK_TABLE`]).
     pub fn buffered(&self) -> usize {
         self.dirs
             .iter()
             .map(|d| {
                 d.frame.as_ref().map_or(0, |f| f.buf.len())
                     + d.block.as_ref().map_or(0, |b| b.buf.len())
+                    + d.hpack.as_ref().map_or(0, |h| h.table.size)
             })
             .sum()
+    }
+
+    /// The HPACK dynamic tables' sizes, request then response direction (RFC 7541 §4.1).
+    pub fn hpack_table_sizes(&self) -> [usize; 2] {
+        self.dirs
+            .each_ref()
+            .map(|d| d.hpack.as_ref().map_or(0, |h| h.table.size))
+    }
+
+    /// Forgets both directions' HPACK tables (over the buffer budget): later header blocks are
+    /// reported unknown, as on a connection picked up mid-stream.
+    pub fn drop_tables(&mut self) {
+        for s in &mut self.dirs {
+            s.hpack = None;
+        }
     }
 
     /// Stops parsing this connection for good (the caller found hostile traffic over a limit):
@@ -744,8 +863,8 @@ impl Http2Conn {
         let mut fields = Fields::default();
         if b.too_large {
             s.hpack = None;
-        } else if let Some(dec) = s.hpack.as_mut() {
-            match decode_block(dec, &b.buf, &mut self.decoded_bytes) {
+        } else if let Some(hpack) = s.hpack.as_mut() {
+            match decode_block(hpack, &b.buf, &mut self.decoded_bytes) {
                 Decoded::Fields(f) => fields = f,
                 Decoded::Error => {
                     out(H2Event::Error(H2ErrorKind::Hpack));
@@ -793,14 +912,16 @@ fn prefix(value: &[u8], max: usize, work: &mut u64) -> String {
 /// pseudo-header, and at most 64 allow-listed fields. Work beyond `loona-hpack`'s own (linear in
 /// the block: its Huffman strings decode to at most 8/5 of their length) is at most
 /// [`MAX_NAME`] + [`MAX_PATH_BYTES`] bytes per field and stops at [`MAX_HEADER_LIST`].
-fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8], work: &mut u64) -> Decoded {
+fn decode_block(hpack: &mut Hpack, block: &[u8], work: &mut u64) -> Decoded {
     let mut f = Fields {
         known: true,
         ..Fields::default()
     };
     let mut list = 0usize;
     let mut too_large = false;
-    let res = dec.decode_with_cb(block, |name, value| {
+    let (table, mut at) = (&mut hpack.table, 0);
+    let res = hpack.dec.decode_with_cb(block, |name, value| {
+        table.field(block, &mut at, name.len() + value.len());
         if too_large {
             return;
         }
@@ -847,6 +968,6 @@ fn decode_block(dec: &mut loona_hpack::Decoder<'static>, block: &[u8], work: &mu
 }
 
 #[cfg(test)]
-mod hostile;
+pub(crate) mod hostile;
 #[cfg(test)]
 pub(crate) mod tests;

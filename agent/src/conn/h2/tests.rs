@@ -272,4 +272,91 @@ fn cut_at_every_offset_the_outcomes_are_the_same() {
             }
         }
     }
+
+/// A client's first bytes: the preface, SETTINGS, and a request whose header block grows its
+/// HPACK table to 64 KiB and puts a 40 KB entry in it.
+fn large_table_request() -> Vec<u8> {
+    use crate::protocol::http2::hostile::{frame, indexing_block, request_with_block};
+    use crate::protocol::http2::{MAX_HPACK_TABLE, PREFACE};
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(4, 0, 0, &[]));
+    let big = vec![b'v'; 40_000];
+    bytes.extend(request_with_block(
+        1,
+        &indexing_block(Some(MAX_HPACK_TABLE), &[(b"x-big", &big)]),
+    ));
+    bytes
+}
+
+const LARGE_TABLE: usize = 5 + 40_000 + 32;
+
+#[test]
+fn hpack_tables_are_charged_and_a_connection_over_its_budget_is_shed() {
+    let mut w = Wire::new(Origin::Start);
+    w.table.set_budget(crate::conn::BufferBudget {
+        per_conn: 64 << 10,
+        total: 1 << 30,
+    });
+    w.syscall(SocketDir::Ingress, 1, &large_table_request());
+    assert_eq!(w.table.buffered(), LARGE_TABLE, "the table is charged");
+    assert_eq!(w.stats.buffer_sheds_connection.load(Relaxed), 0);
+
+    // Under a bound the table alone exceeds: shed (counted), its tables forgotten.
+    let mut w = Wire::new(Origin::Start);
+    w.table.set_budget(crate::conn::BufferBudget {
+        per_conn: 32 << 10,
+        total: 1 << 30,
+    });
+    w.syscall(SocketDir::Ingress, 1, &large_table_request());
+    assert_eq!(w.stats.buffer_sheds_connection.load(Relaxed), 1);
+    assert_eq!(w.table.buffered(), 0);
+}
+
+#[test]
+fn over_the_global_budget_the_connection_with_the_larger_tables_is_shed() {
+    let mut w = Wire::new(Origin::Start);
+    w.table.set_budget(crate::conn::BufferBudget {
+        per_conn: 1 << 20,
+        total: 40 << 10,
+    });
+    w.table.open(
+        ConnId {
+            tgid: 7,
+            conn_id: 2,
+        },
+        6,
+        Role::Server,
+        Some("127.0.0.1:9002".parse().unwrap()),
+        Some("127.0.0.1:40001".parse().unwrap()),
+        Origin::Start,
+        0,
+        &w.stats,
+    );
+    // Connection 2: a small table (one 1 KB entry).
+    let mut small = crate::protocol::http2::PREFACE.to_vec();
+    small.extend(crate::protocol::http2::hostile::request_with_block(
+        1,
+        &crate::protocol::http2::hostile::indexing_block(None, &[(b"x-s", &[b's'; 1000])]),
+    ));
+    let chunk = record(
+        SocketDir::Ingress,
+        1,
+        0,
+        (0, small.len() as u64),
+        true,
+        &small,
+    );
+    let chunk = crate::capture::decode::DataChunk {
+        conn_id: 2,
+        ..chunk
+    };
+    w.table.data(&chunk, &w.stats, &mut w.out);
+    let small_table = 3 + 1000 + 32;
+    assert_eq!(w.table.buffered(), small_table);
+    // Connection 1's large table takes all of them past the total: connection 1 is shed, 2 keeps
+    // its table.
+    w.syscall(SocketDir::Ingress, 2, &large_table_request());
+    assert_eq!(w.stats.buffer_sheds_global.load(Relaxed), 1);
+    assert_eq!(w.stats.buffer_sheds_connection.load(Relaxed), 0);
+    assert_eq!(w.table.buffered(), small_table);
 }

@@ -201,6 +201,38 @@ fn inter_token_latency_counts_every_gap() {
     )));
 }
 
+/// A request's gaps, read one by one, each time checking that the families' lock is free.
+struct GapsReadUnlocked<'a> {
+    metrics: &'a RequestMetrics,
+    left: u64,
+}
+
+impl Iterator for GapsReadUnlocked<'_> {
+    type Item = (u64, u64);
+    fn next(&mut self) -> Option<(u64, u64)> {
+        assert!(
+            self.metrics.families.try_lock().is_ok(),
+            "a request's gaps are read with the metrics lock held"
+        );
+        self.left = self.left.checked_sub(1)?;
+        Some((20 * MS, 1))
+    }
+}
+
+#[test]
+fn no_lock_is_held_while_a_requests_gaps_are_read() {
+    let m = RequestMetrics::new();
+    let gaps = || GapsReadUnlocked {
+        metrics: &m,
+        left: 10_000,
+    };
+    m.record_gaps(&chat("m", 2_000, Some(0.1), None), gaps);
+    let t = family(&m, "gen_ai_server_inter_token_latency_seconds");
+    assert!(t.contains(&format!(
+        "gen_ai_server_inter_token_latency_seconds_count{{{LABELS}}} 10000\n"
+    )));
+}
+
 #[test]
 fn tokens_are_a_histogram_and_a_counter_by_type() {
     let m = RequestMetrics::new();

@@ -265,3 +265,84 @@ fn stream_exhaustion_is_dropped() {
     }
     check_flood("stream ids going down", &s, |fx| fx.stream_floods);
 }
+
+/// A request on `stream` whose header block is `block` (HEADERS, then CONTINUATIONs of 16 KB).
+pub(crate) fn request_with_block(stream: u32, block: &[u8]) -> Vec<u8> {
+    let mut s = Vec::new();
+    let mut chunks = block.chunks(16_000).peekable();
+    let mut ty = HEADERS;
+    while let Some(c) = chunks.next() {
+        let flags = if chunks.peek().is_none() {
+            END_HEADERS | END_STREAM
+        } else {
+            0
+        };
+        s.extend(frame(ty, flags, stream, c));
+        ty = CONTINUATION;
+    }
+    s
+}
+
+/// A header block: an optional table size update, `:method GET`, `:path /`, then each
+/// `(name, value)` as a literal with incremental indexing (a new name).
+pub(crate) fn indexing_block(size_update: Option<usize>, entries: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut b = Vec::new();
+    if let Some(max) = size_update {
+        hpack_int(&mut b, 0x20, 5, max);
+    }
+    b.extend([0x82, 0x84]);
+    for (name, value) in entries {
+        hpack_int(&mut b, 0x40, 6, 0);
+        hpack_str(&mut b, name);
+        hpack_str(&mut b, value);
+    }
+    b
+}
+
+#[test]
+fn hpack_tables_are_measured_as_rfc_7541_does_and_counted_as_held() {
+    let big = vec![b'v'; 40_000];
+    let mut bytes = PREFACE.to_vec();
+    // Table bound 4,096 (the default): a 40 KB entry does not fit and empties the table.
+    bytes.extend(request_with_block(
+        1,
+        &indexing_block(None, &[(b"x-a", b"1"), (b"x-big", &big)]),
+    ));
+    let (p, _) = feed(&bytes);
+    assert_eq!(p.hpack_table_sizes(), [0, 0]);
+
+    // Grown to 64 KiB: the entries stay, 32 octets each on top of name and value.
+    bytes.extend(request_with_block(
+        3,
+        &indexing_block(Some(MAX_HPACK_TABLE), &[(b"x-a", b"1"), (b"x-big", &big)]),
+    ));
+    let (p, events) = feed(&bytes);
+    let table = (3 + 1 + 32) + (5 + 40_000 + 32);
+    assert_eq!(p.hpack_table_sizes(), [table, 0], "{events:#?}");
+    assert_eq!(p.buffered(), table);
+    // A second 40 KB entry evicts the oldest ones until the table is back within its bound.
+    bytes.extend(request_with_block(
+        5,
+        &indexing_block(None, &[(b"x-big2", &big)]),
+    ));
+    let (p, _) = feed(&bytes);
+    assert_eq!(p.hpack_table_sizes(), [6 + 40_000 + 32, 0]);
+
+    // A size update shrinking the table evicts, oldest first; a Huffman-coded name ("aaaaaaaa"
+    // in 5 octets) counts its decoded length; an indexed reference changes nothing.
+    let mut b = Vec::new();
+    hpack_int(&mut b, 0x20, 5, 100);
+    b.extend([
+        0x82, 0x84, 0x40, 0x85, 0x18, 0xc6, 0x31, 0x8c, 0x63, 0x01, b'1', 0xbe,
+    ]);
+    bytes.extend(request_with_block(7, &b));
+    let (mut p, events) = feed(&bytes);
+    assert_eq!(events.len(), 4, "{events:#?}");
+    assert!(
+        events[3].starts_with("headers 7 ") && events[3].contains("known: true"),
+        "{events:#?}"
+    );
+    assert_eq!(p.hpack_table_sizes(), [8 + 1 + 32, 0], "{events:#?}");
+    p.drop_tables();
+    assert_eq!(p.buffered(), 0);
+}
