@@ -47,7 +47,8 @@ pub trait Node {
     /// The kernel monotonic clock, in nanoseconds.
     fn now_ns(&self) -> u64;
     /// Whether an accepted connection from `peer` is the agent's own `/metrics` poll
-    /// (`runtime_poll`): such a connection is not traced.
+    /// (`runtime_poll`): such a connection is not traced. Asked once per accepted connection;
+    /// a match is claimed, so that a later client reusing the address is traced.
     fn is_own_connection(&self, _peer: SocketAddr) -> bool {
         false
     }

@@ -51,10 +51,11 @@ pub const SERVERS_MAX: usize = 256;
 pub const BACKOFF: Duration = Duration::from_secs(30);
 /// How often the targets are looked at for servers to poll.
 const TARGETS_EVERY: Duration = Duration::from_millis(250);
-/// How long an own connection's source address is remembered after its poll began: long after
-/// the pipeline has seen its open record; no other connection can have the same address pair
-/// meanwhile (TIME_WAIT holds it for 60 s after the close).
-const OWN_TTL: Duration = Duration::from_secs(30);
+/// How long an own connection's source address is remembered after its poll began, if the
+/// pipeline never claims it (it claims it at the connection's open record, within milliseconds).
+/// Short, and claimed once: on loopback the kernel reuses a source port still in TIME_WAIT
+/// (`tcp_tw_reuse` = 2), so a client's connection can have the same address a moment later.
+const OWN_TTL: Duration = Duration::from_secs(5);
 /// Own connections remembered at once.
 const OWN_MAX: usize = 4096;
 
@@ -98,9 +99,10 @@ impl OwnConnections {
         }
     }
 
-    /// Whether a connection whose peer is `peer` is one of the agent's own polls.
-    pub fn contains(&self, peer: SocketAddr) -> bool {
-        let m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether a connection whose peer is `peer` is one of the agent's own polls; a match is
+    /// claimed (forgotten), so that a later connection reusing the address is not taken for one.
+    pub fn claim(&self, peer: SocketAddr) -> bool {
+        let mut m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
         // An IPv4 client of a dual-stack listener shows as v4-mapped IPv6.
         let plain = match peer {
             SocketAddr::V6(v6) => v6
@@ -109,7 +111,10 @@ impl OwnConnections {
                 .map(|ip| SocketAddr::new(IpAddr::V4(ip), v6.port())),
             SocketAddr::V4(_) => None,
         };
-        !m.is_empty() && (m.contains_key(&peer) || plain.is_some_and(|p| m.contains_key(&p)))
+        let now = Instant::now();
+        let mut take =
+            |a: &SocketAddr| m.remove(a).is_some_and(|t| now.duration_since(t) < OWN_TTL);
+        !m.is_empty() && (take(&peer) || plain.is_some_and(|p| take(&p)))
     }
 }
 
@@ -609,14 +614,18 @@ mod tests {
     }
 
     #[test]
-    fn own_connections_match_v4_mapped_peers() {
+    fn own_connections_match_v4_mapped_peers_and_are_claimed_once() {
         let own = OwnConnections::default();
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert!(!own.contains(a));
+        assert!(!own.claim(a));
         own.register(a);
-        assert!(own.contains(a));
-        assert!(own.contains("[::ffff:127.0.0.1]:40000".parse().unwrap()));
-        assert!(!own.contains("127.0.0.1:40001".parse().unwrap()));
+        assert!(!own.claim("127.0.0.1:40001".parse().unwrap()));
+        assert!(own.claim("[::ffff:127.0.0.1]:40000".parse().unwrap()));
+        // Claimed: a client's connection that reuses the source port (loopback reuses ports in
+        // TIME_WAIT) is not taken for the agent's own.
+        assert!(!own.claim(a));
+        own.register(a);
+        assert!(own.claim(a));
     }
 
     #[test]

@@ -282,7 +282,7 @@ impl Node for KernelNode {
     }
 
     fn is_own_connection(&self, peer: SocketAddr) -> bool {
-        self.own.contains(peer)
+        self.own.claim(peer)
     }
 }
 
