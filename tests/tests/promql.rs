@@ -373,11 +373,14 @@ fn documented_promql_gives_the_workloads_numbers() {
         return;
     };
     let queries = documented_queries();
+    // The server reports each request's phases (vLLM's `--enable-per-request-metrics`): a fifth
+    // of its first-token wait queued, for the queue-wait query.
     let server = StandIn::start(
         &ctx,
         StandInOpts {
             ttft_ms: TTFT_MS,
             token_interval_ms: INTERVAL_MS,
+            env: vec![("STANDIN_PER_REQUEST_METRICS".into(), "1".into())],
             ..StandInOpts::default()
         },
     );
@@ -694,6 +697,26 @@ fn documented_promql_gives_the_workloads_numbers() {
         ),
         0.1,
         0.5,
+    );
+    // Queue wait vs TTFT: the server queued each stream for a fifth of its 100 ms first-token
+    // wait (20 ms). infertap's TTFT adds the wire and the API server, and counts the requests
+    // whose phases were not reported (whole answers, cancelled streams: longer or no queue
+    // figure), so the share of the mean is at most 0.2.
+    within(
+        "queue_wait_share_of_ttft_by_model",
+        pick(
+            "queue_wait_share_of_ttft_by_model",
+            q("queue_wait_share_of_ttft_by_model"),
+            &m,
+        ),
+        0.05,
+        0.2,
+    );
+    within(
+        "queue_wait_p90_by_model",
+        pick("queue_wait_p90_by_model", q("queue_wait_p90_by_model"), &m),
+        0.01,
+        0.05,
     );
     // Energy per token: 250 W over a stream of 0.1 s + 7 × 20 ms (and some slack) for 8
     // tokens is 7.5–10 J per token; a cancelled stream's few tokens cost a little more each.
