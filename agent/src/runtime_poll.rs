@@ -111,10 +111,13 @@ impl OwnConnections {
                 .map(|ip| SocketAddr::new(IpAddr::V4(ip), v6.port())),
             SocketAddr::V4(_) => None,
         };
+        if m.is_empty() {
+            return false;
+        }
         let now = Instant::now();
         let mut take =
             |a: &SocketAddr| m.remove(a).is_some_and(|t| now.duration_since(t) < OWN_TTL);
-        !m.is_empty() && (take(&peer) || plain.is_some_and(|p| take(&p)))
+        take(&peer) || plain.is_some_and(|p| take(&p))
     }
 }
 
