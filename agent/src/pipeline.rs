@@ -48,8 +48,10 @@ pub trait Node {
     fn now_ns(&self) -> u64;
     /// Whether an accepted connection from `peer` is the agent's own `/metrics` poll
     /// (`runtime_poll`): such a connection is not traced. Asked once per accepted connection;
-    /// a match is claimed, so that a later client reusing the address is traced.
-    fn is_own_connection(&self, _peer: SocketAddr) -> bool {
+    /// a match is claimed, so that a later client reusing the address is traced, and a
+    /// connection accepted (`accepted_ns`, kernel monotonic) before the poll registered its
+    /// address is not one.
+    fn is_own_connection(&self, _peer: SocketAddr, _accepted_ns: u64) -> bool {
         false
     }
 }
@@ -254,7 +256,9 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                     }
                     local = local.or(listener);
                 }
-                if role == Role::Server && peer.is_some_and(|p| self.node.is_own_connection(p)) {
+                if role == Role::Server
+                    && peer.is_some_and(|p| self.node.is_own_connection(p, ts_ns))
+                {
                     self.node.untrace(tgid, fd, conn_id);
                     self.own_conns.insert(tgid, conn_id);
                     stats

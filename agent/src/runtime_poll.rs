@@ -82,27 +82,37 @@ pub enum PollError {
     QueueFull,
 }
 
-/// Source addresses of the agent's own poll connections, registered before they connect; the
-/// pipeline's node asks it about the peer of every accepted connection.
+/// Source addresses of the agent's own poll connections, registered (with the kernel's monotonic
+/// time) before they connect; the pipeline's node asks it about the peer of every accepted
+/// connection, with the time of its accept.
 #[derive(Debug, Default)]
 pub struct OwnConnections {
-    addrs: Mutex<HashMap<SocketAddr, Instant>>,
+    addrs: Mutex<HashMap<SocketAddr, u64>>,
 }
 
 impl OwnConnections {
     pub fn register(&self, addr: SocketAddr) {
+        self.register_at(addr, WallClock::monotonic_now());
+    }
+
+    fn register_at(&self, addr: SocketAddr, now_ns: u64) {
         let mut m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        m.retain(|_, t| now.duration_since(*t) < OWN_TTL);
+        let ttl = OWN_TTL.as_nanos() as u64;
+        m.retain(|_, t| now_ns.saturating_sub(*t) < ttl);
         if m.len() < OWN_MAX {
-            m.insert(addr, now);
+            m.insert(addr, now_ns);
         }
     }
 
-    /// Whether a connection whose peer is `peer` is one of the agent's own polls; a match is
-    /// claimed (forgotten), so that a later connection reusing the address is not taken for one.
-    pub fn claim(&self, peer: SocketAddr) -> bool {
+    /// Whether a connection accepted at `accepted_ns` whose peer is `peer` is one of the agent's
+    /// own polls. A match is claimed (forgotten), so that a later client connection reusing the
+    /// address is not taken for one; a connection accepted before the address was registered (a
+    /// client that had the port earlier, its record still queued) is not one.
+    pub fn claim(&self, peer: SocketAddr, accepted_ns: u64) -> bool {
         let mut m = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        if m.is_empty() {
+            return false;
+        }
         // An IPv4 client of a dual-stack listener shows as v4-mapped IPv6.
         let plain = match peer {
             SocketAddr::V6(v6) => v6
@@ -111,12 +121,14 @@ impl OwnConnections {
                 .map(|ip| SocketAddr::new(IpAddr::V4(ip), v6.port())),
             SocketAddr::V4(_) => None,
         };
-        if m.is_empty() {
-            return false;
-        }
-        let now = Instant::now();
-        let mut take =
-            |a: &SocketAddr| m.remove(a).is_some_and(|t| now.duration_since(t) < OWN_TTL);
+        let ttl = OWN_TTL.as_nanos() as u64;
+        let mut take = |a: &SocketAddr| match m.get(a) {
+            Some(&at) if accepted_ns >= at => {
+                m.remove(a);
+                accepted_ns - at < ttl
+            }
+            _ => false,
+        };
         take(&peer) || plain.is_some_and(|p| take(&p))
     }
 }
@@ -620,15 +632,17 @@ mod tests {
     fn own_connections_match_v4_mapped_peers_and_are_claimed_once() {
         let own = OwnConnections::default();
         let a: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-        assert!(!own.claim(a));
-        own.register(a);
-        assert!(!own.claim("127.0.0.1:40001".parse().unwrap()));
-        assert!(own.claim("[::ffff:127.0.0.1]:40000".parse().unwrap()));
+        assert!(!own.claim(a, 1_000));
+        own.register_at(a, 1_000);
+        assert!(!own.claim("127.0.0.1:40001".parse().unwrap(), 2_000));
+        // A client accepted before the poll took the port (its record still queued) is not it.
+        assert!(!own.claim(a, 999));
+        assert!(own.claim("[::ffff:127.0.0.1]:40000".parse().unwrap(), 2_000));
         // Claimed: a client's connection that reuses the source port (loopback reuses ports in
         // TIME_WAIT) is not taken for the agent's own.
-        assert!(!own.claim(a));
-        own.register(a);
-        assert!(own.claim(a));
+        assert!(!own.claim(a, 3_000));
+        own.register_at(a, 4_000);
+        assert!(!own.claim(a, 4_000 + OWN_TTL.as_nanos() as u64));
     }
 
     #[test]

@@ -281,8 +281,8 @@ impl Node for KernelNode {
         WallClock::monotonic_now()
     }
 
-    fn is_own_connection(&self, peer: SocketAddr) -> bool {
-        self.own.claim(peer)
+    fn is_own_connection(&self, peer: SocketAddr, accepted_ns: u64) -> bool {
+        self.own.claim(peer, accepted_ns)
     }
 }
 
