@@ -272,6 +272,7 @@ fn cut_at_every_offset_the_outcomes_are_the_same() {
             }
         }
     }
+}
 
 /// A client's first bytes: the preface, SETTINGS, and a request whose header block grows its
 /// HPACK table to 64 KiB and puts a 40 KB entry in it.
