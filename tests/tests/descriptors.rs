@@ -198,9 +198,18 @@ fn a_churn_of_connections_closed_every_way_leaves_only_the_live_ones_in_the_map(
     // The process was targeted a moment after it started: the first few pairs may be untraced.
     let per_way = u64::from(count.saturating_sub(5) / 4) * 2;
     let slack = 200;
-    assert!(f["close"].as_u64().unwrap() + slack >= per_way, "{f}");
-    assert!(f["close_range"].as_u64().unwrap() + slack >= per_way, "{f}");
-    assert!(f["dup"].as_u64().unwrap() + 2 * slack >= 2 * per_way, "{f}");
+    let n = |k: &str| f[k].as_u64().unwrap();
+    assert!(n("close") + slack >= per_way, "{f}");
+    // The next pair reuses the numbers a close_range freed, and the kernel marks that range stale
+    // lazily: a socket on one of them can be charged to the close_range or to the dup that
+    // follows, whichever the kernel sees first (a run gave 50,561 and 99,509 for 49,996 and
+    // 99,992). Together they are exact; each is near its share.
+    assert!(
+        n("close_range") + n("dup") + 3 * slack >= 3 * per_way,
+        "{f}"
+    );
+    assert!(n("close_range") * 10 >= per_way * 9, "{f}");
+    assert!(n("dup") * 10 >= 2 * per_way * 9, "{f}");
     assert_eq!(
         status["records"]["kernel_dropped"]["sockets_map_full"], 0,
         "{}",
