@@ -4,3 +4,4 @@ pub mod harness;
 pub mod kube_standin;
 pub mod otlp_receiver;
 pub mod pod_cgroup;
+pub mod prometheus;

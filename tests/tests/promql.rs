@@ -12,16 +12,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use infertap_tests::fake_nvml::{Device, FakeNvml, Process, Series, Timeline};
-use infertap_tests::harness::{
-    self, client, free_port, http_get, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
-};
+use infertap_tests::harness::{self, client, poll, Agent, Proc, StandIn, StandInOpts, TestCtx};
+use infertap_tests::prometheus::Prometheus;
 use serde_json::Value;
 
 const MODEL: &str = "standin-model";
@@ -41,13 +39,6 @@ fn workspace() -> PathBuf {
         .parent()
         .unwrap()
         .to_path_buf()
-}
-
-fn prometheus_bin() -> PathBuf {
-    std::env::var_os("INFERTAP_PROMETHEUS")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"))
 }
 
 /// The documented queries, by name, in the doc's order.
@@ -89,109 +80,6 @@ fn panel_exprs(panels: &Value, out: &mut Vec<(String, String)>) {
             }
         }
         panel_exprs(&panel["panels"], out);
-    }
-}
-
-/// Percent-encodes a query string value.
-fn urlencode(s: &str) -> String {
-    let mut out = String::new();
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// Our own Prometheus, scraping the agent's `/metrics` every second; stopped when dropped.
-struct Prometheus {
-    proc: Proc,
-    addr: SocketAddr,
-}
-
-impl Prometheus {
-    fn start(ctx: &TestCtx, target: SocketAddr) -> Prometheus {
-        let bin = prometheus_bin();
-        assert!(
-            bin.exists(),
-            "{} is missing: install Debian's prometheus package (cargo xtask setup / \
-             deps::ensure_prometheus, or apt-get install -y prometheus), or set INFERTAP_PROMETHEUS",
-            bin.display()
-        );
-        let config = ctx.file("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: infertap\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let data = ctx.file("prometheus-data");
-        fs::create_dir_all(&data).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn");
-        let mut proc = Proc::spawn("prometheus", cmd, ctx.file("prometheus.log"));
-        let ready = poll(Duration::from_secs(30), || {
-            if let Some(s) = proc.exited() {
-                panic!("prometheus exited ({s}):\n{}", proc.log_text());
-            }
-            matches!(http_get(addr, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "prometheus was not ready within 30 s:\n{}",
-            proc.log_text()
-        );
-        Prometheus { proc, addr }
-    }
-
-    /// `/api/v1/query`: the result vector (instant query, now). Panics on an error.
-    fn query(&self, expr: &str) -> Vec<Value> {
-        let path = format!("/api/v1/query?query={}", urlencode(expr));
-        let (code, body) = http_get(self.addr, &path)
-            .unwrap_or_else(|e| panic!("querying prometheus ({expr}): {e}"));
-        let v: Value = serde_json::from_str(&body)
-            .unwrap_or_else(|e| panic!("prometheus answered {code} with bad JSON ({e}): {body}"));
-        assert!(
-            code == 200 && v["status"] == "success",
-            "query failed ({code}): {expr}\n{body}"
-        );
-        match &v["data"]["result"] {
-            Value::Array(a) => a.clone(),
-            Value::Object(_) | Value::String(_) => vec![v["data"]["result"].clone()],
-            other => panic!("unexpected result {other} for {expr}"),
-        }
-    }
-
-    /// Scrapes of the agent that Prometheus has stored so far.
-    fn scrapes(&self) -> usize {
-        self.query(r#"count_over_time(up{job="infertap"}[10m])"#)
-            .first()
-            .and_then(|s| s["value"][1].as_str()?.parse::<f64>().ok())
-            .unwrap_or(0.0) as usize
-    }
-
-    /// Waits until `n` more scrapes than now are stored.
-    fn wait_scrapes(&self, n: usize) {
-        let start = self.scrapes();
-        let done = poll(Duration::from_secs(30), || {
-            (self.scrapes() >= start + n).then_some(())
-        });
-        assert!(
-            done.is_some(),
-            "prometheus stored fewer than {n} new scrapes within 30 s:\n{}\ntargets: {:?}",
-            self.proc.log_text(),
-            http_get(self.addr, "/api/v1/targets")
-        );
     }
 }
 
@@ -417,7 +305,7 @@ fn documented_promql_gives_the_workloads_numbers() {
         "EPP never targeted: {}",
         agent.status()
     );
-    let prom = Prometheus::start(&ctx, agent.debug_addr);
+    let prom = Prometheus::start(&ctx, "infertap", agent.debug_addr);
     let max_tokens = MAX_TOKENS.to_string();
     let run = |scenario: &str, count: usize| {
         client(

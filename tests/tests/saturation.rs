@@ -10,17 +10,13 @@
 //!
 //! Run: `CI=true cargo xtask test -- saturation` (as root).
 
-use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::process::Command;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use infertap_tests::harness::{
-    attr, begin, free_port, http_get, poll, random_hex, Agent, Proc, StandIn, StandInOpts, TestCtx,
-};
+use infertap_tests::harness::{attr, begin, poll, random_hex, Agent, StandIn, StandInOpts};
+use infertap_tests::prometheus::Prometheus;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -205,7 +201,7 @@ fn without_the_poll_a_prometheus_scrape_alone_fills_the_figures() {
     let server = StandIn::start(&ctx, StandInOpts::default());
     let agent = Agent::start(&ctx, &server, &["--runtime-poll-interval", "0"], &[]);
     let target: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
-    let prom = Prometheus::start(&ctx, target);
+    let prom = Prometheus::start(&ctx, "vllm", target);
     // Its scrapes cross the traced socket (they are spans like any request).
     poll(WAIT, || {
         agent
@@ -221,57 +217,4 @@ fn without_the_poll_a_prometheus_scrape_alone_fills_the_figures() {
     assert!(rp["interval_s"].is_null(), "{rp:#}");
     assert_eq!(rp["servers"], json!([]), "{rp:#}");
     assert_eq!(rp["connections_untraced_total"], 0, "{rp:#}");
-}
-
-/// A real Prometheus scraping `target`'s `/metrics` every second; stopped when dropped.
-struct Prometheus {
-    proc: Proc,
-}
-
-impl Prometheus {
-    fn start(ctx: &TestCtx, target: SocketAddr) -> Prometheus {
-        let bin = std::env::var_os("INFERTAP_PROMETHEUS")
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/usr/bin/prometheus"));
-        assert!(
-            bin.exists(),
-            "{} is missing: install Debian's prometheus package (cargo xtask setup), or set \
-             INFERTAP_PROMETHEUS",
-            bin.display()
-        );
-        let config = ctx.file("prometheus.yml");
-        fs::write(
-            &config,
-            format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: vllm\n    metrics_path: /metrics\n    \
-                 static_configs:\n      - targets: ['{target}']\n"
-            ),
-        )
-        .unwrap();
-        let data = ctx.file("prometheus-data");
-        fs::create_dir_all(&data).unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let mut cmd = Command::new(&bin);
-        cmd.arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", data.display()))
-            .arg(format!("--web.listen-address={addr}"))
-            .arg("--log.level=warn");
-        let mut proc = Proc::spawn("prometheus", cmd, ctx.file("prometheus.log"));
-        let started = Instant::now();
-        let ready = poll(Duration::from_secs(30), || {
-            if let Some(s) = proc.exited() {
-                panic!("prometheus exited ({s}):\n{}", proc.log_text());
-            }
-            matches!(http_get(addr, "/-/ready"), Ok((200, _))).then_some(())
-        });
-        assert!(
-            ready.is_some(),
-            "prometheus was not ready within 30 s:\n{}",
-            proc.log_text()
-        );
-        eprintln!("prometheus ready in {:?}", started.elapsed());
-        Prometheus { proc }
-    }
 }
