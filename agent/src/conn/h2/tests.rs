@@ -25,6 +25,32 @@ fn load(name: &str) -> Vec<(SocketDir, Vec<u8>)> {
         .collect()
 }
 
+/// A recording replayed, one syscall per chunk; with `cut = Some((i, k))`, chunk `i` arrives in
+/// two syscalls split at byte `k`.
+fn replay(chunks: &[(SocketDir, Vec<u8>)], cut: Option<(usize, usize)>) -> Wire {
+    let mut w = Wire::new(Origin::Start);
+    for (j, (dir, b)) in chunks.iter().enumerate() {
+        match cut {
+            Some((i, k)) if i == j => {
+                w.syscall(*dir, j as u64 + 1, &b[..k]);
+                w.syscall(*dir, j as u64 + 1, &b[k..]);
+            }
+            _ => w.syscall(*dir, j as u64 + 1, b),
+        }
+    }
+    w
+}
+
+/// Every place a recording's chunks can be cut. A first client read of fewer than 4 bytes ("P",
+/// "PR", "PRI") is not taken for a preface ("POST", "PUT" and "PATCH" start the same way): a
+/// documented limit, not cut at.
+fn cuts(chunks: &[(SocketDir, Vec<u8>)]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    chunks.iter().enumerate().flat_map(|(i, (_, bytes))| {
+        let from = if i == 0 { 4 } else { 1 };
+        (from..bytes.len()).map(move |k| (i, k))
+    })
+}
+
 struct Wire {
     table: ConnTable,
     stats: Stats,
@@ -82,11 +108,7 @@ impl Wire {
 
 #[test]
 fn a_recorded_ext_proc_connection_becomes_routing_decisions() {
-    let chunks = load("ext_proc_routed.bin");
-    let mut w = Wire::new(Origin::Start);
-    for (i, (dir, b)) in chunks.iter().enumerate() {
-        w.syscall(*dir, i as u64 + 1, b);
-    }
+    let mut w = replay(&load("ext_proc_routed.bin"), None);
     let ds = w.decisions();
     assert_eq!(ds.len(), 2);
     assert!(ds.iter().all(|d| d.outcome == Outcome::Routed));
@@ -103,37 +125,17 @@ fn a_recorded_ext_proc_connection_becomes_routing_decisions() {
 #[test]
 fn cut_at_every_offset_the_decisions_are_the_same() {
     let chunks = load("ext_proc_rejected.bin");
-    let mut whole = Wire::new(Origin::Start);
-    for (i, (dir, b)) in chunks.iter().enumerate() {
-        whole.syscall(*dir, i as u64 + 1, b);
-    }
-    let want: Vec<_> = whole
-        .decisions()
-        .into_iter()
-        .map(|d| (d.outcome, d.headers))
-        .collect();
+    let decided = |mut w: Wire| -> Vec<_> {
+        w.decisions()
+            .into_iter()
+            .map(|d| (d.outcome, d.headers))
+            .collect()
+    };
+    let want = decided(replay(&chunks, None));
     assert_eq!(want.len(), 1);
-    for (i, (_, bytes)) in chunks.iter().enumerate() {
-        // A first client read of fewer than 4 bytes ("P", "PR", "PRI") is not taken for a preface
-        // ("POST", "PUT" and "PATCH" start the same way): a documented limit, not tested here.
-        let from = if i == 0 { 4 } else { 1 };
-        for k in from..bytes.len() {
-            let mut w = Wire::new(Origin::Start);
-            for (j, (dir, b)) in chunks.iter().enumerate() {
-                if i == j {
-                    w.syscall(*dir, j as u64 + 1, &b[..k]);
-                    w.syscall(*dir, j as u64 + 1, &b[k..]);
-                } else {
-                    w.syscall(*dir, j as u64 + 1, b);
-                }
-            }
-            let got: Vec<_> = w
-                .decisions()
-                .into_iter()
-                .map(|d| (d.outcome, d.headers))
-                .collect();
-            assert_eq!(got, want, "chunk {i} cut at {k}");
-        }
+    for (i, k) in cuts(&chunks) {
+        let got = decided(replay(&chunks, Some((i, k))));
+        assert_eq!(got, want, "chunk {i} cut at {k}");
     }
 }
 
@@ -208,11 +210,7 @@ fn picked_up_mid_stream_frames_go_the_http2_way() {
 /// A recorded connection (Envoy stand-in ↔ EPP stand-in, real grpcio) whose streams carry the
 /// response phase: the decisions, replayed whole.
 fn outcome_decisions(name: &str) -> Vec<crate::epp::Decision> {
-    let chunks = load(name);
-    let mut w = Wire::new(Origin::Start);
-    for (i, (dir, b)) in chunks.iter().enumerate() {
-        w.syscall(*dir, i as u64 + 1, b);
-    }
+    let mut w = replay(&load(name), None);
     assert_eq!(w.stats.http2_frame_errors.load(Relaxed), 0);
     w.decisions()
 }
@@ -256,20 +254,9 @@ fn cut_at_every_offset_the_outcomes_are_the_same() {
     for name in ["ext_proc_outcome_sse.bin", "ext_proc_outcome_json.bin"] {
         let want = outcome_decisions(name);
         let chunks = load(name);
-        for (i, (_, bytes)) in chunks.iter().enumerate() {
-            let from = if i == 0 { 4 } else { 1 };
-            for k in from..bytes.len() {
-                let mut w = Wire::new(Origin::Start);
-                for (j, (dir, b)) in chunks.iter().enumerate() {
-                    if i == j {
-                        w.syscall(*dir, j as u64 + 1, &b[..k]);
-                        w.syscall(*dir, j as u64 + 1, &b[k..]);
-                    } else {
-                        w.syscall(*dir, j as u64 + 1, b);
-                    }
-                }
-                assert_eq!(w.decisions(), want, "{name}: chunk {i} cut at {k}");
-            }
+        for (i, k) in cuts(&chunks) {
+            let mut w = replay(&chunks, Some((i, k)));
+            assert_eq!(w.decisions(), want, "{name}: chunk {i} cut at {k}");
         }
     }
 }
