@@ -98,37 +98,35 @@ impl Wire {
         let syscall_pos = self.pos[conn][1];
         let syscall_len: usize = parts.iter().map(|p| p.len()).sum();
         for (i, bytes) in parts.iter().enumerate() {
-            let at = self.pos[conn][1];
-            self.pos[conn][1] += bytes.len() as u64;
             let last = if i + 1 == parts.len() {
                 DATA_FLAG_LAST
             } else {
                 0
             };
-            let rec = DataRecord {
-                header: RecordHeader {
-                    kind: RECORD_DATA,
-                    tgid: TGID,
-                    ts_ns: self.ts,
-                },
-                conn_id: conn as u64 + 1,
-                stream_pos: at,
-                syscall_pos,
-                syscall_len: syscall_len as u64,
-                fd: 10 + conn as u32,
-                tid: TGID,
-                len: bytes.len() as u32,
-                flags: last | DATA_FLAG_EGRESS | SYS_WRITEV << DATA_SYSCALL_SHIFT,
-            };
-            let mut raw = bytes_of(&rec);
-            raw.extend_from_slice(bytes);
-            raw.resize(raw.len().next_multiple_of(8), 0);
-            self.records.push(raw);
+            let flags = last | DATA_FLAG_EGRESS | SYS_WRITEV << DATA_SYSCALL_SHIFT;
+            self.push(conn, true, bytes, syscall_pos, syscall_len as u64, flags);
         }
     }
 
     fn data_by(&mut self, conn: usize, egress: bool, bytes: &[u8], syscall: u32) {
         self.ts += 1_000;
+        let at = self.pos[conn][usize::from(egress)];
+        let flags = DATA_FLAG_LAST
+            | if egress { DATA_FLAG_EGRESS } else { 0 }
+            | syscall << DATA_SYSCALL_SHIFT;
+        self.push(conn, egress, bytes, at, bytes.len() as u64, flags);
+    }
+
+    /// One data record of `bytes` at the direction's position, which it advances.
+    fn push(
+        &mut self,
+        conn: usize,
+        egress: bool,
+        bytes: &[u8],
+        syscall_pos: u64,
+        syscall_len: u64,
+        flags: u32,
+    ) {
         let d = usize::from(egress);
         let at = self.pos[conn][d];
         self.pos[conn][d] += bytes.len() as u64;
@@ -140,14 +138,12 @@ impl Wire {
             },
             conn_id: conn as u64 + 1,
             stream_pos: at,
-            syscall_pos: at,
-            syscall_len: bytes.len() as u64,
+            syscall_pos,
+            syscall_len,
             fd: 10 + conn as u32,
             tid: TGID,
             len: bytes.len() as u32,
-            flags: DATA_FLAG_LAST
-                | if egress { DATA_FLAG_EGRESS } else { 0 }
-                | syscall << DATA_SYSCALL_SHIFT,
+            flags,
         };
         let mut raw = bytes_of(&rec);
         raw.extend_from_slice(bytes);
