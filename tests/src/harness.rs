@@ -264,8 +264,33 @@ impl Drop for Proc {
     }
 }
 
-fn python(script: &str) -> Command {
+/// A peer script (`tests/peers/<script>`), run directly.
+pub fn python(script: &str) -> Command {
     python_in(&[], script)
+}
+
+/// The EPP stand-in (`epp_standin.py`) on a free port, routing to `endpoint` (and asking for the
+/// response phase), with `extra` arguments; its port once it listens.
+pub fn start_epp(ctx: &TestCtx, endpoint: &str, extra: &[&str]) -> (Proc, u16) {
+    let ready = ctx.file("epp.ready");
+    let mut cmd = python("epp_standin.py");
+    cmd.args(["--port", "0", "--ready-file"])
+        .arg(&ready)
+        .args(["--endpoint", endpoint])
+        .args(extra);
+    let mut proc = Proc::spawn("epp_standin.py", cmd, ctx.file("epp.log"));
+    let port = poll(Duration::from_secs(60), || {
+        if let Some(s) = proc.exited() {
+            panic!("the EPP stand-in exited ({s}):\n{}", proc.log_text());
+        }
+        std::fs::read_to_string(&ready)
+            .ok()?
+            .trim()
+            .parse::<u16>()
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("the EPP stand-in never listened:\n{}", proc.log_text()));
+    (proc, port)
 }
 
 /// A peer script run through `wrapper` (a command that ends by exec'ing its arguments, e.g.
@@ -282,11 +307,14 @@ fn python_in(wrapper: &[String], script: &str) -> Command {
     };
     cmd.arg("-u").arg(p.peers.join(script));
     cmd.env("PYTHONDONTWRITEBYTECODE", "1");
-    // The client's own OTel SDK must not export anywhere.
+    // The client's own OTel SDK must not export anywhere; loopback traffic takes no proxy.
     for var in [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_TRACES_EXPORTER",
         "OPENAI_BASE_URL",
+        "http_proxy",
+        "https_proxy",
+        "grpc_proxy",
     ] {
         cmd.env_remove(var);
     }

@@ -10,12 +10,10 @@
 //!
 //! Run: `cargo test --release -p infertap-tests --test epp -- --test-threads=1` (as root).
 
-use std::fs;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use infertap_tests::harness::{
-    self, attr, paths, poll, Agent, Proc, Receiver, StandIn, StandInOpts, TestCtx,
+    self, attr, poll, Agent, Proc, Receiver, StandIn, StandInOpts, TestCtx,
 };
 use serde_json::Value;
 
@@ -31,40 +29,15 @@ const SECRET: &str = "epp-secret-8d1f0c";
 const CANARY: &str = "epp-canary-prompt-5a77";
 
 fn python(ctx: &TestCtx, script: &str, args: &[String], log: &str) -> Proc {
-    let p = paths();
-    let mut cmd = Command::new(&p.python);
-    cmd.arg("-u")
-        .arg(p.peers.join(script))
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("grpc_proxy");
+    let mut cmd = harness::python(script);
+    cmd.args(args);
     Proc::spawn(script, cmd, ctx.file(log))
 }
 
 /// The EPP stand-in, on a free port, routing to `endpoint`.
 fn start_epp(ctx: &TestCtx, endpoint: &str) -> (Proc, u16) {
-    let ready = ctx.file("epp.ready");
-    let args = vec![
-        "--port".into(),
-        "0".into(),
-        "--ready-file".into(),
-        ready.display().to_string(),
-        "--endpoint".into(),
-        endpoint.to_string(),
-        "--decision-delay-ms".into(),
-        DECISION_DELAY_MS.to_string(),
-    ];
-    let mut proc = python(ctx, "epp_standin.py", &args, "epp.log");
-    let port = poll(Duration::from_secs(60), || {
-        if let Some(s) = proc.exited() {
-            panic!("the EPP stand-in exited ({s}):\n{}", proc.log_text());
-        }
-        fs::read_to_string(&ready).ok()?.trim().parse::<u16>().ok()
-    })
-    .unwrap_or_else(|| panic!("the EPP stand-in never listened:\n{}", proc.log_text()));
-    (proc, port)
+    let delay = DECISION_DELAY_MS.to_string();
+    harness::start_epp(ctx, endpoint, &["--decision-delay-ms", &delay])
 }
 
 /// Runs the Envoy stand-in to its end; its JSON records.

@@ -8,11 +8,10 @@
 //!
 //! Run: `CI=true cargo xtask test -- pd_` (as root).
 
-use std::process::Command;
 use std::time::Duration;
 
 use infertap_tests::harness::{
-    attr, begin, paths, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
+    self, attr, begin, poll, Agent, Proc, StandIn, StandInOpts, TestCtx,
 };
 use serde_json::Value;
 
@@ -23,15 +22,11 @@ const TOLERANCE_S: f64 = 0.002;
 
 /// Runs the sidecar once; its JSON report.
 fn sidecar(ctx: &TestCtx, prefill: u16, decode: u16, gap_ms: u64, extra: &[&str]) -> Value {
-    let p = paths();
-    let mut cmd = Command::new(&p.python);
-    cmd.arg("-u")
-        .arg(p.peers.join("pd_sidecar.py"))
-        .args(["--prefill-port", &prefill.to_string()])
+    let mut cmd = harness::python("pd_sidecar.py");
+    cmd.args(["--prefill-port", &prefill.to_string()])
         .args(["--decode-port", &decode.to_string()])
         .args(["--gap-ms", &gap_ms.to_string()])
-        .args(extra)
-        .env("PYTHONDONTWRITEBYTECODE", "1");
+        .args(extra);
     let log = ctx.file(&format!("sidecar-{gap_ms}.log"));
     let mut proc = Proc::spawn("pd_sidecar.py", cmd, log);
     let status = proc.wait(Duration::from_secs(60));

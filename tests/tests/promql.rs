@@ -13,7 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -202,40 +201,9 @@ fn dashboard_uses_only_documented_queries() {
 
 /// A peer script (tests/peers) run with the workspace's Python.
 fn peer(ctx: &TestCtx, script: &str, args: &[String], log: &str) -> Proc {
-    let mut cmd = Command::new(&harness::paths().python);
-    cmd.arg("-u")
-        .arg(harness::paths().peers.join(script))
-        .args(args)
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("grpc_proxy");
+    let mut cmd = harness::python(script);
+    cmd.args(args);
     Proc::spawn(script, cmd, ctx.file(log))
-}
-
-/// The EPP stand-in on a free port, routing to `endpoint` (and asking for the response phase).
-fn start_epp(ctx: &TestCtx, endpoint: &str) -> (Proc, u16) {
-    let ready = ctx.file("epp.ready");
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--ready-file",
-        &ready.display().to_string(),
-        "--endpoint",
-        endpoint,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut proc = peer(ctx, "epp_standin.py", &args, "epp.log");
-    let port = poll(Duration::from_secs(60), || {
-        if let Some(s) = proc.exited() {
-            panic!("the EPP stand-in exited ({s}):\n{}", proc.log_text());
-        }
-        fs::read_to_string(&ready).ok()?.trim().parse::<u16>().ok()
-    })
-    .unwrap_or_else(|| panic!("the EPP stand-in never listened:\n{}", proc.log_text()));
-    (proc, port)
 }
 
 /// `count` streamed chats through the Envoy stand-in and the EPP, with their response phase.
@@ -283,7 +251,7 @@ fn documented_promql_gives_the_workloads_numbers() {
         },
     );
     let endpoint = format!("127.0.0.1:{}", routed_to.port);
-    let (epp, epp_port) = start_epp(&ctx, &endpoint);
+    let (epp, epp_port) = harness::start_epp(&ctx, &endpoint, &[]);
     let epp_port_arg = epp_port.to_string();
     // A fake GPU at a steady 250 W running the server, for the energy-per-token queries.
     let fake = fake_gpu(&ctx, server.pid());
