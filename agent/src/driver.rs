@@ -279,6 +279,9 @@ mod tests {
             std::thread::sleep(BLOCKED);
             FdKind::Gone
         }
+        fn still_names(&mut self, _: u32, _: u32, _: u64) -> bool {
+            false
+        }
         fn untrace(&mut self, _: u32, _: u32, _: u64) {}
         fn process_exited(&mut self, _: u32, _: u64) {}
         fn forget_fds(&mut self, _: u32, _: u32, _: u32, _: u64) -> Vec<ForgottenSocket> {

@@ -32,6 +32,11 @@ use crate::trace::Built;
 pub trait Node {
     /// What descriptor `fd` of process `tgid` is now (a socket's addresses, or not TCP).
     fn classify_fd(&mut self, tgid: u32, fd: u32) -> FdKind;
+    /// Whether the kernel's entry for `(tgid, fd)` is still connection `conn_id`. Asked after
+    /// [`Node::classify_fd`] on an accepted descriptor: the number names that connection until
+    /// it closes, so a yes says that what was read is its socket, not a later connection's that
+    /// reused the number (its record read late, behind a busy ring buffer).
+    fn still_names(&mut self, tgid: u32, fd: u32, conn_id: u64) -> bool;
     /// Stop copying a socket that turned out not to be TCP — only if the kernel's entry for
     /// `(tgid, fd)` is still connection `conn_id` (the number may have been reused since).
     fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64);
@@ -223,7 +228,8 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                     // accept() without an address buffer (libuv, hence uvicorn and vLLM, does
                     // this). Whether it is TCP follows from the listening socket, which lives
                     // long; the accepted fd may already be closed and its number reused, so it is
-                    // only trusted for addresses that agree with the listener.
+                    // only trusted for addresses that agree with the listener, and only while
+                    // the kernel still maps the number to this connection.
                     let listener = match (listen_fd, local) {
                         (_, Some(l)) => Some(l),
                         (Some(lfd), None) => match self.node.classify_fd(tgid, lfd) {
@@ -240,8 +246,12 @@ impl<N: Node, O: Output> Pipeline<N, O> {
                         (None, None) => None,
                     };
                     match self.node.classify_fd(tgid, fd) {
+                        // Read after the fact: only the connection's own socket if the number
+                        // still names it now (else it closed, and the number may name a later
+                        // connection on the same listener — the agent's own poll, say).
                         FdKind::Tcp { local: l, remote }
-                            if listener.is_none_or(|li| li.port() == l.port()) =>
+                            if listener.is_none_or(|li| li.port() == l.port())
+                                && self.node.still_names(tgid, fd, conn_id) =>
                         {
                             local = Some(l);
                             peer = Some(remote);
@@ -484,6 +494,9 @@ pub struct Detached {
 impl Node for Detached {
     fn classify_fd(&mut self, _tgid: u32, _fd: u32) -> FdKind {
         FdKind::Gone
+    }
+    fn still_names(&mut self, _tgid: u32, _fd: u32, _conn_id: u64) -> bool {
+        false
     }
     fn untrace(&mut self, _tgid: u32, _fd: u32, _conn_id: u64) {}
     fn process_exited(&mut self, _tgid: u32, _exit_ns: u64) {}

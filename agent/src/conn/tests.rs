@@ -767,3 +767,125 @@ fn an_after_loss_flag_in_the_other_direction_marks_the_exchange_in_flight_incomp
         assert_eq!(w.out[0].ex().incomplete, flagged, "flagged: {flagged}");
     }
 }
+
+/// The kernel's side of a traced connection, as `ebpf/probes/src/data.rs` behaves: each
+/// syscall's bytes in chunks of at most `CHUNK_PAYLOAD_MAX`, any of which the ring buffer may
+/// refuse; the connection's after-loss flag is read at the syscall's start, set when a record of
+/// it was refused, and cleared once a record carrying it got through; the close record carries
+/// the final positions while the flag is set.
+struct LossyKernel<'d> {
+    w: Wire,
+    lost: bool,
+    refuse: &'d mut dyn Iterator<Item = bool>,
+}
+
+impl LossyKernel<'_> {
+    fn syscall(&mut self, dir: SocketDir, ts_ms: u64, data: &[u8]) {
+        const MAX: usize = infertap_common::CHUNK_PAYLOAD_MAX;
+        let at = self.w.pos[dir as usize];
+        let len = data.len() as u64;
+        let after_loss = self.lost;
+        let mut delivered = true;
+        // Whole up to `HEAD_CHUNKS_PER_BUFFER` chunks; past that, those and the last chunk.
+        let head = infertap_common::HEAD_CHUNKS_PER_BUFFER as usize;
+        let chunks: Vec<(usize, &[u8])> = data.chunks(MAX).enumerate().collect();
+        let copied = chunks
+            .iter()
+            .filter(|(i, _)| *i < head || (data.len() - i * MAX <= MAX && chunks.len() > head));
+        for &(i, piece) in copied {
+            if self.refuse.next().unwrap_or(false) {
+                delivered = false;
+                continue;
+            }
+            let off = (i * MAX) as u64;
+            let chunk = DataChunk {
+                after_loss,
+                ..record(
+                    dir,
+                    ts_ms,
+                    at + off,
+                    (at, len),
+                    off + piece.len() as u64 == len,
+                    piece,
+                )
+            };
+            self.w.table.data(&chunk, &self.w.stats, &mut self.w.out);
+        }
+        self.w.pos[dir as usize] += len;
+        if !delivered {
+            self.lost = true;
+        } else if after_loss {
+            self.lost = false;
+        }
+    }
+
+    fn close(&mut self, ts_ms: u64) {
+        self.w.peer_eof(ts_ms);
+        let lost_until = self.lost.then_some(self.w.pos);
+        let id = self.w.id;
+        self.w.table.closed(
+            id,
+            5,
+            ts_ms * MS,
+            lost_until,
+            &self.w.stats,
+            &mut self.w.out,
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// A big request (head, then a 1 MB body, read in arbitrary pieces) and its answer, any of
+    /// whose records the ring buffer refuses: the request is always accounted for, as one span
+    /// (marked incomplete when anything of it was lost) or as one lost request, never neither.
+    #[test]
+    fn a_request_any_of_whose_records_were_refused_is_a_span_or_counted_lost(
+        reads in proptest::collection::vec(1usize..1_200_000, 1..40),
+        refused in proptest::collection::vec(proptest::bool::weighted(0.3), 0..80),
+        split_response in proptest::bool::ANY,
+    ) {
+        let body = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}],"max_tokens":2}}"#,
+            "word ".repeat(200_000)
+        );
+        let mut request = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body.as_bytes());
+        let answer = r#"{"id":"c1","model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"},"finish_reason":"length"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+        let head = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            answer.len()
+        );
+        let any_refused = refused.iter().any(|&r| r);
+        let mut refusals = refused.into_iter();
+        let mut k = LossyKernel { w: Wire::new(Origin::Start), lost: false, refuse: &mut refusals };
+        let (mut at, mut ts) = (0, 1);
+        for n in reads.iter().cycle() {
+            if at >= request.len() {
+                break;
+            }
+            let end = (at + n).min(request.len());
+            k.syscall(SocketDir::Ingress, ts, &request[at..end]);
+            at = end;
+            ts += 1;
+        }
+        if split_response {
+            k.syscall(SocketDir::Egress, ts, head.as_bytes());
+            k.syscall(SocketDir::Egress, ts + 1, answer.as_bytes());
+        } else {
+            k.syscall(SocketDir::Egress, ts, format!("{head}{answer}").as_bytes());
+        }
+        k.close(ts + 2);
+        let (spans, lost) = (k.w.out.len() as u64, k.w.stats.requests_lost.load(Relaxed));
+        proptest::prop_assert_eq!(spans + lost, 1, "spans {} lost {} stats {:?}", spans, lost, k.w.stats);
+        if spans == 1 && any_refused && k.w.stats.bytes_lost.load(Relaxed) > 0 {
+            proptest::prop_assert!(k.w.out[0].ex().incomplete);
+        }
+        proptest::prop_assert_eq!(k.w.table.len(), 0);
+    }
+}

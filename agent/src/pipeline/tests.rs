@@ -69,12 +69,17 @@ struct Scripted {
     exited: Vec<(u32, u64)>,
     /// The kernel socket map: (tgid, fd, conn_id).
     sockets: Vec<(u32, u32, u64)>,
+    /// Peers of the agent's own polls.
+    own: Vec<SocketAddr>,
     now_ns: u64,
 }
 
 impl Node for Scripted {
     fn classify_fd(&mut self, tgid: u32, fd: u32) -> FdKind {
         self.fds.get(&(tgid, fd)).cloned().unwrap_or(FdKind::Gone)
+    }
+    fn still_names(&mut self, tgid: u32, fd: u32, conn_id: u64) -> bool {
+        self.sockets.contains(&(tgid, fd, conn_id))
     }
     fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64) {
         self.untraced.push((tgid, fd, conn_id));
@@ -100,6 +105,9 @@ impl Node for Scripted {
     fn exec(&mut self, _tgid: u32, _was_target: bool, _listen: bool) {}
     fn now_ns(&self) -> u64 {
         self.now_ns
+    }
+    fn is_own_connection(&self, peer: SocketAddr, _accepted_ns: u64) -> bool {
+        self.own.contains(&peer)
     }
 }
 
@@ -176,6 +184,7 @@ fn an_accept_without_address_takes_the_addresses_the_socket_has() {
     let mut node = Scripted::default();
     node.fds.insert((TGID, 3), FdKind::Tcp { local, remote });
     node.fds.insert((TGID, 9), FdKind::Tcp { local, remote });
+    node.sockets.push((TGID, 9, 5));
     let mut p = pipeline(node);
     p.record(&open(5, 9, 3, OPEN_FLAG_FAMILY_UNKNOWN, MS));
     p.record(&data(5, 9, false, 0, 2 * MS, REQUEST));
@@ -187,6 +196,54 @@ fn an_accept_without_address_takes_the_addresses_the_socket_has() {
         attr(&spans[0], "client.address"),
         Some(&AttrValue::Str("10.0.0.3".into()))
     );
+}
+
+/// Behind a busy ring buffer, a short connection's accept is read after it closed and its
+/// number went to the next connection on the same listener — here the agent's own `/metrics`
+/// poll. What the number names now is not taken for it: the client's request is still a span
+/// (without a client address), and the poll is still recognised at its own accept.
+#[test]
+fn an_accept_read_after_its_number_was_reused_takes_nothing_from_the_next_connection() {
+    let local: SocketAddr = "127.0.0.1:8000".parse().unwrap();
+    let poll: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let mut node = Scripted::default();
+    node.fds.insert(
+        (TGID, 3),
+        FdKind::Tcp {
+            local,
+            remote: "0.0.0.0:0".parse().unwrap(),
+        },
+    );
+    // fd 9 was client connection 5's; it closed, and the poll's connection 6 has it now.
+    node.fds.insert(
+        (TGID, 9),
+        FdKind::Tcp {
+            local,
+            remote: poll,
+        },
+    );
+    node.sockets.push((TGID, 9, 6));
+    node.own.push(poll);
+    let mut p = pipeline(node);
+    p.record(&open(5, 9, 3, OPEN_FLAG_FAMILY_UNKNOWN, MS));
+    p.record(&data(5, 9, false, 0, 2 * MS, REQUEST));
+    p.record(&data(5, 9, true, 0, 3 * MS, RESPONSE));
+    p.record(&open(6, 9, 3, OPEN_FLAG_FAMILY_UNKNOWN, 4 * MS));
+    assert_eq!(
+        p.node.untraced,
+        vec![(TGID, 9, 6)],
+        "the poll's connection, not the client's"
+    );
+    assert_eq!(
+        p.stats
+            .runtime_poll_connections_untraced
+            .load(Ordering::Relaxed),
+        1
+    );
+    let spans = p.output();
+    assert_eq!(spans.len(), 1, "the client's request");
+    assert_eq!(attr(&spans[0], "client.address"), None);
+    assert_eq!(attr(&spans[0], "server.port"), Some(&AttrValue::I64(8000)));
 }
 
 #[test]

@@ -240,6 +240,13 @@ impl Node for KernelNode {
         classify_fd(tgid, fd)
     }
 
+    fn still_names(&mut self, tgid: u32, fd: u32, conn_id: u64) -> bool {
+        lock(&self.maps)
+            .sockets
+            .get(&ConnKey { tgid, fd }, 0)
+            .is_ok_and(|v| v.conn_id == conn_id)
+    }
+
     fn untrace(&mut self, tgid: u32, fd: u32, conn_id: u64) {
         let mut maps = lock(&self.maps);
         let key = ConnKey { tgid, fd };
