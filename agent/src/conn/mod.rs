@@ -372,6 +372,20 @@ impl ConnTable {
 
     /// Bytes moved on a traced socket.
     pub fn data(&mut self, chunk: &DataChunk<'_>, stats: &Stats, out: &mut Vec<Finished>) {
+        if chunk.eof && chunk.after_loss {
+            // The end of a direction whose last bytes the kernel refused (perhaps all of them,
+            // while records of the other direction got through): its position is the first to
+            // show the gap.
+            let mark = DataChunk {
+                eof: false,
+                last: false,
+                syscall_pos: chunk.stream_pos,
+                syscall_len: 0,
+                payload: &[],
+                ..*chunk
+            };
+            self.data(&mark, stats, out);
+        }
         let id = ConnId {
             tgid: chunk.tgid,
             conn_id: chunk.conn_id,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use infertap_common::{
-    target_bit, ConnInfo, ConnKey, Forgotten, CONN_FLAG_LOST, CONN_FLAG_TLS, CONN_ID_TIME_MASK,
-    ROLE_CLIENT, ROLE_SERVER,
+    target_bit, ConnInfo, ConnKey, Forgotten, CONN_FLAGS_LOST_ANY, CONN_FLAG_TLS,
+    CONN_ID_TIME_MASK, ROLE_CLIENT, ROLE_SERVER,
 };
 use tokio::sync::mpsc;
 
@@ -181,7 +181,7 @@ fn forgotten_socket(k: ConnKey, v: &ConnInfo) -> ForgottenSocket {
         fd: k.fd,
         conn_id: v.conn_id,
         // TLS sockets' positions count ciphertext, not the plaintext userspace parses.
-        after_loss: (v.flags & CONN_FLAG_LOST != 0 && v.flags & CONN_FLAG_TLS == 0)
+        after_loss: (v.flags & CONN_FLAGS_LOST_ANY != 0 && v.flags & CONN_FLAG_TLS == 0)
             .then_some([v.rx_pos, v.tx_pos]),
     }
 }

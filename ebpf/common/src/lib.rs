@@ -96,6 +96,15 @@ pub const CONN_FLAG_TLS: u32 = 1;
 /// delivered since its last delivered data record. The next data record carries
 /// `DATA_FLAG_AFTER_LOSS`.
 pub const CONN_FLAG_LOST: u32 = 2;
+/// `ConnInfo::flags`: bytes of the ingress (`_RX`) or egress (`_TX`) direction were refused
+/// since that direction's last delivered record. Unlike `CONN_FLAG_LOST`, a record of the other
+/// direction does not clear it: a direction whose last bytes were lost shows no later position
+/// until it carries bytes again, so its end-of-stream record (`_RX`) and the close record say so.
+pub const CONN_FLAG_LOST_RX: u32 = 4;
+pub const CONN_FLAG_LOST_TX: u32 = 8;
+/// Any of the loss bits: records of the connection went undelivered that no delivered record
+/// has shown yet.
+pub const CONN_FLAGS_LOST_ANY: u32 = CONN_FLAG_LOST | CONN_FLAG_LOST_RX | CONN_FLAG_LOST_TX;
 
 /// Connection roles (`ConnInfo::role`, `ConnOpenRecord::role`).
 pub const ROLE_SERVER: u32 = 1;

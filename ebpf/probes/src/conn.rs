@@ -383,8 +383,8 @@ pub fn forget(key: ConnKey, info: &ConnInfo, cause: u32) {
         conn_id: info.conn_id,
         fd: key.fd,
         // TLS sockets' positions count ciphertext, not the plaintext userspace parses.
-        flags: (if info.flags & CONN_FLAG_TLS == 0 {
-            info.flags & CONN_FLAG_LOST
+        flags: (if info.flags & CONN_FLAG_TLS == 0 && info.flags & CONN_FLAGS_LOST_ANY != 0 {
+            CONN_FLAG_LOST
         } else {
             0
         }) | (cause << CLOSE_CAUSE_SHIFT),

@@ -90,12 +90,18 @@ pub fn emit<const SHAPE: u32>(pid_tgid: u64, call: &ActiveCall, n: u64, info: *m
         _ => {}
     }
     let delivered = drops_of(DROP_RINGBUF_DATA) == refused_before;
-    // SAFETY: as above. The flag stays set until a record after the loss got through.
+    let dir_lost = if egress {
+        CONN_FLAG_LOST_TX
+    } else {
+        CONN_FLAG_LOST_RX
+    };
+    // SAFETY: as above. `CONN_FLAG_LOST` stays set until a record after the loss got through;
+    // the direction's bit until a record of that direction did (its position shows the gap).
     unsafe {
         if !delivered {
-            (*info).flags |= CONN_FLAG_LOST;
-        } else if after_loss {
-            (*info).flags &= !CONN_FLAG_LOST;
+            (*info).flags |= CONN_FLAG_LOST | dir_lost;
+        } else if conn_flags & (CONN_FLAG_LOST | dir_lost) != 0 {
+            (*info).flags &= !(CONN_FLAG_LOST | dir_lost);
         }
     }
 }
@@ -117,7 +123,15 @@ pub fn emit_eof(pid_tgid: u64, call: &ActiveCall, info: &ConnInfo) {
         fd: call.fd,
         tid: pid_tgid as u32,
         len: 0,
-        flags: DATA_FLAG_EOF | DATA_FLAG_LAST | (call.kind << DATA_SYSCALL_SHIFT),
+        // Bytes read before the end and refused: the end's position is the only one to show it.
+        flags: DATA_FLAG_EOF
+            | DATA_FLAG_LAST
+            | (call.kind << DATA_SYSCALL_SHIFT)
+            | if info.flags & (CONN_FLAG_LOST_RX | CONN_FLAG_TLS) == CONN_FLAG_LOST_RX {
+                DATA_FLAG_AFTER_LOSS
+            } else {
+                0
+            },
     };
     if EVENTS.output::<DataRecord>(&rec, wakeup_flags()).is_err() {
         count_drop(DROP_RINGBUF_CONTROL);
