@@ -87,11 +87,69 @@ fn comm(p: &Process) -> String {
     p.stat().map(|s| s.comm).unwrap_or_default()
 }
 
-/// TCP sockets (IPv4 and IPv6) of one process, in its own network namespace.
+/// TCP sockets (IPv4 and IPv6) of one process, in its own network namespace: listening,
+/// established and half-closed ones. Each socket descriptor is asked itself (`pidfd_getfd`: a few
+/// syscalls per socket of the process); where that is not allowed, the process's TCP tables in
+/// /proc are read — a walk of the kernel's whole established-connection hash, shared by every
+/// namespace, which on a busy node costs far more than the process's own sockets.
 pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
     let Ok(p) = Process::new(pid as i32) else {
         return Vec::new();
     };
+    let Ok(fds) = p.fd() else { return Vec::new() };
+    let sockets: Vec<(u32, u64)> = fds
+        .flatten()
+        .filter_map(|fd| match fd.target {
+            FDTarget::Socket(inode) => Some((fd.fd as u32, inode)),
+            _ => None,
+        })
+        .collect();
+    tcp_sockets_by_pidfd(pid, &sockets).unwrap_or_else(|| tcp_sockets_from_tables(&p, &sockets))
+}
+
+/// `tcp_sockets` through the process's pidfd, for its socket descriptors `sockets` (fd, inode);
+/// `None` when pidfds are not usable here. Public for the `targets` benchmark.
+pub fn tcp_sockets_by_pidfd(pid: u32, sockets: &[(u32, u64)]) -> Option<Vec<ProcSocket>> {
+    let pidfd = match Pidfd::open(pid) {
+        Ok(p) => p,
+        Err(None) => return None,
+        Err(Some(_gone)) => return Some(Vec::new()),
+    };
+    let mut out = Vec::new();
+    for &(fd, inode) in sockets {
+        match pidfd.ask(fd) {
+            Asked::Tcp {
+                local,
+                remote,
+                state,
+            } => {
+                let listening = state == TCP_LISTEN;
+                let remote = match remote {
+                    Some(r) => r,
+                    // A listening socket has no peer: the tables show the unspecified address.
+                    None if listening => SocketAddr::new(unspecified_like(local), 0),
+                    None => continue,
+                };
+                if listening || state == TCP_ESTABLISHED || state == TCP_CLOSE_WAIT {
+                    out.push(ProcSocket {
+                        fd,
+                        inode,
+                        local,
+                        remote,
+                        listening,
+                    });
+                }
+            }
+            Asked::Other | Asked::Gone => {}
+            Asked::Unusable => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `tcp_sockets` from the process's TCP tables in /proc (the fallback). Public for the
+/// `targets` benchmark.
+pub fn tcp_sockets_from_tables(p: &Process, sockets: &[(u32, u64)]) -> Vec<ProcSocket> {
     let mut by_inode: HashMap<u64, (SocketAddr, SocketAddr, bool)> = HashMap::new();
     for entries in [p.tcp(), p.tcp6()].into_iter().flatten() {
         for e in entries {
@@ -101,19 +159,27 @@ pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
             }
         }
     }
-    let Ok(fds) = p.fd() else { return Vec::new() };
-    fds.flatten()
-        .filter_map(|fd| match fd.target {
-            FDTarget::Socket(inode) => by_inode.get(&inode).map(|(l, r, listening)| ProcSocket {
-                fd: fd.fd as u32,
-                inode,
-                local: *l,
-                remote: *r,
-                listening: *listening,
-            }),
-            _ => None,
+    sockets
+        .iter()
+        .filter_map(|&(fd, inode)| {
+            by_inode
+                .get(&inode)
+                .map(|&(local, remote, listening)| ProcSocket {
+                    fd,
+                    inode,
+                    local,
+                    remote,
+                    listening,
+                })
         })
         .collect()
+}
+
+fn unspecified_like(a: SocketAddr) -> std::net::IpAddr {
+    match a {
+        SocketAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
 }
 
 /// What an fd of a process is, as far as /proc can tell now.
@@ -152,64 +218,131 @@ fn sockaddr_of(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// `None` when pidfds are not usable here (old kernel, no ptrace access).
 fn classify_by_pidfd(pid: u32, fd: u32) -> Option<FdKind> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    // SAFETY: plain syscalls; every fd returned is owned and closed by OwnedFd.
-    unsafe {
-        let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
-        if pidfd < 0 {
-            return match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::ESRCH) => Some(FdKind::Gone),
-                _ => None,
+    let pidfd = match Pidfd::open(pid) {
+        Ok(p) => p,
+        Err(gone) => return gone,
+    };
+    match pidfd.ask(fd) {
+        Asked::Tcp { local, remote, .. } => Some(FdKind::Tcp {
+            local,
+            // A listening socket has no peer: report its local address both ways.
+            remote: remote.unwrap_or(local),
+        }),
+        Asked::Other => Some(FdKind::Other),
+        Asked::Gone => Some(FdKind::Gone),
+        Asked::Unusable => None,
+    }
+}
+
+/// `tcpi_state` values (`include/net/tcp_states.h`).
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LISTEN: u8 = 10;
+
+/// What one descriptor of another process is, asked of the socket itself.
+enum Asked {
+    Tcp {
+        local: SocketAddr,
+        /// `None`: not connected (listening, or closed).
+        remote: Option<SocketAddr>,
+        state: u8,
+    },
+    Other,
+    Gone,
+    /// `pidfd_getfd` is not allowed here (no ptrace access).
+    Unusable,
+}
+
+/// A process's pidfd (`pidfd_open`, Linux 5.3; `pidfd_getfd`, 5.6).
+struct Pidfd(std::os::fd::OwnedFd);
+
+impl Pidfd {
+    /// `Err(Some(Gone))` when the process is gone, `Err(None)` when pidfds are not usable here.
+    fn open(pid: u32) -> Result<Pidfd, Option<FdKind>> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        // SAFETY: a plain syscall; the fd returned is owned and closed by OwnedFd.
+        unsafe {
+            let pidfd = libc::syscall(libc::SYS_pidfd_open, pid as libc::c_int, 0) as libc::c_int;
+            if pidfd < 0 {
+                return Err(match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::ESRCH) => Some(FdKind::Gone),
+                    _ => None,
+                });
+            }
+            Ok(Pidfd(OwnedFd::from_raw_fd(pidfd)))
+        }
+    }
+
+    /// Duplicates `fd` into the agent and asks it for its protocol, addresses and TCP state.
+    fn ask(&self, fd: u32) -> Asked {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain syscalls on descriptors this function owns (the duplicate is closed by
+        // OwnedFd); every out-pointer is a local of the size passed with it.
+        unsafe {
+            let dup = libc::syscall(
+                libc::SYS_pidfd_getfd,
+                self.0.as_raw_fd(),
+                fd as libc::c_int,
+                0,
+            ) as libc::c_int;
+            if dup < 0 {
+                return match std::io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EBADF) | Some(libc::ESRCH) => Asked::Gone,
+                    _ => Asked::Unusable,
+                };
+            }
+            let sock = OwnedFd::from_raw_fd(dup);
+            let raw = sock.as_raw_fd();
+            let mut proto: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            if libc::getsockopt(
+                raw,
+                libc::SOL_SOCKET,
+                libc::SO_PROTOCOL,
+                (&mut proto as *mut libc::c_int).cast(),
+                &mut len,
+            ) != 0
+                || proto != libc::IPPROTO_TCP
+            {
+                return Asked::Other; // not a socket, or not TCP
+            }
+            // `struct tcp_info` begins with `tcpi_state`; the kernel copies what fits.
+            let mut info = [0u8; 8];
+            let mut ilen = info.len() as libc::socklen_t;
+            let state = if libc::getsockopt(
+                raw,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut ilen,
+            ) == 0
+            {
+                info[0]
+            } else {
+                0
             };
-        }
-        let pidfd = OwnedFd::from_raw_fd(pidfd);
-        let dup = libc::syscall(
-            libc::SYS_pidfd_getfd,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-            fd as libc::c_int,
-            0,
-        ) as libc::c_int;
-        if dup < 0 {
-            return match std::io::Error::last_os_error().raw_os_error() {
-                Some(libc::EBADF) | Some(libc::ESRCH) => Some(FdKind::Gone),
-                _ => None,
-            };
-        }
-        let sock = OwnedFd::from_raw_fd(dup);
-        let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-        let mut proto: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::getsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_PROTOCOL,
-            (&mut proto as *mut libc::c_int).cast(),
-            &mut len,
-        ) != 0
-            || proto != libc::IPPROTO_TCP
-        {
-            return Some(FdKind::Other); // not a socket, or not TCP
-        }
-        let mut local: libc::sockaddr_storage = std::mem::zeroed();
-        let mut remote: libc::sockaddr_storage = std::mem::zeroed();
-        let mut llen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let mut rlen = llen;
-        let l_ok = libc::getsockname(
-            raw,
-            (&mut local as *mut libc::sockaddr_storage).cast(),
-            &mut llen,
-        ) == 0;
-        let r_ok = libc::getpeername(
-            raw,
-            (&mut remote as *mut libc::sockaddr_storage).cast(),
-            &mut rlen,
-        ) == 0;
-        let local = l_ok.then(|| sockaddr_of(&local)).flatten();
-        // A listening socket has no peer: report its local address both ways.
-        let remote = if r_ok { sockaddr_of(&remote) } else { local };
-        match (local, remote) {
-            (Some(local), Some(remote)) => Some(FdKind::Tcp { local, remote }),
-            _ => Some(FdKind::Other),
+            let mut local: libc::sockaddr_storage = std::mem::zeroed();
+            let mut remote: libc::sockaddr_storage = std::mem::zeroed();
+            let mut llen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            let mut rlen = llen;
+            let l_ok = libc::getsockname(
+                raw,
+                (&mut local as *mut libc::sockaddr_storage).cast(),
+                &mut llen,
+            ) == 0;
+            let r_ok = libc::getpeername(
+                raw,
+                (&mut remote as *mut libc::sockaddr_storage).cast(),
+                &mut rlen,
+            ) == 0;
+            match l_ok.then(|| sockaddr_of(&local)).flatten() {
+                Some(local) => Asked::Tcp {
+                    local,
+                    remote: r_ok.then(|| sockaddr_of(&remote)).flatten(),
+                    state,
+                },
+                None => Asked::Other,
+            }
         }
     }
 }
@@ -619,6 +752,54 @@ mod tests {
         assert!(socks
             .iter()
             .any(|s| !s.listening && s.remote == c.local_addr().unwrap()));
+        // Asked socket by socket, or read from the TCP tables: the same sockets. A half-closed
+        // one (its peer shut down) is still there; a socket never connected is not.
+        let half = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let _unconnected = socket2::Socket::new(
+            socket2::Domain::IPV4,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        // Only this test's sockets: other tests in this binary open and close theirs meanwhile.
+        use std::os::fd::AsRawFd;
+        let mine = [
+            l.as_raw_fd(),
+            c.as_raw_fd(),
+            _s.as_raw_fd(),
+            half.as_raw_fd(),
+            peer.as_raw_fd(),
+            _unconnected.as_raw_fd(),
+        ];
+        let me = Process::new(std::process::id() as i32).unwrap();
+        let fds: Vec<(u32, u64)> = me
+            .fd()
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| match fd.target {
+                FDTarget::Socket(inode) if mine.contains(&fd.fd) => Some((fd.fd as u32, inode)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fds.len(), mine.len());
+        let key = |s: &ProcSocket| (s.fd, s.inode, s.local, s.remote, s.listening);
+        let mut asked: Vec<_> = tcp_sockets_by_pidfd(std::process::id(), &fds)
+            .expect("pidfd_getfd on the agent's own process")
+            .iter()
+            .map(key)
+            .collect();
+        let mut tables: Vec<_> = tcp_sockets_from_tables(&me, &fds).iter().map(key).collect();
+        asked.sort();
+        tables.sort();
+        assert_eq!(asked, tables);
+        let half_fd = half.as_raw_fd() as u32;
+        assert!(asked.iter().any(|s| s.0 == half_fd), "close-wait is kept");
+        // The listener, the two ends of the first connection, the half-closed end; not the
+        // end in FIN_WAIT2 nor the socket never connected.
+        assert_eq!(asked.len(), 4, "{asked:?}");
 
         // One fd at a time: TCP with both addresses, a file is something else, a closed fd is gone.
         let fd = std::os::fd::AsRawFd::as_raw_fd(&c) as u32;
