@@ -12,8 +12,10 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use infertap::probes::targets::{tcp_sockets_by_pidfd, tcp_sockets_from_tables};
-use procfs::process::{FDTarget, Process};
+use infertap::probes::targets::{
+    socket_descriptors, tcp_sockets_by_pidfd, tcp_sockets_from_tables,
+};
+use procfs::process::Process;
 
 /// Connection pairs the helper holds (two sockets each).
 const OTHERS: usize = 4_000;
@@ -53,15 +55,8 @@ fn bench(c: &mut Criterion) {
         keep.extend([s, a]);
     }
     let me = Process::myself().unwrap();
-    let fds: Vec<(u32, u64)> = me
-        .fd()
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| match fd.target {
-            FDTarget::Socket(inode) if mine.contains(&fd.fd) => Some((fd.fd as u32, inode)),
-            _ => None,
-        })
-        .collect();
+    let mut fds = socket_descriptors(&me);
+    fds.retain(|(fd, _)| mine.contains(&(*fd as i32)));
     let pid = std::process::id();
     let asked = tcp_sockets_by_pidfd(pid, &fds).expect("pidfd_getfd on this process");
     let tables = tcp_sockets_from_tables(&me, &fds);

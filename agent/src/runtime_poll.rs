@@ -20,7 +20,10 @@
 //! socket is bound to its source address before connecting, and registered in [`OwnConnections`];
 //! the pipeline asks the node about every accepted connection's peer (`Node::is_own_connection`)
 //! and stops copying a match at its open record (counted in `runtime_poll_connections_untraced`),
-//! so the poll makes no span, no request metric and no second sample.
+//! so the poll makes no span, no request metric and no second sample. A peer read from an
+//! accepted descriptor after the fact counts only while the kernel still maps that number to the
+//! connection (`Node::still_names`): a short client connection whose number the poll's
+//! connection took over, its open record read late, is never taken for the poll.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

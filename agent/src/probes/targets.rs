@@ -96,15 +96,19 @@ pub fn tcp_sockets(pid: u32) -> Vec<ProcSocket> {
     let Ok(p) = Process::new(pid as i32) else {
         return Vec::new();
     };
+    let sockets = socket_descriptors(&p);
+    tcp_sockets_by_pidfd(pid, &sockets).unwrap_or_else(|| tcp_sockets_from_tables(&p, &sockets))
+}
+
+/// A process's descriptors that name sockets: (fd, socket inode).
+pub fn socket_descriptors(p: &Process) -> Vec<(u32, u64)> {
     let Ok(fds) = p.fd() else { return Vec::new() };
-    let sockets: Vec<(u32, u64)> = fds
-        .flatten()
+    fds.flatten()
         .filter_map(|fd| match fd.target {
             FDTarget::Socket(inode) => Some((fd.fd as u32, inode)),
             _ => None,
         })
-        .collect();
-    tcp_sockets_by_pidfd(pid, &sockets).unwrap_or_else(|| tcp_sockets_from_tables(&p, &sockets))
+        .collect()
 }
 
 /// `tcp_sockets` through the process's pidfd, for its socket descriptors `sockets` (fd, inode);
@@ -775,15 +779,8 @@ mod tests {
             _unconnected.as_raw_fd(),
         ];
         let me = Process::new(std::process::id() as i32).unwrap();
-        let fds: Vec<(u32, u64)> = me
-            .fd()
-            .unwrap()
-            .flatten()
-            .filter_map(|fd| match fd.target {
-                FDTarget::Socket(inode) if mine.contains(&fd.fd) => Some((fd.fd as u32, inode)),
-                _ => None,
-            })
-            .collect();
+        let mut fds = socket_descriptors(&me);
+        fds.retain(|(fd, _)| mine.contains(&(*fd as i32)));
         assert_eq!(fds.len(), mine.len());
         let key = |s: &ProcSocket| (s.fd, s.inode, s.local, s.remote, s.listening);
         let mut asked: Vec<_> = tcp_sockets_by_pidfd(std::process::id(), &fds)
