@@ -53,8 +53,10 @@ pub struct Config {
     #[arg(long, value_name = "ADDR", env = "INFERTAP_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
-    /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096).
-    #[arg(long, default_value_t = 16 << 20, value_parser = parse_ring_size)]
+    /// Size of the kernel→agent ring buffer in bytes (a power of two, at least 4096). Kernel
+    /// memory, and twice that in the agent's RSS (its pages are mapped twice). 8 MiB holds about
+    /// a second of a busy streaming server's records against the agent's 10 ms drains.
+    #[arg(long, default_value_t = 8 << 20, value_parser = parse_ring_size)]
     pub ring_buffer_size: u32,
 
     /// Most connections tracked at once; more are counted and not traced.
