@@ -253,6 +253,7 @@ async fn run(config: Config) -> Result<()> {
     };
     let node = KernelNode {
         maps: kmaps.clone(),
+        sockets: maps.sockets_reader,
         execs: exec_tx,
         own: own_polls,
     };

@@ -12,7 +12,7 @@ pub mod targets;
 pub mod tracefs;
 pub mod uprobe;
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
@@ -121,6 +121,8 @@ pub struct Maps {
     /// Bitmap of targeted tgids with TLS uprobes attached.
     pub tls_targets: Array<MapData, u64>,
     pub sockets: HashMap<MapData, ConnKey, ConnInfo>,
+    /// The same map through a handle of its own, for lookups outside `KernelMaps`'s lock.
+    pub sockets_reader: HashMap<MapData, ConnKey, ConnInfo>,
     /// Stale descriptor ranges per target (`close_range`, exec), until swept.
     pub forgotten: HashMap<MapData, u32, Forgotten>,
     pub drops: PerCpuArray<MapData, u64>,
@@ -252,7 +254,38 @@ impl Probes {
 
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let tls_targets = take_map(&mut ebpf, "TLS_TARGETS")?;
-        let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        let sockets_map = ebpf
+            .take_map("SOCKETS")
+            .ok_or(ProbeError::MissingMap("SOCKETS"))?;
+        // A second handle on the same map (a duplicated descriptor) for the pipeline's lookups,
+        // which then never wait for the targeting thread's writes and sweeps under its lock.
+        let sockets_reader = match &sockets_map {
+            aya::maps::Map::HashMap(data) => {
+                data.fd()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| ProbeError::Map {
+                        name: "SOCKETS",
+                        source: Box::new(aya::maps::MapError::SyscallError(
+                            aya::sys::SyscallError {
+                                call: "dup",
+                                io_error: e,
+                            },
+                        )),
+                    })?
+            }
+            _ => return Err(ProbeError::MissingMap("SOCKETS")),
+        };
+        let sockets_reader = MapData::from_fd(sockets_reader)
+            .and_then(|d| HashMap::try_from(aya::maps::Map::HashMap(d)))
+            .map_err(|source| ProbeError::Map {
+                name: "SOCKETS",
+                source: Box::new(source),
+            })?;
+        let sockets = HashMap::try_from(sockets_map).map_err(|source| ProbeError::Map {
+            name: "SOCKETS",
+            source: Box::new(source),
+        })?;
         let forgotten = take_map(&mut ebpf, "FORGOTTEN")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
@@ -268,6 +301,7 @@ impl Probes {
                 targets,
                 tls_targets,
                 sockets,
+                sockets_reader,
                 forgotten,
                 drops,
                 events,

@@ -211,6 +211,9 @@ pub fn lock(maps: &Mutex<KernelMaps>) -> std::sync::MutexGuard<'_, KernelMaps> {
 /// The node as the pipeline sees it: descriptors through /proc and `pidfd_getfd`, the kernel maps.
 pub struct KernelNode {
     pub maps: Arc<Mutex<KernelMaps>>,
+    /// The kernel socket map through its own handle: read without `maps`'s lock, which the
+    /// targeting thread holds while it sweeps the whole map.
+    pub sockets: BpfHashMap<MapData, ConnKey, ConnInfo>,
     /// Exec events for the targeting thread (`targeting_loop`).
     pub execs: std::sync::mpsc::Sender<Exec>,
     /// Source addresses of the agent's own `/metrics` polls (`runtime_poll`), never traced.
@@ -241,8 +244,7 @@ impl Node for KernelNode {
     }
 
     fn still_names(&mut self, tgid: u32, fd: u32, conn_id: u64) -> bool {
-        lock(&self.maps)
-            .sockets
+        self.sockets
             .get(&ConnKey { tgid, fd }, 0)
             .is_ok_and(|v| v.conn_id == conn_id)
     }
