@@ -254,35 +254,10 @@ impl Probes {
 
         let targets = take_map(&mut ebpf, "TARGETS")?;
         let tls_targets = take_map(&mut ebpf, "TLS_TARGETS")?;
-        let sockets_map = ebpf
-            .take_map("SOCKETS")
-            .ok_or(ProbeError::MissingMap("SOCKETS"))?;
-        // A second handle on the same map (a duplicated descriptor) for the pipeline's lookups,
-        // which then never wait for the targeting thread's writes and sweeps under its lock.
-        let sockets_reader = match &sockets_map {
-            aya::maps::Map::HashMap(data) => {
-                data.fd()
-                    .as_fd()
-                    .try_clone_to_owned()
-                    .map_err(|e| ProbeError::Map {
-                        name: "SOCKETS",
-                        source: Box::new(aya::maps::MapError::SyscallError(
-                            aya::sys::SyscallError {
-                                call: "dup",
-                                io_error: e,
-                            },
-                        )),
-                    })?
-            }
-            _ => return Err(ProbeError::MissingMap("SOCKETS")),
-        };
-        let sockets_reader = MapData::from_fd(sockets_reader)
-            .and_then(|d| HashMap::try_from(aya::maps::Map::HashMap(d)))
-            .map_err(|source| ProbeError::Map {
-                name: "SOCKETS",
-                source: Box::new(source),
-            })?;
-        let sockets = HashMap::try_from(sockets_map).map_err(|source| ProbeError::Map {
+        let sockets = take_map(&mut ebpf, "SOCKETS")?;
+        // A second handle on the same map for the pipeline's lookups, which then never wait for
+        // the targeting thread's writes and sweeps under its lock.
+        let sockets_reader = second_handle(&sockets).map_err(|source| ProbeError::Map {
             name: "SOCKETS",
             source: Box::new(source),
         })?;
@@ -335,6 +310,23 @@ where
         name,
         source: Box::new(source),
     })
+}
+
+/// Another handle on the same hash map: its descriptor duplicated.
+fn second_handle<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+) -> Result<HashMap<MapData, K, V>, aya::maps::MapError> {
+    use aya::maps::IterableMap;
+    let fd = map
+        .map()
+        .fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|io_error| aya::sys::SyscallError {
+            call: "dup",
+            io_error,
+        })?;
+    HashMap::try_from(aya::maps::Map::HashMap(MapData::from_fd(fd)?))
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK.

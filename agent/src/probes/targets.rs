@@ -422,7 +422,7 @@ impl TargetSource for Scanner {
         Scanner::port_proxies(self)
     }
 
-    /// By pid, command line or listening port, one process at a time (its own TCP tables: the
+    /// By pid, command line or listening port, one process at a time (its own sockets: the
     /// process just exec'd or listened).
     fn check(&mut self, pids: &[u32]) -> Vec<Target> {
         let mut out = Vec::new();
