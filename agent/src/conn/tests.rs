@@ -774,7 +774,7 @@ type Refusal = (u8, usize);
 
 /// The kernel's side of a traced connection, as `ebpf/probes/src/data.rs` behaves: each
 /// syscall's bytes in chunks of at most `CHUNK_PAYLOAD_MAX` (whole up to
-/// `HEAD_CHUNKS_PER_BUFFER` chunks, then the last), any of which the ring buffer may refuse. The
+/// `HEAD_CHUNKS_PER_BUFFER` chunks, then the tail), any of which the ring buffer may refuse. The
 /// connection's `CONN_FLAG_LOST` is read at the syscall's start (its records carry it), set when
 /// a record of it was refused and cleared once a record carrying it got through; each
 /// direction's own loss bit is cleared only by a delivered record of that direction, and the
@@ -794,13 +794,26 @@ impl LossyKernel<'_> {
         let len = data.len() as u64;
         let after_loss = self.flags & CONN_FLAG_LOST != 0;
         let (mode, k) = self.plan.next().unwrap_or((0, 0));
-        let chunks: Vec<(usize, &[u8])> = data.chunks(MAX).enumerate().collect();
-        let n = chunks.len();
-        let copied = chunks
-            .into_iter()
-            .filter(|(i, _)| *i < head || (n > head && *i == n - 1));
+        // As `emit_buffer` copies: whole up to `head` chunks; past that, the head chunks and
+        // then the rest if shorter than a chunk, else the last full chunk (a gap before it).
+        let head_bytes = head * MAX;
+        let mut copied: Vec<(usize, &[u8])> = data
+            .get(..head_bytes)
+            .unwrap_or(data)
+            .chunks(MAX)
+            .enumerate()
+            .map(|(i, piece)| (i * MAX, piece))
+            .collect();
+        if data.len() > head_bytes {
+            let at = if data.len() - head_bytes >= MAX {
+                data.len() - MAX
+            } else {
+                head_bytes
+            };
+            copied.push((at, &data[at..]));
+        }
         let mut delivered = true;
-        for (j, (i, piece)) in copied.enumerate() {
+        for (j, (off, piece)) in copied.into_iter().enumerate() {
             let refused = match mode % 4 {
                 0 => false,
                 1 => true,
@@ -811,7 +824,7 @@ impl LossyKernel<'_> {
                 delivered = false;
                 continue;
             }
-            let off = (i * MAX) as u64;
+            let off = off as u64;
             let chunk = DataChunk {
                 after_loss,
                 ..record(
