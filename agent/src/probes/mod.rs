@@ -196,7 +196,7 @@ impl Probes {
             .map_max_entries("TARGETS", target_words())
             .map_max_entries("TLS_TARGETS", target_words())
             .map_max_entries("STALE", target_words())
-            // `CALLS` is task-local storage, which aya creates but has no userspace type for
+            // `THREADS` is task-local storage, which aya creates but has no userspace type for
             // (the agent never reads it).
             .allow_unsupported_maps()
             .load(OBJECT)

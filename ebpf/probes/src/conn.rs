@@ -42,7 +42,7 @@ fn save_sockaddr_call(ctx: &TracePointContext, kind: u32) -> u32 {
 
 #[inline(always)]
 fn take_call_of(kind: u32) -> Option<ActiveCall> {
-    let call = take_call()?;
+    let (call, _) = take_call()?;
     if call.kind == kind {
         Some(call)
     } else {

@@ -56,9 +56,6 @@ pub fn emit<const SHAPE: u32>(pid_tgid: u64, call: &ActiveCall, n: u64, info: *m
         return; // ciphertext: its plaintext comes from the TLS uprobes (`tls.rs`)
     }
     let after_loss = conn_flags & CONN_FLAG_LOST != 0;
-    if !egress && crate::tls::probed(pid_tgid) {
-        crate::tls::note_read(pid_tgid, call.fd);
-    }
     let c = Call {
         pid_tgid,
         conn_id,

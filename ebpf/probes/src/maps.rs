@@ -44,14 +44,36 @@ pub static STALE: Array<u64> = Array::with_max_entries(65536, 0);
 #[map]
 pub static FORGOTTEN: HashMap<u32, Forgotten> = HashMap::with_max_entries(16384, 0);
 
-/// Arguments of the syscall in flight on each thread, from enter to exit: task-local storage
-/// (5.12+ for tracing programs), a slot that lives and dies with the thread. It replaced a hash
-/// map keyed by pid_tgid, whose insert, lookup and delete on every traced syscall cost about
-/// half of the programs' run time; a task's slot is found through the task itself, and nothing
-/// has to be deleted (the kernel frees it with the task). `ActiveCall::kind == CALL_NONE` is an
-/// empty slot.
+/// Each thread's slot, from one syscall or TLS call to the next: task-local storage (5.12+ for
+/// tracing programs), which lives and dies with the thread. It replaced hash maps keyed by
+/// pid_tgid, whose insert, lookup and delete on every traced syscall cost about half of the
+/// programs' run time (and, for a process with TLS uprobes, an LRU update under a lock on every
+/// read): a task's slot is found through the task itself, and nothing has to be deleted (the
+/// kernel frees it with the task).
 #[btf_map]
-pub static CALLS: TaskStorage<ActiveCall> = TaskStorage::new();
+pub static THREADS: TaskStorage<ThreadSlot> = TaskStorage::new();
+
+/// What [`THREADS`] keeps for one thread.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ThreadSlot {
+    /// The syscall in flight, from its enter to its exit program (`kind == CALL_NONE`: none).
+    pub call: ActiveCall,
+    /// A TLS object whose call on this thread waits to learn its socket: the thread's next
+    /// traced-socket syscall matches the two (`tls::match_socket`). 0: none.
+    pub tls_active: u64,
+    /// The traced socket this thread last read bytes from, plus one (0: none): OpenSSL used
+    /// through a memory BIO (Python's asyncio and uvloop) decrypts after the read, outside any
+    /// SSL call.
+    pub last_rx: u32,
+    pub _pad: u32,
+}
+
+/// The current thread's slot (created zeroed when `create`), or null.
+#[inline(always)]
+pub fn thread_slot(create: bool) -> *mut ThreadSlot {
+    THREADS.current(create)
+}
 
 /// `BPF_MAP_TYPE_TASK_STORAGE` declared as a BTF map (aya-ebpf 0.2 has no type for it): the
 /// layout aya-ebpf's own BTF maps use, which the loader reads from the object's BTF.
@@ -102,30 +124,31 @@ impl<T> TaskStorage<T> {
 /// Save a syscall's arguments for its exit program.
 #[inline(always)]
 pub fn save_call(call: ActiveCall) {
-    let slot = CALLS.current(true);
+    let slot = thread_slot(true);
     if slot.is_null() {
         count_drop(DROP_ACTIVE_FULL);
         return;
     }
     // SAFETY: the current thread's own slot, valid for this program run.
-    unsafe { *slot = call };
+    unsafe { (*slot).call = call };
 }
 
-/// Take back what the enter program of the current thread's syscall saved, if anything.
+/// Take back what the enter program of the current thread's syscall saved, if anything, with
+/// the thread's slot (for the TLS fields).
 #[inline(always)]
-pub fn take_call() -> Option<ActiveCall> {
-    let slot = CALLS.current(false);
+pub fn take_call() -> Option<(ActiveCall, *mut ThreadSlot)> {
+    let slot = thread_slot(false);
     if slot.is_null() {
         return None;
     }
     // SAFETY: as in `save_call`.
     unsafe {
-        let call = *slot;
+        let call = (*slot).call;
         if call.kind == CALL_NONE {
             return None;
         }
-        (*slot).kind = CALL_NONE;
-        Some(call)
+        (*slot).call.kind = CALL_NONE;
+        Some((call, slot))
     }
 }
 
@@ -203,20 +226,10 @@ pub fn wakeup_flags() -> u64 {
 #[map]
 pub static TLS_CONNS: LruHashMap<TlsKey, TlsConn> = LruHashMap::with_max_entries(65536, 0);
 
-/// A TLS call in flight on a thread (key: pid_tgid → the TLS object): the next socket syscall of
-/// that thread matches the object to its socket (`tls::match_socket`).
-#[map]
-pub static TLS_ACTIVE: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
-
 /// Arguments of a TLS call from its entry to its return, keyed by goroutine (Go: the `g` in R14)
 /// or by thread (OpenSSL: pid_tgid) in `TlsKey::ptr`.
 #[map]
 pub static TLS_CALLS: LruHashMap<TlsKey, TlsCall> = LruHashMap::with_max_entries(16384, 0);
-
-/// The traced socket each thread last read bytes from (pid_tgid → fd): OpenSSL used through a
-/// memory BIO (Python's asyncio and uvloop) decrypts after the read, outside any SSL call.
-#[map]
-pub static LAST_RX: LruHashMap<u64, u32> = LruHashMap::with_max_entries(16384, 0);
 
 /// What a TLS call's entry saves for its return.
 #[repr(C)]

@@ -4,11 +4,11 @@
 //!
 //! - Which socket a TLS object (a `*tls.Conn` or an `SSL *`) runs over is learnt from the socket
 //!   syscall the library itself makes inside a call on that object: the entry of the call notes
-//!   the object for its thread (`TLS_ACTIVE`), and the next traced-socket syscall of that thread
+//!   the object in its thread's slot (`ThreadSlot::tls_active`), and the next traced-socket syscall of that thread
 //!   matches the two (`match_socket`), stores the pair in `TLS_CONNS` and marks the socket TLS, so
 //!   its ciphertext is no longer copied. OpenSSL over a memory BIO (Python's asyncio and uvloop)
 //!   makes no syscall inside `SSL_read`: there the socket is the one the thread last read from
-//!   (`LAST_RX`), since those event loops decrypt right after reading.
+//!   (`ThreadSlot::last_rx`), since those event loops decrypt right after reading.
 //! - Go (register ABI, amd64, Go ≥ 1.17): at the entry of `(*Conn).Read`/`Write` the receiver is in
 //!   RAX and the `[]byte` in RBX (pointer) / RCX (length); the entry saves them keyed by goroutine
 //!   (R14 holds the current `g`), since a goroutine may move between threads while it blocks.
@@ -50,23 +50,36 @@ pub fn probed(pid_tgid: u64) -> bool {
     }
 }
 
-/// A traced socket syscall on this thread: if a TLS call on this thread is waiting to learn its
-/// socket, this is it. Called by the data syscalls' exit programs.
+/// A traced socket syscall on this thread (`slot`): if a TLS call on this thread is waiting to
+/// learn its socket, this is it. Called by the data syscalls' exit programs.
 #[inline(always)]
-pub fn match_socket(pid_tgid: u64, key: ConnKey) {
-    // SAFETY: plain value copied out before removal.
-    let ptr = match unsafe { TLS_ACTIVE.get(pid_tgid) } {
-        Some(p) => *p,
-        None => return,
-    };
-    let _ = TLS_ACTIVE.remove(pid_tgid);
+pub fn match_socket(slot: *mut ThreadSlot, key: ConnKey) {
+    // SAFETY: the current thread's own slot, valid for this program run.
+    let ptr = unsafe { (*slot).tls_active };
+    if ptr == 0 {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { (*slot).tls_active = 0 };
     bind(key, ptr);
 }
 
-/// A traced socket's bytes were read on this thread (OpenSSL over a memory BIO decrypts them next).
+/// A traced socket's bytes were read on this thread (`slot`): OpenSSL over a memory BIO
+/// decrypts them next. A field of the thread's own slot: no map update per read.
 #[inline(always)]
-pub fn note_read(pid_tgid: u64, fd: u32) {
-    let _ = LAST_RX.insert(pid_tgid, fd, 0);
+pub fn note_read(slot: *mut ThreadSlot, fd: u32) {
+    // SAFETY: as in `match_socket`.
+    unsafe { (*slot).last_rx = fd.wrapping_add(1) };
+}
+
+/// Note `conn` as the TLS object waiting on this thread for its socket.
+#[inline(always)]
+fn set_active(conn: u64) {
+    let slot = thread_slot(true);
+    if !slot.is_null() {
+        // SAFETY: the current thread's own slot, valid for this program run.
+        unsafe { (*slot).tls_active = conn };
+    }
 }
 
 /// Match the TLS object `ptr` to the socket `key` (if it is a traced socket).
@@ -130,7 +143,7 @@ fn call_key(tgid: u32, id: u64) -> TlsKey {
 
 #[inline(always)]
 fn enter(pid_tgid: u64, id: u64, call: TlsCall) {
-    let _ = TLS_ACTIVE.insert(pid_tgid, call.conn, 0);
+    set_active(call.conn);
     let _ = TLS_CALLS.insert(call_key((pid_tgid >> 32) as u32, id), call, 0);
 }
 
@@ -143,9 +156,11 @@ fn leave(pid_tgid: u64, id: u64, keep_pending: bool) -> Option<TlsCall> {
     let call = unsafe { TLS_CALLS.get(key) }.copied()?;
     let _ = TLS_CALLS.remove(key);
     if !keep_pending {
-        // SAFETY: as above.
-        if unsafe { TLS_ACTIVE.get(pid_tgid) }.is_some_and(|p| *p == call.conn) {
-            let _ = TLS_ACTIVE.remove(pid_tgid);
+        let slot = thread_slot(false);
+        // SAFETY: the current thread's own slot, valid for this program run.
+        if !slot.is_null() && unsafe { (*slot).tls_active } == call.conn {
+            // SAFETY: as above.
+            unsafe { (*slot).tls_active = 0 };
         }
     }
     Some(call)
@@ -233,7 +248,7 @@ pub fn go_tls_handshake_enter(ctx: ProbeContext) -> u32 {
     if !targeted(pid_tgid) {
         return 0;
     }
-    let _ = TLS_ACTIVE.insert(pid_tgid, regs(&ctx).rax, 0);
+    set_active(regs(&ctx).rax);
     0
 }
 
@@ -280,14 +295,16 @@ fn ssl_enter(ctx: &ProbeContext, kind: u32, ex: bool) -> u32 {
         };
         // SAFETY: read-only lookups.
         if unsafe { TLS_CONNS.get(tk) }.is_none() {
-            // SAFETY: a read-only lookup.
-            if let Some(fd) = unsafe { LAST_RX.get(pid_tgid) } {
+            let slot = thread_slot(false);
+            // SAFETY: the current thread's own slot, valid for this program run.
+            let last_rx = if slot.is_null() { 0 } else { unsafe { (*slot).last_rx } };
+            if last_rx != 0 {
                 // A memory BIO: the ciphertext was read just before, on this thread. A socket BIO
                 // corrects this at the syscall inside the call.
                 bind(
                     ConnKey {
                         tgid: tk.tgid,
-                        fd: *fd,
+                        fd: last_rx - 1,
                     },
                     ssl,
                 );
