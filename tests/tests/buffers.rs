@@ -109,3 +109,76 @@ fn whole_buffers_http2_256k() {
 fn whole_buffers_http2_1m() {
     whole("h2", 1024 * 1024);
 }
+
+/// Small iovecs take ring slots near their own size: 25 pipelined answers, each one `sendmsg` of
+/// a ~240-byte head and a 500-byte body, written back to back into a 64 KiB ring. At 4 KiB a slot
+/// (what an iovec under 4 KiB took before) they need 208 KiB and most are refused before the
+/// agent's next drain; at 512-byte slots they need 30 KiB, and every answer is a span.
+#[test]
+fn whole_buffers_small_iovecs_fit_a_small_ring() {
+    let Some(ctx) = harness::begin("whole_buffers_small_iovecs_fit_a_small_ring") else {
+        return;
+    };
+    const COUNT: usize = 25;
+    let marker = format!("iovecs-{}", random_hex(4));
+    let agent = Agent::start_with(
+        &ctx,
+        &["--target-cmdline", &marker, "--ring-buffer-size", "65536"],
+        &[],
+        None,
+    );
+    let p = harness::paths();
+    let port = free_port().to_string();
+    let count = COUNT.to_string();
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join("iovecs.py"))
+        .args(["server", &marker, &port, &count]);
+    let server = Proc::spawn("iovecs server", cmd, ctx.file("server.log"));
+    wait_log(&server, "listening");
+    poll(WAIT, || {
+        agent.status()["targets"]
+            .as_array()?
+            .iter()
+            .any(|t| t["pid"].as_u64() == Some(u64::from(server.pid())))
+            .then_some(())
+    })
+    .expect("the server is targeted");
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join("iovecs.py"))
+        .args(["client", &port, &count]);
+    let client = Proc::spawn("iovecs client", cmd, ctx.file("client.log"));
+    wait_log(&client, "done");
+    wait_log(&server, "served");
+
+    let spans = poll(WAIT, || {
+        let spans: Vec<Value> = agent
+            .spans()
+            .into_iter()
+            .filter(|s| {
+                attr(s, "url.path")
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/iov/"))
+            })
+            .collect();
+        (spans.len() >= COUNT).then_some(spans)
+    });
+    let status = agent.status();
+    let spans = spans.unwrap_or_else(|| {
+        panic!(
+            "fewer than {COUNT} spans of the pipelined answers\nstatus: {status:#}\nspans: {:#}",
+            Value::Array(agent.spans())
+        )
+    });
+    let mut paths: Vec<String> = spans
+        .iter()
+        .filter_map(|s| attr(s, "url.path").as_str().map(str::to_owned))
+        .collect();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!(paths.len(), COUNT, "every answer once: {paths:?}");
+    assert_eq!(status["records"]["lost_bytes"], 0, "{status:#}");
+    assert_eq!(
+        status["records"]["kernel_dropped"]["ringbuf_full_data"], 0,
+        "{status:#}"
+    );
+}
