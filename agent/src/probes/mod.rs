@@ -178,6 +178,27 @@ fn check_privileges() -> Result<(), ProbeError> {
     })
 }
 
+/// Let the embedded object's pages go once it is loaded: aya and the kernel hold what they need
+/// from it, so its megabyte of ELF need not stay resident for the agent's life. The pages are
+/// part of the binary's read-only data, file-backed and never written, so a later read (a TLS
+/// uprobe program attached later re-reads nothing from it, but nothing breaks if something does)
+/// faults them back in from the file.
+fn release_object_pages() {
+    // SAFETY: sysconf has no preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as usize,
+        _ => return,
+    };
+    let start = OBJECT.as_ptr() as usize;
+    let first = start.div_ceil(page) * page;
+    let end = (start + OBJECT.len()) / page * page;
+    if end > first {
+        // SAFETY: whole pages inside a read-only static; MADV_DONTNEED only drops their
+        // mappings, and their contents come back from the file on the next access.
+        unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+    }
+}
+
 impl Probes {
     /// Load and attach. `ring_bytes` sets the ring buffer size (a power of two multiple of the page size);
     /// `bpf_stats` switches the kernel's per-program statistics on while the probes live.
@@ -264,6 +285,7 @@ impl Probes {
         let forgotten = take_map(&mut ebpf, "FORGOTTEN")?;
         let drops = take_map(&mut ebpf, "DROPS")?;
         let events = take_map(&mut ebpf, "EVENTS")?;
+        release_object_pages();
         Ok((
             Probes {
                 ebpf,
