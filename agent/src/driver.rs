@@ -175,7 +175,7 @@ impl Driver {
     fn housekeeping(&mut self, drops: &PerCpuArray<MapData, u64>, status: &StatusSource) {
         self.pipeline.tick();
         self.ticks += 1;
-        if self.ticks % TRIM_EVERY_TICKS == 0 {
+        if self.ticks.is_multiple_of(TRIM_EVERY_TICKS) {
             // Give the kernel back the free pages malloc keeps after a burst (a thousand
             // connections' parse state, a batch of spans): the agent's steady RSS, not its peak,
             // is what every node pays. A walk of malloc's free lists, well under a millisecond.

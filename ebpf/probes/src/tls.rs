@@ -296,8 +296,12 @@ fn ssl_enter(ctx: &ProbeContext, kind: u32, ex: bool) -> u32 {
         // SAFETY: read-only lookups.
         if unsafe { TLS_CONNS.get(tk) }.is_none() {
             let slot = thread_slot(false);
-            // SAFETY: the current thread's own slot, valid for this program run.
-            let last_rx = if slot.is_null() { 0 } else { unsafe { (*slot).last_rx } };
+            let last_rx = if slot.is_null() {
+                0
+            } else {
+                // SAFETY: the current thread's own slot, valid for this program run.
+                unsafe { (*slot).last_rx }
+            };
             if last_rx != 0 {
                 // A memory BIO: the ciphertext was read just before, on this thread. A socket BIO
                 // corrects this at the syscall inside the call.
