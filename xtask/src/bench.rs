@@ -390,6 +390,48 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// The worker process (`worker_processes 1`): the master's child.
+    fn worker(&self) -> Result<u32> {
+        let master = self.master.id();
+        crate::demo::wait_until("the nginx worker", Duration::from_secs(10), || {
+            !children_of(master).is_empty()
+        })?;
+        children_of(master)
+            .first()
+            .copied()
+            .context("nginx has no worker process")
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = st.rsplit_once(')')?.1.to_owned();
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
+/// CPU seconds (user, system) of this process's reaped children so far.
+fn children_cpu_seconds() -> (f64, f64) {
+    // SAFETY: getrusage writes into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_CHILDREN is a valid `who`.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(ru.ru_utime), secs(ru.ru_stime))
+}
+
 impl Drop for Nginx {
     fn drop(&mut self) {
         // SIGTERM: the master stops its worker (SIGKILL would leave the worker listening).
@@ -444,6 +486,11 @@ struct NginxRun {
     /// Agent CPU over the run, user and system.
     agent_user_s: f64,
     agent_sys_s: f64,
+    /// nginx's worker's CPU over the run (user, system): where the kernel programs of its
+    /// traced syscalls are paid.
+    nginx_s: (f64, f64),
+    /// wrk's CPU over the run (user, system): an untargeted process's tax.
+    wrk_s: (f64, f64),
 }
 
 /// The nginx arm: untraced vs traced (and the `--baseline` binary), interleaved in rounds.
@@ -451,7 +498,8 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
     ensure_wrk()?;
     ensure_nginx()?;
     let port = free_port()?;
-    let _nginx = Nginx::start(port)?;
+    let nginx = Nginx::start(port)?;
+    let worker = nginx.worker()?;
     let url = format!("http://127.0.0.1:{port}/file.html");
     wrk_run(&url, 16, 1, None)?; // warm up
     let mut results: Vec<NginxRun> = Vec::new();
@@ -484,7 +532,14 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
             let before = agent
                 .as_ref()
                 .map(|a| (cpu_seconds(a.0.id()), completed(&debug)));
+            let nginx0 = cpu_seconds(worker);
+            let children0 = children_cpu_seconds();
             let w = wrk_run(&url, 16, seconds, None)?;
+            // wrk is the only child reaped during its run: the agent is reaped at its drop below.
+            let children1 = children_cpu_seconds();
+            let nginx1 = cpu_seconds(worker);
+            let nginx_s = (nginx1.0 - nginx0.0, nginx1.1 - nginx0.1);
+            let wrk_s = (children1.0 - children0.0, children1.1 - children0.1);
             let (mut spans, mut agent_user_s, mut agent_sys_s) = (0, 0.0, 0.0);
             if let (Some(a), Some(((user0, sys0), done0))) = (&agent, before) {
                 std::thread::sleep(Duration::from_millis(1200)); // one housekeeping tick
@@ -509,6 +564,8 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
                 spans,
                 agent_user_s,
                 agent_sys_s,
+                nginx_s,
+                wrk_s,
             });
         }
     }
@@ -526,8 +583,26 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
         "\n== nginx, {NGINX_FILE_BYTES}-byte static file: {rounds} rounds of {seconds}s, wrk -t1 -c16, medians (arms interleaved)"
     );
     println!(
-        "                          req/s   ratio   spans/responses   agent µs/request: user    sys"
+        "                          req/s   ratio   spans/responses   agent µs/request: user    sys   nginx µs/request: user    sys   wrk µs/request: user    sys"
     );
+    let per_req = |arm: Arm, f: fn(&NginxRun) -> f64| {
+        median(
+            &mut results
+                .iter()
+                .filter(|r| r.arm == arm)
+                .map(|r| f(r) * 1e6 / r.requests.max(1) as f64)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let others = |arm: Arm| {
+        format!(
+            "   {:>22.2} {:>6.2}   {:>20.2} {:>6.2}",
+            per_req(arm, |r| r.nginx_s.0),
+            per_req(arm, |r| r.nginx_s.1),
+            per_req(arm, |r| r.wrk_s.0),
+            per_req(arm, |r| r.wrk_s.1)
+        )
+    };
     for (label, arm) in [
         ("agent off", Arm::Off),
         ("agent targeting nginx", Arm::Targeted),
@@ -538,15 +613,22 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
         }
         let rps = med(arm, |r| r.rps);
         if arm == Arm::Off {
-            println!("{label:<22} {rps:>10.0}   1.000");
+            println!(
+                "{label:<22} {rps:>10.0}   1.000   {:>15}   {:>22} {:>6}{}",
+                "",
+                "",
+                "",
+                others(arm)
+            );
             continue;
         }
         let coverage = med(arm, |r| r.spans as f64 / r.requests.max(1) as f64);
         let user = med(arm, |r| r.agent_user_s * 1e6 / r.spans.max(1) as f64);
         let sys = med(arm, |r| r.agent_sys_s * 1e6 / r.spans.max(1) as f64);
         println!(
-            "{label:<22} {rps:>10.0}   {:.3}   {coverage:>15.4}   {user:>22.2} {sys:>6.2}",
-            rps / off
+            "{label:<22} {rps:>10.0}   {:.3}   {coverage:>15.4}   {user:>22.2} {sys:>6.2}{}",
+            rps / off,
+            others(arm)
         );
     }
     Ok(())
