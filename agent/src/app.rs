@@ -264,7 +264,6 @@ async fn run(config: Config) -> Result<()> {
         stats: stats.clone(),
         tls_status: Vec::new(),
         heartbeat: liveness.register("pipeline task", stall),
-        ticks: 0,
     };
     let pipeline_task = {
         let (status, stop) = (status.clone(), shutdown_rx.clone());

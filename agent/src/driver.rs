@@ -33,8 +33,8 @@ use crate::stats::Stats;
 /// How often the ring buffer is drained when the kernel has not woken us.
 const DRAIN_INTERVAL_MS: u64 = 10;
 
-/// Housekeeping ticks (one a second) between two `malloc_trim`s.
-const TRIM_EVERY_TICKS: u64 = 10;
+/// How often free heap pages go back to the kernel (`malloc_trim`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Records taken per wake-up before control messages and ticks get a turn.
 const DRAIN_BATCH: usize = 65536;
@@ -65,8 +65,6 @@ pub struct Driver {
     pub tls_status: Vec<TlsAttachStatus>,
     /// Beaten at every turn of the loop (`/healthz`).
     pub heartbeat: Heartbeat,
-    /// Housekeeping ticks so far.
-    pub ticks: u64,
 }
 
 impl Driver {
@@ -93,6 +91,8 @@ impl Driver {
         // so a quiet ring is drained on this timer.
         let mut poll = tokio::time::interval(Duration::from_millis(DRAIN_INTERVAL_MS));
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut trim =
+            tokio::time::interval_at(tokio::time::Instant::now() + TRIM_INTERVAL, TRIM_INTERVAL);
         loop {
             self.heartbeat.beat("waiting for records");
             tokio::select! {
@@ -116,6 +116,14 @@ impl Driver {
                     self.drain(ring.get_mut());
                     self.heartbeat.beat("housekeeping");
                     self.housekeeping(&drops, &status);
+                }
+                _ = trim.tick() => {
+                    // Give the kernel back the free pages malloc keeps after a burst (a thousand
+                    // connections' parse state, a batch of spans): the agent's steady RSS, not
+                    // its peak, is what every node pays. A walk of malloc's free lists, whose
+                    // length the buffer budgets bound.
+                    // SAFETY: malloc_trim has no preconditions.
+                    unsafe { libc::malloc_trim(0) };
                 }
                 _ = stop.wait_for(|s| *s) => break,
             }
@@ -174,14 +182,6 @@ impl Driver {
 
     fn housekeeping(&mut self, drops: &PerCpuArray<MapData, u64>, status: &StatusSource) {
         self.pipeline.tick();
-        self.ticks += 1;
-        if self.ticks.is_multiple_of(TRIM_EVERY_TICKS) {
-            // Give the kernel back the free pages malloc keeps after a burst (a thousand
-            // connections' parse state, a batch of spans): the agent's steady RSS, not its peak,
-            // is what every node pays. A walk of malloc's free lists, well under a millisecond.
-            // SAFETY: malloc_trim has no preconditions.
-            unsafe { libc::malloc_trim(0) };
-        }
         let kernel = kernel_drops(drops);
         let dropped: u64 = kernel.iter().map(|(_, v)| *v).sum();
         self.stats
