@@ -180,8 +180,7 @@ fn check_privileges() -> Result<(), ProbeError> {
 
 /// Let the embedded object's pages go once it is loaded: aya and the kernel hold what they need
 /// from it, so its megabyte of ELF need not stay resident for the agent's life. The pages are
-/// part of the binary's read-only data, file-backed and never written, so a later read (a TLS
-/// uprobe program attached later re-reads nothing from it, but nothing breaks if something does)
+/// part of the binary's read-only data, file-backed and never written: a later read, if any,
 /// faults them back in from the file.
 fn release_object_pages() {
     // SAFETY: sysconf has no preconditions.

@@ -4,11 +4,12 @@
 //!
 //! - Which socket a TLS object (a `*tls.Conn` or an `SSL *`) runs over is learnt from the socket
 //!   syscall the library itself makes inside a call on that object: the entry of the call notes
-//!   the object in its thread's slot (`ThreadSlot::tls_active`), and the next traced-socket syscall of that thread
-//!   matches the two (`match_socket`), stores the pair in `TLS_CONNS` and marks the socket TLS, so
-//!   its ciphertext is no longer copied. OpenSSL over a memory BIO (Python's asyncio and uvloop)
-//!   makes no syscall inside `SSL_read`: there the socket is the one the thread last read from
-//!   (`ThreadSlot::last_rx`), since those event loops decrypt right after reading.
+//!   the object in its thread's slot (`ThreadSlot::tls_active`), and the next traced-socket
+//!   syscall of that thread matches the two (`match_socket`), stores the pair in `TLS_CONNS` and
+//!   marks the socket TLS, so its ciphertext is no longer copied. OpenSSL over a memory BIO
+//!   (Python's asyncio and uvloop) makes no syscall inside `SSL_read`: there the socket is the one
+//!   the thread last read from (`ThreadSlot::last_rx`), since those event loops decrypt right
+//!   after reading.
 //! - Go (register ABI, amd64, Go ≥ 1.17): at the entry of `(*Conn).Read`/`Write` the receiver is in
 //!   RAX and the `[]byte` in RBX (pointer) / RCX (length); the entry saves them keyed by goroutine
 //!   (R14 holds the current `g`), since a goroutine may move between threads while it blocks.
