@@ -668,6 +668,21 @@ impl Agent {
         serde_json::from_str(&self.get("/status")).expect("/status is JSON")
     }
 
+    /// Whether `/status` lists `pid` among its targets.
+    pub fn targets_pid(&self, pid: u32) -> bool {
+        self.status()["targets"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["pid"].as_u64() == Some(u64::from(pid))))
+    }
+
+    /// Waits (30 s) until `/status` lists `pid` among its targets; panics naming `what`.
+    pub fn wait_targeted(&self, pid: u32, what: &str) {
+        poll(Duration::from_secs(30), || {
+            self.targets_pid(pid).then_some(())
+        })
+        .unwrap_or_else(|| panic!("{what} is never targeted: {:#}", self.status()));
+    }
+
     /// `/status` `http.<name>` as a number.
     pub fn http_counter(&self, name: &str) -> u64 {
         self.status()["http"][name]

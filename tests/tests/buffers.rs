@@ -18,34 +18,55 @@ fn wait_log(p: &Proc, text: &str) {
         .unwrap_or_else(|| panic!("{} never printed {text:?}:\n{}", p.name, p.log_text()));
 }
 
+/// The peer `script` (in `tests/peers`) run as a server with `server_args`, once the agent
+/// targets it as a client with `client_args`; returns when the client is done and the server has
+/// served. Each prints "listening", "done" and "served" as it gets there.
+fn serve_and_ask(
+    ctx: &harness::TestCtx,
+    agent: &Agent,
+    script: &str,
+    server_args: &[&str],
+    client_args: &[&str],
+) {
+    let p = harness::paths();
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join(script))
+        .arg("server")
+        .args(server_args);
+    let server = Proc::spawn(&format!("{script} server"), cmd, ctx.file("server.log"));
+    wait_log(&server, "listening");
+    agent.wait_targeted(server.pid(), "the server");
+    let mut cmd = Command::new(&p.python);
+    cmd.arg(p.peers.join(script))
+        .arg("client")
+        .args(client_args);
+    let client = Proc::spawn(&format!("{script} client"), cmd, ctx.file("client.log"));
+    wait_log(&client, "done");
+    wait_log(&server, "served");
+}
+
+/// `/status` once a housekeeping tick (one a second) has passed: the kernel's drop counters
+/// reach it only then.
+fn status_after_a_tick(agent: &Agent) -> Value {
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.status()
+}
+
 fn whole(proto: &str, size: usize) {
     let Some(ctx) = harness::begin(&format!("whole_buffers_{proto}_{size}")) else {
         return;
     };
     let marker = format!("bigbuf-{}", random_hex(4));
     let agent = Agent::start_with(&ctx, &["--target-cmdline", &marker], &[], None);
-    let p = harness::paths();
     let port = free_port().to_string();
     let size_s = size.to_string();
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join("bigbuf.py"))
-        .args(["server", &marker, proto, &size_s, &port]);
-    let server = Proc::spawn("bigbuf server", cmd, ctx.file("server.log"));
-    wait_log(&server, "listening");
-    poll(WAIT, || {
-        agent.status()["targets"]
-            .as_array()?
-            .iter()
-            .any(|t| t["pid"].as_u64() == Some(u64::from(server.pid())))
-            .then_some(())
-    })
-    .expect("the server is targeted");
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join("bigbuf.py"))
-        .args(["client", proto, &size_s, &port]);
-    let client = Proc::spawn("bigbuf client", cmd, ctx.file("client.log"));
-    wait_log(&client, "done");
-    wait_log(&server, "served");
+    serve_and_ask(
+        &ctx,
+        &agent,
+        "bigbuf.py",
+        &[&marker, proto, &size_s, &port],
+        &[proto, &size_s, &port],
+    );
 
     let spans = poll(WAIT, || {
         let spans: Vec<Value> = agent
@@ -55,7 +76,7 @@ fn whole(proto: &str, size: usize) {
             .collect();
         (spans.len() >= 3).then_some(spans)
     });
-    let status = agent.status();
+    let status = status_after_a_tick(&agent);
     let spans = spans.unwrap_or_else(|| {
         panic!(
             "{proto} {size}: fewer than 3 spans: {:#}\nstatus: {status:#}",
@@ -127,28 +148,15 @@ fn whole_buffers_small_iovecs_fit_a_small_ring() {
         &[],
         None,
     );
-    let p = harness::paths();
     let port = free_port().to_string();
     let count = COUNT.to_string();
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join("iovecs.py"))
-        .args(["server", &marker, &port, &count]);
-    let server = Proc::spawn("iovecs server", cmd, ctx.file("server.log"));
-    wait_log(&server, "listening");
-    poll(WAIT, || {
-        agent.status()["targets"]
-            .as_array()?
-            .iter()
-            .any(|t| t["pid"].as_u64() == Some(u64::from(server.pid())))
-            .then_some(())
-    })
-    .expect("the server is targeted");
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join("iovecs.py"))
-        .args(["client", &port, &count]);
-    let client = Proc::spawn("iovecs client", cmd, ctx.file("client.log"));
-    wait_log(&client, "done");
-    wait_log(&server, "served");
+    serve_and_ask(
+        &ctx,
+        &agent,
+        "iovecs.py",
+        &[&marker, &port, &count],
+        &[&port, &count],
+    );
 
     let spans = poll(WAIT, || {
         let spans: Vec<Value> = agent
@@ -162,7 +170,7 @@ fn whole_buffers_small_iovecs_fit_a_small_ring() {
             .collect();
         (spans.len() >= COUNT).then_some(spans)
     });
-    let status = agent.status();
+    let status = status_after_a_tick(&agent);
     let spans = spans.unwrap_or_else(|| {
         panic!(
             "fewer than {COUNT} spans of the pipelined answers\nstatus: {status:#}\nspans: {:#}",

@@ -17,12 +17,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn targeted(agent: &Agent, pid: u32) -> bool {
-    agent.status()["targets"]
-        .as_array()
-        .is_some_and(|t| t.iter().any(|t| t["pid"].as_u64() == Some(u64::from(pid))))
-}
-
 fn wait_log(peer: &Proc, text: &str, timeout: Duration) -> String {
     poll(timeout, || {
         let log = peer.log_text();
@@ -65,7 +59,7 @@ fn reuse(path: &str, cause: &str) {
     let port = free_port();
     let server = peer(&ctx, &marker, &[path, &port.to_string(), &canary]);
     wait_log(&server, "listening", WAIT);
-    poll(WAIT, || targeted(&agent, server.pid()).then_some(()))
+    poll(WAIT, || agent.targets_pid(server.pid()).then_some(()))
         .unwrap_or_else(|| panic!("pid {} never targeted", server.pid()));
 
     // One exchange on the socket: the agent traces it (a span shows it).
@@ -174,7 +168,7 @@ fn a_churn_of_connections_closed_every_way_leaves_only_the_live_ones_in_the_map(
         &marker,
         &["churn", &port.to_string(), &count.to_string()],
     );
-    poll(WAIT, || targeted(&agent, churner.pid()).then_some(()))
+    poll(WAIT, || agent.targets_pid(churner.pid()).then_some(()))
         .unwrap_or_else(|| panic!("pid {} never targeted", churner.pid()));
     let log = wait_log(&churner, "churned", Duration::from_secs(600));
     println!(

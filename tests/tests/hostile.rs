@@ -343,14 +343,7 @@ fn hostile_input_costs_bounded_cpu_and_memory_is_counted_and_tracing_goes_on() {
         args.extend(["--buffer-budget-bytes", &budget]);
     }
     let mut agent = Agent::start_with(&ctx, &args, &[], Some(sink.pid()));
-    poll(WAIT, || {
-        agent.status()["targets"]
-            .as_array()?
-            .iter()
-            .any(|t| t["pid"].as_u64() == Some(u64::from(server.pid())))
-            .then_some(())
-    })
-    .expect("the stand-in is targeted");
+    agent.wait_targeted(server.pid(), "the stand-in");
     let pid = agent.proc.pid();
     normal_request(&agent, server.port); // warm up
 

@@ -107,14 +107,7 @@ fn pd_legs_make_one_trace_with_the_kv_transfer_gap_the_sidecar_made() {
     let decode = StandIn::start(&ctx, StandInOpts::default());
     let dport = decode.port.to_string();
     let agent = Agent::start(&ctx, &prefill, &["--target-port", &dport], &[]);
-    poll(WAIT, || {
-        agent.status()["targets"]
-            .as_array()?
-            .iter()
-            .any(|t| t["pid"] == decode.pid())
-            .then_some(())
-    })
-    .expect("the decode server is targeted");
+    agent.wait_targeted(decode.pid(), "the decode server");
     let ports = (prefill.port, decode.port);
 
     // With a traceparent, then by x-request-id alone (the derived trace id joins the legs).
