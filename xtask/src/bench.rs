@@ -347,6 +347,17 @@ struct Nginx {
 const NGINX_FILE_BYTES: usize = 500;
 
 impl Nginx {
+    /// The worker process (`worker_processes 1`): the master's child.
+    fn worker(&self) -> Result<u32> {
+        let master = self.master.id();
+        let mut worker = None;
+        crate::demo::wait_until("the nginx worker", Duration::from_secs(10), || {
+            worker = child_of(master);
+            worker.is_some()
+        })?;
+        worker.context("nginx has no worker process")
+    }
+
     fn start(port: u16) -> Result<Nginx> {
         let dir = std::env::temp_dir().join(format!("infertap-bench-nginx-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -390,36 +401,20 @@ impl Nginx {
     }
 }
 
-impl Nginx {
-    /// The worker process (`worker_processes 1`): the master's child.
-    fn worker(&self) -> Result<u32> {
-        let master = self.master.id();
-        crate::demo::wait_until("the nginx worker", Duration::from_secs(10), || {
-            !children_of(master).is_empty()
-        })?;
-        children_of(master)
-            .first()
-            .copied()
-            .context("nginx has no worker process")
-    }
+/// The first process whose parent is `pid`.
+fn child_of(pid: u32) -> Option<u32> {
+    std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|&p| stat_fields(p).get(1).and_then(|v| v.parse().ok()) == Some(pid))
 }
 
-/// The processes whose parent is `pid`.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|st| {
-                    let rest = st.rsplit_once(')')?.1.to_owned();
-                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
-                })
-                == Some(pid)
-        })
-        .collect()
+/// The fields of `/proc/<pid>/stat` after the command name (which may hold spaces): the state
+/// is index 0, the parent 1, utime 11, stime 12. Empty if the process is gone.
+fn stat_fields(pid: u32) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    rest.split_whitespace().map(str::to_owned).collect()
 }
 
 /// CPU seconds (user, system) of this process's reaped children so far.
@@ -459,11 +454,8 @@ fn ensure_nginx() -> Result<()> {
 
 /// User and system CPU time a process has used, in seconds (`/proc/<pid>/stat`).
 pub fn cpu_seconds(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which may hold spaces): state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
+    let f: Vec<u64> = stat_fields(pid)
+        .iter()
         .skip(11)
         .take(2)
         .filter_map(|v| v.parse().ok())
