@@ -615,8 +615,9 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
             continue;
         }
         let coverage = med(arm, |r| r.spans as f64 / r.requests.max(1) as f64);
-        let user = med(arm, |r| r.agent_user_s * 1e6 / r.spans.max(1) as f64);
-        let sys = med(arm, |r| r.agent_sys_s * 1e6 / r.spans.max(1) as f64);
+        // Per response, as nginx's and wrk's: a build that makes no span still has a cost.
+        let user = per_req(arm, |r| r.agent_user_s);
+        let sys = per_req(arm, |r| r.agent_sys_s);
         println!(
             "{label:<22} {rps:>10.0}   {:.3}   {coverage:>15.4}   {user:>22.2} {sys:>6.2}{}",
             rps / off,
