@@ -264,6 +264,7 @@ async fn run(config: Config) -> Result<()> {
         stats: stats.clone(),
         tls_status: Vec::new(),
         heartbeat: liveness.register("pipeline task", stall),
+        capture_only: config.capture_only,
     };
     let pipeline_task = {
         let (status, stop) = (status.clone(), shutdown_rx.clone());

@@ -186,6 +186,12 @@ pub struct Config {
     #[arg(long, env = "INFERTAP_BPF_STATS")]
     pub bpf_stats: bool,
 
+    /// Benchmarks only: records are taken from the ring buffer and dropped unparsed (no span, no
+    /// metric), so that a run shows what the kernel side alone costs a traced server
+    /// (`cargo xtask bench-overhead --workload nginx`, arm "capture only").
+    #[arg(long, hide = true)]
+    pub capture_only: bool,
+
     /// How often /proc is scanned for new and exited targets, in milliseconds: the safety net
     /// behind the kernel's exec, listen and exit reports, which find targets as they happen.
     #[arg(long, default_value_t = 5000, hide = true)]

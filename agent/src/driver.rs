@@ -65,6 +65,8 @@ pub struct Driver {
     pub tls_status: Vec<TlsAttachStatus>,
     /// Beaten at every turn of the loop (`/healthz`).
     pub heartbeat: Heartbeat,
+    /// `--capture-only`: records are read and dropped (benchmarks of the kernel side alone).
+    pub capture_only: bool,
 }
 
 impl Driver {
@@ -137,7 +139,9 @@ impl Driver {
         self.heartbeat.beat("draining the ring buffer");
         for _ in 0..DRAIN_BATCH {
             let Some(item) = ring.next() else { break };
-            self.pipeline.feed(&item);
+            if !self.capture_only {
+                self.pipeline.feed(&item);
+            }
         }
         self.pipeline.emit();
     }

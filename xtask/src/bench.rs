@@ -30,6 +30,9 @@ enum Arm {
     InProcess,
     /// Targeting it with the `--baseline` agent binary.
     Baseline,
+    /// This build targeting it with `--capture-only`: every record read from the ring buffer and
+    /// dropped, so that the arm shows what the kernel side alone costs (nginx arm).
+    CaptureOnly,
 }
 
 fn ensure_wrk() -> Result<()> {
@@ -233,7 +236,8 @@ wrk.body = '{"model":"standin-model","messages":[{"role":"user","content":"hello
                 let debug_port = free_port()?;
                 let debug = format!("127.0.0.1:{debug_port}");
                 let agent = match arm {
-                    Arm::Off | Arm::InProcess => None,
+                    // Not an arm of the stand-in workload.
+                    Arm::Off | Arm::InProcess | Arm::CaptureOnly => None,
                     Arm::Untargeted | Arm::Targeted | Arm::Baseline => {
                         let bin = match (&baseline, arm) {
                             (Some(b), Arm::Baseline) => b.clone(),
@@ -496,7 +500,7 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
     wrk_run(&url, 16, 1, None)?; // warm up
     let mut results: Vec<NginxRun> = Vec::new();
     for round in 0..rounds {
-        for arm in [Arm::Off, Arm::Targeted, Arm::Baseline] {
+        for arm in [Arm::Off, Arm::Targeted, Arm::CaptureOnly, Arm::Baseline] {
             let bin = match arm {
                 Arm::Off => None,
                 Arm::Baseline => match baseline {
@@ -509,12 +513,13 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
             let agent = match &bin {
                 None => None,
                 Some(bin) => {
-                    let a = Kill(
-                        agent_command_of(bin, &debug)
-                            .args(["--target-port", &port.to_string()])
-                            .env("RUST_LOG", "warn")
-                            .spawn()?,
-                    );
+                    let mut cmd = agent_command_of(bin, &debug);
+                    cmd.args(["--target-port", &port.to_string()])
+                        .env("RUST_LOG", "warn");
+                    if arm == Arm::CaptureOnly {
+                        cmd.arg("--capture-only");
+                    }
+                    let a = Kill(cmd.spawn()?);
                     wait_targeted(&debug)?;
                     // Master and worker both hold the listener: wait for the owner scan.
                     std::thread::sleep(Duration::from_millis(1500));
@@ -598,6 +603,7 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
     for (label, arm) in [
         ("agent off", Arm::Off),
         ("agent targeting nginx", Arm::Targeted),
+        ("capture only", Arm::CaptureOnly),
         ("baseline binary", Arm::Baseline),
     ] {
         if !results.iter().any(|r| r.arm == arm) {
