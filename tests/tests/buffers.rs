@@ -29,18 +29,19 @@ fn serve_and_ask(
     client_args: &[&str],
 ) {
     let p = harness::paths();
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join(script))
-        .arg("server")
-        .args(server_args);
-    let server = Proc::spawn(&format!("{script} server"), cmd, ctx.file("server.log"));
+    let spawn = |role: &str, args: &[&str]| {
+        let mut cmd = Command::new(&p.python);
+        cmd.arg(p.peers.join(script)).arg(role).args(args);
+        Proc::spawn(
+            &format!("{script} {role}"),
+            cmd,
+            ctx.file(&format!("{role}.log")),
+        )
+    };
+    let server = spawn("server", server_args);
     wait_log(&server, "listening");
     agent.wait_targeted(server.pid(), "the server");
-    let mut cmd = Command::new(&p.python);
-    cmd.arg(p.peers.join(script))
-        .arg("client")
-        .args(client_args);
-    let client = Proc::spawn(&format!("{script} client"), cmd, ctx.file("client.log"));
+    let client = spawn("client", client_args);
     wait_log(&client, "done");
     wait_log(&server, "served");
 }

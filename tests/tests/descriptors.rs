@@ -59,8 +59,7 @@ fn reuse(path: &str, cause: &str) {
     let port = free_port();
     let server = peer(&ctx, &marker, &[path, &port.to_string(), &canary]);
     wait_log(&server, "listening", WAIT);
-    poll(WAIT, || agent.targets_pid(server.pid()).then_some(()))
-        .unwrap_or_else(|| panic!("pid {} never targeted", server.pid()));
+    agent.wait_targeted(server.pid(), "the server");
 
     // One exchange on the socket: the agent traces it (a span shows it).
     let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -168,8 +167,7 @@ fn a_churn_of_connections_closed_every_way_leaves_only_the_live_ones_in_the_map(
         &marker,
         &["churn", &port.to_string(), &count.to_string()],
     );
-    poll(WAIT, || agent.targets_pid(churner.pid()).then_some(()))
-        .unwrap_or_else(|| panic!("pid {} never targeted", churner.pid()));
+    agent.wait_targeted(churner.pid(), "the churner");
     let log = wait_log(&churner, "churned", Duration::from_secs(600));
     println!(
         "{} ({:?} in all, agent attached)",

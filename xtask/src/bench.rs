@@ -566,7 +566,7 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
             });
         }
     }
-    let med = |arm: Arm, f: fn(&NginxRun) -> f64| {
+    let med = |arm: Arm, f: &dyn Fn(&NginxRun) -> f64| {
         median(
             &mut results
                 .iter()
@@ -575,22 +575,16 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
                 .collect::<Vec<_>>(),
         )
     };
-    let off = med(Arm::Off, |r| r.rps);
+    let off = med(Arm::Off, &|r| r.rps);
     println!(
         "\n== nginx, {NGINX_FILE_BYTES}-byte static file: {rounds} rounds of {seconds}s, wrk -t1 -c16, medians (arms interleaved)"
     );
     println!(
         "                          req/s   ratio   spans/responses   agent µs/request: user    sys   nginx µs/request: user    sys   wrk µs/request: user    sys"
     );
-    let per_req = |arm: Arm, f: fn(&NginxRun) -> f64| {
-        median(
-            &mut results
-                .iter()
-                .filter(|r| r.arm == arm)
-                .map(|r| f(r) * 1e6 / r.requests.max(1) as f64)
-                .collect::<Vec<_>>(),
-        )
-    };
+    // A figure in CPU seconds over the run, as µs per response.
+    let per_req =
+        |arm: Arm, f: fn(&NginxRun) -> f64| med(arm, &|r| f(r) * 1e6 / r.requests.max(1) as f64);
     let others = |arm: Arm| {
         format!(
             "   {:>22.2} {:>6.2}   {:>20.2} {:>6.2}",
@@ -609,7 +603,7 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
         if !results.iter().any(|r| r.arm == arm) {
             continue;
         }
-        let rps = med(arm, |r| r.rps);
+        let rps = med(arm, &|r| r.rps);
         if arm == Arm::Off {
             println!(
                 "{label:<22} {rps:>10.0}   1.000   {:>15}   {:>22} {:>6}{}",
@@ -620,7 +614,7 @@ pub fn run_nginx(rounds: usize, seconds: u64, baseline: Option<&Path>) -> Result
             );
             continue;
         }
-        let coverage = med(arm, |r| r.spans as f64 / r.requests.max(1) as f64);
+        let coverage = med(arm, &|r| r.spans as f64 / r.requests.max(1) as f64);
         // Per response, as nginx's and wrk's: a build that makes no span still has a cost.
         let user = per_req(arm, |r| r.agent_user_s);
         let sys = per_req(arm, |r| r.agent_sys_s);
